@@ -1,0 +1,389 @@
+//! Declared resources (the `apis` and `domains` of a config file) and the plan that makes a state match
+//! them. `canarygate apply -f` executes the full plan through the admin API; `serve` seeds the store with
+//! the creating half only, so a restart never undoes a change made through the API.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::stage::StageInput;
+use crate::state::BasePathMapping;
+use crate::{PatchOperation, Route, State};
+
+/// A declared API with its routes and stages.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ApiSpec {
+    pub name: String,
+    #[serde(default)]
+    pub routes: Vec<Route>,
+    #[serde(default)]
+    pub stages: Vec<StageSpec>,
+}
+
+/// A declared stage: a stage body with its name.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StageSpec {
+    pub name: String,
+    #[serde(flatten)]
+    pub input: StageInput,
+}
+
+/// A declared custom domain.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DomainSpec {
+    pub domain: String,
+    #[serde(default)]
+    pub mappings: Vec<BasePathMapping>,
+}
+
+/// The resource part of a config file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Resources {
+    #[serde(default)]
+    pub apis: Vec<ApiSpec>,
+    #[serde(default)]
+    pub domains: Vec<DomainSpec>,
+}
+
+/// One change of a plan, in the order it must be carried out.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    PutApi {
+        api: String,
+        routes: Vec<Route>,
+        create: bool,
+    },
+    CreateDeployment {
+        api: String,
+        description: String,
+    },
+    CreateStage {
+        api: String,
+        stage: String,
+        input: StageInput,
+    },
+    PatchStage {
+        api: String,
+        stage: String,
+        ops: Vec<PatchOperation>,
+    },
+    PutDomain {
+        domain: String,
+        mappings: Vec<BasePathMapping>,
+    },
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Action::PutApi {
+                api,
+                routes,
+                create: true,
+            } => write!(f, "create api {api} ({} routes)", routes.len()),
+            Action::PutApi {
+                api,
+                routes,
+                create: false,
+            } => write!(f, "update api {api} routes ({} routes)", routes.len()),
+            Action::CreateDeployment { api, description } => {
+                write!(f, "create deployment of api {api} ({description})")
+            }
+            Action::CreateStage { api, stage, .. } => {
+                write!(f, "create stage {api}/{stage} on the newest deployment")
+            }
+            Action::PatchStage { api, stage, ops } => {
+                write!(f, "update stage {api}/{stage}:")?;
+                for op in ops {
+                    let v = op
+                        .value
+                        .as_ref()
+                        .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string));
+                    match v {
+                        Some(v) => write!(f, " {:?} {}={v}", op.op, op.path)?,
+                        None => write!(f, " {:?} {}", op.op, op.path)?,
+                    }
+                }
+                Ok(())
+            }
+            Action::PutDomain { domain, mappings } => {
+                write!(f, "put domain {domain} ({} mappings)", mappings.len())
+            }
+        }
+    }
+}
+
+/// Which part of a plan to make.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlanMode {
+    /// Create what is missing, change nothing that exists (seeding at start).
+    CreateOnly,
+    /// Create and update until the state matches (`apply -f`).
+    Converge,
+}
+
+/// The actions that make `state` match `desired`.
+pub fn plan(state: &State, desired: &Resources, mode: PlanMode) -> Vec<Action> {
+    let mut out = Vec::new();
+    for spec in &desired.apis {
+        let existing = state.apis.get(&spec.name);
+        match existing {
+            None => {
+                out.push(Action::PutApi {
+                    api: spec.name.clone(),
+                    routes: spec.routes.clone(),
+                    create: true,
+                });
+                out.push(Action::CreateDeployment {
+                    api: spec.name.clone(),
+                    description: "created from config file".into(),
+                });
+            }
+            Some(a) if mode == PlanMode::Converge => {
+                if a.api.routes != spec.routes {
+                    out.push(Action::PutApi {
+                        api: spec.name.clone(),
+                        routes: spec.routes.clone(),
+                        create: false,
+                    });
+                }
+                if a.newest_deployment()
+                    .is_none_or(|d| d.routes != spec.routes)
+                {
+                    out.push(Action::CreateDeployment {
+                        api: spec.name.clone(),
+                        description: "routes changed by apply".into(),
+                    });
+                }
+            }
+            Some(_) => {}
+        }
+        for st in &spec.stages {
+            match existing.and_then(|a| a.stages.get(&st.name)) {
+                None => out.push(Action::CreateStage {
+                    api: spec.name.clone(),
+                    stage: st.name.clone(),
+                    input: st.input.clone(),
+                }),
+                Some(cur) if mode == PlanMode::Converge => {
+                    let ops = stage_ops(cur, &st.input);
+                    if !ops.is_empty() {
+                        out.push(Action::PatchStage {
+                            api: spec.name.clone(),
+                            stage: st.name.clone(),
+                            ops,
+                        });
+                    }
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    for d in &desired.domains {
+        let mut want = d.mappings.clone();
+        for m in &mut want {
+            m.base_path = m.base_path.trim_matches('/').to_string();
+        }
+        match state.domains.get(&d.domain.to_ascii_lowercase()) {
+            None => out.push(Action::PutDomain {
+                domain: d.domain.clone(),
+                mappings: d.mappings.clone(),
+            }),
+            Some(cur) if mode == PlanMode::Converge && cur.mappings != want => {
+                out.push(Action::PutDomain {
+                    domain: d.domain.clone(),
+                    mappings: d.mappings.clone(),
+                })
+            }
+            Some(_) => {}
+        }
+    }
+    out
+}
+
+fn diff_map(
+    prefix: &str,
+    cur: &BTreeMap<String, String>,
+    want: &BTreeMap<String, String>,
+    ops: &mut Vec<PatchOperation>,
+) {
+    for (k, v) in want {
+        if cur.get(k) != Some(v) {
+            ops.push(PatchOperation::replace(format!("{prefix}/{k}"), v.clone()));
+        }
+    }
+    for k in cur.keys().filter(|k| !want.contains_key(*k)) {
+        ops.push(PatchOperation::remove(format!("{prefix}/{k}")));
+    }
+}
+
+/// The patch operations that bring an existing stage to a declared one. The stage's deployment is never
+/// moved; canary settings are managed only when the file declares them.
+fn stage_ops(cur: &crate::Stage, want: &StageInput) -> Vec<PatchOperation> {
+    let mut ops = Vec::new();
+    diff_map("/variables", &cur.variables, &want.variables, &mut ops);
+    if cur.cache.enabled != want.cache.enabled {
+        ops.push(PatchOperation::replace(
+            "/cache/enabled",
+            want.cache.enabled.to_string(),
+        ));
+    }
+    if cur.cache.ttl_seconds != want.cache.ttl_seconds {
+        ops.push(PatchOperation::replace(
+            "/cache/ttlSeconds",
+            want.cache.ttl_seconds.to_string(),
+        ));
+    }
+    if cur.cache.max_entries != want.cache.max_entries {
+        ops.push(PatchOperation::replace(
+            "/cache/maxEntries",
+            want.cache.max_entries.to_string(),
+        ));
+    }
+    let (cr, wr) = (&cur.canary_routing, &want.canary_routing);
+    for (path, c, w) in [
+        ("/canaryRouting/header", &cr.header, &wr.header),
+        ("/canaryRouting/cookie", &cr.cookie, &wr.cookie),
+    ] {
+        if c.as_deref().map(str::to_ascii_lowercase) != w.as_deref().map(str::to_ascii_lowercase) {
+            ops.push(match w {
+                Some(w) => PatchOperation::replace(path, w.clone()),
+                None => PatchOperation::remove(path),
+            });
+        }
+    }
+    if cr.stickiness != wr.stickiness {
+        ops.push(PatchOperation::replace(
+            "/canaryRouting/stickiness",
+            wr.stickiness.to_string(),
+        ));
+    }
+    if let Some(wc) = &want.canary_settings {
+        let cc = cur.canary_settings.as_ref();
+        if let Some(id) = &wc.deployment_id {
+            if cc.map(|c| &c.deployment_id) != Some(id) {
+                ops.push(PatchOperation::replace(
+                    "/canarySettings/deploymentId",
+                    id.clone(),
+                ));
+            }
+        }
+        if cc.map(|c| c.percent_traffic) != Some(wc.percent_traffic) {
+            ops.push(PatchOperation::replace(
+                "/canarySettings/percentTraffic",
+                wc.percent_traffic.to_string(),
+            ));
+        }
+        if cc.map(|c| c.use_stage_cache) != Some(wc.use_stage_cache) {
+            ops.push(PatchOperation::replace(
+                "/canarySettings/useStageCache",
+                wc.use_stage_cache.to_string(),
+            ));
+        }
+        let empty = BTreeMap::new();
+        diff_map(
+            "/canarySettings/stageVariableOverrides",
+            cc.map_or(&empty, |c| &c.stage_variable_overrides),
+            &wc.stage_variable_overrides,
+            &mut ops,
+        );
+    }
+    ops
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::DateTime;
+
+    fn resources(version: &str) -> Resources {
+        serde_json::from_value(serde_json::json!({
+            "apis": [{
+                "name": "orders",
+                "routes": [{"path": "/h", "integration": {"type": "mock", "body": "ok"}}],
+                "stages": [{"name": "prod", "variables": {"version": version},
+                            "canarySettings": {"percentTraffic": 10, "stageVariableOverrides": {"version": "2"}}}]
+            }],
+            "domains": [{"domain": "api.example.com", "mappings": [{"basePath": "", "api": "orders", "stage": "prod"}]}]
+        }))
+        .unwrap()
+    }
+
+    /// Carries a plan out on a state, as `apply` does through the API.
+    fn execute(state: &mut State, actions: &[Action]) {
+        let now = DateTime::from_timestamp(0, 0).unwrap();
+        for (i, a) in actions.iter().enumerate() {
+            match a {
+                Action::PutApi { api, routes, .. } => {
+                    state.put_api(api, routes.clone(), now).unwrap();
+                }
+                Action::CreateDeployment { api, description } => {
+                    state
+                        .create_deployment(
+                            api,
+                            format!("d-{i}x{}", state.apis.len()),
+                            description.clone(),
+                            now,
+                        )
+                        .unwrap();
+                }
+                Action::CreateStage { api, stage, input } => {
+                    state.put_stage(api, stage, input.clone(), now).unwrap();
+                }
+                Action::PatchStage { api, stage, ops } => {
+                    state.patch_stage(api, stage, ops, now).unwrap();
+                }
+                Action::PutDomain { domain, mappings } => {
+                    state.put_domain(domain, mappings.clone()).unwrap();
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn apply_twice_changes_nothing_the_second_time() {
+        let mut s = State::default();
+        let first = plan(&s, &resources("1"), PlanMode::Converge);
+        assert_eq!(first.len(), 4, "{first:?}");
+        execute(&mut s, &first);
+        assert_eq!(plan(&s, &resources("1"), PlanMode::Converge), vec![]);
+        let st = s.stage("orders", "prod").unwrap();
+        assert_eq!(st.canary_variables().unwrap()["version"], "2");
+        // A changed variable becomes one patch operation, the deployment untouched.
+        let second = plan(&s, &resources("3"), PlanMode::Converge);
+        assert_eq!(
+            second,
+            vec![Action::PatchStage {
+                api: "orders".into(),
+                stage: "prod".into(),
+                ops: vec![PatchOperation::replace("/variables/version", "3")]
+            }]
+        );
+    }
+
+    #[test]
+    fn seeding_never_changes_existing_state() {
+        let mut s = State::default();
+        let p = plan(&s, &resources("1"), PlanMode::CreateOnly);
+        execute(&mut s, &p);
+        assert_eq!(plan(&s, &resources("9"), PlanMode::CreateOnly), vec![]);
+    }
+
+    #[test]
+    fn changed_routes_make_a_deployment() {
+        let mut s = State::default();
+        let p0 = plan(&s, &resources("1"), PlanMode::Converge);
+        execute(&mut s, &p0);
+        let mut r = resources("1");
+        r.apis[0].routes[0].path = "/health".into();
+        let p = plan(&s, &r, PlanMode::Converge);
+        assert!(matches!(p[0], Action::PutApi { create: false, .. }));
+        assert!(matches!(p[1], Action::CreateDeployment { .. }));
+        assert_eq!(p.len(), 2);
+    }
+}

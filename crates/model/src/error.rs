@@ -1,0 +1,53 @@
+//! The model's error type: every refusal says which field and value were at fault.
+
+/// Why a change was refused. The admin API maps these to 400, 404 and 409.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Error {
+    /// A field has a value that is not allowed (400).
+    #[error("invalid value {value:?} for {field}: {reason}")]
+    Invalid {
+        field: String,
+        value: String,
+        reason: String,
+    },
+    /// A referenced resource does not exist (404 when it is the resource addressed, 400 otherwise).
+    #[error("{kind} {name:?} not found")]
+    NotFound { kind: &'static str, name: String },
+    /// The change contradicts the current state (409).
+    #[error("{0}")]
+    Conflict(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn invalid(
+        field: impl Into<String>,
+        value: impl Into<String>,
+        reason: impl Into<String>,
+    ) -> Self {
+        Error::Invalid {
+            field: field.into(),
+            value: value.into(),
+            reason: reason.into(),
+        }
+    }
+
+    pub fn not_found(kind: &'static str, name: impl Into<String>) -> Self {
+        Error::NotFound {
+            kind,
+            name: name.into(),
+        }
+    }
+
+    /// A reference inside a request body to something that does not exist is the client's mistake in a
+    /// field (400), not a missing addressed resource (404).
+    pub fn into_field_error(self, field: &str) -> Self {
+        match self {
+            Error::NotFound { kind, name } => {
+                Error::invalid(field, name, format!("no such {kind}"))
+            }
+            other => other,
+        }
+    }
+}

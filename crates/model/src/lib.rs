@@ -1,0 +1,98 @@
+//! The pure resource model of canarygate.
+//!
+//! This crate owns what an API, a route, an integration, a deployment, a stage, canary settings and a
+//! custom domain are; how they are validated (every error names the field and the value at fault); the
+//! API Gateway patch operations on a stage; and the state transitions the admin API offers (create a
+//! deployment, promote a canary, ...), as plain functions over [`State`]. It does no I/O, no async and
+//! reads no clock: callers pass `now` and fresh ids in, so every rule is unit-testable.
+#![deny(rust_2018_idioms)]
+#![forbid(unsafe_code)]
+
+mod api;
+pub mod config;
+mod error;
+mod patch;
+mod stage;
+mod state;
+pub mod template;
+
+pub use api::{Api, Deployment, Integration, Method, Route};
+pub use error::{Error, Result};
+pub use patch::{PatchOp, PatchOperation};
+pub use stage::{CacheSettings, CanaryRouting, CanarySettings, Stage, StageInput, Stickiness};
+pub use state::{BasePathMapping, Domain, State};
+
+/// Which side of a stage served a request.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Variant {
+    Production,
+    Canary,
+}
+
+impl Variant {
+    pub const ALL: [Variant; 2] = [Variant::Production, Variant::Canary];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Variant::Production => "production",
+            Variant::Canary => "canary",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Variant> {
+        match s {
+            "production" => Some(Variant::Production),
+            "canary" => Some(Variant::Canary),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Variant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Checks a resource name against `[a-z0-9-]{1,64}` (APIs) style rules.
+pub(crate) fn check_name(
+    field: &str,
+    value: &str,
+    max: usize,
+    allow: fn(char) -> bool,
+    pattern: &str,
+) -> Result<()> {
+    if value.is_empty() || value.chars().count() > max || !value.chars().all(allow) {
+        return Err(Error::invalid(
+            field,
+            value,
+            format!("must match {pattern}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Validates an API name: `[a-z0-9-]{1,64}`.
+pub fn validate_api_name(name: &str) -> Result<()> {
+    check_name(
+        "api",
+        name,
+        64,
+        |c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-',
+        "[a-z0-9-]{1,64}",
+    )
+}
+
+/// Validates a stage name: `[A-Za-z0-9_-]{1,128}`.
+pub fn validate_stage_name(name: &str) -> Result<()> {
+    check_name(
+        "stage",
+        name,
+        128,
+        |c| c.is_ascii_alphanumeric() || c == '_' || c == '-',
+        "[A-Za-z0-9_-]{1,128}",
+    )
+}

@@ -1,0 +1,370 @@
+//! Stages, their cache settings, canary settings and canary routing.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+/// Stage cache settings (the cache itself is the gateway's).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CacheSettings {
+    #[serde(default)]
+    pub enabled: bool,
+    #[serde(default = "default_ttl")]
+    pub ttl_seconds: u32,
+    #[serde(default = "default_max_entries")]
+    pub max_entries: u32,
+}
+
+fn default_ttl() -> u32 {
+    300
+}
+fn default_max_entries() -> u32 {
+    10_000
+}
+
+impl Default for CacheSettings {
+    fn default() -> Self {
+        CacheSettings {
+            enabled: false,
+            ttl_seconds: default_ttl(),
+            max_entries: default_max_entries(),
+        }
+    }
+}
+
+impl CacheSettings {
+    pub fn validate(&self) -> Result<()> {
+        if self.ttl_seconds > 3600 {
+            return Err(Error::invalid(
+                "cache.ttlSeconds",
+                self.ttl_seconds.to_string(),
+                "must be between 0 and 3600",
+            ));
+        }
+        if !(1..=1_000_000).contains(&self.max_entries) {
+            return Err(Error::invalid(
+                "cache.maxEntries",
+                self.max_entries.to_string(),
+                "must be between 1 and 1000000",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The canary of a stage: a deployment and/or variable overrides that get `percentTraffic` of requests.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CanarySettings {
+    pub deployment_id: String,
+    pub percent_traffic: f64,
+    #[serde(default)]
+    pub stage_variable_overrides: BTreeMap<String, String>,
+    #[serde(default)]
+    pub use_stage_cache: bool,
+}
+
+/// Validates `percentTraffic`: a finite double in [0, 100].
+pub fn validate_percent(field: &str, p: f64) -> Result<()> {
+    if !p.is_finite() || !(0.0..=100.0).contains(&p) {
+        return Err(Error::invalid(
+            field,
+            format_percent(p),
+            "must be a number between 0 and 100",
+        ));
+    }
+    Ok(())
+}
+
+fn format_percent(p: f64) -> String {
+    if p.is_nan() {
+        "NaN".into()
+    } else {
+        p.to_string()
+    }
+}
+
+/// Parses `percentTraffic` from the string form patch operations use.
+pub fn parse_percent(field: &str, s: &str) -> Result<f64> {
+    let p: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| Error::invalid(field, s, "must be a number between 0 and 100"))?;
+    if !p.is_finite() || !(0.0..=100.0).contains(&p) {
+        return Err(Error::invalid(
+            field,
+            s,
+            "must be a number between 0 and 100",
+        ));
+    }
+    Ok(p)
+}
+
+/// How a client is kept on one side while the weight moves.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Stickiness {
+    /// Random per request.
+    #[default]
+    None,
+    /// Hash of this request header's value.
+    Header(String),
+    /// Hash of this cookie's value.
+    Cookie(String),
+}
+
+impl Stickiness {
+    pub fn parse(field: &str, s: &str) -> Result<Stickiness> {
+        if s == "none" || s.is_empty() {
+            return Ok(Stickiness::None);
+        }
+        let (kind, name) = s.split_once(':').ok_or_else(|| {
+            Error::invalid(field, s, "must be none, header:<name> or cookie:<name>")
+        })?;
+        if !valid_token(name) {
+            return Err(Error::invalid(
+                field,
+                s,
+                "the name after : must be a header or cookie name",
+            ));
+        }
+        match kind {
+            "header" => Ok(Stickiness::Header(name.to_ascii_lowercase())),
+            "cookie" => Ok(Stickiness::Cookie(name.to_string())),
+            _ => Err(Error::invalid(
+                field,
+                s,
+                "must be none, header:<name> or cookie:<name>",
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Stickiness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Stickiness::None => f.write_str("none"),
+            Stickiness::Header(h) => write!(f, "header:{h}"),
+            Stickiness::Cookie(c) => write!(f, "cookie:{c}"),
+        }
+    }
+}
+
+impl Serialize for Stickiness {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Stickiness {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Stickiness::parse("canaryRouting.stickiness", &s).map_err(serde::de::Error::custom)
+    }
+}
+
+pub(crate) fn valid_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 256
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// How a request may choose its variant explicitly, and how clients stick to one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CanaryRouting {
+    /// Header forcing a variant (`canary` or `production`); `null` switches it off.
+    #[serde(default = "default_variant_header")]
+    pub header: Option<String>,
+    /// Cookie forcing a variant; off by default.
+    #[serde(default)]
+    pub cookie: Option<String>,
+    #[serde(default)]
+    pub stickiness: Stickiness,
+}
+
+fn default_variant_header() -> Option<String> {
+    Some("x-canarygate-variant".into())
+}
+
+impl Default for CanaryRouting {
+    fn default() -> Self {
+        CanaryRouting {
+            header: default_variant_header(),
+            cookie: None,
+            stickiness: Stickiness::None,
+        }
+    }
+}
+
+impl CanaryRouting {
+    pub fn validate(&mut self) -> Result<()> {
+        if let Some(h) = &mut self.header {
+            if !valid_token(h) {
+                return Err(Error::invalid(
+                    "canaryRouting.header",
+                    h.as_str(),
+                    "is not a valid header name",
+                ));
+            }
+            *h = h.to_ascii_lowercase();
+        }
+        if let Some(c) = &self.cookie {
+            if !valid_token(c) {
+                return Err(Error::invalid(
+                    "canaryRouting.cookie",
+                    c.as_str(),
+                    "is not a valid cookie name",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A stage: serves one deployment, with variables, cache and canary settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Stage {
+    pub api: String,
+    pub name: String,
+    pub deployment_id: String,
+    pub variables: BTreeMap<String, String>,
+    pub cache: CacheSettings,
+    pub canary_settings: Option<CanarySettings>,
+    pub canary_routing: CanaryRouting,
+    pub active_rollout: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl Stage {
+    /// The canary's effective variables: the stage's overlaid with the overrides.
+    pub fn canary_variables(&self) -> Option<BTreeMap<String, String>> {
+        self.canary_settings.as_ref().map(|c| {
+            let mut v = self.variables.clone();
+            v.extend(
+                c.stage_variable_overrides
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone())),
+            );
+            v
+        })
+    }
+}
+
+/// The body of `PUT /v1/apis/{api}/stages/{stage}` (and a stage in a config file).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StageInput {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployment_id: Option<String>,
+    #[serde(default)]
+    pub variables: BTreeMap<String, String>,
+    #[serde(default)]
+    pub cache: CacheSettings,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_settings: Option<CanaryInput>,
+    #[serde(default)]
+    pub canary_routing: CanaryRouting,
+}
+
+/// Canary settings as a client sends them: the deployment defaults to the stage's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CanaryInput {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployment_id: Option<String>,
+    #[serde(default)]
+    pub percent_traffic: f64,
+    #[serde(default)]
+    pub stage_variable_overrides: BTreeMap<String, String>,
+    #[serde(default)]
+    pub use_stage_cache: bool,
+}
+
+/// Validates a stage variable name and value (field is e.g. `variables.backend`).
+pub fn validate_variable(prefix: &str, name: &str, value: &str) -> Result<()> {
+    if name.is_empty()
+        || name.len() > 64
+        || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    {
+        return Err(Error::invalid(
+            prefix,
+            name,
+            "variable names must be [A-Za-z0-9_]{1,64}",
+        ));
+    }
+    if value.len() > 2048 || value.chars().any(char::is_control) {
+        return Err(Error::invalid(
+            format!("{prefix}.{name}"),
+            value,
+            "must be at most 2048 characters without control characters",
+        ));
+    }
+    Ok(())
+}
+
+pub(crate) fn validate_variables(prefix: &str, vars: &BTreeMap<String, String>) -> Result<()> {
+    for (k, v) in vars {
+        validate_variable(prefix, k, v)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stickiness_round_trips() {
+        for s in ["none", "header:x-user", "cookie:session"] {
+            let st = Stickiness::parse("f", s).unwrap();
+            assert_eq!(st.to_string(), s);
+        }
+        assert_eq!(
+            Stickiness::parse("f", "header:X-User").unwrap(),
+            Stickiness::Header("x-user".into())
+        );
+        let e = Stickiness::parse("canaryRouting.stickiness", "ip")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("canaryRouting.stickiness") && e.contains("\"ip\""),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn percent_parsing() {
+        assert_eq!(parse_percent("p", "10.5").unwrap(), 10.5);
+        assert_eq!(parse_percent("p", "0.1").unwrap(), 0.1);
+        for bad in ["-1", "100.5", "NaN", "abc", "inf", ""] {
+            let e = parse_percent("/canarySettings/percentTraffic", bad)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("/canarySettings/percentTraffic") && e.contains(&format!("{bad:?}")),
+                "{e}"
+            );
+        }
+        assert!(validate_percent("p", f64::NAN)
+            .unwrap_err()
+            .to_string()
+            .contains("NaN"));
+    }
+
+    #[test]
+    fn canary_routing_defaults() {
+        let r: CanaryRouting = serde_json::from_str("{}").unwrap();
+        assert_eq!(r, CanaryRouting::default());
+        let r: CanaryRouting =
+            serde_json::from_str(r#"{"header":null,"stickiness":"cookie:sid"}"#).unwrap();
+        assert_eq!(r.header, None);
+        assert_eq!(r.stickiness, Stickiness::Cookie("sid".into()));
+    }
+}

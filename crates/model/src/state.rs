@@ -1,0 +1,544 @@
+//! The whole control-plane state and the transitions the admin API offers, as pure functions.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::api::{validate_deployment_id, validate_routes};
+use crate::stage::{validate_percent, validate_variables, CanarySettings, StageInput};
+use crate::{
+    validate_api_name, validate_stage_name, Api, Deployment, Error, PatchOperation, Result, Route,
+    Stage,
+};
+
+/// One API with its deployments (oldest first) and stages.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiState {
+    pub api: Api,
+    pub deployments: Vec<Deployment>,
+    pub stages: BTreeMap<String, Stage>,
+}
+
+impl ApiState {
+    pub fn deployment(&self, id: &str) -> Option<&Deployment> {
+        self.deployments.iter().find(|d| d.id == id)
+    }
+
+    pub fn newest_deployment(&self) -> Option<&Deployment> {
+        self.deployments.last()
+    }
+}
+
+/// A base path mapping of a custom domain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BasePathMapping {
+    #[serde(default)]
+    pub base_path: String,
+    pub api: String,
+    pub stage: String,
+}
+
+/// A custom domain and its base path mappings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Domain {
+    pub domain: String,
+    pub mappings: Vec<BasePathMapping>,
+}
+
+/// Everything the control plane knows.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct State {
+    pub apis: BTreeMap<String, ApiState>,
+    pub domains: BTreeMap<String, Domain>,
+}
+
+impl State {
+    pub fn api(&self, name: &str) -> Result<&ApiState> {
+        self.apis
+            .get(name)
+            .ok_or_else(|| Error::not_found("api", name))
+    }
+
+    fn api_mut(&mut self, name: &str) -> Result<&mut ApiState> {
+        self.apis
+            .get_mut(name)
+            .ok_or_else(|| Error::not_found("api", name))
+    }
+
+    pub fn stage(&self, api: &str, stage: &str) -> Result<&Stage> {
+        self.api(api)?
+            .stages
+            .get(stage)
+            .ok_or_else(|| Error::not_found("stage", format!("{api}/{stage}")))
+    }
+
+    /// Creates an API or replaces its routes. Returns true when it was created.
+    pub fn put_api(&mut self, name: &str, routes: Vec<Route>, now: DateTime<Utc>) -> Result<bool> {
+        validate_api_name(name)?;
+        validate_routes(&routes)?;
+        match self.apis.get_mut(name) {
+            Some(a) => {
+                if a.api.routes != routes {
+                    a.api.routes = routes;
+                    a.api.updated_at = now;
+                }
+                Ok(false)
+            }
+            None => {
+                let api = Api {
+                    name: name.to_string(),
+                    routes,
+                    created_at: now,
+                    updated_at: now,
+                };
+                self.apis.insert(
+                    name.to_string(),
+                    ApiState {
+                        api,
+                        deployments: Vec::new(),
+                        stages: BTreeMap::new(),
+                    },
+                );
+                Ok(true)
+            }
+        }
+    }
+
+    /// Deletes an API with its deployments and stages; refused while a stage has an active rollout.
+    pub fn delete_api(&mut self, name: &str) -> Result<()> {
+        let a = self.api(name)?;
+        if let Some(s) = a.stages.values().find(|s| s.active_rollout.is_some()) {
+            return Err(Error::Conflict(format!(
+                "api {name:?} has an active rollout on stage {:?}",
+                s.name
+            )));
+        }
+        self.apis.remove(name);
+        Ok(())
+    }
+
+    /// Snapshots the API's current routes as a new deployment with the given fresh id.
+    pub fn create_deployment(
+        &mut self,
+        api: &str,
+        id: String,
+        description: String,
+        now: DateTime<Utc>,
+    ) -> Result<Deployment> {
+        validate_deployment_id("id", &id)?;
+        if description.len() > 1024 {
+            return Err(Error::invalid(
+                "description",
+                description,
+                "must be at most 1024 characters",
+            ));
+        }
+        let a = self.api_mut(api)?;
+        if a.deployment(&id).is_some() {
+            return Err(Error::Conflict(format!("deployment {id} already exists")));
+        }
+        let d = Deployment {
+            id,
+            description,
+            created_at: now,
+            routes: a.api.routes.clone(),
+        };
+        a.deployments.push(d.clone());
+        Ok(d)
+    }
+
+    /// Creates or replaces a stage. The deployment defaults to the newest; the canary's to the stage's.
+    /// A replaced stage keeps its active rollout; replacing it while a rollout is active is refused.
+    pub fn put_stage(
+        &mut self,
+        api: &str,
+        name: &str,
+        input: StageInput,
+        now: DateTime<Utc>,
+    ) -> Result<Stage> {
+        validate_stage_name(name)?;
+        let a = self.api_mut(api)?;
+        let existing = a.stages.get(name);
+        if let Some(r) = existing.and_then(|s| s.active_rollout.as_ref()) {
+            return Err(Error::Conflict(format!(
+                "stage {api}/{name} has an active rollout {r}; stop it first"
+            )));
+        }
+        let deployment_id = match input.deployment_id {
+            Some(id) => {
+                a.deployment(&id).ok_or_else(|| {
+                    Error::invalid(
+                        "deploymentId",
+                        &id,
+                        format!("no such deployment of api {api}"),
+                    )
+                })?;
+                id
+            }
+            None => a
+                .newest_deployment()
+                .ok_or_else(|| {
+                    Error::invalid(
+                        "deploymentId",
+                        "",
+                        format!("api {api} has no deployment yet; create one first"),
+                    )
+                })?
+                .id
+                .clone(),
+        };
+        validate_variables("variables", &input.variables)?;
+        input.cache.validate()?;
+        let mut routing = input.canary_routing;
+        routing.validate()?;
+        let canary = match input.canary_settings {
+            None => None,
+            Some(c) => {
+                let cid = c.deployment_id.unwrap_or_else(|| deployment_id.clone());
+                a.deployment(&cid).ok_or_else(|| {
+                    Error::invalid(
+                        "canarySettings.deploymentId",
+                        &cid,
+                        format!("no such deployment of api {api}"),
+                    )
+                })?;
+                validate_percent("canarySettings.percentTraffic", c.percent_traffic)?;
+                validate_variables(
+                    "canarySettings.stageVariableOverrides",
+                    &c.stage_variable_overrides,
+                )?;
+                Some(CanarySettings {
+                    deployment_id: cid,
+                    percent_traffic: c.percent_traffic,
+                    stage_variable_overrides: c.stage_variable_overrides,
+                    use_stage_cache: c.use_stage_cache,
+                })
+            }
+        };
+        let created_at = existing.map_or(now, |s| s.created_at);
+        let stage = Stage {
+            api: api.to_string(),
+            name: name.to_string(),
+            deployment_id,
+            variables: input.variables,
+            cache: input.cache,
+            canary_settings: canary,
+            canary_routing: routing,
+            active_rollout: None,
+            created_at,
+            updated_at: now,
+        };
+        a.stages.insert(name.to_string(), stage.clone());
+        Ok(stage)
+    }
+
+    /// Applies a list of patch operations to a stage, all or nothing.
+    pub fn patch_stage(
+        &mut self,
+        api: &str,
+        name: &str,
+        ops: &[PatchOperation],
+        now: DateTime<Utc>,
+    ) -> Result<Stage> {
+        let a = self.api(api)?;
+        let current = a
+            .stages
+            .get(name)
+            .ok_or_else(|| Error::not_found("stage", format!("{api}/{name}")))?;
+        let mut next = current.clone();
+        for (i, op) in ops.iter().enumerate() {
+            crate::patch::apply(&mut next, op, i, |id| a.deployment(id).is_some())?;
+        }
+        next.updated_at = now;
+        self.api_mut(api)?
+            .stages
+            .insert(name.to_string(), next.clone());
+        Ok(next)
+    }
+
+    /// Promotes the canary: the stage takes the canary's deployment and merged variables; the canary goes.
+    pub fn promote_canary(&mut self, api: &str, name: &str, now: DateTime<Utc>) -> Result<Stage> {
+        let stage = self.stage_mut(api, name)?;
+        let canary = stage.canary_settings.take().ok_or_else(|| {
+            Error::Conflict(format!("stage {api}/{name} has no canary to promote"))
+        })?;
+        stage.deployment_id = canary.deployment_id;
+        stage.variables.extend(canary.stage_variable_overrides);
+        stage.updated_at = now;
+        Ok(stage.clone())
+    }
+
+    /// Removes the canary settings; all traffic returns to production.
+    pub fn remove_canary(&mut self, api: &str, name: &str, now: DateTime<Utc>) -> Result<Stage> {
+        let stage = self.stage_mut(api, name)?;
+        if stage.canary_settings.take().is_none() {
+            return Err(Error::Conflict(format!(
+                "stage {api}/{name} has no canary to remove"
+            )));
+        }
+        stage.updated_at = now;
+        Ok(stage.clone())
+    }
+
+    pub fn delete_stage(&mut self, api: &str, name: &str) -> Result<()> {
+        let stage = self.stage(api, name)?;
+        if let Some(r) = &stage.active_rollout {
+            return Err(Error::Conflict(format!(
+                "stage {api}/{name} has an active rollout {r}"
+            )));
+        }
+        self.api_mut(api)?.stages.remove(name);
+        Ok(())
+    }
+
+    fn stage_mut(&mut self, api: &str, name: &str) -> Result<&mut Stage> {
+        self.api_mut(api)?
+            .stages
+            .get_mut(name)
+            .ok_or_else(|| Error::not_found("stage", format!("{api}/{name}")))
+    }
+
+    /// Creates or replaces a custom domain's mappings; every mapping must name an existing stage.
+    pub fn put_domain(
+        &mut self,
+        domain: &str,
+        mut mappings: Vec<BasePathMapping>,
+    ) -> Result<Domain> {
+        let valid = !domain.is_empty()
+            && domain.len() <= 253
+            && domain.split('.').all(|l| {
+                !l.is_empty()
+                    && l.len() <= 63
+                    && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            });
+        if !valid {
+            return Err(Error::invalid("domain", domain, "is not a valid host name"));
+        }
+        let mut seen = Vec::new();
+        for (i, m) in mappings.iter_mut().enumerate() {
+            m.base_path = m.base_path.trim_matches('/').to_string();
+            let ok = m.base_path.split('/').all(|s| {
+                s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b))
+            }) && (m.base_path.is_empty() || !m.base_path.split('/').any(str::is_empty));
+            if !ok {
+                return Err(Error::invalid(
+                    format!("mappings[{i}].basePath"),
+                    &m.base_path,
+                    "must be path segments of [A-Za-z0-9-._~]",
+                ));
+            }
+            if seen.contains(&m.base_path) {
+                return Err(Error::invalid(
+                    format!("mappings[{i}].basePath"),
+                    &m.base_path,
+                    "is mapped twice",
+                ));
+            }
+            seen.push(m.base_path.clone());
+            self.api(&m.api)
+                .map_err(|e| e.into_field_error(&format!("mappings[{i}].api")))?;
+            self.stage(&m.api, &m.stage)
+                .map_err(|e| e.into_field_error(&format!("mappings[{i}].stage")))?;
+        }
+        let d = Domain {
+            domain: domain.to_ascii_lowercase(),
+            mappings,
+        };
+        self.domains.insert(d.domain.clone(), d.clone());
+        Ok(d)
+    }
+
+    pub fn delete_domain(&mut self, domain: &str) -> Result<()> {
+        self.domains
+            .remove(&domain.to_ascii_lowercase())
+            .map(|_| ())
+            .ok_or_else(|| Error::not_found("domain", domain))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Integration, Method, PatchOp};
+
+    fn now() -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000, 0).unwrap()
+    }
+
+    fn routes(body: &str) -> Vec<Route> {
+        vec![Route {
+            method: Method::Get,
+            path: "/h".into(),
+            integration: Integration::Mock {
+                status: 200,
+                headers: Default::default(),
+                body: body.into(),
+            },
+        }]
+    }
+
+    /// An API with two deployments (d-one, d-two) and a stage on d-one with a canary on d-two.
+    fn setup() -> State {
+        let mut s = State::default();
+        assert!(s.put_api("orders", routes("1"), now()).unwrap());
+        s.create_deployment("orders", "d-one".into(), "first".into(), now())
+            .unwrap();
+        s.put_api("orders", routes("2"), now()).unwrap();
+        s.create_deployment("orders", "d-two".into(), "second".into(), now())
+            .unwrap();
+        let input: StageInput = serde_json::from_value(serde_json::json!({
+            "deploymentId": "d-one",
+            "variables": {"backend": "a:1", "version": "1"},
+            "canarySettings": {"deploymentId": "d-two", "percentTraffic": 10, "stageVariableOverrides": {"backend": "b:2"}}
+        }))
+        .unwrap();
+        s.put_stage("orders", "prod", input, now()).unwrap();
+        s
+    }
+
+    fn op(op: PatchOp, path: &str, value: &str) -> PatchOperation {
+        PatchOperation {
+            op,
+            path: path.into(),
+            value: Some(serde_json::Value::String(value.into())),
+            from: None,
+        }
+    }
+
+    #[test]
+    fn deployments_snapshot_routes() {
+        let s = setup();
+        let a = s.api("orders").unwrap();
+        assert_eq!(a.deployment("d-one").unwrap().routes, routes("1"));
+        assert_eq!(a.newest_deployment().unwrap().id, "d-two");
+    }
+
+    #[test]
+    fn stage_defaults_to_newest_deployment() {
+        let mut s = setup();
+        let st = s
+            .put_stage("orders", "beta", StageInput::default(), now())
+            .unwrap();
+        assert_eq!(st.deployment_id, "d-two");
+        let e = s.put_stage(
+            "orders",
+            "x",
+            StageInput {
+                deployment_id: Some("d-nope".into()),
+                ..Default::default()
+            },
+            now(),
+        );
+        assert!(matches!(e, Err(Error::Invalid { ref field, .. }) if field == "deploymentId"));
+    }
+
+    #[test]
+    fn replacing_deployment_with_canary_set_is_refused() {
+        let mut s = setup();
+        let before = s.clone();
+        let e = s
+            .patch_stage(
+                "orders",
+                "prod",
+                &[op(PatchOp::Replace, "/deploymentId", "d-one")],
+                now(),
+            )
+            .unwrap_err();
+        assert!(matches!(e, Error::Conflict(_)), "{e}");
+        assert_eq!(s, before);
+        // Replacing it with the canary's deployment is allowed, as in API Gateway.
+        let st = s
+            .patch_stage(
+                "orders",
+                "prod",
+                &[op(PatchOp::Replace, "/deploymentId", "d-two")],
+                now(),
+            )
+            .unwrap();
+        assert_eq!(st.deployment_id, "d-two");
+    }
+
+    #[test]
+    fn promote_merges_overrides_and_removes_canary() {
+        let mut s = setup();
+        let st = s.promote_canary("orders", "prod", now()).unwrap();
+        assert_eq!(st.deployment_id, "d-two");
+        assert_eq!(st.variables["backend"], "b:2");
+        assert_eq!(st.variables["version"], "1");
+        assert!(st.canary_settings.is_none());
+        assert!(matches!(
+            s.promote_canary("orders", "prod", now()),
+            Err(Error::Conflict(_))
+        ));
+    }
+
+    #[test]
+    fn remove_canary() {
+        let mut s = setup();
+        let st = s.remove_canary("orders", "prod", now()).unwrap();
+        assert!(st.canary_settings.is_none());
+        assert_eq!(st.deployment_id, "d-one");
+        assert_eq!(st.variables["backend"], "a:1");
+    }
+
+    #[test]
+    fn patch_list_is_all_or_nothing() {
+        let mut s = setup();
+        let before = s.clone();
+        let ops = [
+            op(PatchOp::Replace, "/canarySettings/percentTraffic", "50"),
+            op(PatchOp::Replace, "/nope", "1"),
+        ];
+        let e = s
+            .patch_stage("orders", "prod", &ops, now())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("patchOperations[1].path") && e.contains("/nope"),
+            "{e}"
+        );
+        assert_eq!(s, before);
+    }
+
+    #[test]
+    fn domains_validate_targets() {
+        let mut s = setup();
+        let m = |api: &str, stage: &str| BasePathMapping {
+            base_path: "/v1/".into(),
+            api: api.into(),
+            stage: stage.into(),
+        };
+        let d = s
+            .put_domain("API.example.com", vec![m("orders", "prod")])
+            .unwrap();
+        assert_eq!(d.domain, "api.example.com");
+        assert_eq!(d.mappings[0].base_path, "v1");
+        let e = s
+            .put_domain("x.com", vec![m("orders", "nope")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("mappings[0].stage"), "{e}");
+        assert!(s.put_domain("bad domain", vec![]).is_err());
+    }
+
+    #[test]
+    fn delete_refused_with_active_rollout() {
+        let mut s = setup();
+        s.apis
+            .get_mut("orders")
+            .unwrap()
+            .stages
+            .get_mut("prod")
+            .unwrap()
+            .active_rollout = Some("r-1".into());
+        assert!(matches!(s.delete_api("orders"), Err(Error::Conflict(_))));
+        assert!(matches!(
+            s.delete_stage("orders", "prod"),
+            Err(Error::Conflict(_))
+        ));
+    }
+}
