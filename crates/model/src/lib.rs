@@ -11,6 +11,7 @@
 mod api;
 pub mod config;
 mod error;
+pub mod metric;
 mod patch;
 mod stage;
 mod state;
@@ -18,6 +19,7 @@ pub mod template;
 
 pub use api::{Api, Deployment, Integration, Method, Route};
 pub use error::{Error, Result};
+pub use metric::{Metric, Statistic};
 pub use patch::{PatchOp, PatchOperation};
 pub use stage::{CacheSettings, CanaryRouting, CanarySettings, Stage, StageInput, Stickiness};
 pub use state::{BasePathMapping, Domain, State};
