@@ -14,7 +14,7 @@ mod error;
 pub mod metric;
 mod patch;
 mod stage;
-mod state;
+pub mod state;
 pub mod template;
 
 pub use api::{Api, Deployment, Integration, Method, Route};

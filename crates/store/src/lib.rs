@@ -1,1 +1,250 @@
-//! placeholder
+//! Durable state of canarygate.
+//!
+//! [`Backend`] is the small persistence trait (load everything; write a batch of changes in one
+//! transaction); [`SqliteBackend`] implements it over an embedded SQLite file with versioned migrations.
+//! [`Store`] is the state service on top: it serialises changes, applies a pure model transition to a
+//! copy of the state, writes the difference durably, and only then publishes the new state (through the
+//! `on_change` hook, which swaps the gateway's routing snapshot before the API call returns).
+#![deny(rust_2018_idioms)]
+#![forbid(unsafe_code)]
+
+mod sqlite;
+
+use std::sync::Arc;
+
+use canarygate_model::state::ApiState;
+use canarygate_model::{Api, Deployment, Domain, Stage, State};
+use tokio::sync::{watch, Mutex};
+
+pub use sqlite::SqliteBackend;
+
+/// Why a change could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The change itself was refused by the model (the client's fault).
+    #[error(transparent)]
+    Model(#[from] canarygate_model::Error),
+    /// The storage failed (the server's fault); nothing was changed.
+    #[error("storage error: {0}")]
+    Backend(String),
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Backend(e.to_string())
+    }
+}
+
+impl From<serde_json::Error> for StoreError {
+    fn from(e: serde_json::Error) -> Self {
+        StoreError::Backend(format!("corrupt record: {e}"))
+    }
+}
+
+/// One row-level change, as the backend persists it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    PutApi(Api),
+    /// Deletes the API with its deployments and stages.
+    DeleteApi(String),
+    PutDeployment {
+        api: String,
+        seq: usize,
+        deployment: Deployment,
+    },
+    PutStage(Stage),
+    DeleteStage {
+        api: String,
+        stage: String,
+    },
+    PutDomain(Domain),
+    DeleteDomain(String),
+}
+
+/// Persistence: everything at start, then batches of changes, each batch atomic and durable.
+pub trait Backend: Send + 'static {
+    fn load(&mut self) -> Result<State, StoreError>;
+    fn write(&mut self, changes: &[Change]) -> Result<(), StoreError>;
+}
+
+/// The changes that turn `old` into `new`.
+pub fn diff(old: &State, new: &State) -> Vec<Change> {
+    let mut out = Vec::new();
+    for name in old.apis.keys().filter(|k| !new.apis.contains_key(*k)) {
+        out.push(Change::DeleteApi(name.clone()));
+    }
+    for (name, a) in &new.apis {
+        let o: Option<&ApiState> = old.apis.get(name);
+        if o.map(|o| &o.api) != Some(&a.api) {
+            out.push(Change::PutApi(a.api.clone()));
+        }
+        for (seq, d) in a.deployments.iter().enumerate() {
+            if o.and_then(|o| o.deployments.get(seq)) != Some(d) {
+                out.push(Change::PutDeployment {
+                    api: name.clone(),
+                    seq,
+                    deployment: d.clone(),
+                });
+            }
+        }
+        if let Some(o) = o {
+            for s in o.stages.keys().filter(|k| !a.stages.contains_key(*k)) {
+                out.push(Change::DeleteStage {
+                    api: name.clone(),
+                    stage: s.clone(),
+                });
+            }
+        }
+        for (sname, s) in &a.stages {
+            if o.and_then(|o| o.stages.get(sname)) != Some(s) {
+                out.push(Change::PutStage(s.clone()));
+            }
+        }
+    }
+    for d in old.domains.keys().filter(|k| !new.domains.contains_key(*k)) {
+        out.push(Change::DeleteDomain(d.clone()));
+    }
+    for (name, d) in &new.domains {
+        if old.domains.get(name) != Some(d) {
+            out.push(Change::PutDomain(d.clone()));
+        }
+    }
+    out
+}
+
+type OnChange = Box<dyn Fn(&Arc<State>) + Send + Sync>;
+
+/// The state service: serialised, durable, published changes.
+pub struct Store {
+    backend: Arc<std::sync::Mutex<Box<dyn Backend>>>,
+    /// Serialises changes; holds the state they start from.
+    write: Mutex<Arc<State>>,
+    current: watch::Sender<Arc<State>>,
+    on_change: OnChange,
+}
+
+impl Store {
+    /// Loads the state from the backend. `on_change` runs after every durable change, before the
+    /// call that made it returns.
+    pub fn open(mut backend: Box<dyn Backend>, on_change: OnChange) -> Result<Store, StoreError> {
+        let state = Arc::new(backend.load()?);
+        on_change(&state);
+        let (current, _) = watch::channel(state.clone());
+        Ok(Store {
+            backend: Arc::new(std::sync::Mutex::new(backend)),
+            write: Mutex::new(state),
+            current,
+            on_change,
+        })
+    }
+
+    /// The current state (cheap: an `Arc`).
+    pub fn current(&self) -> Arc<State> {
+        self.current.borrow().clone()
+    }
+
+    /// Subscribes to state changes.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<State>> {
+        self.current.subscribe()
+    }
+
+    /// Applies `f` to a copy of the state; if it succeeds, persists the difference in one transaction,
+    /// then publishes. A refused or failed change changes nothing.
+    pub async fn mutate<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut State) -> canarygate_model::Result<T>,
+    ) -> Result<T, StoreError> {
+        let mut guard = self.write.lock().await;
+        let mut next = State::clone(&guard);
+        let out = f(&mut next)?;
+        let changes = diff(&guard, &next);
+        if changes.is_empty() {
+            return Ok(out);
+        }
+        let backend = self.backend.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut b = backend
+                .lock()
+                .map_err(|_| StoreError::Backend("storage poisoned by an earlier panic".into()))?;
+            b.write(&changes)
+        })
+        .await
+        .map_err(|e| StoreError::Backend(format!("storage task failed: {e}")))??;
+        let next = Arc::new(next);
+        *guard = next.clone();
+        (self.on_change)(&next);
+        self.current.send_replace(next);
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use canarygate_model::StageInput;
+
+    fn now() -> chrono::DateTime<chrono::Utc> {
+        chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap()
+    }
+
+    fn sample() -> State {
+        let mut s = State::default();
+        let routes = serde_json::from_value(
+            serde_json::json!([{"path": "/h", "integration": {"type": "mock"}}]),
+        )
+        .unwrap();
+        s.put_api("orders", routes, now()).unwrap();
+        s.create_deployment("orders", "d-one".into(), "x".into(), now())
+            .unwrap();
+        s.put_stage("orders", "prod", StageInput::default(), now())
+            .unwrap();
+        s
+    }
+
+    #[test]
+    fn diff_of_equal_states_is_empty() {
+        let s = sample();
+        assert!(diff(&s, &s).is_empty());
+        assert_eq!(diff(&State::default(), &s).len(), 3);
+        let mut t = s.clone();
+        t.delete_api("orders").unwrap();
+        assert_eq!(diff(&s, &t), vec![Change::DeleteApi("orders".into())]);
+    }
+
+    #[tokio::test]
+    async fn changes_survive_reopen_and_refusals_change_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let published = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let p = published.clone();
+        let store = Store::open(
+            Box::new(SqliteBackend::open(&path).unwrap()),
+            Box::new(move |_| {
+                p.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }),
+        )
+        .unwrap();
+        let want = sample();
+        let w = want.clone();
+        store
+            .mutate(move |s| {
+                *s = w;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        let err = store
+            .mutate(|s| s.delete_stage("orders", "nope"))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Model(_)));
+        assert_eq!(published.load(std::sync::atomic::Ordering::SeqCst), 2);
+        drop(store);
+        let again = Store::open(
+            Box::new(SqliteBackend::open(&path).unwrap()),
+            Box::new(|_| {}),
+        )
+        .unwrap();
+        assert_eq!(*again.current(), want);
+    }
+}
