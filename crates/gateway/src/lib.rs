@@ -1,1 +1,149 @@
-//! placeholder
+//! The data plane of canarygate.
+//!
+//! It owns the gateway listener (hyper 1.x, HTTP/1.1 with keep-alive and limits on header size, header
+//! read time and body size), the routing snapshot ([`table::RoutingTable`], swapped atomically through
+//! an `ArcSwap` on every control-plane change and loaded once per request), the variant choice
+//! ([`choose`]), the proxy to upstreams over pooled keep-alive connections, and the access log writer.
+//! Every request is recorded in its variant's metrics series without taking a lock.
+#![deny(rust_2018_idioms)]
+#![forbid(unsafe_code)]
+
+pub mod access_log;
+pub mod choose;
+pub mod error;
+mod proxy;
+pub mod table;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use canarygate_metrics::Registry;
+use canarygate_model::State;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub use access_log::{AccessLog, AccessLogConfig};
+pub use table::RoutingTable;
+
+/// Request limits of the gateway listener.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest request head (request line and headers), bytes; larger gets 431.
+    pub max_header_bytes: usize,
+    /// Largest request body, bytes; larger gets 413.
+    pub max_body_bytes: u64,
+    /// Time a client has to send the request head; slower connections are closed.
+    pub header_read_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_header_bytes: 64 * 1024,
+            max_body_bytes: 10 * 1024 * 1024,
+            header_read_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The gateway: snapshot, upstream client, metrics and access log.
+pub struct Gateway {
+    table: ArcSwap<RoutingTable>,
+    metrics: Arc<Registry>,
+    client: proxy::UpstreamClient,
+    log: AccessLog,
+    limits: Limits,
+}
+
+impl Gateway {
+    pub fn new(metrics: Arc<Registry>, log: AccessLog, limits: Limits) -> Gateway {
+        Gateway {
+            table: ArcSwap::from_pointee(RoutingTable::default()),
+            metrics,
+            client: proxy::client(),
+            log,
+            limits,
+        }
+    }
+
+    /// Builds a new snapshot from the state and swaps it in; the next request sees it.
+    pub fn publish(&self, state: &State) {
+        let previous = self.table.load();
+        let next = RoutingTable::build(state, &previous, &self.metrics);
+        self.table.store(Arc::new(next));
+    }
+
+    pub fn metrics(&self) -> &Arc<Registry> {
+        &self.metrics
+    }
+
+    pub fn access_log(&self) -> &AccessLog {
+        &self.log
+    }
+
+    /// Serves connections from `listener` until `shutdown` turns true, then lets in-flight requests
+    /// finish (up to `drain`).
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        mut shutdown: watch::Receiver<bool>,
+        drain: Duration,
+    ) {
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => {
+                    let (stream, peer) = match accepted {
+                        Ok(x) => x,
+                        Err(e) => {
+                            // Out of file descriptors and the like: back off instead of spinning.
+                            tracing::warn!(error = %e, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    };
+                    let _ = stream.set_nodelay(true);
+                    let gw = self.clone();
+                    let conn = http1::Builder::new()
+                        .timer(TokioTimer::new())
+                        .header_read_timeout(self.limits.header_read_timeout)
+                        .max_buf_size(self.limits.max_header_bytes.max(8192))
+                        .keep_alive(true)
+                        .serve_connection(
+                            TokioIo::new(stream),
+                            hyper::service::service_fn(move |req| {
+                                let gw = gw.clone();
+                                async move { Ok::<_, std::convert::Infallible>(gw.handle(req, peer).await) }
+                            }),
+                        );
+                    let conn = graceful.watch(conn);
+                    tokio::spawn(async move {
+                        if let Err(e) = conn.await {
+                            tracing::debug!(error = %e, %peer, "connection ended with an error");
+                        }
+                    });
+                }
+                _ = shutdown.changed() => break,
+            }
+        }
+        drop(listener);
+        if tokio::time::timeout(drain, graceful.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!("in-flight requests did not finish within the drain time");
+        }
+    }
+
+    async fn handle(
+        &self,
+        req: hyper::Request<hyper::body::Incoming>,
+        peer: SocketAddr,
+    ) -> hyper::Response<proxy::Body> {
+        proxy::handle(self, req, peer).await
+    }
+}

@@ -1,0 +1,313 @@
+//! The routing snapshot: every API's stages compiled for serving, built from the control-plane state on
+//! every change and swapped in atomically. A request loads it once and uses it to the end, so in-flight
+//! requests finish on the snapshot they started with.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use canarygate_metrics::{Registry, Series};
+use canarygate_model::template::{self, PathSegment, Template};
+use canarygate_model::{CanaryRouting, Deployment, Integration, Method, State, Variant};
+use http::{HeaderName, HeaderValue};
+
+/// A compiled integration.
+pub enum CompiledIntegration {
+    Http {
+        uri: Template,
+        timeout: Duration,
+    },
+    Mock {
+        status: http::StatusCode,
+        headers: Vec<(HeaderName, HeaderValue)>,
+        body: Template,
+    },
+}
+
+/// The routes of one path pattern, by method.
+pub struct PathEntry {
+    pub methods: Vec<(Method, Arc<CompiledIntegration>)>,
+}
+
+impl PathEntry {
+    pub fn find(&self, m: &http::Method) -> Option<&Arc<CompiledIntegration>> {
+        let want = match *m {
+            http::Method::GET => Method::Get,
+            http::Method::POST => Method::Post,
+            http::Method::PUT => Method::Put,
+            http::Method::PATCH => Method::Patch,
+            http::Method::DELETE => Method::Delete,
+            http::Method::HEAD => Method::Head,
+            http::Method::OPTIONS => Method::Options,
+            _ => Method::Any,
+        };
+        let exact = self
+            .methods
+            .iter()
+            .find(|(mm, _)| *mm == want && want != Method::Any);
+        exact
+            .or_else(|| self.methods.iter().find(|(mm, _)| *mm == Method::Any))
+            .map(|(_, i)| i)
+    }
+}
+
+/// A deployment's routes, compiled into a path router.
+pub struct CompiledDeployment {
+    pub router: matchit::Router<PathEntry>,
+}
+
+impl CompiledDeployment {
+    pub fn compile(d: &Deployment) -> CompiledDeployment {
+        let mut by_path: BTreeMap<String, PathEntry> = BTreeMap::new();
+        for r in &d.routes {
+            let Ok(segs) = template::parse_path("path", &r.path) else {
+                continue;
+            };
+            let mut pattern = String::new();
+            for s in &segs {
+                pattern.push('/');
+                match s {
+                    PathSegment::Literal(l) => {
+                        // matchit treats braces specially; the model forbids them in literals.
+                        pattern.push_str(l)
+                    }
+                    PathSegment::Param(n) => {
+                        pattern.push('{');
+                        pattern.push_str(n);
+                        pattern.push('}');
+                    }
+                    PathSegment::Greedy(n) => {
+                        pattern.push_str("{*");
+                        pattern.push_str(n);
+                        pattern.push('}');
+                    }
+                }
+            }
+            if pattern.is_empty() {
+                pattern.push('/');
+            }
+            let integration = match &r.integration {
+                Integration::Http { uri, timeout_ms } => match Template::parse("uri", uri, true) {
+                    Ok(t) => CompiledIntegration::Http {
+                        uri: t,
+                        timeout: Duration::from_millis(u64::from(*timeout_ms)),
+                    },
+                    Err(_) => continue,
+                },
+                Integration::Mock {
+                    status,
+                    headers,
+                    body,
+                } => {
+                    let status =
+                        http::StatusCode::from_u16(*status).unwrap_or(http::StatusCode::OK);
+                    let headers = headers
+                        .iter()
+                        .filter_map(|(k, v)| {
+                            Some((
+                                HeaderName::try_from(k.as_str()).ok()?,
+                                HeaderValue::try_from(v.as_str()).ok()?,
+                            ))
+                        })
+                        .collect();
+                    let body = Template::parse("body", body, false).unwrap_or_default();
+                    CompiledIntegration::Mock {
+                        status,
+                        headers,
+                        body,
+                    }
+                }
+            };
+            by_path
+                .entry(pattern)
+                .or_insert_with(|| PathEntry {
+                    methods: Vec::new(),
+                })
+                .methods
+                .push((r.method, Arc::new(integration)));
+        }
+        let mut router = matchit::Router::new();
+        for (pattern, entry) in by_path {
+            if let Err(e) = router.insert(pattern.clone(), entry) {
+                tracing::error!(deployment = %d.id, %pattern, error = %e, "route conflicts; skipped");
+            }
+        }
+        CompiledDeployment { router }
+    }
+}
+
+/// One side of a stage, ready to serve.
+pub struct VariantRoute {
+    pub variant: Variant,
+    pub deployment_id: Arc<str>,
+    pub deployment: Arc<CompiledDeployment>,
+    pub variables: HashMap<String, String>,
+    pub series: Arc<Series>,
+}
+
+/// A stage, ready to serve.
+pub struct StageRoute {
+    pub api: Arc<str>,
+    pub stage: Arc<str>,
+    pub production: VariantRoute,
+    pub canary: Option<VariantRoute>,
+    /// A request goes to the canary when a uniform `u64` (random or a sticky hash) is below this.
+    pub canary_threshold: u64,
+    pub canary_always: bool,
+    pub routing: CanaryRouting,
+}
+
+impl StageRoute {
+    pub fn variant(&self, v: Variant) -> &VariantRoute {
+        match (v, &self.canary) {
+            (Variant::Canary, Some(c)) => c,
+            _ => &self.production,
+        }
+    }
+}
+
+/// Maps `percentTraffic` onto a threshold over the whole `u64` range, so 0.1% is exactly 1 in 1000.
+pub fn threshold(percent: f64) -> (u64, bool) {
+    if percent >= 100.0 {
+        (u64::MAX, true)
+    } else if percent <= 0.0 || percent.is_nan() {
+        (0, false)
+    } else {
+        (
+            (percent / 100.0 * 18_446_744_073_709_551_616.0) as u64,
+            false,
+        )
+    }
+}
+
+/// The whole snapshot.
+#[derive(Default)]
+pub struct RoutingTable {
+    pub stages: HashMap<String, HashMap<String, Arc<StageRoute>>>,
+    /// Host -> base path mappings, longest base path first.
+    pub domains: HashMap<String, Vec<(String, Arc<StageRoute>)>>,
+    compiled: HashMap<(String, String), Arc<CompiledDeployment>>,
+}
+
+impl RoutingTable {
+    /// Builds a snapshot from the state, reusing compiled deployments of the previous snapshot
+    /// (deployments are immutable).
+    pub fn build(state: &State, previous: &RoutingTable, metrics: &Registry) -> RoutingTable {
+        let mut t = RoutingTable::default();
+        for (api_name, a) in &state.apis {
+            let mut stages = HashMap::new();
+            for (sname, s) in &a.stages {
+                let mut variant = |v: Variant,
+                                   deployment_id: &str,
+                                   vars: &BTreeMap<String, String>|
+                 -> Option<VariantRoute> {
+                    let key = (api_name.clone(), deployment_id.to_string());
+                    let compiled =
+                        match previous.compiled.get(&key).or_else(|| t.compiled.get(&key)) {
+                            Some(c) => c.clone(),
+                            None => {
+                                Arc::new(CompiledDeployment::compile(a.deployment(deployment_id)?))
+                            }
+                        };
+                    t.compiled.insert(key, compiled.clone());
+                    Some(VariantRoute {
+                        variant: v,
+                        deployment_id: Arc::from(deployment_id),
+                        deployment: compiled,
+                        variables: vars.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                        series: metrics.series(api_name, sname, v),
+                    })
+                };
+                let Some(production) = variant(Variant::Production, &s.deployment_id, &s.variables)
+                else {
+                    continue;
+                };
+                let canary = match (&s.canary_settings, s.canary_variables()) {
+                    (Some(c), Some(vars)) => variant(Variant::Canary, &c.deployment_id, &vars),
+                    _ => None,
+                };
+                let percent = s
+                    .canary_settings
+                    .as_ref()
+                    .map_or(0.0, |c| c.percent_traffic);
+                let (canary_threshold, canary_always) = threshold(percent);
+                let route = StageRoute {
+                    api: Arc::from(api_name.as_str()),
+                    stage: Arc::from(sname.as_str()),
+                    production,
+                    canary,
+                    canary_threshold,
+                    canary_always,
+                    routing: s.canary_routing.clone(),
+                };
+                stages.insert(sname.clone(), Arc::new(route));
+            }
+            t.stages.insert(api_name.clone(), stages);
+        }
+        for d in state.domains.values() {
+            let mut maps: Vec<(String, Arc<StageRoute>)> = d
+                .mappings
+                .iter()
+                .filter_map(|m| {
+                    Some((
+                        m.base_path.clone(),
+                        t.stages.get(&m.api)?.get(&m.stage)?.clone(),
+                    ))
+                })
+                .collect();
+            maps.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+            t.domains.insert(d.domain.clone(), maps);
+        }
+        t
+    }
+
+    /// Finds the stage for a request: a custom domain mapping (longest base path), else
+    /// `/<api>/<stage>/...`. Returns the stage and the path left for route matching.
+    pub fn resolve<'p>(
+        &self,
+        host: Option<&str>,
+        path: &'p str,
+    ) -> Option<(&Arc<StageRoute>, &'p str)> {
+        if let Some(maps) = host.and_then(|h| self.domains.get(h)) {
+            for (base, route) in maps {
+                if base.is_empty() {
+                    return Some((route, path));
+                }
+                if let Some(rest) = path
+                    .strip_prefix('/')
+                    .and_then(|p| p.strip_prefix(base.as_str()))
+                {
+                    if rest.is_empty() || rest.starts_with('/') {
+                        return Some((route, rest));
+                    }
+                }
+            }
+            return None;
+        }
+        let p = path.strip_prefix('/')?;
+        let (api, rest) = p.split_once('/').unwrap_or((p, ""));
+        let (stage, rest) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, ""),
+        };
+        let route = self.stages.get(api)?.get(stage)?;
+        Some((route, rest))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thresholds() {
+        assert_eq!(threshold(0.0), (0, false));
+        assert_eq!(threshold(100.0), (u64::MAX, true));
+        let (t, _) = threshold(0.1);
+        let expected = u64::MAX / 1000;
+        assert!((t as f64 - expected as f64).abs() / (expected as f64) < 1e-9);
+        let (t10, _) = threshold(10.0);
+        let (t30, _) = threshold(30.0);
+        assert!(t10 < t30);
+    }
+}
