@@ -1,1 +1,77 @@
-//! placeholder
+//! The admin API of canarygate, on its own listener (never reachable through the gateway): APIs,
+//! deployments, stages with patch/promote/remove, custom domains, metric queries, Prometheus `/metrics`,
+//! `/healthz` and `/readyz`, behind bearer-token auth. Handlers translate HTTP into model transitions run
+//! by the [`Store`], which persists each change before the call returns.
+#![deny(rust_2018_idioms)]
+#![forbid(unsafe_code)]
+
+pub mod auth;
+mod body;
+pub mod error;
+mod metrics;
+mod resources;
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use axum::routing::{get, post, put};
+use axum::Router;
+use canarygate_metrics::Registry;
+use canarygate_store::Store;
+
+pub use auth::{Auth, Role};
+pub use error::ApiError;
+
+/// Writes extra Prometheus lines (gauges owned by other parts of the process).
+pub type PrometheusHook = Arc<dyn Fn(&mut String) + Send + Sync>;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<Store>,
+    pub metrics: Arc<Registry>,
+    pub ready: Arc<AtomicBool>,
+    pub prometheus_extra: Option<PrometheusHook>,
+}
+
+/// The admin router.
+pub fn router(state: AppState, auth: Auth) -> Router {
+    let v1 = Router::new()
+        .route("/apis", get(resources::list_apis))
+        .route(
+            "/apis/{api}",
+            get(resources::get_api).put(resources::put_api).delete(resources::delete_api),
+        )
+        .route(
+            "/apis/{api}/deployments",
+            get(resources::list_deployments).post(resources::create_deployment),
+        )
+        .route("/apis/{api}/deployments/{id}", get(resources::get_deployment))
+        .route("/apis/{api}/stages", get(resources::list_stages))
+        .route(
+            "/apis/{api}/stages/{stage}",
+            get(resources::get_stage)
+                .put(resources::put_stage)
+                .patch(resources::patch_stage)
+                .delete(resources::delete_stage),
+        )
+        .route("/apis/{api}/stages/{stage}/canary", axum::routing::delete(resources::remove_canary))
+        .route("/apis/{api}/stages/{stage}/canary/promote", post(resources::promote_canary))
+        .route("/domains", get(resources::list_domains))
+        .route(
+            "/domains/{domain}",
+            put(resources::put_domain)
+                .get(resources::get_domain)
+                .delete(resources::delete_domain),
+        )
+        .route("/metrics", get(metrics::query))
+        .fallback(|| async { ApiError::not_found("no such admin API resource") })
+        .layer(axum::middleware::from_fn_with_state(auth, auth::middleware));
+    Router::new()
+        .nest("/v1", v1)
+        .route("/metrics", get(metrics::prometheus))
+        .route("/healthz", get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }))
+        .route("/readyz", get(metrics::readyz))
+        .fallback(|| async { ApiError::not_found("no such admin resource") })
+        .with_state(state)
+}

@@ -1,1 +1,178 @@
-fn main() {}
+//! canarygate: a self-hosted canary-release gateway. The binary is thin: it parses commands, loads the
+//! config file and wires the library crates together (`serve`), or talks to a running server's admin
+//! API (every other command).
+#![deny(rust_2018_idioms)]
+#![forbid(unsafe_code)]
+
+mod backend;
+mod client;
+mod config;
+mod serve;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use client::{Client, Output};
+use reqwest::Method;
+
+#[derive(Parser)]
+#[command(
+    name = "canarygate",
+    version,
+    about = "Canary releases for any HTTP service: gateway, rollouts, admin API."
+)]
+struct Cli {
+    /// Admin API of the server to talk to.
+    #[arg(long, global = true, env = "CANARYGATE_SERVER", default_value = "http://127.0.0.1:9090")]
+    server: String,
+    /// Bearer token for the admin API.
+    #[arg(long, global = true, env = "CANARYGATE_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Output format.
+    #[arg(long, short = 'o', global = true, value_enum, default_value = "text")]
+    output: Output,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway, controller and admin API.
+    Serve(serve::ServeArgs),
+    /// Make the server's APIs, stages and domains match a file.
+    Apply {
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        /// Print what would change without changing anything.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// List or read APIs.
+    Apis {
+        #[command(subcommand)]
+        cmd: ApisCmd,
+    },
+    /// Create or list deployments of an API.
+    Deployments {
+        #[command(subcommand)]
+        cmd: DeploymentsCmd,
+    },
+    /// Read and change stages and their canaries.
+    Stages {
+        #[command(subcommand)]
+        cmd: StagesCmd,
+    },
+    /// Run a small demo HTTP backend (for the quickstart).
+    DemoBackend(backend::BackendArgs),
+}
+
+#[derive(Subcommand)]
+enum ApisCmd {
+    List,
+    Get { api: String },
+}
+
+#[derive(Subcommand)]
+enum DeploymentsCmd {
+    /// Snapshot the API's current routes.
+    Create {
+        api: String,
+        #[arg(long, short = 'd', default_value = "")]
+        description: String,
+    },
+    List {
+        api: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum StagesCmd {
+    Get {
+        api: String,
+        stage: String,
+    },
+    /// Patch a stage: `--percent 10`, `--set /variables/backend=10.0.0.7:8080`, `--remove PATH`.
+    Update {
+        api: String,
+        stage: String,
+        /// Canary share of requests, 0 to 100 (creates a canary on the stage's deployment if none).
+        #[arg(long)]
+        percent: Option<String>,
+        /// PATH=VALUE, a replace operation (repeatable).
+        #[arg(long)]
+        set: Vec<String>,
+        /// PATH, a remove operation (repeatable).
+        #[arg(long)]
+        remove: Vec<String>,
+    },
+    /// Promote the canary: its deployment and overrides become the stage's.
+    Promote {
+        api: String,
+        stage: String,
+    },
+    /// Remove the canary: all traffic back to production.
+    RemoveCanary {
+        api: String,
+        stage: String,
+    },
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let c = Client::new(&cli.server, cli.token.clone(), cli.output);
+    match cli.command {
+        Command::Serve(args) => serve::run(args).await,
+        Command::DemoBackend(args) => backend::run(args).await,
+        Command::Apply { file, dry_run } => client::apply(&c, &file, dry_run).await,
+        Command::Apis { cmd: ApisCmd::List } => client::apis_list(&c).await,
+        Command::Apis { cmd: ApisCmd::Get { api } } => client::apis_get(&c, &api).await,
+        Command::Deployments {
+            cmd: DeploymentsCmd::Create { api, description },
+        } => client::deployments_create(&c, &api, &description).await,
+        Command::Deployments {
+            cmd: DeploymentsCmd::List { api },
+        } => client::deployments_list(&c, &api).await,
+        Command::Stages { cmd } => match cmd {
+            StagesCmd::Get { api, stage } => client::stage_call(&c, Method::GET, format!("/v1/apis/{api}/stages/{stage}"), None).await,
+            StagesCmd::Update {
+                api,
+                stage,
+                percent,
+                set,
+                remove,
+            } => {
+                let ops = client::update_ops(&set, &remove, percent)?;
+                let body = serde_json::json!({ "patchOperations": ops });
+                client::stage_call(&c, Method::PATCH, format!("/v1/apis/{api}/stages/{stage}"), Some(body)).await
+            }
+            StagesCmd::Promote { api, stage } => {
+                client::stage_call(&c, Method::POST, format!("/v1/apis/{api}/stages/{stage}/canary/promote"), None).await
+            }
+            StagesCmd::RemoveCanary { api, stage } => {
+                client::stage_call(&c, Method::DELETE, format!("/v1/apis/{api}/stages/{stage}/canary"), None).await
+            }
+        },
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("CANARYGATE_LOG").unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

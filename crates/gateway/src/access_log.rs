@@ -72,15 +72,13 @@ impl AccessLog {
     pub fn start(cfg: AccessLogConfig) -> std::io::Result<AccessLog> {
         std::fs::create_dir_all(&cfg.dir)?;
         let (tx, rx) = mpsc::channel(cfg.queue.max(1));
-        let writer = std::thread::Builder::new()
-            .name("access-log".into())
-            .spawn(move || {
-                Writer {
-                    cfg,
-                    files: HashMap::new(),
-                }
-                .run(rx)
-            })?;
+        let writer = std::thread::Builder::new().name("access-log".into()).spawn(move || {
+            Writer {
+                cfg,
+                files: HashMap::new(),
+            }
+            .run(rx)
+        })?;
         Ok(AccessLog {
             tx: Some(tx),
             writer: Some(writer),
@@ -254,14 +252,7 @@ mod tests {
         })
         .unwrap();
         for i in 0..30 {
-            log.send(record(
-                if i % 3 == 0 {
-                    Variant::Canary
-                } else {
-                    Variant::Production
-                },
-                i,
-            ));
+            log.send(record(if i % 3 == 0 { Variant::Canary } else { Variant::Production }, i));
         }
         log.close();
         let canary = dir.path().join("orders/prod/Canary.log");

@@ -47,12 +47,7 @@ pub fn choose(route: &StageRoute, headers: &HeaderMap) -> Variant {
     {
         return v;
     }
-    if let Some(v) = r
-        .cookie
-        .as_deref()
-        .and_then(|c| cookie(headers, c))
-        .and_then(forced)
-    {
+    if let Some(v) = r.cookie.as_deref().and_then(|c| cookie(headers, c)).and_then(forced) {
         return v;
     }
     if route.canary_always {

@@ -35,10 +35,7 @@ pub enum ProxyError {
 impl ProxyError {
     pub fn source(&self) -> Source {
         match self {
-            ProxyError::NoStage
-            | ProxyError::NoRoute
-            | ProxyError::MethodNotAllowed
-            | ProxyError::BodyTooLarge(_) => Source::Client,
+            ProxyError::NoStage | ProxyError::NoRoute | ProxyError::MethodNotAllowed | ProxyError::BodyTooLarge(_) => Source::Client,
             ProxyError::BadIntegrationUri(_) => Source::Gateway,
             ProxyError::Upstream(_) | ProxyError::Timeout(_) => Source::Upstream,
         }

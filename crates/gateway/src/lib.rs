@@ -87,12 +87,7 @@ impl Gateway {
 
     /// Serves connections from `listener` until `shutdown` turns true, then lets in-flight requests
     /// finish (up to `drain`).
-    pub async fn serve(
-        self: Arc<Self>,
-        listener: TcpListener,
-        mut shutdown: watch::Receiver<bool>,
-        drain: Duration,
-    ) {
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, mut shutdown: watch::Receiver<bool>, drain: Duration) {
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         loop {
             tokio::select! {
@@ -131,19 +126,12 @@ impl Gateway {
             }
         }
         drop(listener);
-        if tokio::time::timeout(drain, graceful.shutdown())
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
             tracing::warn!("in-flight requests did not finish within the drain time");
         }
     }
 
-    async fn handle(
-        &self,
-        req: hyper::Request<hyper::body::Incoming>,
-        peer: SocketAddr,
-    ) -> hyper::Response<proxy::Body> {
+    async fn handle(&self, req: hyper::Request<hyper::body::Incoming>, peer: SocketAddr) -> hyper::Response<proxy::Body> {
         proxy::handle(self, req, peer).await
     }
 }

@@ -48,9 +48,7 @@ pub fn client() -> UpstreamClient {
 }
 
 fn full(b: impl Into<Bytes>) -> Body {
-    Full::new(b.into())
-        .map_err(|never| match never {})
-        .boxed_unsync()
+    Full::new(b.into()).map_err(|never| match never {}).boxed_unsync()
 }
 
 /// Removes hop-by-hop headers, including those the `Connection` header names.
@@ -93,16 +91,11 @@ fn request_id(headers: &HeaderMap) -> HeaderValue {
 
 fn error_response(e: &ProxyError) -> Response<Body> {
     let msg = serde_json::to_string(&e.to_string()).unwrap_or_else(|_| "\"error\"".into());
-    let body = format!(
-        "{{\"error\":{{\"code\":\"{}\",\"message\":{msg}}}}}",
-        e.code()
-    );
+    let body = format!("{{\"error\":{{\"code\":\"{}\",\"message\":{msg}}}}}", e.code());
     let mut r = Response::new(full(body));
     *r.status_mut() = e.status();
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     r
 }
 
@@ -119,22 +112,14 @@ pub async fn handle(gw: &Gateway, req: Request<Incoming>, peer: SocketAddr) -> R
     let (mut parts, body) = req.into_parts();
     let rid = request_id(&parts.headers);
 
-    let host = parts
-        .headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(|h| {
-            let h = h
-                .rsplit_once(':')
-                .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
-                .map_or(h, |(h, _)| h);
-            h.to_ascii_lowercase()
-        });
-    let domain = if table.domains.is_empty() {
-        None
-    } else {
-        host.as_deref()
-    };
+    let host = parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()).map(|h| {
+        let h = h
+            .rsplit_once(':')
+            .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
+            .map_or(h, |(h, _)| h);
+        h.to_ascii_lowercase()
+    });
+    let domain = if table.domains.is_empty() { None } else { host.as_deref() };
     let path = parts.uri.path().to_owned();
     let Some((stage, rest)) = table.resolve(domain, &path) else {
         let mut r = error_response(&ProxyError::NoStage);
@@ -153,17 +138,12 @@ pub async fn handle(gw: &Gateway, req: Request<Incoming>, peer: SocketAddr) -> R
         }
     };
     let h = response.headers_mut();
-    h.insert(
-        VARIANT_HEADER.clone(),
-        HeaderValue::from_static(variant.as_str()),
-    );
+    h.insert(VARIANT_HEADER.clone(), HeaderValue::from_static(variant.as_str()));
     h.insert(REQUEST_ID.clone(), rid.clone());
 
     let latency_us = start.elapsed().as_micros() as u64;
     let status = response.status().as_u16();
-    let sec = wall
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let sec = wall.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     vr.series.record(
         sec,
         &Observation {
@@ -210,11 +190,7 @@ async fn serve(
     rid: &HeaderValue,
 ) -> Result<Served, (ProxyError, Option<u64>)> {
     let route_path = if rest.is_empty() { "/" } else { rest };
-    let matched = vr
-        .deployment
-        .router
-        .at(route_path)
-        .map_err(|_| (ProxyError::NoRoute, None))?;
+    let matched = vr.deployment.router.at(route_path).map_err(|_| (ProxyError::NoRoute, None))?;
     let integration: Arc<CompiledIntegration> = matched
         .value
         .find(&parts.method)
@@ -249,9 +225,7 @@ async fn serve(
                 target.push(if target.contains('?') { '&' } else { '?' });
                 target.push_str(q);
             }
-            let upstream_uri: http::Uri = target
-                .parse()
-                .map_err(|_| (ProxyError::BadIntegrationUri(target.clone()), None))?;
+            let upstream_uri: http::Uri = target.parse().map_err(|_| (ProxyError::BadIntegrationUri(target.clone()), None))?;
             if upstream_uri.host().is_none() {
                 return Err((ProxyError::BadIntegrationUri(target), None));
             }
@@ -302,12 +276,8 @@ async fn serve(
                 Ok(Ok(resp)) => {
                     let (mut rp, rb) = resp.into_parts();
                     strip_hop_by_hop(&mut rp.headers);
-                    let response =
-                        Response::from_parts(rp, rb.map_err(BoxError::from).boxed_unsync());
-                    Ok(Served {
-                        response,
-                        integration_us,
-                    })
+                    let response = Response::from_parts(rp, rb.map_err(BoxError::from).boxed_unsync());
+                    Ok(Served { response, integration_us })
                 }
             }
         }

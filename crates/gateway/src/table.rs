@@ -41,10 +41,7 @@ impl PathEntry {
             http::Method::OPTIONS => Method::Options,
             _ => Method::Any,
         };
-        let exact = self
-            .methods
-            .iter()
-            .find(|(mm, _)| *mm == want && want != Method::Any);
+        let exact = self.methods.iter().find(|(mm, _)| *mm == want && want != Method::Any);
         exact
             .or_else(|| self.methods.iter().find(|(mm, _)| *mm == Method::Any))
             .map(|(_, i)| i)
@@ -94,35 +91,19 @@ impl CompiledDeployment {
                     },
                     Err(_) => continue,
                 },
-                Integration::Mock {
-                    status,
-                    headers,
-                    body,
-                } => {
-                    let status =
-                        http::StatusCode::from_u16(*status).unwrap_or(http::StatusCode::OK);
+                Integration::Mock { status, headers, body } => {
+                    let status = http::StatusCode::from_u16(*status).unwrap_or(http::StatusCode::OK);
                     let headers = headers
                         .iter()
-                        .filter_map(|(k, v)| {
-                            Some((
-                                HeaderName::try_from(k.as_str()).ok()?,
-                                HeaderValue::try_from(v.as_str()).ok()?,
-                            ))
-                        })
+                        .filter_map(|(k, v)| Some((HeaderName::try_from(k.as_str()).ok()?, HeaderValue::try_from(v.as_str()).ok()?)))
                         .collect();
                     let body = Template::parse("body", body, false).unwrap_or_default();
-                    CompiledIntegration::Mock {
-                        status,
-                        headers,
-                        body,
-                    }
+                    CompiledIntegration::Mock { status, headers, body }
                 }
             };
             by_path
                 .entry(pattern)
-                .or_insert_with(|| PathEntry {
-                    methods: Vec::new(),
-                })
+                .or_insert_with(|| PathEntry { methods: Vec::new() })
                 .methods
                 .push((r.method, Arc::new(integration)));
         }
@@ -173,10 +154,7 @@ pub fn threshold(percent: f64) -> (u64, bool) {
     } else if percent <= 0.0 || percent.is_nan() {
         (0, false)
     } else {
-        (
-            (percent / 100.0 * 18_446_744_073_709_551_616.0) as u64,
-            false,
-        )
+        ((percent / 100.0 * 18_446_744_073_709_551_616.0) as u64, false)
     }
 }
 
@@ -197,18 +175,12 @@ impl RoutingTable {
         for (api_name, a) in &state.apis {
             let mut stages = HashMap::new();
             for (sname, s) in &a.stages {
-                let mut variant = |v: Variant,
-                                   deployment_id: &str,
-                                   vars: &BTreeMap<String, String>|
-                 -> Option<VariantRoute> {
+                let mut variant = |v: Variant, deployment_id: &str, vars: &BTreeMap<String, String>| -> Option<VariantRoute> {
                     let key = (api_name.clone(), deployment_id.to_string());
-                    let compiled =
-                        match previous.compiled.get(&key).or_else(|| t.compiled.get(&key)) {
-                            Some(c) => c.clone(),
-                            None => {
-                                Arc::new(CompiledDeployment::compile(a.deployment(deployment_id)?))
-                            }
-                        };
+                    let compiled = match previous.compiled.get(&key).or_else(|| t.compiled.get(&key)) {
+                        Some(c) => c.clone(),
+                        None => Arc::new(CompiledDeployment::compile(a.deployment(deployment_id)?)),
+                    };
                     t.compiled.insert(key, compiled.clone());
                     Some(VariantRoute {
                         variant: v,
@@ -218,18 +190,14 @@ impl RoutingTable {
                         series: metrics.series(api_name, sname, v),
                     })
                 };
-                let Some(production) = variant(Variant::Production, &s.deployment_id, &s.variables)
-                else {
+                let Some(production) = variant(Variant::Production, &s.deployment_id, &s.variables) else {
                     continue;
                 };
                 let canary = match (&s.canary_settings, s.canary_variables()) {
                     (Some(c), Some(vars)) => variant(Variant::Canary, &c.deployment_id, &vars),
                     _ => None,
                 };
-                let percent = s
-                    .canary_settings
-                    .as_ref()
-                    .map_or(0.0, |c| c.percent_traffic);
+                let percent = s.canary_settings.as_ref().map_or(0.0, |c| c.percent_traffic);
                 let (canary_threshold, canary_always) = threshold(percent);
                 let route = StageRoute {
                     api: Arc::from(api_name.as_str()),
@@ -248,12 +216,7 @@ impl RoutingTable {
             let mut maps: Vec<(String, Arc<StageRoute>)> = d
                 .mappings
                 .iter()
-                .filter_map(|m| {
-                    Some((
-                        m.base_path.clone(),
-                        t.stages.get(&m.api)?.get(&m.stage)?.clone(),
-                    ))
-                })
+                .filter_map(|m| Some((m.base_path.clone(), t.stages.get(&m.api)?.get(&m.stage)?.clone())))
                 .collect();
             maps.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
             t.domains.insert(d.domain.clone(), maps);
@@ -263,20 +226,13 @@ impl RoutingTable {
 
     /// Finds the stage for a request: a custom domain mapping (longest base path), else
     /// `/<api>/<stage>/...`. Returns the stage and the path left for route matching.
-    pub fn resolve<'p>(
-        &self,
-        host: Option<&str>,
-        path: &'p str,
-    ) -> Option<(&Arc<StageRoute>, &'p str)> {
+    pub fn resolve<'p>(&self, host: Option<&str>, path: &'p str) -> Option<(&Arc<StageRoute>, &'p str)> {
         if let Some(maps) = host.and_then(|h| self.domains.get(h)) {
             for (base, route) in maps {
                 if base.is_empty() {
                     return Some((route, path));
                 }
-                if let Some(rest) = path
-                    .strip_prefix('/')
-                    .and_then(|p| p.strip_prefix(base.as_str()))
-                {
+                if let Some(rest) = path.strip_prefix('/').and_then(|p| p.strip_prefix(base.as_str())) {
                     if rest.is_empty() || rest.starts_with('/') {
                         return Some((route, rest));
                     }

@@ -113,11 +113,7 @@ impl HistSum {
             }
             if (seen + c) as f64 >= rank {
                 let lo = if i == 0 { 0.0 } else { bounds[i - 1] as f64 };
-                let hi = if i < bounds.len() {
-                    bounds[i] as f64
-                } else {
-                    self.max_us as f64
-                };
+                let hi = if i < bounds.len() { bounds[i] as f64 } else { self.max_us as f64 };
                 let frac = (rank - seen as f64) / c as f64;
                 let v = lo + (hi - lo) * frac;
                 return v.clamp(self.min_us as f64, self.max_us as f64);

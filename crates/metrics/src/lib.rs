@@ -11,6 +11,7 @@
 
 mod histogram;
 mod prometheus;
+pub use prometheus::escape as escape_label;
 mod series;
 
 use std::collections::BTreeMap;
@@ -64,10 +65,7 @@ impl Registry {
         let mut created = None;
         self.series.rcu(|map| {
             let mut map = BTreeMap::clone(map);
-            let s = map
-                .entry(key.clone())
-                .or_insert_with(|| Arc::new(Series::new()))
-                .clone();
+            let s = map.entry(key.clone()).or_insert_with(|| Arc::new(Series::new())).clone();
             created = Some(s);
             map
         });
@@ -92,15 +90,7 @@ impl Registry {
 
     /// CloudWatch-style datapoints over `[start, end)` (unix seconds), one per period that has samples,
     /// oldest first. Periods are aligned to multiples of `period` since the epoch.
-    pub fn query(
-        &self,
-        key: &SeriesKey,
-        metric: Metric,
-        stat: Statistic,
-        period: u64,
-        start: u64,
-        end: u64,
-    ) -> Vec<Datapoint> {
+    pub fn query(&self, key: &SeriesKey, metric: Metric, stat: Statistic, period: u64, start: u64, end: u64) -> Vec<Datapoint> {
         match self.get(key) {
             Some(s) => s.query(metric, stat, period, start, end),
             None => Vec::new(),

@@ -10,9 +10,7 @@ use crate::{Series, SeriesKey};
 
 /// Escapes a label value as the text format requires.
 pub fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
 fn labels(k: &SeriesKey) -> String {
@@ -30,11 +28,7 @@ fn histogram(out: &mut String, name: &str, l: &str, buckets: &[AtomicU64], sum_u
         cum += b.load(Relaxed);
         match bucket_bounds_us().get(i) {
             Some(bound) => {
-                let _ = writeln!(
-                    out,
-                    "{name}_bucket{{{l},le=\"{}\"}} {cum}",
-                    *bound as f64 / 1e6
-                );
+                let _ = writeln!(out, "{name}_bucket{{{l},le=\"{}\"}} {cum}", *bound as f64 / 1e6);
             }
             None => {
                 let _ = writeln!(out, "{name}_bucket{{{l},le=\"+Inf\"}} {cum}");
@@ -46,9 +40,7 @@ fn histogram(out: &mut String, name: &str, l: &str, buckets: &[AtomicU64], sum_u
 }
 
 pub(crate) fn render(series: &BTreeMap<SeriesKey, Arc<Series>>, out: &mut String) {
-    out.push_str(
-        "# HELP canarygate_requests_total Requests served, by variant and status class.\n",
-    );
+    out.push_str("# HELP canarygate_requests_total Requests served, by variant and status class.\n");
     out.push_str("# TYPE canarygate_requests_total counter\n");
     for (k, s) in series {
         let l = labels(k);

@@ -119,12 +119,7 @@ impl Series {
     fn claim(&self, sec: u64) -> &Slot {
         let slot = self.slot(sec);
         let cur = slot.second.load(Relaxed);
-        if (cur == NO_SECOND || cur < sec)
-            && slot
-                .second
-                .compare_exchange(cur, sec, Release, Relaxed)
-                .is_ok()
-        {
+        if (cur == NO_SECOND || cur < sec) && slot.second.compare_exchange(cur, sec, Release, Relaxed).is_ok() {
             slot.clear();
         }
         slot
@@ -143,11 +138,7 @@ impl Series {
     #[inline]
     pub fn record(&self, sec: u64, o: &Observation) {
         let slot = self.slot(sec);
-        let slot = if slot.second.load(Relaxed) == sec {
-            slot
-        } else {
-            self.claim(sec)
-        };
+        let slot = if slot.second.load(Relaxed) == sec { slot } else { self.claim(sec) };
         slot.count.fetch_add(1, Relaxed);
         let class = (o.status / 100).clamp(1, 5) as usize - 1;
         self.totals.by_class[class].fetch_add(1, Relaxed);
@@ -181,14 +172,7 @@ impl Series {
     }
 
     /// Datapoints over `[start, end)`, one per `period`-aligned period with samples, oldest first.
-    pub fn query(
-        &self,
-        metric: Metric,
-        stat: Statistic,
-        period: u64,
-        start: u64,
-        end: u64,
-    ) -> Vec<Datapoint> {
+    pub fn query(&self, metric: Metric, stat: Statistic, period: u64, start: u64, end: u64) -> Vec<Datapoint> {
         let period = period.max(1);
         let mut out = Vec::new();
         let mut p = start - start % period;
@@ -196,10 +180,7 @@ impl Series {
             let from = p.max(start);
             let to = (p + period).min(end);
             if let Some(v) = self.reduce(metric, stat, from, to) {
-                out.push(Datapoint {
-                    timestamp: p,
-                    value: v,
-                });
+                out.push(Datapoint { timestamp: p, value: v });
             }
             p += period;
         }
@@ -295,36 +276,19 @@ mod tests {
         assert_eq!(
             per_sec,
             vec![
-                Datapoint {
-                    timestamp: t0,
-                    value: 2.0
-                },
+                Datapoint { timestamp: t0, value: 2.0 },
                 Datapoint {
                     timestamp: t0 + 1,
                     value: 1.0
                 }
             ]
         );
-        let avg = s
-            .reduce(Metric::Error5xx, Statistic::Average, t0, t0 + 2)
-            .unwrap();
+        let avg = s.reduce(Metric::Error5xx, Statistic::Average, t0, t0 + 2).unwrap();
         assert!((avg - 3.0 / 11.0).abs() < 1e-12);
-        assert_eq!(
-            s.reduce(Metric::Error4xx, Statistic::Sum, t0, t0 + 2),
-            Some(1.0)
-        );
-        assert_eq!(
-            s.reduce(Metric::Latency, Statistic::Maximum, t0, t0 + 2),
-            Some(20.0)
-        );
-        assert_eq!(
-            s.reduce(Metric::IntegrationLatency, Statistic::Minimum, t0, t0 + 2),
-            Some(9.0)
-        );
-        assert_eq!(
-            s.reduce(Metric::Count, Statistic::Sum, t0 + 5, t0 + 9),
-            None
-        );
+        assert_eq!(s.reduce(Metric::Error4xx, Statistic::Sum, t0, t0 + 2), Some(1.0));
+        assert_eq!(s.reduce(Metric::Latency, Statistic::Maximum, t0, t0 + 2), Some(20.0));
+        assert_eq!(s.reduce(Metric::IntegrationLatency, Statistic::Minimum, t0, t0 + 2), Some(9.0));
+        assert_eq!(s.reduce(Metric::Count, Statistic::Sum, t0 + 5, t0 + 9), None);
     }
 
     #[test]
@@ -335,15 +299,9 @@ mod tests {
         let later = t0 + SLOTS as u64;
         s.record(later, &obs(500, 1));
         assert_eq!(s.reduce(Metric::Count, Statistic::Sum, t0, t0 + 1), None);
-        assert_eq!(
-            s.reduce(Metric::Error5xx, Statistic::Sum, later, later + 1),
-            Some(1.0)
-        );
+        assert_eq!(s.reduce(Metric::Error5xx, Statistic::Sum, later, later + 1), Some(1.0));
         s.prepare(later);
-        assert_eq!(
-            s.reduce(Metric::Count, Statistic::Sum, later, later + 1),
-            Some(1.0)
-        );
+        assert_eq!(s.reduce(Metric::Count, Statistic::Sum, later, later + 1), Some(1.0));
     }
 
     #[test]
@@ -356,13 +314,7 @@ mod tests {
         o.cache = Some(CacheResult::Miss);
         s.record(t, &o);
         s.record(t, &o);
-        assert_eq!(
-            s.reduce(Metric::CacheHitCount, Statistic::Sum, t, t + 1),
-            Some(1.0)
-        );
-        assert_eq!(
-            s.reduce(Metric::CacheMissCount, Statistic::SampleCount, t, t + 1),
-            Some(3.0)
-        );
+        assert_eq!(s.reduce(Metric::CacheHitCount, Statistic::Sum, t, t + 1), Some(1.0));
+        assert_eq!(s.reduce(Metric::CacheMissCount, Statistic::SampleCount, t, t + 1), Some(3.0));
     }
 }

@@ -9,9 +9,7 @@ use crate::template::{self, Template};
 use crate::{Error, Result};
 
 /// An HTTP method a route answers, or `ANY`.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum Method {
     Get,
@@ -93,7 +91,11 @@ impl Integration {
                 let t = Template::parse(&f, uri, true)?;
                 for p in t.path_params() {
                     if !path_params.contains(&p) {
-                        return Err(Error::invalid(f, uri, format!("refers to path parameter {{{p}}} that the route path does not define")));
+                        return Err(Error::invalid(
+                            f,
+                            uri,
+                            format!("refers to path parameter {{{p}}} that the route path does not define"),
+                        ));
                     }
                 }
                 if !(50..=29_000).contains(timeout_ms) {
@@ -104,11 +106,7 @@ impl Integration {
                     ));
                 }
             }
-            Integration::Mock {
-                status,
-                headers,
-                body,
-            } => {
+            Integration::Mock { status, headers, body } => {
                 if !(100..=599).contains(status) {
                     return Err(Error::invalid(
                         format!("{field}.status"),
@@ -117,22 +115,12 @@ impl Integration {
                     ));
                 }
                 for (k, v) in headers {
-                    let ok_name = !k.is_empty()
-                        && k.bytes()
-                            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+                    let ok_name = !k.is_empty() && k.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
                     if !ok_name {
-                        return Err(Error::invalid(
-                            format!("{field}.headers"),
-                            k,
-                            "is not a valid header name",
-                        ));
+                        return Err(Error::invalid(format!("{field}.headers"), k, "is not a valid header name"));
                     }
                     if v.bytes().any(|b| b < 0x20 && b != b'\t') {
-                        return Err(Error::invalid(
-                            format!("{field}.headers.{k}"),
-                            v,
-                            "has control characters",
-                        ));
+                        return Err(Error::invalid(format!("{field}.headers.{k}"), v, "has control characters"));
                     }
                 }
                 Template::parse(&format!("{field}.body"), body, false)?;
@@ -145,11 +133,7 @@ impl Integration {
 /// Validates a whole route list: each route, and no two routes that would match the same requests.
 pub fn validate_routes(routes: &[Route]) -> Result<()> {
     if routes.len() > 1000 {
-        return Err(Error::invalid(
-            "routes",
-            routes.len().to_string(),
-            "at most 1000 routes",
-        ));
+        return Err(Error::invalid("routes", routes.len().to_string(), "at most 1000 routes"));
     }
     let mut seen: BTreeMap<String, (Vec<String>, Vec<Method>)> = BTreeMap::new();
     for (i, r) in routes.iter().enumerate() {
@@ -158,15 +142,12 @@ pub fn validate_routes(routes: &[Route]) -> Result<()> {
         let names: Vec<String> = segs
             .iter()
             .filter_map(|s| match s {
-                template::PathSegment::Param(n) | template::PathSegment::Greedy(n) => {
-                    Some(n.clone())
-                }
+                template::PathSegment::Param(n) | template::PathSegment::Greedy(n) => Some(n.clone()),
                 template::PathSegment::Literal(_) => None,
             })
             .collect();
         let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
-        r.integration
-            .validate(&format!("{field}.integration"), &name_refs)?;
+        r.integration.validate(&format!("{field}.integration"), &name_refs)?;
         let entry = seen
             .entry(template::path_shape(&segs))
             .or_insert_with(|| (names.clone(), Vec::new()));
@@ -212,19 +193,13 @@ pub struct Deployment {
 
 /// Validates a deployment id as the model makes them: `d-` and 5 to 32 lowercase letters or digits.
 pub fn validate_deployment_id(field: &str, id: &str) -> Result<()> {
-    let ok = id.strip_prefix("d-").is_some_and(|s| {
-        (1..=32).contains(&s.len())
-            && s.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-    });
+    let ok = id
+        .strip_prefix("d-")
+        .is_some_and(|s| (1..=32).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()));
     if ok {
         Ok(())
     } else {
-        Err(Error::invalid(
-            field,
-            id,
-            "is not a deployment id (d-xxxxx)",
-        ))
+        Err(Error::invalid(field, id, "is not a deployment id (d-xxxxx)"))
     }
 }
 
@@ -245,9 +220,7 @@ mod tests {
 
     #[test]
     fn routes_deserialize_with_defaults() {
-        let r: Route =
-            serde_json::from_str(r#"{"path":"/h","integration":{"type":"mock","body":"ok"}}"#)
-                .unwrap();
+        let r: Route = serde_json::from_str(r#"{"path":"/h","integration":{"type":"mock","body":"ok"}}"#).unwrap();
         assert_eq!(r.method, Method::Any);
         assert_eq!(
             r.integration,
@@ -257,10 +230,7 @@ mod tests {
                 body: "ok".into()
             }
         );
-        let r: Route = serde_json::from_str(
-            r#"{"method":"GET","path":"/h","integration":{"type":"http","uri":"http://x/"}}"#,
-        )
-        .unwrap();
+        let r: Route = serde_json::from_str(r#"{"method":"GET","path":"/h","integration":{"type":"http","uri":"http://x/"}}"#).unwrap();
         assert_eq!(
             r.integration,
             Integration::Http {
@@ -277,13 +247,8 @@ mod tests {
             http("/orders", "http://x/"),
         ])
         .unwrap();
-        let e = validate_routes(&[http("/a/{id}", "http://x/{other}")])
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("routes[0].integration.uri") && e.contains("{other}"),
-            "{e}"
-        );
+        let e = validate_routes(&[http("/a/{id}", "http://x/{other}")]).unwrap_err().to_string();
+        assert!(e.contains("routes[0].integration.uri") && e.contains("{other}"), "{e}");
         let e = validate_routes(&[http("/a/{x}", "http://x/"), http("/a/{y}", "http://x/")])
             .unwrap_err()
             .to_string();
@@ -292,9 +257,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("duplicate"), "{e}");
-        let e = validate_routes(&[http("/a", "https://x/")])
-            .unwrap_err()
-            .to_string();
+        let e = validate_routes(&[http("/a", "https://x/")]).unwrap_err().to_string();
         assert!(e.contains("https://x/"), "{e}");
         let bad_timeout = Route {
             integration: Integration::Http {
@@ -304,10 +267,7 @@ mod tests {
             ..http("/a", "")
         };
         let e = validate_routes(&[bad_timeout]).unwrap_err().to_string();
-        assert!(
-            e.contains("routes[0].integration.timeoutMs") && e.contains("\"10\""),
-            "{e}"
-        );
+        assert!(e.contains("routes[0].integration.timeoutMs") && e.contains("\"10\""), "{e}");
     }
 
     #[test]

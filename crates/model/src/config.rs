@@ -81,11 +81,7 @@ pub enum Action {
 impl fmt::Display for Action {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Action::PutApi {
-                api,
-                routes,
-                create: true,
-            } => write!(f, "create api {api} ({} routes)", routes.len()),
+            Action::PutApi { api, routes, create: true } => write!(f, "create api {api} ({} routes)", routes.len()),
             Action::PutApi {
                 api,
                 routes,
@@ -100,10 +96,7 @@ impl fmt::Display for Action {
             Action::PatchStage { api, stage, ops } => {
                 write!(f, "update stage {api}/{stage}:")?;
                 for op in ops {
-                    let v = op
-                        .value
-                        .as_ref()
-                        .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string));
+                    let v = op.value.as_ref().map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string));
                     match v {
                         Some(v) => write!(f, " {:?} {}={v}", op.op, op.path)?,
                         None => write!(f, " {:?} {}", op.op, op.path)?,
@@ -152,9 +145,7 @@ pub fn plan(state: &State, desired: &Resources, mode: PlanMode) -> Vec<Action> {
                         create: false,
                     });
                 }
-                if a.newest_deployment()
-                    .is_none_or(|d| d.routes != spec.routes)
-                {
+                if a.newest_deployment().is_none_or(|d| d.routes != spec.routes) {
                     out.push(Action::CreateDeployment {
                         api: spec.name.clone(),
                         description: "routes changed by apply".into(),
@@ -194,24 +185,17 @@ pub fn plan(state: &State, desired: &Resources, mode: PlanMode) -> Vec<Action> {
                 domain: d.domain.clone(),
                 mappings: d.mappings.clone(),
             }),
-            Some(cur) if mode == PlanMode::Converge && cur.mappings != want => {
-                out.push(Action::PutDomain {
-                    domain: d.domain.clone(),
-                    mappings: d.mappings.clone(),
-                })
-            }
+            Some(cur) if mode == PlanMode::Converge && cur.mappings != want => out.push(Action::PutDomain {
+                domain: d.domain.clone(),
+                mappings: d.mappings.clone(),
+            }),
             Some(_) => {}
         }
     }
     out
 }
 
-fn diff_map(
-    prefix: &str,
-    cur: &BTreeMap<String, String>,
-    want: &BTreeMap<String, String>,
-    ops: &mut Vec<PatchOperation>,
-) {
+fn diff_map(prefix: &str, cur: &BTreeMap<String, String>, want: &BTreeMap<String, String>, ops: &mut Vec<PatchOperation>) {
     for (k, v) in want {
         if cur.get(k) != Some(v) {
             ops.push(PatchOperation::replace(format!("{prefix}/{k}"), v.clone()));
@@ -228,22 +212,13 @@ fn stage_ops(cur: &crate::Stage, want: &StageInput) -> Vec<PatchOperation> {
     let mut ops = Vec::new();
     diff_map("/variables", &cur.variables, &want.variables, &mut ops);
     if cur.cache.enabled != want.cache.enabled {
-        ops.push(PatchOperation::replace(
-            "/cache/enabled",
-            want.cache.enabled.to_string(),
-        ));
+        ops.push(PatchOperation::replace("/cache/enabled", want.cache.enabled.to_string()));
     }
     if cur.cache.ttl_seconds != want.cache.ttl_seconds {
-        ops.push(PatchOperation::replace(
-            "/cache/ttlSeconds",
-            want.cache.ttl_seconds.to_string(),
-        ));
+        ops.push(PatchOperation::replace("/cache/ttlSeconds", want.cache.ttl_seconds.to_string()));
     }
     if cur.cache.max_entries != want.cache.max_entries {
-        ops.push(PatchOperation::replace(
-            "/cache/maxEntries",
-            want.cache.max_entries.to_string(),
-        ));
+        ops.push(PatchOperation::replace("/cache/maxEntries", want.cache.max_entries.to_string()));
     }
     let (cr, wr) = (&cur.canary_routing, &want.canary_routing);
     for (path, c, w) in [
@@ -258,19 +233,13 @@ fn stage_ops(cur: &crate::Stage, want: &StageInput) -> Vec<PatchOperation> {
         }
     }
     if cr.stickiness != wr.stickiness {
-        ops.push(PatchOperation::replace(
-            "/canaryRouting/stickiness",
-            wr.stickiness.to_string(),
-        ));
+        ops.push(PatchOperation::replace("/canaryRouting/stickiness", wr.stickiness.to_string()));
     }
     if let Some(wc) = &want.canary_settings {
         let cc = cur.canary_settings.as_ref();
         if let Some(id) = &wc.deployment_id {
             if cc.map(|c| &c.deployment_id) != Some(id) {
-                ops.push(PatchOperation::replace(
-                    "/canarySettings/deploymentId",
-                    id.clone(),
-                ));
+                ops.push(PatchOperation::replace("/canarySettings/deploymentId", id.clone()));
             }
         }
         if cc.map(|c| c.percent_traffic) != Some(wc.percent_traffic) {
@@ -323,14 +292,8 @@ mod tests {
                     state.put_api(api, routes.clone(), now).unwrap();
                 }
                 Action::CreateDeployment { api, description } => {
-                    state
-                        .create_deployment(
-                            api,
-                            format!("d-{i}x{}", state.apis.len()),
-                            description.clone(),
-                            now,
-                        )
-                        .unwrap();
+                    let id = format!("d-{i}x{}", state.apis.len());
+                    state.create_deployment(api, || id.clone(), description.clone(), now).unwrap();
                 }
                 Action::CreateStage { api, stage, input } => {
                     state.put_stage(api, stage, input.clone(), now).unwrap();

@@ -5,11 +5,7 @@
 pub enum Error {
     /// A field has a value that is not allowed (400).
     #[error("invalid value {value:?} for {field}: {reason}")]
-    Invalid {
-        field: String,
-        value: String,
-        reason: String,
-    },
+    Invalid { field: String, value: String, reason: String },
     /// A referenced resource does not exist (404 when it is the resource addressed, 400 otherwise).
     #[error("{kind} {name:?} not found")]
     NotFound { kind: &'static str, name: String },
@@ -21,11 +17,7 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
-    pub fn invalid(
-        field: impl Into<String>,
-        value: impl Into<String>,
-        reason: impl Into<String>,
-    ) -> Self {
+    pub fn invalid(field: impl Into<String>, value: impl Into<String>, reason: impl Into<String>) -> Self {
         Error::Invalid {
             field: field.into(),
             value: value.into(),
@@ -34,19 +26,14 @@ impl Error {
     }
 
     pub fn not_found(kind: &'static str, name: impl Into<String>) -> Self {
-        Error::NotFound {
-            kind,
-            name: name.into(),
-        }
+        Error::NotFound { kind, name: name.into() }
     }
 
     /// A reference inside a request body to something that does not exist is the client's mistake in a
     /// field (400), not a missing addressed resource (404).
     pub fn into_field_error(self, field: &str) -> Self {
         match self {
-            Error::NotFound { kind, name } => {
-                Error::invalid(field, name, format!("no such {kind}"))
-            }
+            Error::NotFound { kind, name } => Error::invalid(field, name, format!("no such {kind}")),
             other => other,
         }
     }

@@ -25,9 +25,7 @@ pub use stage::{CacheSettings, CanaryRouting, CanarySettings, Stage, StageInput,
 pub use state::{BasePathMapping, Domain, State};
 
 /// Which side of a stage served a request.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Variant {
     Production,
@@ -60,19 +58,9 @@ impl std::fmt::Display for Variant {
 }
 
 /// Checks a resource name against `[a-z0-9-]{1,64}` (APIs) style rules.
-pub(crate) fn check_name(
-    field: &str,
-    value: &str,
-    max: usize,
-    allow: fn(char) -> bool,
-    pattern: &str,
-) -> Result<()> {
+pub(crate) fn check_name(field: &str, value: &str, max: usize, allow: fn(char) -> bool, pattern: &str) -> Result<()> {
     if value.is_empty() || value.chars().count() > max || !value.chars().all(allow) {
-        return Err(Error::invalid(
-            field,
-            value,
-            format!("must match {pattern}"),
-        ));
+        return Err(Error::invalid(field, value, format!("must match {pattern}")));
     }
     Ok(())
 }

@@ -85,7 +85,11 @@ impl Statistic {
                     .and_then(|n| n.parse::<f64>().ok())
                     .filter(|p| *p > 0.0 && *p < 100.0);
                 Statistic::Percentile(p.ok_or_else(|| {
-                    Error::invalid(field, s, "must be Sum, Average, SampleCount, Minimum, Maximum or pNN with 0 < NN < 100")
+                    Error::invalid(
+                        field,
+                        s,
+                        "must be Sum, Average, SampleCount, Minimum, Maximum or pNN with 0 < NN < 100",
+                    )
                 })?)
             }
         })
@@ -111,20 +115,11 @@ mod tests {
 
     #[test]
     fn parses_statistics_and_metrics() {
-        assert_eq!(
-            Statistic::parse("s", "p99.9").unwrap(),
-            Statistic::Percentile(99.9)
-        );
+        assert_eq!(Statistic::parse("s", "p99.9").unwrap(), Statistic::Percentile(99.9));
         assert_eq!(Statistic::parse("s", "p99.9").unwrap().to_string(), "p99.9");
-        assert!(Statistic::parse("statistic", "p100")
-            .unwrap_err()
-            .to_string()
-            .contains("statistic"));
+        assert!(Statistic::parse("statistic", "p100").unwrap_err().to_string().contains("statistic"));
         assert!(Statistic::parse("s", "Median").is_err());
         assert_eq!(Metric::parse("m", "5XXError").unwrap(), Metric::Error5xx);
-        assert!(Metric::parse("metric", "Errors")
-            .unwrap_err()
-            .to_string()
-            .contains("\"Errors\""));
+        assert!(Metric::parse("metric", "Errors").unwrap_err().to_string().contains("\"Errors\""));
     }
 }

@@ -73,11 +73,7 @@ fn parse_bool(field: &str, s: &str) -> Result<bool> {
 fn parse_u32(field: &str, s: &str, lo: u32, hi: u32) -> Result<u32> {
     match s.trim().parse::<u32>() {
         Ok(n) if (lo..=hi).contains(&n) => Ok(n),
-        _ => Err(Error::invalid(
-            field,
-            s,
-            format!("must be a whole number between {lo} and {hi}"),
-        )),
+        _ => Err(Error::invalid(field, s, format!("must be a whole number between {lo} and {hi}"))),
     }
 }
 
@@ -95,8 +91,7 @@ fn get(stage: &Stage, path: &str) -> Option<String> {
         _ => {
             if let Some(name) = path.strip_prefix("/variables/") {
                 stage.variables.get(name).cloned()
-            } else if let Some(name) = path.strip_prefix("/canarySettings/stageVariableOverrides/")
-            {
+            } else if let Some(name) = path.strip_prefix("/canarySettings/stageVariableOverrides/") {
                 c.and_then(|c| c.stage_variable_overrides.get(name).cloned())
             } else {
                 None
@@ -116,31 +111,17 @@ fn canary(stage: &mut Stage) -> &mut CanarySettings {
 }
 
 /// Applies one operation (number `index` in the list) to `stage`.
-pub(crate) fn apply(
-    stage: &mut Stage,
-    op: &PatchOperation,
-    index: usize,
-    deployment_exists: impl Fn(&str) -> bool,
-) -> Result<()> {
+pub(crate) fn apply(stage: &mut Stage, op: &PatchOperation, index: usize, deployment_exists: impl Fn(&str) -> bool) -> Result<()> {
     let path = op.path.as_str();
     let path_field = format!("patchOperations[{index}].path");
     let value = match op.op {
         PatchOp::Remove => None,
         PatchOp::Copy => {
-            let from = op.from.as_deref().ok_or_else(|| {
-                Error::invalid(
-                    format!("patchOperations[{index}].from"),
-                    "",
-                    "copy needs from",
-                )
-            })?;
-            Some(get(stage, from).ok_or_else(|| {
-                Error::invalid(
-                    format!("patchOperations[{index}].from"),
-                    from,
-                    "has no value to copy",
-                )
-            })?)
+            let from = op
+                .from
+                .as_deref()
+                .ok_or_else(|| Error::invalid(format!("patchOperations[{index}].from"), "", "copy needs from"))?;
+            Some(get(stage, from).ok_or_else(|| Error::invalid(format!("patchOperations[{index}].from"), from, "has no value to copy"))?)
         }
         PatchOp::Add | PatchOp::Replace => {
             let field = format!("patchOperations[{index}].value");
@@ -151,10 +132,7 @@ pub(crate) fn apply(
             if path == "/canarySettings" {
                 None
             } else {
-                Some(
-                    value_string(v)
-                        .ok_or_else(|| Error::invalid(&field, v.to_string(), "must be a string"))?,
-                )
+                Some(value_string(v).ok_or_else(|| Error::invalid(&field, v.to_string(), "must be a string"))?)
             }
         }
     };
@@ -195,28 +173,13 @@ pub(crate) fn apply(
                     })?,
                     other => other,
                 };
-                let input: crate::stage::CanaryInput =
-                    serde_json::from_value(v.clone()).map_err(|e| {
-                        Error::invalid(
-                            format!("patchOperations[{index}].value"),
-                            v.to_string(),
-                            e.to_string(),
-                        )
-                    })?;
-                let id = input
-                    .deployment_id
-                    .unwrap_or_else(|| stage.deployment_id.clone());
+                let input: crate::stage::CanaryInput = serde_json::from_value(v.clone())
+                    .map_err(|e| Error::invalid(format!("patchOperations[{index}].value"), v.to_string(), e.to_string()))?;
+                let id = input.deployment_id.unwrap_or_else(|| stage.deployment_id.clone());
                 if !deployment_exists(&id) {
-                    return Err(Error::invalid(
-                        "/canarySettings/deploymentId",
-                        id,
-                        "no such deployment",
-                    ));
+                    return Err(Error::invalid("/canarySettings/deploymentId", id, "no such deployment"));
                 }
-                crate::stage::validate_percent(
-                    "/canarySettings/percentTraffic",
-                    input.percent_traffic,
-                )?;
+                crate::stage::validate_percent("/canarySettings/percentTraffic", input.percent_traffic)?;
                 for (k, v) in &input.stage_variable_overrides {
                     validate_variable("/canarySettings/stageVariableOverrides", k, v)?;
                 }
@@ -227,13 +190,7 @@ pub(crate) fn apply(
                     use_stage_cache: input.use_stage_cache,
                 });
             }
-            PatchOp::Copy => {
-                return Err(Error::invalid(
-                    &path_field,
-                    path,
-                    "copy to /canarySettings is not supported",
-                ))
-            }
+            PatchOp::Copy => return Err(Error::invalid(&path_field, path, "copy to /canarySettings is not supported")),
         },
         "/canarySettings/percentTraffic" => {
             let p = parse_percent(path, &need(&value)?)?;
@@ -252,18 +209,10 @@ pub(crate) fn apply(
         }
         "/cache/enabled" => stage.cache.enabled = parse_bool(path, &need(&value)?)?,
         "/cache/ttlSeconds" => stage.cache.ttl_seconds = parse_u32(path, &need(&value)?, 0, 3600)?,
-        "/cache/maxEntries" => {
-            stage.cache.max_entries = parse_u32(path, &need(&value)?, 1, 1_000_000)?
-        }
+        "/cache/maxEntries" => stage.cache.max_entries = parse_u32(path, &need(&value)?, 1, 1_000_000)?,
         "/canaryRouting/header" | "/canaryRouting/cookie" => {
             let v = match &value {
-                Some(v) if !valid_token(v) => {
-                    return Err(Error::invalid(
-                        path,
-                        v,
-                        "is not a valid header or cookie name",
-                    ))
-                }
+                Some(v) if !valid_token(v) => return Err(Error::invalid(path, v, "is not a valid header or cookie name")),
                 v => v.clone(),
             };
             if path.ends_with("header") {
@@ -292,22 +241,15 @@ pub(crate) fn apply(
                             .ok_or_else(|| Error::invalid(&path_field, path, "no such variable"))?;
                     }
                 }
-            } else if let Some(name) = path.strip_prefix("/canarySettings/stageVariableOverrides/")
-            {
+            } else if let Some(name) = path.strip_prefix("/canarySettings/stageVariableOverrides/") {
                 match value {
                     Some(v) => {
                         validate_variable("/canarySettings/stageVariableOverrides", name, &v)?;
-                        canary(stage)
-                            .stage_variable_overrides
-                            .insert(name.to_string(), v);
+                        canary(stage).stage_variable_overrides.insert(name.to_string(), v);
                     }
                     None => {
-                        let removed = stage
-                            .canary_settings
-                            .as_mut()
-                            .and_then(|c| c.stage_variable_overrides.remove(name));
-                        removed
-                            .ok_or_else(|| Error::invalid(&path_field, path, "no such override"))?;
+                        let removed = stage.canary_settings.as_mut().and_then(|c| c.stage_variable_overrides.remove(name));
+                        removed.ok_or_else(|| Error::invalid(&path_field, path, "no such override"))?;
                     }
                 }
             } else {
@@ -346,32 +288,19 @@ mod tests {
     #[test]
     fn percent_creates_canary_on_stage_deployment() {
         let mut s = stage();
-        run(
-            &mut s,
-            PatchOperation::replace("/canarySettings/percentTraffic", "0.1"),
-        )
-        .unwrap();
+        run(&mut s, PatchOperation::replace("/canarySettings/percentTraffic", "0.1")).unwrap();
         let c = s.canary_settings.as_ref().unwrap();
-        assert_eq!(
-            (c.deployment_id.as_str(), c.percent_traffic),
-            ("d-one", 0.1)
-        );
+        assert_eq!((c.deployment_id.as_str(), c.percent_traffic), ("d-one", 0.1));
     }
 
     #[test]
     fn bad_percent_values_name_the_field() {
         for v in ["-1", "100.5", "NaN", "abc"] {
             let mut s = stage();
-            let e = run(
-                &mut s,
-                PatchOperation::replace("/canarySettings/percentTraffic", v),
-            )
-            .unwrap_err()
-            .to_string();
-            assert!(
-                e.contains("/canarySettings/percentTraffic") && e.contains(v),
-                "{e}"
-            );
+            let e = run(&mut s, PatchOperation::replace("/canarySettings/percentTraffic", v))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("/canarySettings/percentTraffic") && e.contains(v), "{e}");
             assert_eq!(s, stage());
         }
         let mut s = stage();
@@ -399,11 +328,7 @@ mod tests {
         run(&mut s, PatchOperation::remove("/variables/version")).unwrap();
         assert!(!s.variables.contains_key("version"));
         assert!(run(&mut s, PatchOperation::remove("/variables/version")).is_err());
-        run(
-            &mut s,
-            PatchOperation::remove("/canarySettings/stageVariableOverrides/backend"),
-        )
-        .unwrap();
+        run(&mut s, PatchOperation::remove("/canarySettings/stageVariableOverrides/backend")).unwrap();
         run(&mut s, PatchOperation::remove("/canarySettings")).unwrap();
         assert!(s.canary_settings.is_none());
     }
@@ -411,33 +336,18 @@ mod tests {
     #[test]
     fn unknown_deployment_and_path() {
         let mut s = stage();
-        let e = run(
-            &mut s,
-            PatchOperation::replace("/canarySettings/deploymentId", "d-zzz"),
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(
-            e.contains("/canarySettings/deploymentId") && e.contains("d-zzz"),
-            "{e}"
-        );
-        let e = run(&mut s, PatchOperation::replace("/stageName", "x"))
+        let e = run(&mut s, PatchOperation::replace("/canarySettings/deploymentId", "d-zzz"))
             .unwrap_err()
             .to_string();
-        assert!(
-            e.contains("patchOperations[0].path") && e.contains("/stageName"),
-            "{e}"
-        );
+        assert!(e.contains("/canarySettings/deploymentId") && e.contains("d-zzz"), "{e}");
+        let e = run(&mut s, PatchOperation::replace("/stageName", "x")).unwrap_err().to_string();
+        assert!(e.contains("patchOperations[0].path") && e.contains("/stageName"), "{e}");
     }
 
     #[test]
     fn copy_and_cache_and_routing() {
         let mut s = stage();
-        run(
-            &mut s,
-            PatchOperation::replace("/canarySettings/deploymentId", "d-two"),
-        )
-        .unwrap();
+        run(&mut s, PatchOperation::replace("/canarySettings/deploymentId", "d-two")).unwrap();
         let copy = PatchOperation {
             op: PatchOp::Copy,
             path: "/deploymentId".into(),
@@ -451,15 +361,8 @@ mod tests {
         assert!(s.cache.enabled && s.cache.ttl_seconds == 60);
         assert!(run(&mut s, PatchOperation::replace("/cache/ttlSeconds", "4000")).is_err());
         assert!(run(&mut s, PatchOperation::replace("/cache/enabled", "yes")).is_err());
-        run(
-            &mut s,
-            PatchOperation::replace("/canaryRouting/stickiness", "cookie:sid"),
-        )
-        .unwrap();
-        assert_eq!(
-            s.canary_routing.stickiness,
-            Stickiness::Cookie("sid".into())
-        );
+        run(&mut s, PatchOperation::replace("/canaryRouting/stickiness", "cookie:sid")).unwrap();
+        assert_eq!(s.canary_routing.stickiness, Stickiness::Cookie("sid".into()));
         run(&mut s, PatchOperation::remove("/canaryRouting/header")).unwrap();
         assert_eq!(s.canary_routing.header, None);
     }
@@ -470,9 +373,7 @@ mod tests {
         let op = PatchOperation {
             op: PatchOp::Add,
             path: "/canarySettings".into(),
-            value: Some(serde_json::json!(
-                r#"{"deploymentId":"d-two","percentTraffic":5}"#
-            )),
+            value: Some(serde_json::json!(r#"{"deploymentId":"d-two","percentTraffic":5}"#)),
             from: None,
         };
         run(&mut s, op).unwrap();

@@ -71,11 +71,7 @@ pub struct CanarySettings {
 /// Validates `percentTraffic`: a finite double in [0, 100].
 pub fn validate_percent(field: &str, p: f64) -> Result<()> {
     if !p.is_finite() || !(0.0..=100.0).contains(&p) {
-        return Err(Error::invalid(
-            field,
-            format_percent(p),
-            "must be a number between 0 and 100",
-        ));
+        return Err(Error::invalid(field, format_percent(p), "must be a number between 0 and 100"));
     }
     Ok(())
 }
@@ -95,11 +91,7 @@ pub fn parse_percent(field: &str, s: &str) -> Result<f64> {
         .parse()
         .map_err(|_| Error::invalid(field, s, "must be a number between 0 and 100"))?;
     if !p.is_finite() || !(0.0..=100.0).contains(&p) {
-        return Err(Error::invalid(
-            field,
-            s,
-            "must be a number between 0 and 100",
-        ));
+        return Err(Error::invalid(field, s, "must be a number between 0 and 100"));
     }
     Ok(p)
 }
@@ -121,24 +113,16 @@ impl Stickiness {
         if s == "none" || s.is_empty() {
             return Ok(Stickiness::None);
         }
-        let (kind, name) = s.split_once(':').ok_or_else(|| {
-            Error::invalid(field, s, "must be none, header:<name> or cookie:<name>")
-        })?;
+        let (kind, name) = s
+            .split_once(':')
+            .ok_or_else(|| Error::invalid(field, s, "must be none, header:<name> or cookie:<name>"))?;
         if !valid_token(name) {
-            return Err(Error::invalid(
-                field,
-                s,
-                "the name after : must be a header or cookie name",
-            ));
+            return Err(Error::invalid(field, s, "the name after : must be a header or cookie name"));
         }
         match kind {
             "header" => Ok(Stickiness::Header(name.to_ascii_lowercase())),
             "cookie" => Ok(Stickiness::Cookie(name.to_string())),
-            _ => Err(Error::invalid(
-                field,
-                s,
-                "must be none, header:<name> or cookie:<name>",
-            )),
+            _ => Err(Error::invalid(field, s, "must be none, header:<name> or cookie:<name>")),
         }
     }
 }
@@ -167,10 +151,7 @@ impl<'de> Deserialize<'de> for Stickiness {
 }
 
 pub(crate) fn valid_token(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 256
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    !s.is_empty() && s.len() <= 256 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 /// How a request may choose its variant explicitly, and how clients stick to one.
@@ -205,21 +186,13 @@ impl CanaryRouting {
     pub fn validate(&mut self) -> Result<()> {
         if let Some(h) = &mut self.header {
             if !valid_token(h) {
-                return Err(Error::invalid(
-                    "canaryRouting.header",
-                    h.as_str(),
-                    "is not a valid header name",
-                ));
+                return Err(Error::invalid("canaryRouting.header", h.as_str(), "is not a valid header name"));
             }
             *h = h.to_ascii_lowercase();
         }
         if let Some(c) = &self.cookie {
             if !valid_token(c) {
-                return Err(Error::invalid(
-                    "canaryRouting.cookie",
-                    c.as_str(),
-                    "is not a valid cookie name",
-                ));
+                return Err(Error::invalid("canaryRouting.cookie", c.as_str(), "is not a valid cookie name"));
             }
         }
         Ok(())
@@ -247,11 +220,7 @@ impl Stage {
     pub fn canary_variables(&self) -> Option<BTreeMap<String, String>> {
         self.canary_settings.as_ref().map(|c| {
             let mut v = self.variables.clone();
-            v.extend(
-                c.stage_variable_overrides
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.clone())),
-            );
+            v.extend(c.stage_variable_overrides.iter().map(|(k, v)| (k.clone(), v.clone())));
             v
         })
     }
@@ -289,15 +258,8 @@ pub struct CanaryInput {
 
 /// Validates a stage variable name and value (field is e.g. `variables.backend`).
 pub fn validate_variable(prefix: &str, name: &str, value: &str) -> Result<()> {
-    if name.is_empty()
-        || name.len() > 64
-        || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-    {
-        return Err(Error::invalid(
-            prefix,
-            name,
-            "variable names must be [A-Za-z0-9_]{1,64}",
-        ));
+    if name.is_empty() || name.len() > 64 || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+        return Err(Error::invalid(prefix, name, "variable names must be [A-Za-z0-9_]{1,64}"));
     }
     if value.len() > 2048 || value.chars().any(char::is_control) {
         return Err(Error::invalid(
@@ -330,13 +292,8 @@ mod tests {
             Stickiness::parse("f", "header:X-User").unwrap(),
             Stickiness::Header("x-user".into())
         );
-        let e = Stickiness::parse("canaryRouting.stickiness", "ip")
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("canaryRouting.stickiness") && e.contains("\"ip\""),
-            "{e}"
-        );
+        let e = Stickiness::parse("canaryRouting.stickiness", "ip").unwrap_err().to_string();
+        assert!(e.contains("canaryRouting.stickiness") && e.contains("\"ip\""), "{e}");
     }
 
     #[test]
@@ -344,26 +301,20 @@ mod tests {
         assert_eq!(parse_percent("p", "10.5").unwrap(), 10.5);
         assert_eq!(parse_percent("p", "0.1").unwrap(), 0.1);
         for bad in ["-1", "100.5", "NaN", "abc", "inf", ""] {
-            let e = parse_percent("/canarySettings/percentTraffic", bad)
-                .unwrap_err()
-                .to_string();
+            let e = parse_percent("/canarySettings/percentTraffic", bad).unwrap_err().to_string();
             assert!(
                 e.contains("/canarySettings/percentTraffic") && e.contains(&format!("{bad:?}")),
                 "{e}"
             );
         }
-        assert!(validate_percent("p", f64::NAN)
-            .unwrap_err()
-            .to_string()
-            .contains("NaN"));
+        assert!(validate_percent("p", f64::NAN).unwrap_err().to_string().contains("NaN"));
     }
 
     #[test]
     fn canary_routing_defaults() {
         let r: CanaryRouting = serde_json::from_str("{}").unwrap();
         assert_eq!(r, CanaryRouting::default());
-        let r: CanaryRouting =
-            serde_json::from_str(r#"{"header":null,"stickiness":"cookie:sid"}"#).unwrap();
+        let r: CanaryRouting = serde_json::from_str(r#"{"header":null,"stickiness":"cookie:sid"}"#).unwrap();
         assert_eq!(r.header, None);
         assert_eq!(r.stickiness, Stickiness::Cookie("sid".into()));
     }

@@ -7,10 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::api::{validate_deployment_id, validate_routes};
 use crate::stage::{validate_percent, validate_variables, CanarySettings, StageInput};
-use crate::{
-    validate_api_name, validate_stage_name, Api, Deployment, Error, PatchOperation, Result, Route,
-    Stage,
-};
+use crate::{validate_api_name, validate_stage_name, Api, Deployment, Error, PatchOperation, Result, Route, Stage};
 
 /// One API with its deployments (oldest first) and stages.
 #[derive(Debug, Clone, PartialEq)]
@@ -57,15 +54,11 @@ pub struct State {
 
 impl State {
     pub fn api(&self, name: &str) -> Result<&ApiState> {
-        self.apis
-            .get(name)
-            .ok_or_else(|| Error::not_found("api", name))
+        self.apis.get(name).ok_or_else(|| Error::not_found("api", name))
     }
 
     fn api_mut(&mut self, name: &str) -> Result<&mut ApiState> {
-        self.apis
-            .get_mut(name)
-            .ok_or_else(|| Error::not_found("api", name))
+        self.apis.get_mut(name).ok_or_else(|| Error::not_found("api", name))
     }
 
     pub fn stage(&self, api: &str, stage: &str) -> Result<&Stage> {
@@ -111,32 +104,33 @@ impl State {
     pub fn delete_api(&mut self, name: &str) -> Result<()> {
         let a = self.api(name)?;
         if let Some(s) = a.stages.values().find(|s| s.active_rollout.is_some()) {
-            return Err(Error::Conflict(format!(
-                "api {name:?} has an active rollout on stage {:?}",
-                s.name
-            )));
+            return Err(Error::Conflict(format!("api {name:?} has an active rollout on stage {:?}", s.name)));
         }
         self.apis.remove(name);
         Ok(())
     }
 
-    /// Snapshots the API's current routes as a new deployment with the given fresh id.
+    /// Snapshots the API's current routes as a new deployment. `new_id` makes candidate ids; one already
+    /// taken is skipped.
     pub fn create_deployment(
         &mut self,
         api: &str,
-        id: String,
+        mut new_id: impl FnMut() -> String,
         description: String,
         now: DateTime<Utc>,
     ) -> Result<Deployment> {
-        validate_deployment_id("id", &id)?;
         if description.len() > 1024 {
-            return Err(Error::invalid(
-                "description",
-                description,
-                "must be at most 1024 characters",
-            ));
+            return Err(Error::invalid("description", description, "must be at most 1024 characters"));
         }
         let a = self.api_mut(api)?;
+        let mut id = new_id();
+        for _ in 0..100 {
+            if a.deployment(&id).is_none() {
+                break;
+            }
+            id = new_id();
+        }
+        validate_deployment_id("id", &id)?;
         if a.deployment(&id).is_some() {
             return Err(Error::Conflict(format!("deployment {id} already exists")));
         }
@@ -152,13 +146,7 @@ impl State {
 
     /// Creates or replaces a stage. The deployment defaults to the newest; the canary's to the stage's.
     /// A replaced stage keeps its active rollout; replacing it while a rollout is active is refused.
-    pub fn put_stage(
-        &mut self,
-        api: &str,
-        name: &str,
-        input: StageInput,
-        now: DateTime<Utc>,
-    ) -> Result<Stage> {
+    pub fn put_stage(&mut self, api: &str, name: &str, input: StageInput, now: DateTime<Utc>) -> Result<Stage> {
         validate_stage_name(name)?;
         let a = self.api_mut(api)?;
         let existing = a.stages.get(name);
@@ -169,24 +157,13 @@ impl State {
         }
         let deployment_id = match input.deployment_id {
             Some(id) => {
-                a.deployment(&id).ok_or_else(|| {
-                    Error::invalid(
-                        "deploymentId",
-                        &id,
-                        format!("no such deployment of api {api}"),
-                    )
-                })?;
+                a.deployment(&id)
+                    .ok_or_else(|| Error::invalid("deploymentId", &id, format!("no such deployment of api {api}")))?;
                 id
             }
             None => a
                 .newest_deployment()
-                .ok_or_else(|| {
-                    Error::invalid(
-                        "deploymentId",
-                        "",
-                        format!("api {api} has no deployment yet; create one first"),
-                    )
-                })?
+                .ok_or_else(|| Error::invalid("deploymentId", "", format!("api {api} has no deployment yet; create one first")))?
                 .id
                 .clone(),
         };
@@ -198,18 +175,10 @@ impl State {
             None => None,
             Some(c) => {
                 let cid = c.deployment_id.unwrap_or_else(|| deployment_id.clone());
-                a.deployment(&cid).ok_or_else(|| {
-                    Error::invalid(
-                        "canarySettings.deploymentId",
-                        &cid,
-                        format!("no such deployment of api {api}"),
-                    )
-                })?;
+                a.deployment(&cid)
+                    .ok_or_else(|| Error::invalid("canarySettings.deploymentId", &cid, format!("no such deployment of api {api}")))?;
                 validate_percent("canarySettings.percentTraffic", c.percent_traffic)?;
-                validate_variables(
-                    "canarySettings.stageVariableOverrides",
-                    &c.stage_variable_overrides,
-                )?;
+                validate_variables("canarySettings.stageVariableOverrides", &c.stage_variable_overrides)?;
                 Some(CanarySettings {
                     deployment_id: cid,
                     percent_traffic: c.percent_traffic,
@@ -236,13 +205,7 @@ impl State {
     }
 
     /// Applies a list of patch operations to a stage, all or nothing.
-    pub fn patch_stage(
-        &mut self,
-        api: &str,
-        name: &str,
-        ops: &[PatchOperation],
-        now: DateTime<Utc>,
-    ) -> Result<Stage> {
+    pub fn patch_stage(&mut self, api: &str, name: &str, ops: &[PatchOperation], now: DateTime<Utc>) -> Result<Stage> {
         let a = self.api(api)?;
         let current = a
             .stages
@@ -253,18 +216,17 @@ impl State {
             crate::patch::apply(&mut next, op, i, |id| a.deployment(id).is_some())?;
         }
         next.updated_at = now;
-        self.api_mut(api)?
-            .stages
-            .insert(name.to_string(), next.clone());
+        self.api_mut(api)?.stages.insert(name.to_string(), next.clone());
         Ok(next)
     }
 
     /// Promotes the canary: the stage takes the canary's deployment and merged variables; the canary goes.
     pub fn promote_canary(&mut self, api: &str, name: &str, now: DateTime<Utc>) -> Result<Stage> {
         let stage = self.stage_mut(api, name)?;
-        let canary = stage.canary_settings.take().ok_or_else(|| {
-            Error::Conflict(format!("stage {api}/{name} has no canary to promote"))
-        })?;
+        let canary = stage
+            .canary_settings
+            .take()
+            .ok_or_else(|| Error::Conflict(format!("stage {api}/{name} has no canary to promote")))?;
         stage.deployment_id = canary.deployment_id;
         stage.variables.extend(canary.stage_variable_overrides);
         stage.updated_at = now;
@@ -275,9 +237,7 @@ impl State {
     pub fn remove_canary(&mut self, api: &str, name: &str, now: DateTime<Utc>) -> Result<Stage> {
         let stage = self.stage_mut(api, name)?;
         if stage.canary_settings.take().is_none() {
-            return Err(Error::Conflict(format!(
-                "stage {api}/{name} has no canary to remove"
-            )));
+            return Err(Error::Conflict(format!("stage {api}/{name} has no canary to remove")));
         }
         stage.updated_at = now;
         Ok(stage.clone())
@@ -286,9 +246,7 @@ impl State {
     pub fn delete_stage(&mut self, api: &str, name: &str) -> Result<()> {
         let stage = self.stage(api, name)?;
         if let Some(r) = &stage.active_rollout {
-            return Err(Error::Conflict(format!(
-                "stage {api}/{name} has an active rollout {r}"
-            )));
+            return Err(Error::Conflict(format!("stage {api}/{name} has an active rollout {r}")));
         }
         self.api_mut(api)?.stages.remove(name);
         Ok(())
@@ -302,28 +260,23 @@ impl State {
     }
 
     /// Creates or replaces a custom domain's mappings; every mapping must name an existing stage.
-    pub fn put_domain(
-        &mut self,
-        domain: &str,
-        mut mappings: Vec<BasePathMapping>,
-    ) -> Result<Domain> {
+    pub fn put_domain(&mut self, domain: &str, mut mappings: Vec<BasePathMapping>) -> Result<Domain> {
         let valid = !domain.is_empty()
             && domain.len() <= 253
-            && domain.split('.').all(|l| {
-                !l.is_empty()
-                    && l.len() <= 63
-                    && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-            });
+            && domain
+                .split('.')
+                .all(|l| !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
         if !valid {
             return Err(Error::invalid("domain", domain, "is not a valid host name"));
         }
         let mut seen = Vec::new();
         for (i, m) in mappings.iter_mut().enumerate() {
             m.base_path = m.base_path.trim_matches('/').to_string();
-            let ok = m.base_path.split('/').all(|s| {
-                s.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b))
-            }) && (m.base_path.is_empty() || !m.base_path.split('/').any(str::is_empty));
+            let ok = m
+                .base_path
+                .split('/')
+                .all(|s| s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b)))
+                && (m.base_path.is_empty() || !m.base_path.split('/').any(str::is_empty));
             if !ok {
                 return Err(Error::invalid(
                     format!("mappings[{i}].basePath"),
@@ -332,15 +285,10 @@ impl State {
                 ));
             }
             if seen.contains(&m.base_path) {
-                return Err(Error::invalid(
-                    format!("mappings[{i}].basePath"),
-                    &m.base_path,
-                    "is mapped twice",
-                ));
+                return Err(Error::invalid(format!("mappings[{i}].basePath"), &m.base_path, "is mapped twice"));
             }
             seen.push(m.base_path.clone());
-            self.api(&m.api)
-                .map_err(|e| e.into_field_error(&format!("mappings[{i}].api")))?;
+            self.api(&m.api).map_err(|e| e.into_field_error(&format!("mappings[{i}].api")))?;
             self.stage(&m.api, &m.stage)
                 .map_err(|e| e.into_field_error(&format!("mappings[{i}].stage")))?;
         }
@@ -385,11 +333,9 @@ mod tests {
     fn setup() -> State {
         let mut s = State::default();
         assert!(s.put_api("orders", routes("1"), now()).unwrap());
-        s.create_deployment("orders", "d-one".into(), "first".into(), now())
-            .unwrap();
+        s.create_deployment("orders", || "d-one".into(), "first".into(), now()).unwrap();
         s.put_api("orders", routes("2"), now()).unwrap();
-        s.create_deployment("orders", "d-two".into(), "second".into(), now())
-            .unwrap();
+        s.create_deployment("orders", || "d-two".into(), "second".into(), now()).unwrap();
         let input: StageInput = serde_json::from_value(serde_json::json!({
             "deploymentId": "d-one",
             "variables": {"backend": "a:1", "version": "1"},
@@ -420,9 +366,7 @@ mod tests {
     #[test]
     fn stage_defaults_to_newest_deployment() {
         let mut s = setup();
-        let st = s
-            .put_stage("orders", "beta", StageInput::default(), now())
-            .unwrap();
+        let st = s.put_stage("orders", "beta", StageInput::default(), now()).unwrap();
         assert_eq!(st.deployment_id, "d-two");
         let e = s.put_stage(
             "orders",
@@ -441,23 +385,13 @@ mod tests {
         let mut s = setup();
         let before = s.clone();
         let e = s
-            .patch_stage(
-                "orders",
-                "prod",
-                &[op(PatchOp::Replace, "/deploymentId", "d-one")],
-                now(),
-            )
+            .patch_stage("orders", "prod", &[op(PatchOp::Replace, "/deploymentId", "d-one")], now())
             .unwrap_err();
         assert!(matches!(e, Error::Conflict(_)), "{e}");
         assert_eq!(s, before);
         // Replacing it with the canary's deployment is allowed, as in API Gateway.
         let st = s
-            .patch_stage(
-                "orders",
-                "prod",
-                &[op(PatchOp::Replace, "/deploymentId", "d-two")],
-                now(),
-            )
+            .patch_stage("orders", "prod", &[op(PatchOp::Replace, "/deploymentId", "d-two")], now())
             .unwrap();
         assert_eq!(st.deployment_id, "d-two");
     }
@@ -470,10 +404,7 @@ mod tests {
         assert_eq!(st.variables["backend"], "b:2");
         assert_eq!(st.variables["version"], "1");
         assert!(st.canary_settings.is_none());
-        assert!(matches!(
-            s.promote_canary("orders", "prod", now()),
-            Err(Error::Conflict(_))
-        ));
+        assert!(matches!(s.promote_canary("orders", "prod", now()), Err(Error::Conflict(_))));
     }
 
     #[test]
@@ -493,14 +424,8 @@ mod tests {
             op(PatchOp::Replace, "/canarySettings/percentTraffic", "50"),
             op(PatchOp::Replace, "/nope", "1"),
         ];
-        let e = s
-            .patch_stage("orders", "prod", &ops, now())
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("patchOperations[1].path") && e.contains("/nope"),
-            "{e}"
-        );
+        let e = s.patch_stage("orders", "prod", &ops, now()).unwrap_err().to_string();
+        assert!(e.contains("patchOperations[1].path") && e.contains("/nope"), "{e}");
         assert_eq!(s, before);
     }
 
@@ -512,15 +437,10 @@ mod tests {
             api: api.into(),
             stage: stage.into(),
         };
-        let d = s
-            .put_domain("API.example.com", vec![m("orders", "prod")])
-            .unwrap();
+        let d = s.put_domain("API.example.com", vec![m("orders", "prod")]).unwrap();
         assert_eq!(d.domain, "api.example.com");
         assert_eq!(d.mappings[0].base_path, "v1");
-        let e = s
-            .put_domain("x.com", vec![m("orders", "nope")])
-            .unwrap_err()
-            .to_string();
+        let e = s.put_domain("x.com", vec![m("orders", "nope")]).unwrap_err().to_string();
         assert!(e.contains("mappings[0].stage"), "{e}");
         assert!(s.put_domain("bad domain", vec![]).is_err());
     }
@@ -528,17 +448,8 @@ mod tests {
     #[test]
     fn delete_refused_with_active_rollout() {
         let mut s = setup();
-        s.apis
-            .get_mut("orders")
-            .unwrap()
-            .stages
-            .get_mut("prod")
-            .unwrap()
-            .active_rollout = Some("r-1".into());
+        s.apis.get_mut("orders").unwrap().stages.get_mut("prod").unwrap().active_rollout = Some("r-1".into());
         assert!(matches!(s.delete_api("orders"), Err(Error::Conflict(_))));
-        assert!(matches!(
-            s.delete_stage("orders", "prod"),
-            Err(Error::Conflict(_))
-        ));
+        assert!(matches!(s.delete_stage("orders", "prod"), Err(Error::Conflict(_))));
     }
 }

@@ -23,11 +23,7 @@ pub fn parse_path(field: &str, path: &str) -> Result<Vec<PathSegment>> {
         return Err(Error::invalid(field, path, "must start with /"));
     }
     if path.len() > 1024 {
-        return Err(Error::invalid(
-            field,
-            path,
-            "must be at most 1024 characters",
-        ));
+        return Err(Error::invalid(field, path, "must be at most 1024 characters"));
     }
     let mut out = Vec::new();
     let body = &path[1..];
@@ -38,11 +34,7 @@ pub fn parse_path(field: &str, path: &str) -> Result<Vec<PathSegment>> {
     let mut names = Vec::new();
     for (i, seg) in parts.iter().enumerate() {
         if seg.is_empty() {
-            return Err(Error::invalid(
-                field,
-                path,
-                "must not contain empty segments or end with /",
-            ));
+            return Err(Error::invalid(field, path, "must not contain empty segments or end with /"));
         }
         if let Some(inner) = seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
             let (name, greedy) = match inner.strip_suffix('+') {
@@ -53,17 +45,11 @@ pub fn parse_path(field: &str, path: &str) -> Result<Vec<PathSegment>> {
                 return Err(Error::invalid(
                     field,
                     path,
-                    format!(
-                        "parameter {seg} must be {{name}} or {{name+}} with name [A-Za-z0-9_]+"
-                    ),
+                    format!("parameter {seg} must be {{name}} or {{name+}} with name [A-Za-z0-9_]+"),
                 ));
             }
             if names.contains(&name) {
-                return Err(Error::invalid(
-                    field,
-                    path,
-                    format!("parameter {name} appears twice"),
-                ));
+                return Err(Error::invalid(field, path, format!("parameter {name} appears twice")));
             }
             names.push(name);
             if greedy {
@@ -80,16 +66,9 @@ pub fn parse_path(field: &str, path: &str) -> Result<Vec<PathSegment>> {
             }
         } else {
             if seg.contains(['{', '}']) {
-                return Err(Error::invalid(
-                    field,
-                    path,
-                    format!("segment {seg} mixes text and a parameter"),
-                ));
+                return Err(Error::invalid(field, path, format!("segment {seg} mixes text and a parameter")));
             }
-            if !seg
-                .chars()
-                .all(|c| c.is_ascii_graphic() && c != '?' && c != '#')
-            {
+            if !seg.chars().all(|c| c.is_ascii_graphic() && c != '?' && c != '#') {
                 return Err(Error::invalid(
                     field,
                     path,
@@ -144,17 +123,11 @@ impl Template {
         let mut rest = text;
         while !rest.is_empty() {
             if let Some(after) = rest.strip_prefix("${") {
-                let end = after
-                    .find('}')
-                    .ok_or_else(|| Error::invalid(field, text, "unclosed ${"))?;
+                let end = after.find('}').ok_or_else(|| Error::invalid(field, text, "unclosed ${"))?;
                 let expr = &after[..end];
-                let name = expr.strip_prefix("stageVariables.").ok_or_else(|| {
-                    Error::invalid(
-                        field,
-                        text,
-                        format!("${{{expr}}} is not a ${{stageVariables.name}} reference"),
-                    )
-                })?;
+                let name = expr
+                    .strip_prefix("stageVariables.")
+                    .ok_or_else(|| Error::invalid(field, text, format!("${{{expr}}} is not a ${{stageVariables.name}} reference")))?;
                 if !valid_param_name(name) {
                     return Err(Error::invalid(
                         field,
@@ -168,9 +141,7 @@ impl Template {
                 parts.push(Part::StageVariable(name.to_string()));
                 rest = &after[end + 1..];
             } else if path_params && rest.starts_with('{') {
-                let end = rest
-                    .find('}')
-                    .ok_or_else(|| Error::invalid(field, text, "unclosed {"))?;
+                let end = rest.find('}').ok_or_else(|| Error::invalid(field, text, "unclosed {"))?;
                 let inner = &rest[1..end];
                 let name = inner.strip_suffix('+').unwrap_or(inner);
                 if !valid_param_name(name) {
@@ -207,12 +178,7 @@ impl Template {
 
     /// Renders the template into `out`. Missing stage variables and parameters render as empty, as in
     /// API Gateway.
-    pub fn render_into<'a>(
-        &self,
-        out: &mut String,
-        var: impl Fn(&str) -> Option<&'a str>,
-        param: impl Fn(&str) -> Option<&'a str>,
-    ) {
+    pub fn render_into<'a>(&self, out: &mut String, var: impl Fn(&str) -> Option<&'a str>, param: impl Fn(&str) -> Option<&'a str>) {
         for p in &self.parts {
             match p {
                 Part::Literal(l) => out.push_str(l),
@@ -245,9 +211,7 @@ mod tests {
 
     #[test]
     fn rejects_bad_paths() {
-        for bad in [
-            "orders", "/a//b", "/a/", "/{x+}/b", "/a{x}", "/{x}/{x}", "/{}", "/{a-b}",
-        ] {
+        for bad in ["orders", "/a//b", "/a/", "/{x+}/b", "/a{x}", "/{x}/{x}", "/{}", "/{a-b}"] {
             let err = parse_path("routes[0].path", bad).unwrap_err();
             let msg = err.to_string();
             assert!(msg.contains("routes[0].path") && msg.contains(bad), "{msg}");
@@ -256,12 +220,7 @@ mod tests {
 
     #[test]
     fn renders_templates() {
-        let t = Template::parse(
-            "uri",
-            "http://${stageVariables.backend}/orders/{id}?x={id}",
-            true,
-        )
-        .unwrap();
+        let t = Template::parse("uri", "http://${stageVariables.backend}/orders/{id}?x={id}", true).unwrap();
         let mut out = String::new();
         t.render_into(
             &mut out,

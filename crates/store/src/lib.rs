@@ -112,6 +112,13 @@ pub fn diff(old: &State, new: &State) -> Vec<Change> {
     out
 }
 
+/// A fresh deployment id: `d-` and five random base-36 characters, as API Gateway's are ten.
+pub fn new_deployment_id() -> String {
+    const ALPHABET: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let suffix: String = (0..5).map(|_| ALPHABET[fastrand::usize(..ALPHABET.len())] as char).collect();
+    format!("d-{suffix}")
+}
+
 type OnChange = Box<dyn Fn(&Arc<State>) + Send + Sync>;
 
 /// The state service: serialised, durable, published changes.
@@ -150,10 +157,7 @@ impl Store {
 
     /// Applies `f` to a copy of the state; if it succeeds, persists the difference in one transaction,
     /// then publishes. A refused or failed change changes nothing.
-    pub async fn mutate<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&mut State) -> canarygate_model::Result<T>,
-    ) -> Result<T, StoreError> {
+    pub async fn mutate<T: Send + 'static>(&self, f: impl FnOnce(&mut State) -> canarygate_model::Result<T>) -> Result<T, StoreError> {
         let mut guard = self.write.lock().await;
         let mut next = State::clone(&guard);
         let out = f(&mut next)?;
@@ -189,15 +193,10 @@ mod tests {
 
     fn sample() -> State {
         let mut s = State::default();
-        let routes = serde_json::from_value(
-            serde_json::json!([{"path": "/h", "integration": {"type": "mock"}}]),
-        )
-        .unwrap();
+        let routes = serde_json::from_value(serde_json::json!([{"path": "/h", "integration": {"type": "mock"}}])).unwrap();
         s.put_api("orders", routes, now()).unwrap();
-        s.create_deployment("orders", "d-one".into(), "x".into(), now())
-            .unwrap();
-        s.put_stage("orders", "prod", StageInput::default(), now())
-            .unwrap();
+        s.create_deployment("orders", || "d-one".into(), "x".into(), now()).unwrap();
+        s.put_stage("orders", "prod", StageInput::default(), now()).unwrap();
         s
     }
 
@@ -233,18 +232,11 @@ mod tests {
             })
             .await
             .unwrap();
-        let err = store
-            .mutate(|s| s.delete_stage("orders", "nope"))
-            .await
-            .unwrap_err();
+        let err = store.mutate(|s| s.delete_stage("orders", "nope")).await.unwrap_err();
         assert!(matches!(err, StoreError::Model(_)));
         assert_eq!(published.load(std::sync::atomic::Ordering::SeqCst), 2);
         drop(store);
-        let again = Store::open(
-            Box::new(SqliteBackend::open(&path).unwrap()),
-            Box::new(|_| {}),
-        )
-        .unwrap();
+        let again = Store::open(Box::new(SqliteBackend::open(&path).unwrap()), Box::new(|_| {})).unwrap();
         assert_eq!(*again.current(), want);
     }
 }

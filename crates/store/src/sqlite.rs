@@ -30,8 +30,7 @@ impl SqliteBackend {
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-        let version = usize::try_from(version)
-            .map_err(|_| StoreError::Backend(format!("bad schema version {version}")))?;
+        let version = usize::try_from(version).map_err(|_| StoreError::Backend(format!("bad schema version {version}")))?;
         if version > MIGRATIONS.len() {
             return Err(StoreError::Backend(format!(
                 "database schema version {version} is newer than this canarygate understands ({}); upgrade canarygate",
@@ -64,9 +63,7 @@ impl Backend for SqliteBackend {
                 },
             );
         }
-        let mut stmt = self
-            .conn
-            .prepare("SELECT api, doc FROM deployments ORDER BY api, seq")?;
+        let mut stmt = self.conn.prepare("SELECT api, doc FROM deployments ORDER BY api, seq")?;
         for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))? {
             let (api, doc) = row?;
             let d: Deployment = serde_json::from_str(&doc)?;
@@ -104,11 +101,7 @@ impl Backend for SqliteBackend {
                     tx.execute("DELETE FROM deployments WHERE api = ?1", params![name])?;
                     tx.execute("DELETE FROM stages WHERE api = ?1", params![name])?;
                 }
-                Change::PutDeployment {
-                    api,
-                    seq,
-                    deployment,
-                } => {
+                Change::PutDeployment { api, seq, deployment } => {
                     tx.execute(
                         "INSERT OR REPLACE INTO deployments (api, id, seq, doc) VALUES (?1, ?2, ?3, ?4)",
                         params![api, deployment.id, *seq as i64, serde_json::to_string(deployment)?],
@@ -121,10 +114,7 @@ impl Backend for SqliteBackend {
                     )?;
                 }
                 Change::DeleteStage { api, stage } => {
-                    tx.execute(
-                        "DELETE FROM stages WHERE api = ?1 AND name = ?2",
-                        params![api, stage],
-                    )?;
+                    tx.execute("DELETE FROM stages WHERE api = ?1 AND name = ?2", params![api, stage])?;
                 }
                 Change::PutDomain(d) => {
                     tx.execute(

@@ -1,0 +1,116 @@
+//! `GET /v1/metrics` (CloudWatch-style datapoints), `/metrics` (Prometheus text) and `/readyz`.
+
+use std::collections::HashMap;
+use std::fmt::Write;
+use std::sync::atomic::Ordering;
+
+use axum::extract::{Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use canarygate_metrics::{Metric, SeriesKey, Statistic, Variant};
+use chrono::{DateTime, Utc};
+use serde_json::{json, Value};
+
+use crate::error::ApiError;
+use crate::AppState;
+
+fn param<'a>(q: &'a HashMap<String, String>, name: &str) -> Result<&'a str, ApiError> {
+    q.get(name)
+        .map(String::as_str)
+        .ok_or_else(|| ApiError::bad_request(format!("query parameter {name} is required")))
+}
+
+fn time(q: &HashMap<String, String>, name: &str, default: DateTime<Utc>) -> Result<DateTime<Utc>, ApiError> {
+    match q.get(name) {
+        None => Ok(default),
+        Some(v) => DateTime::parse_from_rfc3339(v)
+            .map(|t| t.with_timezone(&Utc))
+            .map_err(|_| ApiError::bad_request(format!("invalid value {v:?} for {name}: must be an RFC 3339 time"))),
+    }
+}
+
+pub async fn query(State(s): State<AppState>, Query(q): Query<HashMap<String, String>>) -> Result<Json<Value>, ApiError> {
+    let api = param(&q, "api")?;
+    let stage = param(&q, "stage")?;
+    let variant = q.get("variant").map_or(Ok(Variant::Production), |v| {
+        Variant::parse(v).ok_or_else(|| ApiError::bad_request(format!("invalid value {v:?} for variant: must be production or canary")))
+    })?;
+    let metric = Metric::parse("metric", param(&q, "metric")?)?;
+    let statistic = Statistic::parse("statistic", q.get("statistic").map_or("Sum", String::as_str))?;
+    let period: u64 = match q.get("periodSeconds") {
+        None => 60,
+        Some(v) => v
+            .parse()
+            .ok()
+            .filter(|p| (1..=86_400).contains(p))
+            .ok_or_else(|| ApiError::bad_request(format!("invalid value {v:?} for periodSeconds: must be 1 to 86400")))?,
+    };
+    let now = Utc::now();
+    let end = time(&q, "end", now)?;
+    let start = time(&q, "start", end - chrono::Duration::hours(1))?;
+    if start >= end {
+        return Err(ApiError::bad_request(format!(
+            "invalid value {:?} for start: must be before end",
+            q.get("start").cloned().unwrap_or_default()
+        )));
+    }
+    let (start_s, end_s) = (start.timestamp().max(0) as u64, end.timestamp().max(0) as u64);
+    // A datapoint ends at `end` inclusive of its last second.
+    let end_s = end_s + u64::from(end.timestamp_subsec_nanos() > 0);
+    if (end_s - start_s) / period > 10_000 {
+        return Err(ApiError::bad_request(format!(
+            "invalid value {period:?} for periodSeconds: the range would need more than 10000 datapoints"
+        )));
+    }
+    let key = SeriesKey {
+        api: api.to_string(),
+        stage: stage.to_string(),
+        variant,
+    };
+    let points = s.metrics.query(&key, metric, statistic, period, start_s, end_s);
+    let datapoints: Vec<Value> = points
+        .iter()
+        .map(|p| {
+            let ts = DateTime::<Utc>::from_timestamp(p.timestamp as i64, 0).unwrap_or_default();
+            json!({"timestamp": ts.to_rfc3339_opts(chrono::SecondsFormat::Secs, true), "value": p.value})
+        })
+        .collect();
+    Ok(Json(json!({
+        "metric": metric.as_str(),
+        "statistic": statistic.to_string(),
+        "unit": metric.unit(),
+        "datapoints": datapoints,
+    })))
+}
+
+pub async fn prometheus(State(s): State<AppState>) -> Response {
+    let mut out = String::with_capacity(16 * 1024);
+    s.metrics.render_prometheus(&mut out);
+    out.push_str("# HELP canarygate_canary_percent Share of a stage's requests sent to its canary.\n");
+    out.push_str("# TYPE canarygate_canary_percent gauge\n");
+    let st = s.store.current();
+    for a in st.apis.values() {
+        for stage in a.stages.values() {
+            let p = stage.canary_settings.as_ref().map_or(0.0, |c| c.percent_traffic);
+            let _ = writeln!(
+                out,
+                "canarygate_canary_percent{{api=\"{}\",stage=\"{}\"}} {p}",
+                canarygate_metrics::escape_label(&a.api.name),
+                canarygate_metrics::escape_label(&stage.name)
+            );
+        }
+    }
+    if let Some(extra) = &s.prometheus_extra {
+        extra(&mut out);
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], out).into_response()
+}
+
+pub async fn readyz(State(s): State<AppState>) -> Response {
+    if s.ready.load(Ordering::Acquire) {
+        Json(json!({"status": "ready"})).into_response()
+    } else {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not ready: the gateway listener is not up yet").into_response()
+    }
+}

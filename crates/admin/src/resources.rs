@@ -1,0 +1,183 @@
+//! Handlers for APIs, deployments, stages and domains.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use canarygate_model::state::ApiState;
+use canarygate_model::{BasePathMapping, Deployment, PatchOperation, Route, StageInput};
+use chrono::Utc;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::body::JsonBody;
+use crate::error::ApiError;
+use crate::AppState;
+
+type Result<T> = std::result::Result<T, ApiError>;
+
+fn items<T: serde::Serialize>(v: Vec<T>) -> Json<Value> {
+    Json(json!({ "items": v }))
+}
+
+fn created_or_ok(created: bool, v: impl serde::Serialize) -> Response {
+    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    (status, Json(v)).into_response()
+}
+
+fn api_view(a: &ApiState) -> Value {
+    json!({
+        "name": a.api.name,
+        "routes": a.api.routes,
+        "createdAt": a.api.created_at,
+        "updatedAt": a.api.updated_at,
+        "latestDeploymentId": a.newest_deployment().map(|d| d.id.clone()),
+        "deployments": a.deployments.len(),
+        "stages": a.stages.keys().collect::<Vec<_>>(),
+    })
+}
+
+fn deployment_summary(d: &Deployment) -> Value {
+    json!({"id": d.id, "description": d.description, "createdAt": d.created_at})
+}
+
+pub async fn list_apis(State(s): State<AppState>) -> Json<Value> {
+    let st = s.store.current();
+    items(st.apis.values().map(api_view).collect())
+}
+
+pub async fn get_api(State(s): State<AppState>, Path(api): Path<String>) -> Result<Json<Value>> {
+    Ok(Json(api_view(s.store.current().api(&api)?)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PutApi {
+    routes: Vec<Route>,
+}
+
+pub async fn put_api(State(s): State<AppState>, Path(api): Path<String>, JsonBody(body): JsonBody<PutApi>) -> Result<Response> {
+    let name = api.clone();
+    let created = s.store.mutate(move |st| st.put_api(&name, body.routes, Utc::now())).await?;
+    Ok(created_or_ok(created, api_view(s.store.current().api(&api)?)))
+}
+
+pub async fn delete_api(State(s): State<AppState>, Path(api): Path<String>) -> Result<StatusCode> {
+    s.store.mutate(move |st| st.delete_api(&api)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct CreateDeployment {
+    #[serde(default)]
+    description: String,
+}
+
+pub async fn create_deployment(
+    State(s): State<AppState>,
+    Path(api): Path<String>,
+    JsonBody(body): JsonBody<CreateDeployment>,
+) -> Result<Response> {
+    let d = s
+        .store
+        .mutate(move |st| st.create_deployment(&api, canarygate_store::new_deployment_id, body.description, Utc::now()))
+        .await?;
+    Ok((StatusCode::CREATED, Json(deployment_summary(&d))).into_response())
+}
+
+pub async fn list_deployments(State(s): State<AppState>, Path(api): Path<String>) -> Result<Json<Value>> {
+    let st = s.store.current();
+    Ok(items(st.api(&api)?.deployments.iter().rev().map(deployment_summary).collect()))
+}
+
+pub async fn get_deployment(State(s): State<AppState>, Path((api, id)): Path<(String, String)>) -> Result<Json<Deployment>> {
+    let st = s.store.current();
+    let d = st
+        .api(&api)?
+        .deployment(&id)
+        .ok_or_else(|| ApiError::not_found(format!("deployment {id:?} of api {api:?} not found")))?;
+    Ok(Json(d.clone()))
+}
+
+pub async fn list_stages(State(s): State<AppState>, Path(api): Path<String>) -> Result<Json<Value>> {
+    let st = s.store.current();
+    Ok(items(st.api(&api)?.stages.values().cloned().collect()))
+}
+
+pub async fn get_stage(State(s): State<AppState>, Path((api, stage)): Path<(String, String)>) -> Result<Response> {
+    Ok(Json(s.store.current().stage(&api, &stage)?.clone()).into_response())
+}
+
+pub async fn put_stage(
+    State(s): State<AppState>,
+    Path((api, stage)): Path<(String, String)>,
+    JsonBody(input): JsonBody<StageInput>,
+) -> Result<Response> {
+    let existed = s.store.current().stage(&api, &stage).is_ok();
+    let st = s.store.mutate(move |st| st.put_stage(&api, &stage, input, Utc::now())).await?;
+    Ok(created_or_ok(!existed, st))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PatchBody {
+    patch_operations: Vec<PatchOperation>,
+}
+
+pub async fn patch_stage(
+    State(s): State<AppState>,
+    Path((api, stage)): Path<(String, String)>,
+    JsonBody(body): JsonBody<PatchBody>,
+) -> Result<Response> {
+    let st = s
+        .store
+        .mutate(move |st| st.patch_stage(&api, &stage, &body.patch_operations, Utc::now()))
+        .await?;
+    Ok(Json(st).into_response())
+}
+
+pub async fn delete_stage(State(s): State<AppState>, Path((api, stage)): Path<(String, String)>) -> Result<StatusCode> {
+    s.store.mutate(move |st| st.delete_stage(&api, &stage)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn promote_canary(State(s): State<AppState>, Path((api, stage)): Path<(String, String)>) -> Result<Response> {
+    let st = s.store.mutate(move |st| st.promote_canary(&api, &stage, Utc::now())).await?;
+    Ok(Json(st).into_response())
+}
+
+pub async fn remove_canary(State(s): State<AppState>, Path((api, stage)): Path<(String, String)>) -> Result<Response> {
+    let st = s.store.mutate(move |st| st.remove_canary(&api, &stage, Utc::now())).await?;
+    Ok(Json(st).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PutDomain {
+    mappings: Vec<BasePathMapping>,
+}
+
+pub async fn list_domains(State(s): State<AppState>) -> Json<Value> {
+    items(s.store.current().domains.values().cloned().collect())
+}
+
+pub async fn put_domain(State(s): State<AppState>, Path(domain): Path<String>, JsonBody(body): JsonBody<PutDomain>) -> Result<Response> {
+    let existed = s.store.current().domains.contains_key(&domain.to_ascii_lowercase());
+    let d = s.store.mutate(move |st| st.put_domain(&domain, body.mappings)).await?;
+    Ok(created_or_ok(!existed, d))
+}
+
+pub async fn get_domain(State(s): State<AppState>, Path(domain): Path<String>) -> Result<Response> {
+    let st = s.store.current();
+    let d = st
+        .domains
+        .get(&domain.to_ascii_lowercase())
+        .ok_or_else(|| ApiError::not_found(format!("domain {domain:?} not found")))?;
+    Ok(Json(d.clone()).into_response())
+}
+
+pub async fn delete_domain(State(s): State<AppState>, Path(domain): Path<String>) -> Result<StatusCode> {
+    s.store.mutate(move |st| st.delete_domain(&domain)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

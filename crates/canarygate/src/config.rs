@@ -1,0 +1,144 @@
+//! The config file: a `server` section (each key also a flag of `serve`) and the declared resources.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use canarygate_model::config::{ApiSpec, DomainSpec, Resources};
+use serde::Deserialize;
+
+/// An admin token: a plain string is an admin token; `{token, readOnly: true}` may only read.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum TokenSpec {
+    Admin(String),
+    Detailed {
+        token: String,
+        #[serde(default, rename = "readOnly")]
+        read_only: bool,
+    },
+}
+
+/// Where the access logs go and how they rotate.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AccessLogSection {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    #[serde(default = "default_log_bytes")]
+    pub max_bytes: u64,
+    #[serde(default = "default_keep")]
+    pub keep: usize,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_log_bytes() -> u64 {
+    64 * 1024 * 1024
+}
+fn default_keep() -> usize {
+    5
+}
+
+impl Default for AccessLogSection {
+    fn default() -> Self {
+        AccessLogSection {
+            enabled: true,
+            max_bytes: default_log_bytes(),
+            keep: default_keep(),
+        }
+    }
+}
+
+/// The `server` section.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServerSection {
+    pub listen: Option<SocketAddr>,
+    pub admin_listen: Option<SocketAddr>,
+    pub data_dir: Option<PathBuf>,
+    pub store: Option<String>,
+    #[serde(default)]
+    pub admin_tokens: Vec<TokenSpec>,
+    /// Reads of the admin API need a token too (read-only or admin).
+    #[serde(default)]
+    pub read_requires_token: bool,
+    /// Largest request body the gateway accepts, bytes (default 10 MiB).
+    pub max_body_bytes: Option<u64>,
+    /// Largest request head, bytes (default 64 KiB).
+    pub max_header_bytes: Option<usize>,
+    /// Seconds a client has to send its request head (default 10).
+    pub header_read_timeout_seconds: Option<u64>,
+    #[serde(default)]
+    pub access_log: AccessLogSection,
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConfigFile {
+    #[serde(default)]
+    pub server: ServerSection,
+    #[serde(default)]
+    pub apis: Vec<ApiSpec>,
+    #[serde(default)]
+    pub domains: Vec<DomainSpec>,
+    /// Alarms and deployment configs arrive with the rollout controller; this build reports them.
+    #[serde(default)]
+    pub alarms: Vec<serde_norway::Value>,
+    #[serde(default)]
+    pub deployment_configs: Vec<serde_norway::Value>,
+}
+
+impl ConfigFile {
+    pub fn resources(&self) -> Resources {
+        Resources {
+            apis: self.apis.clone(),
+            domains: self.domains.clone(),
+        }
+    }
+}
+
+pub fn load(path: &Path) -> Result<ConfigFile> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
+    parse(&text).with_context(|| format!("invalid config file {}", path.display()))
+}
+
+pub fn parse(text: &str) -> Result<ConfigFile> {
+    let de = serde_norway::Deserializer::from_str(text);
+    let cfg: ConfigFile = match serde_path_to_error::deserialize(de) {
+        Ok(c) => c,
+        Err(e) => {
+            let path = e.path().to_string();
+            bail!("{path}: {}", e.into_inner())
+        }
+    };
+    Ok(cfg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_example() {
+        let cfg = parse(include_str!("../../../examples/quickstart.yaml")).unwrap();
+        assert_eq!(cfg.apis[0].name, "orders");
+        assert!(!cfg.apis[0].stages.is_empty());
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let e = parse("server:\n  listen: nope\n").unwrap_err().to_string();
+        assert!(e.contains("server.listen"), "{e}");
+        let e = parse("apis:\n  - name: a\n    routes:\n      - path: /x\n        integration: {type: mock, stauts: 200}\n").unwrap_err();
+        assert!(format!("{e:#}").contains("stauts"), "{e:#}");
+        let e = parse("apis:\n  - name: a\n    stages:\n      - name: prod\n        varibles: {}\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("varibles"), "{e}");
+        let e = parse("bogus: 1\n").unwrap_err().to_string();
+        assert!(e.contains("bogus"), "{e}");
+    }
+}

@@ -1,0 +1,233 @@
+//! `canarygate serve`: wires the store, gateway, metrics ticker and admin API into one process.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use canarygate_admin::{AppState, Auth, Role};
+use canarygate_gateway::{AccessLog, AccessLogConfig, Gateway, Limits};
+use canarygate_metrics::Registry;
+use canarygate_model::config::{plan, Action, PlanMode};
+use canarygate_store::{SqliteBackend, Store};
+use chrono::Utc;
+use tokio::net::TcpListener;
+
+use crate::config::{ConfigFile, TokenSpec};
+
+/// Flags of `serve`; each overrides the config file's `server` key.
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Config file (YAML): `server` settings and resources to seed.
+    #[arg(long, short = 'c')]
+    pub config: Option<PathBuf>,
+    /// Gateway listener [default: 127.0.0.1:8080]
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// Admin listener [default: 127.0.0.1:9090]
+    #[arg(long)]
+    pub admin_listen: Option<SocketAddr>,
+    /// Data directory [default: ./canarygate-data]
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// `sqlite` or a PostgreSQL URL [default: sqlite]
+    #[arg(long)]
+    pub store: Option<String>,
+}
+
+fn tokens(cfg: &ConfigFile) -> Vec<(String, Role)> {
+    let mut out: Vec<(String, Role)> = cfg
+        .server
+        .admin_tokens
+        .iter()
+        .map(|t| match t {
+            TokenSpec::Admin(t) => (t.clone(), Role::Admin),
+            TokenSpec::Detailed { token, read_only } => (token.clone(), if *read_only { Role::ReadOnly } else { Role::Admin }),
+        })
+        .collect();
+    if let Ok(t) = std::env::var("CANARYGATE_ADMIN_TOKEN") {
+        out.extend(t.split(',').map(|t| (t.trim().to_string(), Role::Admin)));
+    }
+    out.retain(|(t, _)| !t.is_empty());
+    out
+}
+
+/// Carries a seeding plan out directly on the store.
+async fn seed(store: &Store, actions: Vec<Action>) -> Result<()> {
+    for action in actions {
+        let what = action.to_string();
+        let result = match action {
+            Action::PutApi { api, routes, .. } => store.mutate(move |s| s.put_api(&api, routes, Utc::now()).map(|_| ())).await,
+            Action::CreateDeployment { api, description } => {
+                store
+                    .mutate(move |s| {
+                        s.create_deployment(&api, canarygate_store::new_deployment_id, description, Utc::now())
+                            .map(|_| ())
+                    })
+                    .await
+            }
+            Action::CreateStage { api, stage, input } => {
+                store
+                    .mutate(move |s| s.put_stage(&api, &stage, input, Utc::now()).map(|_| ()))
+                    .await
+            }
+            Action::PatchStage { api, stage, ops } => {
+                store
+                    .mutate(move |s| s.patch_stage(&api, &stage, &ops, Utc::now()).map(|_| ()))
+                    .await
+            }
+            Action::PutDomain { domain, mappings } => store.mutate(move |s| s.put_domain(&domain, mappings).map(|_| ())).await,
+        };
+        result.with_context(|| format!("seeding from the config file: {what}"))?;
+        tracing::info!("seeded: {what}");
+    }
+    Ok(())
+}
+
+pub async fn run(args: ServeArgs) -> Result<()> {
+    let cfg = match &args.config {
+        Some(p) => crate::config::load(p)?,
+        None => ConfigFile::default(),
+    };
+    let listen = args
+        .listen
+        .or(cfg.server.listen)
+        .unwrap_or_else(|| "127.0.0.1:8080".parse().expect("valid"));
+    let admin_listen = args
+        .admin_listen
+        .or(cfg.server.admin_listen)
+        .unwrap_or_else(|| "127.0.0.1:9090".parse().expect("valid"));
+    let data_dir = args
+        .data_dir
+        .clone()
+        .or(cfg.server.data_dir.clone())
+        .unwrap_or_else(|| PathBuf::from("./canarygate-data"));
+    let store_kind = args.store.clone().or(cfg.server.store.clone()).unwrap_or_else(|| "sqlite".into());
+    let tokens = tokens(&cfg);
+    if tokens.is_empty() && !admin_listen.ip().is_loopback() {
+        bail!(
+            "refusing to start: the admin listener {admin_listen} is not a loopback address and no admin token is configured; \
+             set CANARYGATE_ADMIN_TOKEN or server.adminTokens, or listen on 127.0.0.1"
+        );
+    }
+    if store_kind != "sqlite" {
+        bail!(
+            "store {:?} is not supported by this build: use sqlite (PostgreSQL support is planned)",
+            redact(&store_kind)
+        );
+    }
+    if !cfg.alarms.is_empty() || !cfg.deployment_configs.is_empty() {
+        tracing::warn!("the config file declares alarms or deploymentConfigs; this build does not run rollouts yet and ignores them");
+    }
+    std::fs::create_dir_all(&data_dir).with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
+
+    let metrics = Arc::new(Registry::new());
+    let log = if cfg.server.access_log.enabled {
+        AccessLog::start(AccessLogConfig {
+            dir: data_dir.join("logs"),
+            max_bytes: cfg.server.access_log.max_bytes,
+            keep: cfg.server.access_log.keep,
+            queue: 65_536,
+        })
+        .context("cannot start the access log writer")?
+    } else {
+        AccessLog::disabled()
+    };
+    let defaults = Limits::default();
+    let limits = Limits {
+        max_header_bytes: cfg.server.max_header_bytes.unwrap_or(defaults.max_header_bytes),
+        max_body_bytes: cfg.server.max_body_bytes.unwrap_or(defaults.max_body_bytes),
+        header_read_timeout: cfg
+            .server
+            .header_read_timeout_seconds
+            .map_or(defaults.header_read_timeout, Duration::from_secs),
+    };
+    let gateway = Arc::new(Gateway::new(metrics.clone(), log, limits));
+
+    let db = data_dir.join("state.db");
+    let backend = SqliteBackend::open(&db).with_context(|| format!("cannot open state database {}", db.display()))?;
+    let gw = gateway.clone();
+    let store = Arc::new(Store::open(Box::new(backend), Box::new(move |state| gw.publish(state)))?);
+    seed(&store, plan(&store.current(), &cfg.resources(), PlanMode::CreateOnly)).await?;
+
+    let gateway_listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let admin_listener = TcpListener::bind(admin_listen)
+        .await
+        .with_context(|| format!("cannot listen on {admin_listen}"))?;
+    println!("canarygate: gateway listening on http://{}", gateway_listener.local_addr()?);
+    println!("canarygate: admin listening on http://{}", admin_listener.local_addr()?);
+    println!("canarygate: data dir {}", data_dir.display());
+
+    let ready = Arc::new(AtomicBool::new(false));
+    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+
+    // Clears the next seconds' metric slots ahead of the request path.
+    let ticker_metrics = metrics.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            every.tick().await;
+            ticker_metrics.tick(Utc::now().timestamp().max(0) as u64);
+        }
+    });
+
+    let gw_for_prom = gateway.clone();
+    let state = AppState {
+        store: store.clone(),
+        metrics: metrics.clone(),
+        ready: ready.clone(),
+        prometheus_extra: Some(Arc::new(move |out: &mut String| {
+            use std::fmt::Write;
+            out.push_str("# HELP canarygate_access_log_dropped_total Access log records dropped because the writer fell behind.\n");
+            out.push_str("# TYPE canarygate_access_log_dropped_total counter\n");
+            let _ = writeln!(out, "canarygate_access_log_dropped_total {}", gw_for_prom.access_log().dropped());
+        })),
+    };
+    let app = canarygate_admin::router(state, Auth::new(tokens, cfg.server.read_requires_token));
+    let mut admin_shutdown = shutdown_rx.clone();
+    let admin = tokio::spawn(async move {
+        axum::serve(admin_listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = admin_shutdown.changed().await;
+            })
+            .await
+    });
+    let gateway_task = tokio::spawn(gateway.clone().serve(gateway_listener, shutdown_rx, Duration::from_secs(30)));
+    ready.store(true, Ordering::Release);
+    tracing::info!(%listen, %admin_listen, "canarygate is serving");
+
+    shutdown_signal().await;
+    tracing::info!("shutting down: draining in-flight requests");
+    let _ = shutdown_tx.send(true);
+    let _ = gateway_task.await;
+    let _ = admin.await;
+    Ok(())
+}
+
+fn redact(url: &str) -> String {
+    // A store URL may carry a password; never print it.
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}://***@{}", &url[..s], &url[at + 1..]),
+        _ => url.to_string(),
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
