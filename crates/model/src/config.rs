@@ -22,13 +22,35 @@ pub struct ApiSpec {
     pub stages: Vec<StageSpec>,
 }
 
-/// A declared stage: a stage body with its name.
+/// A declared stage: a stage body with its name. (Not `#[serde(flatten)]`: serde then ignores
+/// `deny_unknown_fields`, and a misspelt key would pass silently.)
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct StageSpec {
     pub name: String,
-    #[serde(flatten)]
-    pub input: StageInput,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployment_id: Option<String>,
+    #[serde(default)]
+    pub variables: BTreeMap<String, String>,
+    #[serde(default)]
+    pub cache: crate::CacheSettings,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_settings: Option<crate::stage::CanaryInput>,
+    #[serde(default)]
+    pub canary_routing: crate::CanaryRouting,
+}
+
+impl StageSpec {
+    /// The stage body this declaration asks for.
+    pub fn input(&self) -> StageInput {
+        StageInput {
+            deployment_id: self.deployment_id.clone(),
+            variables: self.variables.clone(),
+            cache: self.cache.clone(),
+            canary_settings: self.canary_settings.clone(),
+            canary_routing: self.canary_routing.clone(),
+        }
+    }
 }
 
 /// A declared custom domain.
@@ -159,10 +181,10 @@ pub fn plan(state: &State, desired: &Resources, mode: PlanMode) -> Vec<Action> {
                 None => out.push(Action::CreateStage {
                     api: spec.name.clone(),
                     stage: st.name.clone(),
-                    input: st.input.clone(),
+                    input: st.input(),
                 }),
                 Some(cur) if mode == PlanMode::Converge => {
-                    let ops = stage_ops(cur, &st.input);
+                    let ops = stage_ops(cur, &st.input());
                     if !ops.is_empty() {
                         out.push(Action::PatchStage {
                             api: spec.name.clone(),

@@ -21,7 +21,7 @@ pub use api::{Api, Deployment, Integration, Method, Route};
 pub use error::{Error, Result};
 pub use metric::{Metric, Statistic};
 pub use patch::{PatchOp, PatchOperation};
-pub use stage::{CacheSettings, CanaryRouting, CanarySettings, Stage, StageInput, Stickiness};
+pub use stage::{CacheSettings, CanaryInput, CanaryRouting, CanarySettings, Stage, StageInput, Stickiness};
 pub use state::{BasePathMapping, Domain, State};
 
 /// Which side of a stage served a request.
