@@ -1,0 +1,277 @@
+//! Shared parts of the end-to-end tests: the real `canarygate` binary started on free loopback ports,
+//! real HTTP backends started in the test process, and a real HTTP client.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+/// A running `canarygate serve`.
+pub struct Server {
+    pub child: Child,
+    pub gateway: String,
+    pub admin: String,
+    pub data_dir: PathBuf,
+    pub stderr_log: PathBuf,
+}
+
+impl Server {
+    /// Starts the binary with its own data dir, on free ports, and waits until both listeners are up.
+    pub fn start(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
+        let stderr_log = data_dir.with_extension("stderr.log");
+        let stderr = std::fs::File::create(&stderr_log).expect("stderr log");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_canarygate"));
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .args(extra)
+            .env_remove("CANARYGATE_ADMIN_TOKEN")
+            .stdout(Stdio::piped())
+            .stderr(stderr);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("start canarygate");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let (mut gateway, mut admin) = (None, None);
+        while gateway.is_none() || admin.is_none() {
+            let Some(Ok(line)) = lines.next() else {
+                let err = std::fs::read_to_string(&stderr_log).unwrap_or_default();
+                panic!("canarygate exited before listening:\n{err}");
+            };
+            if let Some(a) = line.strip_prefix("canarygate: gateway listening on ") {
+                gateway = Some(a.to_string());
+            } else if let Some(a) = line.strip_prefix("canarygate: admin listening on ") {
+                admin = Some(a.to_string());
+            }
+        }
+        // Keep draining stdout so the child never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Server {
+            child,
+            gateway: gateway.unwrap(),
+            admin: admin.unwrap(),
+            data_dir: data_dir.to_path_buf(),
+            stderr_log,
+        }
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .pool_max_idle_per_host(64)
+        .build()
+        .unwrap()
+}
+
+/// Calls the admin API and returns status and JSON body.
+pub async fn admin(c: &reqwest::Client, s: &Server, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    admin_with_token(c, s, method, path, body, None).await
+}
+
+pub async fn admin_with_token(
+    c: &reqwest::Client,
+    s: &Server,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+    token: Option<&str>,
+) -> (u16, Value) {
+    let mut req = c.request(method.parse().unwrap(), format!("{}{path}", s.admin));
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let resp = req.send().await.expect("admin call");
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap();
+    (
+        status,
+        if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        },
+    )
+}
+
+/// Calls the admin API and insists on a 2xx.
+pub async fn ok(c: &reqwest::Client, s: &Server, method: &str, path: &str, body: Option<Value>) -> Value {
+    let (status, v) = admin(c, s, method, path, body).await;
+    assert!((200..300).contains(&status), "{method} {path} -> {status}: {v}");
+    v
+}
+
+/// How a test backend behaves.
+#[derive(Clone, Copy, Debug)]
+pub enum Behaviour {
+    Echo,
+    /// Answers after this long.
+    Slow(Duration),
+}
+
+/// A real HTTP backend in the test process. Answers JSON naming itself and echoing what it got.
+pub struct Backend {
+    pub addr: SocketAddr,
+    pub name: String,
+    pub calls: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Backend {
+    pub async fn start(name: &str, behaviour: Behaviour) -> Backend {
+        use hyper::server::conn::http1;
+        use hyper_util::rt::TokioIo;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let (n, c) = (name.to_string(), calls.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { return };
+                let (n, c) = (n.clone(), c.clone());
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                        let (n, c) = (n.clone(), c.clone());
+                        async move {
+                            c.fetch_add(1, Ordering::SeqCst);
+                            if let Behaviour::Slow(d) = behaviour {
+                                tokio::time::sleep(d).await;
+                            }
+                            let headers: serde_json::Map<String, Value> = req
+                                .headers()
+                                .iter()
+                                .map(|(k, v)| (k.to_string(), Value::String(v.to_str().unwrap_or("").to_string())))
+                                .collect();
+                            let body = json!({
+                                "backend": n, "method": req.method().as_str(), "path": req.uri().path(),
+                                "query": req.uri().query(), "headers": headers,
+                            });
+                            let mut r = hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from(body.to_string())));
+                            r.headers_mut().insert("content-type", "application/json".parse().unwrap());
+                            Ok::<_, std::convert::Infallible>(r)
+                        }
+                    });
+                    let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+                });
+            }
+        });
+        Backend {
+            addr,
+            name: name.to_string(),
+            calls,
+            task,
+        }
+    }
+
+    pub fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A loopback port with nothing listening on it (bound, then released).
+pub fn closed_port() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+/// Declares API `orders` with a greedy proxy route to `${stageVariables.backend}`, deploys it, and
+/// creates stage `prod` on `production` with a canary overriding the backend to `canary` at `percent`.
+pub async fn setup_split(
+    c: &reqwest::Client,
+    s: &Server,
+    production: SocketAddr,
+    canary: SocketAddr,
+    percent: f64,
+    routing: Value,
+) -> String {
+    ok(
+        c,
+        s,
+        "PUT",
+        "/v1/apis/orders",
+        Some(json!({"routes": [
+            {"method": "ANY", "path": "/{proxy+}", "integration": {"type": "http", "uri": "http://${stageVariables.backend}/{proxy}", "timeoutMs": 2000}},
+            {"method": "GET", "path": "/version", "integration": {"type": "mock", "body": "${stageVariables.version}"}}
+        ]})),
+    )
+    .await;
+    let d = ok(c, s, "POST", "/v1/apis/orders/deployments", Some(json!({"description": "v1"}))).await;
+    let id = d["id"].as_str().unwrap().to_string();
+    ok(
+        c,
+        s,
+        "PUT",
+        "/v1/apis/orders/stages/prod",
+        Some(json!({
+            "deploymentId": id,
+            "variables": {"backend": production.to_string(), "version": "1"},
+            "canarySettings": {"percentTraffic": percent, "stageVariableOverrides": {"backend": canary.to_string(), "version": "2"}},
+            "canaryRouting": routing,
+        })),
+    )
+    .await;
+    id
+}
+
+pub async fn set_percent(c: &reqwest::Client, s: &Server, p: f64) {
+    ok(
+        c,
+        s,
+        "PATCH",
+        "/v1/apis/orders/stages/prod",
+        Some(json!({"patchOperations": [{"op": "replace", "path": "/canarySettings/percentTraffic", "value": p.to_string()}]})),
+    )
+    .await;
+}
+
+/// Sends `n` GETs to `url` with `conc` concurrent workers; returns how many were served by the canary
+/// (per the `x-canarygate-variant` header), insisting that each succeeded.
+pub async fn count_canary(c: &reqwest::Client, url: &str, n: usize, conc: usize) -> usize {
+    let canary = Arc::new(AtomicU64::new(0));
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..conc {
+        let (c, url, canary, next) = (c.clone(), url.to_string(), canary.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            while next.fetch_add(1, Ordering::SeqCst) < n {
+                let r = c.get(&url).send().await.expect("request");
+                assert_eq!(r.status(), 200, "request failed");
+                if r.headers()["x-canarygate-variant"] == "canary" {
+                    canary.fetch_add(1, Ordering::SeqCst);
+                }
+                let _ = r.bytes().await.expect("body");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    canary.load(Ordering::SeqCst) as usize
+}
