@@ -18,12 +18,29 @@ async fn snapshot(c: &reqwest::Client, s: &Server) -> Value {
 async fn state_survives_restart_and_sigkill() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let (prod, canary) = (Backend::start("production", Behaviour::Echo).await, Backend::start("canary", Behaviour::Echo).await);
+    let (prod, canary) = (
+        Backend::start("production", Behaviour::Echo).await,
+        Backend::start("canary", Behaviour::Echo).await,
+    );
     let c = client();
     let mut s = Server::start(&data, &[], &[]);
     setup_split(&c, &s, prod.addr, canary.addr, 12.5, json!({"stickiness": "cookie:sid"})).await;
-    ok(&c, &s, "POST", "/v1/apis/orders/deployments", Some(json!({"description": "second"}))).await;
-    ok(&c, &s, "PUT", "/v1/domains/api.example.com", Some(json!({"mappings": [{"basePath": "v1", "api": "orders", "stage": "prod"}]}))).await;
+    ok(
+        &c,
+        &s,
+        "POST",
+        "/v1/apis/orders/deployments",
+        Some(json!({"description": "second"})),
+    )
+    .await;
+    ok(
+        &c,
+        &s,
+        "PUT",
+        "/v1/domains/api.example.com",
+        Some(json!({"mappings": [{"basePath": "v1", "api": "orders", "stage": "prod"}]})),
+    )
+    .await;
     let before = snapshot(&c, &s).await;
     assert_eq!(before["stages"]["items"][0]["canarySettings"]["percentTraffic"], 12.5);
 
@@ -44,7 +61,12 @@ async fn state_survives_restart_and_sigkill() {
     assert_eq!(after["deployments"], before["deployments"]);
     assert_eq!(after["domains"], before["domains"]);
     // And the restarted gateway serves from it.
-    let r = c.get(format!("{}/orders/prod/x", s.gateway)).header("x-canarygate-variant", "canary").send().await.unwrap();
+    let r = c
+        .get(format!("{}/orders/prod/x", s.gateway))
+        .header("x-canarygate-variant", "canary")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.json::<Value>().await.unwrap()["backend"], "canary");
 }
 
@@ -61,10 +83,42 @@ async fn config_seeds_once_and_never_undoes_api_changes() {
     let c = client();
     let arg = cfg.to_str().unwrap();
     let s = Server::start(&data, &["--config", arg], &[]);
-    assert_eq!(c.get(format!("{}/orders/prod/v", s.gateway)).send().await.unwrap().text().await.unwrap(), "v1");
-    ok(&c, &s, "PATCH", "/v1/apis/orders/stages/prod", Some(json!({"patchOperations": [{"op": "replace", "path": "/variables/version", "value": "2"}]}))).await;
+    assert_eq!(
+        c.get(format!("{}/orders/prod/v", s.gateway))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+        "v1"
+    );
+    ok(
+        &c,
+        &s,
+        "PATCH",
+        "/v1/apis/orders/stages/prod",
+        Some(json!({"patchOperations": [{"op": "replace", "path": "/variables/version", "value": "2"}]})),
+    )
+    .await;
     drop(s);
     let s = Server::start(&data, &["--config", arg], &[]);
-    assert_eq!(c.get(format!("{}/orders/prod/v", s.gateway)).send().await.unwrap().text().await.unwrap(), "v2", "restart kept the API change");
-    assert_eq!(ok(&c, &s, "GET", "/v1/apis/orders/deployments", None).await["items"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        c.get(format!("{}/orders/prod/v", s.gateway))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+        "v2",
+        "restart kept the API change"
+    );
+    assert_eq!(
+        ok(&c, &s, "GET", "/v1/apis/orders/deployments", None).await["items"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
 }

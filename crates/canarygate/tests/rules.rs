@@ -19,23 +19,49 @@ async fn canary_rules() {
     let dir = tempfile::tempdir().unwrap();
     let s = Server::start(&dir.path().join("data"), &[], &[]);
     let c = client();
-    let (prod, canary) = (Backend::start("production", Behaviour::Echo).await, Backend::start("canary", Behaviour::Echo).await);
+    let (prod, canary) = (
+        Backend::start("production", Behaviour::Echo).await,
+        Backend::start("canary", Behaviour::Echo).await,
+    );
     let d1 = setup_split(&c, &s, prod.addr, canary.addr, 10.0, json!({})).await;
-    let d2 = ok(&c, &s, "POST", "/v1/apis/orders/deployments", Some(json!({"description": "v2"}))).await["id"].as_str().unwrap().to_string();
+    let d2 = ok(&c, &s, "POST", "/v1/apis/orders/deployments", Some(json!({"description": "v2"}))).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let p = "/v1/apis/orders/stages/prod";
-    ok(&c, &s, "PATCH", p, patch(json!([{"op": "replace", "path": "/canarySettings/deploymentId", "value": d2}]))).await;
+    ok(
+        &c,
+        &s,
+        "PATCH",
+        p,
+        patch(json!([{"op": "replace", "path": "/canarySettings/deploymentId", "value": d2}])),
+    )
+    .await;
     let before = stage(&c, &s).await;
 
     // Replacing the stage's deployment while a canary is set: 409, nothing changed.
-    let (status, v) = admin(&c, &s, "PATCH", p, patch(json!([{"op": "replace", "path": "/deploymentId", "value": d1}]))).await;
+    let (status, v) = admin(
+        &c,
+        &s,
+        "PATCH",
+        p,
+        patch(json!([{"op": "replace", "path": "/deploymentId", "value": d1}])),
+    )
+    .await;
     assert_eq!(status, 409, "{v}");
     assert_eq!(v["error"]["code"], "Conflict");
     assert_eq!(stage(&c, &s).await, before);
 
     // Bad percentTraffic values: 400 naming the field and the value, nothing changed.
     for bad in ["-1", "100.5", "NaN", "abc"] {
-        let (status, v) =
-            admin(&c, &s, "PATCH", p, patch(json!([{"op": "replace", "path": "/canarySettings/percentTraffic", "value": bad}]))).await;
+        let (status, v) = admin(
+            &c,
+            &s,
+            "PATCH",
+            p,
+            patch(json!([{"op": "replace", "path": "/canarySettings/percentTraffic", "value": bad}])),
+        )
+        .await;
         assert_eq!(status, 400, "{bad}: {v}");
         let msg = v["error"]["message"].as_str().unwrap();
         assert!(msg.contains("percentTraffic") && msg.contains(bad), "{msg}");
@@ -54,8 +80,14 @@ async fn canary_rules() {
     let (status, v) = admin(&c, &s, "PATCH", p, patch(json!([{"op": "replace", "path": "/nope", "value": "1"}]))).await;
     assert_eq!(status, 400);
     assert!(v["error"]["message"].as_str().unwrap().contains("/nope"), "{v}");
-    let (status, v) =
-        admin(&c, &s, "PATCH", p, patch(json!([{"op": "replace", "path": "/canarySettings/deploymentId", "value": "d-zzzzz"}]))).await;
+    let (status, v) = admin(
+        &c,
+        &s,
+        "PATCH",
+        p,
+        patch(json!([{"op": "replace", "path": "/canarySettings/deploymentId", "value": "d-zzzzz"}])),
+    )
+    .await;
     assert_eq!(status, 400);
     let msg = v["error"]["message"].as_str().unwrap();
     assert!(msg.contains("deploymentId") && msg.contains("d-zzzzz"), "{msg}");
@@ -88,14 +120,31 @@ async fn canary_rules() {
     assert!(promoted["canarySettings"].is_null());
     assert_eq!(stage(&c, &s).await, promoted);
     for _ in 0..20 {
-        let v: Value = c.get(format!("{}/orders/prod/x", s.gateway)).send().await.unwrap().json().await.unwrap();
+        let v: Value = c
+            .get(format!("{}/orders/prod/x", s.gateway))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         assert_eq!(v["backend"], "canary", "after promotion every request goes to the promoted backend");
     }
     // With no canary, replacing the deployment is allowed again.
-    let back = ok(&c, &s, "PATCH", p, patch(json!([{"op": "replace", "path": "/deploymentId", "value": d1}]))).await;
+    let back = ok(
+        &c,
+        &s,
+        "PATCH",
+        p,
+        patch(json!([{"op": "replace", "path": "/deploymentId", "value": d1}])),
+    )
+    .await;
     assert_eq!(back["deploymentId"], d1.as_str());
     // Promote or remove with no canary: 409.
-    assert_eq!(admin(&c, &s, "POST", "/v1/apis/orders/stages/prod/canary/promote", None).await.0, 409);
+    assert_eq!(
+        admin(&c, &s, "POST", "/v1/apis/orders/stages/prod/canary/promote", None).await.0,
+        409
+    );
     assert_eq!(admin(&c, &s, "DELETE", "/v1/apis/orders/stages/prod/canary", None).await.0, 409);
 }
 
@@ -104,7 +153,10 @@ async fn remove_canary_and_resources() {
     let dir = tempfile::tempdir().unwrap();
     let s = Server::start(&dir.path().join("data"), &[], &[]);
     let c = client();
-    let (prod, canary) = (Backend::start("production", Behaviour::Echo).await, Backend::start("canary", Behaviour::Echo).await);
+    let (prod, canary) = (
+        Backend::start("production", Behaviour::Echo).await,
+        Backend::start("canary", Behaviour::Echo).await,
+    );
     setup_split(&c, &s, prod.addr, canary.addr, 100.0, json!({})).await;
     let removed = ok(&c, &s, "DELETE", "/v1/apis/orders/stages/prod/canary", None).await;
     assert!(removed["canarySettings"].is_null());
@@ -126,17 +178,34 @@ async fn remove_canary_and_resources() {
     assert_eq!(r.status(), 405);
 
     // A bad route is refused with the field named.
-    let (status, v) =
-        admin(&c, &s, "PUT", "/v1/apis/bad", Some(json!({"routes": [{"path": "orders", "integration": {"type": "mock"}}]}))).await;
+    let (status, v) = admin(
+        &c,
+        &s,
+        "PUT",
+        "/v1/apis/bad",
+        Some(json!({"routes": [{"path": "orders", "integration": {"type": "mock"}}]})),
+    )
+    .await;
     assert_eq!(status, 400);
     assert!(v["error"]["message"].as_str().unwrap().contains("routes[0].path"), "{v}");
-    assert_eq!(admin(&c, &s, "GET", "/v1/apis/bad", None).await.0, 404, "refused create changed nothing");
+    assert_eq!(
+        admin(&c, &s, "GET", "/v1/apis/bad", None).await.0,
+        404,
+        "refused create changed nothing"
+    );
     // Invalid JSON names the problem.
     let r = c.put(format!("{}/v1/apis/x", s.admin)).body("{not json").send().await.unwrap();
     assert_eq!(r.status(), 400);
 
     // Deployments are listed newest first.
-    let d2 = ok(&c, &s, "POST", "/v1/apis/orders/deployments", Some(json!({"description": "second"}))).await;
+    let d2 = ok(
+        &c,
+        &s,
+        "POST",
+        "/v1/apis/orders/deployments",
+        Some(json!({"description": "second"})),
+    )
+    .await;
     let list = ok(&c, &s, "GET", "/v1/apis/orders/deployments", None).await;
     assert_eq!(list["items"][0]["id"], d2["id"]);
     assert_eq!(list["items"].as_array().unwrap().len(), 2);
@@ -153,7 +222,10 @@ async fn remove_canary_and_resources() {
     ok(&c, &s, "POST", "/v1/apis/shop/deployments", Some(json!({}))).await;
     ok(&c, &s, "PUT", "/v1/apis/shop/stages/live", Some(json!({}))).await;
     assert_eq!(c.get(format!("{}/shop/live/items", s.gateway)).send().await.unwrap().status(), 200);
-    assert_eq!(c.delete(format!("{}/shop/live/items", s.gateway)).send().await.unwrap().status(), 405);
+    assert_eq!(
+        c.delete(format!("{}/shop/live/items", s.gateway)).send().await.unwrap().status(),
+        405
+    );
     assert_eq!(c.get(format!("{}/shop/live/other", s.gateway)).send().await.unwrap().status(), 404);
 
     // Custom domains: Host + base path route to the stage; longest base path wins.
@@ -162,16 +234,36 @@ async fn remove_canary_and_resources() {
         &s,
         "PUT",
         "/v1/domains/api.example.com",
-        Some(json!({"mappings": [{"basePath": "", "api": "orders", "stage": "prod"}, {"basePath": "shop", "api": "shop", "stage": "live"}]})),
+        Some(
+            json!({"mappings": [{"basePath": "", "api": "orders", "stage": "prod"}, {"basePath": "shop", "api": "shop", "stage": "live"}]}),
+        ),
     )
     .await;
-    let r = c.get(format!("{}/shop/items", s.gateway)).header("host", "api.example.com").send().await.unwrap();
+    let r = c
+        .get(format!("{}/shop/items", s.gateway))
+        .header("host", "api.example.com")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.text().await.unwrap(), "items");
-    let v: Value = c.get(format!("{}/a/b", s.gateway)).header("host", "api.example.com:8080").send().await.unwrap().json().await.unwrap();
+    let v: Value = c
+        .get(format!("{}/a/b", s.gateway))
+        .header("host", "api.example.com:8080")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(v["path"], "/a/b");
-    let (status, v) =
-        admin(&c, &s, "PUT", "/v1/domains/x.example.com", Some(json!({"mappings": [{"basePath": "", "api": "orders", "stage": "nope"}]})))
-            .await;
+    let (status, v) = admin(
+        &c,
+        &s,
+        "PUT",
+        "/v1/domains/x.example.com",
+        Some(json!({"mappings": [{"basePath": "", "api": "orders", "stage": "nope"}]})),
+    )
+    .await;
     assert_eq!(status, 400);
     assert!(v["error"]["message"].as_str().unwrap().contains("mappings[0].stage"), "{v}");
 }

@@ -19,7 +19,12 @@ fn prom_value(text: &str, prefix: &str) -> f64 {
 async fn v1_sum(c: &reqwest::Client, s: &Server, variant: &str, metric: &str) -> f64 {
     let q = format!("/v1/metrics?api=orders&stage=prod&variant={variant}&metric={metric}&statistic=Sum&periodSeconds=3600");
     let v = ok(c, s, "GET", &q, None).await;
-    v["datapoints"].as_array().unwrap().iter().map(|d| d["value"].as_f64().unwrap()).sum()
+    v["datapoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["value"].as_f64().unwrap())
+        .sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -90,8 +95,17 @@ async fn refused_and_slow_upstreams_are_502_and_504_counted_per_variant() {
     assert_eq!(get("/missing", "canary").await.0, 404);
 
     let prom = c.get(format!("{}/metrics", s.admin)).send().await.unwrap().text().await.unwrap();
-    let l = |variant: &str, class: &str| format!("canarygate_requests_total{{api=\"orders\",stage=\"prod\",variant=\"{variant}\",status_class=\"{class}\"}} ");
-    let expect = [("production", "2xx", 7.0), ("production", "5xx", 3.0), ("production", "4xx", 2.0), ("canary", "5xx", 5.0), ("canary", "4xx", 1.0), ("canary", "2xx", 0.0)];
+    let l = |variant: &str, class: &str| {
+        format!("canarygate_requests_total{{api=\"orders\",stage=\"prod\",variant=\"{variant}\",status_class=\"{class}\"}} ")
+    };
+    let expect = [
+        ("production", "2xx", 7.0),
+        ("production", "5xx", 3.0),
+        ("production", "4xx", 2.0),
+        ("canary", "5xx", 5.0),
+        ("canary", "4xx", 1.0),
+        ("canary", "2xx", 0.0),
+    ];
     for (variant, class, n) in expect {
         assert_eq!(prom_value(&prom, &l(variant, class)), n, "{variant} {class}");
     }
@@ -103,8 +117,20 @@ async fn refused_and_slow_upstreams_are_502_and_504_counted_per_variant() {
         assert_eq!(prom_value(&prom, &hist), count);
     }
     // The 504s took at least their timeout: the integration latency maximum says so.
-    let v = ok(&c, &s, "GET", "/v1/metrics?api=orders&stage=prod&variant=production&metric=IntegrationLatency&statistic=Maximum&periodSeconds=3600", None).await;
-    let max = v["datapoints"].as_array().unwrap().iter().map(|d| d["value"].as_f64().unwrap()).fold(0.0, f64::max);
+    let v = ok(
+        &c,
+        &s,
+        "GET",
+        "/v1/metrics?api=orders&stage=prod&variant=production&metric=IntegrationLatency&statistic=Maximum&periodSeconds=3600",
+        None,
+    )
+    .await;
+    let max = v["datapoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["value"].as_f64().unwrap())
+        .fold(0.0, f64::max);
     assert!(max >= 200.0, "{v}");
     assert_eq!(v["unit"], "Milliseconds");
     // Bad query parameters name themselves.
@@ -120,7 +146,10 @@ async fn limits_on_body_and_headers_and_proxy_headers() {
     std::fs::write(&cfg, "server:\n  maxBodyBytes: 1000\n  maxHeaderBytes: 16384\n").unwrap();
     let s = Server::start(&dir.path().join("data"), &["--config", cfg.to_str().unwrap()], &[]);
     let c = client();
-    let (prod, canary) = (Backend::start("production", Behaviour::Echo).await, Backend::start("canary", Behaviour::Echo).await);
+    let (prod, canary) = (
+        Backend::start("production", Behaviour::Echo).await,
+        Backend::start("canary", Behaviour::Echo).await,
+    );
     setup_split(&c, &s, prod.addr, canary.addr, 0.0, json!({})).await;
     let url = format!("{}/orders/prod/upload", s.gateway);
     let r = c.post(&url).body(vec![b'x'; 500]).send().await.unwrap();
@@ -129,7 +158,11 @@ async fn limits_on_body_and_headers_and_proxy_headers() {
     assert_eq!(r.status(), 413);
     // A streamed body without a length that grows past the limit is refused too.
     let chunks: Vec<Result<Vec<u8>, std::io::Error>> = (0..10).map(|_| Ok(vec![b'y'; 500])).collect();
-    let r = c.post(&url).body(reqwest::Body::wrap_stream(futures_util::stream::iter(chunks))).send().await;
+    let r = c
+        .post(&url)
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(chunks)))
+        .send()
+        .await;
     match r {
         Ok(r) => assert_eq!(r.status(), 413),
         Err(e) => panic!("streamed oversize body: {e}"),

@@ -13,7 +13,10 @@ use serde_json::json;
 async fn fifty_weight_changes_under_load_lose_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let s = Server::start(&dir.path().join("data"), &[], &[]);
-    let (prod, canary) = (Backend::start("production", Behaviour::Echo).await, Backend::start("canary", Behaviour::Echo).await);
+    let (prod, canary) = (
+        Backend::start("production", Behaviour::Echo).await,
+        Backend::start("canary", Behaviour::Echo).await,
+    );
     let c = client();
     setup_split(&c, &s, prod.addr, canary.addr, 10.0, json!({})).await;
     let url = format!("{}/orders/prod/load", s.gateway);
@@ -50,7 +53,12 @@ async fn fifty_weight_changes_under_load_lose_nothing() {
     for t in load {
         t.await.unwrap();
     }
-    assert_eq!(failed.load(Ordering::SeqCst), 0, "of {} requests under weight changes", sent.load(Ordering::SeqCst));
+    assert_eq!(
+        failed.load(Ordering::SeqCst),
+        0,
+        "of {} requests under weight changes",
+        sent.load(Ordering::SeqCst)
+    );
     assert!(sent.load(Ordering::SeqCst) >= 1000);
     // Weight 0: the next 1,000 requests all go to production.
     let canary_before = canary.calls();

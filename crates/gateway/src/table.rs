@@ -218,7 +218,7 @@ impl RoutingTable {
                 .iter()
                 .filter_map(|m| Some((m.base_path.clone(), t.stages.get(&m.api)?.get(&m.stage)?.clone())))
                 .collect();
-            maps.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+            maps.sort_by_key(|m| std::cmp::Reverse(m.0.len()));
             t.domains.insert(d.domain.clone(), maps);
         }
         t
