@@ -205,6 +205,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     let _ = shutdown_tx.send(true);
     let _ = gateway_task.await;
     let _ = admin.await;
+    gateway.access_log().flush().await;
     Ok(())
 }
 

@@ -89,6 +89,41 @@ async fn variant_header_forces_either_side_and_overrides_reach_only_the_canary()
         assert_eq!(v["backend"], label);
     }
     assert_eq!(prod.calls() + canary.calls(), 300);
+
+    // Access logs: every request in the stage log, canary requests also in Canary.log. SIGTERM flushes.
+    let mut s = s;
+    let pid = s.child.id().to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert!(s.child.wait().unwrap().success());
+    let logs = s.data_dir.join("logs/orders");
+    let stage_log = std::fs::read_to_string(logs.join("prod.log")).unwrap();
+    let canary_log = std::fs::read_to_string(logs.join("prod/Canary.log")).unwrap();
+    assert_eq!(stage_log.lines().count(), 302, "300 proxied + 2 mock requests");
+    let canary_lines: Vec<serde_json::Value> = canary_log.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(
+        canary_lines.len(),
+        canary.calls() + 1,
+        "every canary request, the mock one included"
+    );
+    assert!(canary_lines.iter().all(|l| l["variant"] == "canary"));
+    let first: serde_json::Value = serde_json::from_str(stage_log.lines().next().unwrap()).unwrap();
+    for field in [
+        "requestId",
+        "time",
+        "ip",
+        "method",
+        "path",
+        "status",
+        "latencyMs",
+        "integrationLatencyMs",
+        "variant",
+        "deploymentId",
+        "cache",
+        "userAgent",
+    ] {
+        assert!(first.get(field).is_some(), "access log line lacks {field}: {first}");
+    }
+    assert_eq!(first["path"], "/orders/prod/items/7");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -51,9 +51,15 @@ pub struct Record {
     pub stage: Arc<str>,
 }
 
+enum Msg {
+    Record(Record),
+    /// Flush every file, then acknowledge.
+    Flush(std::sync::mpsc::Sender<()>),
+}
+
 /// The sending side, held by the gateway.
 pub struct AccessLog {
-    tx: Option<mpsc::Sender<Record>>,
+    tx: Option<mpsc::Sender<Msg>>,
     writer: Option<std::thread::JoinHandle<()>>,
     dropped: AtomicU64,
 }
@@ -101,9 +107,18 @@ impl AccessLog {
     /// Queues a record without waiting.
     pub fn send(&self, r: Record) {
         if let Some(tx) = &self.tx {
-            if tx.try_send(r).is_err() {
+            if tx.try_send(Msg::Record(r)).is_err() {
                 self.dropped.fetch_add(1, Relaxed);
             }
+        }
+    }
+
+    /// Waits until every record queued before this call is written and flushed (used at shutdown).
+    pub async fn flush(&self) {
+        let Some(tx) = &self.tx else { return };
+        let (ack, done) = std::sync::mpsc::channel();
+        if tx.send(Msg::Flush(ack)).await.is_ok() {
+            let _ = tokio::task::spawn_blocking(move || done.recv()).await;
         }
     }
 
@@ -124,11 +139,22 @@ struct Writer {
 }
 
 impl Writer {
-    fn run(mut self, mut rx: mpsc::Receiver<Record>) {
+    fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
         let mut line = Vec::with_capacity(512);
         while let Some(first) = rx.blocking_recv() {
             let mut next = Some(first);
-            while let Some(r) = next {
+            while let Some(msg) = next {
+                let r = match msg {
+                    Msg::Record(r) => r,
+                    Msg::Flush(ack) => {
+                        for f in self.files.values_mut() {
+                            let _ = f.out.flush();
+                        }
+                        let _ = ack.send(());
+                        next = rx.try_recv().ok();
+                        continue;
+                    }
+                };
                 line.clear();
                 if serde_json::to_writer(&mut line, &r).is_ok() {
                     line.push(b'\n');

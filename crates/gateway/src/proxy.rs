@@ -128,6 +128,16 @@ pub async fn handle(gw: &Gateway, req: Request<Incoming>, peer: SocketAddr) -> R
     };
     let variant = choose(stage, &parts.headers);
     let vr = stage.variant(variant);
+    // Taken before the headers move to the upstream request, and only when there is a log to write.
+    let user_agent = if gw.log.enabled() {
+        parts
+            .headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    } else {
+        None
+    };
 
     let result = serve(gw, vr, &mut parts, body, rest, host.as_deref(), peer, &rid).await;
     let (mut response, integration_us) = match result {
@@ -166,11 +176,7 @@ pub async fn handle(gw: &Gateway, req: Request<Incoming>, peer: SocketAddr) -> R
             variant,
             deployment_id: vr.deployment_id.clone(),
             cache: None,
-            user_agent: parts
-                .headers
-                .get(header::USER_AGENT)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string),
+            user_agent,
             api: stage.api.clone(),
             stage: stage.stage.clone(),
         });
@@ -258,8 +264,6 @@ async fn serve(
             *up.method_mut() = parts.method.clone();
             *up.uri_mut() = upstream_uri;
             *up.headers_mut() = headers;
-            // Keep the client's headers available for the access log.
-            parts.headers = up.headers().clone();
 
             let t0 = Instant::now();
             let res = tokio::time::timeout(*timeout, gw.client.request(up)).await;

@@ -120,8 +120,8 @@ impl fmt::Display for Action {
                 for op in ops {
                     let v = op.value.as_ref().map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string));
                     match v {
-                        Some(v) => write!(f, " {:?} {}={v}", op.op, op.path)?,
-                        None => write!(f, " {:?} {}", op.op, op.path)?,
+                        Some(v) => write!(f, " {} {}={v}", op.op.as_str(), op.path)?,
+                        None => write!(f, " {} {}", op.op.as_str(), op.path)?,
                     }
                 }
                 Ok(())

@@ -21,6 +21,17 @@ pub enum PatchOp {
     Copy,
 }
 
+impl PatchOp {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PatchOp::Add => "add",
+            PatchOp::Remove => "remove",
+            PatchOp::Replace => "replace",
+            PatchOp::Copy => "copy",
+        }
+    }
+}
+
 /// One operation: `{op, path, value, from}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
