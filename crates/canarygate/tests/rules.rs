@@ -16,14 +16,15 @@ fn patch(ops: Value) -> Option<Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn canary_rules() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = Server::start(&dir.path().join("data"), &[], &[]);
-    let c = client();
-    let (prod, canary) = (
-        Backend::start("production", Behaviour::Echo).await,
-        Backend::start("canary", Behaviour::Echo).await,
-    );
-    let d1 = setup_split(&c, &s, prod.addr, canary.addr, 10.0, json!({})).await;
+    let Fixture {
+        s,
+        prod: _prod,
+        canary,
+        c,
+        deployment: d1,
+        dir: _dir,
+        ..
+    } = fixture(10.0, json!({})).await;
     let d2 = ok(&c, &s, "POST", "/v1/apis/orders/deployments", Some(json!({"description": "v2"}))).await["id"]
         .as_str()
         .unwrap()
@@ -150,14 +151,14 @@ async fn canary_rules() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn remove_canary_and_resources() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = Server::start(&dir.path().join("data"), &[], &[]);
-    let c = client();
-    let (prod, canary) = (
-        Backend::start("production", Behaviour::Echo).await,
-        Backend::start("canary", Behaviour::Echo).await,
-    );
-    setup_split(&c, &s, prod.addr, canary.addr, 100.0, json!({})).await;
+    let Fixture {
+        s,
+        prod,
+        canary: _canary,
+        c,
+        dir: _dir,
+        ..
+    } = fixture(100.0, json!({})).await;
     let removed = ok(&c, &s, "DELETE", "/v1/apis/orders/stages/prod/canary", None).await;
     assert!(removed["canarySettings"].is_null());
     assert_eq!(removed["variables"]["backend"], prod.addr.to_string());

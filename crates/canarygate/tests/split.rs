@@ -19,14 +19,14 @@ fn within_4_sigma(got: usize, n: usize, percent: f64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn weights_split_traffic_binomially() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = Server::start(&dir.path().join("data"), &[], &[]);
-    let (prod, canary) = (
-        Backend::start("production", Behaviour::Echo).await,
-        Backend::start("canary", Behaviour::Echo).await,
-    );
-    let c = client();
-    setup_split(&c, &s, prod.addr, canary.addr, 10.0, json!({})).await;
+    let Fixture {
+        s,
+        prod,
+        canary,
+        c,
+        dir: _dir,
+        ..
+    } = fixture(10.0, json!({})).await;
     let url = format!("{}/orders/prod/items", s.gateway);
 
     let got = count_canary(&c, &url, 5000, 8).await;
@@ -46,14 +46,14 @@ async fn weights_split_traffic_binomially() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn variant_header_forces_either_side_and_overrides_reach_only_the_canary() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = Server::start(&dir.path().join("data"), &[], &[]);
-    let (prod, canary) = (
-        Backend::start("production", Behaviour::Echo).await,
-        Backend::start("canary", Behaviour::Echo).await,
-    );
-    let c = client();
-    setup_split(&c, &s, prod.addr, canary.addr, 50.0, json!({})).await;
+    let Fixture {
+        s,
+        prod,
+        canary,
+        c,
+        dir: _dir,
+        ..
+    } = fixture(50.0, json!({})).await;
     let url = format!("{}/orders/prod/items/7?x=1", s.gateway);
     for (forced, backend) in [("canary", "canary"), ("production", "production")] {
         for _ in 0..50 {
@@ -128,14 +128,14 @@ async fn variant_header_forces_either_side_and_overrides_reach_only_the_canary()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cookie_forces_the_variant_when_configured() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = Server::start(&dir.path().join("data"), &[], &[]);
-    let (prod, canary) = (
-        Backend::start("production", Behaviour::Echo).await,
-        Backend::start("canary", Behaviour::Echo).await,
-    );
-    let c = client();
-    setup_split(&c, &s, prod.addr, canary.addr, 0.0, json!({"header": null, "cookie": "cg-variant"})).await;
+    let Fixture {
+        s,
+        prod: _prod,
+        canary: _canary,
+        c,
+        dir: _dir,
+        ..
+    } = fixture(0.0, json!({"header": null, "cookie": "cg-variant"})).await;
     let url = format!("{}/orders/prod/x", s.gateway);
     let r = c.get(&url).header("cookie", "a=b; cg-variant=canary").send().await.unwrap();
     assert_eq!(r.headers()["x-canarygate-variant"], "canary");
@@ -146,14 +146,14 @@ async fn the_cookie_forces_the_variant_when_configured() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sticky_clients_stay_and_canary_clients_stay_as_the_weight_grows() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = Server::start(&dir.path().join("data"), &[], &[]);
-    let (prod, canary) = (
-        Backend::start("production", Behaviour::Echo).await,
-        Backend::start("canary", Behaviour::Echo).await,
-    );
-    let c = client();
-    setup_split(&c, &s, prod.addr, canary.addr, 10.0, json!({"stickiness": "header:x-user"})).await;
+    let Fixture {
+        s,
+        prod: _prod,
+        canary: _canary,
+        c,
+        dir: _dir,
+        ..
+    } = fixture(10.0, json!({"stickiness": "header:x-user"})).await;
     let url = format!("{}/orders/prod/x", s.gateway);
 
     async fn side(c: &reqwest::Client, url: &str, user: usize) -> String {

@@ -11,14 +11,14 @@ use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_weight_changes_under_load_lose_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = Server::start(&dir.path().join("data"), &[], &[]);
-    let (prod, canary) = (
-        Backend::start("production", Behaviour::Echo).await,
-        Backend::start("canary", Behaviour::Echo).await,
-    );
-    let c = client();
-    setup_split(&c, &s, prod.addr, canary.addr, 10.0, json!({})).await;
+    let Fixture {
+        s,
+        prod: _prod,
+        canary,
+        c,
+        dir: _dir,
+        ..
+    } = fixture(10.0, json!({})).await;
     let url = format!("{}/orders/prod/load", s.gateway);
 
     let stop = Arc::new(AtomicBool::new(false));

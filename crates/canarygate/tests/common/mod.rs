@@ -275,3 +275,32 @@ pub async fn count_canary(c: &reqwest::Client, url: &str, n: usize, conc: usize)
     }
     canary.load(Ordering::SeqCst) as usize
 }
+
+/// A server with API `orders`, stage `prod` split between two echo backends (see [`setup_split`]).
+pub struct Fixture {
+    pub s: Server,
+    pub prod: Backend,
+    pub canary: Backend,
+    pub c: reqwest::Client,
+    pub deployment: String,
+    pub dir: tempfile::TempDir,
+}
+
+pub async fn fixture(percent: f64, routing: Value) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("data"), &[], &[]);
+    let (prod, canary) = (
+        Backend::start("production", Behaviour::Echo).await,
+        Backend::start("canary", Behaviour::Echo).await,
+    );
+    let c = client();
+    let deployment = setup_split(&c, &s, prod.addr, canary.addr, percent, routing).await;
+    Fixture {
+        s,
+        prod,
+        canary,
+        c,
+        deployment,
+        dir,
+    }
+}
