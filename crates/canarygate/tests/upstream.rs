@@ -143,7 +143,11 @@ async fn refused_and_slow_upstreams_are_502_and_504_counted_per_variant() {
 async fn limits_on_body_and_headers_and_proxy_headers() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("c.yaml");
-    std::fs::write(&cfg, "server:\n  maxBodyBytes: 1000\n  maxHeaderBytes: 16384\n").unwrap();
+    std::fs::write(
+        &cfg,
+        "server:\n  maxBodyBytes: 1000\n  maxHeaderBytes: 16384\n  headerReadTimeoutSeconds: 1\n",
+    )
+    .unwrap();
     let s = Server::start(&dir.path().join("data"), &["--config", cfg.to_str().unwrap()], &[]);
     let c = client();
     let (prod, canary) = (
@@ -188,4 +192,19 @@ async fn limits_on_body_and_headers_and_proxy_headers() {
     assert_eq!(h["x-forwarded-host"], "shop.test");
     assert!(h.get("x-secret").is_none(), "headers named by Connection are hop-by-hop: {h}");
     assert_eq!(h["host"], prod.addr.to_string());
+
+    // A client that never finishes its request head is disconnected (the read ends). The configured 1 s
+    // applies, not the 10 s default: the guard sits between the two.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut slow = tokio::net::TcpStream::connect(s.gateway.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    slow.write_all(b"GET /orders/prod/x HTTP/1.1\r\nHost: a\r\n").await.unwrap();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), slow.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "the gateway kept a connection with an unfinished request head open");
+
+    // Health and readiness.
+    assert_eq!(ok(&c, &s, "GET", "/healthz", None).await["status"], "ok");
+    assert_eq!(ok(&c, &s, "GET", "/readyz", None).await["status"], "ready");
 }
