@@ -11,6 +11,8 @@ pub mod error;
 mod metrics;
 mod resources;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
@@ -25,6 +27,22 @@ pub use error::ApiError;
 /// Writes extra Prometheus lines (gauges owned by other parts of the process).
 pub type PrometheusHook = Arc<dyn Fn(&mut String) + Send + Sync>;
 
+/// Entry count and weighted bytes of a stage cache.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct CacheStats {
+    pub entries: u64,
+    pub bytes: u64,
+}
+
+/// The data plane's stage caches, as the admin API sees them (implemented by the binary over the
+/// gateway, so this crate does not depend on the data plane).
+pub trait StageCaches: Send + Sync {
+    /// Drops every entry of the stage's cache; false when the stage has no cache enabled.
+    fn flush<'a>(&'a self, api: &'a str, stage: &'a str) -> Pin<Box<dyn Future<Output = bool> + Send + 'a>>;
+    /// Current size of the stage's cache, when it has one.
+    fn stats<'a>(&'a self, api: &'a str, stage: &'a str) -> Pin<Box<dyn Future<Output = Option<CacheStats>> + Send + 'a>>;
+}
+
 /// What every handler can reach.
 #[derive(Clone)]
 pub struct AppState {
@@ -32,6 +50,7 @@ pub struct AppState {
     pub metrics: Arc<Registry>,
     pub ready: Arc<AtomicBool>,
     pub prometheus_extra: Option<PrometheusHook>,
+    pub caches: Option<Arc<dyn StageCaches>>,
 }
 
 /// The admin router.
@@ -56,6 +75,10 @@ pub fn router(state: AppState, auth: Auth) -> Router {
                 .delete(resources::delete_stage),
         )
         .route("/apis/{api}/stages/{stage}/canary", axum::routing::delete(resources::remove_canary))
+        .route(
+            "/apis/{api}/stages/{stage}/cache",
+            get(resources::cache_stats).delete(resources::flush_cache),
+        )
         .route("/apis/{api}/stages/{stage}/canary/promote", post(resources::promote_canary))
         .route("/domains", get(resources::list_domains))
         .route(

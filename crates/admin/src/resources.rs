@@ -181,3 +181,28 @@ pub async fn delete_domain(State(s): State<AppState>, Path(domain): Path<String>
     s.store.mutate(move |st| st.delete_domain(&domain)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
+
+pub async fn cache_stats(State(s): State<AppState>, Path((api, stage)): Path<(String, String)>) -> Result<Json<Value>> {
+    let st = s.store.current();
+    let settings = st.stage(&api, &stage)?.cache.clone();
+    let stats = match &s.caches {
+        Some(c) => c.stats(&api, &stage).await,
+        None => None,
+    };
+    Ok(Json(json!({
+        "enabled": settings.enabled,
+        "ttlSeconds": settings.ttl_seconds,
+        "maxEntries": settings.max_entries,
+        "maxBytes": settings.max_bytes,
+        "entries": stats.map_or(0, |x| x.entries),
+        "bytes": stats.map_or(0, |x| x.bytes),
+    })))
+}
+
+pub async fn flush_cache(State(s): State<AppState>, Path((api, stage)): Path<(String, String)>) -> Result<StatusCode> {
+    s.store.current().stage(&api, &stage)?;
+    if let Some(c) = &s.caches {
+        c.flush(&api, &stage).await;
+    }
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -7,7 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use canarygate_admin::{AppState, Auth, Role};
+use std::future::Future;
+use std::pin::Pin;
+
+use canarygate_admin::{AppState, Auth, CacheStats, Role, StageCaches};
 use canarygate_gateway::{AccessLog, AccessLogConfig, Gateway, Limits};
 use canarygate_metrics::Registry;
 use canarygate_model::config::{plan, Action, PlanMode};
@@ -186,6 +189,11 @@ pub async fn run(args: ServeArgs) -> Result<()> {
             out.push_str("# TYPE canarygate_access_log_dropped_total counter\n");
             let _ = writeln!(out, "canarygate_access_log_dropped_total {}", gw_for_prom.access_log().dropped());
         })),
+        caches: None,
+    };
+    let state = AppState {
+        caches: Some(Arc::new(GatewayCaches(gateway.clone()))),
+        ..state
     };
     let app = canarygate_admin::router(state, Auth::new(tokens, cfg.server.read_requires_token));
     let mut admin_shutdown = shutdown_rx.clone();
@@ -207,6 +215,31 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     let _ = admin.await;
     gateway.access_log().flush().await;
     Ok(())
+}
+
+/// The admin API's view of the gateway's stage caches.
+struct GatewayCaches(Arc<Gateway>);
+
+impl StageCaches for GatewayCaches {
+    fn flush<'a>(&'a self, api: &'a str, stage: &'a str) -> Pin<Box<dyn Future<Output = bool> + Send + 'a>> {
+        Box::pin(async move {
+            match self.0.stage_cache(api, stage) {
+                Some(c) => {
+                    c.flush().await;
+                    true
+                }
+                None => false,
+            }
+        })
+    }
+
+    fn stats<'a>(&'a self, api: &'a str, stage: &'a str) -> Pin<Box<dyn Future<Output = Option<CacheStats>> + Send + 'a>> {
+        Box::pin(async move {
+            let c = self.0.stage_cache(api, stage)?;
+            let (entries, bytes) = c.stats().await;
+            Some(CacheStats { entries, bytes })
+        })
+    }
 }
 
 fn redact(url: &str) -> String {

@@ -9,11 +9,13 @@
 #![forbid(unsafe_code)]
 
 pub mod access_log;
+pub mod cache;
 pub mod choose;
 pub mod error;
 mod proxy;
 pub mod table;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,6 +29,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 pub use access_log::{AccessLog, AccessLogConfig};
+pub use cache::StageCache;
 pub use table::RoutingTable;
 
 /// Request limits of the gateway listener.
@@ -53,6 +56,8 @@ impl Default for Limits {
 /// The gateway: snapshot, upstream client, metrics and access log.
 pub struct Gateway {
     table: ArcSwap<RoutingTable>,
+    /// Stage caches by (api, stage); kept across snapshots, rebuilt when their bounds change.
+    caches: ArcSwap<HashMap<(String, String), Arc<StageCache>>>,
     metrics: Arc<Registry>,
     client: proxy::UpstreamClient,
     log: AccessLog,
@@ -63,6 +68,7 @@ impl Gateway {
     pub fn new(metrics: Arc<Registry>, log: AccessLog, limits: Limits) -> Gateway {
         Gateway {
             table: ArcSwap::from_pointee(RoutingTable::default()),
+            caches: ArcSwap::from_pointee(HashMap::new()),
             metrics,
             client: proxy::client(),
             log,
@@ -71,10 +77,29 @@ impl Gateway {
     }
 
     /// Builds a new snapshot from the state and swaps it in; the next request sees it.
+    /// Called by the store one change at a time.
     pub fn publish(&self, state: &State) {
+        let old_caches = self.caches.load();
+        let mut caches = HashMap::new();
+        for (api, a) in &state.apis {
+            for (name, s) in a.stages.iter().filter(|(_, s)| s.cache.enabled) {
+                let key = (api.clone(), name.clone());
+                let cache = match old_caches.get(&key) {
+                    Some(c) if c.max_entries == s.cache.max_entries && c.max_bytes == s.cache.max_bytes => c.clone(),
+                    _ => Arc::new(StageCache::new(s.cache.max_entries, s.cache.max_bytes)),
+                };
+                caches.insert(key, cache);
+            }
+        }
         let previous = self.table.load();
-        let next = RoutingTable::build(state, &previous, &self.metrics);
+        let next = RoutingTable::build(state, &previous, &self.metrics, &caches);
+        self.caches.store(Arc::new(caches));
         self.table.store(Arc::new(next));
+    }
+
+    /// The stage's cache, when it has one enabled.
+    pub fn stage_cache(&self, api: &str, stage: &str) -> Option<Arc<StageCache>> {
+        self.caches.load().get(&(api.to_string(), stage.to_string())).cloned()
     }
 
     pub fn metrics(&self) -> &Arc<Registry> {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use canarygate_metrics::Observation;
+use canarygate_metrics::{CacheResult, Observation};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full, Limited};
@@ -17,9 +17,10 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::access_log::Record;
+use crate::cache::{hit_response, storable_for, CacheKey, CachedResponse, StageCache};
 use crate::choose::choose;
 use crate::error::ProxyError;
-use crate::table::{CompiledIntegration, VariantRoute};
+use crate::table::{CompiledIntegration, StageRoute, VariantRoute};
 use crate::Gateway;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -99,11 +100,24 @@ fn error_response(e: &ProxyError) -> Response<Body> {
     r
 }
 
-/// What the integration produced, before the common response headers are added.
-struct Served {
-    response: Response<Body>,
+/// What serving one request produced.
+struct Outcome {
+    result: Result<Response<Body>, ProxyError>,
     integration_us: Option<u64>,
+    cache: Option<CacheResult>,
 }
+
+impl Outcome {
+    fn error(e: ProxyError) -> Outcome {
+        Outcome {
+            result: Err(e),
+            integration_us: None,
+            cache: None,
+        }
+    }
+}
+
+static CACHE_HEADER: HeaderName = HeaderName::from_static("x-canarygate-cache");
 
 pub async fn handle(gw: &Gateway, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
     let start = Instant::now();
@@ -139,28 +153,36 @@ pub async fn handle(gw: &Gateway, req: Request<Incoming>, peer: SocketAddr) -> R
         None
     };
 
-    let result = serve(gw, vr, &mut parts, body, rest, host.as_deref(), peer, &rid).await;
-    let (mut response, integration_us) = match result {
-        Ok(s) => (s.response, s.integration_us),
-        Err((e, integration_us)) => {
+    let outcome = serve(gw, stage, vr, &mut parts, body, rest, host.as_deref(), peer, &rid).await;
+    let mut response = match outcome.result {
+        Ok(r) => r,
+        Err(e) => {
             tracing::debug!(error = %e, api = %stage.api, stage = %stage.stage, %variant, "request failed");
-            (error_response(&e), integration_us)
+            error_response(&e)
         }
     };
     let h = response.headers_mut();
     h.insert(VARIANT_HEADER.clone(), HeaderValue::from_static(variant.as_str()));
     h.insert(REQUEST_ID.clone(), rid.clone());
+    let cache_label = outcome.cache.map(|c| match c {
+        CacheResult::Hit => "hit",
+        CacheResult::Miss => "miss",
+    });
+    if let Some(label) = cache_label {
+        h.insert(CACHE_HEADER.clone(), HeaderValue::from_static(label));
+    }
 
     let latency_us = start.elapsed().as_micros() as u64;
     let status = response.status().as_u16();
     let sec = wall.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let integration_us = outcome.integration_us;
     vr.series.record(
         sec,
         &Observation {
             status,
             latency_us,
             integration_us,
-            cache: None,
+            cache: outcome.cache,
         },
     );
     if gw.log.enabled() {
@@ -175,7 +197,7 @@ pub async fn handle(gw: &Gateway, req: Request<Incoming>, peer: SocketAddr) -> R
             integration_latency_ms: integration_us.map(|u| u as f64 / 1000.0),
             variant,
             deployment_id: vr.deployment_id.clone(),
-            cache: None,
+            cache: cache_label,
             user_agent,
             api: stage.api.clone(),
             stage: stage.stage.clone(),
@@ -184,9 +206,48 @@ pub async fn handle(gw: &Gateway, req: Request<Incoming>, peer: SocketAddr) -> R
     response
 }
 
+/// The upstream request, ready to be sent (again, for a cache waiter that gives up waiting).
+struct UpstreamCall {
+    method: http::Method,
+    uri: http::Uri,
+    headers: HeaderMap,
+    timeout: Duration,
+}
+
+impl UpstreamCall {
+    fn request(&self, body: Body) -> Request<Body> {
+        let mut up = Request::new(body);
+        *up.method_mut() = self.method.clone();
+        *up.uri_mut() = self.uri.clone();
+        *up.headers_mut() = self.headers.clone();
+        up
+    }
+
+    /// Sends the request; the timeout covers connecting and the response headers.
+    async fn send(&self, gw: &Gateway, body: Body, max_body: u64) -> (Result<Response<Incoming>, ProxyError>, u64) {
+        let t0 = Instant::now();
+        let res = tokio::time::timeout(self.timeout, gw.client.request(self.request(body))).await;
+        let us = t0.elapsed().as_micros() as u64;
+        let res = match res {
+            Err(_) => Err(ProxyError::Timeout(self.timeout.as_millis())),
+            Ok(Err(e)) if is_length_limit(&e) => Err(ProxyError::BodyTooLarge(max_body)),
+            Ok(Err(e)) => Err(ProxyError::Upstream(error_chain(&e))),
+            Ok(Ok(r)) => Ok(r),
+        };
+        (res, us)
+    }
+}
+
+fn stream_response(resp: Response<Incoming>) -> Response<Body> {
+    let (mut rp, rb) = resp.into_parts();
+    strip_hop_by_hop(&mut rp.headers);
+    Response::from_parts(rp, rb.map_err(BoxError::from).boxed_unsync())
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn serve(
     gw: &Gateway,
+    stage: &StageRoute,
     vr: &VariantRoute,
     parts: &mut http::request::Parts,
     body: Incoming,
@@ -194,18 +255,18 @@ async fn serve(
     host: Option<&str>,
     peer: SocketAddr,
     rid: &HeaderValue,
-) -> Result<Served, (ProxyError, Option<u64>)> {
+) -> Outcome {
     let route_path = if rest.is_empty() { "/" } else { rest };
-    let matched = vr.deployment.router.at(route_path).map_err(|_| (ProxyError::NoRoute, None))?;
-    let integration: Arc<CompiledIntegration> = matched
-        .value
-        .find(&parts.method)
-        .cloned()
-        .ok_or((ProxyError::MethodNotAllowed, None))?;
+    let Ok(matched) = vr.deployment.router.at(route_path) else {
+        return Outcome::error(ProxyError::NoRoute);
+    };
+    let Some(integration) = matched.value.find(&parts.method).cloned() else {
+        return Outcome::error(ProxyError::MethodNotAllowed);
+    };
     let var = |n: &str| vr.variables.get(n).map(String::as_str);
     let params = matched.params;
     let param = |n: &str| params.get(n);
-    match &*integration {
+    let (uri, timeout) = match &*integration {
         CompiledIntegration::Mock {
             status,
             headers,
@@ -219,69 +280,210 @@ async fn serve(
             for (k, v) in headers {
                 r.headers_mut().insert(k.clone(), v.clone());
             }
-            Ok(Served {
-                response: r,
+            return Outcome {
+                result: Ok(r),
                 integration_us: Some(t0.elapsed().as_micros() as u64),
-            })
-        }
-        CompiledIntegration::Http { uri, timeout } => {
-            let mut target = String::with_capacity(128);
-            uri.render_into(&mut target, var, param);
-            if let Some(q) = parts.uri.query() {
-                target.push(if target.contains('?') { '&' } else { '?' });
-                target.push_str(q);
-            }
-            let upstream_uri: http::Uri = target.parse().map_err(|_| (ProxyError::BadIntegrationUri(target.clone()), None))?;
-            if upstream_uri.host().is_none() {
-                return Err((ProxyError::BadIntegrationUri(target), None));
-            }
-            let max = gw.limits.max_body_bytes;
-            let declared = parts
-                .headers
-                .get(header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<u64>().ok());
-            if declared.is_some_and(|n| n > max) {
-                return Err((ProxyError::BodyTooLarge(max), None));
-            }
-            let mut headers = std::mem::take(&mut parts.headers);
-            strip_hop_by_hop(&mut headers);
-            headers.remove(header::HOST);
-            let ip = peer.ip().to_string();
-            let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-                Some(prev) => format!("{prev}, {ip}"),
-                None => ip,
+                cache: None,
             };
-            if let Ok(v) = HeaderValue::try_from(xff) {
-                headers.insert(X_FORWARDED_FOR.clone(), v);
-            }
-            headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
-            if let Some(h) = host.and_then(|h| HeaderValue::try_from(h).ok()) {
-                headers.insert(X_FORWARDED_HOST.clone(), h);
-            }
-            headers.insert(REQUEST_ID.clone(), rid.clone());
-            let mut up = Request::new(Limited::new(body, max as usize).boxed_unsync());
-            *up.method_mut() = parts.method.clone();
-            *up.uri_mut() = upstream_uri;
-            *up.headers_mut() = headers;
+        }
+        CompiledIntegration::Http { uri, timeout } => (uri, *timeout),
+    };
+    let mut target = String::with_capacity(128);
+    uri.render_into(&mut target, var, param);
+    if let Some(q) = parts.uri.query() {
+        target.push(if target.contains('?') { '&' } else { '?' });
+        target.push_str(q);
+    }
+    let upstream_uri: http::Uri = match target.parse() {
+        Ok(u) => u,
+        Err(_) => return Outcome::error(ProxyError::BadIntegrationUri(target)),
+    };
+    if upstream_uri.host().is_none() {
+        return Outcome::error(ProxyError::BadIntegrationUri(target));
+    }
+    let max = gw.limits.max_body_bytes;
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max) {
+        return Outcome::error(ProxyError::BodyTooLarge(max));
+    }
+    let mut headers = std::mem::take(&mut parts.headers);
+    strip_hop_by_hop(&mut headers);
+    headers.remove(header::HOST);
+    let ip = peer.ip().to_string();
+    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prev) => format!("{prev}, {ip}"),
+        None => ip,
+    };
+    if let Ok(v) = HeaderValue::try_from(xff) {
+        headers.insert(X_FORWARDED_FOR.clone(), v);
+    }
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    if let Some(h) = host.and_then(|h| HeaderValue::try_from(h).ok()) {
+        headers.insert(X_FORWARDED_HOST.clone(), h);
+    }
+    headers.insert(REQUEST_ID.clone(), rid.clone());
+    let call = UpstreamCall {
+        method: parts.method.clone(),
+        uri: upstream_uri,
+        headers,
+        timeout,
+    };
 
-            let t0 = Instant::now();
-            let res = tokio::time::timeout(*timeout, gw.client.request(up)).await;
-            let integration_us = Some(t0.elapsed().as_micros() as u64);
-            match res {
-                Err(_) => Err((ProxyError::Timeout(timeout.as_millis()), integration_us)),
-                Ok(Err(e)) => {
-                    if is_length_limit(&e) {
-                        Err((ProxyError::BodyTooLarge(max), integration_us))
-                    } else {
-                        Err((ProxyError::Upstream(error_chain(&e)), integration_us))
+    let cacheable_method = parts.method == http::Method::GET || parts.method == http::Method::HEAD;
+    match stage.cache.as_ref().filter(|_| vr.use_cache && cacheable_method) {
+        Some(cache) => {
+            let mut path_and_query = String::with_capacity(route_path.len() + 32);
+            path_and_query.push_str(route_path);
+            if let Some(q) = parts.uri.query() {
+                path_and_query.push('?');
+                path_and_query.push_str(q);
+            }
+            let key = CacheKey {
+                method: parts.method.clone(),
+                path_and_query,
+                fingerprint: vr.fingerprint,
+            };
+            cached(gw, cache, key, &call, stage.cache_ttl).await
+        }
+        None => {
+            let (res, us) = call.send(gw, Limited::new(body, max as usize).boxed_unsync(), max).await;
+            Outcome {
+                result: res.map(stream_response),
+                integration_us: Some(us),
+                cache: None,
+            }
+        }
+    }
+}
+
+fn empty() -> Body {
+    http_body_util::Empty::new().map_err(|never| match never {}).boxed_unsync()
+}
+
+/// The initiator's own answer when it could not (or must not) be stored.
+struct NotStored;
+
+/// Serves a GET/HEAD through the stage cache, coalescing concurrent misses for one key.
+async fn cached(gw: &Gateway, cache: &StageCache, key: CacheKey, call: &UpstreamCall, ttl: Duration) -> Outcome {
+    if let Some(entry) = cache.entries.get(&key).await {
+        let r = hit_response(&entry, &key.method).map(full);
+        return Outcome {
+            result: Ok(r),
+            integration_us: None,
+            cache: Some(CacheResult::Hit),
+        };
+    }
+    let method = key.method.clone();
+    // Filled only if this request's own init ran: then it called the upstream itself.
+    let mut own: Option<Result<Response<Body>, ProxyError>> = None;
+    let mut fetched_us: Option<u64> = None;
+    let init = async {
+        let (res, us) = call.send(gw, empty(), gw.limits.max_body_bytes).await;
+        fetched_us = Some(us);
+        let resp = match res {
+            Ok(r) => r,
+            Err(e) => {
+                own = Some(Err(e));
+                return Err(NotStored);
+            }
+        };
+        let Some(entry_ttl) = storable_for(resp.status(), resp.headers(), ttl) else {
+            own = Some(Ok(stream_response(resp)));
+            return Err(NotStored);
+        };
+        match buffer(resp, cache.max_entry_bytes).await {
+            Buffered::Whole(parts, body) => {
+                let mut headers = parts.headers;
+                strip_hop_by_hop(&mut headers);
+                Ok(Arc::new(CachedResponse {
+                    status: parts.status,
+                    headers,
+                    body,
+                    stored_at: Instant::now(),
+                    ttl: entry_ttl,
+                }))
+            }
+            Buffered::TooLarge(r) => {
+                own = Some(Ok(r));
+                Err(NotStored)
+            }
+            Buffered::Failed(e) => {
+                own = Some(Err(e));
+                Err(NotStored)
+            }
+        }
+    };
+    let waited = tokio::time::timeout(call.timeout, cache.entries.try_get_with(key, init)).await;
+    match (waited, own) {
+        (Ok(Ok(entry)), _) => {
+            let r = hit_response(&entry, &method).map(full);
+            // The request that fetched it is a miss; requests that waited for it are hits.
+            let (label, us) = if fetched_us.is_some() {
+                (CacheResult::Miss, fetched_us)
+            } else {
+                (CacheResult::Hit, None)
+            };
+            Outcome {
+                result: Ok(r),
+                integration_us: us,
+                cache: Some(label),
+            }
+        }
+        (_, Some(result)) => Outcome {
+            result,
+            integration_us: fetched_us,
+            cache: Some(CacheResult::Miss),
+        },
+        // Waited for another request's fetch that was not stored, or waited too long: call ourselves.
+        (_, None) => {
+            let (res, us) = call.send(gw, empty(), gw.limits.max_body_bytes).await;
+            Outcome {
+                result: res.map(stream_response),
+                integration_us: Some(us),
+                cache: Some(CacheResult::Miss),
+            }
+        }
+    }
+}
+
+enum Buffered {
+    Whole(http::response::Parts, Bytes),
+    /// Larger than an entry may be: the response, streamed on from what was read so far.
+    TooLarge(Response<Body>),
+    Failed(ProxyError),
+}
+
+/// Reads a response body to store it, up to `limit` bytes.
+async fn buffer(resp: Response<Incoming>, limit: usize) -> Buffered {
+    let declared = resp
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Buffered::TooLarge(stream_response(resp));
+    }
+    let (parts, mut body) = resp.into_parts();
+    let mut buf = bytes::BytesMut::new();
+    loop {
+        match body.frame().await {
+            None => return Buffered::Whole(parts, buf.freeze()),
+            Some(Err(e)) => return Buffered::Failed(ProxyError::Upstream(error_chain(&e))),
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    buf.extend_from_slice(&data);
+                    if buf.len() > limit {
+                        use futures_util::StreamExt;
+                        let head = futures_util::stream::once(std::future::ready(Ok::<_, BoxError>(http_body::Frame::data(buf.freeze()))));
+                        let tail = http_body_util::BodyStream::new(body).map(|f| f.map_err(BoxError::from));
+                        let mut r = Response::from_parts(parts, http_body_util::StreamBody::new(head.chain(tail)).boxed_unsync());
+                        strip_hop_by_hop(r.headers_mut());
+                        return Buffered::TooLarge(r);
                     }
-                }
-                Ok(Ok(resp)) => {
-                    let (mut rp, rb) = resp.into_parts();
-                    strip_hop_by_hop(&mut rp.headers);
-                    let response = Response::from_parts(rp, rb.map_err(BoxError::from).boxed_unsync());
-                    Ok(Served { response, integration_us })
                 }
             }
         }

@@ -11,6 +11,8 @@ use canarygate_model::template::{self, PathSegment, Template};
 use canarygate_model::{CanaryRouting, Deployment, Integration, Method, State, Variant};
 use http::{HeaderName, HeaderValue};
 
+use crate::cache::{fingerprint, StageCache};
+
 /// A compiled integration.
 pub enum CompiledIntegration {
     Http {
@@ -124,6 +126,10 @@ pub struct VariantRoute {
     pub deployment: Arc<CompiledDeployment>,
     pub variables: HashMap<String, String>,
     pub series: Arc<Series>,
+    /// Deployment and effective variables, hashed: the cache key part that decides sharing.
+    pub fingerprint: u64,
+    /// Whether this variant reads and writes the stage cache.
+    pub use_cache: bool,
 }
 
 /// A stage, ready to serve.
@@ -136,6 +142,9 @@ pub struct StageRoute {
     pub canary_threshold: u64,
     pub canary_always: bool,
     pub routing: CanaryRouting,
+    /// The stage cache, when enabled, and its time to live.
+    pub cache: Option<Arc<StageCache>>,
+    pub cache_ttl: Duration,
 }
 
 impl StageRoute {
@@ -170,31 +179,39 @@ pub struct RoutingTable {
 impl RoutingTable {
     /// Builds a snapshot from the state, reusing compiled deployments of the previous snapshot
     /// (deployments are immutable).
-    pub fn build(state: &State, previous: &RoutingTable, metrics: &Registry) -> RoutingTable {
+    pub fn build(
+        state: &State,
+        previous: &RoutingTable,
+        metrics: &Registry,
+        caches: &HashMap<(String, String), Arc<StageCache>>,
+    ) -> RoutingTable {
         let mut t = RoutingTable::default();
         for (api_name, a) in &state.apis {
             let mut stages = HashMap::new();
             for (sname, s) in &a.stages {
-                let mut variant = |v: Variant, deployment_id: &str, vars: &BTreeMap<String, String>| -> Option<VariantRoute> {
-                    let key = (api_name.clone(), deployment_id.to_string());
-                    let compiled = match previous.compiled.get(&key).or_else(|| t.compiled.get(&key)) {
-                        Some(c) => c.clone(),
-                        None => Arc::new(CompiledDeployment::compile(a.deployment(deployment_id)?)),
+                let mut variant =
+                    |v: Variant, deployment_id: &str, vars: &BTreeMap<String, String>, use_cache: bool| -> Option<VariantRoute> {
+                        let key = (api_name.clone(), deployment_id.to_string());
+                        let compiled = match previous.compiled.get(&key).or_else(|| t.compiled.get(&key)) {
+                            Some(c) => c.clone(),
+                            None => Arc::new(CompiledDeployment::compile(a.deployment(deployment_id)?)),
+                        };
+                        t.compiled.insert(key, compiled.clone());
+                        Some(VariantRoute {
+                            variant: v,
+                            deployment_id: Arc::from(deployment_id),
+                            deployment: compiled,
+                            variables: vars.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                            series: metrics.series(api_name, sname, v),
+                            fingerprint: fingerprint(deployment_id, vars.iter()),
+                            use_cache,
+                        })
                     };
-                    t.compiled.insert(key, compiled.clone());
-                    Some(VariantRoute {
-                        variant: v,
-                        deployment_id: Arc::from(deployment_id),
-                        deployment: compiled,
-                        variables: vars.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-                        series: metrics.series(api_name, sname, v),
-                    })
-                };
-                let Some(production) = variant(Variant::Production, &s.deployment_id, &s.variables) else {
+                let Some(production) = variant(Variant::Production, &s.deployment_id, &s.variables, true) else {
                     continue;
                 };
                 let canary = match (&s.canary_settings, s.canary_variables()) {
-                    (Some(c), Some(vars)) => variant(Variant::Canary, &c.deployment_id, &vars),
+                    (Some(c), Some(vars)) => variant(Variant::Canary, &c.deployment_id, &vars, c.use_stage_cache),
                     _ => None,
                 };
                 let percent = s.canary_settings.as_ref().map_or(0.0, |c| c.percent_traffic);
@@ -207,6 +224,8 @@ impl RoutingTable {
                     canary_threshold,
                     canary_always,
                     routing: s.canary_routing.clone(),
+                    cache: caches.get(&(api_name.clone(), sname.clone())).cloned(),
+                    cache_ttl: Duration::from_secs(u64::from(s.cache.ttl_seconds)),
                 };
                 stages.insert(sname.clone(), Arc::new(route));
             }

@@ -242,6 +242,9 @@ fn stage_ops(cur: &crate::Stage, want: &StageInput) -> Vec<PatchOperation> {
     if cur.cache.max_entries != want.cache.max_entries {
         ops.push(PatchOperation::replace("/cache/maxEntries", want.cache.max_entries.to_string()));
     }
+    if cur.cache.max_bytes != want.cache.max_bytes {
+        ops.push(PatchOperation::replace("/cache/maxBytes", want.cache.max_bytes.to_string()));
+    }
     let (cr, wr) = (&cur.canary_routing, &want.canary_routing);
     for (path, c, w) in [
         ("/canaryRouting/header", &cr.header, &wr.header),

@@ -3,7 +3,7 @@
 //! Paths: `/deploymentId`, `/variables/{name}`, `/canarySettings`, `/canarySettings/percentTraffic`,
 //! `/canarySettings/deploymentId`, `/canarySettings/useStageCache`,
 //! `/canarySettings/stageVariableOverrides/{name}`, `/cache/enabled`, `/cache/ttlSeconds`, and beyond
-//! API Gateway `/cache/maxEntries`, `/canaryRouting/header`, `/canaryRouting/cookie`,
+//! API Gateway `/cache/maxEntries`, `/cache/maxBytes`, `/canaryRouting/header`, `/canaryRouting/cookie`,
 //! `/canaryRouting/stickiness`. Values are strings as in AWS (JSON numbers and booleans are accepted too).
 //! Setting a canary field on a stage without a canary creates one on the stage's own deployment at 0%.
 
@@ -99,6 +99,7 @@ fn get(stage: &Stage, path: &str) -> Option<String> {
         "/cache/enabled" => Some(stage.cache.enabled.to_string()),
         "/cache/ttlSeconds" => Some(stage.cache.ttl_seconds.to_string()),
         "/cache/maxEntries" => Some(stage.cache.max_entries.to_string()),
+        "/cache/maxBytes" => Some(stage.cache.max_bytes.to_string()),
         _ => {
             if let Some(name) = path.strip_prefix("/variables/") {
                 stage.variables.get(name).cloned()
@@ -221,6 +222,15 @@ pub(crate) fn apply(stage: &mut Stage, op: &PatchOperation, index: usize, deploy
         "/cache/enabled" => stage.cache.enabled = parse_bool(path, &need(&value)?)?,
         "/cache/ttlSeconds" => stage.cache.ttl_seconds = parse_u32(path, &need(&value)?, 0, 3600)?,
         "/cache/maxEntries" => stage.cache.max_entries = parse_u32(path, &need(&value)?, 1, 1_000_000)?,
+        "/cache/maxBytes" => {
+            let v = need(&value)?;
+            stage.cache.max_bytes = v
+                .trim()
+                .parse::<u64>()
+                .ok()
+                .filter(|n| (crate::stage::MIN_CACHE_BYTES..=crate::stage::MAX_CACHE_BYTES).contains(n))
+                .ok_or_else(|| Error::invalid(path, &v, "must be a whole number between 65536 and 17179869184"))?;
+        }
         "/canaryRouting/header" | "/canaryRouting/cookie" => {
             let v = match &value {
                 Some(v) if !valid_token(v) => return Err(Error::invalid(path, v, "is not a valid header or cookie name")),

@@ -17,6 +17,13 @@ pub struct CacheSettings {
     pub ttl_seconds: u32,
     #[serde(default = "default_max_entries")]
     pub max_entries: u32,
+    /// Bound on the bytes the stage's cache holds (bodies and headers).
+    #[serde(default = "default_max_bytes")]
+    pub max_bytes: u64,
+}
+
+fn default_max_bytes() -> u64 {
+    64 * 1024 * 1024
 }
 
 fn default_ttl() -> u32 {
@@ -32,9 +39,14 @@ impl Default for CacheSettings {
             enabled: false,
             ttl_seconds: default_ttl(),
             max_entries: default_max_entries(),
+            max_bytes: default_max_bytes(),
         }
     }
 }
+
+/// Bounds of `cache.maxBytes`: 64 KiB to 16 GiB.
+pub const MIN_CACHE_BYTES: u64 = 64 * 1024;
+pub const MAX_CACHE_BYTES: u64 = 16 * 1024 * 1024 * 1024;
 
 impl CacheSettings {
     pub fn validate(&self) -> Result<()> {

@@ -154,21 +154,40 @@ impl Backend {
                     let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                         let (n, c) = (n.clone(), c.clone());
                         async move {
-                            c.fetch_add(1, Ordering::SeqCst);
+                            let call = c.fetch_add(1, Ordering::SeqCst) + 1;
                             if let Behaviour::Slow(d) = behaviour {
                                 tokio::time::sleep(d).await;
+                            }
+                            // Query parameters steer the answer: cc=<cache-control>, cookie=1, delay_ms=N, pad=N.
+                            let q: std::collections::HashMap<String, String> = req
+                                .uri()
+                                .query()
+                                .unwrap_or("")
+                                .split('&')
+                                .filter_map(|kv| kv.split_once('='))
+                                .map(|(k, v)| (k.to_string(), v.replace("%20", " ").replace("%3D", "=")))
+                                .collect();
+                            if let Some(ms) = q.get("delay_ms").and_then(|v| v.parse().ok()) {
+                                tokio::time::sleep(Duration::from_millis(ms)).await;
                             }
                             let headers: serde_json::Map<String, Value> = req
                                 .headers()
                                 .iter()
                                 .map(|(k, v)| (k.to_string(), Value::String(v.to_str().unwrap_or("").to_string())))
                                 .collect();
+                            let pad = "p".repeat(q.get("pad").and_then(|v| v.parse().ok()).unwrap_or(0));
                             let body = json!({
-                                "backend": n, "method": req.method().as_str(), "path": req.uri().path(),
-                                "query": req.uri().query(), "headers": headers,
+                                "backend": n, "call": call, "method": req.method().as_str(), "path": req.uri().path(),
+                                "query": req.uri().query(), "headers": headers, "pad": pad,
                             });
                             let mut r = hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from(body.to_string())));
                             r.headers_mut().insert("content-type", "application/json".parse().unwrap());
+                            if let Some(cc) = q.get("cc") {
+                                r.headers_mut().insert("cache-control", cc.parse().unwrap());
+                            }
+                            if q.contains_key("cookie") {
+                                r.headers_mut().insert("set-cookie", "session=abc".parse().unwrap());
+                            }
                             Ok::<_, std::convert::Infallible>(r)
                         }
                     });
