@@ -215,6 +215,7 @@ struct UpstreamCall {
 }
 
 impl UpstreamCall {
+    /// The request, keeping this call for another try (the cache path may need two).
     fn request(&self, body: Body) -> Request<Body> {
         let mut up = Request::new(body);
         *up.method_mut() = self.method.clone();
@@ -223,13 +224,28 @@ impl UpstreamCall {
         up
     }
 
-    /// Sends the request; the timeout covers connecting and the response headers.
+    /// The request, consuming the call (no copy of the headers).
+    fn into_request(self, body: Body) -> Request<Body> {
+        let mut up = Request::new(body);
+        *up.method_mut() = self.method;
+        *up.uri_mut() = self.uri;
+        *up.headers_mut() = self.headers;
+        up
+    }
+
     async fn send(&self, gw: &Gateway, body: Body, max_body: u64) -> (Result<Response<Incoming>, ProxyError>, u64) {
+        send(gw, self.request(body), self.timeout, max_body).await
+    }
+}
+
+/// Sends a request upstream; the timeout covers connecting and the response headers.
+async fn send(gw: &Gateway, req: Request<Body>, timeout: Duration, max_body: u64) -> (Result<Response<Incoming>, ProxyError>, u64) {
+    {
         let t0 = Instant::now();
-        let res = tokio::time::timeout(self.timeout, gw.client.request(self.request(body))).await;
+        let res = tokio::time::timeout(timeout, gw.client.request(req)).await;
         let us = t0.elapsed().as_micros() as u64;
         let res = match res {
-            Err(_) => Err(ProxyError::Timeout(self.timeout.as_millis())),
+            Err(_) => Err(ProxyError::Timeout(timeout.as_millis())),
             Ok(Err(e)) if is_length_limit(&e) => Err(ProxyError::BodyTooLarge(max_body)),
             Ok(Err(e)) => Err(ProxyError::Upstream(error_chain(&e))),
             Ok(Ok(r)) => Ok(r),
@@ -350,7 +366,9 @@ async fn serve(
             cached(gw, cache, key, &call, stage.cache_ttl).await
         }
         None => {
-            let (res, us) = call.send(gw, Limited::new(body, max as usize).boxed_unsync(), max).await;
+            let timeout = call.timeout;
+            let req = call.into_request(Limited::new(body, max as usize).boxed_unsync());
+            let (res, us) = send(gw, req, timeout, max).await;
             Outcome {
                 result: res.map(stream_response),
                 integration_us: Some(us),
