@@ -8,8 +8,10 @@
 #![deny(rust_2018_idioms)]
 #![forbid(unsafe_code)]
 
+pub mod alarm;
 mod api;
 pub mod config;
+pub mod deployment_config;
 mod error;
 pub mod metric;
 mod patch;

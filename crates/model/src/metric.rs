@@ -59,8 +59,9 @@ impl Metric {
     }
 }
 
-/// How the samples of one period are reduced to a datapoint.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+/// How the samples of one period are reduced to a datapoint. Written as CloudWatch does: `Sum`,
+/// `Average`, `SampleCount`, `Minimum`, `Maximum`, `p99`, `p99.9`.
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Statistic {
     Sum,
     Average,
@@ -106,6 +107,19 @@ impl std::fmt::Display for Statistic {
             Statistic::Maximum => f.write_str("Maximum"),
             Statistic::Percentile(p) => write!(f, "p{p}"),
         }
+    }
+}
+
+impl Serialize for Statistic {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Statistic {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Statistic::parse("statistic", &s).map_err(serde::de::Error::custom)
     }
 }
 

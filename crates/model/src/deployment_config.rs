@@ -1,0 +1,235 @@
+//! Deployment configurations: the step plan of a rollout, as CodeDeploy's Lambda configurations.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+/// The kind of plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ConfigType {
+    /// `percentage` for `intervalSeconds`, then everything.
+    TimeBasedCanary,
+    /// `percentage` more every `intervalSeconds` until everything.
+    TimeBasedLinear,
+    /// Everything at once.
+    AllAtOnce,
+}
+
+/// A named deployment configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DeploymentConfig {
+    #[serde(default)]
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: ConfigType,
+    #[serde(default)]
+    pub percentage: f64,
+    #[serde(default)]
+    pub interval_seconds: u64,
+    /// True for CodeDeploy's predefined configurations.
+    #[serde(default, skip_deserializing)]
+    pub predefined: bool,
+}
+
+/// One step of a schedule: set the canary weight, then wait (watched by alarms) before the next step.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Step {
+    pub weight: f64,
+    pub wait_seconds: u64,
+}
+
+const PREDEFINED: &[(&str, ConfigType, f64, u64)] = &[
+    ("Canary10Percent5Minutes", ConfigType::TimeBasedCanary, 10.0, 300),
+    ("Canary10Percent10Minutes", ConfigType::TimeBasedCanary, 10.0, 600),
+    ("Canary10Percent15Minutes", ConfigType::TimeBasedCanary, 10.0, 900),
+    ("Canary10Percent30Minutes", ConfigType::TimeBasedCanary, 10.0, 1800),
+    ("Linear10PercentEvery1Minute", ConfigType::TimeBasedLinear, 10.0, 60),
+    ("Linear10PercentEvery2Minutes", ConfigType::TimeBasedLinear, 10.0, 120),
+    ("Linear10PercentEvery3Minutes", ConfigType::TimeBasedLinear, 10.0, 180),
+    ("Linear10PercentEvery10Minutes", ConfigType::TimeBasedLinear, 10.0, 600),
+    ("AllAtOnce", ConfigType::AllAtOnce, 0.0, 0),
+];
+
+impl DeploymentConfig {
+    /// CodeDeploy's predefined Lambda configurations, by short name.
+    pub fn predefined() -> Vec<DeploymentConfig> {
+        PREDEFINED
+            .iter()
+            .map(|(name, kind, percentage, interval_seconds)| DeploymentConfig {
+                name: (*name).to_string(),
+                kind: *kind,
+                percentage: *percentage,
+                interval_seconds: *interval_seconds,
+                predefined: true,
+            })
+            .collect()
+    }
+
+    /// A predefined configuration by its short (`Canary10Percent5Minutes`) or full
+    /// (`CodeDeployDefault.LambdaCanary10Percent5Minutes`) name.
+    pub fn find_predefined(name: &str) -> Option<DeploymentConfig> {
+        let short = name.strip_prefix("CodeDeployDefault.Lambda").unwrap_or(name);
+        Self::predefined().into_iter().find(|c| c.name == short)
+    }
+
+    /// Validates a custom configuration; `field` prefixes error fields.
+    pub fn validate(&self) -> Result<()> {
+        let valid_name =
+            !self.name.is_empty() && self.name.len() <= 100 && self.name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+        if !valid_name {
+            return Err(Error::invalid("name", &self.name, "must be [A-Za-z0-9-_.]{1,100}"));
+        }
+        if Self::find_predefined(&self.name).is_some() || self.name.starts_with("CodeDeployDefault.") {
+            return Err(Error::invalid("name", &self.name, "is a predefined configuration name"));
+        }
+        if self.kind != ConfigType::AllAtOnce {
+            if !self.percentage.is_finite() || self.percentage <= 0.0 || self.percentage >= 100.0 {
+                return Err(Error::invalid(
+                    "percentage",
+                    self.percentage.to_string(),
+                    "must be greater than 0 and less than 100",
+                ));
+            }
+            if !(1..=172_800).contains(&self.interval_seconds) {
+                return Err(Error::invalid(
+                    "intervalSeconds",
+                    self.interval_seconds.to_string(),
+                    "must be 1 to 172800 (two days)",
+                ));
+            }
+            if self.kind == ConfigType::TimeBasedLinear && 100.0 / self.percentage > 1000.0 {
+                return Err(Error::invalid(
+                    "percentage",
+                    self.percentage.to_string(),
+                    "a linear plan may have at most 1000 steps",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The weights and waits, first step first; the last step is always weight 100 with no wait.
+    pub fn schedule(&self) -> Vec<Step> {
+        match self.kind {
+            ConfigType::AllAtOnce => vec![Step {
+                weight: 100.0,
+                wait_seconds: 0,
+            }],
+            ConfigType::TimeBasedCanary => vec![
+                Step {
+                    weight: self.percentage,
+                    wait_seconds: self.interval_seconds,
+                },
+                Step {
+                    weight: 100.0,
+                    wait_seconds: 0,
+                },
+            ],
+            ConfigType::TimeBasedLinear => {
+                let mut steps = Vec::new();
+                let mut k = 1u32;
+                loop {
+                    // Multiply rather than add, so 10 steps of 10% land on exactly 100.
+                    let w = self.percentage * f64::from(k);
+                    if w >= 100.0 - 1e-9 {
+                        break;
+                    }
+                    steps.push(Step {
+                        weight: w,
+                        wait_seconds: self.interval_seconds,
+                    });
+                    k += 1;
+                }
+                steps.push(Step {
+                    weight: 100.0,
+                    wait_seconds: 0,
+                });
+                steps
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// (time the weight is set, weight) for a whole schedule.
+    fn timeline(c: &DeploymentConfig) -> Vec<(u64, f64)> {
+        let mut t = 0;
+        c.schedule()
+            .iter()
+            .map(|s| {
+                let at = t;
+                t += s.wait_seconds;
+                (at, s.weight)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_predefined_schedule() {
+        let canary = |mins: u64| vec![(0, 10.0), (mins * 60, 100.0)];
+        let linear = |mins: u64| {
+            let mut v: Vec<(u64, f64)> = (0..9).map(|i| (i * mins * 60, 10.0 * (i + 1) as f64)).collect();
+            v.push((9 * mins * 60, 100.0));
+            v
+        };
+        let want: Vec<(&str, Vec<(u64, f64)>)> = vec![
+            ("Canary10Percent5Minutes", canary(5)),
+            ("Canary10Percent10Minutes", canary(10)),
+            ("Canary10Percent15Minutes", canary(15)),
+            ("Canary10Percent30Minutes", canary(30)),
+            ("Linear10PercentEvery1Minute", linear(1)),
+            ("Linear10PercentEvery2Minutes", linear(2)),
+            ("Linear10PercentEvery3Minutes", linear(3)),
+            ("Linear10PercentEvery10Minutes", linear(10)),
+            ("AllAtOnce", vec![(0, 100.0)]),
+        ];
+        assert_eq!(DeploymentConfig::predefined().len(), 9);
+        for (name, expected) in want {
+            let short = DeploymentConfig::find_predefined(name).unwrap();
+            let full = DeploymentConfig::find_predefined(&format!("CodeDeployDefault.Lambda{name}")).unwrap();
+            assert_eq!(short, full);
+            assert_eq!(timeline(&short), expected, "{name}");
+        }
+        assert!(DeploymentConfig::find_predefined("Canary10Percent6Minutes").is_none());
+    }
+
+    #[test]
+    fn custom_configs() {
+        let c = DeploymentConfig {
+            name: "c".into(),
+            kind: ConfigType::TimeBasedLinear,
+            percentage: 33.3,
+            interval_seconds: 7,
+            predefined: false,
+        };
+        c.validate().unwrap();
+        assert_eq!(timeline(&c), vec![(0, 33.3), (7, 66.6), (14, 99.89999999999999), (21, 100.0)]);
+        let c = DeploymentConfig {
+            name: "c".into(),
+            kind: ConfigType::TimeBasedCanary,
+            percentage: 0.5,
+            interval_seconds: 30,
+            predefined: false,
+        };
+        assert_eq!(timeline(&c), vec![(0, 0.5), (30, 100.0)]);
+        let bad = DeploymentConfig {
+            percentage: 0.0,
+            ..c.clone()
+        };
+        assert!(bad.validate().unwrap_err().to_string().contains("percentage"));
+        let bad = DeploymentConfig {
+            interval_seconds: 0,
+            ..c.clone()
+        };
+        assert!(bad.validate().unwrap_err().to_string().contains("intervalSeconds"));
+        let bad = DeploymentConfig {
+            name: "AllAtOnce".into(),
+            ..c
+        };
+        assert!(bad.validate().unwrap_err().to_string().contains("predefined"));
+    }
+}
