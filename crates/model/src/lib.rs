@@ -15,6 +15,7 @@ pub mod deployment_config;
 mod error;
 pub mod metric;
 mod patch;
+pub mod rollout;
 mod stage;
 pub mod state;
 pub mod template;

@@ -45,11 +45,23 @@ pub struct Domain {
     pub mappings: Vec<BasePathMapping>,
 }
 
+/// An alarm's definition with its current status.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AlarmEntry {
+    pub alarm: crate::alarm::Alarm,
+    pub status: crate::alarm::AlarmStatus,
+}
+
 /// Everything the control plane knows.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct State {
     pub apis: BTreeMap<String, ApiState>,
     pub domains: BTreeMap<String, Domain>,
+    pub rollouts: BTreeMap<String, crate::rollout::Rollout>,
+    pub alarms: BTreeMap<String, AlarmEntry>,
+    /// Custom deployment configurations (the predefined ones are not stored).
+    pub deployment_configs: BTreeMap<String, crate::deployment_config::DeploymentConfig>,
 }
 
 impl State {
@@ -223,6 +235,11 @@ impl State {
     /// Promotes the canary: the stage takes the canary's deployment and merged variables; the canary goes.
     pub fn promote_canary(&mut self, api: &str, name: &str, now: DateTime<Utc>) -> Result<Stage> {
         let stage = self.stage_mut(api, name)?;
+        if let Some(r) = &stage.active_rollout {
+            return Err(Error::Conflict(format!(
+                "stage {api}/{name} has an active rollout {r}; use the rollout's promote"
+            )));
+        }
         let canary = stage
             .canary_settings
             .take()
@@ -236,6 +253,11 @@ impl State {
     /// Removes the canary settings; all traffic returns to production.
     pub fn remove_canary(&mut self, api: &str, name: &str, now: DateTime<Utc>) -> Result<Stage> {
         let stage = self.stage_mut(api, name)?;
+        if let Some(r) = &stage.active_rollout {
+            return Err(Error::Conflict(format!(
+                "stage {api}/{name} has an active rollout {r}; stop it instead"
+            )));
+        }
         if stage.canary_settings.take().is_none() {
             return Err(Error::Conflict(format!("stage {api}/{name} has no canary to remove")));
         }
@@ -252,7 +274,7 @@ impl State {
         Ok(())
     }
 
-    fn stage_mut(&mut self, api: &str, name: &str) -> Result<&mut Stage> {
+    pub(crate) fn stage_mut(&mut self, api: &str, name: &str) -> Result<&mut Stage> {
         self.api_mut(api)?
             .stages
             .get_mut(name)

@@ -12,7 +12,9 @@ mod sqlite;
 
 use std::sync::Arc;
 
-use canarygate_model::state::ApiState;
+use canarygate_model::deployment_config::DeploymentConfig;
+use canarygate_model::rollout::Rollout;
+use canarygate_model::state::{AlarmEntry, ApiState};
 use canarygate_model::{Api, Deployment, Domain, Stage, State};
 use tokio::sync::{watch, Mutex};
 
@@ -59,6 +61,11 @@ pub enum Change {
     },
     PutDomain(Domain),
     DeleteDomain(String),
+    PutRollout(Box<Rollout>),
+    PutAlarm(Box<AlarmEntry>),
+    DeleteAlarm(String),
+    PutDeploymentConfig(DeploymentConfig),
+    DeleteDeploymentConfig(String),
 }
 
 /// Persistence: everything at start, then batches of changes, each batch atomic and durable.
@@ -107,6 +114,28 @@ pub fn diff(old: &State, new: &State) -> Vec<Change> {
     for (name, d) in &new.domains {
         if old.domains.get(name) != Some(d) {
             out.push(Change::PutDomain(d.clone()));
+        }
+    }
+    // Rollouts are never deleted.
+    for (id, r) in &new.rollouts {
+        if old.rollouts.get(id) != Some(r) {
+            out.push(Change::PutRollout(Box::new(r.clone())));
+        }
+    }
+    for name in old.alarms.keys().filter(|k| !new.alarms.contains_key(*k)) {
+        out.push(Change::DeleteAlarm(name.clone()));
+    }
+    for (name, a) in &new.alarms {
+        if old.alarms.get(name) != Some(a) {
+            out.push(Change::PutAlarm(Box::new(a.clone())));
+        }
+    }
+    for name in old.deployment_configs.keys().filter(|k| !new.deployment_configs.contains_key(*k)) {
+        out.push(Change::DeleteDeploymentConfig(name.clone()));
+    }
+    for (name, c) in &new.deployment_configs {
+        if old.deployment_configs.get(name) != Some(c) {
+            out.push(Change::PutDeploymentConfig(c.clone()));
         }
     }
     out

@@ -3,20 +3,29 @@
 
 use std::path::Path;
 
-use canarygate_model::state::ApiState;
+use canarygate_model::deployment_config::DeploymentConfig;
+use canarygate_model::rollout::Rollout;
+use canarygate_model::state::{AlarmEntry, ApiState};
 use canarygate_model::{Api, Deployment, Domain, Stage, State};
 use rusqlite::{params, Connection};
 
 use crate::{Backend, Change, StoreError};
 
 /// Migrations, in order; migration `i` brings the schema to version `i + 1`.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE apis (name TEXT PRIMARY KEY, doc TEXT NOT NULL);
 CREATE TABLE deployments (api TEXT NOT NULL, id TEXT NOT NULL, seq INTEGER NOT NULL, doc TEXT NOT NULL,
                           PRIMARY KEY (api, id));
 CREATE TABLE stages (api TEXT NOT NULL, name TEXT NOT NULL, doc TEXT NOT NULL, PRIMARY KEY (api, name));
 CREATE TABLE domains (domain TEXT PRIMARY KEY, doc TEXT NOT NULL);
-"#];
+"#,
+    r#"
+CREATE TABLE rollouts (id TEXT PRIMARY KEY, api TEXT NOT NULL, stage TEXT NOT NULL, doc TEXT NOT NULL);
+CREATE TABLE alarms (name TEXT PRIMARY KEY, doc TEXT NOT NULL);
+CREATE TABLE deployment_configs (name TEXT PRIMARY KEY, doc TEXT NOT NULL);
+"#,
+];
 
 pub struct SqliteBackend {
     conn: Connection,
@@ -83,6 +92,21 @@ impl Backend for SqliteBackend {
             let d: Domain = serde_json::from_str(&doc?)?;
             state.domains.insert(d.domain.clone(), d);
         }
+        let mut stmt = self.conn.prepare("SELECT doc FROM rollouts")?;
+        for doc in stmt.query_map([], |r| r.get::<_, String>(0))? {
+            let r: Rollout = serde_json::from_str(&doc?)?;
+            state.rollouts.insert(r.id.clone(), r);
+        }
+        let mut stmt = self.conn.prepare("SELECT doc FROM alarms")?;
+        for doc in stmt.query_map([], |r| r.get::<_, String>(0))? {
+            let a: AlarmEntry = serde_json::from_str(&doc?)?;
+            state.alarms.insert(a.alarm.name.clone(), a);
+        }
+        let mut stmt = self.conn.prepare("SELECT doc FROM deployment_configs")?;
+        for doc in stmt.query_map([], |r| r.get::<_, String>(0))? {
+            let c: DeploymentConfig = serde_json::from_str(&doc?)?;
+            state.deployment_configs.insert(c.name.clone(), c);
+        }
         Ok(state)
     }
 
@@ -124,6 +148,30 @@ impl Backend for SqliteBackend {
                 }
                 Change::DeleteDomain(d) => {
                     tx.execute("DELETE FROM domains WHERE domain = ?1", params![d])?;
+                }
+                Change::PutRollout(r) => {
+                    tx.execute(
+                        "INSERT OR REPLACE INTO rollouts (id, api, stage, doc) VALUES (?1, ?2, ?3, ?4)",
+                        params![r.id, r.api, r.stage, serde_json::to_string(r)?],
+                    )?;
+                }
+                Change::PutAlarm(a) => {
+                    tx.execute(
+                        "INSERT OR REPLACE INTO alarms (name, doc) VALUES (?1, ?2)",
+                        params![a.alarm.name, serde_json::to_string(a)?],
+                    )?;
+                }
+                Change::DeleteAlarm(name) => {
+                    tx.execute("DELETE FROM alarms WHERE name = ?1", params![name])?;
+                }
+                Change::PutDeploymentConfig(c) => {
+                    tx.execute(
+                        "INSERT OR REPLACE INTO deployment_configs (name, doc) VALUES (?1, ?2)",
+                        params![c.name, serde_json::to_string(c)?],
+                    )?;
+                }
+                Change::DeleteDeploymentConfig(name) => {
+                    tx.execute("DELETE FROM deployment_configs WHERE name = ?1", params![name])?;
                 }
             }
         }

@@ -1,0 +1,435 @@
+//! Rollouts: a controlled move of a stage to a new deployment and/or variables, step by step, watched
+//! by alarms, with lifecycle hooks (CodeDeploy's model). These are the records; the state machine that
+//! moves them is the controller's.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::deployment_config::DeploymentConfig;
+use crate::CanarySettings;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RolloutStatus {
+    Created,
+    InProgress,
+    Succeeded,
+    Failed,
+    Stopped,
+    RolledBack,
+}
+
+impl RolloutStatus {
+    pub fn is_active(self) -> bool {
+        matches!(self, RolloutStatus::Created | RolloutStatus::InProgress)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RolloutStatus::Created => "Created",
+            RolloutStatus::InProgress => "InProgress",
+            RolloutStatus::Succeeded => "Succeeded",
+            RolloutStatus::Failed => "Failed",
+            RolloutStatus::Stopped => "Stopped",
+            RolloutStatus::RolledBack => "RolledBack",
+        }
+    }
+
+    pub const ALL: [RolloutStatus; 6] = [
+        RolloutStatus::Created,
+        RolloutStatus::InProgress,
+        RolloutStatus::Succeeded,
+        RolloutStatus::Failed,
+        RolloutStatus::Stopped,
+        RolloutStatus::RolledBack,
+    ];
+}
+
+/// When a rollout rolls back by itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum AutoRollback {
+    DeploymentFailure,
+    DeploymentStopOnAlarm,
+    DeploymentStopOnRequest,
+}
+
+/// Lifecycle hooks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Hooks {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before_allow_traffic: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after_allow_traffic: Option<String>,
+    /// How long a hook may take, including a 202's callback (default one hour).
+    #[serde(default = "default_hook_timeout")]
+    pub timeout_seconds: u64,
+}
+
+pub fn default_hook_timeout() -> u64 {
+    3600
+}
+
+/// `POST /v1/apis/{api}/stages/{stage}/rollouts`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RolloutRequest {
+    /// The deployment to move to; default: the stage's own (a variables-only rollout).
+    #[serde(default)]
+    pub deployment_id: Option<String>,
+    #[serde(default)]
+    pub stage_variable_overrides: BTreeMap<String, String>,
+    pub deployment_config: String,
+    #[serde(default)]
+    pub alarms: Vec<String>,
+    #[serde(default)]
+    pub hooks: Hooks,
+    /// Default: all three.
+    #[serde(default)]
+    pub auto_rollback: Option<Vec<AutoRollback>>,
+}
+
+/// The lifecycle events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LifecycleEvent {
+    BeforeAllowTraffic,
+    AfterAllowTraffic,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HookStatus {
+    /// To be called (again, after a restart).
+    Pending,
+    /// Answered 202: waiting for the callback.
+    Waiting,
+    Succeeded,
+    Failed,
+}
+
+/// One execution of a hook.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HookExecution {
+    pub id: String,
+    pub lifecycle_event: LifecycleEvent,
+    pub url: String,
+    pub status: HookStatus,
+    pub started_at: DateTime<Utc>,
+    pub deadline: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// Where a rollout is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "phase", rename_all = "camelCase")]
+pub enum Phase {
+    /// Not started yet.
+    Created,
+    /// Waiting for the BeforeAllowTraffic hook (canary at 0%, reachable with the variant header).
+    BeforeAllowTraffic { execution: HookExecution },
+    /// At step `step` of the schedule, `watchedMs` of its wait done.
+    #[serde(rename_all = "camelCase")]
+    Shifting { step: usize, watched_ms: u64 },
+    /// Promoted; waiting for the AfterAllowTraffic hook.
+    AfterAllowTraffic { execution: HookExecution },
+    /// Finished (see the status).
+    Done,
+}
+
+/// The stage as it was before the rollout, to restore on rollback after promotion.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PreviousStage {
+    pub deployment_id: String,
+    pub variables: BTreeMap<String, String>,
+    pub canary_settings: Option<CanarySettings>,
+}
+
+/// One entry of a rollout's history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutEvent {
+    pub time: DateTime<Utc>,
+    pub status: RolloutStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<usize>,
+    pub weight: f64,
+    pub reason: String,
+    /// Observed values behind the decision (alarm datapoints and threshold, hook reply, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed: Option<serde_json::Value>,
+}
+
+/// A rollout record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Rollout {
+    pub id: String,
+    pub api: String,
+    pub stage: String,
+    pub deployment_id: String,
+    pub stage_variable_overrides: BTreeMap<String, String>,
+    pub deployment_config: DeploymentConfig,
+    pub alarms: Vec<String>,
+    pub hooks: Hooks,
+    pub auto_rollback: Vec<AutoRollback>,
+    pub status: RolloutStatus,
+    pub phase: Phase,
+    /// The canary weight now (100 once promoted, 0 after a rollback).
+    pub weight: f64,
+    pub previous: PreviousStage,
+    pub promoted: bool,
+    /// When traffic first moved: alarms count periods from here on.
+    pub watch_start: Option<DateTime<Utc>>,
+    /// The last time the controller recorded progress (a gap after it shows a restart).
+    pub checkpoint_at: DateTime<Utc>,
+    /// A stop asked for through the API, carried out by the next step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_requested: Option<bool>,
+    #[serde(default)]
+    pub promote_requested: bool,
+    pub events: Vec<RolloutEvent>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_at: Option<DateTime<Utc>>,
+}
+
+impl Rollout {
+    pub fn step_index(&self) -> Option<usize> {
+        match self.phase {
+            Phase::Shifting { step, .. } => Some(step),
+            _ => None,
+        }
+    }
+
+    pub fn rolls_back_on(&self, why: AutoRollback) -> bool {
+        self.auto_rollback.contains(&why)
+    }
+}
+
+// === impl State: rollouts, alarms, deployment configs ===
+
+use crate::alarm::{Alarm, AlarmStatus};
+use crate::state::{AlarmEntry, State};
+use crate::{Error, Result};
+
+fn valid_hook_url(field: &str, url: &str) -> Result<()> {
+    let ok = url.starts_with("http://") && url.len() > 7 && url.len() <= 2048;
+    if !ok {
+        return Err(Error::invalid(field, url, "must be an http:// URL"));
+    }
+    Ok(())
+}
+
+impl State {
+    /// A deployment configuration by name: predefined (short or full name) or custom.
+    pub fn deployment_config(&self, name: &str) -> Option<DeploymentConfig> {
+        DeploymentConfig::find_predefined(name).or_else(|| self.deployment_configs.get(name).cloned())
+    }
+
+    pub fn put_deployment_config(&mut self, name: &str, mut config: DeploymentConfig) -> Result<DeploymentConfig> {
+        config.name = name.to_string();
+        config.predefined = false;
+        config.validate()?;
+        self.deployment_configs.insert(name.to_string(), config.clone());
+        Ok(config)
+    }
+
+    pub fn delete_deployment_config(&mut self, name: &str) -> Result<()> {
+        if DeploymentConfig::find_predefined(name).is_some() {
+            return Err(Error::Conflict(format!(
+                "{name} is a predefined deployment configuration and cannot be deleted"
+            )));
+        }
+        self.deployment_configs
+            .remove(name)
+            .map(|_| ())
+            .ok_or_else(|| Error::not_found("deployment config", name))
+    }
+
+    /// Creates or replaces an alarm; a replaced alarm keeps its state and history.
+    pub fn put_alarm(&mut self, name: &str, mut alarm: Alarm) -> Result<AlarmEntry> {
+        alarm.name = name.to_string();
+        alarm.validate()?;
+        let status = self.alarms.get(name).map(|e| e.status.clone()).unwrap_or_default();
+        let entry = AlarmEntry { alarm, status };
+        self.alarms.insert(name.to_string(), entry.clone());
+        Ok(entry)
+    }
+
+    pub fn delete_alarm(&mut self, name: &str) -> Result<()> {
+        if let Some(r) = self
+            .rollouts
+            .values()
+            .find(|r| r.status.is_active() && r.alarms.iter().any(|a| a == name))
+        {
+            return Err(Error::Conflict(format!("alarm {name} is watched by the active rollout {}", r.id)));
+        }
+        self.alarms.remove(name).map(|_| ()).ok_or_else(|| Error::not_found("alarm", name))
+    }
+
+    /// Records an alarm evaluation; true when its state changed.
+    pub fn record_alarm(&mut self, name: &str, e: crate::alarm::Evaluation, now: DateTime<Utc>) -> bool {
+        match self.alarms.get_mut(name) {
+            Some(entry) => entry.status.record(e, now),
+            None => false,
+        }
+    }
+
+    /// Creates a rollout (status `Created`) and marks the stage as having it; traffic moves only when
+    /// the controller takes the first step.
+    pub fn create_rollout(&mut self, api: &str, stage: &str, req: RolloutRequest, id: String, now: DateTime<Utc>) -> Result<Rollout> {
+        let st = self.stage(api, stage)?.clone();
+        if let Some(r) = &st.active_rollout {
+            return Err(Error::Conflict(format!("stage {api}/{stage} already has an active rollout {r}")));
+        }
+        if st.canary_settings.is_some() {
+            return Err(Error::Conflict(format!(
+                "stage {api}/{stage} already has a canary; promote or remove it before starting a rollout"
+            )));
+        }
+        let deployment_id = req.deployment_id.clone().unwrap_or_else(|| st.deployment_id.clone());
+        if self.api(api)?.deployment(&deployment_id).is_none() {
+            return Err(Error::invalid(
+                "deploymentId",
+                deployment_id,
+                format!("no such deployment of api {api}"),
+            ));
+        }
+        crate::stage::validate_variables("stageVariableOverrides", &req.stage_variable_overrides)?;
+        let config = self
+            .deployment_config(&req.deployment_config)
+            .ok_or_else(|| Error::invalid("deploymentConfig", &req.deployment_config, "no such deployment configuration"))?;
+        for (i, a) in req.alarms.iter().enumerate() {
+            if !self.alarms.contains_key(a) {
+                return Err(Error::invalid(format!("alarms[{i}]"), a, "no such alarm"));
+            }
+        }
+        if let Some(u) = &req.hooks.before_allow_traffic {
+            valid_hook_url("hooks.beforeAllowTraffic", u)?;
+        }
+        if let Some(u) = &req.hooks.after_allow_traffic {
+            valid_hook_url("hooks.afterAllowTraffic", u)?;
+        }
+        if !(1..=172_800).contains(&req.hooks.timeout_seconds) {
+            return Err(Error::invalid(
+                "hooks.timeoutSeconds",
+                req.hooks.timeout_seconds.to_string(),
+                "must be 1 to 172800",
+            ));
+        }
+        let auto_rollback = req.auto_rollback.clone().unwrap_or_else(|| {
+            vec![
+                AutoRollback::DeploymentFailure,
+                AutoRollback::DeploymentStopOnAlarm,
+                AutoRollback::DeploymentStopOnRequest,
+            ]
+        });
+        let rollout = Rollout {
+            id: id.clone(),
+            api: api.to_string(),
+            stage: stage.to_string(),
+            deployment_id,
+            stage_variable_overrides: req.stage_variable_overrides,
+            deployment_config: config,
+            alarms: req.alarms,
+            hooks: req.hooks,
+            auto_rollback,
+            status: RolloutStatus::Created,
+            phase: Phase::Created,
+            weight: 0.0,
+            previous: PreviousStage {
+                deployment_id: st.deployment_id.clone(),
+                variables: st.variables.clone(),
+                canary_settings: None,
+            },
+            promoted: false,
+            watch_start: None,
+            checkpoint_at: now,
+            stop_requested: None,
+            promote_requested: false,
+            events: vec![RolloutEvent {
+                time: now,
+                status: RolloutStatus::Created,
+                step: None,
+                weight: 0.0,
+                reason: "rollout created".into(),
+                observed: None,
+            }],
+            created_at: now,
+            updated_at: now,
+            completed_at: None,
+        };
+        self.apis
+            .get_mut(api)
+            .and_then(|a| a.stages.get_mut(stage))
+            .expect("checked above")
+            .active_rollout = Some(id.clone());
+        self.rollouts.insert(id, rollout.clone());
+        Ok(rollout)
+    }
+
+    pub fn rollout(&self, id: &str) -> Result<&Rollout> {
+        self.rollouts.get(id).ok_or_else(|| Error::not_found("rollout", id))
+    }
+
+    fn active_rollout_mut(&mut self, id: &str) -> Result<&mut Rollout> {
+        let r = self.rollouts.get_mut(id).ok_or_else(|| Error::not_found("rollout", id))?;
+        if !r.status.is_active() {
+            return Err(Error::Conflict(format!("rollout {id} has ended ({})", r.status.as_str())));
+        }
+        Ok(r)
+    }
+
+    /// Asks an active rollout to stop (and roll back unless `rollback` is false).
+    pub fn request_stop(&mut self, id: &str, rollback: bool, now: DateTime<Utc>) -> Result<Rollout> {
+        let r = self.active_rollout_mut(id)?;
+        r.stop_requested = Some(rollback);
+        r.updated_at = now;
+        Ok(r.clone())
+    }
+
+    /// Asks an active rollout to skip to 100% now.
+    pub fn request_promote(&mut self, id: &str, now: DateTime<Utc>) -> Result<Rollout> {
+        let r = self.active_rollout_mut(id)?;
+        r.promote_requested = true;
+        r.updated_at = now;
+        Ok(r.clone())
+    }
+
+    /// Records a hook's outcome (its callback, or its HTTP reply).
+    pub fn record_hook(&mut self, id: &str, execution_id: &str, status: HookStatus, message: Option<String>) -> Result<Rollout> {
+        let r = self.active_rollout_mut(id)?;
+        let exec = match &mut r.phase {
+            Phase::BeforeAllowTraffic { execution } | Phase::AfterAllowTraffic { execution } if execution.id == execution_id => execution,
+            _ => return Err(Error::not_found("hook execution", execution_id)),
+        };
+        if matches!(exec.status, HookStatus::Succeeded | HookStatus::Failed) {
+            return Err(Error::Conflict(format!(
+                "hook execution {execution_id} already ended ({:?})",
+                exec.status
+            )));
+        }
+        exec.status = status;
+        exec.message = message;
+        Ok(r.clone())
+    }
+}
+
+/// The status of an alarm as the API shows it.
+pub fn alarm_view(entry: &AlarmEntry) -> serde_json::Value {
+    let mut v = serde_json::to_value(&entry.alarm).unwrap_or_default();
+    let status: &AlarmStatus = &entry.status;
+    if let Some(o) = v.as_object_mut() {
+        o.insert("state".into(), serde_json::json!(status.state));
+        o.insert("stateReason".into(), serde_json::json!(status.reason));
+        o.insert("datapoints".into(), serde_json::json!(status.datapoints));
+        o.insert("stateUpdatedAt".into(), serde_json::json!(status.updated_at));
+        o.insert("history".into(), serde_json::json!(status.history));
+    }
+    v
+}
