@@ -56,7 +56,7 @@ pub enum AutoRollback {
 }
 
 /// Lifecycle hooks.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Hooks {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -70,6 +70,16 @@ pub struct Hooks {
 
 pub fn default_hook_timeout() -> u64 {
     3600
+}
+
+impl Default for Hooks {
+    fn default() -> Self {
+        Hooks {
+            before_allow_traffic: None,
+            after_allow_traffic: None,
+            timeout_seconds: default_hook_timeout(),
+        }
+    }
 }
 
 /// `POST /v1/apis/{api}/stages/{stage}/rollouts`.

@@ -1,0 +1,218 @@
+//! The thin async loop that runs the state machines: every tick it evaluates alarms (once per second),
+//! steps every active rollout through the store (one durable transaction per change), and makes the
+//! hook calls the steps ask for. The wall clock is injected, so the loop can be driven in tests.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use canarygate_metrics::Registry;
+use canarygate_model::alarm::AlarmState;
+use canarygate_model::rollout::{HookExecution, HookStatus, Phase};
+use canarygate_store::Store;
+use chrono::{DateTime, Utc};
+use tokio::sync::watch;
+
+use crate::alarms::evaluate_alarm;
+use crate::engine::{step, Effect, Input};
+
+/// The wall clock.
+pub trait Clock: Send + Sync {
+    fn now(&self) -> DateTime<Utc>;
+}
+
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now()
+    }
+}
+
+/// A gap between ticks longer than this is not counted as watched time.
+const MAX_TICK_GAP: Duration = Duration::from_secs(2);
+
+/// Per-rollout bookkeeping of watched time not yet written to the record.
+#[derive(Default)]
+struct Watch {
+    /// The record's (step, watchedMs) the extra time counts on top of.
+    base: Option<(Option<usize>, u64)>,
+    extra_ms: u64,
+    last_tick: Option<Instant>,
+}
+
+pub struct Controller {
+    store: Arc<Store>,
+    metrics: Arc<Registry>,
+    clock: Arc<dyn Clock>,
+    http: reqwest::Client,
+    tick: Duration,
+}
+
+fn hook_id() -> String {
+    format!("h-{:016x}", fastrand::u64(..))
+}
+
+impl Controller {
+    pub fn new(store: Arc<Store>, metrics: Arc<Registry>, clock: Arc<dyn Clock>) -> Controller {
+        Controller {
+            store,
+            metrics,
+            clock,
+            http: reqwest::Client::new(),
+            tick: Duration::from_millis(100),
+        }
+    }
+
+    /// Runs until `shutdown` turns true.
+    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let mut watches: HashMap<String, Watch> = HashMap::new();
+        let mut last_alarm_sec = 0u64;
+        let mut every = tokio::time::interval(self.tick);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = every.tick() => {}
+                _ = shutdown.changed() => return,
+            }
+            let now = self.clock.now();
+            let now_sec = now.timestamp().max(0) as u64;
+            if now_sec > last_alarm_sec {
+                last_alarm_sec = now_sec;
+                self.evaluate_alarms(now, now_sec).await;
+            }
+            self.step_rollouts(&mut watches, now, now_sec).await;
+        }
+    }
+
+    /// Evaluates every alarm over all its periods; a changed state is stored (with its history).
+    async fn evaluate_alarms(&self, now: DateTime<Utc>, now_sec: u64) {
+        let state = self.store.current();
+        let mut changes = Vec::new();
+        for (name, entry) in &state.alarms {
+            let e = evaluate_alarm(&entry.alarm, &self.metrics, now_sec, None, entry.status.state);
+            if e.state != entry.status.state {
+                changes.push((name.clone(), e));
+            }
+        }
+        if changes.is_empty() {
+            return;
+        }
+        let result = self
+            .store
+            .mutate(move |s| {
+                for (name, e) in changes {
+                    s.record_alarm(&name, e, now);
+                }
+                Ok(())
+            })
+            .await;
+        if let Err(e) = result {
+            tracing::error!(error = %e, "cannot store alarm states");
+        }
+    }
+
+    async fn step_rollouts(&self, watches: &mut HashMap<String, Watch>, now: DateTime<Utc>, now_sec: u64) {
+        let state = self.store.current();
+        let active: Vec<_> = state.rollouts.values().filter(|r| r.status.is_active()).cloned().collect();
+        watches.retain(|id, _| active.iter().any(|r| &r.id == id));
+        for r in active {
+            let first_sight = !watches.contains_key(&r.id);
+            let w = watches.entry(r.id.clone()).or_default();
+            let base = match r.phase {
+                Phase::Shifting { step, watched_ms } => (Some(step), watched_ms),
+                _ => (None, 0),
+            };
+            if w.base != Some(base) {
+                w.base = Some(base);
+                w.extra_ms = 0;
+            }
+            let t = Instant::now();
+            if let Some(last) = w.last_tick {
+                let d = t - last;
+                if d <= MAX_TICK_GAP {
+                    w.extra_ms += d.as_millis() as u64;
+                }
+            }
+            w.last_tick = Some(t);
+            let watched_ms = base.1 + w.extra_ms;
+
+            let since = r.watch_start.map(|s| s.timestamp().max(0) as u64);
+            let alarms: Vec<_> = r
+                .alarms
+                .iter()
+                .filter_map(|name| {
+                    let entry = state.alarms.get(name)?;
+                    Some((
+                        name.clone(),
+                        evaluate_alarm(&entry.alarm, &self.metrics, now_sec, since, AlarmState::InsufficientData),
+                    ))
+                })
+                .collect();
+            if first_sight {
+                // After a restart, a hook that was being called is called again.
+                if let Phase::BeforeAllowTraffic { execution } | Phase::AfterAllowTraffic { execution } = &r.phase {
+                    if execution.status == HookStatus::Pending {
+                        self.call_hook(r.id.clone(), execution.clone());
+                    }
+                }
+            }
+            let id = r.id.clone();
+            let result = self
+                .store
+                .mutate(move |s| {
+                    let mut new_id = hook_id;
+                    let mut input = Input {
+                        now,
+                        watched_ms,
+                        alarms: &alarms,
+                        resumed: first_sight,
+                        new_id: &mut new_id,
+                    };
+                    Ok(step(s, &id, &mut input))
+                })
+                .await;
+            match result {
+                Ok(effects) => {
+                    for Effect::CallHook { rollout_id, execution } in effects {
+                        self.call_hook(rollout_id, execution);
+                    }
+                }
+                Err(e) => tracing::error!(rollout = %r.id, error = %e, "cannot store the rollout's step"),
+            }
+        }
+    }
+
+    /// Calls a hook in the background and records its reply: 202 waits for the callback, other 2xx
+    /// succeed, anything else fails.
+    fn call_hook(&self, rollout_id: String, execution: HookExecution) {
+        let (store, http) = (self.store.clone(), self.http.clone());
+        let timeout = (execution.deadline - self.clock.now())
+            .to_std()
+            .unwrap_or(Duration::ZERO)
+            .max(Duration::from_millis(1));
+        tokio::spawn(async move {
+            let body = serde_json::json!({
+                "rolloutId": rollout_id,
+                "lifecycleEventHookExecutionId": execution.id,
+                "lifecycleEvent": execution.lifecycle_event,
+            });
+            let reply = http.post(&execution.url).json(&body).timeout(timeout).send().await;
+            let (status, message) = match reply {
+                Ok(r) if r.status().as_u16() == 202 => (HookStatus::Waiting, Some("202 Accepted: waiting for the callback".to_string())),
+                Ok(r) if r.status().is_success() => (HookStatus::Succeeded, Some(format!("HTTP {}", r.status().as_u16()))),
+                Ok(r) => {
+                    let code = r.status().as_u16();
+                    let text: String = r.text().await.unwrap_or_default().chars().take(200).collect();
+                    (HookStatus::Failed, Some(format!("HTTP {code}: {text}")))
+                }
+                Err(e) => (HookStatus::Failed, Some(format!("call failed: {e}"))),
+            };
+            tracing::info!(rollout = %rollout_id, hook = %execution.id, ?status, "hook replied");
+            let id = execution.id.clone();
+            if let Err(e) = store.mutate(move |s| s.record_hook(&rollout_id, &id, status, message)).await {
+                tracing::warn!(error = %e, "hook reply not recorded");
+            }
+        });
+    }
+}

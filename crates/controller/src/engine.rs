@@ -1,0 +1,308 @@
+//! The rollout state machine: `step(state, rollout, input) -> effects`, pure.
+//!
+//! It reads the rollout and its stage from the model `State`, decides, and writes the new rollout and
+//! the stage change into the same `State`, so the store persists both in one transaction before traffic
+//! sees the change. The only effects it returns are hook calls to make. Time comes in through
+//! [`Input`]: the wall clock (for hook deadlines and events) and the *watched* time of the current step
+//! (time during which the controller ran and evaluated the alarms), which is what a step's wait counts.
+
+use chrono::{DateTime, Utc};
+use serde_json::json;
+
+use canarygate_model::alarm::{AlarmState, Evaluation};
+use canarygate_model::rollout::{AutoRollback, HookExecution, HookStatus, LifecycleEvent, Phase, Rollout, RolloutEvent, RolloutStatus};
+use canarygate_model::{CanarySettings, State};
+
+/// Watched time is written to the record at least this often, so a restart loses at most this much.
+pub const CHECKPOINT_MS: u64 = 5_000;
+
+/// What the controller observed for one rollout.
+pub struct Input<'a> {
+    pub now: DateTime<Utc>,
+    /// Watched time of the current step so far (the record's checkpoint plus what the driver counted
+    /// since).
+    pub watched_ms: u64,
+    /// The rollout's alarms, evaluated over periods since traffic first moved.
+    pub alarms: &'a [(String, Evaluation)],
+    /// The controller has just (re)started and sees this rollout for the first time.
+    pub resumed: bool,
+    /// Makes a fresh hook execution id.
+    pub new_id: &'a mut dyn FnMut() -> String,
+}
+
+/// Something the driver must do after the new state is stored.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    CallHook { rollout_id: String, execution: HookExecution },
+}
+
+/// Takes one step of rollout `id`. Does nothing for an ended or unknown rollout.
+pub fn step(state: &mut State, id: &str, input: &mut Input<'_>) -> Vec<Effect> {
+    let Some(r) = state.rollouts.get(id).cloned() else {
+        return Vec::new();
+    };
+    if !r.status.is_active() {
+        return Vec::new();
+    }
+    let mut m = Machine {
+        state,
+        r,
+        now: input.now,
+        effects: Vec::new(),
+    };
+    m.run(input);
+    let Machine { state, r, effects, .. } = m;
+    if state.rollouts.get(id) != Some(&r) {
+        let mut r = r;
+        r.updated_at = input.now;
+        state.rollouts.insert(id.to_string(), r);
+    }
+    effects
+}
+
+struct Machine<'s> {
+    state: &'s mut State,
+    r: Rollout,
+    now: DateTime<Utc>,
+    effects: Vec<Effect>,
+}
+
+// === impl Machine ===
+
+impl Machine<'_> {
+    fn run(&mut self, input: &mut Input<'_>) {
+        if input.resumed {
+            self.note_resume();
+        }
+        if let Some(rollback) = self.r.stop_requested.take() {
+            let status = if rollback {
+                RolloutStatus::RolledBack
+            } else {
+                RolloutStatus::Stopped
+            };
+            let reason = if rollback {
+                "stopped on request; rolled back"
+            } else {
+                "stopped on request; traffic left as it is"
+            };
+            return self.end(status, rollback, reason.into(), None);
+        }
+        if self.watching() {
+            if let Some((name, e)) = input.alarms.iter().find(|(_, e)| e.state == AlarmState::Alarm) {
+                let threshold = self.state.alarms.get(name).map(|a| a.alarm.threshold);
+                let observed = json!({"alarm": name, "datapoints": e.datapoints, "threshold": threshold, "reason": e.reason});
+                let rollback = self.r.rolls_back_on(AutoRollback::DeploymentStopOnAlarm);
+                let (status, what) = if rollback {
+                    (RolloutStatus::RolledBack, "rolled back")
+                } else {
+                    (RolloutStatus::Stopped, "stopped")
+                };
+                return self.end(
+                    status,
+                    rollback,
+                    format!("alarm {name} entered ALARM: {what}. {}", e.reason),
+                    Some(observed),
+                );
+            }
+        }
+        match self.r.phase.clone() {
+            Phase::Created => self.start(input),
+            Phase::BeforeAllowTraffic { execution } => match self.hook_outcome(&execution) {
+                Some(Ok(())) => {
+                    self.event(None, "BeforeAllowTraffic hook succeeded".into(), None);
+                    self.enter_step(0, input);
+                }
+                Some(Err(why)) => self.fail(format!("BeforeAllowTraffic hook {}: {why}", execution.id)),
+                None => {}
+            },
+            Phase::Shifting { step, watched_ms } => {
+                let schedule = self.r.deployment_config.schedule();
+                if self.r.promote_requested {
+                    self.r.promote_requested = false;
+                    self.event(Some(step), "promote requested: skipping to 100%".into(), None);
+                    return self.enter_step(schedule.len() - 1, input);
+                }
+                let wait_ms = schedule.get(step).map_or(0, |s| s.wait_seconds * 1000);
+                if input.watched_ms >= wait_ms {
+                    self.enter_step(step + 1, input);
+                } else if input.watched_ms >= watched_ms + CHECKPOINT_MS {
+                    self.r.phase = Phase::Shifting {
+                        step,
+                        watched_ms: input.watched_ms,
+                    };
+                    self.r.checkpoint_at = self.now;
+                }
+            }
+            Phase::AfterAllowTraffic { execution } => match self.hook_outcome(&execution) {
+                Some(Ok(())) => {
+                    self.event(None, "AfterAllowTraffic hook succeeded".into(), None);
+                    self.end(RolloutStatus::Succeeded, false, "rollout succeeded".into(), None);
+                }
+                Some(Err(why)) => self.fail(format!("AfterAllowTraffic hook {}: {why}", execution.id)),
+                None => {}
+            },
+            Phase::Done => {}
+        }
+    }
+
+    /// Alarms are watched from the first shifted request until the rollout ends.
+    fn watching(&self) -> bool {
+        self.r.watch_start.is_some() && matches!(self.r.phase, Phase::Shifting { .. } | Phase::AfterAllowTraffic { .. })
+    }
+
+    fn note_resume(&mut self) {
+        let gap = (self.now - self.r.checkpoint_at).num_milliseconds();
+        if let Phase::Shifting { step, watched_ms } = self.r.phase {
+            if gap > 2_000 {
+                let reason = format!(
+                    "controller resumed after a gap: not running for about {:.1} s since {}; the step's wait counts only watched time ({:.1} s done)",
+                    gap as f64 / 1000.0,
+                    self.r.checkpoint_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                    watched_ms as f64 / 1000.0
+                );
+                self.event(Some(step), reason, Some(json!({"gapMs": gap, "watchedMs": watched_ms})));
+            }
+        }
+        self.r.checkpoint_at = self.now;
+    }
+
+    fn start(&mut self, input: &mut Input<'_>) {
+        self.r.status = RolloutStatus::InProgress;
+        let canary = CanarySettings {
+            deployment_id: self.r.deployment_id.clone(),
+            percent_traffic: 0.0,
+            stage_variable_overrides: self.r.stage_variable_overrides.clone(),
+            use_stage_cache: false,
+        };
+        self.with_stage(|s| s.canary_settings = Some(canary));
+        self.event(
+            None,
+            format!("rollout started with {}: canary ready at 0%", self.r.deployment_config.name),
+            None,
+        );
+        match self.r.hooks.before_allow_traffic.clone() {
+            Some(url) => {
+                let execution = self.new_hook(LifecycleEvent::BeforeAllowTraffic, url, input);
+                self.r.phase = Phase::BeforeAllowTraffic { execution };
+            }
+            None => self.enter_step(0, input),
+        }
+    }
+
+    fn new_hook(&mut self, event: LifecycleEvent, url: String, input: &mut Input<'_>) -> HookExecution {
+        let execution = HookExecution {
+            id: (input.new_id)(),
+            lifecycle_event: event,
+            url,
+            status: HookStatus::Pending,
+            started_at: self.now,
+            deadline: self.now + chrono::Duration::seconds(self.r.hooks.timeout_seconds as i64),
+            message: None,
+        };
+        self.event(None, format!("{event:?} hook {} called", execution.id), None);
+        self.effects.push(Effect::CallHook {
+            rollout_id: self.r.id.clone(),
+            execution: execution.clone(),
+        });
+        execution
+    }
+
+    fn hook_outcome(&self, e: &HookExecution) -> Option<Result<(), String>> {
+        match e.status {
+            HookStatus::Succeeded => Some(Ok(())),
+            HookStatus::Failed => Some(Err(format!("failed: {}", e.message.clone().unwrap_or_default()))),
+            HookStatus::Pending | HookStatus::Waiting if self.now > e.deadline => {
+                Some(Err(format!("timed out after {} s", self.r.hooks.timeout_seconds)))
+            }
+            _ => None,
+        }
+    }
+
+    fn enter_step(&mut self, step: usize, input: &mut Input<'_>) {
+        let schedule = self.r.deployment_config.schedule();
+        let Some(s) = schedule.get(step).copied() else { return };
+        if self.r.watch_start.is_none() {
+            self.r.watch_start = Some(self.now);
+        }
+        self.r.checkpoint_at = self.now;
+        if s.weight >= 100.0 {
+            let (deployment, overrides) = (self.r.deployment_id.clone(), self.r.stage_variable_overrides.clone());
+            self.with_stage(|st| {
+                st.deployment_id = deployment;
+                st.variables.extend(overrides);
+                st.canary_settings = None;
+            });
+            self.r.weight = 100.0;
+            self.r.promoted = true;
+            self.event(Some(step), "canary at 100%: promoted".into(), None);
+            match self.r.hooks.after_allow_traffic.clone() {
+                Some(url) => {
+                    let execution = self.new_hook(LifecycleEvent::AfterAllowTraffic, url, input);
+                    self.r.phase = Phase::AfterAllowTraffic { execution };
+                }
+                None => self.end(RolloutStatus::Succeeded, false, "rollout succeeded".into(), None),
+            }
+        } else {
+            self.with_stage(|st| {
+                if let Some(c) = &mut st.canary_settings {
+                    c.percent_traffic = s.weight;
+                }
+            });
+            self.r.weight = s.weight;
+            self.r.phase = Phase::Shifting { step, watched_ms: 0 };
+            self.event(Some(step), format!("canary at {}% for {} s", s.weight, s.wait_seconds), None);
+        }
+    }
+
+    fn fail(&mut self, reason: String) {
+        let rollback = self.r.rolls_back_on(AutoRollback::DeploymentFailure);
+        let status = if rollback {
+            RolloutStatus::RolledBack
+        } else {
+            RolloutStatus::Failed
+        };
+        let reason = if rollback { format!("{reason}; rolled back") } else { reason };
+        self.end(status, rollback, reason, None);
+    }
+
+    /// Ends the rollout, rolling back first when asked: before promotion the canary goes; after it the
+    /// previous deployment and variables come back.
+    fn end(&mut self, status: RolloutStatus, rollback: bool, reason: String, observed: Option<serde_json::Value>) {
+        if rollback {
+            let (promoted, previous) = (self.r.promoted, self.r.previous.clone());
+            self.with_stage(|st| {
+                if promoted {
+                    st.deployment_id = previous.deployment_id;
+                    st.variables = previous.variables;
+                }
+                st.canary_settings = previous.canary_settings;
+            });
+            self.r.weight = 0.0;
+        }
+        let step = self.r.step_index();
+        self.r.status = status;
+        self.r.phase = Phase::Done;
+        self.r.completed_at = Some(self.now);
+        self.with_stage(|st| st.active_rollout = None);
+        self.event(step, reason, observed);
+    }
+
+    fn with_stage(&mut self, f: impl FnOnce(&mut canarygate_model::Stage)) {
+        let now = self.now;
+        if let Some(st) = self.state.apis.get_mut(&self.r.api).and_then(|a| a.stages.get_mut(&self.r.stage)) {
+            f(st);
+            st.updated_at = now;
+        }
+    }
+
+    fn event(&mut self, step: Option<usize>, reason: String, observed: Option<serde_json::Value>) {
+        self.r.events.push(RolloutEvent {
+            time: self.now,
+            status: self.r.status,
+            step,
+            weight: self.r.weight,
+            reason,
+            observed,
+        });
+    }
+}

@@ -1,0 +1,391 @@
+//! The rollout state machine in simulated time.
+
+use chrono::{DateTime, Duration, Utc};
+use serde_json::json;
+
+use canarygate_model::alarm::{Alarm, AlarmState, Comparison, EvaluatedPoint, Evaluation, TreatMissingData};
+use canarygate_model::rollout::{HookStatus, Phase, RolloutRequest, RolloutStatus};
+use canarygate_model::{Metric, StageInput, State, Statistic, Variant};
+
+use crate::engine::{step, Effect, Input};
+
+fn t0() -> DateTime<Utc> {
+    DateTime::from_timestamp(1_800_000_000, 0).unwrap()
+}
+
+/// A state with api `orders` (deployments d-one, d-two), stage `prod` on d-one, and alarm `errors`.
+fn state() -> State {
+    let mut s = State::default();
+    let routes = serde_json::from_value(json!([{"path": "/h", "integration": {"type": "mock"}}])).unwrap();
+    s.put_api("orders", routes, t0()).unwrap();
+    s.create_deployment("orders", || "d-one".into(), String::new(), t0()).unwrap();
+    s.create_deployment("orders", || "d-two".into(), String::new(), t0()).unwrap();
+    let input = StageInput {
+        deployment_id: Some("d-one".into()),
+        variables: [("backend".into(), "a:1".into())].into(),
+        ..Default::default()
+    };
+    s.put_stage("orders", "prod", input, t0()).unwrap();
+    let alarm = Alarm {
+        name: String::new(),
+        api: "orders".into(),
+        stage: "prod".into(),
+        variant: Variant::Canary,
+        metric: Metric::Error5xx,
+        statistic: Statistic::Average,
+        period_seconds: 1,
+        evaluation_periods: 3,
+        datapoints_to_alarm: 2,
+        comparison: Comparison::GreaterThanThreshold,
+        threshold: 0.05,
+        treat_missing_data: TreatMissingData::Missing,
+    };
+    s.put_alarm("errors", alarm).unwrap();
+    s
+}
+
+fn alarm_eval(state: AlarmState) -> Evaluation {
+    let v = if state == AlarmState::Alarm { Some(0.3) } else { Some(0.0) };
+    Evaluation {
+        state,
+        reason: format!("test {}", state.as_str()),
+        datapoints: vec![EvaluatedPoint { timestamp: 1, value: v }, EvaluatedPoint { timestamp: 2, value: v }],
+        breaching: 2,
+    }
+}
+
+/// Runs a rollout the way the driver does: a tick advances the clock and the watched time.
+struct Sim {
+    s: State,
+    id: String,
+    now: DateTime<Utc>,
+    base: (Option<usize>, u64),
+    extra_ms: u64,
+    effects: Vec<Effect>,
+    hooks: u32,
+}
+
+impl Sim {
+    fn start(config: &str, req: serde_json::Value) -> Sim {
+        let mut s = state();
+        let mut body = json!({"deploymentId": "d-two", "stageVariableOverrides": {"backend": "b:2"}, "deploymentConfig": config, "alarms": ["errors"]});
+        body.as_object_mut().unwrap().extend(req.as_object().unwrap().clone());
+        let req: RolloutRequest = serde_json::from_value(body).unwrap();
+        s.create_rollout("orders", "prod", req, "r-1".into(), t0()).unwrap();
+        Sim {
+            s,
+            id: "r-1".into(),
+            now: t0(),
+            base: (None, 0),
+            extra_ms: 0,
+            effects: Vec::new(),
+            hooks: 0,
+        }
+    }
+
+    fn rollout(&self) -> &canarygate_model::rollout::Rollout {
+        &self.s.rollouts[&self.id]
+    }
+
+    fn stage(&self) -> &canarygate_model::Stage {
+        self.s.stage("orders", "prod").unwrap()
+    }
+
+    /// Advances `ms` of watched time and takes a step with the given alarm state.
+    fn tick_with(&mut self, ms: u64, alarm: AlarmState, resumed: bool) {
+        self.now += Duration::milliseconds(ms as i64);
+        let base = match self.rollout().phase {
+            Phase::Shifting { step, watched_ms } => (Some(step), watched_ms),
+            _ => (None, 0),
+        };
+        if base != self.base {
+            self.base = base;
+            self.extra_ms = 0;
+        }
+        self.extra_ms += ms;
+        let alarms = vec![("errors".to_string(), alarm_eval(alarm))];
+        let hooks = &mut self.hooks;
+        let mut new_id = || {
+            *hooks += 1;
+            format!("h-{hooks}")
+        };
+        let mut input = Input {
+            now: self.now,
+            watched_ms: base.1 + self.extra_ms,
+            alarms: &alarms,
+            resumed,
+            new_id: &mut new_id,
+        };
+        let e = step(&mut self.s, &self.id, &mut input);
+        self.effects.extend(e);
+    }
+
+    fn tick(&mut self, ms: u64) {
+        self.tick_with(ms, AlarmState::Ok, false);
+    }
+
+    /// Runs to the end in 1 s ticks; returns (seconds since start, weight) at every weight change.
+    fn run_to_end(&mut self) -> Vec<(i64, f64)> {
+        let mut out = Vec::new();
+        let mut last = -1.0;
+        self.tick(0);
+        for _ in 0..20_000 {
+            let w = self
+                .stage()
+                .canary_settings
+                .as_ref()
+                .map_or(if self.rollout().promoted { 100.0 } else { 0.0 }, |c| c.percent_traffic);
+            if w != last && !(w == 0.0 && last < 0.0) {
+                out.push(((self.now - t0()).num_seconds(), w));
+                last = w;
+            }
+            if !self.rollout().status.is_active() {
+                return out;
+            }
+            self.tick(1000);
+        }
+        panic!("rollout never ended: {:?}", self.rollout().phase);
+    }
+}
+
+#[test]
+fn every_predefined_schedule_in_simulated_time() {
+    let canary = |m: i64| vec![(0, 10.0), (m * 60, 100.0)];
+    let linear = |m: i64| {
+        let mut v: Vec<(i64, f64)> = (0..9).map(|i| (i * m * 60, 10.0 * (i + 1) as f64)).collect();
+        v.push((9 * m * 60, 100.0));
+        v
+    };
+    let cases: Vec<(&str, Vec<(i64, f64)>)> = vec![
+        ("Canary10Percent5Minutes", canary(5)),
+        ("CodeDeployDefault.LambdaCanary10Percent10Minutes", canary(10)),
+        ("Canary10Percent15Minutes", canary(15)),
+        ("Canary10Percent30Minutes", canary(30)),
+        ("Linear10PercentEvery1Minute", linear(1)),
+        ("Linear10PercentEvery2Minutes", linear(2)),
+        ("CodeDeployDefault.LambdaLinear10PercentEvery3Minutes", linear(3)),
+        ("Linear10PercentEvery10Minutes", linear(10)),
+        ("AllAtOnce", vec![(0, 100.0)]),
+    ];
+    for (config, want) in cases {
+        let mut sim = Sim::start(config, json!({}));
+        let got = sim.run_to_end();
+        assert_eq!(got, want, "{config}");
+        assert_eq!(sim.rollout().status, RolloutStatus::Succeeded, "{config}");
+        let st = sim.stage();
+        assert_eq!(st.deployment_id, "d-two");
+        assert_eq!(st.variables["backend"], "b:2");
+        assert!(st.canary_settings.is_none() && st.active_rollout.is_none());
+    }
+}
+
+#[test]
+fn alarm_rolls_back_before_promotion_and_restores_the_stage() {
+    let mut sim = Sim::start("Canary10Percent5Minutes", json!({}));
+    let before = sim.stage().clone();
+    sim.tick(0);
+    assert_eq!(sim.stage().canary_settings.as_ref().unwrap().percent_traffic, 10.0);
+    sim.tick(1000);
+    // INSUFFICIENT_DATA never fails a rollout.
+    sim.tick_with(1000, AlarmState::InsufficientData, false);
+    assert_eq!(sim.rollout().status, RolloutStatus::InProgress);
+    sim.tick_with(1000, AlarmState::Alarm, false);
+    let r = sim.rollout();
+    assert_eq!(r.status, RolloutStatus::RolledBack);
+    assert_eq!(r.weight, 0.0);
+    let last = r.events.last().unwrap();
+    assert!(last.reason.contains("errors") && last.reason.contains("ALARM"), "{}", last.reason);
+    let observed = last.observed.as_ref().unwrap();
+    assert_eq!(observed["alarm"], "errors");
+    assert_eq!(observed["threshold"], 0.05);
+    assert_eq!(observed["datapoints"][0]["value"], 0.3);
+    let st = sim.stage();
+    assert_eq!(
+        (&st.deployment_id, &st.variables, &st.canary_settings),
+        (&before.deployment_id, &before.variables, &None)
+    );
+    assert!(st.active_rollout.is_none());
+}
+
+#[test]
+fn alarm_after_promotion_restores_the_previous_deployment_and_variables() {
+    let mut sim = Sim::start("AllAtOnce", json!({"hooks": {"afterAllowTraffic": "http://hook/after"}}));
+    sim.tick(0);
+    assert!(sim.rollout().promoted);
+    assert_eq!(sim.stage().deployment_id, "d-two");
+    assert!(matches!(sim.rollout().phase, Phase::AfterAllowTraffic { .. }));
+    sim.tick_with(1000, AlarmState::Alarm, false);
+    let st = sim.stage();
+    assert_eq!(sim.rollout().status, RolloutStatus::RolledBack);
+    assert_eq!(st.deployment_id, "d-one");
+    assert_eq!(st.variables["backend"], "a:1");
+    assert!(st.canary_settings.is_none());
+}
+
+#[test]
+fn alarm_without_auto_rollback_stops_and_leaves_traffic() {
+    let mut sim = Sim::start("Canary10Percent5Minutes", json!({"autoRollback": ["DEPLOYMENT_FAILURE"]}));
+    sim.tick(0);
+    sim.tick_with(1000, AlarmState::Alarm, false);
+    assert_eq!(sim.rollout().status, RolloutStatus::Stopped);
+    assert_eq!(sim.stage().canary_settings.as_ref().unwrap().percent_traffic, 10.0);
+    assert!(sim.stage().active_rollout.is_none());
+}
+
+fn hook_id(sim: &Sim) -> String {
+    match &sim.rollout().phase {
+        Phase::BeforeAllowTraffic { execution } | Phase::AfterAllowTraffic { execution } => execution.id.clone(),
+        p => panic!("no hook phase: {p:?}"),
+    }
+}
+
+#[test]
+fn hooks_succeed_fail_call_back_and_time_out() {
+    // Success: the canary waits at 0% (reachable with the variant header) until the hook succeeds.
+    let mut sim = Sim::start(
+        "Canary10Percent5Minutes",
+        json!({"hooks": {"beforeAllowTraffic": "http://hook/before"}}),
+    );
+    sim.tick(0);
+    assert_eq!(sim.stage().canary_settings.as_ref().unwrap().percent_traffic, 0.0);
+    assert!(matches!(&sim.effects[..], [Effect::CallHook { .. }]));
+    sim.tick_with(1000, AlarmState::Alarm, false);
+    assert_eq!(
+        sim.rollout().status,
+        RolloutStatus::InProgress,
+        "alarms are not watched before traffic moves"
+    );
+    let id = hook_id(&sim);
+    sim.s.record_hook("r-1", &id, HookStatus::Succeeded, None).unwrap();
+    sim.tick(1000);
+    assert_eq!(sim.stage().canary_settings.as_ref().unwrap().percent_traffic, 10.0);
+
+    // Failure: rolled back (DEPLOYMENT_FAILURE), or Failed without it.
+    for (auto, want) in [(json!(null), RolloutStatus::RolledBack), (json!([]), RolloutStatus::Failed)] {
+        let mut sim = Sim::start(
+            "AllAtOnce",
+            json!({"hooks": {"beforeAllowTraffic": "http://hook/before"}, "autoRollback": auto}),
+        );
+        sim.tick(0);
+        let id = hook_id(&sim);
+        sim.s.record_hook("r-1", &id, HookStatus::Failed, Some("HTTP 500".into())).unwrap();
+        sim.tick(1000);
+        assert_eq!(sim.rollout().status, want);
+        assert!(sim.rollout().events.last().unwrap().reason.contains("HTTP 500"));
+        if want == RolloutStatus::RolledBack {
+            assert!(sim.stage().canary_settings.is_none());
+        }
+    }
+
+    // Callback: 202 (Waiting), then the callback reports success.
+    let mut sim = Sim::start("AllAtOnce", json!({"hooks": {"beforeAllowTraffic": "http://hook/before"}}));
+    sim.tick(0);
+    let id = hook_id(&sim);
+    sim.s.record_hook("r-1", &id, HookStatus::Waiting, None).unwrap();
+    sim.tick(60_000);
+    assert_eq!(sim.rollout().status, RolloutStatus::InProgress);
+    sim.s.record_hook("r-1", &id, HookStatus::Succeeded, None).unwrap();
+    sim.tick(1000);
+    assert_eq!(sim.rollout().status, RolloutStatus::Succeeded);
+    assert!(
+        sim.s.record_hook("r-1", &id, HookStatus::Failed, None).is_err(),
+        "an ended rollout takes no hook reports"
+    );
+
+    // Timeout: past the deadline (default one hour; here 30 s) the hook fails.
+    let mut sim = Sim::start(
+        "AllAtOnce",
+        json!({"hooks": {"afterAllowTraffic": "http://hook/after", "timeoutSeconds": 30}}),
+    );
+    sim.tick(0);
+    sim.tick(29_000);
+    assert_eq!(sim.rollout().status, RolloutStatus::InProgress);
+    sim.tick(2_000);
+    assert_eq!(sim.rollout().status, RolloutStatus::RolledBack);
+    assert!(sim.rollout().events.last().unwrap().reason.contains("timed out"));
+    assert_eq!(sim.stage().deployment_id, "d-one", "rolled back after promotion");
+}
+
+#[test]
+fn stop_and_promote_requests() {
+    for (rollback, want) in [(true, RolloutStatus::RolledBack), (false, RolloutStatus::Stopped)] {
+        let mut sim = Sim::start("Linear10PercentEvery1Minute", json!({}));
+        sim.tick(0);
+        sim.tick(60_000);
+        assert_eq!(sim.stage().canary_settings.as_ref().unwrap().percent_traffic, 20.0);
+        sim.s.request_stop("r-1", rollback, sim.now).unwrap();
+        sim.tick(100);
+        assert_eq!(sim.rollout().status, want);
+        let canary = sim.stage().canary_settings.as_ref().map(|c| c.percent_traffic);
+        assert_eq!(canary, if rollback { None } else { Some(20.0) });
+        assert!(
+            sim.s.request_stop("r-1", true, sim.now).is_err(),
+            "an ended rollout cannot be stopped"
+        );
+    }
+    let mut sim = Sim::start("Canary10Percent30Minutes", json!({}));
+    sim.tick(0);
+    sim.s.request_promote("r-1", sim.now).unwrap();
+    sim.tick(100);
+    assert_eq!(sim.rollout().status, RolloutStatus::Succeeded);
+    assert_eq!(sim.stage().deployment_id, "d-two");
+}
+
+#[test]
+fn one_active_rollout_per_stage_and_none_over_a_canary() {
+    let mut sim = Sim::start("AllAtOnce", json!({}));
+    let req: RolloutRequest = serde_json::from_value(json!({"deploymentConfig": "AllAtOnce"})).unwrap();
+    let e = sim.s.create_rollout("orders", "prod", req.clone(), "r-2".into(), t0()).unwrap_err();
+    assert!(matches!(e, canarygate_model::Error::Conflict(_)));
+    sim.run_to_end();
+    sim.s.create_rollout("orders", "prod", req.clone(), "r-2".into(), t0()).unwrap();
+    // Bad requests name the field.
+    let mut s = state();
+    for (body, field) in [
+        (json!({"deploymentConfig": "Nope"}), "deploymentConfig"),
+        (json!({"deploymentConfig": "AllAtOnce", "deploymentId": "d-zzz"}), "deploymentId"),
+        (json!({"deploymentConfig": "AllAtOnce", "alarms": ["missing"]}), "alarms[0]"),
+        (
+            json!({"deploymentConfig": "AllAtOnce", "hooks": {"beforeAllowTraffic": "ftp://x"}}),
+            "hooks.beforeAllowTraffic",
+        ),
+    ] {
+        let req: RolloutRequest = serde_json::from_value(body).unwrap();
+        let e = s.create_rollout("orders", "prod", req, "r-x".into(), t0()).unwrap_err().to_string();
+        assert!(e.contains(field), "{e}");
+        assert!(s.rollouts.is_empty());
+    }
+}
+
+#[test]
+fn a_restart_gap_is_not_counted_and_shows_in_the_events() {
+    let mut sim = Sim::start("Canary10Percent5Minutes", json!({}));
+    sim.tick(0);
+    for _ in 0..12 {
+        sim.tick(1000);
+    }
+    // 12 s watched; a checkpoint was written at 10 s (every 5 s).
+    assert_eq!(
+        sim.rollout().phase,
+        Phase::Shifting {
+            step: 0,
+            watched_ms: 10_000
+        }
+    );
+    // The process is down for 100 s: a new driver starts from the record (extra time lost, gap not counted).
+    sim.now += Duration::seconds(100);
+    sim.extra_ms = 0;
+    sim.base = (None, 0);
+    sim.tick_with(0, AlarmState::Ok, true);
+    let gap_event = sim.rollout().events.last().unwrap();
+    assert!(gap_event.reason.contains("resumed after a gap"), "{}", gap_event.reason);
+    assert!(gap_event.observed.as_ref().unwrap()["gapMs"].as_i64().unwrap() >= 100_000);
+    // The step still needs 290 s of watched time.
+    for _ in 0..289 {
+        sim.tick(1000);
+    }
+    assert_eq!(sim.rollout().status, RolloutStatus::InProgress);
+    sim.tick(1000);
+    sim.tick(1000);
+    assert_eq!(sim.rollout().status, RolloutStatus::Succeeded);
+}

@@ -1,0 +1,17 @@
+//! Rollouts and alarms of canarygate.
+//!
+//! [`engine`] is the rollout state machine, pure: `step(state, rollout, input) -> effects`, unit-tested
+//! in simulated time. [`alarms`] evaluates alarm rules over the gateway's per-variant metrics.
+//! [`driver`] is the thin async loop that runs both against the store with an injected clock and makes
+//! the hook calls.
+#![deny(rust_2018_idioms)]
+#![forbid(unsafe_code)]
+
+pub mod alarms;
+pub mod driver;
+pub mod engine;
+
+pub use driver::{Clock, Controller, SystemClock};
+
+#[cfg(test)]
+mod engine_tests;
