@@ -10,6 +10,7 @@ mod body;
 pub mod error;
 mod metrics;
 mod resources;
+pub mod rollouts;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -86,6 +87,22 @@ pub fn router(state: AppState, auth: Auth) -> Router {
             put(resources::put_domain)
                 .get(resources::get_domain)
                 .delete(resources::delete_domain),
+        )
+        .route("/apis/{api}/stages/{stage}/rollouts", post(rollouts::start))
+        .route("/rollouts", get(rollouts::list))
+        .route("/rollouts/{id}", get(rollouts::get))
+        .route("/rollouts/{id}/stop", post(rollouts::stop))
+        .route("/rollouts/{id}/promote", post(rollouts::promote))
+        .route("/rollouts/{id}/hooks/{execution}", put(rollouts::hook_callback))
+        .route("/alarms", get(rollouts::list_alarms))
+        .route(
+            "/alarms/{name}",
+            get(rollouts::get_alarm).put(rollouts::put_alarm).delete(rollouts::delete_alarm),
+        )
+        .route("/deployment-configs", get(rollouts::list_configs))
+        .route(
+            "/deployment-configs/{name}",
+            get(rollouts::get_config).put(rollouts::put_config).delete(rollouts::delete_config),
         )
         .route("/metrics", get(metrics::query))
         .fallback(|| async { ApiError::not_found("no such admin API resource") })

@@ -9,6 +9,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use canarygate_metrics::{Metric, SeriesKey, Statistic, Variant};
+use canarygate_model::alarm::AlarmState;
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 
@@ -98,6 +99,25 @@ pub async fn prometheus(State(s): State<AppState>) -> Response {
                 "canarygate_canary_percent{{api=\"{}\",stage=\"{}\"}} {p}",
                 canarygate_metrics::escape_label(&a.api.name),
                 canarygate_metrics::escape_label(&stage.name)
+            );
+        }
+    }
+    out.push_str("# HELP canarygate_rollouts Rollouts by status.\n");
+    out.push_str("# TYPE canarygate_rollouts gauge\n");
+    for status in canarygate_model::rollout::RolloutStatus::ALL {
+        let n = st.rollouts.values().filter(|r| r.status == status).count();
+        let _ = writeln!(out, "canarygate_rollouts{{status=\"{}\"}} {n}", status.as_str());
+    }
+    out.push_str("# HELP canarygate_alarm_state 1 for an alarm's current state, 0 for the others.\n");
+    out.push_str("# TYPE canarygate_alarm_state gauge\n");
+    for (name, a) in &st.alarms {
+        for state in [AlarmState::Ok, AlarmState::Alarm, AlarmState::InsufficientData] {
+            let v = u8::from(a.status.state == state);
+            let _ = writeln!(
+                out,
+                "canarygate_alarm_state{{alarm=\"{}\",state=\"{}\"}} {v}",
+                canarygate_metrics::escape_label(name),
+                state.as_str()
             );
         }
     }

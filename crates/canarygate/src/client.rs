@@ -213,6 +213,32 @@ async fn remote_state(c: &Client) -> Result<State> {
         }
         state.apis.insert(name, ApiState { api, deployments, stages });
     }
+    let alarms = c.get("/v1/alarms").await?;
+    for a in alarms["items"].as_array().into_iter().flatten() {
+        let mut def = a.clone();
+        if let Some(o) = def.as_object_mut() {
+            for k in ["state", "stateReason", "datapoints", "stateUpdatedAt", "history"] {
+                o.remove(k);
+            }
+        }
+        let alarm: canarygate_model::alarm::Alarm = serde_json::from_value(def)?;
+        let entry = canarygate_model::state::AlarmEntry {
+            alarm,
+            status: Default::default(),
+        };
+        state.alarms.insert(entry.alarm.name.clone(), entry);
+    }
+    let configs = c.get("/v1/deployment-configs").await?;
+    for d in configs["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|d| d["predefined"] != true)
+    {
+        let mut cfg: canarygate_model::deployment_config::DeploymentConfig = serde_json::from_value(d.clone())?;
+        cfg.predefined = false;
+        state.deployment_configs.insert(cfg.name.clone(), cfg);
+    }
     let domains = c.get("/v1/domains").await?;
     for d in domains["items"].as_array().into_iter().flatten() {
         let d: Domain = serde_json::from_value(d.clone())?;
@@ -224,9 +250,6 @@ async fn remote_state(c: &Client) -> Result<State> {
 /// `apply -f`: makes the server match the file; prints each change; `--dry-run` changes nothing.
 pub async fn apply(c: &Client, file: &std::path::Path, dry_run: bool) -> Result<()> {
     let cfg = crate::config::load(file)?;
-    if !cfg.alarms.is_empty() || !cfg.deployment_configs.is_empty() {
-        eprintln!("warning: alarms and deploymentConfigs are not supported by this build yet; skipped");
-    }
     let current = remote_state(c).await?;
     let actions = plan(&current, &cfg.resources(), PlanMode::Converge);
     let mut done = Vec::new();
@@ -280,6 +303,18 @@ async fn execute(c: &Client, a: &Action) -> Result<()> {
         }
         Action::PutDomain { domain, mappings } => {
             c.call(Method::PUT, &format!("/v1/domains/{domain}"), Some(json!({"mappings": mappings})))
+                .await?
+        }
+        Action::PutDeploymentConfig(cfg) => {
+            c.call(
+                Method::PUT,
+                &format!("/v1/deployment-configs/{}", cfg.name),
+                Some(serde_json::to_value(cfg)?),
+            )
+            .await?
+        }
+        Action::PutAlarm(a) => {
+            c.call(Method::PUT, &format!("/v1/alarms/{}", a.name), Some(serde_json::to_value(a)?))
                 .await?
         }
     };

@@ -4,7 +4,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use canarygate_model::alarm::Alarm;
 use canarygate_model::config::{ApiSpec, DomainSpec, Resources};
+use canarygate_model::deployment_config::DeploymentConfig;
 use serde::Deserialize;
 
 /// An admin token: a plain string is an admin token; `{token, readOnly: true}` may only read.
@@ -84,11 +86,10 @@ pub struct ConfigFile {
     pub apis: Vec<ApiSpec>,
     #[serde(default)]
     pub domains: Vec<DomainSpec>,
-    /// Alarms and deployment configs arrive with the rollout controller; this build reports them.
     #[serde(default)]
-    pub alarms: Vec<serde_norway::Value>,
+    pub alarms: Vec<Alarm>,
     #[serde(default)]
-    pub deployment_configs: Vec<serde_norway::Value>,
+    pub deployment_configs: Vec<DeploymentConfig>,
 }
 
 impl ConfigFile {
@@ -96,6 +97,8 @@ impl ConfigFile {
         Resources {
             apis: self.apis.clone(),
             domains: self.domains.clone(),
+            alarms: self.alarms.clone(),
+            deployment_configs: self.deployment_configs.clone(),
         }
     }
 }

@@ -7,6 +7,7 @@
 mod backend;
 mod client;
 mod config;
+mod rollout_cli;
 mod serve;
 
 use std::path::PathBuf;
@@ -63,8 +64,49 @@ enum Command {
         #[command(subcommand)]
         cmd: StagesCmd,
     },
+    /// Start, follow, stop or promote rollouts.
+    Rollout {
+        #[command(subcommand)]
+        cmd: RolloutCmd,
+    },
+    /// List or read alarms.
+    Alarms {
+        #[command(subcommand)]
+        cmd: AlarmsCmd,
+    },
     /// Run a small demo HTTP backend (for the quickstart).
     DemoBackend(backend::BackendArgs),
+}
+
+#[derive(Subcommand)]
+enum RolloutCmd {
+    /// Start a rollout of a stage to a new deployment and/or variables.
+    Start(rollout_cli::StartArgs),
+    /// A rollout's state and events.
+    Status { id: String },
+    /// Rollouts, newest first.
+    List {
+        #[arg(long)]
+        api: Option<String>,
+        #[arg(long)]
+        stage: Option<String>,
+        #[arg(long)]
+        status: Option<String>,
+    },
+    /// Stop a rollout; it rolls back unless --no-rollback.
+    Stop {
+        id: String,
+        #[arg(long)]
+        no_rollback: bool,
+    },
+    /// Skip to 100% now.
+    Promote { id: String },
+}
+
+#[derive(Subcommand)]
+enum AlarmsCmd {
+    List,
+    Get { name: String },
 }
 
 #[derive(Subcommand)]
@@ -124,6 +166,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => serve::run(args).await,
         Command::DemoBackend(args) => backend::run(args).await,
         Command::Apply { file, dry_run } => client::apply(&c, &file, dry_run).await,
+        Command::Rollout { cmd } => match cmd {
+            RolloutCmd::Start(args) => rollout_cli::start(&c, args).await,
+            RolloutCmd::Status { id } => rollout_cli::status(&c, &id).await,
+            RolloutCmd::List { api, stage, status } => rollout_cli::list(&c, api, stage, status).await,
+            RolloutCmd::Stop { id, no_rollback } => rollout_cli::stop(&c, &id, no_rollback).await,
+            RolloutCmd::Promote { id } => rollout_cli::promote(&c, &id).await,
+        },
+        Command::Alarms { cmd: AlarmsCmd::List } => rollout_cli::alarms_list(&c).await,
+        Command::Alarms {
+            cmd: AlarmsCmd::Get { name },
+        } => rollout_cli::alarms_get(&c, &name).await,
         Command::Apis { cmd: ApisCmd::List } => client::apis_list(&c).await,
         Command::Apis { cmd: ApisCmd::Get { api } } => client::apis_get(&c, &api).await,
         Command::Deployments {

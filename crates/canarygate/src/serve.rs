@@ -11,6 +11,7 @@ use std::future::Future;
 use std::pin::Pin;
 
 use canarygate_admin::{AppState, Auth, CacheStats, Role, StageCaches};
+use canarygate_controller::{Controller, SystemClock};
 use canarygate_gateway::{AccessLog, AccessLogConfig, Gateway, Limits};
 use canarygate_metrics::Registry;
 use canarygate_model::config::{plan, Action, PlanMode};
@@ -82,6 +83,8 @@ async fn seed(store: &Store, actions: Vec<Action>) -> Result<()> {
                     .await
             }
             Action::PutDomain { domain, mappings } => store.mutate(move |s| s.put_domain(&domain, mappings).map(|_| ())).await,
+            Action::PutDeploymentConfig(c) => store.mutate(move |s| s.put_deployment_config(&c.name.clone(), c).map(|_| ())).await,
+            Action::PutAlarm(a) => store.mutate(move |s| s.put_alarm(&a.name.clone(), a).map(|_| ())).await,
         };
         result.with_context(|| format!("seeding from the config file: {what}"))?;
         tracing::info!("seeded: {what}");
@@ -120,9 +123,6 @@ pub async fn run(args: ServeArgs) -> Result<()> {
             "store {:?} is not supported by this build: use sqlite (PostgreSQL support is planned)",
             redact(&store_kind)
         );
-    }
-    if !cfg.alarms.is_empty() || !cfg.deployment_configs.is_empty() {
-        tracing::warn!("the config file declares alarms or deploymentConfigs; this build does not run rollouts yet and ignores them");
     }
     std::fs::create_dir_all(&data_dir).with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
 
@@ -204,6 +204,8 @@ pub async fn run(args: ServeArgs) -> Result<()> {
             })
             .await
     });
+    let controller = Arc::new(Controller::new(store.clone(), metrics.clone(), Arc::new(SystemClock)));
+    let controller_task = tokio::spawn(controller.run(shutdown_rx.clone()));
     let gateway_task = tokio::spawn(gateway.clone().serve(gateway_listener, shutdown_rx, Duration::from_secs(30)));
     ready.store(true, Ordering::Release);
     tracing::info!(%listen, %admin_listen, "canarygate is serving");
@@ -211,6 +213,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     shutdown_signal().await;
     tracing::info!("shutting down: draining in-flight requests");
     let _ = shutdown_tx.send(true);
+    let _ = controller_task.await;
     let _ = gateway_task.await;
     let _ = admin.await;
     gateway.access_log().flush().await;

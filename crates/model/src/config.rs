@@ -7,6 +7,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::alarm::Alarm;
+use crate::deployment_config::DeploymentConfig;
 use crate::stage::StageInput;
 use crate::state::BasePathMapping;
 use crate::{PatchOperation, Route, State};
@@ -70,6 +72,10 @@ pub struct Resources {
     pub apis: Vec<ApiSpec>,
     #[serde(default)]
     pub domains: Vec<DomainSpec>,
+    #[serde(default)]
+    pub alarms: Vec<Alarm>,
+    #[serde(default)]
+    pub deployment_configs: Vec<DeploymentConfig>,
 }
 
 /// One change of a plan, in the order it must be carried out.
@@ -98,6 +104,8 @@ pub enum Action {
         domain: String,
         mappings: Vec<BasePathMapping>,
     },
+    PutDeploymentConfig(DeploymentConfig),
+    PutAlarm(Alarm),
 }
 
 impl fmt::Display for Action {
@@ -129,6 +137,26 @@ impl fmt::Display for Action {
             Action::PutDomain { domain, mappings } => {
                 write!(f, "put domain {domain} ({} mappings)", mappings.len())
             }
+            Action::PutDeploymentConfig(c) => {
+                write!(
+                    f,
+                    "put deployment config {} ({:?} {}% every {} s)",
+                    c.name, c.kind, c.percentage, c.interval_seconds
+                )
+            }
+            Action::PutAlarm(a) => write!(
+                f,
+                "put alarm {} ({} of {} {} on {}/{}, {} s periods, {:?} {})",
+                a.name,
+                a.statistic,
+                a.variant,
+                a.metric.as_str(),
+                a.api,
+                a.stage,
+                a.period_seconds,
+                a.comparison,
+                a.threshold
+            ),
         }
     }
 }
@@ -212,6 +240,20 @@ pub fn plan(state: &State, desired: &Resources, mode: PlanMode) -> Vec<Action> {
                 mappings: d.mappings.clone(),
             }),
             Some(_) => {}
+        }
+    }
+    for c in &desired.deployment_configs {
+        let mut want = c.clone();
+        want.predefined = false;
+        match state.deployment_configs.get(&c.name) {
+            Some(cur) if mode == PlanMode::CreateOnly || *cur == want => {}
+            _ => out.push(Action::PutDeploymentConfig(want)),
+        }
+    }
+    for a in &desired.alarms {
+        match state.alarms.get(&a.name) {
+            Some(cur) if mode == PlanMode::CreateOnly || cur.alarm == *a => {}
+            _ => out.push(Action::PutAlarm(a.clone())),
         }
     }
     out
@@ -303,7 +345,11 @@ mod tests {
                 "stages": [{"name": "prod", "variables": {"version": version},
                             "canarySettings": {"percentTraffic": 10, "stageVariableOverrides": {"version": "2"}}}]
             }],
-            "domains": [{"domain": "api.example.com", "mappings": [{"basePath": "", "api": "orders", "stage": "prod"}]}]
+            "domains": [{"domain": "api.example.com", "mappings": [{"basePath": "", "api": "orders", "stage": "prod"}]}],
+            "deploymentConfigs": [{"name": "Canary20Percent30Seconds", "type": "TimeBasedCanary", "percentage": 20, "intervalSeconds": 30}],
+            "alarms": [{"name": "errors", "api": "orders", "stage": "prod", "variant": "canary", "metric": "5XXError",
+                        "statistic": "Average", "periodSeconds": 1, "evaluationPeriods": 3, "datapointsToAlarm": 2,
+                        "comparison": "GreaterThanThreshold", "threshold": 0.05}]
         }))
         .unwrap()
     }
@@ -329,6 +375,12 @@ mod tests {
                 Action::PutDomain { domain, mappings } => {
                     state.put_domain(domain, mappings.clone()).unwrap();
                 }
+                Action::PutDeploymentConfig(c) => {
+                    state.put_deployment_config(&c.name, c.clone()).unwrap();
+                }
+                Action::PutAlarm(a) => {
+                    state.put_alarm(&a.name, a.clone()).unwrap();
+                }
             }
         }
     }
@@ -337,7 +389,7 @@ mod tests {
     fn apply_twice_changes_nothing_the_second_time() {
         let mut s = State::default();
         let first = plan(&s, &resources("1"), PlanMode::Converge);
-        assert_eq!(first.len(), 4, "{first:?}");
+        assert_eq!(first.len(), 6, "{first:?}");
         execute(&mut s, &first);
         assert_eq!(plan(&s, &resources("1"), PlanMode::Converge), vec![]);
         let st = s.stage("orders", "prod").unwrap();

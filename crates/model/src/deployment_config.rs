@@ -27,8 +27,8 @@ pub struct DeploymentConfig {
     pub percentage: f64,
     #[serde(default)]
     pub interval_seconds: u64,
-    /// True for CodeDeploy's predefined configurations.
-    #[serde(default, skip_deserializing)]
+    /// True for CodeDeploy's predefined configurations (ignored in a PUT body).
+    #[serde(default)]
     pub predefined: bool,
 }
 
@@ -195,6 +195,15 @@ mod tests {
             assert_eq!(timeline(&short), expected, "{name}");
         }
         assert!(DeploymentConfig::find_predefined("Canary10Percent6Minutes").is_none());
+    }
+
+    #[test]
+    fn configs_round_trip_through_json() {
+        // Regression: a stored rollout carries its config with `predefined`; reading it back must work.
+        for c in DeploymentConfig::predefined() {
+            let back: DeploymentConfig = serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
+            assert_eq!(back, c);
+        }
     }
 
     #[test]

@@ -128,6 +128,8 @@ pub enum Behaviour {
     Echo,
     /// Answers after this long.
     Slow(Duration),
+    /// Answers 500 to `n` of every 10 calls (deterministically), as a broken new version would.
+    FailTenths(usize),
 }
 
 /// A real HTTP backend in the test process. Answers JSON naming itself and echoing what it got.
@@ -182,6 +184,11 @@ impl Backend {
                             });
                             let mut r = hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from(body.to_string())));
                             r.headers_mut().insert("content-type", "application/json".parse().unwrap());
+                            if let Behaviour::FailTenths(n) = behaviour {
+                                if call % 10 < n {
+                                    *r.status_mut() = hyper::StatusCode::INTERNAL_SERVER_ERROR;
+                                }
+                            }
                             if let Some(cc) = q.get("cc") {
                                 r.headers_mut().insert("cache-control", cc.parse().unwrap());
                             }
@@ -321,5 +328,77 @@ pub async fn fixture(percent: f64, routing: Value) -> Fixture {
         c,
         deployment,
         dir,
+    }
+}
+
+/// Steady client load: `tasks` loops of GETs until stopped. A response counts as a failure unless it is
+/// 200 or the backend's own 500 (a JSON body naming the backend): a 502, 504, reset or hang is one.
+pub struct Load {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    pub sent: Arc<AtomicUsize>,
+    failures: Arc<std::sync::Mutex<Vec<String>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    pub fn start(c: &reqwest::Client, url: &str, tasks: usize) -> Load {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let sent = Arc::new(AtomicUsize::new(0));
+        let failures = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let handles = (0..tasks)
+            .map(|_| {
+                let (c, url, stop, sent, failures) = (c.clone(), url.to_string(), stop.clone(), sent.clone(), failures.clone());
+                tokio::spawn(async move {
+                    while !stop.load(Ordering::SeqCst) {
+                        let outcome = match c.get(&url).send().await {
+                            Ok(r) => {
+                                let status = r.status().as_u16();
+                                match r.json::<Value>().await {
+                                    Ok(v) if status == 200 || (status == 500 && v.get("backend").is_some()) => None,
+                                    Ok(v) => Some(format!("{status}: {v}")),
+                                    Err(e) => Some(format!("{status}: body: {e}")),
+                                }
+                            }
+                            Err(e) => Some(format!("request: {e}")),
+                        };
+                        sent.fetch_add(1, Ordering::SeqCst);
+                        if let Some(f) = outcome {
+                            failures.lock().unwrap().push(f);
+                        }
+                        // About 100 requests/s per task: steady, not saturating.
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            sent,
+            failures,
+            tasks: handles,
+        }
+    }
+
+    /// Stops the load; returns (requests sent, failures).
+    pub async fn finish(self) -> (usize, Vec<String>) {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.tasks {
+            t.await.unwrap();
+        }
+        let failures = self.failures.lock().unwrap().clone();
+        (self.sent.load(Ordering::SeqCst), failures)
+    }
+}
+
+/// Polls a rollout until it has ended; the guard only turns a hang into a failure.
+pub async fn wait_rollout(c: &reqwest::Client, s: &Server, id: &str, guard: Duration) -> Value {
+    let deadline = std::time::Instant::now() + guard;
+    loop {
+        let r = ok(c, s, "GET", &format!("/v1/rollouts/{id}"), None).await;
+        if !matches!(r["status"].as_str(), Some("Created" | "InProgress")) {
+            return r;
+        }
+        assert!(std::time::Instant::now() < deadline, "rollout {id} did not end: {r}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }

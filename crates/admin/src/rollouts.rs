@@ -1,0 +1,186 @@
+//! Handlers for rollouts, hook callbacks, alarms and deployment configurations.
+
+use std::collections::HashMap;
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use canarygate_model::alarm::Alarm;
+use canarygate_model::deployment_config::DeploymentConfig;
+use canarygate_model::rollout::{alarm_view, HookStatus, Phase, Rollout, RolloutRequest, RolloutStatus};
+use chrono::Utc;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::body::JsonBody;
+use crate::error::ApiError;
+use crate::AppState;
+
+type Result<T> = std::result::Result<T, ApiError>;
+
+fn new_rollout_id() -> String {
+    const ALPHABET: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let s: String = (0..10).map(|_| ALPHABET[fastrand::usize(..ALPHABET.len())] as char).collect();
+    format!("r-{s}")
+}
+
+/// A rollout as the API shows it: the record plus its schedule and where it is in it.
+pub fn rollout_view(r: &Rollout) -> Value {
+    let schedule = r.deployment_config.schedule();
+    let mut v = serde_json::to_value(r).unwrap_or_default();
+    let (step, watched_ms) = match r.phase {
+        Phase::Shifting { step, watched_ms } => (Some(step), watched_ms),
+        _ => (None, 0),
+    };
+    let wait = step.and_then(|s| schedule.get(s)).map_or(0, |s| s.wait_seconds);
+    // Time left: the rest of this step's wait (from the last checkpoint) plus the later steps' waits.
+    let later: u64 = step.map_or(0, |s| schedule.iter().skip(s + 1).map(|x| x.wait_seconds).sum());
+    let time_left = r.status.is_active().then(|| wait.saturating_sub(watched_ms / 1000) + later);
+    if let Some(o) = v.as_object_mut() {
+        o.insert(
+            "steps".into(),
+            json!(schedule
+                .iter()
+                .map(|s| json!({"weight": s.weight, "waitSeconds": s.wait_seconds}))
+                .collect::<Vec<_>>()),
+        );
+        o.insert("currentStep".into(), json!(step));
+        o.insert("timeLeftSeconds".into(), json!(time_left));
+    }
+    v
+}
+
+pub async fn start(
+    State(s): State<AppState>,
+    Path((api, stage)): Path<(String, String)>,
+    JsonBody(req): JsonBody<RolloutRequest>,
+) -> Result<Response> {
+    let r = s
+        .store
+        .mutate(move |st| st.create_rollout(&api, &stage, req, new_rollout_id(), Utc::now()))
+        .await?;
+    Ok((StatusCode::CREATED, Json(rollout_view(&r))).into_response())
+}
+
+pub async fn list(State(s): State<AppState>, Query(q): Query<HashMap<String, String>>) -> Result<Json<Value>> {
+    let status = match q.get("status") {
+        None => None,
+        Some(v) => Some(RolloutStatus::ALL.into_iter().find(|st| st.as_str() == v).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "invalid value {v:?} for status: must be one of Created, InProgress, Succeeded, Failed, Stopped, RolledBack"
+            ))
+        })?),
+    };
+    let st = s.store.current();
+    let mut items: Vec<&Rollout> = st
+        .rollouts
+        .values()
+        .filter(|r| q.get("api").is_none_or(|a| &r.api == a))
+        .filter(|r| q.get("stage").is_none_or(|x| &r.stage == x))
+        .filter(|r| status.is_none_or(|x| r.status == x))
+        .collect();
+    items.sort_by_key(|r| std::cmp::Reverse(r.created_at));
+    Ok(Json(json!({"items": items.into_iter().map(rollout_view).collect::<Vec<_>>()})))
+}
+
+pub async fn get(State(s): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>> {
+    Ok(Json(rollout_view(s.store.current().rollout(&id)?)))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct StopBody {
+    #[serde(default = "yes")]
+    rollback: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+pub async fn stop(State(s): State<AppState>, Path(id): Path<String>, JsonBody(body): JsonBody<StopBody>) -> Result<Json<Value>> {
+    let r = s.store.mutate(move |st| st.request_stop(&id, body.rollback, Utc::now())).await?;
+    Ok(Json(rollout_view(&r)))
+}
+
+pub async fn promote(State(s): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>> {
+    let r = s.store.mutate(move |st| st.request_promote(&id, Utc::now())).await?;
+    Ok(Json(rollout_view(&r)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HookReport {
+    status: String,
+}
+
+pub async fn hook_callback(
+    State(s): State<AppState>,
+    Path((id, execution)): Path<(String, String)>,
+    JsonBody(body): JsonBody<HookReport>,
+) -> Result<Json<Value>> {
+    let status = match body.status.as_str() {
+        "Succeeded" => HookStatus::Succeeded,
+        "Failed" => HookStatus::Failed,
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "invalid value {other:?} for status: must be Succeeded or Failed"
+            )))
+        }
+    };
+    let msg = Some(format!("callback reported {}", body.status));
+    let r = s.store.mutate(move |st| st.record_hook(&id, &execution, status, msg)).await?;
+    Ok(Json(rollout_view(&r)))
+}
+
+pub async fn list_alarms(State(s): State<AppState>) -> Json<Value> {
+    Json(json!({"items": s.store.current().alarms.values().map(alarm_view).collect::<Vec<_>>()}))
+}
+
+pub async fn get_alarm(State(s): State<AppState>, Path(name): Path<String>) -> Result<Json<Value>> {
+    let st = s.store.current();
+    let a = st
+        .alarms
+        .get(&name)
+        .ok_or_else(|| ApiError::not_found(format!("alarm {name:?} not found")))?;
+    Ok(Json(alarm_view(a)))
+}
+
+pub async fn put_alarm(State(s): State<AppState>, Path(name): Path<String>, JsonBody(alarm): JsonBody<Alarm>) -> Result<Response> {
+    let existed = s.store.current().alarms.contains_key(&name);
+    let a = s.store.mutate(move |st| st.put_alarm(&name, alarm)).await?;
+    let status = if existed { StatusCode::OK } else { StatusCode::CREATED };
+    Ok((status, Json(alarm_view(&a))).into_response())
+}
+
+pub async fn delete_alarm(State(s): State<AppState>, Path(name): Path<String>) -> Result<StatusCode> {
+    s.store.mutate(move |st| st.delete_alarm(&name)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn list_configs(State(s): State<AppState>) -> Json<Value> {
+    let mut items = DeploymentConfig::predefined();
+    items.extend(s.store.current().deployment_configs.values().cloned());
+    Json(json!({ "items": items }))
+}
+
+pub async fn get_config(State(s): State<AppState>, Path(name): Path<String>) -> Result<Json<DeploymentConfig>> {
+    s.store
+        .current()
+        .deployment_config(&name)
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("deployment config {name:?} not found")))
+}
+
+pub async fn put_config(State(s): State<AppState>, Path(name): Path<String>, JsonBody(c): JsonBody<DeploymentConfig>) -> Result<Response> {
+    let existed = s.store.current().deployment_configs.contains_key(&name);
+    let c = s.store.mutate(move |st| st.put_deployment_config(&name, c)).await?;
+    let status = if existed { StatusCode::OK } else { StatusCode::CREATED };
+    Ok((status, Json(c)).into_response())
+}
+
+pub async fn delete_config(State(s): State<AppState>, Path(name): Path<String>) -> Result<StatusCode> {
+    s.store.mutate(move |st| st.delete_deployment_config(&name)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,325 @@
+//! `canarygate rollout ...` and `canarygate alarms ...`.
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Result};
+use chrono::Utc;
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use crate::client::{Client, Output};
+
+#[derive(Debug, clap::Args)]
+pub struct StartArgs {
+    pub api: String,
+    pub stage: String,
+    /// Deployment configuration: a CodeDeploy name (Canary10Percent5Minutes, ...) or a custom one.
+    #[arg(long = "config", short = 'c')]
+    pub deployment_config: String,
+    /// Deployment to move to (default: the stage's own, for a variables-only rollout).
+    #[arg(long)]
+    pub deployment_id: Option<String>,
+    /// NAME=VALUE stage variable override for the new version (repeatable).
+    #[arg(long = "override")]
+    pub overrides: Vec<String>,
+    /// Alarm to watch (repeatable).
+    #[arg(long = "alarm")]
+    pub alarms: Vec<String>,
+    #[arg(long)]
+    pub before_hook: Option<String>,
+    #[arg(long)]
+    pub after_hook: Option<String>,
+    /// Hook timeout in seconds (default 3600).
+    #[arg(long)]
+    pub hook_timeout: Option<u64>,
+    /// Never roll back automatically.
+    #[arg(long)]
+    pub no_auto_rollback: bool,
+    /// Follow the rollout to its end: exit 0 when it succeeds, 1 when it is rolled back or fails.
+    #[arg(long)]
+    pub wait: bool,
+}
+
+fn s(v: &Value, p: &str) -> String {
+    match v.pointer(p) {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Null) | None => "-".into(),
+        Some(other) => other.to_string(),
+    }
+}
+
+pub async fn start(c: &Client, a: StartArgs) -> Result<()> {
+    let mut overrides = BTreeMap::new();
+    for kv in &a.overrides {
+        let (k, v) = kv
+            .split_once('=')
+            .ok_or_else(|| anyhow!("--override {kv:?}: expected NAME=VALUE"))?;
+        overrides.insert(k.to_string(), v.to_string());
+    }
+    let mut hooks = json!({});
+    if let Some(u) = &a.before_hook {
+        hooks["beforeAllowTraffic"] = json!(u);
+    }
+    if let Some(u) = &a.after_hook {
+        hooks["afterAllowTraffic"] = json!(u);
+    }
+    if let Some(t) = a.hook_timeout {
+        hooks["timeoutSeconds"] = json!(t);
+    }
+    let mut body = json!({
+        "deploymentConfig": a.deployment_config,
+        "stageVariableOverrides": overrides,
+        "alarms": a.alarms,
+        "hooks": hooks,
+    });
+    if let Some(d) = &a.deployment_id {
+        body["deploymentId"] = json!(d);
+    }
+    if a.no_auto_rollback {
+        body["autoRollback"] = json!([]);
+    }
+    let r = c
+        .call(Method::POST, &format!("/v1/apis/{}/stages/{}/rollouts", a.api, a.stage), Some(body))
+        .await?;
+    let id = s(&r, "/id");
+    if !a.wait {
+        c.print(&r, |r| {
+            format!("started rollout {} ({})", s(r, "/id"), s(r, "/deploymentConfig/name"))
+        });
+        return Ok(());
+    }
+    if c.output == Output::Text {
+        println!(
+            "started rollout {id} on {}/{} with {}",
+            a.api,
+            a.stage,
+            s(&r, "/deploymentConfig/name")
+        );
+    }
+    follow(c, &id, &a.api, &a.stage).await
+}
+
+/// Error rate and request rate of one variant over the last 10 seconds.
+async fn rates(c: &Client, api: &str, stage: &str, variant: &str) -> (f64, f64) {
+    let end = Utc::now();
+    let start = end - chrono::Duration::seconds(10);
+    let q = |metric: &str, stat: &str| {
+        format!(
+            "/v1/metrics?api={api}&stage={stage}&variant={variant}&metric={metric}&statistic={stat}&periodSeconds=10&start={}&end={}",
+            start.to_rfc3339_opts(chrono::SecondsFormat::Secs, true).replace('+', "%2B"),
+            end.to_rfc3339_opts(chrono::SecondsFormat::Secs, true).replace('+', "%2B")
+        )
+    };
+    let sum = |v: Option<Value>| -> f64 {
+        v.and_then(|v| {
+            v["datapoints"]
+                .as_array()
+                .map(|d| d.iter().filter_map(|p| p["value"].as_f64()).sum())
+        })
+        .unwrap_or(0.0)
+    };
+    let count = sum(c.get(&q("Count", "Sum")).await.ok());
+    let errors = sum(c.get(&q("5XXError", "Sum")).await.ok());
+    let rate = if count > 0.0 { errors / count } else { 0.0 };
+    (count / 10.0, rate)
+}
+
+async fn follow(c: &Client, id: &str, api: &str, stage: &str) -> Result<()> {
+    let tty = std::io::stdout().is_terminal() && c.output == Output::Text;
+    let bar = tty.then(|| {
+        let pb = indicatif::ProgressBar::new(100);
+        pb.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} canary [{bar:30}] {pos:>3}% {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        pb.enable_steady_tick(Duration::from_millis(200));
+        pb
+    });
+    let mut printed = 0usize;
+    let mut last_line = String::new();
+    loop {
+        let r = c.get(&format!("/v1/rollouts/{id}")).await?;
+        let events = r["events"].as_array().cloned().unwrap_or_default();
+        for e in events.iter().skip(printed) {
+            let line = format!(
+                "{}  {:<10}  step {:>2}  weight {:>5}%  {}",
+                s(e, "/time").get(11..19).unwrap_or(""),
+                s(e, "/status"),
+                s(e, "/step"),
+                s(e, "/weight"),
+                s(e, "/reason")
+            );
+            match (&bar, c.output) {
+                (Some(pb), _) => pb.println(line),
+                (None, Output::Text) => println!("{line}"),
+                (None, Output::Json) => {}
+            }
+        }
+        printed = events.len();
+        let status = s(&r, "/status");
+        let weight = r["weight"].as_f64().unwrap_or(0.0);
+        let (prod_rps, prod_err) = rates(c, api, stage, "production").await;
+        let (can_rps, can_err) = rates(c, api, stage, "canary").await;
+        let steps = r["steps"].as_array().map_or(0, Vec::len);
+        let msg = format!(
+            "{status} step {}/{steps} {}s left | production {prod_rps:.0} rps {:.1}% 5xx | canary {can_rps:.0} rps {:.1}% 5xx",
+            r["currentStep"].as_u64().map_or("-".to_string(), |x| (x + 1).to_string()),
+            s(&r, "/timeLeftSeconds"),
+            prod_err * 100.0,
+            can_err * 100.0
+        );
+        match &bar {
+            Some(pb) => {
+                pb.set_position(weight.round() as u64);
+                pb.set_message(msg);
+            }
+            None if c.output == Output::Text => {
+                let line = format!("progress: weight {weight}% {msg}");
+                // In a log, one line per change of state, not per poll.
+                let key: String = line.split(" | ").next().unwrap_or("").to_string();
+                if key != last_line {
+                    println!("{line}");
+                    last_line = key;
+                }
+            }
+            None => {}
+        }
+        if !matches!(status.as_str(), "Created" | "InProgress") {
+            if let Some(pb) = bar {
+                pb.finish_and_clear();
+            }
+            match c.output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&r)?),
+                Output::Text => println!("rollout {id} ended {status}"),
+            }
+            if status == "Succeeded" {
+                return Ok(());
+            }
+            bail!(
+                "rollout {id} ended {status}: {}",
+                events.last().map(|e| s(e, "/reason")).unwrap_or_default()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+pub fn rollout_text(r: &Value) -> String {
+    let mut out = format!(
+        "rollout {} on {}/{}: {} (weight {}%, step {}, {}s left)\n  config {} -> deployment {}, overrides {}",
+        s(r, "/id"),
+        s(r, "/api"),
+        s(r, "/stage"),
+        s(r, "/status"),
+        s(r, "/weight"),
+        s(r, "/currentStep"),
+        s(r, "/timeLeftSeconds"),
+        s(r, "/deploymentConfig/name"),
+        s(r, "/deploymentId"),
+        s(r, "/stageVariableOverrides"),
+    );
+    for e in r["events"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "\n  {}  {:<10} {:>5}%  {}",
+            s(e, "/time"),
+            s(e, "/status"),
+            s(e, "/weight"),
+            s(e, "/reason")
+        ));
+    }
+    out
+}
+
+pub async fn status(c: &Client, id: &str) -> Result<()> {
+    let r = c.get(&format!("/v1/rollouts/{id}")).await?;
+    c.print(&r, rollout_text);
+    Ok(())
+}
+
+pub async fn list(c: &Client, api: Option<String>, stage: Option<String>, status: Option<String>) -> Result<()> {
+    let mut q = Vec::new();
+    for (k, v) in [("api", api), ("stage", stage), ("status", status)] {
+        if let Some(v) = v {
+            q.push(format!("{k}={v}"));
+        }
+    }
+    let v = c.get(&format!("/v1/rollouts?{}", q.join("&"))).await?;
+    c.print(&v, |v| {
+        let mut lines = vec![format!(
+            "{:<14} {:<20} {:<11} {:>6} {:<28} CREATED",
+            "ID", "STAGE", "STATUS", "WEIGHT", "CONFIG"
+        )];
+        for r in v["items"].as_array().into_iter().flatten() {
+            lines.push(format!(
+                "{:<14} {:<20} {:<11} {:>6} {:<28} {}",
+                s(r, "/id"),
+                format!("{}/{}", s(r, "/api"), s(r, "/stage")),
+                s(r, "/status"),
+                s(r, "/weight"),
+                s(r, "/deploymentConfig/name"),
+                s(r, "/createdAt")
+            ));
+        }
+        lines.join("\n")
+    });
+    Ok(())
+}
+
+pub async fn stop(c: &Client, id: &str, no_rollback: bool) -> Result<()> {
+    let v = c
+        .call(
+            Method::POST,
+            &format!("/v1/rollouts/{id}/stop"),
+            Some(json!({"rollback": !no_rollback})),
+        )
+        .await?;
+    c.print(&v, |_| {
+        format!("stop requested for rollout {id}{}", if no_rollback { " (no rollback)" } else { "" })
+    });
+    Ok(())
+}
+
+pub async fn promote(c: &Client, id: &str) -> Result<()> {
+    let v = c.call(Method::POST, &format!("/v1/rollouts/{id}/promote"), None).await?;
+    c.print(&v, |_| format!("promotion to 100% requested for rollout {id}"));
+    Ok(())
+}
+
+pub async fn alarms_list(c: &Client) -> Result<()> {
+    let v = c.get("/v1/alarms").await?;
+    c.print(&v, |v| {
+        let mut lines = vec![format!("{:<32} {:<18} {:<24} RULE", "ALARM", "STATE", "STAGE/VARIANT")];
+        for a in v["items"].as_array().into_iter().flatten() {
+            lines.push(format!(
+                "{:<32} {:<18} {:<24} {} {} {} {} over {}x{}s ({} to alarm)",
+                s(a, "/name"),
+                s(a, "/state"),
+                format!("{}/{}/{}", s(a, "/api"), s(a, "/stage"), s(a, "/variant")),
+                s(a, "/statistic"),
+                s(a, "/metric"),
+                s(a, "/comparison"),
+                s(a, "/threshold"),
+                s(a, "/evaluationPeriods"),
+                s(a, "/periodSeconds"),
+                s(a, "/datapointsToAlarm")
+            ));
+        }
+        lines.join("\n")
+    });
+    Ok(())
+}
+
+pub async fn alarms_get(c: &Client, name: &str) -> Result<()> {
+    let v = c.get(&format!("/v1/alarms/{name}")).await?;
+    c.print(&v, |a| {
+        let mut out = format!("alarm {}: {}\n  {}", s(a, "/name"), s(a, "/state"), s(a, "/stateReason"));
+        for h in a["history"].as_array().into_iter().flatten() {
+            out.push_str(&format!("\n  {}  {} -> {}", s(h, "/time"), s(h, "/from"), s(h, "/to")));
+        }
+        out
+    });
+    Ok(())
+}
