@@ -361,3 +361,115 @@ async fn the_cli_waits_and_exits_0_on_success_and_1_on_rollback() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_before_allow_traffic_hook_answers_202_reaches_the_canary_and_calls_back() {
+    use hyper::server::conn::http1;
+    use hyper_util::rt::TokioIo;
+
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("data"), &[], &[]);
+    let c = client();
+    let (prod, next) = (Backend::start("v1", Behaviour::Echo).await, Backend::start("v2", Behaviour::Echo).await);
+    let (_d1, d2) = setup(&c, &s, &prod, 30).await;
+
+    // The hook: records what it was sent and answers 202 (it will report later).
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Value>();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook_addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { return };
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let tx = tx.clone();
+                    async move {
+                        use http_body_util::BodyExt;
+                        let body = req.into_body().collect().await.unwrap().to_bytes();
+                        tx.send(serde_json::from_slice(&body).unwrap()).unwrap();
+                        let mut r = hyper::Response::new(http_body_util::Full::new(bytes::Bytes::new()));
+                        *r.status_mut() = hyper::StatusCode::ACCEPTED;
+                        Ok::<_, std::convert::Infallible>(r)
+                    }
+                });
+                let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+            });
+        }
+    });
+
+    let id = start(
+        &c,
+        &s,
+        json!({"deploymentId": d2, "stageVariableOverrides": {"backend": next.addr.to_string()}, "deploymentConfig": "AllAtOnce",
+               "hooks": {"beforeAllowTraffic": format!("http://{hook_addr}/before")}}),
+    )
+    .await;
+    let call = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await.expect("the hook was called").unwrap();
+    assert_eq!(call["rolloutId"], id.as_str());
+    assert_eq!(call["lifecycleEvent"], "BeforeAllowTraffic");
+    let exec = call["lifecycleEventHookExecutionId"].as_str().unwrap().to_string();
+
+    // While the hook runs, no traffic has moved, but the hook can reach the canary with the header.
+    let r = ok(&c, &s, "GET", &format!("/v1/rollouts/{id}"), None).await;
+    assert_eq!(r["status"], "InProgress");
+    assert_eq!(r["weight"], 0.0);
+    let forced: Value = c.get(format!("{}/orders/prod/x", s.gateway)).header("x-canarygate-variant", "canary").send().await.unwrap().json().await.unwrap();
+    assert_eq!(forced["backend"], "v2");
+    let plain: Value = c.get(format!("{}/orders/prod/x", s.gateway)).send().await.unwrap().json().await.unwrap();
+    assert_eq!(plain["backend"], "v1");
+
+    // A bad report is refused; the callback moves the rollout on.
+    let (status, _) = admin(&c, &s, "PUT", &format!("/v1/rollouts/{id}/hooks/{exec}"), Some(json!({"status": "Maybe"}))).await;
+    assert_eq!(status, 400);
+    assert_eq!(admin(&c, &s, "PUT", &format!("/v1/rollouts/{id}/hooks/h-unknown"), Some(json!({"status": "Succeeded"}))).await.0, 404);
+    ok(&c, &s, "PUT", &format!("/v1/rollouts/{id}/hooks/{exec}"), Some(json!({"status": "Succeeded"}))).await;
+    let r = wait_rollout(&c, &s, &id, Duration::from_secs(10)).await;
+    assert_eq!(r["status"], "Succeeded", "{r}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_creates_and_updates_alarms_and_deployment_configs() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("data"), &[], &[]);
+    let file = dir.path().join("r.yaml");
+    let write = |threshold: f64| {
+        std::fs::write(
+            &file,
+            format!(
+                "deploymentConfigs:\n  - {{name: Canary20Percent30Seconds, type: TimeBasedCanary, percentage: 20, intervalSeconds: 30}}\n\
+                 alarms:\n  - {{name: orders-prod-canary-5xx, api: orders, stage: prod, variant: canary, metric: 5XXError, statistic: Average,\n     \
+                 periodSeconds: 10, evaluationPeriods: 3, datapointsToAlarm: 2, comparison: GreaterThanThreshold, threshold: {threshold}, treatMissingData: notBreaching}}\n"
+            ),
+        )
+        .unwrap()
+    };
+    let apply = || {
+        let out = Command::new(env!("CARGO_BIN_EXE_canarygate")).args(["--server", &s.admin, "apply", "-f"]).arg(&file).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    write(0.05);
+    let out = apply();
+    assert!(out.contains("put deployment config Canary20Percent30Seconds") && out.contains("put alarm orders-prod-canary-5xx"), "{out}");
+    assert_eq!(apply().trim(), "no changes");
+    write(0.1);
+    let out = apply();
+    assert_eq!(out.lines().count(), 1, "{out}");
+    let c = client();
+    let a = ok(&c, &s, "GET", "/v1/alarms/orders-prod-canary-5xx", None).await;
+    assert_eq!(a["threshold"], 0.1);
+    assert_eq!(a["treatMissingData"], "notBreaching");
+    let configs = ok(&c, &s, "GET", "/v1/deployment-configs", None).await;
+    let names: Vec<&str> = configs["items"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert_eq!(names.len(), 10, "9 predefined + 1 custom: {names:?}");
+    assert!(names.contains(&"Linear10PercentEvery1Minute") && names.contains(&"Canary20Percent30Seconds"));
+    // Bad definitions are refused with the field named.
+    let (status, v) = admin(&c, &s, "PUT", "/v1/deployment-configs/x", Some(json!({"type": "TimeBasedLinear", "percentage": 150, "intervalSeconds": 1}))).await;
+    assert_eq!(status, 400);
+    assert!(v["error"]["message"].as_str().unwrap().contains("percentage"), "{v}");
+    let (status, v) = admin(&c, &s, "PUT", "/v1/alarms/y", Some(json!({"api": "orders", "stage": "prod", "variant": "canary", "metric": "Errors",
+        "statistic": "Sum", "periodSeconds": 1, "evaluationPeriods": 1, "datapointsToAlarm": 1, "comparison": "GreaterThanThreshold", "threshold": 1}))).await;
+    assert_eq!(status, 400);
+    assert!(v["error"]["message"].as_str().unwrap().contains("metric"), "{v}");
+}
