@@ -116,7 +116,7 @@ async fn rates(c: &Client, api: &str, stage: &str, variant: &str) -> (f64, f64) 
         v.and_then(|v| {
             v["datapoints"]
                 .as_array()
-                .map(|d| d.iter().filter_map(|p| p["value"].as_f64()).sum())
+                .map(|d| d.iter().filter_map(|p| p["value"].as_f64()).fold(0.0, |a, b| a + b))
         })
         .unwrap_or(0.0)
     };
