@@ -100,10 +100,33 @@ async fn run(gw: &str, admin: &str) -> Result<()> {
     let a = |p: &str| format!("{admin}{p}");
     let none = Arc::new(Mutex::new(None));
     let v1 = backend("v1", 0, none).await?;
-    call(&c, reqwest::Method::PUT, a("/v1/apis/orders"), Some(json!({"routes": [{"path": "/{proxy+}", "integration": {"type": "http", "uri": "http://${stageVariables.backend}/{proxy}"}}]}))).await?;
-    let d1 = call(&c, reqwest::Method::POST, a("/v1/apis/orders/deployments"), Some(json!({}))).await?["id"].as_str().unwrap_or_default().to_string();
-    call(&c, reqwest::Method::PUT, a("/v1/apis/orders/stages/prod"), Some(json!({"deploymentId": d1, "variables": {"backend": v1.to_string()}}))).await?;
-    call(&c, reqwest::Method::PUT, a("/v1/deployment-configs/Canary20Percent30Seconds"), Some(json!({"type": "TimeBasedCanary", "percentage": 20, "intervalSeconds": 30}))).await?;
+    call(
+        &c,
+        reqwest::Method::PUT,
+        a("/v1/apis/orders"),
+        Some(
+            json!({"routes": [{"path": "/{proxy+}", "integration": {"type": "http", "uri": "http://${stageVariables.backend}/{proxy}"}}]}),
+        ),
+    )
+    .await?;
+    let d1 = call(&c, reqwest::Method::POST, a("/v1/apis/orders/deployments"), Some(json!({}))).await?["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    call(
+        &c,
+        reqwest::Method::PUT,
+        a("/v1/apis/orders/stages/prod"),
+        Some(json!({"deploymentId": d1, "variables": {"backend": v1.to_string()}})),
+    )
+    .await?;
+    call(
+        &c,
+        reqwest::Method::PUT,
+        a("/v1/deployment-configs/Canary20Percent30Seconds"),
+        Some(json!({"type": "TimeBasedCanary", "percentage": 20, "intervalSeconds": 30})),
+    )
+    .await?;
     call(
         &c,
         reqwest::Method::PUT,
@@ -145,7 +168,9 @@ async fn run(gw: &str, admin: &str) -> Result<()> {
         let mut seen_canary = false;
         let gone_at = loop {
             let st = call(&c, reqwest::Method::GET, a("/v1/apis/orders/stages/prod"), None).await?;
-            let has = st["canarySettings"].as_object().is_some_and(|c| c["percentTraffic"].as_f64().unwrap_or(0.0) > 0.0);
+            let has = st["canarySettings"]
+                .as_object()
+                .is_some_and(|c| c["percentTraffic"].as_f64().unwrap_or(0.0) > 0.0);
             if has {
                 seen_canary = true;
             } else if seen_canary {
@@ -162,7 +187,10 @@ async fn run(gw: &str, admin: &str) -> Result<()> {
         }
         let first = first_failure.lock().unwrap().context("the canary never failed")?;
         let t = gone_at.duration_since(first);
-        println!("run {run:>2}: {:>6.0} ms from the canary's first failing request to canary weight 0", t.as_secs_f64() * 1000.0);
+        println!(
+            "run {run:>2}: {:>6.0} ms from the canary's first failing request to canary weight 0",
+            t.as_secs_f64() * 1000.0
+        );
         times.push(t);
         tokio::time::sleep(Duration::from_millis(300)).await;
     }

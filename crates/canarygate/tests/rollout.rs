@@ -370,7 +370,10 @@ async fn a_before_allow_traffic_hook_answers_202_reaches_the_canary_and_calls_ba
     let dir = tempfile::tempdir().unwrap();
     let s = Server::start(&dir.path().join("data"), &[], &[]);
     let c = client();
-    let (prod, next) = (Backend::start("v1", Behaviour::Echo).await, Backend::start("v2", Behaviour::Echo).await);
+    let (prod, next) = (
+        Backend::start("v1", Behaviour::Echo).await,
+        Backend::start("v2", Behaviour::Echo).await,
+    );
     let (_d1, d2) = setup(&c, &s, &prod, 30).await;
 
     // The hook: records what it was sent and answers 202 (it will report later).
@@ -405,7 +408,10 @@ async fn a_before_allow_traffic_hook_answers_202_reaches_the_canary_and_calls_ba
                "hooks": {"beforeAllowTraffic": format!("http://{hook_addr}/before")}}),
     )
     .await;
-    let call = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await.expect("the hook was called").unwrap();
+    let call = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("the hook was called")
+        .unwrap();
     assert_eq!(call["rolloutId"], id.as_str());
     assert_eq!(call["lifecycleEvent"], "BeforeAllowTraffic");
     let exec = call["lifecycleEventHookExecutionId"].as_str().unwrap().to_string();
@@ -414,16 +420,56 @@ async fn a_before_allow_traffic_hook_answers_202_reaches_the_canary_and_calls_ba
     let r = ok(&c, &s, "GET", &format!("/v1/rollouts/{id}"), None).await;
     assert_eq!(r["status"], "InProgress");
     assert_eq!(r["weight"], 0.0);
-    let forced: Value = c.get(format!("{}/orders/prod/x", s.gateway)).header("x-canarygate-variant", "canary").send().await.unwrap().json().await.unwrap();
+    let forced: Value = c
+        .get(format!("{}/orders/prod/x", s.gateway))
+        .header("x-canarygate-variant", "canary")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(forced["backend"], "v2");
-    let plain: Value = c.get(format!("{}/orders/prod/x", s.gateway)).send().await.unwrap().json().await.unwrap();
+    let plain: Value = c
+        .get(format!("{}/orders/prod/x", s.gateway))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(plain["backend"], "v1");
 
     // A bad report is refused; the callback moves the rollout on.
-    let (status, _) = admin(&c, &s, "PUT", &format!("/v1/rollouts/{id}/hooks/{exec}"), Some(json!({"status": "Maybe"}))).await;
+    let (status, _) = admin(
+        &c,
+        &s,
+        "PUT",
+        &format!("/v1/rollouts/{id}/hooks/{exec}"),
+        Some(json!({"status": "Maybe"})),
+    )
+    .await;
     assert_eq!(status, 400);
-    assert_eq!(admin(&c, &s, "PUT", &format!("/v1/rollouts/{id}/hooks/h-unknown"), Some(json!({"status": "Succeeded"}))).await.0, 404);
-    ok(&c, &s, "PUT", &format!("/v1/rollouts/{id}/hooks/{exec}"), Some(json!({"status": "Succeeded"}))).await;
+    assert_eq!(
+        admin(
+            &c,
+            &s,
+            "PUT",
+            &format!("/v1/rollouts/{id}/hooks/h-unknown"),
+            Some(json!({"status": "Succeeded"}))
+        )
+        .await
+        .0,
+        404
+    );
+    ok(
+        &c,
+        &s,
+        "PUT",
+        &format!("/v1/rollouts/{id}/hooks/{exec}"),
+        Some(json!({"status": "Succeeded"})),
+    )
+    .await;
     let r = wait_rollout(&c, &s, &id, Duration::from_secs(10)).await;
     assert_eq!(r["status"], "Succeeded", "{r}");
 }
@@ -445,13 +491,20 @@ async fn apply_creates_and_updates_alarms_and_deployment_configs() {
         .unwrap()
     };
     let apply = || {
-        let out = Command::new(env!("CARGO_BIN_EXE_canarygate")).args(["--server", &s.admin, "apply", "-f"]).arg(&file).output().unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_canarygate"))
+            .args(["--server", &s.admin, "apply", "-f"])
+            .arg(&file)
+            .output()
+            .unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     write(0.05);
     let out = apply();
-    assert!(out.contains("put deployment config Canary20Percent30Seconds") && out.contains("put alarm orders-prod-canary-5xx"), "{out}");
+    assert!(
+        out.contains("put deployment config Canary20Percent30Seconds") && out.contains("put alarm orders-prod-canary-5xx"),
+        "{out}"
+    );
     assert_eq!(apply().trim(), "no changes");
     write(0.1);
     let out = apply();
@@ -461,11 +514,23 @@ async fn apply_creates_and_updates_alarms_and_deployment_configs() {
     assert_eq!(a["threshold"], 0.1);
     assert_eq!(a["treatMissingData"], "notBreaching");
     let configs = ok(&c, &s, "GET", "/v1/deployment-configs", None).await;
-    let names: Vec<&str> = configs["items"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> = configs["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
     assert_eq!(names.len(), 10, "9 predefined + 1 custom: {names:?}");
     assert!(names.contains(&"Linear10PercentEvery1Minute") && names.contains(&"Canary20Percent30Seconds"));
     // Bad definitions are refused with the field named.
-    let (status, v) = admin(&c, &s, "PUT", "/v1/deployment-configs/x", Some(json!({"type": "TimeBasedLinear", "percentage": 150, "intervalSeconds": 1}))).await;
+    let (status, v) = admin(
+        &c,
+        &s,
+        "PUT",
+        "/v1/deployment-configs/x",
+        Some(json!({"type": "TimeBasedLinear", "percentage": 150, "intervalSeconds": 1})),
+    )
+    .await;
     assert_eq!(status, 400);
     assert!(v["error"]["message"].as_str().unwrap().contains("percentage"), "{v}");
     let (status, v) = admin(&c, &s, "PUT", "/v1/alarms/y", Some(json!({"api": "orders", "stage": "prod", "variant": "canary", "metric": "Errors",

@@ -41,6 +41,73 @@ mod tests {
     use canarygate_model::{Metric, Statistic};
 
     #[test]
+    fn every_statistic_over_latency() {
+        let reg = Registry::new();
+        let s = reg.series("orders", "prod", Variant::Production);
+        let t0 = 1_800_000_000u64;
+        // One period: latencies 10, 20, ..., 100 ms, one of them a 500.
+        for i in 1..=10u64 {
+            let status = if i == 10 { 500 } else { 200 };
+            s.record(
+                t0,
+                &Observation {
+                    status,
+                    latency_us: i * 10_000,
+                    integration_us: Some(i * 9_000),
+                    cache: None,
+                },
+            );
+        }
+        let base = Alarm {
+            name: "lat".into(),
+            api: "orders".into(),
+            stage: "prod".into(),
+            variant: Variant::Production,
+            metric: Metric::Latency,
+            statistic: Statistic::Sum,
+            period_seconds: 1,
+            evaluation_periods: 1,
+            datapoints_to_alarm: 1,
+            comparison: Comparison::GreaterThanThreshold,
+            threshold: 0.0,
+            treat_missing_data: TreatMissingData::Missing,
+        };
+        let value = |metric: Metric, statistic: Statistic| {
+            let a = Alarm {
+                metric,
+                statistic,
+                ..base.clone()
+            };
+            datapoints(&a, &reg, t0 + 1, None)[0].value.unwrap()
+        };
+        assert_eq!(value(Metric::Latency, Statistic::Sum), 550.0);
+        assert_eq!(value(Metric::Latency, Statistic::Average), 55.0);
+        assert_eq!(value(Metric::Latency, Statistic::SampleCount), 10.0);
+        assert_eq!(value(Metric::Latency, Statistic::Minimum), 10.0);
+        assert_eq!(value(Metric::Latency, Statistic::Maximum), 100.0);
+        assert_eq!(value(Metric::IntegrationLatency, Statistic::Maximum), 90.0);
+        let p50 = value(Metric::Latency, Statistic::Percentile(50.0));
+        assert!((40.0..=60.0).contains(&p50), "p50 {p50}");
+        let p99 = value(Metric::Latency, Statistic::Percentile(99.0));
+        assert!((85.0..=100.0).contains(&p99), "p99 {p99}");
+        assert_eq!(value(Metric::Count, Statistic::Sum), 10.0);
+        assert_eq!(value(Metric::Error5xx, Statistic::Average), 0.1);
+        assert_eq!(value(Metric::Error5xx, Statistic::Sum), 1.0);
+        assert_eq!(value(Metric::Error4xx, Statistic::Maximum), 0.0);
+        // And the rule on top: p99 latency > 80 ms is ALARM, > 120 ms is OK.
+        let rule = |threshold: f64| {
+            let a = Alarm {
+                statistic: Statistic::Percentile(99.0),
+                threshold,
+                ..base.clone()
+            };
+            evaluate_alarm(&a, &reg, t0 + 1, None, AlarmState::Ok).state
+        };
+        assert_eq!(rule(80.0), AlarmState::Alarm);
+        assert_eq!(rule(120.0), AlarmState::Ok);
+    }
+
+    #[test]
     fn evaluates_over_recorded_metrics() {
         let reg = Registry::new();
         let s = reg.series("orders", "prod", Variant::Canary);
