@@ -54,6 +54,34 @@ async fn setup(c: &reqwest::Client, s: &Server, production: &Backend, seconds: u
     (d1, d2)
 }
 
+/// A server set up by [`setup`], with backend v1 behind the stage and v2 (behaving as given) to roll out to.
+struct RolloutFixture {
+    s: Server,
+    c: reqwest::Client,
+    prod: Backend,
+    next: Backend,
+    d1: String,
+    d2: String,
+    dir: tempfile::TempDir,
+}
+
+async fn rollout_fixture(next: Behaviour, seconds: u64) -> RolloutFixture {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("data"), &[], &[]);
+    let c = client();
+    let (prod, next) = (Backend::start("v1", Behaviour::Echo).await, Backend::start("v2", next).await);
+    let (d1, d2) = setup(&c, &s, &prod, seconds).await;
+    RolloutFixture {
+        s,
+        c,
+        prod,
+        next,
+        d1,
+        d2,
+        dir,
+    }
+}
+
 async fn start(c: &reqwest::Client, s: &Server, body: Value) -> String {
     let (status, r) = admin(c, s, "POST", "/v1/apis/orders/stages/prod/rollouts", Some(body)).await;
     assert_eq!(status, 201, "{r}");
@@ -62,14 +90,15 @@ async fn start(c: &reqwest::Client, s: &Server, body: Value) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_canary_is_rolled_back_by_its_alarm() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = Server::start(&dir.path().join("data"), &[], &[]);
-    let c = client();
-    let (prod, broken) = (
-        Backend::start("v1", Behaviour::Echo).await,
-        Backend::start("v2", Behaviour::FailTenths(3)).await,
-    );
-    let (_d1, d2) = setup(&c, &s, &prod, 30).await;
+    let RolloutFixture {
+        s,
+        c,
+        prod: _prod,
+        next: broken,
+        d1: _d1,
+        d2,
+        dir: _dir,
+    } = rollout_fixture(Behaviour::FailTenths(3), 30).await;
     let before = ok(&c, &s, "GET", "/v1/apis/orders/stages/prod", None).await;
     let load = Load::start(&c, &format!("{}/orders/prod/items", s.gateway), 4);
 
@@ -127,14 +156,15 @@ async fn a_failing_canary_is_rolled_back_by_its_alarm() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_healthy_canary_succeeds_and_the_stage_moves() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = Server::start(&dir.path().join("data"), &[], &[]);
-    let c = client();
-    let (prod, healthy) = (
-        Backend::start("v1", Behaviour::Echo).await,
-        Backend::start("v2", Behaviour::Echo).await,
-    );
-    let (_d1, d2) = setup(&c, &s, &prod, 30).await;
+    let RolloutFixture {
+        s,
+        c,
+        prod: _prod,
+        next: healthy,
+        d1: _d1,
+        d2,
+        dir: _dir,
+    } = rollout_fixture(Behaviour::Echo, 30).await;
     let load = Load::start(&c, &format!("{}/orders/prod/items", s.gateway), 4);
     let id = start(
         &c,
@@ -180,14 +210,15 @@ async fn a_healthy_canary_succeeds_and_the_stage_moves() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_variables_only_rollout_moves_the_stage_to_the_new_backend() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = Server::start(&dir.path().join("data"), &[], &[]);
-    let c = client();
-    let (prod, next) = (
-        Backend::start("v1", Behaviour::Echo).await,
-        Backend::start("v2", Behaviour::Echo).await,
-    );
-    let (d1, _) = setup(&c, &s, &prod, 30).await;
+    let RolloutFixture {
+        s,
+        c,
+        prod: _prod,
+        next,
+        d1,
+        d2: _,
+        dir: _dir,
+    } = rollout_fixture(Behaviour::Echo, 30).await;
     let id = start(
         &c,
         &s,
@@ -278,14 +309,15 @@ async fn sigkill_during_a_wait_then_restart_finishes_the_rollout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_waits_and_exits_0_on_success_and_1_on_rollback() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = Server::start(&dir.path().join("data"), &[], &[]);
-    let c = client();
-    let (prod, broken) = (
-        Backend::start("v1", Behaviour::Echo).await,
-        Backend::start("v2", Behaviour::FailTenths(5)).await,
-    );
-    let (_d1, d2) = setup(&c, &s, &prod, 30).await;
+    let RolloutFixture {
+        s,
+        c,
+        prod: _prod,
+        next: broken,
+        d1: _d1,
+        d2,
+        dir: _dir,
+    } = rollout_fixture(Behaviour::FailTenths(5), 30).await;
     let load = Load::start(&c, &format!("{}/orders/prod/items", s.gateway), 3);
     let cli = |args: Vec<String>| {
         let admin = s.admin.clone();
@@ -367,14 +399,15 @@ async fn a_before_allow_traffic_hook_answers_202_reaches_the_canary_and_calls_ba
     use hyper::server::conn::http1;
     use hyper_util::rt::TokioIo;
 
-    let dir = tempfile::tempdir().unwrap();
-    let s = Server::start(&dir.path().join("data"), &[], &[]);
-    let c = client();
-    let (prod, next) = (
-        Backend::start("v1", Behaviour::Echo).await,
-        Backend::start("v2", Behaviour::Echo).await,
-    );
-    let (_d1, d2) = setup(&c, &s, &prod, 30).await;
+    let RolloutFixture {
+        s,
+        c,
+        prod: _prod,
+        next,
+        d1: _d1,
+        d2,
+        dir: _dir,
+    } = rollout_fixture(Behaviour::Echo, 30).await;
 
     // The hook: records what it was sent and answers 202 (it will report later).
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Value>();
