@@ -226,6 +226,8 @@ impl Machine<'_> {
         }
         self.r.checkpoint_at = self.now;
         if s.weight >= 100.0 {
+            // The promotion is a step of its own: events from here on carry its index.
+            self.r.phase = Phase::Shifting { step, watched_ms: 0 };
             let (deployment, overrides) = (self.r.deployment_id.clone(), self.r.stage_variable_overrides.clone());
             self.with_stage(|st| {
                 st.deployment_id = deployment;

@@ -172,6 +172,8 @@ fn every_predefined_schedule_in_simulated_time() {
         let got = sim.run_to_end();
         assert_eq!(got, want, "{config}");
         assert_eq!(sim.rollout().status, RolloutStatus::Succeeded, "{config}");
+        let last = sim.rollout().events.last().unwrap();
+        assert_eq!(last.step, Some(want.len() - 1), "{config}: the final event names the last step");
         let st = sim.stage();
         assert_eq!(st.deployment_id, "d-two");
         assert_eq!(st.variables["backend"], "b:2");
