@@ -158,6 +158,11 @@ async fn limits_on_body_and_headers_and_proxy_headers() {
     let url = format!("{}/orders/prod/upload", s.gateway);
     let r = c.post(&url).body(vec![b'x'; 500]).send().await.unwrap();
     assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["bodyBytes"],
+        500,
+        "the body is streamed to the upstream"
+    );
     let r = c.post(&url).body(vec![b'x'; 5000]).send().await.unwrap();
     assert_eq!(r.status(), 413);
     // A streamed body without a length that grows past the limit is refused too.

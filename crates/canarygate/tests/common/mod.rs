@@ -177,10 +177,20 @@ impl Backend {
                                 .iter()
                                 .map(|(k, v)| (k.to_string(), Value::String(v.to_str().unwrap_or("").to_string())))
                                 .collect();
+                            let (method, path, query) = (
+                                req.method().clone(),
+                                req.uri().path().to_string(),
+                                req.uri().query().map(str::to_string),
+                            );
+                            // Like a real service, read the whole request body before answering.
+                            let body_bytes = {
+                                use http_body_util::BodyExt;
+                                req.into_body().collect().await.map(|b| b.to_bytes().len()).ok()
+                            };
                             let pad = "p".repeat(q.get("pad").and_then(|v| v.parse().ok()).unwrap_or(0));
                             let body = json!({
-                                "backend": n, "call": call, "method": req.method().as_str(), "path": req.uri().path(),
-                                "query": req.uri().query(), "headers": headers, "pad": pad,
+                                "backend": n, "call": call, "method": method.as_str(), "path": path,
+                                "query": query, "headers": headers, "pad": pad, "bodyBytes": body_bytes,
                             });
                             let mut r = hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from(body.to_string())));
                             r.headers_mut().insert("content-type", "application/json".parse().unwrap());
