@@ -2,6 +2,7 @@
 //! demos. It answers every request with JSON naming itself, and can be made slow or failing.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -35,33 +36,45 @@ pub async fn run(args: BackendArgs) -> Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     println!("demo backend {} listening on http://{}", args.name, listener.local_addr()?);
-    let name: &'static str = Box::leak(args.name.into_boxed_str());
+    serve(listener, args.name, args.error_rate, Duration::from_millis(args.delay_ms)).await;
+    Ok(())
+}
+
+/// Serves the demo backend on `listener` until the task is dropped: JSON naming `name`, a 500 for a
+/// share `error_rate` of requests, each answer after `delay`.
+pub async fn serve(listener: TcpListener, name: String, error_rate: f64, delay: Duration) {
+    let name: Arc<str> = Arc::from(name);
     loop {
-        let (stream, _) = listener.accept().await?;
-        let (error_rate, delay) = (args.error_rate, Duration::from_millis(args.delay_ms));
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        let name = name.clone();
         tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| async move {
-                if !delay.is_zero() {
-                    tokio::time::sleep(delay).await;
+            let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let name = name.clone();
+                async move {
+                    if !delay.is_zero() {
+                        tokio::time::sleep(delay).await;
+                    }
+                    let fail = fastrand::f64() < error_rate;
+                    let body = serde_json::json!({
+                        "backend": &*name,
+                        "method": req.method().as_str(),
+                        "path": req.uri().path(),
+                        "query": req.uri().query(),
+                        "error": fail,
+                    });
+                    let mut r = hyper::Response::new(Full::new(Bytes::from(body.to_string())));
+                    *r.status_mut() = if fail {
+                        hyper::StatusCode::INTERNAL_SERVER_ERROR
+                    } else {
+                        hyper::StatusCode::OK
+                    };
+                    r.headers_mut()
+                        .insert("content-type", hyper::header::HeaderValue::from_static("application/json"));
+                    if let Ok(v) = hyper::header::HeaderValue::from_str(&name) {
+                        r.headers_mut().insert("x-backend", v);
+                    }
+                    Ok::<_, std::convert::Infallible>(r)
                 }
-                let fail = fastrand::f64() < error_rate;
-                let body = serde_json::json!({
-                    "backend": name,
-                    "method": req.method().as_str(),
-                    "path": req.uri().path(),
-                    "query": req.uri().query(),
-                    "error": fail,
-                });
-                let mut r = hyper::Response::new(Full::new(Bytes::from(body.to_string())));
-                *r.status_mut() = if fail {
-                    hyper::StatusCode::INTERNAL_SERVER_ERROR
-                } else {
-                    hyper::StatusCode::OK
-                };
-                r.headers_mut()
-                    .insert("content-type", hyper::header::HeaderValue::from_static("application/json"));
-                r.headers_mut().insert("x-backend", hyper::header::HeaderValue::from_static(name));
-                Ok::<_, std::convert::Infallible>(r)
             });
             let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
         });

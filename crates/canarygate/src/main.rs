@@ -7,6 +7,7 @@
 mod backend;
 mod client;
 mod config;
+mod demo;
 mod rollout_cli;
 mod serve;
 
@@ -39,6 +40,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// The whole story in one process: three backend versions, load, a rollback and a promotion.
+    Demo(demo::DemoArgs),
     /// Run the gateway, controller and admin API.
     Serve(serve::ServeArgs),
     /// Make the server's APIs, stages and domains match a file.
@@ -164,6 +167,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let c = Client::new(&cli.server, cli.token.clone(), cli.output);
     match cli.command {
         Command::Serve(args) => serve::run(args).await,
+        Command::Demo(args) => demo::run(args).await,
         Command::DemoBackend(args) => backend::run(args).await,
         Command::Apply { file, dry_run } => client::apply(&c, &file, dry_run).await,
         Command::Rollout { cmd } => match cmd {

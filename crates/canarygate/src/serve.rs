@@ -92,11 +92,43 @@ async fn seed(store: &Store, actions: Vec<Action>) -> Result<()> {
     Ok(())
 }
 
+/// A running server: its addresses and what it takes to stop it.
+pub struct Running {
+    pub gateway_addr: std::net::SocketAddr,
+    pub admin_addr: std::net::SocketAddr,
+    pub store: Arc<Store>,
+    pub metrics: Arc<Registry>,
+    gateway: Arc<Gateway>,
+    shutdown: tokio::sync::watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stops accepting, lets in-flight requests finish, flushes the access logs.
+    pub async fn stop(self) {
+        tracing::info!("shutting down: draining in-flight requests");
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        self.gateway.access_log().flush().await;
+    }
+}
+
+/// `canarygate serve`: runs until SIGTERM or Ctrl-C.
 pub async fn run(args: ServeArgs) -> Result<()> {
     let cfg = match &args.config {
         Some(p) => crate::config::load(p)?,
         None => ConfigFile::default(),
     };
+    let running = start(&cfg, &args).await?;
+    shutdown_signal().await;
+    running.stop().await;
+    Ok(())
+}
+
+/// Starts the gateway, the controller and the admin API with `cfg`, flags in `args` winning.
+pub async fn start(cfg: &ConfigFile, args: &ServeArgs) -> Result<Running> {
     let listen = args
         .listen
         .or(cfg.server.listen)
@@ -111,7 +143,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         .or(cfg.server.data_dir.clone())
         .unwrap_or_else(|| PathBuf::from("./canarygate-data"));
     let store_kind = args.store.clone().or(cfg.server.store.clone()).unwrap_or_else(|| "sqlite".into());
-    let tokens = tokens(&cfg);
+    let tokens = tokens(cfg);
     if tokens.is_empty() && !admin_listen.ip().is_loopback() {
         bail!(
             "refusing to start: the admin listener {admin_listen} is not a loopback address and no admin token is configured; \
@@ -161,8 +193,9 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     let admin_listener = TcpListener::bind(admin_listen)
         .await
         .with_context(|| format!("cannot listen on {admin_listen}"))?;
-    println!("canarygate: gateway listening on http://{}", gateway_listener.local_addr()?);
-    println!("canarygate: admin listening on http://{}", admin_listener.local_addr()?);
+    let (gateway_addr, admin_addr) = (gateway_listener.local_addr()?, admin_listener.local_addr()?);
+    println!("canarygate: gateway listening on http://{gateway_addr}");
+    println!("canarygate: admin listening on http://{admin_addr}");
     println!("canarygate: data dir {}", data_dir.display());
 
     let ready = Arc::new(AtomicBool::new(false));
@@ -198,11 +231,14 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     let app = canarygate_admin::router(state, Auth::new(tokens, cfg.server.read_requires_token));
     let mut admin_shutdown = shutdown_rx.clone();
     let admin = tokio::spawn(async move {
-        axum::serve(admin_listener, app)
+        let served = axum::serve(admin_listener, app)
             .with_graceful_shutdown(async move {
                 let _ = admin_shutdown.changed().await;
             })
-            .await
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "admin listener failed");
+        }
     });
     let controller = Arc::new(Controller::new(store.clone(), metrics.clone(), Arc::new(SystemClock)));
     let controller_task = tokio::spawn(controller.run(shutdown_rx.clone()));
@@ -210,14 +246,15 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     ready.store(true, Ordering::Release);
     tracing::info!(%listen, %admin_listen, "canarygate is serving");
 
-    shutdown_signal().await;
-    tracing::info!("shutting down: draining in-flight requests");
-    let _ = shutdown_tx.send(true);
-    let _ = controller_task.await;
-    let _ = gateway_task.await;
-    let _ = admin.await;
-    gateway.access_log().flush().await;
-    Ok(())
+    Ok(Running {
+        gateway_addr,
+        admin_addr,
+        store,
+        metrics,
+        gateway,
+        shutdown: shutdown_tx,
+        tasks: vec![controller_task, gateway_task, admin],
+    })
 }
 
 /// The admin API's view of the gateway's stage caches.
@@ -253,7 +290,7 @@ fn redact(url: &str) -> String {
     }
 }
 
-async fn shutdown_signal() {
+pub async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {

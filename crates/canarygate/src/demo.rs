@@ -1,0 +1,288 @@
+//! `canarygate demo`: the whole story in one process, with nothing else to install or start.
+//!
+//! An embedded store in a temporary folder, the gateway, the admin API, three versions of a demo
+//! backend (v1 healthy; v2 slower with 25% errors; v3 healthy) and a steady client load. The stage
+//! serves v1; a rollout to v2 with a short canary plan and an error-rate alarm ends in an automatic
+//! rollback; a rollout to v3 with a short linear plan ends promoted. A timeline is printed as it goes.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use canarygate_metrics::{Metric, SeriesKey, Statistic, Variant};
+use canarygate_model::rollout::{RolloutRequest, RolloutStatus};
+use chrono::Utc;
+use tokio::net::TcpListener;
+
+use crate::serve::{Running, ServeArgs};
+
+#[derive(Debug, clap::Args)]
+pub struct DemoArgs {
+    /// Gateway listener.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Admin API (and dashboard) listener.
+    #[arg(long, default_value = "127.0.0.1:9090")]
+    pub admin_listen: SocketAddr,
+    /// Keep the state here instead of a temporary folder (removed at the end).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// End after the story: exit 0 when the first rollout was rolled back by its alarm and the second
+    /// succeeded, 1 otherwise.
+    #[arg(long)]
+    pub exit_when_done: bool,
+}
+
+const API: &str = "shop";
+const STAGE: &str = "prod";
+const ALARM: &str = "shop-prod-canary-5xx";
+
+fn config(v1: SocketAddr, data_dir: &std::path::Path) -> Result<crate::config::ConfigFile> {
+    let yaml = format!(
+        r#"
+server:
+  dataDir: {data_dir:?}
+apis:
+  - name: {API}
+    routes:
+      - path: /{{proxy+}}
+        integration: {{type: http, uri: "http://${{stageVariables.backend}}/{{proxy}}", timeoutMs: 5000}}
+    stages:
+      - name: {STAGE}
+        variables: {{backend: "{v1}", version: "v1"}}
+deploymentConfigs:
+  - {{name: DemoCanary20Percent30Seconds, type: TimeBasedCanary, percentage: 20, intervalSeconds: 30}}
+  - {{name: DemoLinear25PercentEvery20Seconds, type: TimeBasedLinear, percentage: 25, intervalSeconds: 20}}
+alarms:
+  - name: {ALARM}
+    api: {API}
+    stage: {STAGE}
+    variant: canary
+    metric: 5XXError
+    statistic: Average
+    periodSeconds: 1
+    evaluationPeriods: 3
+    datapointsToAlarm: 2
+    comparison: GreaterThanThreshold
+    threshold: 0.05
+"#,
+        data_dir = data_dir.display().to_string()
+    );
+    crate::config::parse(&yaml).context("the demo's own config")
+}
+
+async fn backend(name: &str, error_rate: f64, delay: Duration) -> Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(crate::backend::serve(listener, name.to_string(), error_rate, delay));
+    Ok(addr)
+}
+
+/// Prints timeline lines with the time since the story began.
+struct Timeline {
+    t0: Instant,
+}
+
+impl Timeline {
+    fn say(&self, what: impl AsRef<str>) {
+        println!("[t+{:>5.1}s] {}", self.t0.elapsed().as_secs_f64(), what.as_ref());
+    }
+}
+
+/// Requests/s and 5xx share of a variant over the last `secs` complete seconds.
+fn rates(running: &Running, variant: Variant, secs: u64) -> (f64, f64) {
+    let key = SeriesKey {
+        api: API.into(),
+        stage: STAGE.into(),
+        variant,
+    };
+    let Some(series) = running.metrics.get(&key) else {
+        return (0.0, 0.0);
+    };
+    let now = Utc::now().timestamp().max(0) as u64;
+    let n = series.reduce(Metric::Count, Statistic::Sum, now - secs, now).unwrap_or(0.0);
+    let err = series.reduce(Metric::Error5xx, Statistic::Average, now - secs, now).unwrap_or(0.0);
+    (n / secs as f64, err)
+}
+
+fn traffic_line(running: &Running) -> String {
+    let (p_rps, p_err) = rates(running, Variant::Production, 5);
+    let (c_rps, c_err) = rates(running, Variant::Canary, 5);
+    format!(
+        "traffic: production {p_rps:.0} req/s, {:.1}% 5xx | canary {c_rps:.0} req/s, {:.1}% 5xx",
+        p_err * 100.0,
+        c_err * 100.0
+    )
+}
+
+/// Starts a rollout and prints its events, alarm changes and traffic until it ends.
+async fn rollout(running: &Running, tl: &Timeline, req: RolloutRequest) -> Result<(RolloutStatus, bool)> {
+    let id = format!("r-demo{:04x}", fastrand::u16(..));
+    let r = running
+        .store
+        .mutate(move |s| s.create_rollout(API, STAGE, req, id, Utc::now()))
+        .await?;
+    let id = r.id.clone();
+    let mut printed = 0;
+    let mut alarm_state = running.store.current().alarms.get(ALARM).map(|a| a.status.state);
+    let mut last_traffic = Instant::now();
+    loop {
+        let state = running.store.current();
+        let r = state.rollout(&id)?.clone();
+        for e in r.events.iter().skip(printed) {
+            tl.say(format!("rollout {id}: {} at {}%: {}", e.status.as_str(), e.weight, e.reason));
+        }
+        printed = r.events.len();
+        let now_state = state.alarms.get(ALARM).map(|a| a.status.state);
+        if now_state != alarm_state {
+            if let Some(a) = state.alarms.get(ALARM) {
+                tl.say(format!("alarm {ALARM}: {} ({})", a.status.state.as_str(), a.status.reason));
+            }
+            alarm_state = now_state;
+        }
+        if last_traffic.elapsed() >= Duration::from_secs(5) {
+            tl.say(traffic_line(running));
+            last_traffic = Instant::now();
+        }
+        if !r.status.is_active() {
+            let by_alarm = r
+                .events
+                .last()
+                .and_then(|e| e.observed.as_ref())
+                .is_some_and(|o| o.get("alarm").is_some());
+            return Ok((r.status, by_alarm));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn pause(running: &Running, tl: &Timeline, secs: u64) {
+    for _ in 0..secs / 5 {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        tl.say(traffic_line(running));
+    }
+}
+
+pub async fn run(args: DemoArgs) -> Result<()> {
+    let temporary = args.data_dir.is_none();
+    let data_dir = args
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("canarygate-demo-{}", std::process::id())));
+    if temporary {
+        let _ = std::fs::remove_dir_all(&data_dir);
+    }
+    let v1 = backend("v1", 0.0, Duration::ZERO).await?;
+    let v2 = backend("v2", 0.25, Duration::from_millis(40)).await?;
+    let v3 = backend("v3", 0.0, Duration::ZERO).await?;
+    let cfg = config(v1, &data_dir)?;
+    let serve_args = ServeArgs {
+        config: None,
+        listen: Some(args.listen),
+        admin_listen: Some(args.admin_listen),
+        data_dir: Some(data_dir.clone()),
+        store: None,
+    };
+    let running = crate::serve::start(&cfg, &serve_args).await?;
+    println!();
+    println!(
+        "canarygate demo: stage {API}/{STAGE} at http://{}/{API}/{STAGE}/",
+        running.gateway_addr
+    );
+    println!("  dashboard: http://{}/ui/", running.admin_addr);
+    println!(
+        "  admin API: http://{}/v1/rollouts   metrics: http://{}/metrics",
+        running.admin_addr, running.admin_addr
+    );
+    println!("  backends:  v1 {v1} (healthy), v2 {v2} (slower, 25% errors), v3 {v3} (healthy)");
+    println!();
+
+    // Steady client load: 4 loops of about 25 requests/s.
+    let stop = Arc::new(AtomicBool::new(false));
+    let client = reqwest::Client::new();
+    for _ in 0..4 {
+        let (c, url, stop) = (
+            client.clone(),
+            format!("http://{}/{API}/{STAGE}/items", running.gateway_addr),
+            stop.clone(),
+        );
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok(r) = c.get(&url).send().await {
+                    let _ = r.bytes().await;
+                }
+                tokio::time::sleep(Duration::from_millis(40)).await;
+            }
+        });
+    }
+
+    let tl = Timeline { t0: Instant::now() };
+    tl.say("production serves v1; steady load of about 100 requests/s");
+    pause(&running, &tl, 15).await;
+
+    tl.say(format!("rollout 1: {STAGE} -> v2 with DemoCanary20Percent30Seconds, watched by alarm {ALARM} (canary 5xx Average > 5%, 2 of 3 one-second periods)"));
+    let req = |backend: SocketAddr, version: &str, config: &str| RolloutRequest {
+        deployment_id: None,
+        stage_variable_overrides: [
+            ("backend".to_string(), backend.to_string()),
+            ("version".to_string(), version.to_string()),
+        ]
+        .into(),
+        deployment_config: config.into(),
+        alarms: vec![ALARM.into()],
+        hooks: Default::default(),
+        auto_rollback: None,
+    };
+    let (first, by_alarm) = rollout(&running, &tl, req(v2, "v2", "DemoCanary20Percent30Seconds")).await?;
+    tl.say(format!(
+        "rollout 1 ended {}{}",
+        first.as_str(),
+        if by_alarm {
+            " by its alarm: v2 never reached more than 20%"
+        } else {
+            ""
+        }
+    ));
+    pause(&running, &tl, 15).await;
+
+    tl.say("rollout 2: prod -> v3 with DemoLinear25PercentEvery20Seconds (25%, 50%, 75%, then 100%)");
+    let (second, _) = rollout(&running, &tl, req(v3, "v3", "DemoLinear25PercentEvery20Seconds")).await?;
+    let stage = running.store.current().stage(API, STAGE)?.clone();
+    tl.say(format!(
+        "rollout 2 ended {}; the stage now serves {}",
+        second.as_str(),
+        stage.variables.get("version").map_or("?", String::as_str)
+    ));
+    tl.say(traffic_line(&running));
+
+    let as_expected = first == RolloutStatus::RolledBack
+        && by_alarm
+        && second == RolloutStatus::Succeeded
+        && stage.variables.get("backend") == Some(&v3.to_string());
+    println!();
+    if as_expected {
+        println!("story done: v2 was rolled back by its alarm, v3 was promoted.");
+    } else {
+        println!(
+            "story done, but not as expected: rollout 1 {}, rollout 2 {}",
+            first.as_str(),
+            second.as_str()
+        );
+    }
+    if !args.exit_when_done {
+        println!("still serving (dashboard http://{}/ui/); Ctrl-C to stop", running.admin_addr);
+        crate::serve::shutdown_signal().await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    running.stop().await;
+    if temporary {
+        let _ = std::fs::remove_dir_all(&data_dir);
+    }
+    if !as_expected {
+        bail!("the demo's story did not end as expected");
+    }
+    Ok(())
+}

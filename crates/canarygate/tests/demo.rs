@@ -1,0 +1,58 @@
+//! `canarygate demo --exit-when-done` runs its whole story; the outcome is then read through the admin
+//! API of a server started on the demo's data dir.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_story_ends_as_told() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("demo");
+    let exe = env!("CARGO_BIN_EXE_canarygate");
+    let out = tokio::task::spawn_blocking({
+        let data = data.clone();
+        move || {
+            Command::new(exe)
+                .args([
+                    "demo",
+                    "--exit-when-done",
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--admin-listen",
+                    "127.0.0.1:0",
+                    "--data-dir",
+                ])
+                .arg(&data)
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("/ui/"), "prints the dashboard URL: {stdout}");
+    assert!(
+        stdout.contains("story done: v2 was rolled back by its alarm, v3 was promoted."),
+        "{stdout}"
+    );
+
+    let s = Server::start(&data, &[], &[]);
+    let c = client();
+    let rollouts = ok(&c, &s, "GET", "/v1/rollouts?api=shop&stage=prod", None).await;
+    let items = rollouts["items"].as_array().unwrap();
+    assert_eq!(items.len(), 2, "{rollouts}");
+    // Newest first: the second rollout (to v3) succeeded; the first (to v2) was rolled back by its alarm.
+    assert_eq!(items[0]["status"], "Succeeded");
+    assert_eq!(items[0]["stageVariableOverrides"]["version"], "v3");
+    assert_eq!(items[1]["status"], "RolledBack");
+    assert_eq!(items[1]["stageVariableOverrides"]["version"], "v2");
+    let last = items[1]["events"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["observed"]["alarm"], "shop-prod-canary-5xx", "{last}");
+    let stage = ok(&c, &s, "GET", "/v1/apis/shop/stages/prod", None).await;
+    assert_eq!(stage["variables"]["version"], "v3");
+    assert!(stage["canarySettings"].is_null());
+}
