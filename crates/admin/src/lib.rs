@@ -1,5 +1,6 @@
 //! The admin API of canarygate, on its own listener (never reachable through the gateway): APIs,
-//! deployments, stages with patch/promote/remove, custom domains, metric queries, Prometheus `/metrics`,
+//! deployments, stages with patch/promote/remove, custom domains, rollouts, alarms, metric queries,
+//! the dashboard (`/ui/`), Prometheus `/metrics`,
 //! `/healthz` and `/readyz`, behind bearer-token auth. Handlers translate HTTP into model transitions run
 //! by the [`Store`], which persists each change before the call returns.
 #![deny(rust_2018_idioms)]
@@ -11,6 +12,7 @@ pub mod error;
 mod metrics;
 mod resources;
 pub mod rollouts;
+pub mod ui;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -112,6 +114,7 @@ pub fn router(state: AppState, auth: Auth) -> Router {
         .route("/metrics", get(metrics::prometheus))
         .route("/healthz", get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }))
         .route("/readyz", get(metrics::readyz))
+        .merge(ui::router())
         .fallback(|| async { ApiError::not_found("no such admin resource") })
         .with_state(state)
 }

@@ -1,0 +1,247 @@
+//! The dashboard in real headless Chromium (driven through chromedriver): live charts for both variants,
+//! weight and alarm state as the admin API says, no actions without a token, a promote with one.
+//! Screenshots are saved under `target/tmp/dashboard-screenshots/`.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use fantoccini::{ClientBuilder, Locator};
+use serde_json::{json, Value};
+
+struct Driver(Child);
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn find_bin(names: &[&str]) -> String {
+    for n in names {
+        for dir in ["/usr/bin", "/usr/local/bin", "/usr/lib/chromium"] {
+            let p = format!("{dir}/{n}");
+            if std::path::Path::new(&p).exists() {
+                return p;
+            }
+        }
+    }
+    panic!("{names:?} not found: the test command (scripts/test) installs Debian's chromium and chromium-driver");
+}
+
+async fn browser() -> (Driver, fantoccini::Client) {
+    let port = closed_port().port();
+    let driver = Driver(
+        Command::new(find_bin(&["chromedriver"]))
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start chromedriver"),
+    );
+    let profile = tempfile::tempdir().unwrap().keep();
+    let mut caps = serde_json::Map::new();
+    caps.insert(
+        "goog:chromeOptions".into(),
+        json!({
+            "binary": find_bin(&["chromium", "chromium-browser"]),
+            "args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                     "--disable-component-update", "--disable-sync", "--window-size=1400,1100", format!("--user-data-dir={}", profile.display())]
+        }),
+    );
+    let url = format!("http://127.0.0.1:{port}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+            .capabilities(caps.clone())
+            .connect(&url)
+            .await
+        {
+            Ok(c) => return (driver, c),
+            Err(e) if std::time::Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("cannot start a browser session: {e}"),
+        }
+    }
+}
+
+async fn screenshot(b: &fantoccini::Client, name: &str) {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard-screenshots");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join(format!("{name}.png")), b.screenshot().await.unwrap()).unwrap();
+}
+
+/// Evaluates `script` in the page until `ok` accepts its value; the guard only turns a hang into a failure.
+async fn eventually(b: &fantoccini::Client, script: &str, ok: impl Fn(&Value) -> bool, what: &str) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let v = b.execute(script, vec![]).await.unwrap_or(Value::Null);
+        if ok(&v) {
+            return v;
+        }
+        assert!(std::time::Instant::now() < deadline, "{what}: last value {v}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+fn points(v: &Value, series: &str) -> u64 {
+    v.as_str()
+        .unwrap_or("")
+        .split(',')
+        .find_map(|kv| kv.split_once(':').filter(|(k, _)| *k == series).and_then(|(_, n)| n.parse().ok()))
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_shows_live_state_and_acts_only_with_a_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("data"), &[], &[("CANARYGATE_ADMIN_TOKEN", "s3cret")]);
+    let c = client();
+    let (prod, next) = (
+        Backend::start("v1", Behaviour::Echo).await,
+        Backend::start("v2", Behaviour::Echo).await,
+    );
+    // The admin API needs the token for changes: set up through it with the token.
+    let t = Some("s3cret");
+    let routes =
+        json!({"routes": [{"path": "/{proxy+}", "integration": {"type": "http", "uri": "http://${stageVariables.backend}/{proxy}"}}]});
+    assert_eq!(admin_with_token(&c, &s, "PUT", "/v1/apis/orders", Some(routes), t).await.0, 201);
+    let d1 = admin_with_token(&c, &s, "POST", "/v1/apis/orders/deployments", Some(json!({})), t)
+        .await
+        .1["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let d2 = admin_with_token(&c, &s, "POST", "/v1/apis/orders/deployments", Some(json!({})), t)
+        .await
+        .1["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let stage = json!({"deploymentId": d1, "variables": {"backend": prod.addr.to_string()}});
+    assert_eq!(
+        admin_with_token(&c, &s, "PUT", "/v1/apis/orders/stages/prod", Some(stage), t)
+            .await
+            .0,
+        201
+    );
+    let cfg = json!({"type": "TimeBasedCanary", "percentage": 30, "intervalSeconds": 600});
+    admin_with_token(&c, &s, "PUT", "/v1/deployment-configs/Canary30Percent10Minutes", Some(cfg), t).await;
+    let alarm = json!({"api": "orders", "stage": "prod", "variant": "canary", "metric": "5XXError", "statistic": "Average",
+        "periodSeconds": 1, "evaluationPeriods": 3, "datapointsToAlarm": 2, "comparison": "GreaterThanThreshold", "threshold": 0.05});
+    admin_with_token(&c, &s, "PUT", "/v1/alarms/canary-5xx", Some(alarm), t).await;
+    let load = Load::start(&c, &format!("{}/orders/prod/items", s.gateway), 4);
+    let body = json!({"deploymentId": d2, "stageVariableOverrides": {"backend": next.addr.to_string()}, "deploymentConfig": "Canary30Percent10Minutes", "alarms": ["canary-5xx"]});
+    let (status, r) = admin_with_token(&c, &s, "POST", "/v1/apis/orders/stages/prod/rollouts", Some(body), t).await;
+    assert_eq!(status, 201, "{r}");
+    let id = r["id"].as_str().unwrap().to_string();
+
+    let (_driver, b) = browser().await;
+    b.goto(&format!("{}/ui/#/stage/orders/prod", s.admin)).await.unwrap();
+
+    // Both variants' charts hold data.
+    for chart in ["c-rps", "c-5xx", "c-lat"] {
+        let script = format!("return document.getElementById('{chart}') && document.getElementById('{chart}').dataset.points");
+        let v = eventually(
+            &b,
+            &script,
+            |v| {
+                chart == "c-lat" && points(v, "production-p50") > 0 && points(v, "canary-p50") > 0
+                    || points(v, "production") > 0 && points(v, "canary") > 0
+            },
+            chart,
+        )
+        .await;
+        assert!(!v.is_null(), "{chart}");
+    }
+    // The weight and the alarm state match the admin API.
+    let api_stage = ok(&c, &s, "GET", "/v1/apis/orders/stages/prod", None).await;
+    assert_eq!(api_stage["canarySettings"]["percentTraffic"], 30.0);
+    eventually(&b, "return document.getElementById('weight').textContent", |v| v == "30%", "weight").await;
+    let api_alarm = ok(&c, &s, "GET", "/v1/alarms/canary-5xx", None).await;
+    let state = api_alarm["state"].as_str().unwrap().to_string();
+    let shown = eventually(
+        &b,
+        "const e = document.querySelector('[data-alarm=\"canary-5xx\"]'); return e && e.textContent",
+        |v| v.is_string(),
+        "alarm",
+    )
+    .await;
+    assert_eq!(shown, state.as_str());
+
+    // Without a token no action is offered.
+    let visible_buttons = b
+        .execute(
+            "return [...document.querySelectorAll('#actions button')].filter(b => b.offsetParent !== null).length",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(visible_buttons, 0);
+    assert!(!b.find(Locator::Id("actions")).await.unwrap().is_displayed().await.unwrap());
+    screenshot(&b, "stage-read-only").await;
+
+    // With the token: the rollout's promote is offered, and clicking it changes the stage.
+    b.find(Locator::Id("token")).await.unwrap().send_keys("s3cret").await.unwrap();
+    b.find(Locator::Id("token-set")).await.unwrap().click().await.unwrap();
+    eventually(
+        &b,
+        "const e = document.getElementById('act-rollout-promote'); return !!e && e.offsetParent !== null",
+        |v| v == true,
+        "promote button",
+    )
+    .await;
+    screenshot(&b, "stage-with-token").await;
+    b.find(Locator::Id("act-rollout-promote")).await.unwrap().click().await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let st = ok(&c, &s, "GET", "/v1/apis/orders/stages/prod", None).await;
+        if st["deploymentId"] == d2.as_str() {
+            assert_eq!(st["variables"]["backend"], next.addr.to_string());
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the promote did not change the stage: {st}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(ok(&c, &s, "GET", &format!("/v1/rollouts/{id}"), None).await["status"], "Succeeded");
+    eventually(
+        &b,
+        "return document.getElementById('weight').textContent",
+        |v| v == "no canary",
+        "weight after promotion",
+    )
+    .await;
+
+    // The rollout page shows its steps and events.
+    b.goto(&format!("{}/ui/#/rollout/{id}", s.admin)).await.unwrap();
+    eventually(
+        &b,
+        "const e = document.getElementById('rollout-status'); return e && e.textContent",
+        |v| v == "Succeeded",
+        "rollout page",
+    )
+    .await;
+    let events = b
+        .execute("return document.querySelectorAll('.timeline li').length", vec![])
+        .await
+        .unwrap();
+    assert!(events.as_u64().unwrap() >= 4, "{events}");
+    screenshot(&b, "rollout").await;
+    b.goto(&format!("{}/ui/", s.admin)).await.unwrap();
+    eventually(
+        &b,
+        "const e = document.querySelector('[data-weight=\"orders/prod\"]'); return e && e.textContent",
+        |v| v == "no canary",
+        "overview",
+    )
+    .await;
+    screenshot(&b, "overview").await;
+    b.close().await.unwrap();
+    let (_, failures) = load.finish().await;
+    assert!(failures.is_empty(), "{failures:?}");
+}
