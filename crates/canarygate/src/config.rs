@@ -76,7 +76,8 @@ pub struct ServerSection {
     pub access_log: AccessLogSection,
 }
 
-/// The whole file.
+/// The whole file. The resource fields repeat `Resources`' on purpose: with `#[serde(flatten)]` serde
+/// ignores `deny_unknown_fields`, and a misspelt top-level key would pass silently.
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ConfigFile {

@@ -196,10 +196,9 @@ mod tests {
         assert_ne!(f("d-1", &a), f("d-1", &b));
     }
 
-    #[tokio::test]
-    async fn both_bounds_hold() {
-        let cache = StageCache::new(10, 1024 * 1024);
-        for i in 0..100 {
+    /// Inserts `n` distinct entries with bodies of `body` bytes.
+    async fn fill(cache: &StageCache, n: usize, body: usize) {
+        for i in 0..n {
             let key = CacheKey {
                 method: Method::GET,
                 path_and_query: format!("/k{i}"),
@@ -208,31 +207,23 @@ mod tests {
             let v = Arc::new(CachedResponse {
                 status: StatusCode::OK,
                 headers: HeaderMap::new(),
-                body: Bytes::from(vec![0u8; 100]),
+                body: Bytes::from(vec![0u8; body]),
                 stored_at: Instant::now(),
                 ttl: Duration::from_secs(60),
             });
             cache.entries.insert(key, v).await;
         }
+    }
+
+    #[tokio::test]
+    async fn both_bounds_hold() {
+        let cache = StageCache::new(10, 1024 * 1024);
+        fill(&cache, 100, 100).await;
         let (n, bytes) = cache.stats().await;
         assert!(n <= 10, "{n} entries");
         assert!(bytes <= 1024 * 1024);
         let small = StageCache::new(1000, 64 * 1024);
-        for i in 0..100 {
-            let key = CacheKey {
-                method: Method::GET,
-                path_and_query: format!("/k{i}"),
-                fingerprint: 1,
-            };
-            let v = Arc::new(CachedResponse {
-                status: StatusCode::OK,
-                headers: HeaderMap::new(),
-                body: Bytes::from(vec![0u8; 4000]),
-                stored_at: Instant::now(),
-                ttl: Duration::from_secs(60),
-            });
-            small.entries.insert(key, v).await;
-        }
+        fill(&small, 100, 4000).await;
         let (n, bytes) = small.stats().await;
         assert!(bytes <= 64 * 1024, "{bytes} bytes");
         assert!(n <= 16, "{n} entries of ~4 KiB in 64 KiB");
