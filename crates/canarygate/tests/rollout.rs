@@ -82,6 +82,14 @@ async fn rollout_fixture(next: Behaviour, seconds: u64) -> RolloutFixture {
     }
 }
 
+/// Starts the rollout most tests use: to `d2` with `backend` as the new version (`version: 2`), plan
+/// Canary20Percent30Seconds, watched by alarm canary-5xx.
+async fn start_canary(c: &reqwest::Client, s: &Server, d2: &str, backend: &Backend) -> String {
+    let body = json!({"deploymentId": d2, "stageVariableOverrides": {"backend": backend.addr.to_string(), "version": "2"},
+                      "deploymentConfig": "Canary20Percent30Seconds", "alarms": ["canary-5xx"]});
+    start(c, s, body).await
+}
+
 async fn start(c: &reqwest::Client, s: &Server, body: Value) -> String {
     let (status, r) = admin(c, s, "POST", "/v1/apis/orders/stages/prod/rollouts", Some(body)).await;
     assert_eq!(status, 201, "{r}");
@@ -102,13 +110,7 @@ async fn a_failing_canary_is_rolled_back_by_its_alarm() {
     let before = ok(&c, &s, "GET", "/v1/apis/orders/stages/prod", None).await;
     let load = Load::start(&c, &format!("{}/orders/prod/items", s.gateway), 4);
 
-    let id = start(
-        &c,
-        &s,
-        json!({"deploymentId": d2, "stageVariableOverrides": {"backend": broken.addr.to_string(), "version": "2"},
-               "deploymentConfig": "Canary20Percent30Seconds", "alarms": ["canary-5xx"]}),
-    )
-    .await;
+    let id = start_canary(&c, &s, &d2, &broken).await;
     // A second rollout on the same stage is refused while this one runs.
     let (status, _) = admin(
         &c,
@@ -166,13 +168,7 @@ async fn a_healthy_canary_succeeds_and_the_stage_moves() {
         dir: _dir,
     } = rollout_fixture(Behaviour::Echo, 30).await;
     let load = Load::start(&c, &format!("{}/orders/prod/items", s.gateway), 4);
-    let id = start(
-        &c,
-        &s,
-        json!({"deploymentId": d2, "stageVariableOverrides": {"backend": healthy.addr.to_string(), "version": "2"},
-               "deploymentConfig": "Canary20Percent30Seconds", "alarms": ["canary-5xx"]}),
-    )
-    .await;
+    let id = start_canary(&c, &s, &d2, &healthy).await;
     let r = wait_rollout(&c, &s, &id, Duration::from_secs(60)).await;
     let (sent, failures) = load.finish().await;
     assert_eq!(r["status"], "Succeeded", "{r}");
@@ -269,12 +265,7 @@ async fn sigkill_during_a_wait_then_restart_finishes_the_rollout() {
         Backend::start("v2", Behaviour::Echo).await,
     );
     let (_d1, d2) = setup(&c, &s, &prod, 10).await;
-    let id = start(
-        &c,
-        &s,
-        json!({"deploymentId": d2, "stageVariableOverrides": {"backend": next.addr.to_string()}, "deploymentConfig": "Canary20Percent30Seconds", "alarms": ["canary-5xx"]}),
-    )
-    .await;
+    let id = start_canary(&c, &s, &d2, &next).await;
     // Wait until the canary is at 20%, then kill the process in the middle of the wait.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
