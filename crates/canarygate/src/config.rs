@@ -72,6 +72,9 @@ pub struct ServerSection {
     pub max_header_bytes: Option<usize>,
     /// Seconds a client has to send its request head (default 10).
     pub header_read_timeout_seconds: Option<u64>,
+    /// Data-plane worker threads, each a single-threaded runtime with its own accept loop and upstream
+    /// pool (default: one per core). `CANARYGATE_GATEWAY_WORKERS` overrides it.
+    pub workers: Option<usize>,
     #[serde(default)]
     pub access_log: AccessLogSection,
 }

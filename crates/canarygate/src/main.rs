@@ -219,7 +219,11 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     // CANARYGATE_WORKER_THREADS sets the runtime's worker threads (default: one per core).
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    let mut builder = if std::env::var("CANARYGATE_WORKER_THREADS").as_deref() == Ok("current") {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
     if let Some(n) = std::env::var("CANARYGATE_WORKER_THREADS")
         .ok()
         .and_then(|v| v.parse::<usize>().ok())

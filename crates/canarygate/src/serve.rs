@@ -187,9 +187,11 @@ pub async fn start(cfg: &ConfigFile, args: &ServeArgs) -> Result<Running> {
     let store = Arc::new(Store::open(Box::new(backend), Box::new(move |state| gw.publish(state)))?);
     seed(&store, plan(&store.current(), &cfg.resources(), PlanMode::CreateOnly)).await?;
 
+    // Bound by tokio (backlog 1024, SO_REUSEADDR), then handed to the data-plane workers.
     let gateway_listener = TcpListener::bind(listen)
         .await
-        .with_context(|| format!("cannot listen on {listen}"))?;
+        .with_context(|| format!("cannot listen on {listen}"))?
+        .into_std()?;
     let admin_listener = TcpListener::bind(admin_listen)
         .await
         .with_context(|| format!("cannot listen on {admin_listen}"))?;
@@ -242,7 +244,11 @@ pub async fn start(cfg: &ConfigFile, args: &ServeArgs) -> Result<Running> {
     });
     let controller = Arc::new(Controller::new(store.clone(), metrics.clone(), Arc::new(SystemClock)));
     let controller_task = tokio::spawn(controller.run(shutdown_rx.clone()));
-    let gateway_task = tokio::spawn(gateway.clone().serve(gateway_listener, shutdown_rx, Duration::from_secs(30)));
+    let workers = gateway_workers(cfg)?;
+    let workers_done = gateway
+        .start_workers(gateway_listener, workers, shutdown_rx, Duration::from_secs(30))
+        .context("cannot start the gateway workers")?;
+    let gateway_task = tokio::spawn(workers_done);
     ready.store(true, Ordering::Release);
     tracing::info!(%listen, %admin_listen, "canarygate is serving");
 
@@ -255,6 +261,24 @@ pub async fn start(cfg: &ConfigFile, args: &ServeArgs) -> Result<Running> {
         shutdown: shutdown_tx,
         tasks: vec![controller_task, gateway_task, admin],
     })
+}
+
+/// Data-plane workers: `CANARYGATE_GATEWAY_WORKERS`, else `server.workers`, else one per core.
+fn gateway_workers(cfg: &ConfigFile) -> Result<usize> {
+    let from_env = match std::env::var("CANARYGATE_GATEWAY_WORKERS") {
+        Ok(v) => Some(
+            v.parse::<usize>()
+                .ok()
+                .filter(|n| *n > 0)
+                .with_context(|| format!("CANARYGATE_GATEWAY_WORKERS must be a positive integer, got {v:?}"))?,
+        ),
+        Err(_) => None,
+    };
+    match from_env.or(cfg.server.workers) {
+        Some(0) => bail!("server.workers must be at least 1, got 0"),
+        Some(n) => Ok(n),
+        None => Ok(std::thread::available_parallelism().map_or(1, |n| n.get())),
+    }
 }
 
 /// The admin API's view of the gateway's stage caches.

@@ -16,7 +16,6 @@ mod proxy;
 pub mod table;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -59,7 +58,6 @@ pub struct Gateway {
     /// Stage caches by (api, stage); kept across snapshots, rebuilt when their bounds change.
     caches: ArcSwap<HashMap<(String, String), Arc<StageCache>>>,
     metrics: Arc<Registry>,
-    client: proxy::UpstreamClient,
     log: AccessLog,
     limits: Limits,
 }
@@ -70,7 +68,6 @@ impl Gateway {
             table: ArcSwap::from_pointee(RoutingTable::default()),
             caches: ArcSwap::from_pointee(HashMap::new()),
             metrics,
-            client: proxy::client(),
             log,
             limits,
         }
@@ -110,15 +107,60 @@ impl Gateway {
         &self.log
     }
 
+    /// Runs the data plane on `workers` threads, each a single-threaded runtime with its own accept
+    /// loop on (a clone of) `listener` and its own upstream connection pool, so a request never leaves
+    /// the thread that accepted it. Returns when every worker has stopped: after `shutdown` turns true
+    /// and in-flight requests finished (up to `drain`).
+    pub fn start_workers(
+        self: &Arc<Self>,
+        listener: std::net::TcpListener,
+        workers: usize,
+        shutdown: watch::Receiver<bool>,
+        drain: Duration,
+    ) -> std::io::Result<impl std::future::Future<Output = ()> + Send + 'static> {
+        listener.set_nonblocking(true)?;
+        let mut done = Vec::new();
+        for i in 0..workers.max(1) {
+            let listener = listener.try_clone()?;
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let worker = Arc::new(proxy::Worker {
+                gw: self.clone(),
+                client: proxy::client(),
+            });
+            let shutdown = shutdown.clone();
+            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+            std::thread::Builder::new().name(format!("canarygate-gw-{i}")).spawn(move || {
+                runtime.block_on(async move {
+                    match TcpListener::from_std(listener) {
+                        Ok(l) => worker.serve(l, shutdown, drain).await,
+                        Err(e) => tracing::error!(error = %e, "worker cannot use the listener"),
+                    }
+                });
+                drop(runtime);
+                let _ = tx.send(());
+            })?;
+            done.push(rx);
+        }
+        Ok(async move {
+            for rx in done {
+                let _ = rx.await;
+            }
+        })
+    }
+}
+
+impl proxy::Worker {
     /// Serves connections from `listener` until `shutdown` turns true, then lets in-flight requests
     /// finish (up to `drain`).
-    pub async fn serve(self: Arc<Self>, listener: TcpListener, mut shutdown: watch::Receiver<bool>, drain: Duration) {
+    async fn serve(self: Arc<Self>, listener: TcpListener, mut shutdown: watch::Receiver<bool>, drain: Duration) {
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         loop {
             tokio::select! {
                 accepted = listener.accept() => {
                     let (stream, peer) = match accepted {
                         Ok(x) => x,
+                        // Another worker took the connection first.
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
                         Err(e) => {
                             // Out of file descriptors and the like: back off instead of spinning.
                             tracing::warn!(error = %e, "accept failed");
@@ -127,17 +169,18 @@ impl Gateway {
                         }
                     };
                     let _ = stream.set_nodelay(true);
-                    let gw = self.clone();
+                    let w = self.clone();
+                    let limits = &self.gw.limits;
                     let conn = http1::Builder::new()
                         .timer(TokioTimer::new())
-                        .header_read_timeout(self.limits.header_read_timeout)
-                        .max_buf_size(self.limits.max_header_bytes.max(8192))
+                        .header_read_timeout(limits.header_read_timeout)
+                        .max_buf_size(limits.max_header_bytes.max(8192))
                         .keep_alive(true)
                         .serve_connection(
                             TokioIo::new(stream),
                             hyper::service::service_fn(move |req| {
-                                let gw = gw.clone();
-                                async move { Ok::<_, std::convert::Infallible>(gw.handle(req, peer).await) }
+                                let w = w.clone();
+                                async move { Ok::<_, std::convert::Infallible>(proxy::handle(&w, req, peer).await) }
                             }),
                         );
                     let conn = graceful.watch(conn);
@@ -154,9 +197,5 @@ impl Gateway {
         if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
             tracing::warn!("in-flight requests did not finish within the drain time");
         }
-    }
-
-    async fn handle(&self, req: hyper::Request<hyper::body::Incoming>, peer: SocketAddr) -> hyper::Response<proxy::Body> {
-        proxy::handle(self, req, peer).await
     }
 }

@@ -23,6 +23,20 @@ use crate::error::ProxyError;
 use crate::table::{CompiledIntegration, StageRoute, VariantRoute};
 use crate::Gateway;
 
+/// One data-plane worker: the shared gateway and the worker's own upstream connection pool, whose
+/// connections live on the worker's runtime.
+pub struct Worker {
+    pub gw: Arc<Gateway>,
+    pub client: UpstreamClient,
+}
+
+impl std::ops::Deref for Worker {
+    type Target = Gateway;
+    fn deref(&self) -> &Gateway {
+        &self.gw
+    }
+}
+
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The body type of both directions.
 pub type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
@@ -119,7 +133,7 @@ impl Outcome {
 
 static CACHE_HEADER: HeaderName = HeaderName::from_static("x-canarygate-cache");
 
-pub async fn handle(gw: &Gateway, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+pub async fn handle(gw: &Worker, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
     let start = Instant::now();
     let wall = SystemTime::now();
     let table = gw.table.load_full();
@@ -233,13 +247,13 @@ impl UpstreamCall {
         up
     }
 
-    async fn send(&self, gw: &Gateway, body: Body, max_body: u64) -> (Result<Response<Incoming>, ProxyError>, u64) {
+    async fn send(&self, gw: &Worker, body: Body, max_body: u64) -> (Result<Response<Incoming>, ProxyError>, u64) {
         send(gw, self.request(body), self.timeout, max_body).await
     }
 }
 
 /// Sends a request upstream; the timeout covers connecting and the response headers.
-async fn send(gw: &Gateway, req: Request<Body>, timeout: Duration, max_body: u64) -> (Result<Response<Incoming>, ProxyError>, u64) {
+async fn send(gw: &Worker, req: Request<Body>, timeout: Duration, max_body: u64) -> (Result<Response<Incoming>, ProxyError>, u64) {
     {
         let t0 = Instant::now();
         let res = tokio::time::timeout(timeout, gw.client.request(req)).await;
@@ -262,7 +276,7 @@ fn stream_response(resp: Response<Incoming>) -> Response<Body> {
 
 #[allow(clippy::too_many_arguments)]
 async fn serve(
-    gw: &Gateway,
+    gw: &Worker,
     stage: &StageRoute,
     vr: &VariantRoute,
     parts: &mut http::request::Parts,
@@ -386,7 +400,7 @@ fn empty() -> Body {
 struct NotStored;
 
 /// Serves a GET/HEAD through the stage cache, coalescing concurrent misses for one key.
-async fn cached(gw: &Gateway, cache: &StageCache, key: CacheKey, call: &UpstreamCall, ttl: Duration) -> Outcome {
+async fn cached(gw: &Worker, cache: &StageCache, key: CacheKey, call: &UpstreamCall, ttl: Duration) -> Outcome {
     if let Some(entry) = cache.entries.get(&key).await {
         let r = hit_response(&entry, &key.method).map(full);
         return Outcome {
