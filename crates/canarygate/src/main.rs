@@ -218,12 +218,9 @@ fn main() -> ExitCode {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("CANARYGATE_LOG").unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
-    // CANARYGATE_WORKER_THREADS sets the runtime's worker threads (default: one per core).
-    let mut builder = if std::env::var("CANARYGATE_WORKER_THREADS").as_deref() == Ok("current") {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-    };
+    // CANARYGATE_WORKER_THREADS sets the control-plane runtime's threads (default: one per core); the
+    // data plane has its own single-threaded workers (server.workers).
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = std::env::var("CANARYGATE_WORKER_THREADS")
         .ok()
         .and_then(|v| v.parse::<usize>().ok())
