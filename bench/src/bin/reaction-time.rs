@@ -4,7 +4,7 @@
 //! answering 500 to 3 of every 10 requests. With steady client load, it starts a rollout to v2 (canary
 //! 20% for 30 s) watched by an alarm on the canary's 5XXError Average > 0.05 over 1 s periods, 2 of 3,
 //! and measures the time from v2's first 500 to the moment the stage's canary is gone (polled every
-//! 5 ms). Repeats `RUNS` times and reports every run, the median, min and max.
+//! 5 ms). Repeats `REACTION_RUNS` times (default 10) and reports every run, the median, min and max.
 //!
 //! Usage: `bash bench/reaction-time.sh` (builds, then runs this).
 
@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
+/// Runs when `REACTION_RUNS` is not set.
 const RUNS: usize = 10;
 
 /// A backend; `fail_tenths` of every 10 answers are 500, and the first 500's time is recorded.
@@ -151,8 +152,9 @@ async fn run(gw: &str, admin: &str) -> Result<()> {
         }));
     }
 
+    let runs = std::env::var("REACTION_RUNS").ok().and_then(|v| v.parse::<usize>().ok()).filter(|n| *n > 0).unwrap_or(RUNS);
     let mut times = Vec::new();
-    for run in 1..=RUNS {
+    for run in 1..=runs {
         let first_failure = Arc::new(Mutex::new(None));
         let v2 = backend("v2", 3, first_failure.clone()).await?;
         let r = call(
@@ -200,11 +202,17 @@ async fn run(gw: &str, admin: &str) -> Result<()> {
     }
     times.sort();
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    let median = (ms(times[RUNS / 2 - 1]) + ms(times[RUNS / 2])) / 2.0;
+    let median = if runs % 2 == 0 {
+        (ms(times[runs / 2 - 1]) + ms(times[runs / 2])) / 2.0
+    } else {
+        ms(times[runs / 2])
+    };
     println!(
-        "reaction time over {RUNS} runs: median {median:.0} ms, min {:.0} ms, max {:.0} ms (1 s periods, 2 of 3 datapoints, 5XXError Average > 0.05)",
+        "reaction time over {runs} runs: median {median:.0} ms, min {:.0} ms, max {:.0} ms (1 s periods, 2 of 3 datapoints, 5XXError Average > 0.05)",
         ms(times[0]),
-        ms(times[RUNS - 1])
+        ms(times[runs - 1])
     );
+    // One machine-readable line for bench/run.
+    println!("{}", json!({"reaction_ms": times.iter().map(|t| ms(*t)).collect::<Vec<_>>()}));
     Ok(())
 }
