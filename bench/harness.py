@@ -243,6 +243,13 @@ class Lab:
         self.work = work
         self.services = []
         self.configs = {}
+        try:
+            self._start_all(args, work)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start_all(self, args, work):
         prod, canary = free_port(), free_port()
         self.prod, self.canary = prod, canary
         conf = write(f"{work}/backend.conf", backend_conf(work, prod, canary))

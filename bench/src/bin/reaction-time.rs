@@ -152,7 +152,11 @@ async fn run(gw: &str, admin: &str) -> Result<()> {
         }));
     }
 
-    let runs = std::env::var("REACTION_RUNS").ok().and_then(|v| v.parse::<usize>().ok()).filter(|n| *n > 0).unwrap_or(RUNS);
+    let runs = std::env::var("REACTION_RUNS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(RUNS);
     let mut times = Vec::new();
     for run in 1..=runs {
         let first_failure = Arc::new(Mutex::new(None));

@@ -33,10 +33,12 @@ pub struct AccessLogConfig {
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Record {
-    pub request_id: String,
+    #[serde(serialize_with = "header_str")]
+    pub request_id: http::HeaderValue,
     pub time: DateTime<Utc>,
     pub ip: IpAddr,
-    pub method: String,
+    #[serde(serialize_with = "method_str")]
+    pub method: http::Method,
     pub path: String,
     pub status: u16,
     pub latency_ms: f64,
@@ -49,6 +51,14 @@ pub struct Record {
     pub api: Arc<str>,
     #[serde(skip)]
     pub stage: Arc<str>,
+}
+
+fn header_str<S: serde::Serializer>(v: &http::HeaderValue, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(v.to_str().unwrap_or_default())
+}
+
+fn method_str<S: serde::Serializer>(m: &http::Method, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(m.as_str())
 }
 
 enum Msg {
@@ -135,51 +145,78 @@ struct OpenLog {
 
 struct Writer {
     cfg: AccessLogConfig,
-    files: HashMap<PathBuf, OpenLog>,
+    files: HashMap<FileKey, OpenLog>,
 }
+
+/// How often the writer drains the queue. Senders never wake the writer: a request only pushes its
+/// record, and the writer collects what has queued since its last pass (at 50,000 requests/s, about
+/// 1,000 records, written in a few 64 KiB writes).
+const DRAIN_EVERY: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// A log file's identity: api, stage, and whether it is the stage's Canary.log.
+type FileKey = (Arc<str>, Arc<str>, bool);
 
 impl Writer {
     fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
+        use tokio::sync::mpsc::error::TryRecvError;
         let mut line = Vec::with_capacity(512);
-        while let Some(first) = rx.blocking_recv() {
-            let mut next = Some(first);
-            while let Some(msg) = next {
-                let r = match msg {
-                    Msg::Record(r) => r,
-                    Msg::Flush(ack) => {
-                        for f in self.files.values_mut() {
-                            let _ = f.out.flush();
-                        }
-                        let _ = ack.send(());
-                        next = rx.try_recv().ok();
-                        continue;
+        loop {
+            let mut wrote = false;
+            loop {
+                let msg = match rx.try_recv() {
+                    Ok(m) => m,
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        self.flush_all();
+                        return;
                     }
                 };
-                line.clear();
-                if serde_json::to_writer(&mut line, &r).is_ok() {
-                    line.push(b'\n');
-                    let base = self.cfg.dir.join(&*r.api);
-                    self.write(base.join(format!("{}.log", r.stage)), &line);
-                    if r.variant == Variant::Canary {
-                        self.write(base.join(&*r.stage).join("Canary.log"), &line);
+                match msg {
+                    Msg::Record(r) => {
+                        line.clear();
+                        if serde_json::to_writer(&mut line, &r).is_ok() {
+                            line.push(b'\n');
+                            self.write((r.api.clone(), r.stage.clone(), false), &line);
+                            if r.variant == Variant::Canary {
+                                self.write((r.api, r.stage, true), &line);
+                            }
+                            wrote = true;
+                        }
+                    }
+                    Msg::Flush(ack) => {
+                        self.flush_all();
+                        let _ = ack.send(());
                     }
                 }
-                next = rx.try_recv().ok();
             }
-            for f in self.files.values_mut() {
-                let _ = f.out.flush();
+            if wrote {
+                self.flush_all();
             }
+            std::thread::sleep(DRAIN_EVERY);
         }
+    }
+
+    fn flush_all(&mut self) {
         for f in self.files.values_mut() {
             let _ = f.out.flush();
         }
     }
 
-    fn write(&mut self, path: PathBuf, line: &[u8]) {
-        if !self.files.contains_key(&path) {
+    fn path(&self, (api, stage, canary): &FileKey) -> PathBuf {
+        let base = self.cfg.dir.join(&**api);
+        if *canary {
+            base.join(&**stage).join("Canary.log")
+        } else {
+            base.join(format!("{stage}.log"))
+        }
+    }
+
+    fn write(&mut self, key: FileKey, line: &[u8]) {
+        if !self.files.contains_key(&key) {
+            let path = self.path(&key);
             match open(&path) {
                 Ok(f) => {
-                    self.files.insert(path.clone(), f);
+                    self.files.insert(key.clone(), f);
                 }
                 Err(e) => {
                     tracing::warn!(path = %path.display(), error = %e, "cannot open access log");
@@ -187,18 +224,15 @@ impl Writer {
                 }
             }
         }
-        let needs_rotation = self
-            .files
-            .get(&path)
-            .is_some_and(|f| f.size > 0 && f.size + line.len() as u64 > self.cfg.max_bytes);
-        if needs_rotation {
-            if let Some(mut f) = self.files.remove(&path) {
-                let _ = f.out.flush();
-            }
+        let Some(f) = self.files.get_mut(&key) else { return };
+        if f.size > 0 && f.size + line.len() as u64 > self.cfg.max_bytes {
+            let _ = f.out.flush();
+            self.files.remove(&key);
+            let path = self.path(&key);
             rotate(&path, self.cfg.keep);
             match open(&path) {
                 Ok(f) => {
-                    self.files.insert(path.clone(), f);
+                    self.files.insert(key.clone(), f);
                 }
                 Err(e) => {
                     tracing::warn!(path = %path.display(), error = %e, "cannot reopen access log");
@@ -206,7 +240,7 @@ impl Writer {
                 }
             }
         }
-        if let Some(f) = self.files.get_mut(&path) {
+        if let Some(f) = self.files.get_mut(&key) {
             if f.out.write_all(line).is_ok() {
                 f.size += line.len() as u64;
             }
@@ -250,10 +284,10 @@ mod tests {
 
     fn record(variant: Variant, i: usize) -> Record {
         Record {
-            request_id: format!("req-{i}"),
+            request_id: http::HeaderValue::try_from(format!("req-{i}")).unwrap(),
             time: Utc::now(),
             ip: "127.0.0.1".parse().unwrap(),
-            method: "GET".into(),
+            method: http::Method::GET,
             path: "/x".into(),
             status: 200,
             latency_ms: 1.5,
