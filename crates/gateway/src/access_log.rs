@@ -61,6 +61,8 @@ fn method_str<S: serde::Serializer>(m: &http::Method, s: S) -> Result<S::Ok, S::
     s.serialize_str(m.as_str())
 }
 
+// Records are nearly every message: boxing them would cost an allocation per request.
+#[allow(clippy::large_enum_variant)]
 enum Msg {
     Record(Record),
     /// Flush every file, then acknowledge.
