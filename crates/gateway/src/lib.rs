@@ -14,6 +14,7 @@ pub mod choose;
 pub mod error;
 mod proxy;
 pub mod table;
+pub mod upstream;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -125,7 +126,7 @@ impl Gateway {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             let worker = Arc::new(proxy::Worker {
                 gw: self.clone(),
-                client: proxy::client(),
+                pool: upstream::UpstreamPool,
             });
             let shutdown = shutdown.clone();
             let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -154,6 +155,14 @@ impl proxy::Worker {
     /// finish (up to `drain`).
     async fn serve(self: Arc<Self>, listener: TcpListener, mut shutdown: watch::Receiver<bool>, drain: Duration) {
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        let pool = self.pool;
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(10));
+            loop {
+                every.tick().await;
+                pool.sweep();
+            }
+        });
         loop {
             tokio::select! {
                 accepted = listener.accept() => {

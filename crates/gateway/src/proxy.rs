@@ -12,22 +12,20 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::access_log::Record;
 use crate::cache::{hit_response, storable_for, CacheKey, CachedResponse, StageCache};
 use crate::choose::choose;
 use crate::error::ProxyError;
 use crate::table::{CompiledIntegration, StageRoute, VariantRoute};
+use crate::upstream::UpstreamPool;
 use crate::Gateway;
 
 /// One data-plane worker: the shared gateway and the worker's own upstream connection pool, whose
 /// connections live on the worker's runtime.
 pub struct Worker {
     pub gw: Arc<Gateway>,
-    pub client: UpstreamClient,
+    pub pool: UpstreamPool,
 }
 
 impl std::ops::Deref for Worker {
@@ -40,27 +38,12 @@ impl std::ops::Deref for Worker {
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The body type of both directions.
 pub type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
-pub type UpstreamClient = Client<HttpConnector, Body>;
 
 static VARIANT_HEADER: HeaderName = HeaderName::from_static("x-canarygate-variant");
 static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-
-/// The pooled keep-alive upstream client.
-pub fn client() -> UpstreamClient {
-    let mut conn = HttpConnector::new();
-    conn.set_nodelay(true);
-    conn.set_keepalive(Some(Duration::from_secs(60)));
-    conn.set_connect_timeout(Some(Duration::from_secs(10)));
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(256)
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .build(conn)
-}
 
 fn full(b: impl Into<Bytes>) -> Body {
     Full::new(b.into()).map_err(|never| match never {}).boxed_unsync()
@@ -263,16 +246,16 @@ impl UpstreamCall {
         up
     }
 
-    async fn send(&self, gw: &Worker, body: Body, max_body: u64) -> (Result<Response<Incoming>, ProxyError>, u64) {
+    async fn send(&self, gw: &Worker, body: Body, max_body: u64) -> (Result<Response<Body>, ProxyError>, u64) {
         send(gw, self.request(body), self.timeout, max_body).await
     }
 }
 
 /// Sends a request upstream; the timeout covers connecting and the response headers.
-async fn send(gw: &Worker, req: Request<Body>, timeout: Duration, max_body: u64) -> (Result<Response<Incoming>, ProxyError>, u64) {
+async fn send(gw: &Worker, req: Request<Body>, timeout: Duration, max_body: u64) -> (Result<Response<Body>, ProxyError>, u64) {
     {
         let t0 = Instant::now();
-        let res = tokio::time::timeout(timeout, gw.client.request(req)).await;
+        let res = tokio::time::timeout(timeout, gw.pool.send(req)).await;
         let us = t0.elapsed().as_micros() as u64;
         let res = match res {
             Err(_) => Err(ProxyError::Timeout(timeout.as_millis())),
@@ -284,10 +267,9 @@ async fn send(gw: &Worker, req: Request<Body>, timeout: Duration, max_body: u64)
     }
 }
 
-fn stream_response(resp: Response<Incoming>) -> Response<Body> {
-    let (mut rp, rb) = resp.into_parts();
-    strip_hop_by_hop(&mut rp.headers);
-    Response::from_parts(rp, rb.map_err(BoxError::from).boxed_unsync())
+fn stream_response(mut resp: Response<Body>) -> Response<Body> {
+    strip_hop_by_hop(resp.headers_mut());
+    resp
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -508,7 +490,7 @@ enum Buffered {
 }
 
 /// Reads a response body to store it, up to `limit` bytes.
-async fn buffer(resp: Response<Incoming>, limit: usize) -> Buffered {
+async fn buffer(resp: Response<Body>, limit: usize) -> Buffered {
     let declared = resp
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -522,14 +504,14 @@ async fn buffer(resp: Response<Incoming>, limit: usize) -> Buffered {
     loop {
         match body.frame().await {
             None => return Buffered::Whole(parts, buf.freeze()),
-            Some(Err(e)) => return Buffered::Failed(ProxyError::Upstream(error_chain(&e))),
+            Some(Err(e)) => return Buffered::Failed(ProxyError::Upstream(error_chain(&*e))),
             Some(Ok(frame)) => {
                 if let Ok(data) = frame.into_data() {
                     buf.extend_from_slice(&data);
                     if buf.len() > limit {
                         use futures_util::StreamExt;
                         let head = futures_util::stream::once(std::future::ready(Ok::<_, BoxError>(http_body::Frame::data(buf.freeze()))));
-                        let tail = http_body_util::BodyStream::new(body).map(|f| f.map_err(BoxError::from));
+                        let tail = http_body_util::BodyStream::new(body);
                         let mut r = Response::from_parts(parts, http_body_util::StreamBody::new(head.chain(tail)).boxed_unsync());
                         strip_hop_by_hop(r.headers_mut());
                         return Buffered::TooLarge(r);
