@@ -179,6 +179,7 @@ impl proxy::Worker {
                     };
                     let _ = stream.set_nodelay(true);
                     let w = self.clone();
+                    let peer = Arc::new(proxy::Peer::new(peer));
                     let limits = &self.gw.limits;
                     let conn = http1::Builder::new()
                         .timer(TokioTimer::new())
@@ -187,15 +188,18 @@ impl proxy::Worker {
                         .keep_alive(true)
                         .serve_connection(
                             TokioIo::new(stream),
-                            hyper::service::service_fn(move |req| {
-                                let w = w.clone();
-                                async move { Ok::<_, std::convert::Infallible>(proxy::handle(&w, req, peer).await) }
+                            hyper::service::service_fn({
+                                let peer = peer.clone();
+                                move |req| {
+                                    let (w, peer) = (w.clone(), peer.clone());
+                                    async move { Ok::<_, std::convert::Infallible>(proxy::handle(&w, req, &peer).await) }
+                                }
                             }),
                         );
                     let conn = graceful.watch(conn);
                     tokio::spawn(async move {
                         if let Err(e) = conn.await {
-                            tracing::debug!(error = %e, %peer, "connection ended with an error");
+                            tracing::debug!(error = %e, peer = %peer.addr, "connection ended with an error");
                         }
                     });
                 }

@@ -63,8 +63,17 @@ fn is_hop_by_hop(n: &HeaderName) -> bool {
 
 /// Removes hop-by-hop headers, including those the `Connection` header names.
 fn strip_hop_by_hop(h: &mut HeaderMap) {
-    // Most messages carry none: one pass of cheap comparisons instead of nine hashed removals.
-    if !h.keys().any(is_hop_by_hop) {
+    // Most messages carry none or one (`connection: keep-alive`): find them in one pass of cheap
+    // comparisons, then remove only those.
+    let mut found: [Option<HeaderName>; 9] = Default::default();
+    let mut n = 0;
+    for k in h.keys().filter(|k| is_hop_by_hop(k)) {
+        if n < found.len() {
+            found[n] = Some(k.clone());
+            n += 1;
+        }
+    }
+    if n == 0 {
         return;
     }
     let named: Vec<HeaderName> = h
@@ -72,24 +81,13 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::try_from(n.trim()).ok())
+        .map(str::trim)
+        .filter(|t| !t.eq_ignore_ascii_case("keep-alive") && !t.eq_ignore_ascii_case("close") && !t.is_empty())
+        .filter_map(|t| HeaderName::try_from(t).ok())
         .collect();
-    for n in named {
-        h.remove(n);
+    for name in named.into_iter().chain(found.into_iter().flatten()) {
+        h.remove(name);
     }
-    for n in [
-        header::CONNECTION,
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-        header::PROXY_AUTHENTICATE,
-        header::PROXY_AUTHORIZATION,
-    ] {
-        h.remove(n);
-    }
-    h.remove("keep-alive");
-    h.remove("proxy-connection");
 }
 
 fn request_id(headers: &HeaderMap) -> HeaderValue {
@@ -132,7 +130,20 @@ impl Outcome {
 
 static CACHE_HEADER: HeaderName = HeaderName::from_static("x-canarygate-cache");
 
-pub async fn handle(gw: &Worker, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+/// The client connection's address, and its IP as a header value (made once per connection).
+pub struct Peer {
+    pub addr: SocketAddr,
+    pub ip: HeaderValue,
+}
+
+impl Peer {
+    pub fn new(addr: SocketAddr) -> Peer {
+        let ip = HeaderValue::try_from(addr.ip().to_string()).expect("an IP address is a valid header value");
+        Peer { addr, ip }
+    }
+}
+
+pub async fn handle(gw: &Worker, req: Request<Incoming>, peer: &Peer) -> Response<Body> {
     let start = Instant::now();
     let wall = SystemTime::now();
     let table = gw.table.load_full();
@@ -202,7 +213,7 @@ pub async fn handle(gw: &Worker, req: Request<Incoming>, peer: SocketAddr) -> Re
         gw.log.send(Record {
             request_id: rid.clone(),
             time: wall.into(),
-            ip: peer.ip(),
+            ip: peer.addr.ip(),
             method: parts.method.clone(),
             path,
             status,
@@ -281,7 +292,7 @@ async fn serve(
     body: Incoming,
     rest: &str,
     host: Option<&str>,
-    peer: SocketAddr,
+    peer: &Peer,
     rid: &HeaderValue,
 ) -> Outcome {
     let route_path = if rest.is_empty() { "/" } else { rest };
@@ -341,12 +352,11 @@ async fn serve(
     let mut headers = std::mem::take(&mut parts.headers);
     strip_hop_by_hop(&mut headers);
     headers.remove(header::HOST);
-    let ip = peer.ip().to_string();
     let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) => format!("{prev}, {ip}"),
-        None => ip,
+        Some(prev) => HeaderValue::try_from(format!("{prev}, {}", peer.addr.ip())).ok(),
+        None => Some(peer.ip.clone()),
     };
-    if let Ok(v) = HeaderValue::try_from(xff) {
+    if let Some(v) = xff {
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));

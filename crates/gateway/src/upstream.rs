@@ -43,8 +43,11 @@ struct Host {
     idle: Vec<Idle>,
 }
 
+/// Upstreams by authority (as written in the integration URI).
+type Hosts = HashMap<Box<str>, Host, foldhash::fast::RandomState>;
+
 thread_local! {
-    static HOSTS: RefCell<HashMap<http::uri::Authority, Host>> = RefCell::new(HashMap::new());
+    static HOSTS: RefCell<Hosts> = RefCell::new(Hosts::default());
 }
 
 /// Why an upstream call failed.
@@ -93,21 +96,37 @@ impl UpstreamPool {
             .cloned()
             .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
         *req.uri_mut() = Uri::from(path);
-        let host_header = HOSTS.with_borrow_mut(|hosts| {
-            let h = hosts.entry(authority.clone()).or_default();
-            h.host_header
+        // One lookup: the Host header and, when there is one, an idle connection.
+        let (host_header, idle) = HOSTS.with_borrow_mut(|hosts| {
+            let h = match hosts.get_mut(authority.as_str()) {
+                Some(h) => h,
+                None => hosts.entry(authority.as_str().into()).or_default(),
+            };
+            let header = h
+                .host_header
                 .get_or_insert_with(|| HeaderValue::from_str(authority.as_str()).unwrap_or_else(|_| HeaderValue::from_static("localhost")))
-                .clone()
+                .clone();
+            (header, take_idle(&mut h.idle))
         });
         req.headers_mut().insert(HOST, host_header);
 
         let mut req = req;
+        let mut idle = idle;
         // A reused connection may have been closed by the upstream while idle; such a request was not
         // written and is retried once on a new connection.
         for attempt in 0..2 {
-            let (mut sender, reused) = match checkout(&authority).await {
-                Some(s) if attempt == 0 => (s, true),
-                _ => (connect(&authority).await?, false),
+            let reusable = match idle.take() {
+                Some(i) => ready(i).await,
+                None => None,
+            };
+            let reusable = match reusable {
+                Some(s) => Some(s),
+                None if attempt == 0 => checkout(&authority).await,
+                None => None,
+            };
+            let (mut sender, reused) = match reusable {
+                Some(s) => (s, true),
+                None => (connect(&authority).await?, false),
             };
             match sender.try_send_request(req).await {
                 Ok(resp) => {
@@ -142,27 +161,36 @@ impl UpstreamPool {
     }
 }
 
+/// Takes an idle connection: a ready one among the four most recent (the most recent may have been
+/// returned a moment ago and not be ready yet), else the most recent.
+fn take_idle(idle: &mut Vec<Idle>) -> Option<Idle> {
+    let n = idle.len();
+    let pick = (n.saturating_sub(4)..n)
+        .rev()
+        .find(|&i| idle[i].sender.is_ready())
+        .unwrap_or(n.checked_sub(1)?);
+    Some(idle.remove(pick))
+}
+
+/// The idle connection, once ready; `None` if it is closed or too old.
+async fn ready(Idle { mut sender, since }: Idle) -> Option<http1::SendRequest<Body>> {
+    if sender.is_closed() || since.elapsed() > IDLE_TIMEOUT {
+        return None;
+    }
+    // Not ready yet: its connection task marks it ready within one turn of the worker's loop.
+    if sender.is_ready() || sender.ready().await.is_ok() {
+        Some(sender)
+    } else {
+        None
+    }
+}
+
 /// An idle connection ready for a request, if there is one.
 async fn checkout(authority: &http::uri::Authority) -> Option<http1::SendRequest<Body>> {
     loop {
-        let Idle { mut sender, since } = HOSTS.with_borrow_mut(|hosts| {
-            let idle = &mut hosts.get_mut(authority)?.idle;
-            // The most recent connection may have been returned a moment ago and not be ready yet:
-            // prefer a ready one among the four most recent.
-            let n = idle.len();
-            let pick = (n.saturating_sub(4)..n)
-                .rev()
-                .find(|&i| idle[i].sender.is_ready())
-                .unwrap_or(n.checked_sub(1)?);
-            Some(idle.remove(pick))
-        })?;
-        if sender.is_closed() || since.elapsed() > IDLE_TIMEOUT {
-            continue;
-        }
-        // Returned at the end of its response body: its connection task may not have marked it ready
-        // yet; that takes one turn of the worker's loop.
-        if sender.is_ready() || sender.ready().await.is_ok() {
-            return Some(sender);
+        let idle = HOSTS.with_borrow_mut(|hosts| take_idle(&mut hosts.get_mut(authority.as_str())?.idle))?;
+        if let Some(s) = ready(idle).await {
+            return Some(s);
         }
     }
 }
@@ -172,7 +200,7 @@ fn checkin(authority: http::uri::Authority, sender: http1::SendRequest<Body>) {
         return;
     }
     HOSTS.with_borrow_mut(|hosts| {
-        let h = hosts.entry(authority).or_default();
+        let Some(h) = hosts.get_mut(authority.as_str()) else { return };
         // Full: the connection is dropped, which closes it.
         if h.idle.len() < MAX_IDLE_PER_HOST {
             h.idle.push(Idle {
