@@ -217,6 +217,11 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // jemalloc's background thread returns freed memory to the system about 10 s after a burst,
+    // instead of at the next allocation after it.
+    if let Err(e) = tikv_jemalloc_ctl::background_thread::write(true) {
+        eprintln!("warning: cannot start jemalloc's background thread: {e}");
+    }
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("CANARYGATE_LOG").unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
