@@ -429,8 +429,11 @@ def group_memory(lab, args):
         if errors:
             raise BenchError(f"{t.label}: {errors} errors in the memory run")
         after = t.service.rss_mib()
-        out[k] = {"before": before, "after": after, "rps": d["summary"]["requestsPerSec"]}
-        print(f"  {k:<12} RSS {before:.1f} MiB before, {after:.1f} MiB after {args.memory_requests} requests over 1000 connections", flush=True)
+        time.sleep(args.settle)
+        settled = t.service.rss_mib()
+        out[k] = {"before": before, "after": after, "settled": settled, "rps": d["summary"]["requestsPerSec"]}
+        print(f"  {k:<12} RSS {before:.1f} MiB before, {after:.1f} MiB right after {args.memory_requests} requests over 1000 connections, "
+              f"{settled:.1f} MiB {args.settle} s later", flush=True)
     return out
 
 
@@ -489,12 +492,12 @@ def machine():
     return f"{os.cpu_count()} cores ({model}), {mem // 1024} GiB, Linux {os.uname().release}"
 
 
-def split_table(lab, runs, keys, shares):
+def split_table(info, runs, keys, shares):
     lines = ["| target | requests/s | proxy CPU µs/request | canary share (check) |", "|---|---|---|---|"]
     for k in keys:
         rs = runs[k]
-        share = f"{shares[k] * 100:.1f}%" if lab.targets[k].split else "— (no split)"
-        lines.append(f"| {lab.targets[k].label} | {fmt_range([r['rps'] for r in rs])} | {fmt_range([r['cpu_us'] for r in rs], '{:.1f}')} | {share} |")
+        share = f"{shares[k] * 100:.1f}%" if info["split"][k] else "— (no split)"
+        lines.append(f"| {info['labels'][k]} | {fmt_range([r['rps'] for r in rs])} | {fmt_range([r['cpu_us'] for r in rs], '{:.1f}')} | {share} |")
     return "\n".join(lines)
 
 
@@ -515,24 +518,17 @@ def verdict(value, target, better_low):
     return f"**not met**: {abs(off):.0f}% {'over' if better_low else 'short'}"
 
 
-def build_report(lab, args, R, cmdline):
-    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    rev = version(["git", "-C", args.root, "describe", "--always", "--dirty"])
+def build_report(info, R):
+    a = info["args"]
+    env = info["env"]
     L = []
     L.append("# Benchmarks\n")
-    L.append(f"Written by `{cmdline}` on {now}; do not edit by hand: the notes at the end come from "
-             "`bench/notes.md`.\n")
+    L.append(f"Written by `{env['cmdline']}` on {env['time']}; do not edit by hand: the notes at the end come from "
+             "`bench/notes.md`, the raw results are in `docs/benchmarks.json`.\n")
     L.append("## Machine, versions, method\n")
-    L.append(f"- Machine: {machine()}. Everything runs on this one machine over loopback: the load tool, the "
+    L.append(f"- Machine: {env['machine']}. Everything runs on this one machine over loopback: the load tool, the "
              "proxy and the backend share its cores.")
-    tools = ", ".join([
-        version(["nginx", "-v"], r"nginx/[0-9.]+"),
-        version(["haproxy", "-v"], r"HAProxy version [0-9.]+"),
-        version(["wrk", "-v"], r"wrk \S+"),
-        version(["oha", "--version"]),
-        version(["rustc", "-V"]),
-    ])
-    L.append(f"- canarygate {rev} (release build: fat LTO, codegen-units 1, glibc malloc), {tools}.")
+    L.append(f"- canarygate {env['rev']} (release build: fat LTO, codegen-units 1, jemalloc), {env['tools']}.")
     L.append("- Backend: nginx `return 200` with one worker on a production port and a canary port (bodies "
              "`production\\n` and `canary\\n`).")
     L.append("- Proxies, each with one worker and keep-alive on both sides: nginx `split_clients` on `$request_id` "
@@ -542,28 +538,29 @@ def build_report(lab, args, R, cmdline):
              "`canarySettings.percentTraffic: 10`. Access logs off, and a second set of the three with "
              "their default access logs on (nginx: a file, unbuffered; HAProxy: `log stdout` with "
              "`option httplog` to a file; canarygate: its access log files).")
-    L.append(f"- Saturated throughput: `wrk -t1 -c{args.conns} -d{args.duration}s`, after a {args.warmup} s "
-             f"warm-up per target, {args.reps} repetitions, targets interleaved in a rotating order; medians "
+    L.append(f"- Saturated throughput: `wrk -t1 -c{a['conns']} -d{a['duration']}s`, after a {a['warmup']} s "
+             f"warm-up per target, {a['reps']} repetitions, targets interleaved in a rotating order; medians "
              "with min–max. Proxy CPU is the utime+stime the proxy's processes (nginx: master and worker; "
              "HAProxy: its process; canarygate: its process, all threads) used during the run, from "
              "`/proc/<pid>/stat`, divided by the requests wrk completed. Ratios are taken within the same "
              "repetition, then the median.")
-    L.append(f"- Latency: `oha --latency-correction -c 64 -q RATE -z {args.latency_duration}s` (open loop: "
+    L.append(f"- Latency: `oha --latency-correction -c 64 -q RATE -z {a['latency_duration']}s` (open loop: "
              "latency counts from when each request was due) at 25%, 50% and 75% of nginx's median saturated "
-             f"rate, {args.latency_reps} repetitions per target, interleaved; medians of each percentile.")
-    L.append(f"- Memory: resident set (VmRSS, summed over the proxy's processes) after `oha -n {args.memory_requests} -c 1000`.")
+             f"rate, {a['latency_reps']} repetitions per target, interleaved; medians of each percentile.")
+    L.append(f"- Memory: resident set (VmRSS, summed over the proxy's processes) right after `oha -n {a['memory_requests']} -c 1000` "
+             f"against a freshly started proxy, and again {a['settle']} s later (idle).")
     L.append("- Before measuring, each target answers 1,000 keep-alive requests with no error and a canary "
              "share within 6–14%; a measured run with any error or non-2xx answer stops the harness.\n")
 
     if "split" in R:
         keys = ["direct", "nginx", "haproxy", "canarygate"]
         L.append("## 90/10 split, access logs off\n")
-        L.append(split_table(lab, R["split"]["runs"], keys, R["split"]["share"]) + "\n")
+        L.append(split_table(info, R["split"]["runs"], keys, R["split"]["share"]) + "\n")
         L.append(ratios_table(R["split"]["runs"], [("canarygate", "nginx", "canarygate / nginx"), ("canarygate", "haproxy", "canarygate / HAProxy")]) + "\n")
     if "logs" in R:
         keys = ["nginx+log", "haproxy+log", "canarygate+log"]
         L.append("## 90/10 split, access logs on\n")
-        L.append(split_table(lab, R["logs"]["runs"], keys, R["logs"]["share"]) + "\n")
+        L.append(split_table(info, R["logs"]["runs"], keys, R["logs"]["share"]) + "\n")
         L.append(ratios_table(R["logs"]["runs"], [("canarygate+log", "nginx+log", "canarygate / nginx"), ("canarygate+log", "haproxy+log", "canarygate / HAProxy")]) + "\n")
     if "latency" in R:
         lat = R["latency"]
@@ -573,15 +570,15 @@ def build_report(lab, args, R, cmdline):
         L.append("|---|---|---|---|---|---|")
         for pct, v in lat["rates"].items():
             for k, rs in v["runs"].items():
-                L.append(f"| {pct}% ({v['rate']} req/s) | {lab.targets[k].label} | {med([r['rps'] for r in rs]):.0f} | "
+                L.append(f"| {pct}% ({v['rate']} req/s) | {info['labels'][k]} | {med([r['rps'] for r in rs]):.0f} | "
                          f"{fmt_range([r['p50'] for r in rs])} | {fmt_range([r['p99'] for r in rs])} | {fmt_range([r['p999'] for r in rs])} |")
         L.append("")
     if "memory" in R:
         L.append("## Resident memory after the connections and requests\n")
-        L.append("| target | before | after | req/s during the run |")
-        L.append("|---|---|---|---|")
+        L.append(f"| target | before | right after | {a['settle']} s later | req/s during the run |")
+        L.append("|---|---|---|---|---|")
         for k, v in R["memory"].items():
-            L.append(f"| {lab.targets[k].label} | {v['before']:.1f} MiB | {v['after']:.1f} MiB | {v['rps']:.0f} |")
+            L.append(f"| {info['labels'][k]} | {v['before']:.1f} MiB | {v['after']:.1f} MiB | {v['settled']:.1f} MiB | {v['rps']:.0f} |")
         L.append("")
     if "cache" in R:
         L.append("## Cached hit (the same URL, served from the proxy's cache)\n")
@@ -614,21 +611,40 @@ def build_report(lab, args, R, cmdline):
         cg, ng = med([r["p99"] for r in half["canarygate"]]), med([r["p99"] for r in half["nginx"]])
         L.append(f"| p99 at 50% load ≤ nginx's | {cg:.0f} µs vs {ng:.0f} µs | {verdict(cg, ng, True)} |")
         rss = R["memory"]["canarygate"]["after"]
-        L.append(f"| resident memory ≤ 64 MiB after {args.memory_requests} requests over 1,000 connections | {rss:.1f} MiB | {verdict(rss, 64, True)} |")
+        settled = R["memory"]["canarygate"]["settled"]
+        L.append(f"| resident memory ≤ 64 MiB after {a['memory_requests']} requests over 1,000 connections | {rss:.1f} MiB right after "
+                 f"({settled:.1f} MiB {a['settle']} s later) | {verdict(rss, 64, True)} |")
         L.append("")
 
-    if args.chart:
+    if info.get("chart"):
         L.append("![requests/s, CPU per request and p99 latency of each proxy](benchmarks.png)\n")
     L.append("## Configurations\n")
-    for name, text in lab.configs.items():
+    for name, text in info["configs"].items():
         L.append(f"<details><summary>{name}</summary>\n\n```\n{text.strip()}\n```\n</details>\n")
-    notes = os.path.join(args.root, "bench", "notes.md")
+    notes = os.path.join(info["root"], "bench", "notes.md")
     if os.path.exists(notes):
         L.append(open(notes).read().strip() + "\n")
     return "\n".join(L)
 
 
-def chart(R, lab, path):
+def environment(args, cmdline):
+    tools = ", ".join([
+        version(["nginx", "-v"], r"nginx/[0-9.]+"),
+        version(["haproxy", "-v"], r"HAProxy version [0-9.]+"),
+        version(["wrk", "-v"], r"wrk \S+"),
+        version(["oha", "--version"]),
+        version(["rustc", "-V"]),
+    ])
+    return {
+        "cmdline": cmdline,
+        "time": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "rev": version(["git", "-C", args.root, "describe", "--always", "--dirty"]),
+        "machine": machine(),
+        "tools": tools,
+    }
+
+
+def chart(R, path):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -671,6 +687,21 @@ def chart(R, lab, path):
 # ---------------------------------------------------------------- main
 
 
+def rewrite_report(raw_path):
+    with open(raw_path) as f:
+        data = json.load(f)
+    info, R = data["info"], data["results"]
+    if "latency" in R:  # JSON turned the rate keys into strings
+        R["latency"]["rates"] = {int(k): v for k, v in R["latency"]["rates"].items()}
+    out_dir = os.path.dirname(os.path.abspath(raw_path))
+    if info.get("chart"):
+        chart(R, os.path.join(out_dir, "benchmarks.png"))
+    with open(os.path.join(out_dir, "BENCHMARKS.md"), "w") as f:
+        f.write(build_report(info, R))
+    print(f"bench: report rewritten in {out_dir}")
+
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--root", required=True)
@@ -681,7 +712,11 @@ def main():
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--duration", type=int, default=10, help="seconds per saturated run")
     ap.add_argument("--out", help="report path (default: docs/BENCHMARKS.md for a full run, else a temp dir)")
+    ap.add_argument("--report-from", help="rewrite the report (and chart) next to this benchmarks.json without measuring")
     args = ap.parse_args()
+    if args.report_from:
+        rewrite_report(args.report_from)
+        return
     only = [g.strip() for g in args.only.split(",") if g.strip()]
     bad = [g for g in only if g not in GROUPS]
     if bad:
@@ -690,11 +725,11 @@ def main():
     if args.quick:
         args.reps, args.duration, args.warmup = 1, 2, 1
         args.latency_reps, args.latency_duration = 1, 2
-        args.memory_requests, args.reaction_runs = 20000, 1
+        args.memory_requests, args.reaction_runs, args.settle = 20000, 1, 1
     else:
         args.warmup = 3
         args.latency_reps, args.latency_duration = 3, 10
-        args.memory_requests, args.reaction_runs = 1_000_000, 10
+        args.memory_requests, args.reaction_runs, args.settle = 1_000_000, 10, 15
     full = not args.quick and set(only) == set(GROUPS)
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -705,7 +740,6 @@ def main():
     os.chmod(work, 0o755)  # nginx workers run as an unprivileged user and write the proxy cache here
     out_dir = os.path.join(args.root, "docs") if full and not args.out else work
     report_path = args.out or os.path.join(out_dir, "BENCHMARKS.md")
-    args.chart = False
     user_args = [a for a in sys.argv[1:] if a not in (args.root, args.bin, args.reaction_bin, "--root", "--bin", "--reaction-bin")]
     cmdline = " ".join(["bash bench/run"] + user_args)
     lab = None
@@ -713,6 +747,14 @@ def main():
     try:
         lab = Lab(args, work)
         print(f"bench: servers up in {work}", flush=True)
+        info = {
+            "root": args.root,
+            "labels": {k: t.label for k, t in lab.targets.items()},
+            "split": {k: t.split for k, t in lab.targets.items()},
+            "configs": lab.configs,
+            "args": {k: getattr(args, k) for k in ("reps", "duration", "warmup", "conns", "latency_reps", "latency_duration", "memory_requests", "settle")},
+            "env": environment(args, cmdline),
+        }
         if "memory" in only:
             print("== memory", flush=True)
             R["memory"] = group_memory(lab, args)
@@ -734,15 +776,16 @@ def main():
             R["reaction"] = group_reaction(args)
         if not args.quick and "split" in R:
             try:
-                chart(R, lab, os.path.join(os.path.dirname(report_path), "benchmarks.png"))
-                args.chart = True
+                chart(R, os.path.join(os.path.dirname(report_path), "benchmarks.png"))
+                info["chart"] = True
             except ImportError:
                 print("bench: matplotlib missing, no chart", flush=True)
-        report = build_report(lab, args, R, cmdline)
+        report = build_report(info, R)
         with open(report_path, "w") as f:
             f.write(report)
-        with open(os.path.join(work, "results.json"), "w") as f:
-            json.dump(R, f, indent=1, default=str)
+        raw = os.path.join(os.path.dirname(report_path), "benchmarks.json")
+        with open(raw, "w") as f:
+            json.dump({"info": info, "results": R}, f, indent=1)
         print(f"bench: report written to {report_path}", flush=True)
         if args.quick:
             print("bench: quick run passed (the split was checked and no run had an error; speeds are not asserted)")
