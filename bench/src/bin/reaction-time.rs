@@ -6,7 +6,7 @@
 //! and measures the time from v2's first 500 to the moment the stage's canary is gone (polled every
 //! 5 ms). Repeats `REACTION_RUNS` times (default 10) and reports every run, the median, min and max.
 //!
-//! Usage: `bash bench/reaction-time.sh` (builds, then runs this).
+//! Usage: `bash bench/run --only reaction` (builds, then runs this).
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -70,7 +70,7 @@ async fn call(c: &reqwest::Client, method: reqwest::Method, url: String, body: O
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let exe = std::env::var("CANARYGATE_BIN").context("set CANARYGATE_BIN to the canarygate binary (bench/reaction-time.sh does)")?;
+    let exe = std::env::var("CANARYGATE_BIN").context("set CANARYGATE_BIN to the canarygate binary (bench/run does)")?;
     let dir = std::env::temp_dir().join(format!("canarygate-reaction-{}", std::process::id()));
     let mut child = Command::new(&exe)
         .args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--data-dir"])
