@@ -206,7 +206,7 @@ async fn run(gw: &str, admin: &str) -> Result<()> {
     }
     times.sort();
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    let median = if runs % 2 == 0 {
+    let median = if runs.is_multiple_of(2) {
         (ms(times[runs / 2 - 1]) + ms(times[runs / 2])) / 2.0
     } else {
         ms(times[runs / 2])
