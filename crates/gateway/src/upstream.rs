@@ -219,6 +219,7 @@ async fn connect(authority: &http::uri::Authority) -> Result<http1::SendRequest<
     let _ = stream.set_nodelay(true);
     let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(TCP_KEEPALIVE));
     let (sender, conn) = http1::Builder::new()
+        .writev(false)
         .handshake::<_, Body>(TokioIo::new(stream))
         .await
         .map_err(SendError::Http)?;
