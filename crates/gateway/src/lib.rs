@@ -124,16 +124,13 @@ impl Gateway {
         for i in 0..workers.max(1) {
             let listener = listener.try_clone()?;
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            let worker = Arc::new(proxy::Worker {
-                gw: self.clone(),
-                pool: upstream::UpstreamPool,
-            });
+            let gw = self.clone();
             let shutdown = shutdown.clone();
             let (tx, rx) = tokio::sync::oneshot::channel::<()>();
             std::thread::Builder::new().name(format!("canarygate-gw-{i}")).spawn(move || {
                 runtime.block_on(async move {
                     match TcpListener::from_std(listener) {
-                        Ok(l) => worker.serve(l, shutdown, drain).await,
+                        Ok(l) => gw.serve(l, shutdown, drain).await,
                         Err(e) => tracing::error!(error = %e, "worker cannot use the listener"),
                     }
                 });
@@ -148,19 +145,17 @@ impl Gateway {
             }
         })
     }
-}
 
-impl proxy::Worker {
-    /// Serves connections from `listener` until `shutdown` turns true, then lets in-flight requests
+    /// Serves connections on one worker thread from `listener` until `shutdown` turns true, then lets in-flight requests
     /// finish (up to `drain`).
     async fn serve(self: Arc<Self>, listener: TcpListener, mut shutdown: watch::Receiver<bool>, drain: Duration) {
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-        let pool = self.pool;
+        // This thread's upstream pool: close connections idle too long.
         tokio::spawn(async move {
             let mut every = tokio::time::interval(Duration::from_secs(10));
             loop {
                 every.tick().await;
-                pool.sweep();
+                upstream::sweep();
             }
         });
         loop {
@@ -180,7 +175,7 @@ impl proxy::Worker {
                     let _ = stream.set_nodelay(true);
                     let w = self.clone();
                     let peer = Arc::new(proxy::Peer::new(peer));
-                    let limits = &self.gw.limits;
+                    let limits = &self.limits;
                     let conn = http1::Builder::new()
                         .timer(TokioTimer::new())
                         .header_read_timeout(limits.header_read_timeout)

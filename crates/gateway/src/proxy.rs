@@ -18,22 +18,8 @@ use crate::cache::{hit_response, storable_for, CacheKey, CachedResponse, StageCa
 use crate::choose::choose;
 use crate::error::ProxyError;
 use crate::table::{CompiledIntegration, StageRoute, VariantRoute};
-use crate::upstream::UpstreamPool;
+use crate::upstream;
 use crate::Gateway;
-
-/// One data-plane worker: the shared gateway and the worker's own upstream connection pool, whose
-/// connections live on the worker's runtime.
-pub struct Worker {
-    pub gw: Arc<Gateway>,
-    pub pool: UpstreamPool,
-}
-
-impl std::ops::Deref for Worker {
-    type Target = Gateway;
-    fn deref(&self) -> &Gateway {
-        &self.gw
-    }
-}
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The body type of both directions.
@@ -143,7 +129,7 @@ impl Peer {
     }
 }
 
-pub async fn handle(gw: &Worker, req: Request<Incoming>, peer: &Peer) -> Response<Body> {
+pub async fn handle(gw: &Gateway, req: Request<Incoming>, peer: &Peer) -> Response<Body> {
     let start = Instant::now();
     let wall = SystemTime::now();
     let table = gw.table.load_full();
@@ -257,16 +243,16 @@ impl UpstreamCall {
         up
     }
 
-    async fn send(&self, gw: &Worker, body: Body, max_body: u64) -> (Result<Response<Body>, ProxyError>, u64) {
-        send(gw, self.request(body), self.timeout, max_body).await
+    async fn send(&self, body: Body, max_body: u64) -> (Result<Response<Body>, ProxyError>, u64) {
+        send(self.request(body), self.timeout, max_body).await
     }
 }
 
 /// Sends a request upstream; the timeout covers connecting and the response headers.
-async fn send(gw: &Worker, req: Request<Body>, timeout: Duration, max_body: u64) -> (Result<Response<Body>, ProxyError>, u64) {
+async fn send(req: Request<Body>, timeout: Duration, max_body: u64) -> (Result<Response<Body>, ProxyError>, u64) {
     {
         let t0 = Instant::now();
-        let res = tokio::time::timeout(timeout, gw.pool.send(req)).await;
+        let res = tokio::time::timeout(timeout, upstream::send(req)).await;
         let us = t0.elapsed().as_micros() as u64;
         let res = match res {
             Err(_) => Err(ProxyError::Timeout(timeout.as_millis())),
@@ -285,7 +271,7 @@ fn stream_response(mut resp: Response<Body>) -> Response<Body> {
 
 #[allow(clippy::too_many_arguments)]
 async fn serve(
-    gw: &Worker,
+    gw: &Gateway,
     stage: &StageRoute,
     vr: &VariantRoute,
     parts: &mut http::request::Parts,
@@ -392,7 +378,7 @@ async fn serve(
         None => {
             let timeout = call.timeout;
             let req = call.into_request(Limited::new(body, max as usize).boxed_unsync());
-            let (res, us) = send(gw, req, timeout, max).await;
+            let (res, us) = send(req, timeout, max).await;
             Outcome {
                 result: res.map(stream_response),
                 integration_us: Some(us),
@@ -410,7 +396,7 @@ fn empty() -> Body {
 struct NotStored;
 
 /// Serves a GET/HEAD through the stage cache, coalescing concurrent misses for one key.
-async fn cached(gw: &Worker, cache: &StageCache, key: CacheKey, call: &UpstreamCall, ttl: Duration) -> Outcome {
+async fn cached(gw: &Gateway, cache: &StageCache, key: CacheKey, call: &UpstreamCall, ttl: Duration) -> Outcome {
     if let Some(entry) = cache.entries.get(&key).await {
         let r = hit_response(&entry, &key.method).map(full);
         return Outcome {
@@ -424,7 +410,7 @@ async fn cached(gw: &Worker, cache: &StageCache, key: CacheKey, call: &UpstreamC
     let mut own: Option<Result<Response<Body>, ProxyError>> = None;
     let mut fetched_us: Option<u64> = None;
     let init = async {
-        let (res, us) = call.send(gw, empty(), gw.limits.max_body_bytes).await;
+        let (res, us) = call.send(empty(), gw.limits.max_body_bytes).await;
         fetched_us = Some(us);
         let resp = match res {
             Ok(r) => r,
@@ -482,7 +468,7 @@ async fn cached(gw: &Worker, cache: &StageCache, key: CacheKey, call: &UpstreamC
         },
         // Waited for another request's fetch that was not stored, or waited too long: call ourselves.
         (_, None) => {
-            let (res, us) = call.send(gw, empty(), gw.limits.max_body_bytes).await;
+            let (res, us) = call.send(empty(), gw.limits.max_body_bytes).await;
             Outcome {
                 result: res.map(stream_response),
                 integration_us: Some(us),
