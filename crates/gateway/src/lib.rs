@@ -12,6 +12,7 @@ pub mod access_log;
 pub mod cache;
 pub mod choose;
 pub mod error;
+pub mod h1;
 mod proxy;
 pub mod table;
 pub mod upstream;

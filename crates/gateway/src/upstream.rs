@@ -1,27 +1,38 @@
-//! A worker's pool of HTTP/1.1 keep-alive connections to upstreams, keyed by authority.
+//! A worker's HTTP/1.1 client to upstreams: keep-alive connections pooled by authority, and the
+//! requests and responses on them, written and read in the calling request's own task.
 //!
 //! Each data-plane worker thread owns its pool (a thread-local: the worker is a single-threaded
-//! runtime, so a request, its upstream connection and the connection's task all live on that thread).
-//! The hot path takes no lock. Idle connections are reused last-in first-out, so a light load keeps
-//! a few connections hot and the rest age out after [`IDLE_TIMEOUT`]. A connection goes
-//! back to its queue when the response body it carried has been read to the end (see [`PooledBody`]);
-//! one dropped mid-body is closed. A request that fails on a reused connection before any of it was
-//! written (the upstream closed the idle connection) is retried once on a new connection.
+//! runtime, so a request and its upstream connection live on that thread). The hot path takes no lock
+//! and there is no connection task: a request writes its head (and a body that is already there) in
+//! one write, reads the response head into a small buffer and parses it with `httparse` (see
+//! [`crate::h1`]). A response whose body came with its head — the usual small response — gives its
+//! connection back at once; a longer one streams from the socket and gives it back when read to the
+//! end. An idle connection holds its socket and nothing else.
+//!
+//! Idle connections are reused last-in first-out, so a light load keeps a few connections hot and the
+//! rest age out after [`IDLE_TIMEOUT`]. One the upstream closed while idle is noticed when taken (its
+//! socket reads end-of-file) and dropped. A request without a body and with an idempotent method that
+//! finds its reused connection closed before any response byte is retried once on a new connection, as
+//! nginx's `proxy_next_upstream error` does; others fail with 502.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http::header::{HeaderValue, HOST};
-use http::{Request, Response, Uri};
+use bytes::{Bytes, BytesMut};
+use futures_util::FutureExt as _;
+use http::header::HeaderValue;
+use http::uri::Authority;
+use http::{Method, Request, Response};
 use http_body::{Body as _, Frame, SizeHint};
-use hyper::body::Incoming;
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
+use http_body_util::BodyExt as _;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
 
+use crate::h1::{self, Decoded, Decoder, ProtocolError, RequestFraming};
 use crate::proxy::{Body, BoxError};
 
 /// Idle connections kept per upstream authority, per worker.
@@ -30,9 +41,11 @@ pub const MAX_IDLE_PER_HOST: usize = 256;
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// TCP keep-alive probes on upstream connections start after this much silence.
 const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
+/// The first read of a response: room for a usual head and a small body. It grows as needed.
+const FIRST_READ: usize = 4096;
 
 struct Idle {
-    sender: http1::SendRequest<Body>,
+    stream: TcpStream,
     since: Instant,
 }
 
@@ -51,49 +64,47 @@ thread_local! {
 }
 
 /// Why an upstream call failed.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum SendError {
-    /// Could not connect (refused, unreachable, name not resolved).
-    Connect(std::io::Error),
-    /// The connection failed while sending the request or reading the response head.
-    Http(hyper::Error),
+    #[error("the upstream URI has no host")]
+    NoHost,
+    #[error("cannot connect to the upstream")]
+    Connect(#[source] io::Error),
+    #[error("the upstream connection failed")]
+    Io(#[source] io::Error),
+    #[error("the upstream closed the connection before responding")]
+    Closed,
+    #[error("bad response from the upstream")]
+    Protocol(#[from] ProtocolError),
+    /// Reading the request body failed (the client's connection, or the body size limit).
+    #[error("request body")]
+    Body(#[source] BoxError),
 }
 
-impl std::fmt::Display for SendError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            SendError::Connect(e) => write!(f, "cannot connect to the upstream: {e}"),
-            SendError::Http(e) => write!(f, "{e}"),
-        }
+/// A failed exchange, and whether it failed before any of the response arrived (then a request
+/// that can be sent again may be retried).
+struct Failed {
+    error: SendError,
+    early: bool,
+}
+
+impl Failed {
+    fn early(error: SendError) -> Failed {
+        Failed { error, early: true }
     }
-}
-
-impl std::error::Error for SendError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            SendError::Connect(e) => Some(e),
-            SendError::Http(e) => Some(e),
-        }
+    fn late(error: SendError) -> Failed {
+        Failed { error, early: false }
     }
 }
 
 /// Sends `req` (absolute URI, `http://authority/path?query`) to its upstream over a pooled or new
-/// connection of the calling worker thread. The response body returns the connection to the pool when
-/// read to the end.
-pub async fn send(mut req: Request<Body>) -> Result<Response<Body>, SendError> {
-    let authority = req
-        .uri()
-        .authority()
-        .cloned()
-        .ok_or_else(|| SendError::Connect(std::io::Error::new(std::io::ErrorKind::InvalidInput, "no authority")))?;
-    let path = req
-        .uri()
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
-    *req.uri_mut() = Uri::from(path);
-    // One lookup: the Host header and, when there is one, an idle connection.
-    let (host_header, idle) = HOSTS.with_borrow_mut(|hosts| {
+/// connection of the calling worker thread.
+pub async fn send(req: Request<Body>) -> Result<Response<Body>, SendError> {
+    let (parts, mut body) = req.into_parts();
+    let authority = parts.uri.authority().ok_or(SendError::NoHost)?;
+    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    // One lookup: the Host header and, when there is one, a live idle connection.
+    let (host, idle) = HOSTS.with_borrow_mut(|hosts| {
         let h = match hosts.get_mut(authority.as_str()) {
             Some(h) => h,
             None => hosts.entry(authority.as_str().into()).or_default(),
@@ -104,49 +115,189 @@ pub async fn send(mut req: Request<Body>) -> Result<Response<Body>, SendError> {
             .clone();
         (header, take_idle(&mut h.idle))
     });
-    req.headers_mut().insert(HOST, host_header);
 
-    let mut req = req;
-    let mut idle = idle;
-    // A reused connection may have been closed by the upstream while idle; such a request was not
-    // written and is retried once on a new connection.
-    for attempt in 0..2 {
-        let reusable = match idle.take() {
-            Some(i) => ready(i).await,
-            None => None,
-        };
-        let reusable = match reusable {
-            Some(s) => Some(s),
-            None if attempt == 0 => checkout(&authority).await,
-            None => None,
-        };
-        let (mut sender, reused) = match reusable {
-            Some(s) => (s, true),
-            None => (connect(&authority).await?, false),
-        };
-        match sender.try_send_request(req).await {
-            Ok(resp) => {
-                let (parts, body) = resp.into_parts();
-                let body = PooledBody {
-                    inner: body,
-                    conn: Some((sender, authority)),
-                };
-                return Ok(Response::from_parts(parts, Body::new(body)));
-            }
-            Err(mut e) => match e.take_message() {
-                Some(back) if reused => req = back,
-                _ => return Err(SendError::Http(e.into_error())),
-            },
+    let framing = if body.is_end_stream() {
+        RequestFraming::Empty
+    } else {
+        body.size_hint().exact().map_or(RequestFraming::Chunked, RequestFraming::Length)
+    };
+    let mut writer = BodyWriter { framing, sent: 0 };
+    let mut head = Vec::with_capacity(512);
+    h1::encode_head(&mut head, &parts.method, target, &host, &parts.headers, framing);
+    // A body that is already here (a small request's) goes out in the same write as the head.
+    let mut more = framing != RequestFraming::Empty;
+    if more {
+        if let Some(frame) = body.frame().now_or_never() {
+            more = writer.take(frame, body.is_end_stream(), &mut head)?;
         }
     }
-    unreachable!("the second attempt always returns")
+    let retryable = framing == RequestFraming::Empty && is_idempotent(&parts.method);
+
+    let mut conn = idle;
+    loop {
+        let (stream, reused) = match conn.take() {
+            Some(s) => (s, true),
+            None => (connect(authority).await?, false),
+        };
+        match exchange(stream, &head, &mut body, more, &mut writer, &parts.method).await {
+            Ok((stream, resp, buf)) => return Ok(respond(stream, resp, buf, authority)),
+            // The upstream closed the idle connection as it was taken: once more, on a new one.
+            Err(f) if f.early && reused && retryable => continue,
+            Err(f) => return Err(f.error),
+        }
+    }
 }
 
-/// Closes this thread's idle connections past the idle timeout (the worker calls it periodically).
+/// RFC 9110 §9.2.2.
+fn is_idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::PUT | Method::DELETE | Method::OPTIONS | Method::TRACE
+    )
+}
+
+/// Frames the request body (content-length or chunked) and checks it against its declared length.
+struct BodyWriter {
+    framing: RequestFraming,
+    sent: u64,
+}
+
+impl BodyWriter {
+    /// Appends what `frame` carries to `out`; whether more of the body is to come.
+    fn take(&mut self, frame: Option<Result<Frame<Bytes>, BoxError>>, at_end: bool, out: &mut Vec<u8>) -> Result<bool, SendError> {
+        match frame {
+            None => {
+                self.finish(out)?;
+                Ok(false)
+            }
+            Some(Err(e)) => Err(SendError::Body(e)),
+            Some(Ok(frame)) => {
+                // Trailers are not forwarded.
+                if let Ok(data) = frame.into_data() {
+                    self.data(out, &data)?;
+                }
+                if at_end {
+                    self.finish(out)?;
+                }
+                Ok(!at_end)
+            }
+        }
+    }
+
+    fn data(&mut self, out: &mut Vec<u8>, data: &[u8]) -> Result<(), SendError> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        self.sent += data.len() as u64;
+        match self.framing {
+            RequestFraming::Length(n) if self.sent > n => {
+                Err(SendError::Body(format!("request body longer than its content-length {n}").into()))
+            }
+            RequestFraming::Chunked => {
+                h1::encode_chunk(out, data);
+                Ok(())
+            }
+            _ => {
+                out.extend_from_slice(data);
+                Ok(())
+            }
+        }
+    }
+
+    fn finish(&mut self, out: &mut Vec<u8>) -> Result<(), SendError> {
+        match self.framing {
+            RequestFraming::Chunked => out.extend_from_slice(h1::LAST_CHUNK),
+            RequestFraming::Length(n) if self.sent != n => {
+                return Err(SendError::Body(
+                    format!("request body of {} bytes, shorter than its content-length {n}", self.sent).into(),
+                ))
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// Writes the request (the rest of its body streamed from `body`) and reads the response head.
+async fn exchange(
+    mut stream: TcpStream,
+    head: &[u8],
+    body: &mut Body,
+    mut more: bool,
+    writer: &mut BodyWriter,
+    method: &Method,
+) -> Result<(TcpStream, h1::Head, BytesMut), Failed> {
+    stream.write_all(head).await.map_err(|e| Failed::early(SendError::Io(e)))?;
+    let mut out = Vec::new();
+    while more {
+        out.clear();
+        let frame = body.frame().await;
+        more = writer.take(frame, body.is_end_stream(), &mut out).map_err(Failed::late)?;
+        if !out.is_empty() {
+            stream.write_all(&out).await.map_err(|e| Failed::late(SendError::Io(e)))?;
+        }
+    }
+    let mut buf = BytesMut::with_capacity(FIRST_READ);
+    loop {
+        if buf.capacity() - buf.len() < 1024 {
+            buf.reserve(buf.capacity().max(FIRST_READ));
+        }
+        let n = match stream.read_buf(&mut buf).await {
+            Ok(n) => n,
+            Err(e) if buf.is_empty() => return Err(Failed::early(SendError::Io(e))),
+            Err(e) => return Err(Failed::late(SendError::Io(e))),
+        };
+        if n == 0 {
+            return Err(if buf.is_empty() {
+                Failed::early(SendError::Closed)
+            } else {
+                Failed::late(ProtocolError::Truncated.into())
+            });
+        }
+        if let Some(h) = h1::parse_head(&mut buf, method).map_err(|e| Failed::late(e.into()))? {
+            return Ok((stream, h, buf));
+        }
+    }
+}
+
+/// The response: with its whole body when that came with the head (and the connection back in the
+/// pool), else streaming the body from the connection.
+fn respond(stream: TcpStream, head: h1::Head, mut buf: BytesMut, authority: &Authority) -> Response<Body> {
+    let decoder = Decoder::new(head.framing);
+    let body = match decoder {
+        Decoder::Done => {
+            if head.keep_alive && buf.is_empty() {
+                checkin(authority.as_str(), stream);
+            }
+            UpstreamBody::Whole(None)
+        }
+        Decoder::Length(n) if buf.len() as u64 >= n => {
+            let whole = buf.split_to(n as usize).freeze();
+            if head.keep_alive && buf.is_empty() {
+                checkin(authority.as_str(), stream);
+            }
+            UpstreamBody::Whole(Some(whole))
+        }
+        _ => UpstreamBody::Streaming(Box::new(Streaming {
+            stream: Some(stream),
+            buf,
+            decoder,
+            keep_alive: head.keep_alive,
+            authority: authority.clone(),
+        })),
+    };
+    let mut resp = Response::new(Body::new(body));
+    *resp.status_mut() = head.status;
+    *resp.headers_mut() = head.headers;
+    resp
+}
+
+/// Closes this thread's idle connections past the idle timeout or closed by their upstream (the
+/// worker calls it periodically).
 pub fn sweep() {
     HOSTS.with_borrow_mut(|hosts| {
         for h in hosts.values_mut() {
-            h.idle.retain(|i| !i.sender.is_closed() && i.since.elapsed() <= IDLE_TIMEOUT);
+            h.idle.retain(|i| i.since.elapsed() <= IDLE_TIMEOUT && is_open(&i.stream));
         }
     });
 }
@@ -156,132 +307,143 @@ pub fn idle_count() -> usize {
     HOSTS.with_borrow(|hosts| hosts.values().map(|h| h.idle.len()).sum())
 }
 
-/// Takes an idle connection: a ready one among the four most recent (the most recent may have been
-/// returned a moment ago and not be ready yet), else the most recent.
-fn take_idle(idle: &mut Vec<Idle>) -> Option<Idle> {
-    let n = idle.len();
-    let pick = (n.saturating_sub(4)..n)
-        .rev()
-        .find(|&i| idle[i].sender.is_ready())
-        .unwrap_or(n.checked_sub(1)?);
-    Some(idle.remove(pick))
+/// Whether an idle connection is still open: nothing to read (no end-of-file, no stray bytes). Costs
+/// no system call unless the socket became readable since its last read.
+fn is_open(stream: &TcpStream) -> bool {
+    matches!(stream.try_read(&mut [0u8; 1]), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
 }
 
-/// The idle connection, once ready; `None` if it is closed or too old.
-async fn ready(Idle { mut sender, since }: Idle) -> Option<http1::SendRequest<Body>> {
-    if sender.is_closed() || since.elapsed() > IDLE_TIMEOUT {
-        return None;
-    }
-    // Not ready yet: its connection task marks it ready within one turn of the worker's loop.
-    if sender.is_ready() || sender.ready().await.is_ok() {
-        Some(sender)
-    } else {
-        None
-    }
-}
-
-/// An idle connection ready for a request, if there is one.
-async fn checkout(authority: &http::uri::Authority) -> Option<http1::SendRequest<Body>> {
-    loop {
-        let idle = HOSTS.with_borrow_mut(|hosts| take_idle(&mut hosts.get_mut(authority.as_str())?.idle))?;
-        if let Some(s) = ready(idle).await {
-            return Some(s);
+/// The most recently used idle connection that is open and not too old; older ones found closed on
+/// the way are dropped.
+fn take_idle(idle: &mut Vec<Idle>) -> Option<TcpStream> {
+    while let Some(i) = idle.pop() {
+        if i.since.elapsed() <= IDLE_TIMEOUT && is_open(&i.stream) {
+            return Some(i.stream);
         }
     }
+    None
 }
 
-fn checkin(authority: http::uri::Authority, sender: http1::SendRequest<Body>) {
-    if sender.is_closed() {
-        return;
-    }
+fn checkin(authority: &str, stream: TcpStream) {
     HOSTS.with_borrow_mut(|hosts| {
-        let Some(h) = hosts.get_mut(authority.as_str()) else { return };
+        let Some(h) = hosts.get_mut(authority) else { return };
         // Full: the connection is dropped, which closes it.
         if h.idle.len() < MAX_IDLE_PER_HOST {
             h.idle.push(Idle {
-                sender,
+                stream,
                 since: Instant::now(),
             });
         }
     });
 }
 
-async fn connect(authority: &http::uri::Authority) -> Result<http1::SendRequest<Body>, SendError> {
+async fn connect(authority: &Authority) -> Result<TcpStream, SendError> {
     let port = authority.port_u16().unwrap_or(80);
-    let stream = tokio::net::TcpStream::connect((authority.host(), port))
-        .await
-        .map_err(SendError::Connect)?;
+    // An IPv6 literal is written in brackets in a URI, without them in a socket address.
+    let host = authority.host().trim_start_matches('[').trim_end_matches(']');
+    let stream = TcpStream::connect((host, port)).await.map_err(SendError::Connect)?;
     let _ = stream.set_nodelay(true);
     let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(TCP_KEEPALIVE));
-    let (sender, conn) = http1::Builder::new()
-        .writev(false)
-        .handshake::<_, Body>(TokioIo::new(stream))
-        .await
-        .map_err(SendError::Http)?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(error = %e, "upstream connection ended with an error");
-        }
-    });
-    Ok(sender)
+    Ok(stream)
 }
 
-/// A response body that gives its connection back to the pool once read to the end.
-struct PooledBody {
-    inner: Incoming,
-    conn: Option<(http1::SendRequest<Body>, http::uri::Authority)>,
+/// A response body from an upstream.
+enum UpstreamBody {
+    /// Read with the head (or none); the connection is already back in the pool.
+    Whole(Option<Bytes>),
+    Streaming(Box<Streaming>),
 }
 
-impl PooledBody {
+/// A body still arriving; the connection goes back to the pool when it has been read to the end,
+/// and is closed with the body if dropped before.
+struct Streaming {
+    /// `None` once the body has ended.
+    stream: Option<TcpStream>,
+    buf: BytesMut,
+    decoder: Decoder,
+    keep_alive: bool,
+    authority: Authority,
+}
+
+impl Streaming {
     fn release(&mut self) {
-        if let Some((sender, authority)) = self.conn.take() {
-            checkin(authority, sender);
+        if let Some(stream) = self.stream.take() {
+            // Bytes past the end of the body: the connection is out of step; close it.
+            if self.keep_alive && self.buf.is_empty() {
+                checkin(self.authority.as_str(), stream);
+            }
+        }
+    }
+
+    fn fail(&mut self, e: impl Into<BoxError>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.stream = None;
+        self.decoder = Decoder::Done;
+        Poll::Ready(Some(Err(e.into())))
+    }
+
+    fn poll_data(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        loop {
+            match self.decoder.decode(&mut self.buf) {
+                Err(e) => return self.fail(e),
+                Ok(Decoded::Data(data)) => {
+                    if self.decoder.is_done() {
+                        self.release();
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Ok(Decoded::End) => {
+                    self.release();
+                    return Poll::Ready(None);
+                }
+                Ok(Decoded::NeedMore) => {}
+            }
+            let Some(stream) = self.stream.as_mut() else {
+                return Poll::Ready(None);
+            };
+            self.buf.reserve(self.decoder.want());
+            match tokio_util::io::poll_read_buf(Pin::new(stream), cx, &mut self.buf) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(e)) => return self.fail(e),
+                Poll::Ready(Ok(0)) => match self.decoder.eof() {
+                    Ok(_) => {
+                        self.stream = None;
+                        return Poll::Ready(None);
+                    }
+                    Err(e) => return self.fail(e),
+                },
+                Poll::Ready(Ok(_)) => {}
+            }
         }
     }
 }
 
-impl Drop for PooledBody {
-    fn drop(&mut self) {
-        // A body with nothing left to read (empty, HEAD, 204) may never be polled: its connection is
-        // reusable all the same. One dropped mid-body is closed with it.
-        if self.inner.is_end_stream() {
-            self.release();
-        }
-    }
-}
-
-impl http_body::Body for PooledBody {
+impl http_body::Body for UpstreamBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(None) => {
-                this.release();
-                Poll::Ready(None)
-            }
-            Poll::Ready(Some(Ok(frame))) => {
-                if this.inner.is_end_stream() {
-                    this.release();
-                }
-                Poll::Ready(Some(Ok(frame)))
-            }
-            Poll::Ready(Some(Err(e))) => {
-                // The connection is broken: drop it.
-                this.conn = None;
-                Poll::Ready(Some(Err(e.into())))
-            }
-            Poll::Pending => Poll::Pending,
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            UpstreamBody::Whole(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            UpstreamBody::Streaming(s) => s.poll_data(cx),
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match self {
+            UpstreamBody::Whole(b) => b.is_none(),
+            UpstreamBody::Streaming(s) => s.decoder.is_done(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match self {
+            UpstreamBody::Whole(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            UpstreamBody::Streaming(s) => match s.decoder {
+                Decoder::Length(n) => SizeHint::with_exact(n),
+                Decoder::Done => SizeHint::with_exact(0),
+                _ => SizeHint::default(),
+            },
+        }
     }
 }
 
@@ -289,6 +451,7 @@ impl http_body::Body for PooledBody {
 mod tests {
     use super::*;
     use http_body_util::BodyExt;
+    use std::error::Error as _;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -384,5 +547,250 @@ mod tests {
         drop(l);
         let err = send(get(addr)).await.unwrap_err();
         assert!(matches!(err, SendError::Connect(_)), "{err}");
+    }
+
+    /// What a scripted backend does with the n-th request (from 0) on the c-th connection (from 0).
+    enum Reply {
+        /// Sends these pieces, one write each, and keeps the connection open.
+        Send(Vec<Vec<u8>>),
+        /// Sends these pieces and closes the connection.
+        SendClose(Vec<Vec<u8>>),
+        /// Closes the connection without answering.
+        Close,
+    }
+
+    type Seen = Arc<std::sync::Mutex<Vec<Vec<u8>>>>;
+
+    /// Reads one whole request (head, then a content-length or chunked body) from `buf`/`s`.
+    async fn read_request(s: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> Option<Vec<u8>> {
+        let mut chunk = [0u8; 4096];
+        loop {
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                let body_len = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length: "))
+                    .map(|n| n.trim().parse::<usize>().unwrap());
+                let chunked = head.contains("transfer-encoding: chunked");
+                let total = match body_len {
+                    Some(n) if buf.len() >= end + 4 + n => Some(end + 4 + n),
+                    None if chunked => buf.windows(5).position(|w| w == b"0\r\n\r\n").map(|p| p + 5),
+                    None => Some(end + 4),
+                    _ => None,
+                };
+                if let Some(total) = total {
+                    return Some(buf.drain(..total).collect());
+                }
+            }
+            let n = s.read(&mut chunk).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    async fn scripted(script: fn(usize, usize) -> Reply) -> (std::net::SocketAddr, Arc<AtomicUsize>, Seen) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let seen: Seen = Default::default();
+        let (count, log) = (accepted.clone(), seen.clone());
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = l.accept().await.unwrap();
+                let c = count.fetch_add(1, Ordering::SeqCst);
+                let log = log.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    for n in 0.. {
+                        let Some(req) = read_request(&mut s, &mut buf).await else { return };
+                        log.lock().unwrap().push(req);
+                        let (pieces, close) = match script(c, n) {
+                            Reply::Send(p) => (p, false),
+                            Reply::SendClose(p) => (p, true),
+                            Reply::Close => return,
+                        };
+                        for p in pieces {
+                            if s.write_all(&p).await.is_err() {
+                                return;
+                            }
+                        }
+                        if close {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (addr, accepted, seen)
+    }
+
+    fn ok(body: &str) -> Reply {
+        Reply::Send(vec![
+            format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}", body.len()).into_bytes()
+        ])
+    }
+
+    fn request(method: Method, addr: std::net::SocketAddr, body: Body) -> Request<Body> {
+        let mut r = Request::new(body);
+        *r.method_mut() = method;
+        *r.uri_mut() = format!("http://{addr}/p?q=1").parse().unwrap();
+        r.headers_mut().insert("x-test", HeaderValue::from_static("yes"));
+        r
+    }
+
+    fn full_body(b: &'static str) -> Body {
+        Body::new(http_body_util::Full::new(Bytes::from_static(b.as_bytes())).map_err(|never| match never {}))
+    }
+
+    #[tokio::test]
+    async fn a_request_body_of_known_length_goes_with_its_head() {
+        let (addr, _, seen) = scripted(|_, _| ok("got it")).await;
+        let resp = send(request(Method::POST, addr, full_body("abc"))).await.unwrap();
+        assert_eq!(body_of(resp).await, "got it");
+        let raw = String::from_utf8(seen.lock().unwrap()[0].clone()).unwrap();
+        assert!(raw.starts_with(&format!("POST /p?q=1 HTTP/1.1\r\nhost: {addr}\r\n")), "{raw}");
+        assert!(raw.contains("\r\nx-test: yes\r\n"), "{raw}");
+        assert!(raw.ends_with("\r\ncontent-length: 3\r\n\r\nabc"), "{raw}");
+    }
+
+    #[tokio::test]
+    async fn a_request_body_of_unknown_length_is_sent_chunked() {
+        let (addr, _, seen) = scripted(|_, _| ok("")).await;
+        let pieces = ["hello ", "chunked ", "world"].map(|p| Ok::<_, BoxError>(Frame::data(Bytes::from_static(p.as_bytes()))));
+        let body = Body::new(http_body_util::StreamBody::new(futures_util::stream::iter(pieces)));
+        let resp = send(request(Method::PUT, addr, body)).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let raw = String::from_utf8(seen.lock().unwrap()[0].clone()).unwrap();
+        assert!(raw.contains("\r\ntransfer-encoding: chunked\r\n\r\n"), "{raw}");
+        assert!(
+            raw.ends_with("\r\n\r\n6\r\nhello \r\n8\r\nchunked \r\n5\r\nworld\r\n0\r\n\r\n"),
+            "{raw}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_body_over_the_limit_is_a_body_error_naming_the_limit() {
+        let (addr, _, _) = scripted(|_, _| ok("")).await;
+        let pieces = ["0123456789"; 3].map(|p| Ok::<_, BoxError>(Frame::data(Bytes::from_static(p.as_bytes()))));
+        let body = http_body_util::Limited::new(http_body_util::StreamBody::new(futures_util::stream::iter(pieces)), 25);
+        let err = send(request(Method::POST, addr, Body::new(body))).await.unwrap_err();
+        let SendError::Body(inner) = &err else { panic!("{err}") };
+        assert!(inner.is::<http_body_util::LengthLimitError>(), "{inner}");
+    }
+
+    #[tokio::test]
+    async fn a_chunked_response_in_pieces_is_decoded_and_its_connection_reused() {
+        let (addr, accepted, _) = scripted(|_, _| {
+            Reply::Send(vec![
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 99\r\n\r\n".to_vec(),
+                b"4\r\nwiki\r\n".to_vec(),
+                b"5;x=y\r\npedia\r\n0\r\n".to_vec(),
+                b"\r\n".to_vec(),
+            ])
+        })
+        .await;
+        for _ in 0..3 {
+            let resp = send(get(addr)).await.unwrap();
+            assert!(resp.headers().get("content-length").is_none(), "dropped beside chunked");
+            assert_eq!(body_of(resp).await, "wikipedia");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        assert_eq!(idle_count(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_response_saying_close_or_running_to_eof_is_not_pooled() {
+        let (addr, accepted, _) = scripted(|_, n| match n {
+            0 => Reply::SendClose(vec![b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nhi".to_vec()]),
+            _ => Reply::Close,
+        })
+        .await;
+        assert_eq!(body_of(send(get(addr)).await.unwrap()).await, "hi");
+        assert_eq!(idle_count(), 0);
+        let (addr2, _, _) = scripted(|_, _| Reply::SendClose(vec![b"HTTP/1.0 200 OK\r\n\r\nuntil ".to_vec(), b"the end".to_vec()])).await;
+        assert_eq!(body_of(send(get(addr2)).await.unwrap()).await, "until the end");
+        assert_eq!(idle_count(), 0);
+        assert_eq!(body_of(send(get(addr)).await.unwrap()).await, "hi");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2, "a new connection for the second request");
+    }
+
+    #[tokio::test]
+    async fn responses_without_a_body_keep_their_connection() {
+        let (addr, accepted, _) = scripted(|_, n| match n {
+            0 => Reply::Send(vec![b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n".to_vec()]),
+            1 => Reply::Send(vec![b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n".to_vec()]),
+            _ => ok("last"),
+        })
+        .await;
+        let mut head = get(addr);
+        *head.method_mut() = Method::HEAD;
+        let resp = send(head).await.unwrap();
+        assert_eq!(resp.headers()["content-length"], "10");
+        assert!(resp.body().is_end_stream());
+        drop(resp);
+        let resp = send(get(addr)).await.unwrap();
+        assert_eq!(resp.status(), 204);
+        drop(resp);
+        assert_eq!(body_of(send(get(addr)).await.unwrap()).await, "last");
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn bad_and_truncated_responses_are_errors() {
+        let (addr, _, _) = scripted(|_, _| Reply::SendClose(vec![b"HTTP/1.1 200 OK\r\ncontent-length: x\r\n\r\n".to_vec()])).await;
+        let err = send(get(addr)).await.unwrap_err();
+        assert!(
+            matches!(err, SendError::Protocol(ProtocolError::ContentLength(ref v)) if v == "x"),
+            "{err:?}"
+        );
+        let (addr, _, _) = scripted(|_, _| Reply::SendClose(vec![b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nonly5".to_vec()])).await;
+        let err = send(get(addr)).await.unwrap().into_body().collect().await.unwrap_err();
+        assert_eq!(err.to_string(), ProtocolError::Truncated.to_string());
+        assert_eq!(idle_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn only_bodyless_idempotent_requests_are_retried_when_a_reused_connection_closes() {
+        // Every connection answers its first request and closes silently on its second.
+        let (addr, accepted, _) = scripted(|_, n| if n == 0 { ok("first") } else { Reply::Close }).await;
+        assert_eq!(body_of(send(get(addr)).await.unwrap()).await, "first");
+        assert_eq!(idle_count(), 1);
+        // The GET goes out on the pooled connection, finds it closed, and is sent again on a new one.
+        assert_eq!(body_of(send(get(addr)).await.unwrap()).await, "first");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        // A POST is not sent twice.
+        let err = send(request(Method::POST, addr, full_body(""))).await.unwrap_err();
+        assert!(matches!(err, SendError::Closed), "{err:?}");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn a_body_that_disagrees_with_its_length_is_refused() {
+        let mut out = Vec::new();
+        let data = |s: &'static str| Some(Ok(Frame::data(Bytes::from_static(s.as_bytes()))));
+        let mut w = BodyWriter {
+            framing: RequestFraming::Length(3),
+            sent: 0,
+        };
+        let err = w.take(data("abcd"), true, &mut out).unwrap_err();
+        assert!(
+            err.source().unwrap().to_string().contains("longer than its content-length 3"),
+            "{err}"
+        );
+        let mut w = BodyWriter {
+            framing: RequestFraming::Length(3),
+            sent: 0,
+        };
+        assert!(w.take(data("ab"), false, &mut out).unwrap());
+        let err = w.take(None, true, &mut out).unwrap_err();
+        assert!(
+            err.source()
+                .unwrap()
+                .to_string()
+                .contains("2 bytes, shorter than its content-length 3"),
+            "{err}"
+        );
     }
 }

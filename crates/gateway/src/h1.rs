@@ -1,0 +1,591 @@
+//! The HTTP/1.1 wire format on the upstream side, with no I/O: request heads written, response heads
+//! parsed (with `httparse`, as hyper does) and response bodies framed and decoded (RFC 9112 §6).
+//!
+//! The client side of the gateway is narrow — it writes requests the gateway itself built and reads
+//! responses from upstreams it was configured with — so it runs in the request's own task (see
+//! [`crate::upstream`]) instead of behind a connection task and channels, and holds a read buffer only
+//! while a response is in flight.
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, StatusCode, Version};
+
+/// A response head larger than this is refused (hyper's default limit is about 400 KiB; nginx's
+/// `proxy_buffer_size` is 4–8 KiB).
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// A response with more header fields than this is refused (hyper's default).
+pub const MAX_HEADERS: usize = 100;
+/// Chunk-size lines and trailer sections longer than this are refused.
+const MAX_CHUNK_LINE: usize = 4096;
+const MAX_TRAILERS: usize = 16 * 1024;
+
+/// Why an upstream's response could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProtocolError {
+    #[error("invalid response head: {0}")]
+    Head(httparse::Error),
+    #[error("response head larger than {MAX_HEAD_BYTES} bytes")]
+    HeadTooLarge,
+    #[error("unsupported response version HTTP/1.{0}")]
+    Version(u8),
+    #[error("invalid response header {0:?}")]
+    Header(String),
+    #[error("invalid content-length {0:?}")]
+    ContentLength(String),
+    #[error("invalid chunk size line")]
+    ChunkSize,
+    #[error("missing CRLF after a chunk")]
+    ChunkEnd,
+    #[error("trailer section larger than {MAX_TRAILERS} bytes")]
+    Trailers,
+    #[error("the upstream closed the connection in the middle of the response")]
+    Truncated,
+}
+
+/// How a request body is framed on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestFraming {
+    /// No body.
+    Empty,
+    Length(u64),
+    Chunked,
+}
+
+/// Request fields the gateway writes itself (framing, the upstream's host, hop-by-hop fields); those
+/// in the given header map are skipped.
+fn written_by_us(name: &HeaderName) -> bool {
+    name == header::HOST
+        || name == header::CONTENT_LENGTH
+        || name == header::TRANSFER_ENCODING
+        || name == header::CONNECTION
+        || name == header::EXPECT
+}
+
+/// Appends `METHOD target HTTP/1.1`, `host`, the header fields and the framing field to `out`.
+pub fn encode_head(out: &mut Vec<u8>, method: &Method, target: &str, host: &HeaderValue, headers: &HeaderMap, framing: RequestFraming) {
+    out.extend_from_slice(method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
+    out.extend_from_slice(host.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in headers {
+        if written_by_us(name) {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    match framing {
+        RequestFraming::Empty if method_implies_body(method) => out.extend_from_slice(b"content-length: 0\r\n"),
+        RequestFraming::Empty => {}
+        RequestFraming::Length(n) => {
+            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(itoa(n, &mut [0; 20]));
+            out.extend_from_slice(b"\r\n");
+        }
+        RequestFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Methods whose requests are expected to carry a body: an empty one is sent with `content-length: 0`
+/// (RFC 9110 §8.6), as curl and hyper do.
+fn method_implies_body(m: &Method) -> bool {
+    m == Method::POST || m == Method::PUT || m == Method::PATCH
+}
+
+/// Appends one chunk of a chunked request body (`size CRLF data CRLF`); the last chunk is [`LAST_CHUNK`].
+pub fn encode_chunk(out: &mut Vec<u8>, data: &[u8]) {
+    let mut hex = [0u8; 16];
+    let mut i = hex.len();
+    let mut n = data.len();
+    loop {
+        i -= 1;
+        hex[i] = b"0123456789abcdef"[n % 16];
+        n /= 16;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&hex[i..]);
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
+}
+
+pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
+
+fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[i..];
+        }
+    }
+}
+
+/// A parsed response head.
+#[derive(Debug)]
+pub struct Head {
+    pub status: StatusCode,
+    pub version: Version,
+    /// The header fields as received; `content-length` is dropped when the body is chunked.
+    pub headers: HeaderMap,
+    pub framing: Framing,
+    /// Whether the connection may carry another request once this response is read.
+    pub keep_alive: bool,
+}
+
+/// How a response body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// No body (a response to HEAD; 1xx, 204, 304).
+    Empty,
+    Length(u64),
+    Chunked,
+    /// Until the upstream closes the connection.
+    Eof,
+}
+
+/// Parses the response head at the start of `buf`. Interim (1xx) responses are skipped. On success
+/// the head's bytes are split off `buf`, which keeps what follows (the start of the body); `Ok(None)`
+/// means more bytes are needed.
+pub fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, ProtocolError> {
+    loop {
+        let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut res = httparse::Response::new(&mut fields);
+        let len = match res.parse(buf) {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD_BYTES => return Err(ProtocolError::HeadTooLarge),
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(httparse::Error::TooManyHeaders) => return Err(ProtocolError::HeadTooLarge),
+            Err(e) => return Err(ProtocolError::Head(e)),
+        };
+        if len > MAX_HEAD_BYTES {
+            return Err(ProtocolError::HeadTooLarge);
+        }
+        let code = res.code.unwrap_or_default();
+        let version = match res.version {
+            Some(1) => Version::HTTP_11,
+            Some(0) => Version::HTTP_10,
+            Some(v) => return Err(ProtocolError::Version(v)),
+            None => return Err(ProtocolError::Head(httparse::Error::Version)),
+        };
+        let status = StatusCode::from_u16(code).map_err(|_| ProtocolError::Head(httparse::Error::Status))?;
+        if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
+            buf.advance(len);
+            continue;
+        }
+        // Where each field lies in the head, so the values can share the head's buffer.
+        let base = buf.as_ptr() as usize;
+        let n = res.headers.len();
+        let mut spans = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
+        for (span, h) in spans.iter_mut().zip(res.headers.iter()) {
+            let name = h.name.as_ptr() as usize - base;
+            let value = h.value.as_ptr() as usize - base;
+            *span = (name, name + h.name.len(), value, value + h.value.len());
+        }
+        let head = buf.split_to(len).freeze();
+        let mut headers = HeaderMap::with_capacity(n);
+        for &(ns, ne, vs, ve) in &spans[..n] {
+            let name = HeaderName::from_bytes(&head[ns..ne])
+                .map_err(|_| ProtocolError::Header(String::from_utf8_lossy(&head[ns..ne]).into_owned()))?;
+            let value = HeaderValue::from_maybe_shared(head.slice(vs..ve)).map_err(|_| ProtocolError::Header(name.to_string()))?;
+            headers.append(name, value);
+        }
+        return finish_head(status, version, headers, method).map(Some);
+    }
+}
+
+fn finish_head(status: StatusCode, version: Version, mut headers: HeaderMap, method: &Method) -> Result<Head, ProtocolError> {
+    let mut close = false;
+    let mut keep_alive_token = false;
+    for v in headers.get_all(header::CONNECTION) {
+        for t in v.to_str().unwrap_or("").split(',').map(str::trim) {
+            close |= t.eq_ignore_ascii_case("close");
+            keep_alive_token |= t.eq_ignore_ascii_case("keep-alive");
+        }
+    }
+    let mut keep_alive = !close && (version == Version::HTTP_11 || keep_alive_token);
+    let framing =
+        if *method == Method::HEAD || status.is_informational() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+            Framing::Empty
+        } else if headers.contains_key(header::TRANSFER_ENCODING) {
+            // RFC 9112 §6.3: transfer-encoding overrides content-length; a response whose last coding
+            // is not chunked runs until the connection closes.
+            headers.remove(header::CONTENT_LENGTH);
+            let last = headers
+                .get_all(header::TRANSFER_ENCODING)
+                .iter()
+                .next_back()
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.rsplit(',').next())
+                .map(str::trim);
+            if last.is_some_and(|c| c.eq_ignore_ascii_case("chunked")) {
+                Framing::Chunked
+            } else {
+                Framing::Eof
+            }
+        } else if headers.contains_key(header::CONTENT_LENGTH) {
+            Framing::Length(content_length(&headers)?)
+        } else {
+            Framing::Eof
+        };
+    if framing == Framing::Eof || status == StatusCode::SWITCHING_PROTOCOLS {
+        keep_alive = false;
+    }
+    Ok(Head {
+        status,
+        version,
+        headers,
+        framing,
+        keep_alive,
+    })
+}
+
+/// The content length, which every `content-length` field (and list element) must state alike.
+fn content_length(headers: &HeaderMap) -> Result<u64, ProtocolError> {
+    let mut found: Option<u64> = None;
+    for v in headers.get_all(header::CONTENT_LENGTH) {
+        let bad = || ProtocolError::ContentLength(String::from_utf8_lossy(v.as_bytes()).into_owned());
+        for t in v.to_str().map_err(|_| bad())?.split(',').map(str::trim) {
+            if t.is_empty() || t.len() > 19 || !t.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(bad());
+            }
+            let n: u64 = t.parse().map_err(|_| bad())?;
+            if found.is_some_and(|f| f != n) {
+                return Err(bad());
+            }
+            found = Some(n);
+        }
+    }
+    found.ok_or_else(|| ProtocolError::ContentLength(String::new()))
+}
+
+/// Decodes a response body from the bytes read so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decoder {
+    /// This many bytes are left.
+    Length(u64),
+    Chunked(Chunk),
+    Eof,
+    Done,
+}
+
+/// Where a chunked decoder is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Chunk {
+    Size,
+    /// This many bytes of the current chunk are left.
+    Data(u64),
+    /// The CRLF after a chunk's data.
+    DataEnd,
+    Trailers,
+}
+
+/// What [`Decoder::decode`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Decoded {
+    Data(Bytes),
+    End,
+    NeedMore,
+}
+
+impl Decoder {
+    pub fn new(framing: Framing) -> Decoder {
+        match framing {
+            Framing::Empty | Framing::Length(0) => Decoder::Done,
+            Framing::Length(n) => Decoder::Length(n),
+            Framing::Chunked => Decoder::Chunked(Chunk::Size),
+            Framing::Eof => Decoder::Eof,
+        }
+    }
+
+    pub fn is_done(&self) -> bool {
+        *self == Decoder::Done
+    }
+
+    /// How much to read next.
+    pub fn want(&self) -> usize {
+        match *self {
+            Decoder::Length(n) => n.clamp(1, 64 * 1024) as usize,
+            _ => 16 * 1024,
+        }
+    }
+
+    /// The next piece of the body from `buf` (what it uses is split off `buf`).
+    pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Decoded, ProtocolError> {
+        loop {
+            match self {
+                Decoder::Done => return Ok(Decoded::End),
+                Decoder::Length(left) => {
+                    if buf.is_empty() {
+                        return Ok(Decoded::NeedMore);
+                    }
+                    let k = (*left).min(buf.len() as u64);
+                    *left -= k;
+                    if *left == 0 {
+                        *self = Decoder::Done;
+                    }
+                    return Ok(Decoded::Data(buf.split_to(k as usize).freeze()));
+                }
+                Decoder::Eof => {
+                    if buf.is_empty() {
+                        return Ok(Decoded::NeedMore);
+                    }
+                    return Ok(Decoded::Data(buf.split().freeze()));
+                }
+                Decoder::Chunked(state) => match *state {
+                    Chunk::Size => match httparse::parse_chunk_size(buf) {
+                        Ok(httparse::Status::Complete((used, size))) => {
+                            buf.advance(used);
+                            *state = if size == 0 { Chunk::Trailers } else { Chunk::Data(size) };
+                        }
+                        Ok(httparse::Status::Partial) if buf.len() > MAX_CHUNK_LINE => return Err(ProtocolError::ChunkSize),
+                        Ok(httparse::Status::Partial) => return Ok(Decoded::NeedMore),
+                        Err(_) => return Err(ProtocolError::ChunkSize),
+                    },
+                    Chunk::Data(left) => {
+                        if buf.is_empty() {
+                            return Ok(Decoded::NeedMore);
+                        }
+                        let k = left.min(buf.len() as u64);
+                        *state = if k == left { Chunk::DataEnd } else { Chunk::Data(left - k) };
+                        return Ok(Decoded::Data(buf.split_to(k as usize).freeze()));
+                    }
+                    Chunk::DataEnd => {
+                        if buf.len() < 2 {
+                            return Ok(Decoded::NeedMore);
+                        }
+                        if &buf[..2] != b"\r\n" {
+                            return Err(ProtocolError::ChunkEnd);
+                        }
+                        buf.advance(2);
+                        *state = Chunk::Size;
+                    }
+                    // Trailer fields are read and dropped, as nginx does by default.
+                    Chunk::Trailers => match buf.windows(2).position(|w| w == b"\r\n") {
+                        Some(0) => {
+                            buf.advance(2);
+                            *self = Decoder::Done;
+                        }
+                        Some(i) => buf.advance(i + 2),
+                        None if buf.len() > MAX_TRAILERS => return Err(ProtocolError::Trailers),
+                        None => return Ok(Decoded::NeedMore),
+                    },
+                },
+            }
+        }
+    }
+
+    /// The connection closed: the end of an until-close body, a truncated body otherwise.
+    pub fn eof(&mut self) -> Result<Decoded, ProtocolError> {
+        match self {
+            Decoder::Eof | Decoder::Done => {
+                *self = Decoder::Done;
+                Ok(Decoded::End)
+            }
+            _ => Err(ProtocolError::Truncated),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head_of(raw: &str, method: Method) -> (Result<Option<Head>, ProtocolError>, BytesMut) {
+        let mut buf = BytesMut::from(raw.as_bytes());
+        let h = parse_head(&mut buf, &method);
+        (h, buf)
+    }
+
+    fn decode_all(d: &mut Decoder, input: &[&str]) -> Result<Vec<u8>, ProtocolError> {
+        let mut buf = BytesMut::new();
+        let mut out = Vec::new();
+        let mut pieces = input.iter();
+        loop {
+            match d.decode(&mut buf)? {
+                Decoded::Data(b) => out.extend_from_slice(&b),
+                Decoded::End => return Ok(out),
+                Decoded::NeedMore => match pieces.next() {
+                    Some(p) => buf.extend_from_slice(p.as_bytes()),
+                    None => {
+                        d.eof()?;
+                        return Ok(out);
+                    }
+                },
+            }
+        }
+    }
+
+    #[test]
+    fn request_head_has_host_fields_and_framing() {
+        let mut h = HeaderMap::new();
+        h.insert("x-a", HeaderValue::from_static("1"));
+        h.insert(header::HOST, HeaderValue::from_static("client.example"));
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("99"));
+        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        let host = HeaderValue::from_static("10.0.0.1:8080");
+        let mut out = Vec::new();
+        encode_head(&mut out, &Method::POST, "/a?b=1", &host, &h, RequestFraming::Length(12345));
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "POST /a?b=1 HTTP/1.1\r\nhost: 10.0.0.1:8080\r\nx-a: 1\r\ncontent-length: 12345\r\n\r\n"
+        );
+        let mut out = Vec::new();
+        encode_head(&mut out, &Method::GET, "/", &host, &HeaderMap::new(), RequestFraming::Empty);
+        assert_eq!(out, b"GET / HTTP/1.1\r\nhost: 10.0.0.1:8080\r\n\r\n");
+        let mut out = Vec::new();
+        encode_head(&mut out, &Method::PUT, "/", &host, &HeaderMap::new(), RequestFraming::Empty);
+        assert!(out.ends_with(b"content-length: 0\r\n\r\n"));
+        let mut out = Vec::new();
+        encode_head(&mut out, &Method::POST, "/", &host, &HeaderMap::new(), RequestFraming::Chunked);
+        assert!(out.ends_with(b"transfer-encoding: chunked\r\n\r\n"));
+    }
+
+    #[test]
+    fn chunks_are_hex_sized() {
+        let mut out = Vec::new();
+        encode_chunk(&mut out, &[b'x'; 26]);
+        encode_chunk(&mut out, b"y");
+        out.extend_from_slice(LAST_CHUNK);
+        let expected = format!("1a\r\n{}\r\n1\r\ny\r\n0\r\n\r\n", "x".repeat(26));
+        assert_eq!(String::from_utf8(out.clone()).unwrap(), expected);
+        let mut d = Decoder::new(Framing::Chunked);
+        assert_eq!(decode_all(&mut d, &[&expected]).unwrap(), [vec![b'x'; 26], vec![b'y']].concat());
+    }
+
+    #[test]
+    fn response_head_with_length_leaves_the_body_in_the_buffer() {
+        let (h, rest) = head_of("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-Y: a b\r\n\r\nhello", Method::GET);
+        let h = h.unwrap().unwrap();
+        assert_eq!(h.status, 200);
+        assert_eq!(h.framing, Framing::Length(5));
+        assert!(h.keep_alive);
+        assert_eq!(h.headers["x-y"], "a b");
+        assert_eq!(&rest[..], b"hello");
+    }
+
+    #[test]
+    fn partial_heads_ask_for_more() {
+        let (h, rest) = head_of("HTTP/1.1 200 OK\r\nContent-Le", Method::GET);
+        assert!(h.unwrap().is_none());
+        assert_eq!(rest.len(), 27, "nothing consumed");
+    }
+
+    #[test]
+    fn interim_responses_are_skipped() {
+        let (h, rest) = head_of(
+            "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\ncontent-length: 0\r\n\r\n",
+            Method::POST,
+        );
+        let h = h.unwrap().unwrap();
+        assert_eq!(h.status, 201);
+        assert_eq!(h.framing, Framing::Length(0));
+        assert!(rest.is_empty());
+        let (h, rest) = head_of("HTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\nHTTP/1.1 2", Method::GET);
+        assert!(h.unwrap().is_none());
+        assert_eq!(&rest[..], b"HTTP/1.1 2", "the interim head is consumed");
+    }
+
+    #[test]
+    fn framing_follows_rfc_9112() {
+        let f = |raw: &str, m: Method| head_of(raw, m).0.unwrap().unwrap();
+        let h = f(
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\ncontent-length: 10\r\n\r\n",
+            Method::GET,
+        );
+        assert_eq!(h.framing, Framing::Chunked);
+        assert!(
+            !h.headers.contains_key(header::CONTENT_LENGTH),
+            "content-length dropped beside chunked"
+        );
+        let h = f("HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n", Method::GET);
+        assert_eq!((h.framing, h.keep_alive), (Framing::Eof, false));
+        let h = f("HTTP/1.1 200 OK\r\n\r\n", Method::GET);
+        assert_eq!((h.framing, h.keep_alive), (Framing::Eof, false));
+        let h = f("HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n", Method::HEAD);
+        assert_eq!(h.framing, Framing::Empty);
+        assert_eq!(h.headers[header::CONTENT_LENGTH], "10", "kept for the client");
+        assert_eq!(f("HTTP/1.1 204 No Content\r\n\r\n", Method::GET).framing, Framing::Empty);
+        assert_eq!(
+            f("HTTP/1.1 304 Not Modified\r\ncontent-length: 7\r\n\r\n", Method::GET).framing,
+            Framing::Empty
+        );
+        let h = f("HTTP/1.1 200 OK\r\ncontent-length: 3, 3\r\ncontent-length: 3\r\n\r\n", Method::GET);
+        assert_eq!(h.framing, Framing::Length(3));
+    }
+
+    #[test]
+    fn keep_alive_follows_version_and_connection() {
+        let f = |raw: &str| head_of(raw, Method::GET).0.unwrap().unwrap().keep_alive;
+        assert!(f("HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"));
+        assert!(!f("HTTP/1.1 200 OK\r\nconnection: Close\r\ncontent-length: 0\r\n\r\n"));
+        assert!(!f("HTTP/1.0 200 OK\r\ncontent-length: 0\r\n\r\n"));
+        assert!(f("HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ncontent-length: 0\r\n\r\n"));
+    }
+
+    #[test]
+    fn bad_heads_are_errors_that_say_what() {
+        let e = |raw: &str| head_of(raw, Method::GET).0.unwrap_err();
+        assert_eq!(
+            e("HTTP/1.1 200 OK\r\ncontent-length: 3\r\ncontent-length: 4\r\n\r\n"),
+            ProtocolError::ContentLength("4".into())
+        );
+        assert_eq!(
+            e("HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\n"),
+            ProtocolError::ContentLength("-1".into())
+        );
+        assert_eq!(
+            e("HTTP/1.1 200 OK\r\ncontent-length: +1\r\n\r\n"),
+            ProtocolError::ContentLength("+1".into())
+        );
+        assert!(matches!(e("SSH-2.0-OpenSSH\r\n\r\n"), ProtocolError::Head(_)));
+        let many: String = (0..=MAX_HEADERS).map(|i| format!("x-{i}: v\r\n")).collect();
+        assert_eq!(e(&format!("HTTP/1.1 200 OK\r\n{many}\r\n")), ProtocolError::HeadTooLarge);
+        let huge = format!("HTTP/1.1 200 OK\r\nx: {}", "a".repeat(MAX_HEAD_BYTES));
+        assert_eq!(e(&huge), ProtocolError::HeadTooLarge);
+    }
+
+    #[test]
+    fn length_bodies_stop_at_their_length() {
+        let mut d = Decoder::new(Framing::Length(5));
+        let mut buf = BytesMut::from(&b"hel"[..]);
+        assert_eq!(d.decode(&mut buf).unwrap(), Decoded::Data(Bytes::from_static(b"hel")));
+        assert_eq!(d.decode(&mut buf).unwrap(), Decoded::NeedMore);
+        buf.extend_from_slice(b"loEXTRA");
+        assert_eq!(d.decode(&mut buf).unwrap(), Decoded::Data(Bytes::from_static(b"lo")));
+        assert!(d.is_done());
+        assert_eq!(&buf[..], b"EXTRA", "what follows is left");
+        let mut d = Decoder::new(Framing::Length(5));
+        assert_eq!(decode_all(&mut d, &["abc"]), Err(ProtocolError::Truncated));
+    }
+
+    #[test]
+    fn chunked_bodies_across_reads_with_extensions_and_trailers() {
+        let mut d = Decoder::new(Framing::Chunked);
+        let body = decode_all(&mut d, &["5;ext=1\r\nhel", "lo\r", "\n0", "\r\nx-trailer: 1\r\n", "\r\n"]).unwrap();
+        assert_eq!(body, b"hello");
+        assert!(d.is_done());
+        let mut d = Decoder::new(Framing::Chunked);
+        assert_eq!(decode_all(&mut d, &["5\r\nhelloXX"]), Err(ProtocolError::ChunkEnd));
+        let mut d = Decoder::new(Framing::Chunked);
+        assert_eq!(decode_all(&mut d, &["zz\r\n"]), Err(ProtocolError::ChunkSize));
+        let mut d = Decoder::new(Framing::Chunked);
+        assert_eq!(decode_all(&mut d, &["5\r\nhel"]), Err(ProtocolError::Truncated));
+    }
+
+    #[test]
+    fn until_close_bodies_end_at_eof() {
+        let mut d = Decoder::new(Framing::Eof);
+        assert_eq!(decode_all(&mut d, &["a", "b"]).unwrap(), b"ab");
+        assert!(d.is_done());
+    }
+}
