@@ -6,6 +6,8 @@
 //! [`crate::upstream`]) instead of behind a connection task and channels, and holds a read buffer only
 //! while a response is in flight.
 
+use std::mem::MaybeUninit;
+
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Version};
@@ -154,53 +156,51 @@ pub enum Framing {
 }
 
 /// Parses the response head at the start of `buf`. Interim (1xx) responses are skipped. On success
-/// the head's bytes are split off `buf`, which keeps what follows (the start of the body); `Ok(None)`
-/// means more bytes are needed.
-pub fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, ProtocolError> {
+/// `buf` is left empty and the head comes with what followed it (the start of the body), sharing
+/// one buffer with the header values; `Ok(None)` means more bytes are needed (`buf` keeps them all).
+pub fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<(Head, Bytes)>, ProtocolError> {
     loop {
-        let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut res = httparse::Response::new(&mut fields);
-        let len = match res.parse(buf) {
+        // Frozen, so header values and the body can be slices of it rather than copies.
+        let bytes = std::mem::take(buf).freeze();
+        // Uninitialized: no 3 KiB of stores per response for fields most responses do not have.
+        let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut res = httparse::Response::new(&mut []);
+        let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut res, &bytes, &mut fields) {
+            Ok(httparse::Status::Complete(len)) if len > MAX_HEAD_BYTES => return Err(ProtocolError::HeadTooLarge),
             Ok(httparse::Status::Complete(len)) => len,
-            Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD_BYTES => return Err(ProtocolError::HeadTooLarge),
-            Ok(httparse::Status::Partial) => return Ok(None),
+            Ok(httparse::Status::Partial) if bytes.len() >= MAX_HEAD_BYTES => return Err(ProtocolError::HeadTooLarge),
+            Ok(httparse::Status::Partial) => {
+                *buf = unfreeze(bytes);
+                return Ok(None);
+            }
             Err(httparse::Error::TooManyHeaders) => return Err(ProtocolError::HeadTooLarge),
             Err(e) => return Err(ProtocolError::Head(e)),
         };
-        if len > MAX_HEAD_BYTES {
-            return Err(ProtocolError::HeadTooLarge);
-        }
-        let code = res.code.unwrap_or_default();
         let version = match res.version {
             Some(1) => Version::HTTP_11,
             Some(0) => Version::HTTP_10,
             Some(v) => return Err(ProtocolError::Version(v)),
             None => return Err(ProtocolError::Head(httparse::Error::Version)),
         };
-        let status = StatusCode::from_u16(code).map_err(|_| ProtocolError::Head(httparse::Error::Status))?;
+        let status = StatusCode::from_u16(res.code.unwrap_or_default()).map_err(|_| ProtocolError::Head(httparse::Error::Status))?;
         if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
-            buf.advance(len);
+            *buf = unfreeze(bytes.slice(len..));
             continue;
         }
-        // Where each field lies in the head, so the values can share the head's buffer.
-        let base = buf.as_ptr() as usize;
-        let n = res.headers.len();
-        let mut spans = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
-        for (span, h) in spans.iter_mut().zip(res.headers.iter()) {
-            let name = h.name.as_ptr() as usize - base;
-            let value = h.value.as_ptr() as usize - base;
-            *span = (name, name + h.name.len(), value, value + h.value.len());
-        }
-        let head = buf.split_to(len).freeze();
-        let mut headers = HeaderMap::with_capacity(n);
-        for &(ns, ne, vs, ve) in &spans[..n] {
-            let name = HeaderName::from_bytes(&head[ns..ne])
-                .map_err(|_| ProtocolError::Header(String::from_utf8_lossy(&head[ns..ne]).into_owned()))?;
-            let value = HeaderValue::from_maybe_shared(head.slice(vs..ve)).map_err(|_| ProtocolError::Header(name.to_string()))?;
+        let mut headers = HeaderMap::with_capacity(res.headers.len());
+        for h in res.headers.iter() {
+            let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| ProtocolError::Header(h.name.to_string()))?;
+            let value = HeaderValue::from_maybe_shared(bytes.slice_ref(h.value)).map_err(|_| ProtocolError::Header(name.to_string()))?;
             headers.append(name, value);
         }
-        return finish_head(status, version, headers, method).map(Some);
+        let head = finish_head(status, version, headers, method)?;
+        return Ok(Some((head, bytes.slice(len..))));
     }
+}
+
+/// The bytes as a buffer to read more into (a copy only if something still shares them).
+fn unfreeze(b: Bytes) -> BytesMut {
+    b.try_into_mut().unwrap_or_else(|b| BytesMut::from(&b[..]))
 }
 
 fn finish_head(status: StatusCode, version: Version, mut headers: HeaderMap, method: &Method) -> Result<Head, ProtocolError> {
@@ -400,10 +400,16 @@ impl Decoder {
 mod tests {
     use super::*;
 
-    fn head_of(raw: &str, method: Method) -> (Result<Option<Head>, ProtocolError>, BytesMut) {
+    /// The head, and what is left: the bytes after it, or all of them when the head is incomplete.
+    fn head_of(raw: &str, method: Method) -> (Result<Option<Head>, ProtocolError>, Bytes) {
         let mut buf = BytesMut::from(raw.as_bytes());
-        let h = parse_head(&mut buf, &method);
-        (h, buf)
+        match parse_head(&mut buf, &method) {
+            Ok(Some((h, rest))) => {
+                assert!(buf.is_empty());
+                (Ok(Some(h)), rest)
+            }
+            other => (other.map(|_| None), buf.freeze()),
+        }
     }
 
     fn decode_all(d: &mut Decoder, input: &[&str]) -> Result<Vec<u8>, ProtocolError> {

@@ -82,9 +82,13 @@ fn request_id(headers: &HeaderMap) -> HeaderValue {
             return v.clone();
         }
     }
-    let mut s = String::with_capacity(32);
-    let _ = write!(s, "{:032x}", fastrand::u128(..));
-    HeaderValue::try_from(s).expect("hex is a valid header value")
+    let mut hex = [0u8; 32];
+    let mut n = fastrand::u128(..);
+    for b in hex.iter_mut().rev() {
+        *b = b"0123456789abcdef"[(n & 15) as usize];
+        n >>= 4;
+    }
+    HeaderValue::from_bytes(&hex).expect("hex is a valid header value")
 }
 
 fn error_response(e: &ProxyError) -> Response<Body> {

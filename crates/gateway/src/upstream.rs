@@ -140,7 +140,7 @@ pub async fn send(req: Request<Body>) -> Result<Response<Body>, SendError> {
             None => (connect(authority).await?, false),
         };
         match exchange(stream, &head, &mut body, more, &mut writer, &parts.method).await {
-            Ok((stream, resp, buf)) => return Ok(respond(stream, resp, buf, authority)),
+            Ok((stream, resp, rest)) => return Ok(respond(stream, resp, rest, authority)),
             // The upstream closed the idle connection as it was taken: once more, on a new one.
             Err(f) if f.early && reused && retryable => continue,
             Err(f) => return Err(f.error),
@@ -226,7 +226,7 @@ async fn exchange(
     mut more: bool,
     writer: &mut BodyWriter,
     method: &Method,
-) -> Result<(TcpStream, h1::Head, BytesMut), Failed> {
+) -> Result<(TcpStream, h1::Head, Bytes), Failed> {
     stream.write_all(head).await.map_err(|e| Failed::early(SendError::Io(e)))?;
     let mut out = Vec::new();
     while more {
@@ -254,33 +254,33 @@ async fn exchange(
                 Failed::late(ProtocolError::Truncated.into())
             });
         }
-        if let Some(h) = h1::parse_head(&mut buf, method).map_err(|e| Failed::late(e.into()))? {
-            return Ok((stream, h, buf));
+        if let Some((h, rest)) = h1::parse_head(&mut buf, method).map_err(|e| Failed::late(e.into()))? {
+            return Ok((stream, h, rest));
         }
     }
 }
 
 /// The response: with its whole body when that came with the head (and the connection back in the
-/// pool), else streaming the body from the connection.
-fn respond(stream: TcpStream, head: h1::Head, mut buf: BytesMut, authority: &Authority) -> Response<Body> {
+/// pool), else streaming the body from the connection. `rest` is what was read after the head.
+fn respond(stream: TcpStream, head: h1::Head, rest: Bytes, authority: &Authority) -> Response<Body> {
     let decoder = Decoder::new(head.framing);
     let body = match decoder {
         Decoder::Done => {
-            if head.keep_alive && buf.is_empty() {
+            if head.keep_alive && rest.is_empty() {
                 checkin(authority.as_str(), stream);
             }
             UpstreamBody::Whole(None)
         }
-        Decoder::Length(n) if buf.len() as u64 >= n => {
-            let whole = buf.split_to(n as usize).freeze();
-            if head.keep_alive && buf.is_empty() {
+        Decoder::Length(n) if rest.len() as u64 >= n => {
+            // Bytes past the end of the body: the connection is out of step; close it.
+            if head.keep_alive && rest.len() as u64 == n {
                 checkin(authority.as_str(), stream);
             }
-            UpstreamBody::Whole(Some(whole))
+            UpstreamBody::Whole(Some(rest.slice(..n as usize)))
         }
         _ => UpstreamBody::Streaming(Box::new(Streaming {
             stream: Some(stream),
-            buf,
+            buf: BytesMut::from(rest),
             decoder,
             keep_alive: head.keep_alive,
             authority: authority.clone(),
