@@ -165,6 +165,7 @@ async fn limits_on_body_and_headers_and_proxy_headers() {
     );
     let r = c.post(&url).body(vec![b'x'; 5000]).send().await.unwrap();
     assert_eq!(r.status(), 413);
+    assert_eq!(r.headers()["connection"], "close", "the unread body makes the connection unusable");
     // A streamed body without a length that grows past the limit is refused too.
     let chunks: Vec<Result<Vec<u8>, std::io::Error>> = (0..10).map(|_| Ok(vec![b'y'; 500])).collect();
     let r = c

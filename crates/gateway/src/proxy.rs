@@ -98,6 +98,11 @@ fn error_response(e: &ProxyError) -> Response<Body> {
     *r.status_mut() = e.status();
     r.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if matches!(e, ProxyError::BodyTooLarge(_)) {
+        // The rest of the body is not read, so the connection cannot carry another request: say so,
+        // or a client may send its next request on a connection the server is closing (as nginx does).
+        r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     r
 }
 
