@@ -345,8 +345,8 @@ async fn serve(
         return Outcome::error(ProxyError::BodyTooLarge(max));
     }
     let mut headers = std::mem::take(&mut parts.headers);
+    // The client's Host is not forwarded: the upstream request head writes the upstream's (h1.rs).
     strip_hop_by_hop(&mut headers);
-    headers.remove(header::HOST);
     let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(prev) => HeaderValue::try_from(format!("{prev}, {}", peer.addr.ip())).ok(),
         None => Some(peer.ip.clone()),
