@@ -120,7 +120,7 @@ pub fn encode_chunk(out: &mut Vec<u8>, data: &[u8]) {
 
 pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
 
-fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+pub(crate) fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
     let mut i = buf.len();
     loop {
         i -= 1;
@@ -250,7 +250,7 @@ fn finish_head(status: StatusCode, version: Version, mut headers: HeaderMap, met
 }
 
 /// The content length, which every `content-length` field (and list element) must state alike.
-fn content_length(headers: &HeaderMap) -> Result<u64, ProtocolError> {
+pub(crate) fn content_length(headers: &HeaderMap) -> Result<u64, ProtocolError> {
     let mut found: Option<u64> = None;
     for v in headers.get_all(header::CONTENT_LENGTH) {
         let bad = || ProtocolError::ContentLength(String::from_utf8_lossy(v.as_bytes()).into_owned());
@@ -392,6 +392,56 @@ impl Decoder {
                 Ok(Decoded::End)
             }
             _ => Err(ProtocolError::Truncated),
+        }
+    }
+}
+
+/// A body read off an HTTP/1.1 connection (a client's request or an upstream's response): whole when
+/// it came with its head, else still arriving.
+pub enum WireBody<S> {
+    Whole(Option<Bytes>),
+    Streaming(Box<S>),
+}
+
+/// The reading side of a body still arriving.
+pub trait Arriving {
+    fn poll_data(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, crate::proxy::BoxError>>>;
+    /// Where the body's decoding is.
+    fn decoder(&self) -> Decoder;
+}
+
+impl<S: Arriving> http_body::Body for WireBody<S> {
+    type Data = Bytes;
+    type Error = crate::proxy::BoxError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        match self.get_mut() {
+            WireBody::Whole(b) => std::task::Poll::Ready(b.take().map(|b| Ok(http_body::Frame::data(b)))),
+            WireBody::Streaming(s) => s.poll_data(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            WireBody::Whole(b) => b.is_none(),
+            WireBody::Streaming(s) => s.decoder().is_done(),
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match self {
+            WireBody::Whole(b) => http_body::SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            WireBody::Streaming(s) => match s.decoder() {
+                Decoder::Length(n) => http_body::SizeHint::with_exact(n),
+                Decoder::Done => http_body::SizeHint::with_exact(0),
+                _ => http_body::SizeHint::default(),
+            },
         }
     }
 }

@@ -11,12 +11,12 @@ use canarygate_metrics::{CacheResult, Observation};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
 
 use crate::access_log::Record;
 use crate::cache::{hit_response, storable_for, CacheKey, CachedResponse, StageCache};
 use crate::choose::choose;
 use crate::error::ProxyError;
+use crate::server::RequestBody;
 use crate::table::{CompiledIntegration, StageRoute, VariantRoute};
 use crate::upstream;
 use crate::Gateway;
@@ -31,7 +31,7 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-fn full(b: impl Into<Bytes>) -> Body {
+pub(crate) fn full(b: impl Into<Bytes>) -> Body {
     Full::new(b.into()).map_err(|never| match never {}).boxed_unsync()
 }
 
@@ -138,7 +138,7 @@ impl Peer {
     }
 }
 
-pub async fn handle(gw: &Gateway, req: Request<Incoming>, peer: &Peer) -> Response<Body> {
+pub async fn handle(gw: &Gateway, req: Request<RequestBody>, peer: &Peer) -> Response<Body> {
     let start = Instant::now();
     let wall = SystemTime::now();
     let table = gw.table.load_full();
@@ -284,7 +284,7 @@ async fn serve(
     stage: &StageRoute,
     vr: &VariantRoute,
     parts: &mut http::request::Parts,
-    body: Incoming,
+    body: RequestBody,
     rest: &str,
     host: Option<&str>,
     peer: &Peer,

@@ -27,7 +27,7 @@ use futures_util::FutureExt as _;
 use http::header::HeaderValue;
 use http::uri::Authority;
 use http::{Method, Request, Response};
-use http_body::{Body as _, Frame, SizeHint};
+use http_body::{Body as _, Frame};
 use http_body_util::BodyExt as _;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
@@ -269,16 +269,16 @@ fn respond(stream: TcpStream, head: h1::Head, rest: Bytes, authority: &Authority
             if head.keep_alive && rest.is_empty() {
                 checkin(authority.as_str(), stream);
             }
-            UpstreamBody::Whole(None)
+            h1::WireBody::Whole(None)
         }
         Decoder::Length(n) if rest.len() as u64 >= n => {
             // Bytes past the end of the body: the connection is out of step; close it.
             if head.keep_alive && rest.len() as u64 == n {
                 checkin(authority.as_str(), stream);
             }
-            UpstreamBody::Whole(Some(rest.slice(..n as usize)))
+            h1::WireBody::Whole(Some(rest.slice(..n as usize)))
         }
-        _ => UpstreamBody::Streaming(Box::new(Streaming {
+        _ => h1::WireBody::Streaming(Box::new(Streaming {
             stream: Some(stream),
             buf: BytesMut::from(rest),
             decoder,
@@ -347,14 +347,8 @@ async fn connect(authority: &Authority) -> Result<TcpStream, SendError> {
     Ok(stream)
 }
 
-/// A response body from an upstream.
-enum UpstreamBody {
-    /// Read with the head (or none); the connection is already back in the pool.
-    Whole(Option<Bytes>),
-    Streaming(Box<Streaming>),
-}
-
-/// A body still arriving; the connection goes back to the pool when it has been read to the end,
+/// A response body still arriving (an upstream's response body is an [`h1::WireBody`] of this: `Whole`
+/// when read with its head, the connection then already back in the pool); the connection goes back to the pool when it has been read to the end,
 /// and is closed with the body if dropped before.
 struct Streaming {
     /// `None` once the body has ended.
@@ -363,6 +357,16 @@ struct Streaming {
     decoder: Decoder,
     keep_alive: bool,
     authority: Authority,
+}
+
+impl h1::Arriving for Streaming {
+    fn poll_data(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.read(cx)
+    }
+
+    fn decoder(&self) -> Decoder {
+        self.decoder
+    }
 }
 
 impl Streaming {
@@ -381,7 +385,7 @@ impl Streaming {
         Poll::Ready(Some(Err(e.into())))
     }
 
-    fn poll_data(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn read(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         loop {
             match self.decoder.decode(&mut self.buf) {
                 Err(e) => return self.fail(e),
@@ -413,36 +417,6 @@ impl Streaming {
                 },
                 Poll::Ready(Ok(_)) => {}
             }
-        }
-    }
-}
-
-impl http_body::Body for UpstreamBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.get_mut() {
-            UpstreamBody::Whole(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            UpstreamBody::Streaming(s) => s.poll_data(cx),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            UpstreamBody::Whole(b) => b.is_none(),
-            UpstreamBody::Streaming(s) => s.decoder.is_done(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            UpstreamBody::Whole(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
-            UpstreamBody::Streaming(s) => match s.decoder {
-                Decoder::Length(n) => SizeHint::with_exact(n),
-                Decoder::Done => SizeHint::with_exact(0),
-                _ => SizeHint::default(),
-            },
         }
     }
 }

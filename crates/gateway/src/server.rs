@@ -1,0 +1,1034 @@
+//! The client side of the gateway: HTTP/1.1 connections from clients, read and written by each
+//! connection's own task with `httparse` (as hyper does), with no dispatch channel and no per-request
+//! timer or buffer.
+//!
+//! A connection reads into one buffer that it keeps: a request head is split off it and frozen, so the
+//! request's header values and URI are slices of it rather than copies, and once the request is done
+//! the space is reused in place for the next one. A body that came with its head (the usual small
+//! request) is handed over as a whole; a longer one is lent the connection's read half and buffer and
+//! gives them back when read to its end. The response head and a body that is already there go out in
+//! one write.
+//!
+//! Time limits: a client has `header_read_timeout` to send a request head, counted from the
+//! connection's start for its first request and from the head's first byte for later ones; a
+//! keep-alive connection idle between requests is closed after [`KEEP_ALIVE_IDLE`]. Both use one
+//! timer per connection whose deadline only moves forward on the usual path, which costs no timer
+//! registration per request.
+//!
+//! Errors in a request head get 400 (431 when it is too large) and the connection closes. A connection
+//! that closes with a request body not read to its end (a 413, a route that answered without reading
+//! it) shuts its sending side and reads what the client still sends for up to [`LINGER`] before it
+//! closes, so the client reads the response instead of a reset (nginx's `lingering_close`).
+//!
+//! Graceful shutdown: the worker marks every connection as closing; an idle one closes at once, a busy
+//! one answers its request with `connection: close` and closes.
+
+use std::future::{poll_fn, Future as _};
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+
+use bytes::{Bytes, BytesMut};
+use futures_util::task::AtomicWaker;
+use futures_util::FutureExt as _;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body::{Body as _, Frame};
+use http_body_util::BodyExt as _;
+use std::mem::MaybeUninit;
+use tokio::io::AsyncWriteExt as _;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio::time::{Instant, Sleep};
+
+use crate::h1::{self, Decoded, Decoder, Framing};
+use crate::proxy::{self, Body, BoxError, Peer};
+use crate::Gateway;
+
+/// A keep-alive connection with no request for this long is closed (AWS load balancers' default
+/// idle timeout; nginx's `keepalive_timeout` is 75 s).
+pub const KEEP_ALIVE_IDLE: Duration = Duration::from_secs(60);
+/// A connection closing with request bytes still to come reads and drops them for at most this long.
+pub const LINGER: Duration = Duration::from_secs(2);
+/// … and at most this many bytes.
+const LINGER_BYTES: usize = 4 * 1024 * 1024;
+/// Room a read needs; the buffer is reused in place when the previous request released it.
+const READ_BUF: usize = 4096;
+const MIN_READ: usize = 1024;
+/// A write buffer grown past this by a large response is given back afterwards.
+const KEEP_WRITE_BUF: usize = 64 * 1024;
+
+/// A worker's handle on one of its connections, for graceful shutdown.
+#[derive(Default)]
+pub(crate) struct ConnCtl {
+    closing: AtomicBool,
+    /// Woken when `closing` turns true; registered while the connection waits for a request.
+    idle: AtomicWaker,
+}
+
+impl ConnCtl {
+    fn closing(&self) -> bool {
+        self.closing.load(Ordering::Acquire)
+    }
+}
+
+/// A worker's live connections.
+#[derive(Default)]
+pub(crate) struct Conns {
+    all: Vec<Weak<ConnCtl>>,
+    accepted: usize,
+}
+
+impl Conns {
+    pub(crate) fn add(&mut self) -> Arc<ConnCtl> {
+        let ctl = Arc::new(ConnCtl::default());
+        self.accepted += 1;
+        if self.accepted & 1023 == 0 {
+            self.all.retain(|w| w.strong_count() > 0);
+        }
+        self.all.push(Arc::downgrade(&ctl));
+        ctl
+    }
+
+    /// Closes idle connections now and busy ones after their current request.
+    pub(crate) fn close_all(&self) {
+        for ctl in self.all.iter().filter_map(Weak::upgrade) {
+            ctl.closing.store(true, Ordering::Release);
+            ctl.idle.wake();
+        }
+    }
+
+    pub(crate) fn live(&self) -> usize {
+        self.all.iter().filter(|w| w.strong_count() > 0).count()
+    }
+}
+
+/// Why no request head came.
+enum HeadError {
+    /// The client closed, went idle too long, was too slow, or the worker is shutting down: close
+    /// without a response.
+    Gone,
+    /// A malformed head: answer with this status and close.
+    Bad(StatusCode, String),
+}
+
+struct Conn {
+    /// `None` while lent to a request body.
+    rd: Option<OwnedReadHalf>,
+    wr: OwnedWriteHalf,
+    buf: BytesMut,
+    out: Vec<u8>,
+    timer: Option<Pin<Box<Sleep>>>,
+    /// Scratch space for parsing heads.
+    at: Vec<FieldAt>,
+    /// Bytes of the current request's body may still be on their way: linger when closing.
+    unread_body: bool,
+}
+
+/// Serves one client connection until it closes.
+pub(crate) async fn serve_connection(gw: Arc<Gateway>, stream: TcpStream, peer: Peer, ctl: Arc<ConnCtl>) {
+    let (rd, wr) = stream.into_split();
+    let mut c = Conn {
+        rd: Some(rd),
+        wr,
+        buf: BytesMut::with_capacity(READ_BUF),
+        out: Vec::new(),
+        timer: None,
+        at: Vec::new(),
+        unread_body: false,
+    };
+    let limits = &gw.limits;
+    let mut first = true;
+    loop {
+        let head = match c.read_head(&ctl, limits.max_header_bytes, limits.header_read_timeout, first).await {
+            Ok(h) => h,
+            Err(HeadError::Gone) => return,
+            Err(HeadError::Bad(status, msg)) => {
+                tracing::debug!(peer = %peer.addr, %status, error = %msg, "bad request head");
+                c.unread_body = true;
+                let _ = c.write_response(plain_error(status, &msg), false, false, false).await;
+                c.close().await;
+                return;
+            }
+        };
+        first = false;
+        let is_head = head.method == Method::HEAD;
+        let http10 = head.version == Version::HTTP_10;
+        let mut keep_alive = head.keep_alive;
+        let (body, lent) = match c.request_body(&head, limits.max_body_bytes).await {
+            Ok(b) => b,
+            Err(_) => return,
+        };
+        let mut req = Request::new(body);
+        *req.method_mut() = head.method;
+        *req.uri_mut() = head.uri;
+        *req.version_mut() = head.version;
+        *req.headers_mut() = head.headers;
+        let resp = proxy::handle(&gw, req, &peer).await;
+
+        if let Some(mut back) = lent {
+            match back.try_recv() {
+                Ok(l) => {
+                    c.rd = Some(l.rd);
+                    c.buf = l.buf;
+                    if !l.done {
+                        keep_alive = false;
+                        c.unread_body = true;
+                    }
+                }
+                // The body is still held somewhere: the connection cannot be read again.
+                Err(_) => keep_alive = false,
+            }
+        }
+        if ctl.closing() {
+            keep_alive = false;
+        }
+        match c.write_response(resp, is_head, http10, keep_alive).await {
+            Ok(true) => {}
+            _ => {
+                c.close().await;
+                return;
+            }
+        }
+    }
+}
+
+/// A request head, parsed.
+struct Head {
+    method: Method,
+    uri: Uri,
+    version: Version,
+    headers: HeaderMap,
+    keep_alive: bool,
+    framing: Framing,
+    expect_continue: bool,
+}
+
+/// What a body lent the connection's read half gives back when it is done or dropped.
+struct Lent {
+    rd: OwnedReadHalf,
+    buf: BytesMut,
+    /// Whether the body was read to its end (the connection can carry another request).
+    done: bool,
+}
+
+impl Conn {
+    /// Reads until a whole request head is in the buffer and parses it.
+    async fn read_head(&mut self, ctl: &ConnCtl, max: usize, head_timeout: Duration, first: bool) -> Result<Head, HeadError> {
+        // The deadline of the current wait: for a first request or a started head, the head timeout;
+        // for a keep-alive connection with nothing yet, the idle timeout.
+        let mut deadline: Option<(Instant, bool)> = None;
+        loop {
+            if !self.buf.is_empty() {
+                if let Some(h) = parse_head(&mut self.buf, max, &mut self.at)? {
+                    return Ok(h);
+                }
+                if self.buf.len() >= max {
+                    return Err(HeadError::Bad(
+                        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                        format!("request head larger than {max} bytes"),
+                    ));
+                }
+            }
+            let waiting_idle = self.buf.is_empty() && !first;
+            if deadline.is_some_and(|(_, idle)| idle && !waiting_idle) {
+                // The head started after an idle wait: its own time limit starts now.
+                deadline = None;
+            }
+            if self.buf.capacity() - self.buf.len() < MIN_READ {
+                self.buf.reserve(READ_BUF);
+            }
+            let Some(rd) = self.rd.as_mut() else { return Err(HeadError::Gone) };
+            let (buf, timer) = (&mut self.buf, &mut self.timer);
+            let read = poll_fn(|cx| {
+                if let Poll::Ready(r) = tokio_util::io::poll_read_buf(Pin::new(&mut *rd), cx, buf) {
+                    return Poll::Ready(Some(r));
+                }
+                if waiting_idle || (first && buf.is_empty()) {
+                    ctl.idle.register(cx.waker());
+                    if ctl.closing() {
+                        return Poll::Ready(None);
+                    }
+                }
+                let (at, _) = *deadline.get_or_insert_with(|| {
+                    let d = if waiting_idle { KEEP_ALIVE_IDLE } else { head_timeout };
+                    (Instant::now() + d, waiting_idle)
+                });
+                let t = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+                if t.deadline() != at {
+                    t.as_mut().reset(at);
+                }
+                match t.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(None),
+                    Poll::Pending => Poll::Pending,
+                }
+            })
+            .await;
+            match read {
+                Some(Ok(n)) if n > 0 => {}
+                // Closed by the client, failed, timed out, or shutting down.
+                _ => return Err(HeadError::Gone),
+            }
+        }
+    }
+
+    /// The request's body: whole when it is already in the buffer, else reading from the connection,
+    /// which it borrows until it is done (the receiver gives it back).
+    async fn request_body(&mut self, head: &Head, max: u64) -> io::Result<(RequestBody, Option<oneshot::Receiver<Lent>>)> {
+        let decoder = Decoder::new(head.framing);
+        match decoder {
+            Decoder::Done => return Ok((h1::WireBody::Whole(None), None)),
+            Decoder::Length(n) if n <= self.buf.len() as u64 => {
+                return Ok((h1::WireBody::Whole(Some(self.buf.split_to(n as usize).freeze())), None));
+            }
+            _ => {}
+        }
+        let too_large = matches!(decoder, Decoder::Length(n) if n > max);
+        if head.expect_continue && !too_large {
+            self.wr.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
+        }
+        let (tx, rx) = oneshot::channel();
+        let rd = self.rd.take().expect("the connection holds its read half between requests");
+        let reader = BodyReader {
+            lent: Some((rd, std::mem::take(&mut self.buf), tx)),
+            decoder,
+        };
+        Ok((h1::WireBody::Streaming(Box::new(reader)), Some(rx)))
+    }
+
+    /// Writes the response; whether the connection can carry another request. With `keep_alive`
+    /// false, or when the response says so or has no length to an HTTP/1.0 client, it says
+    /// `connection: close`.
+    async fn write_response(&mut self, resp: Response<Body>, is_head: bool, http10: bool, keep_alive: bool) -> io::Result<bool> {
+        let (parts, mut body) = resp.into_parts();
+        let status = parts.status;
+        let out = &mut self.out;
+        out.clear();
+        out.extend_from_slice(b"HTTP/1.1 ");
+        out.extend_from_slice(status.as_str().as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+        out.extend_from_slice(b"\r\n");
+        let bodyless = is_head || status.is_informational() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
+        let length = if !bodyless {
+            body.size_hint().exact()
+        } else if is_head && !parts.headers.contains_key(header::CONTENT_LENGTH) {
+            // The length a GET would have had, when known (as hyper does).
+            body.size_hint()
+                .exact()
+                .filter(|_| !status.is_informational() && status != StatusCode::NO_CONTENT && status != StatusCode::NOT_MODIFIED)
+        } else {
+            None
+        };
+        // A body of unknown length is chunked, except to an HTTP/1.0 client: then it runs until the
+        // connection closes.
+        let chunked = !bodyless && length.is_none() && !http10;
+        let mut keep_alive = keep_alive && (bodyless || length.is_some() || chunked);
+        let mut has_date = false;
+        for (name, value) in &parts.headers {
+            if name == header::CONNECTION {
+                keep_alive &= !value.as_bytes().eq_ignore_ascii_case(b"close");
+                continue;
+            }
+            // The framing is ours; a response without a body keeps the length it describes.
+            if name == header::TRANSFER_ENCODING || (name == header::CONTENT_LENGTH && !bodyless) {
+                continue;
+            }
+            has_date |= name == header::DATE;
+            out.extend_from_slice(name.as_str().as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        if !has_date {
+            out.extend_from_slice(b"date: ");
+            http_date(out);
+            out.extend_from_slice(b"\r\n");
+        }
+        if let Some(n) = length {
+            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(h1::itoa(n, &mut [0; 20]));
+            out.extend_from_slice(b"\r\n");
+        } else if chunked {
+            out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+        }
+        if !keep_alive {
+            out.extend_from_slice(b"connection: close\r\n");
+        } else if http10 {
+            out.extend_from_slice(b"connection: keep-alive\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        if bodyless {
+            drop(body);
+            self.flush().await?;
+            return Ok(keep_alive);
+        }
+        // What the body already has goes out with the head, in one write.
+        let mut more = !body.is_end_stream();
+        while more {
+            match body.frame().now_or_never() {
+                None => break,
+                Some(frame) => more = push_frame(&mut self.out, frame, chunked)? && !body.is_end_stream(),
+            }
+        }
+        loop {
+            if !more && chunked {
+                self.out.extend_from_slice(h1::LAST_CHUNK);
+            }
+            self.flush().await?;
+            if !more {
+                return Ok(keep_alive);
+            }
+            let frame = body.frame().await;
+            more = push_frame(&mut self.out, frame, chunked)? && !body.is_end_stream();
+        }
+    }
+
+    async fn flush(&mut self) -> io::Result<()> {
+        if !self.out.is_empty() {
+            self.wr.write_all(&self.out).await?;
+        }
+        self.out.clear();
+        if self.out.capacity() > KEEP_WRITE_BUF {
+            self.out = Vec::new();
+        }
+        Ok(())
+    }
+
+    /// Closes the connection: when request bytes may still be on their way, after sending our side's
+    /// end and reading theirs (for at most [`LINGER`]).
+    async fn close(self) {
+        let Conn { rd, wr, unread_body, .. } = self;
+        // Dropping the write half sends our FIN.
+        drop(wr);
+        let Some(mut rd) = rd.filter(|_| unread_body) else { return };
+        let _ = tokio::time::timeout(LINGER, async {
+            let mut sink = BytesMut::with_capacity(16 * 1024);
+            let mut total = 0;
+            while total < LINGER_BYTES {
+                sink.clear();
+                match tokio_util::io::read_buf(&mut rd, &mut sink).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => total += n,
+                }
+            }
+        })
+        .await;
+    }
+}
+
+/// Appends a body frame (as a chunk when `chunked`); whether the body may have more.
+fn push_frame(out: &mut Vec<u8>, frame: Option<Result<Frame<Bytes>, BoxError>>, chunked: bool) -> io::Result<bool> {
+    match frame {
+        None => Ok(false),
+        Some(Err(e)) => Err(io::Error::other(e)),
+        Some(Ok(frame)) => {
+            if let Ok(data) = frame.into_data() {
+                if !data.is_empty() {
+                    if chunked {
+                        h1::encode_chunk(out, &data);
+                    } else {
+                        out.extend_from_slice(&data);
+                    }
+                }
+            }
+            Ok(true)
+        }
+    }
+}
+
+/// Where a header field's name and value sit in the buffer.
+type FieldAt = (usize, usize, usize, usize);
+
+fn offset_in(base: &[u8], part: &[u8]) -> (usize, usize) {
+    (part.as_ptr() as usize - base.as_ptr() as usize, part.len())
+}
+
+/// Parses the request head at the start of `buf` and splits it off; `Ok(None)` when more is needed.
+/// `at` is scratch space for the fields' positions (kept by the connection, so not allocated per request).
+fn parse_head(buf: &mut BytesMut, max: usize, at: &mut Vec<FieldAt>) -> Result<Option<Head>, HeadError> {
+    let bad = |msg: String| HeadError::Bad(StatusCode::BAD_REQUEST, msg);
+    let too_large = || {
+        HeadError::Bad(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            format!("request head larger than {max} bytes or with more than {} fields", h1::MAX_HEADERS),
+        )
+    };
+    // Uninitialized: no 3 KiB of stores per request for fields most requests do not have.
+    let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; h1::MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    let len = match httparse::ParserConfig::default().parse_request_with_uninit_headers(&mut req, buf, &mut fields) {
+        Ok(httparse::Status::Complete(len)) if len > max => return Err(too_large()),
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(too_large()),
+        Err(e) => return Err(bad(format!("invalid request head: {e}"))),
+    };
+    let version = match req.version {
+        Some(1) => Version::HTTP_11,
+        Some(0) => Version::HTTP_10,
+        _ => {
+            return Err(HeadError::Bad(
+                StatusCode::HTTP_VERSION_NOT_SUPPORTED,
+                "unsupported HTTP version".into(),
+            ))
+        }
+    };
+    let method = req.method.unwrap_or_default();
+    let method = Method::from_bytes(method.as_bytes()).map_err(|_| bad(format!("invalid method {method:?}")))?;
+    let path = req.path.unwrap_or_default();
+    let path_at = offset_in(buf, path.as_bytes());
+    at.clear();
+    for h in req.headers.iter() {
+        let (ns, nl) = offset_in(buf, h.name.as_bytes());
+        let (vs, vl) = offset_in(buf, h.value);
+        at.push((ns, nl, vs, vl));
+    }
+    // Frozen, so the URI and the header values are slices of it rather than copies.
+    let bytes = buf.split_to(len).freeze();
+    let target = bytes.slice(path_at.0..path_at.0 + path_at.1);
+    let uri = Uri::from_maybe_shared(target.clone())
+        .map_err(|_| bad(format!("invalid request target {:?}", String::from_utf8_lossy(&target))))?;
+    // Room for the forwarding headers the proxy adds, so they do not grow the map.
+    let mut headers = HeaderMap::with_capacity(at.len() + 5);
+    let mut close = false;
+    let mut keep_alive_token = false;
+    let mut expect_continue = false;
+    let mut transfer_encoding = false;
+    for &(ns, nl, vs, vl) in at.iter() {
+        let name = &bytes[ns..ns + nl];
+        let name = HeaderName::from_bytes(name).map_err(|_| bad(format!("invalid header name {:?}", String::from_utf8_lossy(name))))?;
+        let value = HeaderValue::from_maybe_shared(bytes.slice(vs..vs + vl)).map_err(|_| bad(format!("invalid value of header {name}")))?;
+        if name == header::CONNECTION {
+            for t in value.as_bytes().split(|&b| b == b',') {
+                let t = t.trim_ascii();
+                close |= t.eq_ignore_ascii_case(b"close");
+                keep_alive_token |= t.eq_ignore_ascii_case(b"keep-alive");
+            }
+        } else if name == header::EXPECT {
+            expect_continue = value.as_bytes().eq_ignore_ascii_case(b"100-continue");
+        } else if name == header::TRANSFER_ENCODING {
+            transfer_encoding = true;
+        }
+        headers.append(name, value);
+    }
+    let framing = request_framing(&headers, transfer_encoding, version).map_err(bad)?;
+    Ok(Some(Head {
+        method,
+        uri,
+        version,
+        headers,
+        keep_alive: !close && (version == Version::HTTP_11 || keep_alive_token),
+        framing,
+        expect_continue: expect_continue && version == Version::HTTP_11,
+    }))
+}
+
+/// How the request body is delimited (RFC 9112 §6.3). A request with both `transfer-encoding` and
+/// `content-length`, or with a transfer coding other than a final `chunked`, is refused: a proxy that
+/// guessed would let a request be smuggled past it.
+fn request_framing(headers: &HeaderMap, transfer_encoding: bool, version: Version) -> Result<Framing, String> {
+    if transfer_encoding {
+        if version == Version::HTTP_10 {
+            return Err("transfer-encoding in an HTTP/1.0 request".into());
+        }
+        if headers.contains_key(header::CONTENT_LENGTH) {
+            return Err("both transfer-encoding and content-length".into());
+        }
+        let codings: Vec<&[u8]> = headers
+            .get_all(header::TRANSFER_ENCODING)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+            .map(<[u8]>::trim_ascii)
+            .filter(|c| !c.is_empty())
+            .collect();
+        return match codings.as_slice() {
+            [c] if c.eq_ignore_ascii_case(b"chunked") => Ok(Framing::Chunked),
+            _ => Err(format!(
+                "unsupported transfer-encoding {:?} (only chunked)",
+                codings.iter().map(|c| String::from_utf8_lossy(c)).collect::<Vec<_>>().join(", ")
+            )),
+        };
+    }
+    if headers.contains_key(header::CONTENT_LENGTH) {
+        return h1::content_length(headers)
+            .map(|n| if n == 0 { Framing::Empty } else { Framing::Length(n) })
+            .map_err(|_| {
+                let v: Vec<_> = headers
+                    .get_all(header::CONTENT_LENGTH)
+                    .iter()
+                    .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                    .collect();
+                format!("invalid content-length {:?}", v.join(", "))
+            });
+    }
+    Ok(Framing::Empty)
+}
+
+/// The body of a client's request.
+pub type RequestBody = h1::WireBody<BodyReader>;
+
+/// A request body read from the connection, which it borrows and gives back when done or dropped.
+pub struct BodyReader {
+    /// `None` once given back.
+    lent: Option<(OwnedReadHalf, BytesMut, oneshot::Sender<Lent>)>,
+    decoder: Decoder,
+}
+
+/// Why a request body could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientBodyError {
+    #[error("the client closed the connection in the middle of the request body")]
+    Truncated,
+    #[error("invalid chunked request body: {0}")]
+    Chunked(h1::ProtocolError),
+    #[error("reading the request body: {0}")]
+    Io(#[from] io::Error),
+}
+
+impl h1::Arriving for BodyReader {
+    fn poll_data(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.read(cx)
+    }
+
+    fn decoder(&self) -> Decoder {
+        self.decoder
+    }
+}
+
+impl BodyReader {
+    fn give_back(&mut self) {
+        if let Some((rd, buf, tx)) = self.lent.take() {
+            let done = self.decoder.is_done();
+            let _ = tx.send(Lent { rd, buf, done });
+        }
+    }
+
+    fn fail(&mut self, e: ClientBodyError) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.give_back();
+        self.decoder = Decoder::Done;
+        Poll::Ready(Some(Err(e.into())))
+    }
+
+    fn read(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        loop {
+            let Some((rd, buf, _)) = self.lent.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match self.decoder.decode(buf) {
+                Err(e) => return self.fail(ClientBodyError::Chunked(e)),
+                Ok(Decoded::Data(data)) => {
+                    if self.decoder.is_done() {
+                        self.give_back();
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Ok(Decoded::End) => {
+                    self.give_back();
+                    return Poll::Ready(None);
+                }
+                Ok(Decoded::NeedMore) => {}
+            }
+            buf.reserve(self.decoder.want());
+            match tokio_util::io::poll_read_buf(Pin::new(rd), cx, buf) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(e)) => return self.fail(e.into()),
+                Poll::Ready(Ok(0)) => return self.fail(ClientBodyError::Truncated),
+                Poll::Ready(Ok(_)) => {}
+            }
+        }
+    }
+}
+
+impl Drop for BodyReader {
+    fn drop(&mut self) {
+        self.give_back();
+    }
+}
+
+/// A JSON error for a request that never reached a stage (a bad head).
+fn plain_error(status: StatusCode, message: &str) -> Response<Body> {
+    let code = match status {
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => "RequestHeaderFieldsTooLarge",
+        StatusCode::HTTP_VERSION_NOT_SUPPORTED => "HttpVersionNotSupported",
+        _ => "BadRequest",
+    };
+    let msg = serde_json::to_string(message).unwrap_or_else(|_| "\"error\"".into());
+    let mut r = Response::new(proxy::full(format!("{{\"error\":{{\"code\":\"{code}\",\"message\":{msg}}}}}")));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    r
+}
+
+thread_local! {
+    /// The `date` value of the current second, formatted once per second per worker.
+    static DATE: std::cell::RefCell<(u64, [u8; 29])> = const { std::cell::RefCell::new((0, [0; 29])) };
+}
+
+/// Appends the current time as an HTTP date (RFC 9110 §5.6.7).
+fn http_date(out: &mut Vec<u8>) {
+    let now = SystemTime::now();
+    let sec = now.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    DATE.with_borrow_mut(|(at, text)| {
+        if *at != sec || text[0] == 0 {
+            let s = httpdate::fmt_http_date(now);
+            if s.len() == text.len() {
+                text.copy_from_slice(s.as_bytes());
+                *at = sec;
+            }
+        }
+        out.extend_from_slice(text);
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{AccessLog, Limits};
+    use canarygate_metrics::Registry;
+    use tokio::io::AsyncReadExt as _;
+
+    /// A gateway with no stages (every request is a 404 from the gateway itself) serving connections
+    /// on a loopback port in this runtime. Returns the address and the worker's connections.
+    async fn gateway(limits: Limits) -> (std::net::SocketAddr, Arc<std::sync::Mutex<Conns>>) {
+        let gw = Arc::new(Gateway::new(Arc::new(Registry::new()), AccessLog::disabled(), limits));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let conns = Arc::new(std::sync::Mutex::new(Conns::default()));
+        let c = conns.clone();
+        tokio::spawn(async move {
+            loop {
+                let (s, peer) = listener.accept().await.unwrap();
+                let ctl = c.lock().unwrap().add();
+                tokio::spawn(serve_connection(gw.clone(), s, Peer::new(peer), ctl));
+            }
+        });
+        (addr, conns)
+    }
+
+    /// Reads one response (head and a content-length body) from `s`, keeping what follows in `buf`.
+    async fn response(s: &mut TcpStream, buf: &mut Vec<u8>) -> (u16, Vec<(String, String)>, Vec<u8>) {
+        loop {
+            let mut fields = [httparse::EMPTY_HEADER; 32];
+            let mut r = httparse::Response::new(&mut fields);
+            if let httparse::Status::Complete(len) = r.parse(buf).unwrap() {
+                let headers: Vec<(String, String)> = r
+                    .headers
+                    .iter()
+                    .map(|h| (h.name.to_ascii_lowercase(), String::from_utf8_lossy(h.value).into_owned()))
+                    .collect();
+                let code = r.code.unwrap();
+                let n: usize = headers
+                    .iter()
+                    .find(|(k, _)| k == "content-length")
+                    .map_or(0, |(_, v)| v.parse().unwrap());
+                while buf.len() < len + n {
+                    let mut more = [0u8; 4096];
+                    let k = s.read(&mut more).await.unwrap();
+                    assert!(k > 0, "connection closed in the middle of a body");
+                    buf.extend_from_slice(&more[..k]);
+                }
+                let body = buf[len..len + n].to_vec();
+                buf.drain(..len + n);
+                return (code, headers, body);
+            }
+            let mut more = [0u8; 4096];
+            let k = s.read(&mut more).await.unwrap();
+            assert!(
+                k > 0,
+                "connection closed before a response head: {:?}",
+                String::from_utf8_lossy(buf)
+            );
+            buf.extend_from_slice(&more[..k]);
+        }
+    }
+
+    fn header<'a>(h: &'a [(String, String)], name: &str) -> Option<&'a str> {
+        h.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+
+    /// Whether the server closed the connection (reads end-of-file, or a reset) within 5 s.
+    async fn closed(s: &mut TcpStream) -> bool {
+        let mut rest = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await.is_ok()
+    }
+
+    #[tokio::test]
+    async fn pipelined_requests_are_answered_in_order_on_one_connection() {
+        let (addr, _) = gateway(Limits::default()).await;
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /a HTTP/1.1\r\nhost: x\r\nx-request-id: first\r\n\r\nGET /b HTTP/1.1\r\nhost: x\r\nx-request-id: second\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = Vec::new();
+        for id in ["first", "second"] {
+            let (code, h, body) = response(&mut s, &mut buf).await;
+            assert_eq!(code, 404);
+            assert_eq!(header(&h, "x-request-id"), Some(id));
+            assert!(header(&h, "date").is_some_and(|d| d.ends_with(" GMT")), "{h:?}");
+            assert_eq!(header(&h, "connection"), None);
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(v["error"]["code"], "NotFound");
+        }
+        // Still open: a third request on the same connection.
+        s.write_all(b"GET /c HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+        assert_eq!(response(&mut s, &mut buf).await.0, 404);
+        // A request head in pieces is put together.
+        for piece in [&b"GET /d HT"[..], b"TP/1.1\r\nho", b"st: x\r\n", b"\r\n"] {
+            s.write_all(piece).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(response(&mut s, &mut buf).await.0, 404);
+    }
+
+    #[tokio::test]
+    async fn connection_close_and_http10_end_the_connection_after_the_response() {
+        let (addr, _) = gateway(Limits::default()).await;
+        for req in [
+            &b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"[..],
+            b"GET / HTTP/1.0\r\n\r\n",
+        ] {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            s.write_all(req).await.unwrap();
+            let mut buf = Vec::new();
+            let (code, h, _) = response(&mut s, &mut buf).await;
+            assert_eq!(code, 404);
+            assert_eq!(header(&h, "connection"), Some("close"));
+            assert!(closed(&mut s).await);
+        }
+        // HTTP/1.0 with keep-alive asked for: kept, and said so.
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let mut buf = Vec::new();
+        for _ in 0..2 {
+            s.write_all(b"GET / HTTP/1.0\r\nconnection: keep-alive\r\n\r\n").await.unwrap();
+            let (code, h, _) = response(&mut s, &mut buf).await;
+            assert_eq!(code, 404);
+            assert_eq!(header(&h, "connection"), Some("keep-alive"));
+        }
+    }
+
+    #[tokio::test]
+    async fn bad_heads_get_400_or_431_and_the_connection_closes() {
+        let limits = Limits {
+            max_header_bytes: 2048,
+            ..Limits::default()
+        };
+        let (addr, _) = gateway(limits).await;
+        let big = format!("GET / HTTP/1.1\r\nhost: x\r\nx-big: {}\r\n\r\n", "a".repeat(3000));
+        let many: String = (0..150).map(|i| format!("x-{i}: v\r\n")).collect();
+        let many = format!("GET / HTTP/1.1\r\n{many}\r\n");
+        let cases: Vec<(Vec<u8>, u16, &str)> = vec![
+            (b"NOT A REQUEST\r\n\r\n".to_vec(), 400, "invalid request head"),
+            (b"GET / HTTP/1.1\r\nbad header\r\n\r\n".to_vec(), 400, "invalid request head"),
+            (big.into_bytes(), 431, "larger than 2048 bytes"),
+            (many.into_bytes(), 431, "more than 100 fields"),
+            (
+                b"POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\ncontent-length: 5\r\n\r\n0\r\n\r\n".to_vec(),
+                400,
+                "both transfer-encoding and content-length",
+            ),
+            (
+                b"POST / HTTP/1.1\r\ntransfer-encoding: gzip\r\n\r\n".to_vec(),
+                400,
+                "unsupported transfer-encoding \\\"gzip\\\"",
+            ),
+            (
+                b"POST / HTTP/1.1\r\ncontent-length: 5, 6\r\n\r\nhello".to_vec(),
+                400,
+                "invalid content-length",
+            ),
+            (
+                b"POST / HTTP/1.1\r\ncontent-length: -1\r\n\r\n".to_vec(),
+                400,
+                "invalid content-length \\\"-1\\\"",
+            ),
+        ];
+        for (req, status, says) in cases {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            s.write_all(&req).await.unwrap();
+            let mut buf = Vec::new();
+            let (code, h, body) = response(&mut s, &mut buf).await;
+            let body = String::from_utf8_lossy(&body);
+            assert_eq!(code, status, "{body}");
+            assert!(body.contains(says), "{status}: {body} should say {says}");
+            assert_eq!(header(&h, "connection"), Some("close"));
+            assert!(closed(&mut s).await, "{body}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn slow_heads_and_idle_connections_are_closed_by_their_timers() {
+        let limits = Limits {
+            header_read_timeout: Duration::from_secs(3),
+            ..Limits::default()
+        };
+        let (addr, _) = gateway(limits).await;
+        // Nothing at all: closed after the head timeout.
+        let mut quiet = TcpStream::connect(addr).await.unwrap();
+        let t0 = Instant::now();
+        assert!(closed(&mut quiet).await);
+        assert!(t0.elapsed() >= Duration::from_secs(3), "{:?}", t0.elapsed());
+        // A head that never ends: closed after the head timeout, counted from its first byte.
+        let mut slow = TcpStream::connect(addr).await.unwrap();
+        let mut buf = Vec::new();
+        slow.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+        assert_eq!(response(&mut slow, &mut buf).await.0, 404);
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        let t0 = Instant::now();
+        slow.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n").await.unwrap();
+        assert!(closed(&mut slow).await);
+        let waited = t0.elapsed();
+        assert!(waited >= Duration::from_secs(3) && waited < Duration::from_secs(5), "{waited:?}");
+        // Idle after a response: open past the head timeout, closed at the idle timeout.
+        let mut idle = TcpStream::connect(addr).await.unwrap();
+        idle.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+        assert_eq!(response(&mut idle, &mut buf).await.0, 404);
+        let t0 = Instant::now();
+        let mut rest = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(120), idle.read_to_end(&mut rest)).await;
+        let waited = t0.elapsed();
+        assert!(
+            waited >= KEEP_ALIVE_IDLE && waited < KEEP_ALIVE_IDLE + Duration::from_secs(2),
+            "{waited:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn shutting_down_closes_idle_connections_at_once() {
+        let (addr, conns) = gateway(Limits::default()).await;
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let mut buf = Vec::new();
+        s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+        assert_eq!(response(&mut s, &mut buf).await.0, 404);
+        assert_eq!(conns.lock().unwrap().live(), 1);
+        conns.lock().unwrap().close_all();
+        assert!(closed(&mut s).await);
+        // The connection's task ended.
+        for _ in 0..100 {
+            if conns.lock().unwrap().live() == 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the connection's task did not end");
+    }
+
+    /// Writes `resp` on a fresh connection as the server would for a client of `version`; returns
+    /// whether the server would keep the connection, and everything the client received.
+    async fn written(resp: Response<Body>, http10: bool, is_head: bool) -> (bool, String) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let (rd, wr) = server.into_split();
+        let mut c = Conn {
+            rd: Some(rd),
+            wr,
+            buf: BytesMut::new(),
+            out: Vec::new(),
+            timer: None,
+            at: Vec::new(),
+            unread_body: false,
+        };
+        let keep = c.write_response(resp, is_head, http10, true).await.unwrap();
+        drop(c);
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.unwrap();
+        (keep, String::from_utf8(got).unwrap())
+    }
+
+    fn streamed(pieces: &'static [&'static str]) -> Response<Body> {
+        let frames = futures_util::stream::iter(
+            pieces
+                .iter()
+                .map(|p| Ok::<_, BoxError>(Frame::data(Bytes::from_static(p.as_bytes())))),
+        );
+        // Yields between frames, so the body is not all there when the head is written.
+        let slow = futures_util::StreamExt::then(frames, |f| async move {
+            tokio::task::yield_now().await;
+            f
+        });
+        Response::new(http_body_util::StreamBody::new(slow).boxed_unsync())
+    }
+
+    #[tokio::test]
+    async fn responses_are_framed_for_their_client() {
+        // A body of unknown length: chunked to HTTP/1.1, until close to HTTP/1.0.
+        let (keep, got) = written(streamed(&["hello ", "world"]), false, false).await;
+        assert!(keep);
+        assert!(got.starts_with("HTTP/1.1 200 OK\r\n"), "{got}");
+        assert!(got.contains("transfer-encoding: chunked\r\n"), "{got}");
+        assert!(got.ends_with("\r\n\r\n6\r\nhello \r\n5\r\nworld\r\n0\r\n\r\n"), "{got}");
+        let (keep, got) = written(streamed(&["hello ", "world"]), true, false).await;
+        assert!(!keep);
+        assert!(got.contains("connection: close\r\n") && !got.contains("chunked"), "{got}");
+        assert!(got.ends_with("\r\n\r\nhello world"), "{got}");
+        // A whole body: its length, in one piece; the upstream's content-length is not repeated.
+        let mut r = Response::new(proxy::full("abc"));
+        r.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from_static("3"));
+        r.headers_mut()
+            .insert(header::DATE, HeaderValue::from_static("Sun, 22 Nov 2026 10:00:00 GMT"));
+        let (keep, got) = written(r, false, false).await;
+        assert!(keep);
+        assert_eq!(got.matches("content-length").count(), 1, "{got}");
+        assert_eq!(got.matches("date: ").count(), 1, "the upstream's date is kept: {got}");
+        assert!(got.contains("content-length: 3\r\n") && got.ends_with("\r\n\r\nabc"), "{got}");
+        // HEAD and 304: no body, the length as the upstream gave it.
+        let mut r = Response::new(proxy::full("abc"));
+        r.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from_static("1234"));
+        let (keep, got) = written(r, false, true).await;
+        assert!(keep);
+        assert!(got.contains("content-length: 1234\r\n") && got.ends_with("\r\n\r\n"), "{got}");
+        let (_, got) = written(Response::new(proxy::full("abc")), false, true).await;
+        assert!(got.contains("content-length: 3\r\n") && got.ends_with("\r\n\r\n"), "{got}");
+        let mut r = Response::new(proxy::full(""));
+        *r.status_mut() = StatusCode::NOT_MODIFIED;
+        let (_, got) = written(r, false, false).await;
+        assert!(
+            got.starts_with("HTTP/1.1 304 Not Modified\r\n") && !got.contains("content-length"),
+            "{got}"
+        );
+        // A response that says close is the connection's last.
+        let mut r = Response::new(proxy::full("x"));
+        r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        let (keep, got) = written(r, false, false).await;
+        assert!(!keep);
+        assert_eq!(got.matches("connection: close").count(), 1, "{got}");
+    }
+
+    #[test]
+    fn request_framing_follows_rfc_9112() {
+        let h = |pairs: &[(&'static str, &'static str)]| {
+            let mut m = HeaderMap::new();
+            for (k, v) in pairs {
+                m.append(*k, HeaderValue::from_static(v));
+            }
+            m
+        };
+        assert_eq!(request_framing(&h(&[]), false, Version::HTTP_11), Ok(Framing::Empty));
+        assert_eq!(
+            request_framing(&h(&[("content-length", "0")]), false, Version::HTTP_11),
+            Ok(Framing::Empty)
+        );
+        assert_eq!(
+            request_framing(&h(&[("content-length", "12")]), false, Version::HTTP_11),
+            Ok(Framing::Length(12))
+        );
+        assert_eq!(
+            request_framing(&h(&[("content-length", "12"), ("content-length", "12")]), false, Version::HTTP_11),
+            Ok(Framing::Length(12))
+        );
+        assert_eq!(
+            request_framing(&h(&[("transfer-encoding", "Chunked")]), true, Version::HTTP_11),
+            Ok(Framing::Chunked)
+        );
+        assert!(request_framing(&h(&[("transfer-encoding", "gzip, chunked")]), true, Version::HTTP_11).is_err());
+        assert!(request_framing(&h(&[("transfer-encoding", "chunked")]), true, Version::HTTP_10).is_err());
+        assert!(request_framing(&h(&[("content-length", "1x")]), false, Version::HTTP_11).is_err());
+    }
+}
