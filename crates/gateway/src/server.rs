@@ -11,9 +11,9 @@
 //!
 //! Time limits: a client has `header_read_timeout` to send a request head, counted from the
 //! connection's start for its first request and from the head's first byte for later ones; a
-//! keep-alive connection idle between requests is closed after [`KEEP_ALIVE_IDLE`]. Both use one
-//! timer per connection whose deadline only moves forward on the usual path, which costs no timer
-//! registration per request.
+//! keep-alive connection idle between requests is closed after [`KEEP_ALIVE_IDLE`], and one that takes
+//! no response bytes for [`SEND_TIMEOUT`] is given up on. All use one timer per connection whose
+//! deadline only moves forward on the usual path, which costs no timer registration per request.
 //!
 //! Errors in a request head get 400 (431 when it is too large) and the connection closes. A connection
 //! that closes with a request body not read to its end (a 413, a route that answered without reading
@@ -25,6 +25,7 @@
 
 use std::future::{poll_fn, Future as _};
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
@@ -38,8 +39,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::{Body as _, Frame};
 use http_body_util::BodyExt as _;
-use std::mem::MaybeUninit;
-use tokio::io::AsyncWriteExt as _;
+use tokio::io::AsyncWrite as _;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
@@ -52,6 +52,8 @@ use crate::Gateway;
 /// A keep-alive connection with no request for this long is closed (AWS load balancers' default
 /// idle timeout; nginx's `keepalive_timeout` is 75 s).
 pub const KEEP_ALIVE_IDLE: Duration = Duration::from_secs(60);
+/// A client that takes no response bytes for this long is disconnected (nginx's `send_timeout`).
+pub const SEND_TIMEOUT: Duration = Duration::from_secs(60);
 /// A connection closing with request bytes still to come reads and drops them for at most this long.
 pub const LINGER: Duration = Duration::from_secs(2);
 /// … and at most this many bytes.
@@ -131,16 +133,7 @@ struct Conn {
 
 /// Serves one client connection until it closes.
 pub(crate) async fn serve_connection(gw: Arc<Gateway>, stream: TcpStream, peer: Peer, ctl: Arc<ConnCtl>) {
-    let (rd, wr) = stream.into_split();
-    let mut c = Conn {
-        rd: Some(rd),
-        wr,
-        buf: BytesMut::with_capacity(READ_BUF),
-        out: Vec::new(),
-        timer: None,
-        at: Vec::new(),
-        unread_body: false,
-    };
+    let mut c = Conn::new(stream);
     let limits = &gw.limits;
     let mut first = true;
     loop {
@@ -217,6 +210,19 @@ struct Lent {
 }
 
 impl Conn {
+    fn new(stream: TcpStream) -> Conn {
+        let (rd, wr) = stream.into_split();
+        Conn {
+            rd: Some(rd),
+            wr,
+            buf: BytesMut::with_capacity(READ_BUF),
+            out: Vec::new(),
+            timer: None,
+            at: Vec::new(),
+            unread_body: false,
+        }
+    }
+
     /// Reads until a whole request head is in the buffer and parses it.
     async fn read_head(&mut self, ctl: &ConnCtl, max: usize, head_timeout: Duration, first: bool) -> Result<Head, HeadError> {
         // The deadline of the current wait: for a first request or a started head, the head timeout;
@@ -258,14 +264,7 @@ impl Conn {
                     let d = if waiting_idle { KEEP_ALIVE_IDLE } else { head_timeout };
                     (Instant::now() + d, waiting_idle)
                 });
-                let t = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
-                if t.deadline() != at {
-                    t.as_mut().reset(at);
-                }
-                match t.as_mut().poll(cx) {
-                    Poll::Ready(()) => Poll::Ready(None),
-                    Poll::Pending => Poll::Pending,
-                }
+                poll_deadline(timer, at, cx).map(|()| None)
             })
             .await;
             match read {
@@ -289,7 +288,7 @@ impl Conn {
         }
         let too_large = matches!(decoder, Decoder::Length(n) if n > max);
         if head.expect_continue && !too_large {
-            self.wr.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
+            write_all(&mut self.wr, &mut self.timer, b"HTTP/1.1 100 Continue\r\n\r\n").await?;
         }
         let (tx, rx) = oneshot::channel();
         let rd = self.rd.take().expect("the connection holds its read half between requests");
@@ -389,9 +388,7 @@ impl Conn {
     }
 
     async fn flush(&mut self) -> io::Result<()> {
-        if !self.out.is_empty() {
-            self.wr.write_all(&self.out).await?;
-        }
+        write_all(&mut self.wr, &mut self.timer, &self.out).await?;
         self.out.clear();
         if self.out.capacity() > KEEP_WRITE_BUF {
             self.out = Vec::new();
@@ -419,6 +416,37 @@ impl Conn {
         })
         .await;
     }
+}
+
+/// Polls the connection's timer for `at`, moving its deadline there first (which costs no timer
+/// registration when it moves forward).
+fn poll_deadline(timer: &mut Option<Pin<Box<Sleep>>>, at: Instant, cx: &mut Context<'_>) -> Poll<()> {
+    let t = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+    if t.deadline() != at {
+        t.as_mut().reset(at);
+    }
+    t.as_mut().poll(cx)
+}
+
+/// Writes all of `buf`; a client that takes nothing for [`SEND_TIMEOUT`] while we wait to write is
+/// given up on (the timer is armed only when a write has to wait).
+async fn write_all(wr: &mut OwnedWriteHalf, timer: &mut Option<Pin<Box<Sleep>>>, mut buf: &[u8]) -> io::Result<()> {
+    while !buf.is_empty() {
+        let mut deadline = None;
+        let n = poll_fn(|cx| {
+            if let Poll::Ready(r) = Pin::new(&mut *wr).poll_write(cx, buf) {
+                return Poll::Ready(r);
+            }
+            let at = *deadline.get_or_insert_with(|| Instant::now() + SEND_TIMEOUT);
+            poll_deadline(timer, at, cx).map(|()| Err(io::Error::new(io::ErrorKind::TimedOut, "the client did not read the response")))
+        })
+        .await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        buf = &buf[n..];
+    }
+    Ok(())
 }
 
 /// Appends a body frame (as a chunk when `chunked`); whether the body may have more.
@@ -692,7 +720,7 @@ mod tests {
     use super::*;
     use crate::{AccessLog, Limits};
     use canarygate_metrics::Registry;
-    use tokio::io::AsyncReadExt as _;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
     /// A gateway with no stages (every request is a 404 from the gateway itself) serving connections
     /// on a loopback port in this runtime. Returns the address and the worker's connections.
@@ -925,16 +953,7 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let mut client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
         let (server, _) = listener.accept().await.unwrap();
-        let (rd, wr) = server.into_split();
-        let mut c = Conn {
-            rd: Some(rd),
-            wr,
-            buf: BytesMut::new(),
-            out: Vec::new(),
-            timer: None,
-            at: Vec::new(),
-            unread_body: false,
-        };
+        let mut c = Conn::new(server);
         let keep = c.write_response(resp, is_head, http10, true).await.unwrap();
         drop(c);
         let mut got = Vec::new();
@@ -999,6 +1018,25 @@ mod tests {
         let (keep, got) = written(r, false, false).await;
         assert!(!keep);
         assert_eq!(got.matches("connection: close").count(), 1, "{got}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_stops_reading_is_disconnected_after_the_send_timeout() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let mut c = Conn::new(server);
+        // Far more than the socket buffers hold, to a client that reads nothing.
+        let t0 = Instant::now();
+        let write = c.write_response(Response::new(proxy::full(vec![b'x'; 64 << 20])), false, false, true);
+        let r = tokio::time::timeout(SEND_TIMEOUT * 3, write).await.expect("the write gave up");
+        assert_eq!(r.unwrap_err().kind(), io::ErrorKind::TimedOut);
+        let waited = t0.elapsed();
+        assert!(
+            waited >= SEND_TIMEOUT && waited < SEND_TIMEOUT + Duration::from_secs(1),
+            "{waited:?}"
+        );
+        drop(client);
     }
 
     #[test]
