@@ -722,6 +722,8 @@ mod tests {
     use canarygate_metrics::Registry;
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
+    static PANICKED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
     /// A gateway with no stages (every request is a 404 from the gateway itself) serving connections
     /// on a loopback port in this runtime. Returns the address and the worker's connections.
     async fn gateway(limits: Limits) -> (std::net::SocketAddr, Arc<std::sync::Mutex<Conns>>) {
@@ -734,7 +736,13 @@ mod tests {
             loop {
                 let (s, peer) = listener.accept().await.unwrap();
                 let ctl = c.lock().unwrap().add();
-                tokio::spawn(serve_connection(gw.clone(), s, Peer::new(peer), ctl));
+                let conn = tokio::spawn(serve_connection(gw.clone(), s, Peer::new(peer), ctl));
+                // A connection task that panicked would look like a closed connection to the client.
+                tokio::spawn(async move {
+                    if conn.await.is_err() {
+                        PANICKED.fetch_add(1, Ordering::SeqCst);
+                    }
+                });
             }
         });
         (addr, conns)
@@ -1037,6 +1045,63 @@ mod tests {
             "{waited:?}"
         );
         drop(client);
+    }
+
+    #[tokio::test]
+    async fn garbled_requests_get_an_answer_or_a_close_never_a_hang_and_the_gateway_serves_on() {
+        let limits = Limits {
+            header_read_timeout: Duration::from_millis(300),
+            ..Limits::default()
+        };
+        let (addr, _) = gateway(limits).await;
+        let valid = b"POST /a/b?c=d HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\nexpect: 100-continue\r\nconnection: keep-alive\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
+        let mut rng = fastrand::Rng::with_seed(std::env::var("CANARYGATE_FUZZ_SEED").map_or(6, |v| v.parse().unwrap()));
+        let mut tasks = Vec::new();
+        for _ in 0..300 {
+            // A valid request with a few bytes flipped, cut short, or with random bytes inserted.
+            let mut req = valid.to_vec();
+            for _ in 0..rng.usize(1..4) {
+                let i = rng.usize(..req.len());
+                match rng.u8(..3) {
+                    0 => req[i] = rng.u8(..),
+                    1 => req.truncate(i.max(1)),
+                    _ => req.insert(i, rng.u8(..)),
+                }
+            }
+            tasks.push(tokio::spawn(async move {
+                let mut s = TcpStream::connect(addr).await.unwrap();
+                s.write_all(&req).await.unwrap();
+                // Wait for a response head or the end of the connection.
+                let mut got = Vec::new();
+                let outcome = tokio::time::timeout(Duration::from_secs(5), async {
+                    let mut more = [0u8; 4096];
+                    loop {
+                        match s.read(&mut more).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => got.extend_from_slice(&more[..n]),
+                        }
+                        if got.windows(4).any(|w| w == b"\r\n\r\n") {
+                            return;
+                        }
+                    }
+                })
+                .await;
+                let req = String::from_utf8_lossy(&req).into_owned();
+                assert!(outcome.is_ok(), "no answer and no close for {req:?}");
+                assert!(
+                    got.is_empty() || got.starts_with(b"HTTP/1.1 "),
+                    "{req:?} got {:?}",
+                    String::from_utf8_lossy(&got)
+                );
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert_eq!(PANICKED.load(Ordering::SeqCst), 0, "a connection task panicked");
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+        assert_eq!(response(&mut s, &mut Vec::new()).await.0, 404);
     }
 
     #[test]
