@@ -125,4 +125,36 @@ async fn request_bodies_after_their_head_chunked_and_pipelined() {
     assert_eq!(status, 413);
     let v: Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(v["error"]["code"], "PayloadTooLarge");
+
+    // A broken chunked body is the client's fault: 400, counted as the variant's 4XXError, not as an
+    // upstream failure.
+    let mut conn = TcpStream::connect(&addr).await.unwrap();
+    let mut buf = Vec::new();
+    conn.write_all(b"POST /orders/prod/up HTTP/1.1\r\nhost: a\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n")
+        .await
+        .unwrap();
+    let (status, head, body) = read_response(&mut conn, &mut buf).await;
+    assert_eq!(status, 400, "{head}");
+    assert!(head.contains("connection: close"), "{head}");
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["error"]["code"], "BadRequest");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("invalid chunked request body"),
+        "{v}"
+    );
+    let sum = |metric: &'static str| {
+        let (c, s) = (&c, &s);
+        async move {
+            let q = format!("/v1/metrics?api=orders&stage=prod&variant=production&metric={metric}&statistic=Sum&periodSeconds=3600");
+            let v = ok(c, s, "GET", &q, None).await;
+            v["datapoints"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d["value"].as_f64().unwrap())
+                .sum::<f64>()
+        }
+    };
+    assert_eq!(sum("5XXError").await, 0.0);
+    assert_eq!(sum("4XXError").await, 3.0, "two 413s and the 400");
 }

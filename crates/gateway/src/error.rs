@@ -24,6 +24,9 @@ pub enum ProxyError {
     MethodNotAllowed,
     #[error("request body larger than {0} bytes")]
     BodyTooLarge(u64),
+    /// The client closed its connection in the middle of the request body, or framed it wrongly.
+    #[error("request body: {0}")]
+    ClientBody(String),
     #[error("integration URI {0:?} is not a valid URI after substitution")]
     BadIntegrationUri(String),
     #[error("upstream failed: {0}")]
@@ -35,7 +38,11 @@ pub enum ProxyError {
 impl ProxyError {
     pub fn source(&self) -> Source {
         match self {
-            ProxyError::NoStage | ProxyError::NoRoute | ProxyError::MethodNotAllowed | ProxyError::BodyTooLarge(_) => Source::Client,
+            ProxyError::NoStage
+            | ProxyError::NoRoute
+            | ProxyError::MethodNotAllowed
+            | ProxyError::BodyTooLarge(_)
+            | ProxyError::ClientBody(_) => Source::Client,
             ProxyError::BadIntegrationUri(_) => Source::Gateway,
             ProxyError::Upstream(_) | ProxyError::Timeout(_) => Source::Upstream,
         }
@@ -46,6 +53,7 @@ impl ProxyError {
             ProxyError::NoStage | ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::ClientBody(_) => StatusCode::BAD_REQUEST,
             ProxyError::BadIntegrationUri(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
@@ -57,6 +65,7 @@ impl ProxyError {
             ProxyError::NoStage | ProxyError::NoRoute => "NotFound",
             ProxyError::MethodNotAllowed => "MethodNotAllowed",
             ProxyError::BodyTooLarge(_) => "PayloadTooLarge",
+            ProxyError::ClientBody(_) => "BadRequest",
             ProxyError::BadIntegrationUri(_) => "Internal",
             ProxyError::Upstream(_) => "BadGateway",
             ProxyError::Timeout(_) => "GatewayTimeout",

@@ -16,7 +16,7 @@ use crate::access_log::Record;
 use crate::cache::{hit_response, storable_for, CacheKey, CachedResponse, StageCache};
 use crate::choose::choose;
 use crate::error::ProxyError;
-use crate::server::RequestBody;
+use crate::server::{ClientBodyError, RequestBody};
 use crate::table::{CompiledIntegration, StageRoute, VariantRoute};
 use crate::upstream;
 use crate::Gateway;
@@ -98,7 +98,7 @@ fn error_response(e: &ProxyError) -> Response<Body> {
     *r.status_mut() = e.status();
     r.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    if matches!(e, ProxyError::BodyTooLarge(_)) {
+    if matches!(e, ProxyError::BodyTooLarge(_) | ProxyError::ClientBody(_)) {
         // The rest of the body is not read, so the connection cannot carry another request: say so,
         // or a client may send its next request on a connection the server is closing (as nginx does).
         r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -265,7 +265,9 @@ async fn send(req: Request<Body>, timeout: Duration, max_body: u64) -> (Result<R
         let us = t0.elapsed().as_micros() as u64;
         let res = match res {
             Err(_) => Err(ProxyError::Timeout(timeout.as_millis())),
-            Ok(Err(e)) if is_length_limit(&e) => Err(ProxyError::BodyTooLarge(max_body)),
+            Ok(Err(e)) if caused_by::<http_body_util::LengthLimitError>(&e) => Err(ProxyError::BodyTooLarge(max_body)),
+            // The client's fault (it closed mid-body, or sent a broken chunked body), not the upstream's.
+            Ok(Err(e)) if caused_by::<ClientBodyError>(&e) => Err(ProxyError::ClientBody(error_chain(&e))),
             Ok(Err(e)) => Err(ProxyError::Upstream(error_chain(&e))),
             Ok(Ok(r)) => Ok(r),
         };
@@ -527,10 +529,11 @@ async fn buffer(resp: Response<Body>, limit: usize) -> Buffered {
     }
 }
 
-fn is_length_limit(e: &(dyn std::error::Error + 'static)) -> bool {
+/// Whether `e` or an error in its source chain is a `T`.
+fn caused_by<T: std::error::Error + 'static>(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = cur {
-        if err.is::<http_body_util::LengthLimitError>() {
+        if err.is::<T>() {
             return true;
         }
         cur = err.source();
