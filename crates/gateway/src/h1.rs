@@ -99,11 +99,17 @@ fn method_implies_body(m: &Method) -> bool {
     m == Method::POST || m == Method::PUT || m == Method::PATCH
 }
 
-/// Appends one chunk of a chunked request body (`size CRLF data CRLF`); the last chunk is [`LAST_CHUNK`].
+/// Appends one chunk of a chunked body (`size CRLF data CRLF`); the last chunk is [`LAST_CHUNK`].
 pub fn encode_chunk(out: &mut Vec<u8>, data: &[u8]) {
+    encode_chunk_size(out, data.len());
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends a chunk's size line (`size CRLF`); its data and a CRLF follow.
+pub fn encode_chunk_size(out: &mut Vec<u8>, mut n: usize) {
     let mut hex = [0u8; 16];
     let mut i = hex.len();
-    let mut n = data.len();
     loop {
         i -= 1;
         hex[i] = b"0123456789abcdef"[n % 16];
@@ -113,8 +119,6 @@ pub fn encode_chunk(out: &mut Vec<u8>, data: &[u8]) {
         }
     }
     out.extend_from_slice(&hex[i..]);
-    out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(data);
     out.extend_from_slice(b"\r\n");
 }
 

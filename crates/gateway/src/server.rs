@@ -61,8 +61,11 @@ const LINGER_BYTES: usize = 4 * 1024 * 1024;
 /// Room a read needs; the buffer is reused in place when the previous request released it.
 const READ_BUF: usize = 4096;
 const MIN_READ: usize = 1024;
-/// A write buffer grown past this by a large response is given back afterwards.
-const KEEP_WRITE_BUF: usize = 64 * 1024;
+/// A body piece up to this size is copied behind the response head (one write); a larger one is
+/// written from its own buffer.
+const COPY_LIMIT: usize = 8 * 1024;
+/// A write buffer grown past this (by many small pieces at once) is given back afterwards.
+const KEEP_WRITE_BUF: usize = 16 * 1024;
 
 /// A worker's handle on one of its connections, for graceful shutdown.
 #[derive(Default)]
@@ -366,12 +369,13 @@ impl Conn {
             self.flush().await?;
             return Ok(keep_alive);
         }
-        // What the body already has goes out with the head, in one write.
+        // What the body already has goes out with the head, in one write (a large piece is written
+        // from its own buffer instead of being copied).
         let mut more = !body.is_end_stream();
         while more {
             match body.frame().now_or_never() {
                 None => break,
-                Some(frame) => more = push_frame(&mut self.out, frame, chunked)? && !body.is_end_stream(),
+                Some(frame) => more = self.push_frame(frame, chunked).await? && !body.is_end_stream(),
             }
         }
         loop {
@@ -383,8 +387,39 @@ impl Conn {
                 return Ok(keep_alive);
             }
             let frame = body.frame().await;
-            more = push_frame(&mut self.out, frame, chunked)? && !body.is_end_stream();
+            more = self.push_frame(frame, chunked).await? && !body.is_end_stream();
         }
+    }
+
+    /// Queues a body frame (as a chunk when `chunked`) behind what is in the write buffer; a large one
+    /// is written at once from its own buffer. Whether the body may have more.
+    async fn push_frame(&mut self, frame: Option<Result<Frame<Bytes>, BoxError>>, chunked: bool) -> io::Result<bool> {
+        let data = match frame {
+            None => return Ok(false),
+            Some(Err(e)) => return Err(io::Error::other(e)),
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) if !data.is_empty() => data,
+                // Trailers are not forwarded; empty frames carry nothing.
+                _ => return Ok(true),
+            },
+        };
+        if data.len() <= COPY_LIMIT {
+            if chunked {
+                h1::encode_chunk(&mut self.out, &data);
+            } else {
+                self.out.extend_from_slice(&data);
+            }
+            return Ok(true);
+        }
+        if chunked {
+            h1::encode_chunk_size(&mut self.out, data.len());
+        }
+        self.flush().await?;
+        write_all(&mut self.wr, &mut self.timer, &data).await?;
+        if chunked {
+            self.out.extend_from_slice(b"\r\n");
+        }
+        Ok(true)
     }
 
     async fn flush(&mut self) -> io::Result<()> {
@@ -447,26 +482,6 @@ async fn write_all(wr: &mut OwnedWriteHalf, timer: &mut Option<Pin<Box<Sleep>>>,
         buf = &buf[n..];
     }
     Ok(())
-}
-
-/// Appends a body frame (as a chunk when `chunked`); whether the body may have more.
-fn push_frame(out: &mut Vec<u8>, frame: Option<Result<Frame<Bytes>, BoxError>>, chunked: bool) -> io::Result<bool> {
-    match frame {
-        None => Ok(false),
-        Some(Err(e)) => Err(io::Error::other(e)),
-        Some(Ok(frame)) => {
-            if let Ok(data) = frame.into_data() {
-                if !data.is_empty() {
-                    if chunked {
-                        h1::encode_chunk(out, &data);
-                    } else {
-                        out.extend_from_slice(&data);
-                    }
-                }
-            }
-            Ok(true)
-        }
-    }
 }
 
 /// Where a header field's name and value sit in the buffer.
@@ -969,12 +984,9 @@ mod tests {
         (keep, String::from_utf8(got).unwrap())
     }
 
-    fn streamed(pieces: &'static [&'static str]) -> Response<Body> {
-        let frames = futures_util::stream::iter(
-            pieces
-                .iter()
-                .map(|p| Ok::<_, BoxError>(Frame::data(Bytes::from_static(p.as_bytes())))),
-        );
+    fn streamed(pieces: &[&str]) -> Response<Body> {
+        let pieces: Vec<Bytes> = pieces.iter().map(|p| Bytes::copy_from_slice(p.as_bytes())).collect();
+        let frames = futures_util::stream::iter(pieces.into_iter().map(|p| Ok::<_, BoxError>(Frame::data(p))));
         // Yields between frames, so the body is not all there when the head is written.
         let slow = futures_util::StreamExt::then(frames, |f| async move {
             tokio::task::yield_now().await;
@@ -1020,6 +1032,19 @@ mod tests {
             got.starts_with("HTTP/1.1 304 Not Modified\r\n") && !got.contains("content-length"),
             "{got}"
         );
+        // Large pieces are written from their own buffers, framed the same way.
+        let big: String = (0..30_000).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+        let (keep, got) = written(Response::new(proxy::full(big.clone())), false, false).await;
+        assert!(keep);
+        assert!(
+            got.contains("content-length: 30000\r\n") && got.ends_with(&format!("\r\n\r\n{big}")),
+            "{}",
+            &got[..200]
+        );
+        let (keep, got) = written(streamed(&[&big, "tail", &big]), false, false).await;
+        assert!(keep);
+        let expected = format!("\r\n\r\n7530\r\n{big}\r\n4\r\ntail\r\n7530\r\n{big}\r\n0\r\n\r\n");
+        assert!(got.ends_with(&expected), "{}", &got[..200]);
         // A response that says close is the connection's last.
         let mut r = Response::new(proxy::full("x"));
         r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
