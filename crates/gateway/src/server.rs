@@ -542,6 +542,7 @@ fn parse_head(buf: &mut BytesMut, max: usize, at: &mut Vec<FieldAt>) -> Result<O
     let mut keep_alive_token = false;
     let mut expect_continue = false;
     let mut transfer_encoding = false;
+    let mut hosts = 0;
     for &(ns, nl, vs, vl) in at.iter() {
         let name = &bytes[ns..ns + nl];
         let name = HeaderName::from_bytes(name).map_err(|_| bad(format!("invalid header name {:?}", String::from_utf8_lossy(name))))?;
@@ -556,8 +557,14 @@ fn parse_head(buf: &mut BytesMut, max: usize, at: &mut Vec<FieldAt>) -> Result<O
             expect_continue = value.as_bytes().eq_ignore_ascii_case(b"100-continue");
         } else if name == header::TRANSFER_ENCODING {
             transfer_encoding = true;
+        } else if name == header::HOST {
+            hosts += 1;
         }
         headers.append(name, value);
+    }
+    // RFC 9112 §3.2: an HTTP/1.1 request has exactly one Host field.
+    if hosts > 1 || (hosts == 0 && version == Version::HTTP_11) {
+        return Err(bad(format!("{hosts} host header fields (an HTTP/1.1 request has exactly one)")));
     }
     let framing = request_framing(&headers, transfer_encoding, version).map_err(bad)?;
     Ok(Some(Head {
@@ -876,26 +883,32 @@ mod tests {
         let many = format!("GET / HTTP/1.1\r\n{many}\r\n");
         let cases: Vec<(Vec<u8>, u16, &str)> = vec![
             (b"NOT A REQUEST\r\n\r\n".to_vec(), 400, "invalid request head"),
+            (b"GET / HTTP/1.1\r\n\r\n".to_vec(), 400, "0 host header fields"),
+            (
+                b"GET / HTTP/1.1\r\nhost: a\r\nhost: b\r\n\r\n".to_vec(),
+                400,
+                "2 host header fields",
+            ),
             (b"GET / HTTP/1.1\r\nbad header\r\n\r\n".to_vec(), 400, "invalid request head"),
             (big.into_bytes(), 431, "larger than 2048 bytes"),
             (many.into_bytes(), 431, "more than 100 fields"),
             (
-                b"POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\ncontent-length: 5\r\n\r\n0\r\n\r\n".to_vec(),
+                b"POST / HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\ncontent-length: 5\r\n\r\n0\r\n\r\n".to_vec(),
                 400,
                 "both transfer-encoding and content-length",
             ),
             (
-                b"POST / HTTP/1.1\r\ntransfer-encoding: gzip\r\n\r\n".to_vec(),
+                b"POST / HTTP/1.1\r\nhost: x\r\ntransfer-encoding: gzip\r\n\r\n".to_vec(),
                 400,
                 "unsupported transfer-encoding \\\"gzip\\\"",
             ),
             (
-                b"POST / HTTP/1.1\r\ncontent-length: 5, 6\r\n\r\nhello".to_vec(),
+                b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 5, 6\r\n\r\nhello".to_vec(),
                 400,
                 "invalid content-length",
             ),
             (
-                b"POST / HTTP/1.1\r\ncontent-length: -1\r\n\r\n".to_vec(),
+                b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: -1\r\n\r\n".to_vec(),
                 400,
                 "invalid content-length \\\"-1\\\"",
             ),
