@@ -142,19 +142,6 @@ async fn request_bodies_after_their_head_chunked_and_pipelined() {
         v["error"]["message"].as_str().unwrap().contains("invalid chunked request body"),
         "{v}"
     );
-    let sum = |metric: &'static str| {
-        let (c, s) = (&c, &s);
-        async move {
-            let q = format!("/v1/metrics?api=orders&stage=prod&variant=production&metric={metric}&statistic=Sum&periodSeconds=3600");
-            let v = ok(c, s, "GET", &q, None).await;
-            v["datapoints"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|d| d["value"].as_f64().unwrap())
-                .sum::<f64>()
-        }
-    };
-    assert_eq!(sum("5XXError").await, 0.0);
-    assert_eq!(sum("4XXError").await, 3.0, "two 413s and the 400");
+    assert_eq!(v1_sum(&c, &s, "production", "5XXError").await, 0.0);
+    assert_eq!(v1_sum(&c, &s, "production", "4XXError").await, 3.0, "two 413s and the 400");
 }

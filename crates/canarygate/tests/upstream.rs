@@ -16,17 +16,6 @@ fn prom_value(text: &str, prefix: &str) -> f64 {
         .unwrap_or_else(|| panic!("no line {prefix} in /metrics"))
 }
 
-async fn v1_sum(c: &reqwest::Client, s: &Server, variant: &str, metric: &str) -> f64 {
-    let q = format!("/v1/metrics?api=orders&stage=prod&variant={variant}&metric={metric}&statistic=Sum&periodSeconds=3600");
-    let v = ok(c, s, "GET", &q, None).await;
-    v["datapoints"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d["value"].as_f64().unwrap())
-        .sum()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_and_slow_upstreams_are_502_and_504_counted_per_variant() {
     let dir = tempfile::tempdir().unwrap();

@@ -748,26 +748,35 @@ mod tests {
 
     /// A gateway with no stages (every request is a 404 from the gateway itself) serving connections
     /// on a loopback port in this runtime. Returns the address and the worker's connections.
-    async fn gateway(limits: Limits) -> (std::net::SocketAddr, Arc<std::sync::Mutex<Conns>>) {
+    async fn gateway(
+        limits: Limits,
+    ) -> (
+        std::net::SocketAddr,
+        Arc<std::sync::Mutex<Conns>>,
+        tokio::sync::mpsc::UnboundedReceiver<()>,
+    ) {
         let gw = Arc::new(Gateway::new(Arc::new(Registry::new()), AccessLog::disabled(), limits));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let conns = Arc::new(std::sync::Mutex::new(Conns::default()));
         let c = conns.clone();
+        let (ended_tx, ended) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(async move {
             loop {
                 let (s, peer) = listener.accept().await.unwrap();
                 let ctl = c.lock().unwrap().add();
                 let conn = tokio::spawn(serve_connection(gw.clone(), s, Peer::new(peer), ctl));
                 // A connection task that panicked would look like a closed connection to the client.
+                let ended_tx = ended_tx.clone();
                 tokio::spawn(async move {
                     if conn.await.is_err() {
                         PANICKED.fetch_add(1, Ordering::SeqCst);
                     }
+                    let _ = ended_tx.send(());
                 });
             }
         });
-        (addr, conns)
+        (addr, conns, ended)
     }
 
     /// Reads one response (head and a content-length body) from `s`, keeping what follows in `buf`.
@@ -819,7 +828,7 @@ mod tests {
 
     #[tokio::test]
     async fn pipelined_requests_are_answered_in_order_on_one_connection() {
-        let (addr, _) = gateway(Limits::default()).await;
+        let (addr, _, _) = gateway(Limits::default()).await;
         let mut s = TcpStream::connect(addr).await.unwrap();
         s.write_all(b"GET /a HTTP/1.1\r\nhost: x\r\nx-request-id: first\r\n\r\nGET /b HTTP/1.1\r\nhost: x\r\nx-request-id: second\r\n\r\n")
             .await
@@ -847,7 +856,7 @@ mod tests {
 
     #[tokio::test]
     async fn connection_close_and_http10_end_the_connection_after_the_response() {
-        let (addr, _) = gateway(Limits::default()).await;
+        let (addr, _, _) = gateway(Limits::default()).await;
         for req in [
             &b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"[..],
             b"GET / HTTP/1.0\r\n\r\n",
@@ -877,7 +886,7 @@ mod tests {
             max_header_bytes: 2048,
             ..Limits::default()
         };
-        let (addr, _) = gateway(limits).await;
+        let (addr, _, _) = gateway(limits).await;
         let big = format!("GET / HTTP/1.1\r\nhost: x\r\nx-big: {}\r\n\r\n", "a".repeat(3000));
         let many: String = (0..150).map(|i| format!("x-{i}: v\r\n")).collect();
         let many = format!("GET / HTTP/1.1\r\n{many}\r\n");
@@ -932,7 +941,7 @@ mod tests {
             header_read_timeout: Duration::from_secs(3),
             ..Limits::default()
         };
-        let (addr, _) = gateway(limits).await;
+        let (addr, _, _) = gateway(limits).await;
         // Nothing at all: closed after the head timeout.
         let mut quiet = TcpStream::connect(addr).await.unwrap();
         let t0 = Instant::now();
@@ -965,7 +974,7 @@ mod tests {
 
     #[tokio::test]
     async fn shutting_down_closes_idle_connections_at_once() {
-        let (addr, conns) = gateway(Limits::default()).await;
+        let (addr, conns, mut ended) = gateway(Limits::default()).await;
         let mut s = TcpStream::connect(addr).await.unwrap();
         let mut buf = Vec::new();
         s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
@@ -973,14 +982,9 @@ mod tests {
         assert_eq!(conns.lock().unwrap().live(), 1);
         conns.lock().unwrap().close_all();
         assert!(closed(&mut s).await);
-        // The connection's task ended.
-        for _ in 0..100 {
-            if conns.lock().unwrap().live() == 0 {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        panic!("the connection's task did not end");
+        let task_ended = tokio::time::timeout(Duration::from_secs(5), ended.recv()).await;
+        assert!(matches!(task_ended, Ok(Some(()))), "the connection's task did not end");
+        assert_eq!(conns.lock().unwrap().live(), 0);
     }
 
     /// Writes `resp` on a fresh connection as the server would for a client of `version`; returns
@@ -1091,7 +1095,7 @@ mod tests {
             header_read_timeout: Duration::from_millis(300),
             ..Limits::default()
         };
-        let (addr, _) = gateway(limits).await;
+        let (addr, _, _) = gateway(limits).await;
         let valid = b"POST /a/b?c=d HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\nexpect: 100-continue\r\nconnection: keep-alive\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
         let mut rng = fastrand::Rng::with_seed(std::env::var("CANARYGATE_FUZZ_SEED").map_or(6, |v| v.parse().unwrap()));
         let mut tasks = Vec::new();

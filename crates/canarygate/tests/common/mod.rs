@@ -116,6 +116,18 @@ pub async fn admin_with_token(
 }
 
 /// Calls the admin API and insists on a 2xx.
+/// The sum over the last hour of `metric` for a variant of `orders/prod`, from `/v1/metrics`.
+pub async fn v1_sum(c: &reqwest::Client, s: &Server, variant: &str, metric: &str) -> f64 {
+    let q = format!("/v1/metrics?api=orders&stage=prod&variant={variant}&metric={metric}&statistic=Sum&periodSeconds=3600");
+    let v = ok(c, s, "GET", &q, None).await;
+    v["datapoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["value"].as_f64().unwrap())
+        .sum()
+}
+
 pub async fn ok(c: &reqwest::Client, s: &Server, method: &str, path: &str, body: Option<Value>) -> Value {
     let (status, v) = admin(c, s, method, path, body).await;
     assert!((200..300).contains(&status), "{method} {path} -> {status}: {v}");
