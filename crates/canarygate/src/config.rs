@@ -70,6 +70,10 @@ pub struct ServerSection {
     pub max_body_bytes: Option<u64>,
     /// Largest request head, bytes (default 64 KiB).
     pub max_header_bytes: Option<usize>,
+    /// Longest request line, bytes (default 8 KiB); longer gets 414.
+    pub max_request_line_bytes: Option<usize>,
+    /// Longest header field, bytes (default 8 KiB); longer gets 431.
+    pub max_header_field_bytes: Option<usize>,
     /// Seconds a client has to send its request head (default 10).
     pub header_read_timeout_seconds: Option<u64>,
     /// Data-plane worker threads, each a single-threaded runtime with its own accept loop and upstream

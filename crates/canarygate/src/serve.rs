@@ -173,6 +173,8 @@ pub async fn start(cfg: &ConfigFile, args: &ServeArgs) -> Result<Running> {
     let defaults = Limits::default();
     let limits = Limits {
         max_header_bytes: cfg.server.max_header_bytes.unwrap_or(defaults.max_header_bytes),
+        max_request_line: cfg.server.max_request_line_bytes.unwrap_or(defaults.max_request_line),
+        max_field_bytes: cfg.server.max_header_field_bytes.unwrap_or(defaults.max_field_bytes),
         max_body_bytes: cfg.server.max_body_bytes.unwrap_or(defaults.max_body_bytes),
         header_read_timeout: cfg
             .server

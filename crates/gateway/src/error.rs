@@ -22,6 +22,8 @@ pub enum ProxyError {
     NoRoute,
     #[error("method not allowed for this route")]
     MethodNotAllowed,
+    #[error("path {0:?} climbs above the stage's root")]
+    AboveRoot(String),
     #[error("request body larger than {0} bytes")]
     BodyTooLarge(u64),
     /// The client closed its connection in the middle of the request body, or framed it wrongly.
@@ -41,6 +43,7 @@ impl ProxyError {
             ProxyError::NoStage
             | ProxyError::NoRoute
             | ProxyError::MethodNotAllowed
+            | ProxyError::AboveRoot(_)
             | ProxyError::BodyTooLarge(_)
             | ProxyError::ClientBody(_) => Source::Client,
             ProxyError::BadIntegrationUri(_) => Source::Gateway,
@@ -53,7 +56,7 @@ impl ProxyError {
             ProxyError::NoStage | ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            ProxyError::ClientBody(_) => StatusCode::BAD_REQUEST,
+            ProxyError::ClientBody(_) | ProxyError::AboveRoot(_) => StatusCode::BAD_REQUEST,
             ProxyError::BadIntegrationUri(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
@@ -65,7 +68,7 @@ impl ProxyError {
             ProxyError::NoStage | ProxyError::NoRoute => "NotFound",
             ProxyError::MethodNotAllowed => "MethodNotAllowed",
             ProxyError::BodyTooLarge(_) => "PayloadTooLarge",
-            ProxyError::ClientBody(_) => "BadRequest",
+            ProxyError::ClientBody(_) | ProxyError::AboveRoot(_) => "BadRequest",
             ProxyError::BadIntegrationUri(_) => "Internal",
             ProxyError::Upstream(_) => "BadGateway",
             ProxyError::Timeout(_) => "GatewayTimeout",

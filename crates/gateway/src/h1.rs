@@ -17,9 +17,12 @@ use http::{Method, StatusCode, Version};
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// A response with more header fields than this is refused (hyper's default).
 pub const MAX_HEADERS: usize = 100;
-/// Chunk-size lines and trailer sections longer than this are refused.
-const MAX_CHUNK_LINE: usize = 4096;
-const MAX_TRAILERS: usize = 16 * 1024;
+/// Chunk-size lines (with their extensions) longer than this are refused.
+pub const MAX_CHUNK_LINE: usize = 4096;
+/// Trailer sections larger than this are refused.
+pub const MAX_TRAILERS: usize = 16 * 1024;
+/// A chunk size is at most 16 hex digits and below 2^63 (hyper's and nginx's bound).
+const MAX_CHUNK_SIZE: u64 = 1 << 63;
 
 /// Why an upstream's response could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -34,12 +37,15 @@ pub enum ProtocolError {
     Header(String),
     #[error("invalid content-length {0:?}")]
     ContentLength(String),
-    #[error("invalid chunk size line")]
-    ChunkSize,
+    #[error("invalid chunk size line: {0}")]
+    ChunkSize(&'static str),
     #[error("missing CRLF after a chunk")]
     ChunkEnd,
-    #[error("trailer section larger than {MAX_TRAILERS} bytes")]
-    Trailers,
+    #[error("invalid trailer section: {0}")]
+    Trailers(&'static str),
+    /// A chunk would take the body past the decoder's budget (the request body limit).
+    #[error("chunked body larger than {0} bytes")]
+    TooLarge(u64),
     #[error("the upstream closed the connection in the middle of the response")]
     Truncated,
 }
@@ -272,14 +278,28 @@ pub(crate) fn content_length(headers: &HeaderMap) -> Result<u64, ProtocolError> 
     found.ok_or_else(|| ProtocolError::ContentLength(String::new()))
 }
 
-/// Decodes a response body from the bytes read so far.
+/// Decodes a body (a request's or a response's) from the bytes read so far.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decoder {
     /// This many bytes are left.
     Length(u64),
-    Chunked(Chunk),
+    Chunked(Chunk, Budget),
     Eof,
     Done,
+}
+
+/// How many more body bytes a chunked body may declare before it is refused as too large.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget {
+    pub limit: u64,
+    pub left: u64,
+}
+
+impl Budget {
+    pub const UNLIMITED: Budget = Budget {
+        limit: u64::MAX,
+        left: u64::MAX,
+    };
 }
 
 /// Where a chunked decoder is.
@@ -290,7 +310,8 @@ pub enum Chunk {
     Data(u64),
     /// The CRLF after a chunk's data.
     DataEnd,
-    Trailers,
+    /// In the trailer section, this many bytes of it read so far.
+    Trailers(usize),
 }
 
 /// What [`Decoder::decode`] found.
@@ -306,8 +327,17 @@ impl Decoder {
         match framing {
             Framing::Empty | Framing::Length(0) => Decoder::Done,
             Framing::Length(n) => Decoder::Length(n),
-            Framing::Chunked => Decoder::Chunked(Chunk::Size),
+            Framing::Chunked => Decoder::Chunked(Chunk::Size, Budget::UNLIMITED),
             Framing::Eof => Decoder::Eof,
+        }
+    }
+
+    /// A decoder that refuses a chunked body whose chunk sizes add up to more than `limit` bytes as
+    /// soon as the size line that crosses it arrives (before any of that chunk is passed on).
+    pub fn with_limit(framing: Framing, limit: u64) -> Decoder {
+        match Decoder::new(framing) {
+            Decoder::Chunked(c, _) => Decoder::Chunked(c, Budget { limit, left: limit }),
+            d => d,
         }
     }
 
@@ -345,15 +375,17 @@ impl Decoder {
                     }
                     return Ok(Decoded::Data(buf.split().freeze()));
                 }
-                Decoder::Chunked(state) => match *state {
-                    Chunk::Size => match httparse::parse_chunk_size(buf) {
-                        Ok(httparse::Status::Complete((used, size))) => {
+                Decoder::Chunked(state, budget) => match *state {
+                    Chunk::Size => match parse_chunk_line(buf)? {
+                        Some((used, size)) => {
+                            if size > budget.left {
+                                return Err(ProtocolError::TooLarge(budget.limit));
+                            }
+                            budget.left -= size;
                             buf.advance(used);
-                            *state = if size == 0 { Chunk::Trailers } else { Chunk::Data(size) };
+                            *state = if size == 0 { Chunk::Trailers(0) } else { Chunk::Data(size) };
                         }
-                        Ok(httparse::Status::Partial) if buf.len() > MAX_CHUNK_LINE => return Err(ProtocolError::ChunkSize),
-                        Ok(httparse::Status::Partial) => return Ok(Decoded::NeedMore),
-                        Err(_) => return Err(ProtocolError::ChunkSize),
+                        None => return Ok(Decoded::NeedMore),
                     },
                     Chunk::Data(left) => {
                         if buf.is_empty() {
@@ -373,14 +405,21 @@ impl Decoder {
                         buf.advance(2);
                         *state = Chunk::Size;
                     }
-                    // Trailer fields are read and dropped, as nginx does by default.
-                    Chunk::Trailers => match buf.windows(2).position(|w| w == b"\r\n") {
+                    // Trailer fields are checked, then dropped, as nginx does by default.
+                    Chunk::Trailers(seen) => match trailer_line(buf)? {
                         Some(0) => {
                             buf.advance(2);
                             *self = Decoder::Done;
                         }
-                        Some(i) => buf.advance(i + 2),
-                        None if buf.len() > MAX_TRAILERS => return Err(ProtocolError::Trailers),
+                        Some(n) => {
+                            let seen = seen + n + 2;
+                            *state = Chunk::Trailers(seen);
+                            if seen > MAX_TRAILERS {
+                                return Err(ProtocolError::Trailers("larger than 16 KiB"));
+                            }
+                            buf.advance(n + 2);
+                        }
+                        None if seen + buf.len() > MAX_TRAILERS => return Err(ProtocolError::Trailers("larger than 16 KiB")),
                         None => return Ok(Decoded::NeedMore),
                     },
                 },
@@ -398,6 +437,151 @@ impl Decoder {
             _ => Err(ProtocolError::Truncated),
         }
     }
+}
+
+/// Parses a chunk-size line at the start of `buf` (RFC 9112 §7.1): 1 to 16 hex digits, optional
+/// extensions, CRLF. Returns the line's length with its CRLF and the size, or `None` when the line is
+/// not complete yet.
+///
+/// Stricter than `httparse::parse_chunk_size`, which takes an empty size, bare LF and control bytes
+/// inside extensions and sizes up to 2^64: each of those lets a request be framed one way here and
+/// another way by the next hop. Line endings are CRLF, as in heads and trailers.
+pub fn parse_chunk_line(buf: &[u8]) -> Result<Option<(usize, u64)>, ProtocolError> {
+    let digits = buf.iter().take(17).take_while(|b| b.is_ascii_hexdigit()).count();
+    if digits > 16 {
+        return Err(ProtocolError::ChunkSize("chunk size of more than 16 hex digits"));
+    }
+    if digits == buf.len() {
+        return Ok(None);
+    }
+    if digits == 0 {
+        return Err(ProtocolError::ChunkSize("no chunk size"));
+    }
+    let size = buf[..digits]
+        .iter()
+        .fold(0u64, |n, &b| n << 4 | u64::from((b as char).to_digit(16).unwrap_or(0)));
+    if size >= MAX_CHUNK_SIZE {
+        return Err(ProtocolError::ChunkSize("chunk size of 2^63 or more"));
+    }
+    let Some(cr) = buf[digits..].iter().position(|&b| b == b'\r' || b == b'\n').map(|i| i + digits) else {
+        if buf.len() > MAX_CHUNK_LINE {
+            return Err(ProtocolError::ChunkSize("chunk size line longer than 4096 bytes"));
+        }
+        // Control bytes are refused as soon as they arrive.
+        chunk_extensions(&buf[digits..], false)?;
+        return Ok(None);
+    };
+    if cr > MAX_CHUNK_LINE {
+        return Err(ProtocolError::ChunkSize("chunk size line longer than 4096 bytes"));
+    }
+    if buf[cr] == b'\n' {
+        return Err(ProtocolError::ChunkSize("bare LF (lines end with CRLF)"));
+    }
+    match buf.get(cr + 1) {
+        None => return Ok(None),
+        Some(b'\n') => {}
+        Some(_) => return Err(ProtocolError::ChunkSize("bare CR")),
+    }
+    chunk_extensions(&buf[digits..cr], true)?;
+    Ok(Some((cr + 2, size)))
+}
+
+/// Checks chunk extensions: `*( BWS ";" BWS name [ BWS "=" BWS ( token / quoted-string ) ] )`.
+/// With `complete` false the input may stop anywhere and only its bytes are checked.
+fn chunk_extensions(ext: &[u8], complete: bool) -> Result<(), ProtocolError> {
+    if let Some(&b) = ext.iter().find(|&&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+        return Err(ProtocolError::ChunkSize(if b == b'\r' || b == b'\n' {
+            "CR or LF inside a chunk extension"
+        } else {
+            "control byte in a chunk extension"
+        }));
+    }
+    if !complete {
+        return Ok(());
+    }
+    let bad = || ProtocolError::ChunkSize("malformed chunk extension");
+    let ws = |i: &mut usize| {
+        while ext.get(*i).is_some_and(|&b| b == b' ' || b == b'\t') {
+            *i += 1;
+        }
+    };
+    let token = |i: &mut usize| {
+        let start = *i;
+        while ext.get(*i).copied().is_some_and(is_tchar) {
+            *i += 1;
+        }
+        *i > start
+    };
+    let mut i = 0;
+    loop {
+        if i == ext.len() {
+            return Ok(());
+        }
+        ws(&mut i);
+        if ext.get(i) != Some(&b';') {
+            return Err(bad());
+        }
+        i += 1;
+        ws(&mut i);
+        if !token(&mut i) {
+            return Err(bad());
+        }
+        ws(&mut i);
+        if ext.get(i) == Some(&b'=') {
+            i += 1;
+            ws(&mut i);
+            if ext.get(i) == Some(&b'"') {
+                i += 1;
+                loop {
+                    match ext.get(i) {
+                        None => return Err(bad()),
+                        Some(b'"') => break,
+                        Some(b'\\') => i += 2,
+                        Some(_) => i += 1,
+                    }
+                }
+                i += 1;
+            } else if !token(&mut i) {
+                return Err(bad());
+            }
+        }
+    }
+}
+
+/// RFC 9110 §5.6.2 `tchar`.
+pub(crate) fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// The length of the trailer line at the start of `buf` without its CRLF (0 for the empty line that
+/// ends the section), or `None` when it is not complete. A trailer line is a header field: a token, a
+/// colon, a value without control bytes; no obs-fold, no bare CR or LF.
+fn trailer_line(buf: &[u8]) -> Result<Option<usize>, ProtocolError> {
+    let Some(lf) = buf.iter().position(|&b| b == b'\n') else {
+        return match buf.iter().position(|&b| b == b'\r') {
+            Some(cr) if cr + 1 < buf.len() => Err(ProtocolError::Trailers("bare CR")),
+            _ => Ok(None),
+        };
+    };
+    if lf == 0 || buf[lf - 1] != b'\r' {
+        return Err(ProtocolError::Trailers("bare LF (lines end with CRLF)"));
+    }
+    let line = &buf[..lf - 1];
+    if line.is_empty() {
+        return Ok(Some(0));
+    }
+    let name = line.iter().take_while(|&&b| is_tchar(b)).count();
+    if name == 0 || line.get(name) != Some(&b':') {
+        return Err(ProtocolError::Trailers(if line[0] == b' ' || line[0] == b'\t' {
+            "obs-fold"
+        } else {
+            "malformed trailer field"
+        }));
+    }
+    if line[name + 1..].iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+        return Err(ProtocolError::Trailers("control byte in a trailer field"));
+    }
+    Ok(Some(line.len()))
 }
 
 /// A body read off an HTTP/1.1 connection (a client's request or an upstream's response): whole when
@@ -637,9 +821,64 @@ mod tests {
         let mut d = Decoder::new(Framing::Chunked);
         assert_eq!(decode_all(&mut d, &["5\r\nhelloXX"]), Err(ProtocolError::ChunkEnd));
         let mut d = Decoder::new(Framing::Chunked);
-        assert_eq!(decode_all(&mut d, &["zz\r\n"]), Err(ProtocolError::ChunkSize));
+        assert!(matches!(decode_all(&mut d, &["zz\r\n"]), Err(ProtocolError::ChunkSize(_))));
         let mut d = Decoder::new(Framing::Chunked);
         assert_eq!(decode_all(&mut d, &["5\r\nhel"]), Err(ProtocolError::Truncated));
+    }
+
+    /// Each way the chunked framing can be bent to smuggle a request (request-smuggling regression
+    /// cases found against httparse's lenient chunk-size parser): refused, with what is wrong.
+    #[test]
+    fn chunked_framing_is_strict() {
+        let refused = |input: &str| {
+            let mut d = Decoder::new(Framing::Chunked);
+            match decode_all(&mut d, &[input]) {
+                Err(e) => e.to_string(),
+                Ok(body) => panic!("{input:?} was decoded as {:?}", String::from_utf8_lossy(&body)),
+            }
+        };
+        assert!(refused("\r\n\r\nGET /smuggled HTTP/1.1\r\n\r\n").contains("no chunk size"));
+        assert!(refused("2;\nxx\r\n0\r\n\r\n").contains("bare LF"));
+        assert!(refused("2;a\rb\r\nxx\r\n0\r\n\r\n").contains("bare CR"));
+        assert!(refused("2\nxx\r\n0\r\n\r\n").contains("bare LF"));
+        assert!(refused("2\rxx\r\n0\r\n\r\n").contains("bare CR"));
+        assert!(refused("2;a\x01=b\r\nxx\r\n0\r\n\r\n").contains("control byte"));
+        assert!(refused("2;\r\nxx\r\n0\r\n\r\n").contains("malformed chunk extension"));
+        assert!(refused("2 \r\nxx\r\n0\r\n\r\n").contains("malformed chunk extension"));
+        assert!(refused("-2\r\nxx\r\n0\r\n\r\n").contains("no chunk size"));
+        assert!(refused("8000000000000000\r\n").contains("2^63"));
+        assert!(refused("ffffffffffffffff\r\n").contains("2^63"));
+        assert!(refused("10000000000000000\r\n").contains("16 hex digits"));
+        assert!(refused(&format!("1;a={}\r\nx\r\n0\r\n\r\n", "b".repeat(5000))).contains("longer than 4096"));
+        // A trailer section ended by a bare LF would swallow the next pipelined request.
+        assert!(refused("0\r\n\nGET /next HTTP/1.1\r\nhost: x\r\n\r\n").contains("bare LF"));
+        assert!(refused("0\r\nx-t: 1\n\r\n").contains("bare LF"));
+        assert!(refused("0\r\n x-folded: 1\r\n\r\n").contains("obs-fold"));
+        assert!(refused("0\r\nno colon\r\n\r\n").contains("malformed trailer"));
+        assert!(refused(&format!("0\r\n{}\r\n", "x-t: v\r\n".repeat(3000))).contains("16 KiB"));
+        // What is valid stays valid: extensions with values and quoted strings, upper-case hex,
+        // leading zeros, trailers.
+        let mut d = Decoder::new(Framing::Chunked);
+        let ok = decode_all(
+            &mut d,
+            &["0A ; a=1 ;b;c=\"x;\\\"y\"\r\n0123456789\r\n0002\r\nab\r\n0\r\nx-t: 1\r\n\r\n"],
+        );
+        assert_eq!(ok.unwrap(), b"0123456789ab");
+        assert!(d.is_done());
+    }
+
+    #[test]
+    fn a_chunked_body_over_its_budget_is_refused_at_the_size_line() {
+        let mut d = Decoder::with_limit(Framing::Chunked, 10);
+        let mut buf = BytesMut::from(&b"6\r\nabcdef\r\n5\r\nghijk\r\n0\r\n\r\n"[..]);
+        assert_eq!(d.decode(&mut buf).unwrap(), Decoded::Data(Bytes::from_static(b"abcdef")));
+        assert_eq!(d.decode(&mut buf), Err(ProtocolError::TooLarge(10)));
+        let mut d = Decoder::with_limit(Framing::Chunked, 10);
+        assert_eq!(
+            decode_all(&mut d, &["4\r\nabcd\r\n6\r\nefghij\r\n0\r\n\r\n"]).unwrap(),
+            b"abcdefghij"
+        );
+        assert_eq!(Decoder::with_limit(Framing::Length(99), 10), Decoder::Length(99));
     }
 
     #[test]

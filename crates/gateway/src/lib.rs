@@ -13,6 +13,7 @@ pub mod cache;
 pub mod choose;
 pub mod error;
 pub mod h1;
+pub mod path;
 mod proxy;
 pub mod server;
 pub mod table;
@@ -37,6 +38,10 @@ pub use table::RoutingTable;
 pub struct Limits {
     /// Largest request head (request line and headers), bytes; larger gets 431.
     pub max_header_bytes: usize,
+    /// Longest request line, bytes; longer gets 414 (nginx's `large_client_header_buffers`: 8 KiB).
+    pub max_request_line: usize,
+    /// Longest header field line, bytes; longer gets 431 (nginx's default: 8 KiB).
+    pub max_field_bytes: usize,
     /// Largest request body, bytes; larger gets 413.
     pub max_body_bytes: u64,
     /// Time a client has to send the request head; slower connections are closed.
@@ -47,6 +52,8 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_header_bytes: 64 * 1024,
+            max_request_line: 8 * 1024,
+            max_field_bytes: 8 * 1024,
             max_body_bytes: 10 * 1024 * 1024,
             header_read_timeout: Duration::from_secs(10),
         }

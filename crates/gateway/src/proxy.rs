@@ -98,7 +98,10 @@ fn error_response(e: &ProxyError) -> Response<Body> {
     *r.status_mut() = e.status();
     r.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    if matches!(e, ProxyError::BodyTooLarge(_) | ProxyError::ClientBody(_)) {
+    if matches!(
+        e,
+        ProxyError::BodyTooLarge(_) | ProxyError::ClientBody(_) | ProxyError::AboveRoot(_)
+    ) {
         // The rest of the body is not read, so the connection cannot carry another request: say so,
         // or a client may send its next request on a connection the server is closing (as nginx does).
         r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -266,6 +269,9 @@ async fn send(req: Request<Body>, timeout: Duration, max_body: u64) -> (Result<R
         let res = match res {
             Err(_) => Err(ProxyError::Timeout(timeout.as_millis())),
             Ok(Err(e)) if caused_by::<http_body_util::LengthLimitError>(&e) => Err(ProxyError::BodyTooLarge(max_body)),
+            Ok(Err(e)) if matches!(cause::<ClientBodyError>(&e), Some(ClientBodyError::TooLarge(_))) => {
+                Err(ProxyError::BodyTooLarge(max_body))
+            }
             // The client's fault (it closed mid-body, or sent a broken chunked body), not the upstream's.
             Ok(Err(e)) if caused_by::<ClientBodyError>(&e) => Err(ProxyError::ClientBody(error_chain(&e))),
             Ok(Err(e)) => Err(ProxyError::Upstream(error_chain(&e))),
@@ -292,7 +298,10 @@ async fn serve(
     peer: &Peer,
     rid: &HeaderValue,
 ) -> Outcome {
-    let route_path = if rest.is_empty() { "/" } else { rest };
+    let Ok(route_path) = crate::path::resolve_dot_segments(rest) else {
+        return Outcome::error(ProxyError::AboveRoot(rest.to_string()));
+    };
+    let route_path = if route_path.is_empty() { "/" } else { &route_path };
     let Ok(matched) = vr.deployment.router.at(route_path) else {
         return Outcome::error(ProxyError::NoRoute);
     };
@@ -531,14 +540,19 @@ async fn buffer(resp: Response<Body>, limit: usize) -> Buffered {
 
 /// Whether `e` or an error in its source chain is a `T`.
 fn caused_by<T: std::error::Error + 'static>(e: &(dyn std::error::Error + 'static)) -> bool {
+    cause::<T>(e).is_some()
+}
+
+/// The first `T` in `e`'s source chain.
+fn cause<'e, T: std::error::Error + 'static>(e: &'e (dyn std::error::Error + 'static)) -> Option<&'e T> {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = cur {
-        if err.is::<T>() {
-            return true;
+        if let Some(t) = err.downcast_ref::<T>() {
+            return Some(t);
         }
         cur = err.source();
     }
-    false
+    None
 }
 
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {

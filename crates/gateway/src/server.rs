@@ -47,7 +47,7 @@ use tokio::time::{Instant, Sleep};
 
 use crate::h1::{self, Decoded, Decoder, Framing};
 use crate::proxy::{self, Body, BoxError, Peer};
-use crate::Gateway;
+use crate::{Gateway, Limits};
 
 /// A keep-alive connection with no request for this long is closed (AWS load balancers' default
 /// idle timeout; nginx's `keepalive_timeout` is 75 s).
@@ -140,7 +140,7 @@ pub(crate) async fn serve_connection(gw: Arc<Gateway>, stream: TcpStream, peer: 
     let limits = &gw.limits;
     let mut first = true;
     loop {
-        let head = match c.read_head(&ctl, limits.max_header_bytes, limits.header_read_timeout, first).await {
+        let head = match c.read_head(&ctl, limits, first).await {
             Ok(h) => h,
             Err(HeadError::Gone) => return,
             Err(HeadError::Bad(status, msg)) => {
@@ -227,14 +227,18 @@ impl Conn {
     }
 
     /// Reads until a whole request head is in the buffer and parses it.
-    async fn read_head(&mut self, ctl: &ConnCtl, max: usize, head_timeout: Duration, first: bool) -> Result<Head, HeadError> {
+    async fn read_head(&mut self, ctl: &ConnCtl, limits: &Limits, first: bool) -> Result<Head, HeadError> {
+        let (max, head_timeout) = (limits.max_header_bytes, limits.header_read_timeout);
         // The deadline of the current wait: for a first request or a started head, the head timeout;
         // for a keep-alive connection with nothing yet, the idle timeout.
         let mut deadline: Option<(Instant, bool)> = None;
         loop {
             if !self.buf.is_empty() {
-                if let Some(h) = parse_head(&mut self.buf, max, &mut self.at)? {
+                if let Some(h) = parse_head(&mut self.buf, limits, &mut self.at)? {
                     return Ok(h);
+                }
+                if self.buf.len() > limits.max_request_line + 2 && !self.buf[..limits.max_request_line + 2].contains(&b'\n') {
+                    return Err(request_line_too_long(limits.max_request_line));
                 }
                 if self.buf.len() >= max {
                     return Err(HeadError::Bad(
@@ -280,17 +284,40 @@ impl Conn {
 
     /// The request's body: whole when it is already in the buffer, else reading from the connection,
     /// which it borrows until it is done (the receiver gives it back).
+    ///
+    /// A chunked body's bytes that came with the head are decoded first, before anything is forwarded:
+    /// a body that ends in them is handed over whole (and forwarded with a content-length), and a
+    /// framing error or a chunk over the body limit in them is the body's first frame, so the request
+    /// fails with nothing sent upstream.
     async fn request_body(&mut self, head: &Head, max: u64) -> io::Result<(RequestBody, Option<oneshot::Receiver<Lent>>)> {
-        let decoder = Decoder::new(head.framing);
+        let mut decoder = Decoder::with_limit(head.framing, max);
+        let mut first = None;
         match decoder {
             Decoder::Done => return Ok((h1::WireBody::Whole(None), None)),
             Decoder::Length(n) if n <= self.buf.len() as u64 => {
                 return Ok((h1::WireBody::Whole(Some(self.buf.split_to(n as usize).freeze())), None));
             }
+            Decoder::Chunked(..) if !self.buf.is_empty() => {
+                let mut data = Vec::new();
+                let ended = loop {
+                    match decoder.decode(&mut self.buf) {
+                        Ok(Decoded::Data(d)) => data.push(d),
+                        Ok(Decoded::End) => break Ok(true),
+                        Ok(Decoded::NeedMore) => break Ok(false),
+                        Err(e) => break Err(e),
+                    }
+                };
+                let data = concat(data);
+                match ended {
+                    Ok(true) => return Ok((h1::WireBody::Whole(data), None)),
+                    Ok(false) => first = data.map(Ok),
+                    Err(e) => first = Some(Err(ClientBodyError::from_protocol(e))),
+                }
+            }
             _ => {}
         }
         let too_large = matches!(decoder, Decoder::Length(n) if n > max);
-        if head.expect_continue && !too_large {
+        if head.expect_continue && !too_large && !matches!(first, Some(Err(_))) {
             write_all(&mut self.wr, &mut self.timer, b"HTTP/1.1 100 Continue\r\n\r\n").await?;
         }
         let (tx, rx) = oneshot::channel();
@@ -298,6 +325,7 @@ impl Conn {
         let reader = BodyReader {
             lent: Some((rd, std::mem::take(&mut self.buf), tx)),
             decoder,
+            first,
         };
         Ok((h1::WireBody::Streaming(Box::new(reader)), Some(rx)))
     }
@@ -484,6 +512,43 @@ async fn write_all(wr: &mut OwnedWriteHalf, timer: &mut Option<Pin<Box<Sleep>>>,
     Ok(())
 }
 
+/// Pieces of a body as one buffer (a copy only when there are several).
+fn concat(mut pieces: Vec<Bytes>) -> Option<Bytes> {
+    match pieces.len() {
+        0 => None,
+        1 => pieces.pop(),
+        _ => Some(pieces.concat().into()),
+    }
+}
+
+fn request_line_too_long(max: usize) -> HeadError {
+    HeadError::Bad(StatusCode::URI_TOO_LONG, format!("request line longer than {max} bytes"))
+}
+
+/// Whether `a` is a valid `Host` (RFC 9112 §3.2, RFC 3986 §3.2.2): a name of letters, digits and
+/// `-._~`, an IPv4 address, or an IPv6 literal in brackets, with an optional port. Stricter than the
+/// RFC's reg-name (no sub-delims, no percent-encoding): a `Host` of `a, b`, `a/b` or `user@a` is
+/// refused rather than copied into `x-forwarded-host` or matched against a domain.
+pub(crate) fn valid_authority(a: &[u8]) -> bool {
+    let (_, port) = if a.first() == Some(&b'[') {
+        let Some(end) = a.iter().position(|&b| b == b']') else {
+            return false;
+        };
+        let inner = &a[1..end];
+        if inner.is_empty() || !inner.iter().all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.') {
+            return false;
+        }
+        a.split_at(end + 1)
+    } else {
+        let (host, port) = a.split_at(a.iter().position(|&b| b == b':').unwrap_or(a.len()));
+        if host.is_empty() || !host.iter().all(|&b| b.is_ascii_alphanumeric() || b"-._~".contains(&b)) {
+            return false;
+        }
+        (host, port)
+    };
+    port.is_empty() || (port[0] == b':' && port.len() <= 6 && port[1..].iter().all(u8::is_ascii_digit))
+}
+
 /// Where a header field's name and value sit in the buffer.
 type FieldAt = (usize, usize, usize, usize);
 
@@ -493,7 +558,13 @@ fn offset_in(base: &[u8], part: &[u8]) -> (usize, usize) {
 
 /// Parses the request head at the start of `buf` and splits it off; `Ok(None)` when more is needed.
 /// `at` is scratch space for the fields' positions (kept by the connection, so not allocated per request).
-fn parse_head(buf: &mut BytesMut, max: usize, at: &mut Vec<FieldAt>) -> Result<Option<Head>, HeadError> {
+///
+/// Beyond what `httparse` checks: every line ends with CRLF (as chunk lines and trailers must; a bare
+/// LF is refused, not taken as a line end), the request line and each field have their own length
+/// limits (414, 431), `Host` must be a valid authority, and an absolute-form target's authority
+/// replaces `Host` (RFC 9112 §3.2.2).
+fn parse_head(buf: &mut BytesMut, limits: &Limits, at: &mut Vec<FieldAt>) -> Result<Option<Head>, HeadError> {
+    let max = limits.max_header_bytes;
     let bad = |msg: String| HeadError::Bad(StatusCode::BAD_REQUEST, msg);
     let too_large = || {
         HeadError::Bad(
@@ -531,6 +602,31 @@ fn parse_head(buf: &mut BytesMut, max: usize, at: &mut Vec<FieldAt>) -> Result<O
         let (vs, vl) = offset_in(buf, h.value);
         at.push((ns, nl, vs, vl));
     }
+    // Line ends and lengths: each line ends where the next begins, less its CRLF; the head ends with
+    // an empty line.
+    let crlf_before = |pos: usize| pos >= 2 && &buf[pos - 2..pos] == b"\r\n";
+    if !buf[..len].ends_with(b"\r\n\r\n") || !at.iter().all(|&(ns, ..)| crlf_before(ns)) {
+        return Err(bad("bare LF in the request head (lines end with CRLF)".into()));
+    }
+    let line_ends = at.iter().map(|&(ns, ..)| ns - 2).chain(std::iter::once(len - 4));
+    let mut starts = std::iter::once(0).chain(at.iter().map(|&(ns, ..)| ns));
+    for (i, end) in line_ends.enumerate() {
+        let start = starts.next().unwrap_or(end);
+        if i == 0 && end - start > limits.max_request_line {
+            return Err(request_line_too_long(limits.max_request_line));
+        }
+        if i > 0 && end - start > limits.max_field_bytes {
+            let (ns, nl, ..) = at[i - 1];
+            return Err(HeadError::Bad(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                format!(
+                    "header field {} longer than {} bytes",
+                    String::from_utf8_lossy(&buf[ns..ns + nl]),
+                    limits.max_field_bytes
+                ),
+            ));
+        }
+    }
     // Frozen, so the URI and the header values are slices of it rather than copies.
     let bytes = buf.split_to(len).freeze();
     let target = bytes.slice(path_at.0..path_at.0 + path_at.1);
@@ -559,6 +655,9 @@ fn parse_head(buf: &mut BytesMut, max: usize, at: &mut Vec<FieldAt>) -> Result<O
             transfer_encoding = true;
         } else if name == header::HOST {
             hosts += 1;
+            if !value.is_empty() && !valid_authority(value.as_bytes()) {
+                return Err(bad(format!("invalid host {:?}", String::from_utf8_lossy(value.as_bytes()))));
+            }
         }
         headers.append(name, value);
     }
@@ -566,7 +665,19 @@ fn parse_head(buf: &mut BytesMut, max: usize, at: &mut Vec<FieldAt>) -> Result<O
     if hosts > 1 || (hosts == 0 && version == Version::HTTP_11) {
         return Err(bad(format!("{hosts} host header fields (an HTTP/1.1 request has exactly one)")));
     }
-    let framing = request_framing(&headers, transfer_encoding, version).map_err(bad)?;
+    // The target is origin-form, `*` for OPTIONS, or absolute-form (whose authority is the host).
+    match (uri.scheme_str(), uri.authority()) {
+        (None, None) if target.starts_with(b"/") || (&target[..] == b"*" && method == Method::OPTIONS) => {}
+        (Some(scheme), Some(authority))
+            if (scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https"))
+                && valid_authority(authority.as_str().as_bytes()) =>
+        {
+            let host = HeaderValue::from_str(authority.as_str()).map_err(|_| bad("invalid request target".into()))?;
+            headers.insert(header::HOST, host);
+        }
+        _ => return Err(bad(format!("invalid request target {:?}", String::from_utf8_lossy(&target)))),
+    }
+    let framing = request_framing(&headers, transfer_encoding, version).map_err(|(status, msg)| HeadError::Bad(status, msg))?;
     Ok(Some(Head {
         method,
         uri,
@@ -579,28 +690,31 @@ fn parse_head(buf: &mut BytesMut, max: usize, at: &mut Vec<FieldAt>) -> Result<O
 }
 
 /// How the request body is delimited (RFC 9112 §6.3). A request with both `transfer-encoding` and
-/// `content-length`, or with a transfer coding other than a final `chunked`, is refused: a proxy that
-/// guessed would let a request be smuggled past it.
-fn request_framing(headers: &HeaderMap, transfer_encoding: bool, version: Version) -> Result<Framing, String> {
+/// `content-length` is refused (400), and so is any `transfer-encoding` other than exactly one
+/// `chunked` (501, as nginx answers): a proxy that guessed would let a request be smuggled past it.
+fn request_framing(headers: &HeaderMap, transfer_encoding: bool, version: Version) -> Result<Framing, (StatusCode, String)> {
+    let bad = |msg: String| (StatusCode::BAD_REQUEST, msg);
     if transfer_encoding {
         if version == Version::HTTP_10 {
-            return Err("transfer-encoding in an HTTP/1.0 request".into());
+            return Err(bad("transfer-encoding in an HTTP/1.0 request".into()));
         }
         if headers.contains_key(header::CONTENT_LENGTH) {
-            return Err("both transfer-encoding and content-length".into());
+            return Err(bad("both transfer-encoding and content-length".into()));
         }
-        let codings: Vec<&[u8]> = headers
-            .get_all(header::TRANSFER_ENCODING)
-            .iter()
-            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-            .map(<[u8]>::trim_ascii)
-            .filter(|c| !c.is_empty())
-            .collect();
-        return match codings.as_slice() {
-            [c] if c.eq_ignore_ascii_case(b"chunked") => Ok(Framing::Chunked),
-            _ => Err(format!(
-                "unsupported transfer-encoding {:?} (only chunked)",
-                codings.iter().map(|c| String::from_utf8_lossy(c)).collect::<Vec<_>>().join(", ")
+        let mut values = headers.get_all(header::TRANSFER_ENCODING).iter();
+        return match (values.next(), values.next()) {
+            (Some(v), None) if v.as_bytes().eq_ignore_ascii_case(b"chunked") => Ok(Framing::Chunked),
+            _ => Err((
+                StatusCode::NOT_IMPLEMENTED,
+                format!(
+                    "unsupported transfer-encoding {:?} (only chunked)",
+                    headers
+                        .get_all(header::TRANSFER_ENCODING)
+                        .iter()
+                        .map(|v| String::from_utf8_lossy(v.as_bytes()))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
             )),
         };
     }
@@ -613,7 +727,7 @@ fn request_framing(headers: &HeaderMap, transfer_encoding: bool, version: Versio
                     .iter()
                     .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
                     .collect();
-                format!("invalid content-length {:?}", v.join(", "))
+                bad(format!("invalid content-length {:?}", v.join(", ")))
             });
     }
     Ok(Framing::Empty)
@@ -627,6 +741,8 @@ pub struct BodyReader {
     /// `None` once given back.
     lent: Option<(OwnedReadHalf, BytesMut, oneshot::Sender<Lent>)>,
     decoder: Decoder,
+    /// What was decoded from the bytes that came with the head, passed on first.
+    first: Option<Result<Bytes, ClientBodyError>>,
 }
 
 /// Why a request body could not be read.
@@ -636,8 +752,19 @@ pub enum ClientBodyError {
     Truncated,
     #[error("invalid chunked request body: {0}")]
     Chunked(h1::ProtocolError),
+    #[error("request body larger than {0} bytes")]
+    TooLarge(u64),
     #[error("reading the request body: {0}")]
     Io(#[from] io::Error),
+}
+
+impl ClientBodyError {
+    fn from_protocol(e: h1::ProtocolError) -> ClientBodyError {
+        match e {
+            h1::ProtocolError::TooLarge(n) => ClientBodyError::TooLarge(n),
+            e => ClientBodyError::Chunked(e),
+        }
+    }
 }
 
 impl h1::Arriving for BodyReader {
@@ -665,12 +792,17 @@ impl BodyReader {
     }
 
     fn read(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.first.take() {
+            Some(Ok(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+            Some(Err(e)) => return self.fail(e),
+            None => {}
+        }
         loop {
             let Some((rd, buf, _)) = self.lent.as_mut() else {
                 return Poll::Ready(None);
             };
             match self.decoder.decode(buf) {
-                Err(e) => return self.fail(ClientBodyError::Chunked(e)),
+                Err(e) => return self.fail(ClientBodyError::from_protocol(e)),
                 Ok(Decoded::Data(data)) => {
                     if self.decoder.is_done() {
                         self.give_back();
@@ -883,11 +1015,16 @@ mod tests {
     #[tokio::test]
     async fn bad_heads_get_400_or_431_and_the_connection_closes() {
         let limits = Limits {
-            max_header_bytes: 2048,
+            max_header_bytes: 4096,
+            max_request_line: 1024,
+            max_field_bytes: 1024,
             ..Limits::default()
         };
         let (addr, _, _) = gateway(limits).await;
-        let big = format!("GET / HTTP/1.1\r\nhost: x\r\nx-big: {}\r\n\r\n", "a".repeat(3000));
+        let long_line = format!("GET /{} HTTP/1.1\r\nhost: x\r\n\r\n", "a".repeat(1100));
+        let long_field = format!("GET / HTTP/1.1\r\nhost: x\r\nx-long: {}\r\n\r\n", "a".repeat(1100));
+        let big: String = (0..10).map(|i| format!("x-big-{i}: {}\r\n", "a".repeat(500))).collect();
+        let big = format!("GET / HTTP/1.1\r\nhost: x\r\n{big}\r\n");
         let many: String = (0..150).map(|i| format!("x-{i}: v\r\n")).collect();
         let many = format!("GET / HTTP/1.1\r\n{many}\r\n");
         let cases: Vec<(Vec<u8>, u16, &str)> = vec![
@@ -899,7 +1036,7 @@ mod tests {
                 "2 host header fields",
             ),
             (b"GET / HTTP/1.1\r\nbad header\r\n\r\n".to_vec(), 400, "invalid request head"),
-            (big.into_bytes(), 431, "larger than 2048 bytes"),
+            (big.into_bytes(), 431, "larger than 4096 bytes"),
             (many.into_bytes(), 431, "more than 100 fields"),
             (
                 b"POST / HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\ncontent-length: 5\r\n\r\n0\r\n\r\n".to_vec(),
@@ -908,9 +1045,62 @@ mod tests {
             ),
             (
                 b"POST / HTTP/1.1\r\nhost: x\r\ntransfer-encoding: gzip\r\n\r\n".to_vec(),
-                400,
+                501,
                 "unsupported transfer-encoding \\\"gzip\\\"",
             ),
+            // Transfer-Encoding other than exactly one `chunked`: 501, as nginx.
+            (
+                b"POST / HTTP/1.1\r\nhost: x\r\ntransfer-encoding: ,chunked\r\n\r\n0\r\n\r\n".to_vec(),
+                501,
+                "unsupported transfer-encoding \\\",chunked\\\"",
+            ),
+            (
+                b"POST / HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n".to_vec(),
+                501,
+                "unsupported transfer-encoding",
+            ),
+            (
+                b"POST / HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked, chunked\r\n\r\n0\r\n\r\n".to_vec(),
+                501,
+                "unsupported transfer-encoding",
+            ),
+            // obs-fold (RFC 9112 §5.2: a server must reject it or replace it; we reject).
+            (
+                b"GET / HTTP/1.1\r\nhost: x\r\nx-a: 1\r\n folded\r\n\r\n".to_vec(),
+                400,
+                "invalid request head",
+            ),
+            // One rule for line ends, as in chunk lines and trailers: CRLF.
+            (b"GET / HTTP/1.1\nhost: x\n\n".to_vec(), 400, "bare LF"),
+            (b"GET / HTTP/1.1\r\nhost: x\nx-a: 1\r\n\r\n".to_vec(), 400, "bare LF"),
+            (b"GET / HTTP/1.1\r\nhost: x\r\n\n".to_vec(), 400, "bare LF"),
+            // Per-line limits.
+            (long_line.into_bytes(), 414, "request line longer than 1024 bytes"),
+            (
+                format!("GET /{}", "a".repeat(2000)).into_bytes(),
+                414,
+                "request line longer than 1024 bytes",
+            ),
+            (long_field.into_bytes(), 431, "header field x-long longer than 1024 bytes"),
+            // Host must be an authority.
+            (b"GET / HTTP/1.1\r\nhost: a, b\r\n\r\n".to_vec(), 400, "invalid host \\\"a, b\\\""),
+            (b"GET / HTTP/1.1\r\nhost: a/b\r\n\r\n".to_vec(), 400, "invalid host"),
+            (b"GET / HTTP/1.1\r\nhost: user@a\r\n\r\n".to_vec(), 400, "invalid host"),
+            (b"GET / HTTP/1.1\r\nhost: a:80x\r\n\r\n".to_vec(), 400, "invalid host"),
+            (b"GET / HTTP/1.1\r\nhost: [zz]\r\n\r\n".to_vec(), 400, "invalid host"),
+            // Targets: origin-form, absolute-form with a valid authority, or * for OPTIONS.
+            (
+                b"GET example.com:80 HTTP/1.1\r\nhost: x\r\n\r\n".to_vec(),
+                400,
+                "invalid request target",
+            ),
+            (
+                b"GET http://user@a/ HTTP/1.1\r\nhost: x\r\n\r\n".to_vec(),
+                400,
+                "invalid request target",
+            ),
+            (b"GET ftp://a/ HTTP/1.1\r\nhost: x\r\n\r\n".to_vec(), 400, "invalid request target"),
+            (b"GET * HTTP/1.1\r\nhost: x\r\n\r\n".to_vec(), 400, "invalid request target"),
             (
                 b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 5, 6\r\n\r\nhello".to_vec(),
                 400,
@@ -932,6 +1122,46 @@ mod tests {
             assert!(body.contains(says), "{status}: {body} should say {says}");
             assert_eq!(header(&h, "connection"), Some("close"));
             assert!(closed(&mut s).await, "{body}");
+        }
+    }
+
+    #[test]
+    fn hosts_are_authorities() {
+        for ok in [
+            "a",
+            "api.example.com",
+            "a-b_c~d.e:8080",
+            "127.0.0.1",
+            "[::1]",
+            "[::1]:9090",
+            "x:",
+            "[fe80::1.2.3.4]:1",
+        ] {
+            assert!(valid_authority(ok.as_bytes()), "{ok}");
+        }
+        for bad in [
+            "", ":80", "a, b", "a,b", "a/b", "user@a", "a b", "a:8o", "a:123456", "[::1", "[]", "[::g]", "a%20b", "a\\b",
+        ] {
+            assert!(!valid_authority(bad.as_bytes()), "{bad}");
+        }
+    }
+
+    #[tokio::test]
+    async fn valid_targets_and_hosts_pass_the_head_checks() {
+        let (addr, _, _) = gateway(Limits::default()).await;
+        for req in [
+            &b"GET http://api.example.com:8080/x?y HTTP/1.1\r\nhost: other\r\n\r\n"[..],
+            b"OPTIONS * HTTP/1.1\r\nhost: x\r\n\r\n",
+            b"GET / HTTP/1.1\r\nhost: [::1]:8080\r\n\r\n",
+            b"GET / HTTP/1.0\r\n\r\n",
+            b"GET / HTTP/1.1\r\nhost:\r\n\r\n",
+            b"POST / HTTP/1.1\r\nhost: x\r\ntransfer-encoding: Chunked\r\n\r\n0\r\n\r\n",
+        ] {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            s.write_all(req).await.unwrap();
+            let (code, _, body) = response(&mut s, &mut Vec::new()).await;
+            // No stage is configured: each gets as far as routing.
+            assert_eq!(code, 404, "{}: {}", String::from_utf8_lossy(req), String::from_utf8_lossy(&body));
         }
     }
 

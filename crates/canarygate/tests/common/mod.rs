@@ -424,3 +424,29 @@ pub async fn wait_rollout(c: &reqwest::Client, s: &Server, id: &str, guard: Dura
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// Reads one response with a `content-length` body; what follows stays in `buf`.
+pub async fn read_response<R: tokio::io::AsyncRead + Unpin>(s: &mut R, buf: &mut Vec<u8>) -> (u16, String, Vec<u8>) {
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let status: u16 = head[9..12].parse().unwrap();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .map_or(0, |v| v.trim().parse().unwrap());
+            if buf.len() >= end + 4 + len {
+                let body = buf[end + 4..end + 4 + len].to_vec();
+                buf.drain(..end + 4 + len);
+                return (status, head, body);
+            }
+        }
+        let mut more = [0u8; 8192];
+        let n = tokio::time::timeout(Duration::from_secs(10), tokio::io::AsyncReadExt::read(s, &mut more))
+            .await
+            .expect("a response within 10 s")
+            .unwrap();
+        assert!(n > 0, "connection closed; got so far: {:?}", String::from_utf8_lossy(buf));
+        buf.extend_from_slice(&more[..n]);
+    }
+}
