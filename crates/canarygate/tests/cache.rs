@@ -57,8 +57,16 @@ async fn hits_misses_expiry_and_what_is_never_stored() {
     assert_eq!(get(&f.c, &url("/a?x=1"), "production").await.0, "miss");
     assert_eq!(f.prod.calls(), calls + 1);
 
-    // Never stored: no-store, private, no-cache, Set-Cookie.
-    for q in ["cc=no-store", "cc=private", "cc=no-cache", "cookie=1", "cc=max-age%3D0"] {
+    // Never stored: no-store, private, no-cache, Set-Cookie, a past Expires.
+    for q in [
+        "cc=no-store",
+        "cc=private",
+        "cc=no-cache",
+        "cookie=1",
+        "cc=max-age%3D0",
+        "expired=1",
+        "cc=public&cookie=1",
+    ] {
         let u = url(&format!("/b?{q}"));
         let before = f.prod.calls();
         assert_eq!(get(&f.c, &u, "production").await.0, "miss", "{q}");
@@ -284,4 +292,120 @@ async fn bounds_hold_with_ten_times_more_keys() {
     .await;
     assert_eq!(status, 400);
     assert!(v["error"]["message"].as_str().unwrap().contains("/cache/maxBytes"), "{v}");
+}
+
+/// Sends GET `url` with extra request fields; the cache header and the backend's echo.
+async fn get_with(c: &reqwest::Client, url: &str, fields: &[(&str, &str)]) -> (String, Value) {
+    let mut req = c.get(url);
+    for (k, v) in fields {
+        req = req.header(*k, *v);
+    }
+    let r = req.send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let cache = r
+        .headers()
+        .get("x-canarygate-cache")
+        .map_or("none", |v| v.to_str().unwrap())
+        .to_string();
+    (cache, r.json().await.unwrap())
+}
+
+const ALICE: (&str, &str) = ("authorization", "Bearer alice-token");
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_private_answer_is_never_served_to_another_client() {
+    let f = fixture(0.0, json!({})).await;
+    enable_cache(&f, 300, true).await;
+    let url = |p: &str| format!("{}/orders/prod{p}", f.s.gateway);
+
+    // Alice's answer (no cache-control) is not stored: the next client without credentials gets its
+    // own from the backend, and never sees Alice's.
+    let (c1, b1) = get_with(&f.c, &url("/me"), &[ALICE]).await;
+    assert_eq!(c1, "miss");
+    assert_eq!(b1["headers"]["authorization"], "Bearer alice-token");
+    let (c2, b2) = get_with(&f.c, &url("/me"), &[]).await;
+    assert_eq!(c2, "miss", "not from Alice's answer");
+    assert!(b2["headers"].get("authorization").is_none(), "{b2}");
+    assert_ne!(b1["call"], b2["call"]);
+    // max-age alone does not make it shareable either.
+    get_with(&f.c, &url("/me?cc=max-age%3D60"), &[ALICE]).await;
+    let (c, b) = get_with(&f.c, &url("/me?cc=max-age%3D60"), &[]).await;
+    assert_eq!(c, "miss");
+    assert!(b["headers"].get("authorization").is_none(), "{b}");
+
+    // The response says public (or s-maxage): stored and served to the next client.
+    for q in ["cc=public", "cc=s-maxage%3D60"] {
+        let u = url(&format!("/catalog?{q}"));
+        let (c1, b1) = get_with(&f.c, &u, &[ALICE]).await;
+        let (c2, b2) = get_with(&f.c, &u, &[]).await;
+        assert_eq!((c1.as_str(), c2.as_str()), ("miss", "hit"), "{q}");
+        assert_eq!(b1["call"], b2["call"], "{q}");
+    }
+
+    // Together (the second arrives while the first is fetching, and waits for it): a private answer
+    // sends the waiter to the backend itself; a public one is shared.
+    for (q, shared) in [("delay_ms=400", false), ("delay_ms=400&cc=public", true)] {
+        let u = url(&format!("/together?{q}"));
+        let before = f.prod.calls();
+        let alice = {
+            let (c, u) = (f.c.clone(), u.clone());
+            tokio::spawn(async move { get_with(&c, &u, &[ALICE]).await })
+        };
+        // The backend has the first call before the second request is sent.
+        while f.prod.calls() == before {
+            tokio::task::yield_now().await;
+        }
+        let (c2, b2) = get_with(&f.c, &u, &[]).await;
+        let (c1, b1) = alice.await.unwrap();
+        assert_eq!(c1, "miss");
+        assert_eq!(b1["headers"]["authorization"], "Bearer alice-token");
+        if shared {
+            assert_eq!((c2.as_str(), f.prod.calls()), ("hit", before + 1), "{q}");
+            assert_eq!(b1["call"], b2["call"]);
+        } else {
+            assert_eq!((c2.as_str(), f.prod.calls()), ("miss", before + 2), "{q}");
+            assert!(b2["headers"].get("authorization").is_none(), "{q}: {b2}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vary_freshness_and_age_follow_rfc_9111() {
+    let f = fixture(0.0, json!({})).await;
+    enable_cache(&f, 300, true).await;
+    let url = |p: &str| format!("{}/orders/prod{p}", f.s.gateway);
+
+    // Vary: Accept-Language keeps the languages apart, each served its own.
+    let u = url("/lang?vary=Accept-Language");
+    let lang = |l: &'static str| [("accept-language", l)];
+    assert_eq!(get_with(&f.c, &u, &lang("de")).await.0, "miss");
+    assert_eq!(get_with(&f.c, &u, &lang("fr")).await.0, "miss", "another language is another entry");
+    for l in ["de", "fr", "de"] {
+        let (c, b) = get_with(&f.c, &u, &lang(l)).await;
+        assert_eq!(c, "hit", "{l}");
+        assert_eq!(b["headers"]["accept-language"], l);
+    }
+    let (c, b) = get_with(&f.c, &u, &[]).await;
+    assert_eq!(c, "miss", "no Accept-Language at all is a third");
+    assert!(b["headers"].get("accept-language").is_none());
+
+    // s-maxage overrides max-age in a shared cache: still a hit after max-age=1 has passed.
+    let u = url("/smax?cc=max-age%3D1,s-maxage%3D60");
+    assert_eq!(get_with(&f.c, &u, &[]).await.0, "miss");
+    // Age reduces freshness: max-age=100 with Age: 99 is fresh for 1 s more.
+    let aged = url("/aged?cc=max-age%3D100&age=99");
+    assert_eq!(get_with(&f.c, &aged, &[]).await.0, "miss");
+    let r = f.c.get(&aged).send().await.unwrap();
+    assert_eq!(r.headers()["x-canarygate-cache"], "hit");
+    let age: u64 = r.headers()["age"].to_str().unwrap().parse().unwrap();
+    assert!(age >= 99, "the upstream's Age counts: {age}");
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert_eq!(get_with(&f.c, &u, &[]).await.0, "hit", "s-maxage=60 wins");
+    assert_eq!(get_with(&f.c, &aged, &[]).await.0, "miss", "stale after 100 - 99 s");
+
+    // A client's own no-cache does not send the request through (documented choice, as nginx).
+    let u = url("/fresh");
+    let (_, first) = get_with(&f.c, &u, &[]).await;
+    let (c, again) = get_with(&f.c, &u, &[("cache-control", "no-cache"), ("pragma", "no-cache")]).await;
+    assert_eq!((c.as_str(), &again["call"]), ("hit", &first["call"]));
 }

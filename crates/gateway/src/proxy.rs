@@ -13,7 +13,7 @@ use http::{Request, Response};
 use http_body_util::{BodyExt, Full, Limited};
 
 use crate::access_log::Record;
-use crate::cache::{hit_response, storable_for, CacheKey, CachedResponse, StageCache};
+use crate::cache::{hit_response, storable, vary_hash, CacheKey, StageCache};
 use crate::choose::choose;
 use crate::error::ProxyError;
 use crate::server::{ClientBodyError, RequestBody};
@@ -390,6 +390,7 @@ async fn serve(
                 method: parts.method.clone(),
                 path_and_query,
                 fingerprint: vr.fingerprint,
+                vary: 0,
             };
             // Boxed: the cache path's future (moka's included) is large, and every connection's task
             // would otherwise carry it inline.
@@ -415,17 +416,33 @@ fn empty() -> Body {
 /// The initiator's own answer when it could not (or must not) be stored.
 struct NotStored;
 
-/// Serves a GET/HEAD through the stage cache, coalescing concurrent misses for one key.
-async fn cached(gw: &Gateway, cache: &StageCache, key: CacheKey, call: &UpstreamCall, ttl: Duration) -> Outcome {
+/// Serves a GET/HEAD through the stage cache, coalescing concurrent misses for one key. `resource`
+/// is the key without a vary hash.
+async fn cached(gw: &Gateway, cache: &StageCache, resource: CacheKey, call: &UpstreamCall, ttl: Duration) -> Outcome {
+    let now = SystemTime::now();
+    // The key: with the request's values of the fields this resource's responses vary on, if any.
+    let (key, resource) = match cache.vary.get(&resource).await {
+        None => (resource, None),
+        Some(names) => {
+            let key = CacheKey {
+                vary: vary_hash(&call.headers, names.iter()),
+                ..resource.clone()
+            };
+            (key, Some(resource))
+        }
+    };
+    let hit = |entry: &crate::cache::CachedResponse, age| Outcome {
+        result: Ok(hit_response(entry, &call.method, age).map(full)),
+        integration_us: None,
+        cache: Some(CacheResult::Hit),
+    };
     if let Some(entry) = cache.entries.get(&key).await {
-        let r = hit_response(&entry, &key.method).map(full);
-        return Outcome {
-            result: Ok(r),
-            integration_us: None,
-            cache: Some(CacheResult::Hit),
-        };
+        if let Some(age) = entry.answers(&call.headers, now) {
+            return hit(&entry, age);
+        }
+        // Stale, or not for this request's `Vary` values: fetched anew and replaced.
+        cache.entries.invalidate(&key).await;
     }
-    let method = key.method.clone();
     // Filled only if this request's own init ran: then it called the upstream itself.
     let mut own: Option<Result<Response<Body>, ProxyError>> = None;
     let mut fetched_us: Option<u64> = None;
@@ -439,7 +456,7 @@ async fn cached(gw: &Gateway, cache: &StageCache, key: CacheKey, call: &Upstream
                 return Err(NotStored);
             }
         };
-        let Some(entry_ttl) = storable_for(resp.status(), resp.headers(), ttl) else {
+        let Some(storable) = storable(&call.method, &call.headers, resp.status(), resp.headers(), ttl, SystemTime::now()) else {
             own = Some(Ok(stream_response(resp)));
             return Err(NotStored);
         };
@@ -447,13 +464,7 @@ async fn cached(gw: &Gateway, cache: &StageCache, key: CacheKey, call: &Upstream
             Buffered::Whole(parts, body) => {
                 let mut headers = parts.headers;
                 strip_hop_by_hop(&mut headers);
-                Ok(Arc::new(CachedResponse {
-                    status: parts.status,
-                    headers,
-                    body,
-                    stored_at: Instant::now(),
-                    ttl: entry_ttl,
-                }))
+                Ok(Arc::new(storable.into_entry(parts.status, headers, body)))
             }
             Buffered::TooLarge(r) => {
                 own = Some(Ok(r));
@@ -465,28 +476,40 @@ async fn cached(gw: &Gateway, cache: &StageCache, key: CacheKey, call: &Upstream
             }
         }
     };
-    let waited = tokio::time::timeout(call.timeout, cache.entries.try_get_with(key, init)).await;
+    let waited = tokio::time::timeout(call.timeout, cache.entries.try_get_with(key.clone(), init)).await;
     match (waited, own) {
-        (Ok(Ok(entry)), _) => {
-            let r = hit_response(&entry, &method).map(full);
-            // The request that fetched it is a miss; requests that waited for it are hits.
-            let (label, us) = if fetched_us.is_some() {
-                (CacheResult::Miss, fetched_us)
+        // This request fetched and stored it: a miss. Filed under the key of the fields it varies on.
+        (Ok(Ok(entry)), _) if fetched_us.is_some() => {
+            let names: Arc<[HeaderName]> = entry.vary_names().cloned().collect();
+            let resource = resource.unwrap_or_else(|| key.clone());
+            if names.is_empty() {
+                cache.vary.invalidate(&resource).await;
             } else {
-                (CacheResult::Hit, None)
-            };
-            Outcome {
-                result: Ok(r),
-                integration_us: us,
-                cache: Some(label),
+                let right = vary_hash(&call.headers, names.iter());
+                cache.vary.insert(resource.clone(), names).await;
+                if right != key.vary {
+                    cache.entries.insert(CacheKey { vary: right, ..resource }, entry.clone()).await;
+                    cache.entries.invalidate(&key).await;
+                }
             }
+            Outcome {
+                result: Ok(hit_response(&entry, &call.method, entry.age(SystemTime::now())).map(full)),
+                integration_us: fetched_us,
+                cache: Some(CacheResult::Miss),
+            }
+        }
+        // Another request fetched it: ours only if it answers this request too.
+        (Ok(Ok(entry)), _) if entry.answers(&call.headers, SystemTime::now()).is_some() => {
+            let age = entry.age(SystemTime::now());
+            hit(&entry, age)
         }
         (_, Some(result)) => Outcome {
             result,
             integration_us: fetched_us,
             cache: Some(CacheResult::Miss),
         },
-        // Waited for another request's fetch that was not stored, or waited too long: call ourselves.
+        // Waited for another request's fetch that was not stored or is not for this request, or
+        // waited too long: call ourselves.
         (_, None) => {
             let (res, us) = call.send(empty(), gw.limits.max_body_bytes).await;
             Outcome {

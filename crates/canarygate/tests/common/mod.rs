@@ -172,7 +172,8 @@ impl Backend {
                             if let Behaviour::Slow(d) = behaviour {
                                 tokio::time::sleep(d).await;
                             }
-                            // Query parameters steer the answer: cc=<cache-control>, cookie=1, delay_ms=N, pad=N.
+                            // Query parameters steer the answer: cc=<cache-control>, vary=<vary>, age=N, expired (a past
+                            // Expires, with any value), cookie=1, delay_ms=N, pad=N.
                             let q: std::collections::HashMap<String, String> = req
                                 .uri()
                                 .query()
@@ -213,6 +214,15 @@ impl Backend {
                             }
                             if let Some(cc) = q.get("cc") {
                                 r.headers_mut().insert("cache-control", cc.parse().unwrap());
+                            }
+                            if let Some(v) = q.get("vary") {
+                                r.headers_mut().insert("vary", v.parse().unwrap());
+                            }
+                            if let Some(v) = q.get("age") {
+                                r.headers_mut().insert("age", v.parse().unwrap());
+                            }
+                            if q.contains_key("expired") {
+                                r.headers_mut().insert("expires", "Thu, 01 Jan 2015 00:00:00 GMT".parse().unwrap());
                             }
                             if q.contains_key("cookie") {
                                 r.headers_mut().insert("set-cookie", "session=abc".parse().unwrap());
