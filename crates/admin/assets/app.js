@@ -1,5 +1,6 @@
 // canarygate dashboard: overview, stage and rollout pages, polled every 2 s from the admin API.
-// Charts are uPlot. Actions are shown only once an admin token has been entered.
+// Charts are uPlot. Actions are shown only to an admin token (or any token where none is configured);
+// where reads need a token, the page asks for one first.
 "use strict";
 
 const POLL_MS = 2000;
@@ -15,9 +16,26 @@ async function api(method, path, body) {
   const r = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
   const text = await r.text();
   const v = text ? JSON.parse(text) : null;
-  if (!r.ok) throw new Error((v && v.error && v.error.message) || r.status + " " + r.statusText);
+  if (!r.ok) {
+    const e = new Error((v && v.error && v.error.message) || r.status + " " + r.statusText);
+    e.status = r.status;
+    throw e;
+  }
   return v;
 }
+
+// What the entered token may do: {role, tokensConfigured, readRequiresToken}, or "locked" when reads
+// need a token this page does not have.
+let who = { role: "anonymous", tokensConfigured: false };
+async function whoami() {
+  try {
+    who = await api("GET", "/v1/auth");
+  } catch (e) {
+    who = e.status === 401 ? { role: "locked", tokensConfigured: true } : { role: "anonymous", tokensConfigured: false };
+  }
+  renderAuth();
+}
+const canAct = () => who.role === "admin" || (!who.tokensConfigured && !!token());
 
 function toast(msg) {
   const t = $("#toast");
@@ -29,11 +47,13 @@ function toast(msg) {
 
 function renderAuth() {
   const has = !!token();
-  $("#auth-state").textContent = has ? "admin token set" : "read-only";
+  $("#auth-state").textContent = {
+    admin: "admin token", readOnly: "read-only token", locked: has ? "token not accepted" : "token needed",
+  }[who.role] || (has && who.tokensConfigured ? "token not accepted" : has ? "token set" : "read-only");
   $("#token").hidden = has;
   $("#token-set").hidden = has;
   $("#token-clear").hidden = !has;
-  document.body.classList.toggle("can-act", has);
+  document.body.classList.toggle("can-act", canAct());
 }
 $("#token-set").onclick = () => { sessionStorage.setItem("canarygate-token", $("#token").value.trim()); $("#token").value = ""; renderAuth(); refresh(true); };
 $("#token-clear").onclick = () => { sessionStorage.removeItem("canarygate-token"); renderAuth(); refresh(true); };
@@ -63,7 +83,11 @@ async function refresh(fresh) {
     $("#view").innerHTML = "<p class='muted'>Loading…</p>";
   }
   try {
-    if (route.page === "stage") await stagePage(route.api, route.stage);
+    if (fresh || who.role === "locked") await whoami();
+    if (who.role === "locked") {
+      crumbs("");
+      $("#view").innerHTML = `<p class="pill ALARM" id="need-token">This server needs a token to read: enter a read-only or admin token above.</p>`;
+    } else if (route.page === "stage") await stagePage(route.api, route.stage);
     else if (route.page === "rollout") await rolloutPage(route.id);
     else await overview();
   } catch (e) {
@@ -183,8 +207,7 @@ async function stagePage(a, s) {
     <div class="fact"><div class="k">canary</div><div class="v">${c ? esc(c.deploymentId) + " " + esc(JSON.stringify(c.stageVariableOverrides)) : "–"}</div></div>
     <div class="fact"><div class="k">active rollout</div><div class="v">${active ? `<a href="#/rollout/${encodeURIComponent(active.id)}">${esc(active.id)}</a> <span class="pill ${active.status}">${active.status}</span>` : "–"}</div></div>
   </div>`;
-  const can = !!token();
-  $("#actions").hidden = !can;
+  $("#actions").hidden = !canAct();
   $("#act-promote").hidden = !c || !!active;
   $("#act-remove").hidden = !c || !!active;
   $("#act-set").hidden = !!active;
@@ -237,5 +260,4 @@ async function rolloutPage(id) {
       step ${e.step ?? "–"} · ${fmtPct(e.weight)} · ${esc(e.reason)}</li>`).join("")}</ul>`;
 }
 
-renderAuth();
 refresh(true);

@@ -107,8 +107,9 @@ pub fn router(state: AppState, auth: Auth) -> Router {
             get(rollouts::get_config).put(rollouts::put_config).delete(rollouts::delete_config),
         )
         .route("/metrics", get(metrics::query))
+        .route("/auth", get(auth::whoami).with_state(auth.clone()))
         .fallback(|| async { ApiError::not_found("no such admin API resource") })
-        .layer(axum::middleware::from_fn_with_state(auth, auth::middleware));
+        .layer(axum::middleware::from_fn_with_state(auth.clone(), auth::middleware));
     Router::new()
         .nest("/v1", v1)
         .route("/metrics", get(metrics::prometheus))
@@ -116,5 +117,6 @@ pub fn router(state: AppState, auth: Auth) -> Router {
         .route("/readyz", get(metrics::readyz))
         .merge(ui::router())
         .fallback(|| async { ApiError::not_found("no such admin resource") })
+        .layer(axum::middleware::from_fn_with_state(auth, auth::host_middleware))
         .with_state(state)
 }

@@ -63,9 +63,13 @@ pub struct ServerSection {
     pub store: Option<String>,
     #[serde(default)]
     pub admin_tokens: Vec<TokenSpec>,
-    /// Reads of the admin API need a token too (read-only or admin).
+    /// With tokens configured, reads of the admin API need a token too (read-only or admin); `false`
+    /// opens them on purpose (default true).
+    pub read_requires_token: Option<bool>,
+    /// Without tokens, `Host` names the admin API answers besides loopback ones (for a proxy in front
+    /// on the same machine).
     #[serde(default)]
-    pub read_requires_token: bool,
+    pub admin_hosts: Vec<String>,
     /// Largest request body the gateway accepts, bytes (default 10 MiB).
     pub max_body_bytes: Option<u64>,
     /// Largest request head, bytes (default 64 KiB).

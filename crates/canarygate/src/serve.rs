@@ -232,7 +232,12 @@ pub async fn start(cfg: &ConfigFile, args: &ServeArgs) -> Result<Running> {
         caches: Some(Arc::new(GatewayCaches(gateway.clone()))),
         ..state
     };
-    let app = canarygate_admin::router(state, Auth::new(tokens, cfg.server.read_requires_token));
+    let auth = Auth::new(
+        tokens,
+        cfg.server.read_requires_token.unwrap_or(true),
+        cfg.server.admin_hosts.clone(),
+    );
+    let app = canarygate_admin::router(state, auth);
     let mut admin_shutdown = shutdown_rx.clone();
     let admin = tokio::spawn(async move {
         let served = axum::serve(admin_listener, app)

@@ -1,5 +1,6 @@
 //! The dashboard in real headless Chromium (driven through chromedriver): live charts for both variants,
-//! weight and alarm state as the admin API says, no actions without a token, a promote with one.
+//! weight and alarm state as the admin API says; where reads need a token, the page asks for one; a
+//! read-only token reads but is offered no actions; an admin token promotes.
 //! Screenshots are saved under `target/tmp/dashboard-screenshots/`.
 
 mod common;
@@ -100,7 +101,13 @@ fn points(v: &Value, series: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_shows_live_state_and_acts_only_with_a_token() {
     let dir = tempfile::tempdir().unwrap();
-    let s = Server::start(&dir.path().join("data"), &[], &[("CANARYGATE_ADMIN_TOKEN", "s3cret")]);
+    let cfg = dir.path().join("c.yaml");
+    std::fs::write(&cfg, "server:\n  adminTokens: [{token: reader, readOnly: true}]\n").unwrap();
+    let s = Server::start(
+        &dir.path().join("data"),
+        &["--config", cfg.to_str().unwrap()],
+        &[("CANARYGATE_ADMIN_TOKEN", "s3cret")],
+    );
     let c = client();
     let (prod, next) = (
         Backend::start("v1", Behaviour::Echo).await,
@@ -144,6 +151,23 @@ async fn the_dashboard_shows_live_state_and_acts_only_with_a_token() {
     let (_driver, b) = browser().await;
     b.goto(&format!("{}/ui/#/stage/orders/prod", s.admin)).await.unwrap();
 
+    // Reads need a token here: the page asks for one and shows nothing else.
+    eventually(
+        &b,
+        "const e = document.getElementById('need-token'); return e && e.textContent",
+        |v| v.as_str().is_some_and(|t| t.contains("needs a token")),
+        "token prompt",
+    )
+    .await;
+    assert_eq!(
+        b.execute("return document.getElementById('c-rps') === null", vec![]).await.unwrap(),
+        true
+    );
+    screenshot(&b, "stage-token-needed").await;
+    // A read-only token: the page reads.
+    b.find(Locator::Id("token")).await.unwrap().send_keys("reader").await.unwrap();
+    b.find(Locator::Id("token-set")).await.unwrap().click().await.unwrap();
+
     // Both variants' charts hold data.
     for chart in ["c-rps", "c-5xx", "c-lat"] {
         let script = format!("return document.getElementById('{chart}') && document.getElementById('{chart}').dataset.points");
@@ -174,7 +198,11 @@ async fn the_dashboard_shows_live_state_and_acts_only_with_a_token() {
     .await;
     assert_eq!(shown, state.as_str());
 
-    // Without a token no action is offered.
+    // A read-only token is offered no action.
+    assert_eq!(
+        b.find(Locator::Id("auth-state")).await.unwrap().text().await.unwrap(),
+        "read-only token"
+    );
     let visible_buttons = b
         .execute(
             "return [...document.querySelectorAll('#actions button')].filter(b => b.offsetParent !== null).length",
@@ -186,7 +214,8 @@ async fn the_dashboard_shows_live_state_and_acts_only_with_a_token() {
     assert!(!b.find(Locator::Id("actions")).await.unwrap().is_displayed().await.unwrap());
     screenshot(&b, "stage-read-only").await;
 
-    // With the token: the rollout's promote is offered, and clicking it changes the stage.
+    // With the admin token: the rollout's promote is offered, and clicking it changes the stage.
+    b.find(Locator::Id("token-clear")).await.unwrap().click().await.unwrap();
     b.find(Locator::Id("token")).await.unwrap().send_keys("s3cret").await.unwrap();
     b.find(Locator::Id("token-set")).await.unwrap().click().await.unwrap();
     eventually(

@@ -19,6 +19,8 @@ pub struct Server {
     pub admin: String,
     pub data_dir: PathBuf,
     pub stderr_log: PathBuf,
+    /// The admin token it was started with (`CANARYGATE_ADMIN_TOKEN`), which [`admin`] presents.
+    pub token: Option<String>,
 }
 
 impl Server {
@@ -59,6 +61,10 @@ impl Server {
             admin: admin.unwrap(),
             data_dir: data_dir.to_path_buf(),
             stderr_log,
+            token: env
+                .iter()
+                .find(|(k, _)| *k == "CANARYGATE_ADMIN_TOKEN")
+                .map(|(_, v)| v.split(',').next().unwrap_or_default().to_string()),
         }
     }
 
@@ -82,9 +88,9 @@ pub fn client() -> reqwest::Client {
         .unwrap()
 }
 
-/// Calls the admin API and returns status and JSON body.
+/// Calls the admin API (with the server's admin token, if it has one) and returns status and JSON body.
 pub async fn admin(c: &reqwest::Client, s: &Server, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-    admin_with_token(c, s, method, path, body, None).await
+    admin_with_token(c, s, method, path, body, s.token.as_deref()).await
 }
 
 pub async fn admin_with_token(
