@@ -78,6 +78,8 @@ pub struct ServerSection {
     pub max_request_line_bytes: Option<usize>,
     /// Longest header field, bytes (default 8 KiB); longer gets 431.
     pub max_header_field_bytes: Option<usize>,
+    /// Seconds a client may pause while sending a request body (default 60); then 408.
+    pub body_read_timeout_seconds: Option<u64>,
     /// Seconds a client has to send its request head (default 10).
     pub header_read_timeout_seconds: Option<u64>,
     /// Data-plane worker threads, each a single-threaded runtime with its own accept loop and upstream

@@ -180,6 +180,10 @@ pub async fn start(cfg: &ConfigFile, args: &ServeArgs) -> Result<Running> {
             .server
             .header_read_timeout_seconds
             .map_or(defaults.header_read_timeout, Duration::from_secs),
+        body_read_timeout: cfg
+            .server
+            .body_read_timeout_seconds
+            .map_or(defaults.body_read_timeout, Duration::from_secs),
     };
     let gateway = Arc::new(Gateway::new(metrics.clone(), log, limits));
 

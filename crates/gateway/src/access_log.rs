@@ -47,6 +47,12 @@ pub struct Record {
     pub deployment_id: Arc<str>,
     pub cache: Option<&'static str>,
     pub user_agent: Option<String>,
+    /// What went wrong, when something did: the refusal, or why the response body ended early.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Who caused it: `client`, `gateway` or `upstream`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_source: Option<&'static str>,
     #[serde(skip)]
     pub api: Arc<str>,
     #[serde(skip)]
@@ -298,6 +304,8 @@ mod tests {
             deployment_id: Arc::from("d-one"),
             cache: None,
             user_agent: None,
+            error: None,
+            error_source: None,
             api: Arc::from("orders"),
             stage: Arc::from("prod"),
         }

@@ -1,17 +1,34 @@
-//! Errors of the request path, each knowing who caused it, so every 4xx/5xx is counted against the
-//! variant that produced it and answered with the right status.
+//! Errors of the request path, each knowing who caused it ([`Source`]), so every 4xx/5xx is counted
+//! against the variant that produced it and answered with the right status; and the JSON error body
+//! every refusal of the gateway carries (`{"error":{"code","message"}}`).
 
-use http::StatusCode;
+use std::time::Duration;
+
+use http::header::{self, HeaderValue};
+use http::{Response, StatusCode};
+
+use crate::body::{full, Body};
 
 /// Who a failure came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
-    /// The client sent something we refuse (4xx).
+    /// The client sent something we refuse, too slowly, or broke it off (4xx).
     Client,
     /// canarygate itself could not serve (5xx).
     Gateway,
-    /// The upstream failed: refused, reset, or too slow (502/504).
+    /// The upstream failed: refused, reset, too slow, or broke its response off (502/504, or a
+    /// response body cut short).
     Upstream,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Client => "client",
+            Source::Gateway => "gateway",
+            Source::Upstream => "upstream",
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -29,12 +46,15 @@ pub enum ProxyError {
     /// The client closed its connection in the middle of the request body, or framed it wrongly.
     #[error("request body: {0}")]
     ClientBody(String),
+    /// The client sent no request body bytes for this long.
+    #[error("the client sent no request body bytes for {} ms", .0.as_millis())]
+    ClientTimeout(Duration),
     #[error("integration URI {0:?} is not a valid URI after substitution")]
     BadIntegrationUri(String),
     #[error("upstream failed: {0}")]
     Upstream(String),
-    #[error("upstream did not answer within {0} ms")]
-    Timeout(u128),
+    #[error("upstream did not answer within {} ms", .0.as_millis())]
+    Timeout(Duration),
 }
 
 impl ProxyError {
@@ -45,7 +65,8 @@ impl ProxyError {
             | ProxyError::MethodNotAllowed
             | ProxyError::AboveRoot(_)
             | ProxyError::BodyTooLarge(_)
-            | ProxyError::ClientBody(_) => Source::Client,
+            | ProxyError::ClientBody(_)
+            | ProxyError::ClientTimeout(_) => Source::Client,
             ProxyError::BadIntegrationUri(_) => Source::Gateway,
             ProxyError::Upstream(_) | ProxyError::Timeout(_) => Source::Upstream,
         }
@@ -57,21 +78,89 @@ impl ProxyError {
             ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::ClientBody(_) | ProxyError::AboveRoot(_) => StatusCode::BAD_REQUEST,
+            ProxyError::ClientTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ProxyError::BadIntegrationUri(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
         }
     }
 
-    pub fn code(&self) -> &'static str {
-        match self {
-            ProxyError::NoStage | ProxyError::NoRoute => "NotFound",
-            ProxyError::MethodNotAllowed => "MethodNotAllowed",
-            ProxyError::BodyTooLarge(_) => "PayloadTooLarge",
-            ProxyError::ClientBody(_) | ProxyError::AboveRoot(_) => "BadRequest",
-            ProxyError::BadIntegrationUri(_) => "Internal",
-            ProxyError::Upstream(_) => "BadGateway",
-            ProxyError::Timeout(_) => "GatewayTimeout",
+    /// Whether the connection must close after the answer: the rest of the request is unread, or the
+    /// request was refused as malformed.
+    pub fn closes(&self) -> bool {
+        matches!(
+            self,
+            ProxyError::BodyTooLarge(_) | ProxyError::ClientBody(_) | ProxyError::ClientTimeout(_) | ProxyError::AboveRoot(_)
+        )
+    }
+
+    /// The answer to the client.
+    pub fn response(&self) -> Response<Body> {
+        let mut r = json_error(self.status(), &self.to_string());
+        if self.closes() {
+            // Say so, or a client may send its next request on a connection the server is closing.
+            r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
+        r
+    }
+}
+
+/// The error code of a status, as in the admin API's errors.
+fn code(status: StatusCode) -> &'static str {
+    match status {
+        StatusCode::NOT_FOUND => "NotFound",
+        StatusCode::METHOD_NOT_ALLOWED => "MethodNotAllowed",
+        StatusCode::PAYLOAD_TOO_LARGE => "PayloadTooLarge",
+        StatusCode::REQUEST_TIMEOUT => "RequestTimeout",
+        StatusCode::URI_TOO_LONG => "UriTooLong",
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => "RequestHeaderFieldsTooLarge",
+        StatusCode::NOT_IMPLEMENTED => "NotImplemented",
+        StatusCode::HTTP_VERSION_NOT_SUPPORTED => "HttpVersionNotSupported",
+        StatusCode::BAD_GATEWAY => "BadGateway",
+        StatusCode::GATEWAY_TIMEOUT => "GatewayTimeout",
+        s if s.is_client_error() => "BadRequest",
+        _ => "Internal",
+    }
+}
+
+/// `{"error":{"code","message"}}` with `status`.
+pub fn json_error(status: StatusCode, message: &str) -> Response<Body> {
+    let msg = serde_json::to_string(message).unwrap_or_else(|_| "\"error\"".into());
+    let mut r = Response::new(full(format!("{{\"error\":{{\"code\":\"{}\",\"message\":{msg}}}}}", code(status))));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_error_says_who_caused_it_and_its_status_agrees() {
+        let all = [
+            ProxyError::NoStage,
+            ProxyError::NoRoute,
+            ProxyError::MethodNotAllowed,
+            ProxyError::AboveRoot("/..".into()),
+            ProxyError::BodyTooLarge(1),
+            ProxyError::ClientBody("x".into()),
+            ProxyError::ClientTimeout(Duration::from_secs(1)),
+            ProxyError::BadIntegrationUri("x".into()),
+            ProxyError::Upstream("x".into()),
+            ProxyError::Timeout(Duration::from_secs(1)),
+        ];
+        for e in all {
+            let status = e.status();
+            match e.source() {
+                Source::Client => assert!(status.is_client_error(), "{e}"),
+                Source::Gateway | Source::Upstream => assert!(status.is_server_error(), "{e}"),
+            }
+            if status != StatusCode::INTERNAL_SERVER_ERROR {
+                assert_ne!(code(status), "Internal", "{e}: {status}");
+            }
+        }
+        assert_eq!(code(StatusCode::INTERNAL_SERVER_ERROR), "Internal");
     }
 }

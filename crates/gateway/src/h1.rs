@@ -596,14 +596,14 @@ pub trait Arriving {
     fn poll_data(
         &mut self,
         cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, crate::proxy::BoxError>>>;
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, crate::body::BoxError>>>;
     /// Where the body's decoding is.
     fn decoder(&self) -> Decoder;
 }
 
 impl<S: Arriving> http_body::Body for WireBody<S> {
     type Data = Bytes;
-    type Error = crate::proxy::BoxError;
+    type Error = crate::body::BoxError;
 
     fn poll_frame(
         self: std::pin::Pin<&mut Self>,

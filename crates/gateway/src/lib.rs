@@ -9,6 +9,8 @@
 #![forbid(unsafe_code)]
 
 pub mod access_log;
+pub mod body;
+mod body_read;
 pub mod cache;
 pub mod choose;
 pub mod error;
@@ -46,6 +48,9 @@ pub struct Limits {
     pub max_body_bytes: u64,
     /// Time a client has to send the request head; slower connections are closed.
     pub header_read_timeout: Duration,
+    /// The longest a client may pause while sending a request body (nginx's `client_body_timeout`);
+    /// then it gets 408, counted as the variant's 4XXError.
+    pub body_read_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -56,6 +61,7 @@ impl Default for Limits {
             max_field_bytes: 8 * 1024,
             max_body_bytes: 10 * 1024 * 1024,
             header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(60),
         }
     }
 }

@@ -7,33 +7,26 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use canarygate_metrics::{CacheResult, Observation};
+use canarygate_metrics::{CacheResult, Observation, Series};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 
-use crate::access_log::Record;
+use crate::access_log::{AccessLog, Record};
+use crate::body::{empty, full, Body, BoxError};
 use crate::cache::{hit_response, storable, vary_hash, CacheKey, StageCache};
 use crate::choose::choose;
-use crate::error::ProxyError;
+use crate::error::{ProxyError, Source};
 use crate::server::{ClientBodyError, RequestBody};
 use crate::table::{CompiledIntegration, StageRoute, VariantRoute};
-use crate::upstream;
+use crate::upstream::{self, SendError, Timeouts};
 use crate::Gateway;
-
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-/// The body type of both directions.
-pub type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
 
 static VARIANT_HEADER: HeaderName = HeaderName::from_static("x-canarygate-variant");
 static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-
-pub(crate) fn full(b: impl Into<Bytes>) -> Body {
-    Full::new(b.into()).map_err(|never| match never {}).boxed_unsync()
-}
 
 fn is_hop_by_hop(n: &HeaderName) -> bool {
     n == header::CONNECTION
@@ -91,24 +84,6 @@ fn request_id(headers: &HeaderMap) -> HeaderValue {
     HeaderValue::from_bytes(&hex).expect("hex is a valid header value")
 }
 
-fn error_response(e: &ProxyError) -> Response<Body> {
-    let msg = serde_json::to_string(&e.to_string()).unwrap_or_else(|_| "\"error\"".into());
-    let body = format!("{{\"error\":{{\"code\":\"{}\",\"message\":{msg}}}}}", e.code());
-    let mut r = Response::new(full(body));
-    *r.status_mut() = e.status();
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    if matches!(
-        e,
-        ProxyError::BodyTooLarge(_) | ProxyError::ClientBody(_) | ProxyError::AboveRoot(_)
-    ) {
-        // The rest of the body is not read, so the connection cannot carry another request: say so,
-        // or a client may send its next request on a connection the server is closing (as nginx does).
-        r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
-    }
-    r
-}
-
 /// What serving one request produced.
 struct Outcome {
     result: Result<Response<Body>, ProxyError>,
@@ -141,7 +116,58 @@ impl Peer {
     }
 }
 
-pub async fn handle(gw: &Gateway, req: Request<RequestBody>, peer: &Peer) -> Response<Body> {
+/// How a response ended, as the server saw it writing it.
+pub(crate) enum Ending {
+    /// Written to its end.
+    Complete,
+    /// The response body failed mid-way — the upstream broke it off, stalled or framed it wrongly —
+    /// and the client got a truncated response: counted as the variant's 5XXError.
+    Failed(String),
+    /// The client went away or stopped reading before the end; not an error of the variant.
+    ClientGone,
+}
+
+/// What is left to do for a request once its response has ended: record its metrics and its access
+/// log line, which depend on how the response body ended.
+pub(crate) struct Finish {
+    /// `None` when no stage was found: nothing is recorded.
+    series: Option<Arc<Series>>,
+    sec: u64,
+    obs: Observation,
+    record: Option<Record>,
+}
+
+impl Finish {
+    pub(crate) fn done(self, log: &AccessLog, ending: Ending) {
+        let Some(series) = self.series else { return };
+        let mut obs = self.obs;
+        let mut record = self.record;
+        match ending {
+            Ending::Complete => {}
+            Ending::Failed(cause) => {
+                // The head said 200, but the upstream failed the response: its failure.
+                obs.status = 502;
+                if let Some(r) = record.as_mut() {
+                    r.error = Some(cause);
+                    r.error_source = Some(Source::Upstream.as_str());
+                }
+            }
+            Ending::ClientGone => {
+                if let Some(r) = record.as_mut() {
+                    r.error = Some("the client went away before the response's end".into());
+                    r.error_source = Some(Source::Client.as_str());
+                }
+            }
+        }
+        series.record(self.sec, &obs);
+        if let Some(r) = record {
+            log.send(r);
+        }
+    }
+}
+
+/// Serves one request: the response, and what to record once it has been written.
+pub(crate) async fn handle(gw: &Gateway, req: Request<RequestBody>, peer: &Peer) -> (Response<Body>, Finish) {
     let start = Instant::now();
     let wall = SystemTime::now();
     let table = gw.table.load_full();
@@ -157,10 +183,25 @@ pub async fn handle(gw: &Gateway, req: Request<RequestBody>, peer: &Peer) -> Res
     });
     let domain = if table.domains.is_empty() { None } else { host.as_deref() };
     let path = parts.uri.path().to_owned();
+    let sec = wall.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let Some((stage, rest)) = table.resolve(domain, &path) else {
-        let mut r = error_response(&ProxyError::NoStage);
+        let mut r = ProxyError::NoStage.response();
         r.headers_mut().insert(REQUEST_ID.clone(), rid);
-        return r;
+        let obs = Observation {
+            status: 404,
+            latency_us: 0,
+            integration_us: None,
+            cache: None,
+        };
+        return (
+            r,
+            Finish {
+                series: None,
+                sec,
+                obs,
+                record: None,
+            },
+        );
     };
     let variant = choose(stage, &parts.headers);
     let vr = stage.variant(variant);
@@ -176,11 +217,14 @@ pub async fn handle(gw: &Gateway, req: Request<RequestBody>, peer: &Peer) -> Res
     };
 
     let outcome = serve(gw, stage, vr, &mut parts, body, rest, host.as_deref(), peer, &rid).await;
+    let mut error = None;
     let mut response = match outcome.result {
         Ok(r) => r,
         Err(e) => {
             tracing::debug!(error = %e, api = %stage.api, stage = %stage.stage, %variant, "request failed");
-            error_response(&e)
+            let r = e.response();
+            error = Some((e.source(), e.to_string()));
+            r
         }
     };
     let h = response.headers_mut();
@@ -196,36 +240,37 @@ pub async fn handle(gw: &Gateway, req: Request<RequestBody>, peer: &Peer) -> Res
 
     let latency_us = start.elapsed().as_micros() as u64;
     let status = response.status().as_u16();
-    let sec = wall.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let integration_us = outcome.integration_us;
-    vr.series.record(
+    let record = gw.log.enabled().then(|| Record {
+        request_id: rid,
+        time: wall.into(),
+        ip: peer.addr.ip(),
+        method: parts.method.clone(),
+        path,
+        status,
+        latency_ms: latency_us as f64 / 1000.0,
+        integration_latency_ms: integration_us.map(|u| u as f64 / 1000.0),
+        variant,
+        deployment_id: vr.deployment_id.clone(),
+        cache: cache_label,
+        user_agent,
+        error_source: error.as_ref().map(|(s, _)| s.as_str()),
+        error: error.map(|(_, e)| e),
+        api: stage.api.clone(),
+        stage: stage.stage.clone(),
+    });
+    let finish = Finish {
+        series: Some(vr.series.clone()),
         sec,
-        &Observation {
+        obs: Observation {
             status,
             latency_us,
             integration_us,
             cache: outcome.cache,
         },
-    );
-    if gw.log.enabled() {
-        gw.log.send(Record {
-            request_id: rid.clone(),
-            time: wall.into(),
-            ip: peer.addr.ip(),
-            method: parts.method.clone(),
-            path,
-            status,
-            latency_ms: latency_us as f64 / 1000.0,
-            integration_latency_ms: integration_us.map(|u| u as f64 / 1000.0),
-            variant,
-            deployment_id: vr.deployment_id.clone(),
-            cache: cache_label,
-            user_agent,
-            api: stage.api.clone(),
-            stage: stage.stage.clone(),
-        });
-    }
-    response
+        record,
+    };
+    (response, finish)
 }
 
 /// The upstream request, ready to be sent (again, for a cache waiter that gives up waiting).
@@ -233,7 +278,7 @@ struct UpstreamCall {
     method: http::Method,
     uri: http::Uri,
     headers: HeaderMap,
-    timeout: Duration,
+    timeouts: Timeouts,
 }
 
 impl UpstreamCall {
@@ -256,28 +301,32 @@ impl UpstreamCall {
     }
 
     async fn send(&self, body: Body, max_body: u64) -> (Result<Response<Body>, ProxyError>, u64) {
-        send(self.request(body), self.timeout, max_body).await
+        send(self.request(body), self.timeouts, max_body).await
     }
 }
 
-/// Sends a request upstream; the timeout covers connecting and the response headers.
-async fn send(req: Request<Body>, timeout: Duration, max_body: u64) -> (Result<Response<Body>, ProxyError>, u64) {
-    {
-        let t0 = Instant::now();
-        let res = tokio::time::timeout(timeout, upstream::send(req)).await;
-        let us = t0.elapsed().as_micros() as u64;
-        let res = match res {
-            Err(_) => Err(ProxyError::Timeout(timeout.as_millis())),
-            Ok(Err(e)) if caused_by::<http_body_util::LengthLimitError>(&e) => Err(ProxyError::BodyTooLarge(max_body)),
-            Ok(Err(e)) if matches!(cause::<ClientBodyError>(&e), Some(ClientBodyError::TooLarge(_))) => {
-                Err(ProxyError::BodyTooLarge(max_body))
-            }
-            // The client's fault (it closed mid-body, or sent a broken chunked body), not the upstream's.
-            Ok(Err(e)) if caused_by::<ClientBodyError>(&e) => Err(ProxyError::ClientBody(error_chain(&e))),
-            Ok(Err(e)) => Err(ProxyError::Upstream(error_chain(&e))),
-            Ok(Ok(r)) => Ok(r),
-        };
-        (res, us)
+/// Sends a request upstream (see [`upstream`] for its time limits), and says whose fault a failure was.
+async fn send(req: Request<Body>, timeouts: Timeouts, max_body: u64) -> (Result<Response<Body>, ProxyError>, u64) {
+    let t0 = Instant::now();
+    let res = upstream::send(req, timeouts).await;
+    let us = t0.elapsed().as_micros() as u64;
+    (res.map_err(|e| attribute(&e, max_body)), us)
+}
+
+/// The proxy error for a failed upstream call: the client's when its body was at fault, else the
+/// upstream's.
+fn attribute(e: &SendError, max_body: u64) -> ProxyError {
+    if let SendError::Timeout(d) = e {
+        return ProxyError::Timeout(*d);
+    }
+    if caused_by::<http_body_util::LengthLimitError>(e) {
+        return ProxyError::BodyTooLarge(max_body);
+    }
+    match cause::<ClientBodyError>(e) {
+        Some(ClientBodyError::TooLarge(_)) => ProxyError::BodyTooLarge(max_body),
+        Some(ClientBodyError::Timeout(d)) => ProxyError::ClientTimeout(*d),
+        Some(_) => ProxyError::ClientBody(error_chain(e)),
+        None => ProxyError::Upstream(error_chain(e)),
     }
 }
 
@@ -311,7 +360,7 @@ async fn serve(
     let var = |n: &str| vr.variables.get(n).map(String::as_str);
     let params = matched.params;
     let param = |n: &str| params.get(n);
-    let (uri, timeout) = match &*integration {
+    let (uri, timeouts) = match &*integration {
         CompiledIntegration::Mock {
             status,
             headers,
@@ -331,7 +380,7 @@ async fn serve(
                 cache: None,
             };
         }
-        CompiledIntegration::Http { uri, timeout } => (uri, *timeout),
+        CompiledIntegration::Http { uri, timeouts } => (uri, *timeouts),
     };
     let mut target = String::with_capacity(128);
     uri.render_into(&mut target, var, param);
@@ -374,7 +423,7 @@ async fn serve(
         method: parts.method.clone(),
         uri: upstream_uri,
         headers,
-        timeout,
+        timeouts,
     };
 
     let cacheable_method = parts.method == http::Method::GET || parts.method == http::Method::HEAD;
@@ -397,9 +446,9 @@ async fn serve(
             Box::pin(cached(gw, cache, key, &call, stage.cache_ttl)).await
         }
         None => {
-            let timeout = call.timeout;
+            let timeouts = call.timeouts;
             let req = call.into_request(Limited::new(body, max as usize).boxed_unsync());
-            let (res, us) = send(req, timeout, max).await;
+            let (res, us) = send(req, timeouts, max).await;
             Outcome {
                 result: res.map(stream_response),
                 integration_us: Some(us),
@@ -407,10 +456,6 @@ async fn serve(
             }
         }
     }
-}
-
-fn empty() -> Body {
-    http_body_util::Empty::new().map_err(|never| match never {}).boxed_unsync()
 }
 
 /// The initiator's own answer when it could not (or must not) be stored.
@@ -476,7 +521,7 @@ async fn cached(gw: &Gateway, cache: &StageCache, resource: CacheKey, call: &Ups
             }
         }
     };
-    let waited = tokio::time::timeout(call.timeout, cache.entries.try_get_with(key.clone(), init)).await;
+    let waited = tokio::time::timeout(call.timeouts.head, cache.entries.try_get_with(key.clone(), init)).await;
     match (waited, own) {
         // This request fetched and stored it: a miss. Filed under the key of the fields it varies on.
         (Ok(Ok(entry)), _) if fetched_us.is_some() => {

@@ -45,8 +45,11 @@ use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio::time::{Instant, Sleep};
 
+use crate::body::{Body, BoxError};
+use crate::body_read::{BodyRead, ReadError};
+use crate::error::json_error;
 use crate::h1::{self, Decoded, Decoder, Framing};
-use crate::proxy::{self, Body, BoxError, Peer};
+use crate::proxy::{self, Ending, Peer};
 use crate::{Gateway, Limits};
 
 /// A keep-alive connection with no request for this long is closed (AWS load balancers' default
@@ -146,7 +149,7 @@ pub(crate) async fn serve_connection(gw: Arc<Gateway>, stream: TcpStream, peer: 
             Err(HeadError::Bad(status, msg)) => {
                 tracing::debug!(peer = %peer.addr, %status, error = %msg, "bad request head");
                 c.unread_body = true;
-                let _ = c.write_response(plain_error(status, &msg), false, false, false).await;
+                let _ = c.write_response(head_error(status, &msg), false, false, false, |_| {}).await;
                 c.close().await;
                 return;
             }
@@ -155,7 +158,7 @@ pub(crate) async fn serve_connection(gw: Arc<Gateway>, stream: TcpStream, peer: 
         let is_head = head.method == Method::HEAD;
         let http10 = head.version == Version::HTTP_10;
         let mut keep_alive = head.keep_alive;
-        let (body, lent) = match c.request_body(&head, limits.max_body_bytes).await {
+        let (body, lent) = match c.request_body(&head, limits).await {
             Ok(b) => b,
             Err(_) => return,
         };
@@ -164,7 +167,7 @@ pub(crate) async fn serve_connection(gw: Arc<Gateway>, stream: TcpStream, peer: 
         *req.uri_mut() = head.uri;
         *req.version_mut() = head.version;
         *req.headers_mut() = head.headers;
-        let resp = proxy::handle(&gw, req, &peer).await;
+        let (resp, finish) = proxy::handle(&gw, req, &peer).await;
 
         if let Some(mut back) = lent {
             match back.try_recv() {
@@ -183,7 +186,11 @@ pub(crate) async fn serve_connection(gw: Arc<Gateway>, stream: TcpStream, peer: 
         if ctl.closing() {
             keep_alive = false;
         }
-        match c.write_response(resp, is_head, http10, keep_alive).await {
+        let log = gw.access_log();
+        match c
+            .write_response(resp, is_head, http10, keep_alive, |ending| finish.done(log, ending))
+            .await
+        {
             Ok(true) => {}
             _ => {
                 c.close().await;
@@ -289,7 +296,8 @@ impl Conn {
     /// a body that ends in them is handed over whole (and forwarded with a content-length), and a
     /// framing error or a chunk over the body limit in them is the body's first frame, so the request
     /// fails with nothing sent upstream.
-    async fn request_body(&mut self, head: &Head, max: u64) -> io::Result<(RequestBody, Option<oneshot::Receiver<Lent>>)> {
+    async fn request_body(&mut self, head: &Head, limits: &Limits) -> io::Result<(RequestBody, Option<oneshot::Receiver<Lent>>)> {
+        let max = limits.max_body_bytes;
         let mut decoder = Decoder::with_limit(head.framing, max);
         let mut first = None;
         match decoder {
@@ -311,7 +319,7 @@ impl Conn {
                 match ended {
                     Ok(true) => return Ok((h1::WireBody::Whole(data), None)),
                     Ok(false) => first = data.map(Ok),
-                    Err(e) => first = Some(Err(ClientBodyError::from_protocol(e))),
+                    Err(e) => first = Some(Err(ReadError::from(e).into())),
                 }
             }
             _ => {}
@@ -323,8 +331,8 @@ impl Conn {
         let (tx, rx) = oneshot::channel();
         let rd = self.rd.take().expect("the connection holds its read half between requests");
         let reader = BodyReader {
-            lent: Some((rd, std::mem::take(&mut self.buf), tx)),
-            decoder,
+            lent: Some((rd, tx)),
+            read: BodyRead::new(std::mem::take(&mut self.buf), decoder, limits.body_read_timeout),
             first,
         };
         Ok((h1::WireBody::Streaming(Box::new(reader)), Some(rx)))
@@ -332,8 +340,42 @@ impl Conn {
 
     /// Writes the response; whether the connection can carry another request. With `keep_alive`
     /// false, or when the response says so or has no length to an HTTP/1.0 client, it says
-    /// `connection: close`.
-    async fn write_response(&mut self, resp: Response<Body>, is_head: bool, http10: bool, keep_alive: bool) -> io::Result<bool> {
+    /// `connection: close`. `done` is told how the response ended, before its last bytes are written
+    /// (so what it records is there when the client has the whole response).
+    async fn write_response(
+        &mut self,
+        resp: Response<Body>,
+        is_head: bool,
+        http10: bool,
+        keep_alive: bool,
+        done: impl FnOnce(Ending),
+    ) -> Result<bool, WriteError> {
+        let mut done = Some(done);
+        let mut end = |ending: Ending| {
+            if let Some(f) = done.take() {
+                f(ending);
+            }
+        };
+        let r = self.write_message(resp, is_head, http10, keep_alive, &mut end).await;
+        match &r {
+            Ok(_) => end(Ending::Complete),
+            Err(WriteError::Body(e)) => end(Ending::Failed(e.to_string())),
+            Err(WriteError::Client(e)) => {
+                tracing::debug!(error = %e, "the client's connection failed while the response was written");
+                end(Ending::ClientGone)
+            }
+        }
+        r
+    }
+
+    async fn write_message(
+        &mut self,
+        resp: Response<Body>,
+        is_head: bool,
+        http10: bool,
+        keep_alive: bool,
+        end: &mut impl FnMut(Ending),
+    ) -> Result<bool, WriteError> {
         let (parts, mut body) = resp.into_parts();
         let status = parts.status;
         let out = &mut self.out;
@@ -394,6 +436,7 @@ impl Conn {
         out.extend_from_slice(b"\r\n");
         if bodyless {
             drop(body);
+            end(Ending::Complete);
             self.flush().await?;
             return Ok(keep_alive);
         }
@@ -407,8 +450,11 @@ impl Conn {
             }
         }
         loop {
-            if !more && chunked {
-                self.out.extend_from_slice(h1::LAST_CHUNK);
+            if !more {
+                if chunked {
+                    self.out.extend_from_slice(h1::LAST_CHUNK);
+                }
+                end(Ending::Complete);
             }
             self.flush().await?;
             if !more {
@@ -421,10 +467,10 @@ impl Conn {
 
     /// Queues a body frame (as a chunk when `chunked`) behind what is in the write buffer; a large one
     /// is written at once from its own buffer. Whether the body may have more.
-    async fn push_frame(&mut self, frame: Option<Result<Frame<Bytes>, BoxError>>, chunked: bool) -> io::Result<bool> {
+    async fn push_frame(&mut self, frame: Option<Result<Frame<Bytes>, BoxError>>, chunked: bool) -> Result<bool, WriteError> {
         let data = match frame {
             None => return Ok(false),
-            Some(Err(e)) => return Err(io::Error::other(e)),
+            Some(Err(e)) => return Err(WriteError::Body(e)),
             Some(Ok(frame)) => match frame.into_data() {
                 Ok(data) if !data.is_empty() => data,
                 // Trailers are not forwarded; empty frames carry nothing.
@@ -478,6 +524,21 @@ impl Conn {
             }
         })
         .await;
+    }
+}
+
+/// Why a response could not be written to its end.
+#[derive(Debug)]
+enum WriteError {
+    /// The response body failed (the upstream broke it off, stalled or framed it wrongly).
+    Body(BoxError),
+    /// The client's connection failed or it stopped reading.
+    Client(io::Error),
+}
+
+impl From<io::Error> for WriteError {
+    fn from(e: io::Error) -> Self {
+        WriteError::Client(e)
     }
 }
 
@@ -739,8 +800,8 @@ pub type RequestBody = h1::WireBody<BodyReader>;
 /// A request body read from the connection, which it borrows and gives back when done or dropped.
 pub struct BodyReader {
     /// `None` once given back.
-    lent: Option<(OwnedReadHalf, BytesMut, oneshot::Sender<Lent>)>,
-    decoder: Decoder,
+    lent: Option<(OwnedReadHalf, oneshot::Sender<Lent>)>,
+    read: BodyRead,
     /// What was decoded from the bytes that came with the head, passed on first.
     first: Option<Result<Bytes, ClientBodyError>>,
 }
@@ -754,15 +815,20 @@ pub enum ClientBodyError {
     Chunked(h1::ProtocolError),
     #[error("request body larger than {0} bytes")]
     TooLarge(u64),
+    #[error("the client sent no request body bytes for {} ms", .0.as_millis())]
+    Timeout(Duration),
     #[error("reading the request body: {0}")]
     Io(#[from] io::Error),
 }
 
-impl ClientBodyError {
-    fn from_protocol(e: h1::ProtocolError) -> ClientBodyError {
+impl From<ReadError> for ClientBodyError {
+    fn from(e: ReadError) -> Self {
         match e {
-            h1::ProtocolError::TooLarge(n) => ClientBodyError::TooLarge(n),
-            e => ClientBodyError::Chunked(e),
+            ReadError::Protocol(h1::ProtocolError::Truncated) => ClientBodyError::Truncated,
+            ReadError::Protocol(h1::ProtocolError::TooLarge(n)) => ClientBodyError::TooLarge(n),
+            ReadError::Protocol(e) => ClientBodyError::Chunked(e),
+            ReadError::Io(e) => ClientBodyError::Io(e),
+            ReadError::Stalled(d) => ClientBodyError::Timeout(d),
         }
     }
 }
@@ -773,21 +839,32 @@ impl h1::Arriving for BodyReader {
     }
 
     fn decoder(&self) -> Decoder {
-        self.decoder
+        self.read.decoder
     }
 }
 
 impl BodyReader {
     fn give_back(&mut self) {
-        if let Some((rd, buf, tx)) = self.lent.take() {
-            let done = self.decoder.is_done();
-            let _ = tx.send(Lent { rd, buf, done });
+        if let Some((rd, tx)) = self.lent.take() {
+            let done = self.read.decoder.is_done();
+            let _ = tx.send(Lent {
+                rd,
+                buf: std::mem::take(&mut self.read.buf),
+                done,
+            });
         }
     }
 
     fn fail(&mut self, e: ClientBodyError) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        self.give_back();
-        self.decoder = Decoder::Done;
+        self.read.decoder = Decoder::Done;
+        // Not read to its end: the connection closes.
+        if let Some((rd, tx)) = self.lent.take() {
+            let _ = tx.send(Lent {
+                rd,
+                buf: BytesMut::new(),
+                done: false,
+            });
+        }
         Poll::Ready(Some(Err(e.into())))
     }
 
@@ -797,31 +874,22 @@ impl BodyReader {
             Some(Err(e)) => return self.fail(e),
             None => {}
         }
-        loop {
-            let Some((rd, buf, _)) = self.lent.as_mut() else {
-                return Poll::Ready(None);
-            };
-            match self.decoder.decode(buf) {
-                Err(e) => return self.fail(ClientBodyError::from_protocol(e)),
-                Ok(Decoded::Data(data)) => {
-                    if self.decoder.is_done() {
-                        self.give_back();
-                    }
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
-                }
-                Ok(Decoded::End) => {
+        let Some((rd, _)) = self.lent.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match self.read.poll_next(rd, cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(None) => {
+                self.give_back();
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Ok(data))) => {
+                if self.read.decoder.is_done() {
                     self.give_back();
-                    return Poll::Ready(None);
                 }
-                Ok(Decoded::NeedMore) => {}
+                Poll::Ready(Some(Ok(Frame::data(data))))
             }
-            buf.reserve(self.decoder.want());
-            match tokio_util::io::poll_read_buf(Pin::new(rd), cx, buf) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Err(e)) => return self.fail(e.into()),
-                Poll::Ready(Ok(0)) => return self.fail(ClientBodyError::Truncated),
-                Poll::Ready(Ok(_)) => {}
-            }
+            Poll::Ready(Some(Err(e))) => self.fail(e.into()),
         }
     }
 }
@@ -833,17 +901,9 @@ impl Drop for BodyReader {
 }
 
 /// A JSON error for a request that never reached a stage (a bad head).
-fn plain_error(status: StatusCode, message: &str) -> Response<Body> {
-    let code = match status {
-        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => "RequestHeaderFieldsTooLarge",
-        StatusCode::HTTP_VERSION_NOT_SUPPORTED => "HttpVersionNotSupported",
-        _ => "BadRequest",
-    };
-    let msg = serde_json::to_string(message).unwrap_or_else(|_| "\"error\"".into());
-    let mut r = Response::new(proxy::full(format!("{{\"error\":{{\"code\":\"{code}\",\"message\":{msg}}}}}")));
-    *r.status_mut() = status;
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+/// The answer to a request head refused before routing; the connection closes after it.
+fn head_error(status: StatusCode, message: &str) -> Response<Body> {
+    let mut r = json_error(status, message);
     r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
     r
 }
@@ -1224,7 +1284,7 @@ mod tests {
         let mut client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
         let (server, _) = listener.accept().await.unwrap();
         let mut c = Conn::new(server);
-        let keep = c.write_response(resp, is_head, http10, true).await.unwrap();
+        let keep = c.write_response(resp, is_head, http10, true, |_| {}).await.unwrap();
         drop(c);
         let mut got = Vec::new();
         client.read_to_end(&mut got).await.unwrap();
@@ -1255,7 +1315,7 @@ mod tests {
         assert!(got.contains("connection: close\r\n") && !got.contains("chunked"), "{got}");
         assert!(got.ends_with("\r\n\r\nhello world"), "{got}");
         // A whole body: its length, in one piece; the upstream's content-length is not repeated.
-        let mut r = Response::new(proxy::full("abc"));
+        let mut r = Response::new(crate::body::full("abc"));
         r.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from_static("3"));
         r.headers_mut()
             .insert(header::DATE, HeaderValue::from_static("Sun, 22 Nov 2026 10:00:00 GMT"));
@@ -1265,14 +1325,14 @@ mod tests {
         assert_eq!(got.matches("date: ").count(), 1, "the upstream's date is kept: {got}");
         assert!(got.contains("content-length: 3\r\n") && got.ends_with("\r\n\r\nabc"), "{got}");
         // HEAD and 304: no body, the length as the upstream gave it.
-        let mut r = Response::new(proxy::full("abc"));
+        let mut r = Response::new(crate::body::full("abc"));
         r.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from_static("1234"));
         let (keep, got) = written(r, false, true).await;
         assert!(keep);
         assert!(got.contains("content-length: 1234\r\n") && got.ends_with("\r\n\r\n"), "{got}");
-        let (_, got) = written(Response::new(proxy::full("abc")), false, true).await;
+        let (_, got) = written(Response::new(crate::body::full("abc")), false, true).await;
         assert!(got.contains("content-length: 3\r\n") && got.ends_with("\r\n\r\n"), "{got}");
-        let mut r = Response::new(proxy::full(""));
+        let mut r = Response::new(crate::body::full(""));
         *r.status_mut() = StatusCode::NOT_MODIFIED;
         let (_, got) = written(r, false, false).await;
         assert!(
@@ -1281,7 +1341,7 @@ mod tests {
         );
         // Large pieces are written from their own buffers, framed the same way.
         let big: String = (0..30_000).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
-        let (keep, got) = written(Response::new(proxy::full(big.clone())), false, false).await;
+        let (keep, got) = written(Response::new(crate::body::full(big.clone())), false, false).await;
         assert!(keep);
         assert!(
             got.contains("content-length: 30000\r\n") && got.ends_with(&format!("\r\n\r\n{big}")),
@@ -1293,7 +1353,7 @@ mod tests {
         let expected = format!("\r\n\r\n7530\r\n{big}\r\n4\r\ntail\r\n7530\r\n{big}\r\n0\r\n\r\n");
         assert!(got.ends_with(&expected), "{}", &got[..200]);
         // A response that says close is the connection's last.
-        let mut r = Response::new(proxy::full("x"));
+        let mut r = Response::new(crate::body::full("x"));
         r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
         let (keep, got) = written(r, false, false).await;
         assert!(!keep);
@@ -1308,9 +1368,9 @@ mod tests {
         let mut c = Conn::new(server);
         // Far more than the socket buffers hold, to a client that reads nothing.
         let t0 = Instant::now();
-        let write = c.write_response(Response::new(proxy::full(vec![b'x'; 64 << 20])), false, false, true);
+        let write = c.write_response(Response::new(crate::body::full(vec![b'x'; 64 << 20])), false, false, true, |_| {});
         let r = tokio::time::timeout(SEND_TIMEOUT * 3, write).await.expect("the write gave up");
-        assert_eq!(r.unwrap_err().kind(), io::ErrorKind::TimedOut);
+        assert!(matches!(r, Err(WriteError::Client(e)) if e.kind() == io::ErrorKind::TimedOut));
         let waited = t0.elapsed();
         assert!(
             waited >= SEND_TIMEOUT && waited < SEND_TIMEOUT + Duration::from_secs(1),

@@ -17,7 +17,7 @@ use crate::cache::{fingerprint, StageCache};
 pub enum CompiledIntegration {
     Http {
         uri: Template,
-        timeout: Duration,
+        timeouts: crate::upstream::Timeouts,
     },
     Mock {
         status: http::StatusCode,
@@ -86,10 +86,17 @@ impl CompiledDeployment {
                 pattern.push('/');
             }
             let integration = match &r.integration {
-                Integration::Http { uri, timeout_ms } => match Template::parse("uri", uri, true) {
+                Integration::Http {
+                    uri,
+                    timeout_ms,
+                    read_timeout_ms,
+                } => match Template::parse("uri", uri, true) {
                     Ok(t) => CompiledIntegration::Http {
                         uri: t,
-                        timeout: Duration::from_millis(u64::from(*timeout_ms)),
+                        timeouts: crate::upstream::Timeouts {
+                            head: Duration::from_millis(u64::from(*timeout_ms)),
+                            body_read: Duration::from_millis(u64::from(*read_timeout_ms)),
+                        },
                     },
                     Err(_) => continue,
                 },

@@ -14,11 +14,17 @@
 //! socket reads end-of-file) and dropped. A request without a body and with an idempotent method that
 //! finds its reused connection closed before any response byte is retried once on a new connection, as
 //! nginx's `proxy_next_upstream error` does; others fail with 502.
+//!
+//! Time limits ([`Timeouts`]): the route's `timeoutMs` runs from connecting to the response head, less
+//! the time spent waiting for the client's request body (time blocked writing to the upstream counts),
+//! so a slow client never makes an upstream look slow. Once the head is in, the body may pause at most
+//! `readTimeoutMs` between pieces (nginx's `proxy_read_timeout`). While the request body is still being
+//! sent, the connection is watched for an early answer (a 413 or 401 to a large upload): it is relayed
+//! as nginx does, the rest of the request body is not sent, and the connection is not reused.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io;
-use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -31,9 +37,11 @@ use http_body::{Body as _, Frame};
 use http_body_util::BodyExt as _;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
+use tokio::time::Instant as Clock;
 
-use crate::h1::{self, Decoded, Decoder, ProtocolError, RequestFraming};
-use crate::proxy::{Body, BoxError};
+use crate::body::{Body, BoxError};
+use crate::body_read::{BodyRead, ReadError};
+use crate::h1::{self, Decoder, ProtocolError, RequestFraming};
 
 /// Idle connections kept per upstream authority, per worker.
 pub const MAX_IDLE_PER_HOST: usize = 256;
@@ -63,9 +71,21 @@ thread_local! {
     static HOSTS: RefCell<Hosts> = RefCell::new(Hosts::default());
 }
 
+/// Time limits of one upstream call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Connecting, writing the request and reading the response head, less the time spent waiting
+    /// for the client's body (the route's `timeoutMs`).
+    pub head: Duration,
+    /// The longest pause between pieces of the response body (`readTimeoutMs`).
+    pub body_read: Duration,
+}
+
 /// Why an upstream call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
+    #[error("the upstream did not answer within {} ms", .0.as_millis())]
+    Timeout(Duration),
     #[error("the upstream URI has no host")]
     NoHost,
     #[error("cannot connect to the upstream")]
@@ -99,7 +119,7 @@ impl Failed {
 
 /// Sends `req` (absolute URI, `http://authority/path?query`) to its upstream over a pooled or new
 /// connection of the calling worker thread.
-pub async fn send(req: Request<Body>) -> Result<Response<Body>, SendError> {
+pub async fn send(req: Request<Body>, timeouts: Timeouts) -> Result<Response<Body>, SendError> {
     let (parts, mut body) = req.into_parts();
     let authority = parts.uri.authority().ok_or(SendError::NoHost)?;
     let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
@@ -134,13 +154,22 @@ pub async fn send(req: Request<Body>) -> Result<Response<Body>, SendError> {
     let retryable = framing == RequestFraming::Empty && is_idempotent(&parts.method);
 
     let mut conn = idle;
+    let mut deadline = Clock::now() + timeouts.head;
     loop {
         let (stream, reused) = match conn.take() {
             Some(s) => (s, true),
-            None => (connect(authority).await?, false),
+            None => match tokio::time::timeout_at(deadline, connect(authority)).await {
+                Ok(s) => (s?, false),
+                Err(_) => return Err(SendError::Timeout(timeouts.head)),
+            },
         };
-        match exchange(stream, &head, &mut body, more, &mut writer, &parts.method).await {
-            Ok((stream, resp, rest)) => return Ok(respond(stream, resp, rest, authority)),
+        let call = Call {
+            method: &parts.method,
+            timeouts,
+            deadline: &mut deadline,
+        };
+        match exchange(stream, &head, &mut body, more, &mut writer, call).await {
+            Ok(x) => return Ok(respond(x, authority, timeouts.body_read)),
             // The upstream closed the idle connection as it was taken: once more, on a new one.
             Err(f) if f.early && reused && retryable => continue,
             Err(f) => return Err(f.error),
@@ -218,6 +247,78 @@ impl BodyWriter {
     }
 }
 
+/// What one exchange needs besides the request: its method (for the response's framing) and its
+/// time limits, with the response head's deadline, which waiting for the client's body moves later.
+struct Call<'a> {
+    method: &'a Method,
+    timeouts: Timeouts,
+    deadline: &'a mut Clock,
+}
+
+impl Call<'_> {
+    fn timed_out(&self) -> Failed {
+        Failed::late(SendError::Timeout(self.timeouts.head))
+    }
+}
+
+/// A response head read, with the connection it came on.
+struct Exchanged {
+    stream: TcpStream,
+    head: h1::Head,
+    /// What was read after the head.
+    rest: Bytes,
+    /// Whether the whole request was sent (else the upstream answered early, and the connection
+    /// cannot be reused).
+    complete: bool,
+}
+
+/// What happened first while a request body was being sent.
+enum Event<T> {
+    Upstream(io::Result<usize>),
+    Client(T),
+}
+
+/// Why a write to the upstream stopped.
+enum Stopped {
+    /// The upstream answered first (an early answer, with what followed its head).
+    Answered(h1::Head, Bytes),
+    Failed(Failed),
+    /// The write itself failed: the upstream may have answered and closed.
+    Write(io::Error),
+}
+
+/// Writes `data`, watching the connection for an answer while a write has to wait. The first
+/// attempt is a plain write (no read is polled when the socket takes it all, as it usually does).
+async fn write_watching(stream: &mut TcpStream, data: &[u8], buf: &mut BytesMut, call: &Call<'_>) -> Result<(), Stopped> {
+    let mut pos = 0;
+    while pos < data.len() {
+        let event = match stream.write(&data[pos..]).now_or_never() {
+            Some(w) => Event::Client(Ok(w)),
+            None => {
+                // A write that has not completed has written nothing: it may be dropped.
+                let (mut rd, mut wr) = stream.split();
+                tokio::select! {
+                    biased;
+                    r = rd.read_buf(buf) => Event::Upstream(r),
+                    w = tokio::time::timeout_at(*call.deadline, wr.write(&data[pos..])) => Event::Client(w),
+                }
+            }
+        };
+        match event {
+            Event::Client(Ok(Ok(0))) => return Err(Stopped::Write(io::ErrorKind::WriteZero.into())),
+            Event::Client(Ok(Ok(n))) => pos += n,
+            Event::Client(Ok(Err(e))) => return Err(Stopped::Write(e)),
+            Event::Client(Err(_)) => return Err(Stopped::Failed(call.timed_out())),
+            Event::Upstream(r) => {
+                if let Some((head, rest)) = early_answer(buf, r, call.method).map_err(Stopped::Failed)? {
+                    return Err(Stopped::Answered(head, rest));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Writes the request (the rest of its body streamed from `body`) and reads the response head.
 async fn exchange(
     mut stream: TcpStream,
@@ -225,27 +326,80 @@ async fn exchange(
     body: &mut Body,
     mut more: bool,
     writer: &mut BodyWriter,
-    method: &Method,
-) -> Result<(TcpStream, h1::Head, Bytes), Failed> {
-    stream.write_all(head).await.map_err(|e| Failed::early(SendError::Io(e)))?;
+    call: Call<'_>,
+) -> Result<Exchanged, Failed> {
+    let mut buf = BytesMut::new();
     let mut out = Vec::new();
-    while more {
-        out.clear();
-        let frame = body.frame().await;
-        more = writer.take(frame, body.is_end_stream(), &mut out).map_err(Failed::late)?;
-        if !out.is_empty() {
-            stream.write_all(&out).await.map_err(|e| Failed::late(SendError::Io(e)))?;
-        }
-    }
-    let mut buf = BytesMut::with_capacity(FIRST_READ);
+    let mut data = head;
     loop {
+        match write_watching(&mut stream, data, &mut buf, &call).await {
+            Ok(()) => {}
+            Err(Stopped::Answered(head, rest)) => {
+                return Ok(Exchanged {
+                    stream,
+                    head,
+                    rest,
+                    complete: false,
+                })
+            }
+            Err(Stopped::Failed(f)) => return Err(f),
+            Err(Stopped::Write(e)) => return answer_after_failed_write(stream, buf, e, &call).await,
+        }
+        if !more {
+            break;
+        }
+        // The next piece of the client's body. The time spent waiting for it does not count against
+        // the upstream; the upstream may answer meanwhile.
+        let waiting = Clock::now();
+        let event = {
+            let (mut rd, _) = stream.split();
+            tokio::select! {
+                biased;
+                r = rd.read_buf(&mut buf) => Event::Upstream(r),
+                f = body.frame() => Event::Client(f),
+            }
+        };
+        *call.deadline += waiting.elapsed();
+        let frame = match event {
+            Event::Client(f) => f,
+            Event::Upstream(r) => match early_answer(&mut buf, r, call.method)? {
+                Some((head, rest)) => {
+                    return Ok(Exchanged {
+                        stream,
+                        head,
+                        rest,
+                        complete: false,
+                    })
+                }
+                None => {
+                    data = &[];
+                    continue;
+                }
+            },
+        };
+        out.clear();
+        more = writer.take(frame, body.is_end_stream(), &mut out).map_err(Failed::late)?;
+        data = &out;
+    }
+    loop {
+        if !buf.is_empty() {
+            if let Some((head, rest)) = h1::parse_head(&mut buf, call.method).map_err(|e| Failed::late(e.into()))? {
+                return Ok(Exchanged {
+                    stream,
+                    head,
+                    rest,
+                    complete: true,
+                });
+            }
+        }
         if buf.capacity() - buf.len() < 1024 {
             buf.reserve(buf.capacity().max(FIRST_READ));
         }
-        let n = match stream.read_buf(&mut buf).await {
-            Ok(n) => n,
-            Err(e) if buf.is_empty() => return Err(Failed::early(SendError::Io(e))),
-            Err(e) => return Err(Failed::late(SendError::Io(e))),
+        let n = match tokio::time::timeout_at(*call.deadline, stream.read_buf(&mut buf)).await {
+            Err(_) => return Err(call.timed_out()),
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) if buf.is_empty() => return Err(Failed::early(SendError::Io(e))),
+            Ok(Err(e)) => return Err(Failed::late(SendError::Io(e))),
         };
         if n == 0 {
             return Err(if buf.is_empty() {
@@ -254,15 +408,65 @@ async fn exchange(
                 Failed::late(ProtocolError::Truncated.into())
             });
         }
-        if let Some((h, rest)) = h1::parse_head(&mut buf, method).map_err(|e| Failed::late(e.into()))? {
-            return Ok((stream, h, rest));
+    }
+}
+
+/// Bytes from the upstream while the request is still being sent: its answer, once a whole head
+/// (past any interim 1xx) is in.
+fn early_answer(buf: &mut BytesMut, read: io::Result<usize>, method: &Method) -> Result<Option<(h1::Head, Bytes)>, Failed> {
+    match read {
+        Err(e) => Err(Failed::late(SendError::Io(e))),
+        Ok(0) => Err(Failed::late(if buf.is_empty() {
+            SendError::Closed
+        } else {
+            ProtocolError::Truncated.into()
+        })),
+        Ok(_) => h1::parse_head(buf, method).map_err(|e| Failed::late(e.into())),
+    }
+}
+
+/// A write of the request failed: an upstream that answered early and closed has its answer in the
+/// socket; relay it if it is there, else fail with the write's error (a failure before any of the
+/// response came, which a reused connection's bodyless request may retry).
+async fn answer_after_failed_write(
+    mut stream: TcpStream,
+    mut buf: BytesMut,
+    error: io::Error,
+    call: &Call<'_>,
+) -> Result<Exchanged, Failed> {
+    let limit = (*call.deadline).min(Clock::now() + Duration::from_secs(1));
+    loop {
+        match h1::parse_head(&mut buf, call.method) {
+            Ok(Some((head, rest))) => {
+                return Ok(Exchanged {
+                    stream,
+                    head,
+                    rest,
+                    complete: false,
+                })
+            }
+            Ok(None) => {}
+            Err(e) => return Err(Failed::late(e.into())),
+        }
+        buf.reserve(FIRST_READ);
+        match tokio::time::timeout_at(limit, stream.read_buf(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            _ if buf.is_empty() => return Err(Failed::early(SendError::Io(error))),
+            _ => return Err(Failed::late(SendError::Io(error))),
         }
     }
 }
 
 /// The response: with its whole body when that came with the head (and the connection back in the
-/// pool), else streaming the body from the connection. `rest` is what was read after the head.
-fn respond(stream: TcpStream, head: h1::Head, rest: Bytes, authority: &Authority) -> Response<Body> {
+/// pool), else streaming the body from the connection.
+fn respond(x: Exchanged, authority: &Authority, body_read: Duration) -> Response<Body> {
+    let Exchanged {
+        stream,
+        mut head,
+        rest,
+        complete,
+    } = x;
+    head.keep_alive &= complete;
     let decoder = Decoder::new(head.framing);
     let body = match decoder {
         Decoder::Done => {
@@ -280,8 +484,7 @@ fn respond(stream: TcpStream, head: h1::Head, rest: Bytes, authority: &Authority
         }
         _ => h1::WireBody::Streaming(Box::new(Streaming {
             stream: Some(stream),
-            buf: BytesMut::from(rest),
-            decoder,
+            read: BodyRead::new(BytesMut::from(rest), decoder, body_read),
             keep_alive: head.keep_alive,
             authority: authority.clone(),
         })),
@@ -353,8 +556,7 @@ async fn connect(authority: &Authority) -> Result<TcpStream, SendError> {
 struct Streaming {
     /// `None` once the body has ended.
     stream: Option<TcpStream>,
-    buf: BytesMut,
-    decoder: Decoder,
+    read: BodyRead,
     keep_alive: bool,
     authority: Authority,
 }
@@ -365,7 +567,7 @@ impl h1::Arriving for Streaming {
     }
 
     fn decoder(&self) -> Decoder {
-        self.decoder
+        self.read.decoder
     }
 }
 
@@ -373,53 +575,41 @@ impl Streaming {
     fn release(&mut self) {
         if let Some(stream) = self.stream.take() {
             // Bytes past the end of the body: the connection is out of step; close it.
-            if self.keep_alive && self.buf.is_empty() {
+            if self.keep_alive && self.read.buf.is_empty() {
                 checkin(self.authority.as_str(), stream);
             }
         }
     }
 
-    fn fail(&mut self, e: impl Into<BoxError>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        self.stream = None;
-        self.decoder = Decoder::Done;
-        Poll::Ready(Some(Err(e.into())))
-    }
-
     fn read(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        loop {
-            match self.decoder.decode(&mut self.buf) {
-                Err(e) => return self.fail(e),
-                Ok(Decoded::Data(data)) => {
-                    if self.decoder.is_done() {
-                        self.release();
-                    }
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
-                }
-                Ok(Decoded::End) => {
-                    self.release();
-                    return Poll::Ready(None);
-                }
-                Ok(Decoded::NeedMore) => {}
+        let Some(stream) = self.stream.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match self.read.poll_next(stream, cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(None) => {
+                self.release();
+                Poll::Ready(None)
             }
-            let Some(stream) = self.stream.as_mut() else {
-                return Poll::Ready(None);
-            };
-            self.buf.reserve(self.decoder.want());
-            match tokio_util::io::poll_read_buf(Pin::new(stream), cx, &mut self.buf) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Err(e)) => return self.fail(e),
-                Poll::Ready(Ok(0)) => match self.decoder.eof() {
-                    Ok(_) => {
-                        self.stream = None;
-                        return Poll::Ready(None);
-                    }
-                    Err(e) => return self.fail(e),
-                },
-                Poll::Ready(Ok(_)) => {}
+            Poll::Ready(Some(Ok(data))) => {
+                if self.read.decoder.is_done() {
+                    self.release();
+                }
+                Poll::Ready(Some(Ok(Frame::data(data))))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                self.stream = None;
+                self.read.decoder = Decoder::Done;
+                Poll::Ready(Some(Err(UpstreamBodyError(e).into())))
             }
         }
     }
 }
+
+/// A response body the upstream broke off, stalled or framed wrongly.
+#[derive(Debug, thiserror::Error)]
+#[error("the upstream response body failed: {0}")]
+pub struct UpstreamBodyError(#[source] pub ReadError);
 
 #[cfg(test)]
 mod tests {
@@ -467,6 +657,11 @@ mod tests {
         (addr, accepted)
     }
 
+    const T: Timeouts = Timeouts {
+        head: Duration::from_secs(30),
+        body_read: Duration::from_secs(60),
+    };
+
     fn get(addr: std::net::SocketAddr) -> Request<Body> {
         let mut r = Request::new(Body::new(http_body_util::Empty::new().map_err(|never| match never {})));
         *r.uri_mut() = format!("http://{addr}/x?y=1").parse().unwrap();
@@ -481,7 +676,7 @@ mod tests {
     async fn sequential_requests_reuse_one_connection() {
         let (addr, accepted) = backend(b"hello", usize::MAX).await;
         for _ in 0..50 {
-            let resp = send(get(addr)).await.unwrap();
+            let resp = send(get(addr), T).await.unwrap();
             assert_eq!(resp.status(), 200);
             assert_eq!(body_of(resp).await, "hello");
         }
@@ -493,7 +688,7 @@ mod tests {
     async fn a_connection_the_upstream_closed_is_not_used_again() {
         let (addr, accepted) = backend(b"ok", 1).await;
         for i in 0..20 {
-            let resp = send(get(addr)).await.unwrap_or_else(|e| panic!("request {i}: {e}"));
+            let resp = send(get(addr), T).await.unwrap_or_else(|e| panic!("request {i}: {e}"));
             // Whether the close has reached the pool yet (skipped) or not (retried on a new
             // connection), the request must succeed.
             assert_eq!(body_of(resp).await, "ok");
@@ -505,10 +700,10 @@ mod tests {
     async fn a_body_dropped_unread_closes_its_connection() {
         let big: &'static [u8] = Box::leak(vec![b'x'; 1 << 20].into_boxed_slice());
         let (addr, accepted) = backend(big, usize::MAX).await;
-        let resp = send(get(addr)).await.unwrap();
+        let resp = send(get(addr), T).await.unwrap();
         drop(resp);
         assert_eq!(idle_count(), 0, "not returned to the pool");
-        let resp = send(get(addr)).await.unwrap();
+        let resp = send(get(addr), T).await.unwrap();
         assert_eq!(body_of(resp).await.len(), 1 << 20);
         assert_eq!(accepted.load(Ordering::SeqCst), 2, "the second request needed a new connection");
         assert_eq!(idle_count(), 1, "read to the end: back in the pool");
@@ -519,7 +714,7 @@ mod tests {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
         drop(l);
-        let err = send(get(addr)).await.unwrap_err();
+        let err = send(get(addr), T).await.unwrap_err();
         assert!(matches!(err, SendError::Connect(_)), "{err}");
     }
 
@@ -621,7 +816,7 @@ mod tests {
     #[tokio::test]
     async fn a_request_body_of_known_length_goes_with_its_head() {
         let (addr, _, seen) = scripted(|_, _| ok("got it")).await;
-        let resp = send(request(Method::POST, addr, full_body("abc"))).await.unwrap();
+        let resp = send(request(Method::POST, addr, full_body("abc")), T).await.unwrap();
         assert_eq!(body_of(resp).await, "got it");
         let raw = String::from_utf8(seen.lock().unwrap()[0].clone()).unwrap();
         assert!(raw.starts_with(&format!("POST /p?q=1 HTTP/1.1\r\nhost: {addr}\r\n")), "{raw}");
@@ -634,7 +829,7 @@ mod tests {
         let (addr, _, seen) = scripted(|_, _| ok("")).await;
         let pieces = ["hello ", "chunked ", "world"].map(|p| Ok::<_, BoxError>(Frame::data(Bytes::from_static(p.as_bytes()))));
         let body = Body::new(http_body_util::StreamBody::new(futures_util::stream::iter(pieces)));
-        let resp = send(request(Method::PUT, addr, body)).await.unwrap();
+        let resp = send(request(Method::PUT, addr, body), T).await.unwrap();
         assert_eq!(resp.status(), 200);
         let raw = String::from_utf8(seen.lock().unwrap()[0].clone()).unwrap();
         assert!(raw.contains("\r\ntransfer-encoding: chunked\r\n\r\n"), "{raw}");
@@ -649,7 +844,7 @@ mod tests {
         let (addr, _, _) = scripted(|_, _| ok("")).await;
         let pieces = ["0123456789"; 3].map(|p| Ok::<_, BoxError>(Frame::data(Bytes::from_static(p.as_bytes()))));
         let body = http_body_util::Limited::new(http_body_util::StreamBody::new(futures_util::stream::iter(pieces)), 25);
-        let err = send(request(Method::POST, addr, Body::new(body))).await.unwrap_err();
+        let err = send(request(Method::POST, addr, Body::new(body)), T).await.unwrap_err();
         let SendError::Body(inner) = &err else { panic!("{err}") };
         assert!(inner.is::<http_body_util::LengthLimitError>(), "{inner}");
     }
@@ -666,7 +861,7 @@ mod tests {
         })
         .await;
         for _ in 0..3 {
-            let resp = send(get(addr)).await.unwrap();
+            let resp = send(get(addr), T).await.unwrap();
             assert!(resp.headers().get("content-length").is_none(), "dropped beside chunked");
             assert_eq!(body_of(resp).await, "wikipedia");
         }
@@ -681,12 +876,12 @@ mod tests {
             _ => Reply::Close,
         })
         .await;
-        assert_eq!(body_of(send(get(addr)).await.unwrap()).await, "hi");
+        assert_eq!(body_of(send(get(addr), T).await.unwrap()).await, "hi");
         assert_eq!(idle_count(), 0);
         let (addr2, _, _) = scripted(|_, _| Reply::SendClose(vec![b"HTTP/1.0 200 OK\r\n\r\nuntil ".to_vec(), b"the end".to_vec()])).await;
-        assert_eq!(body_of(send(get(addr2)).await.unwrap()).await, "until the end");
+        assert_eq!(body_of(send(get(addr2), T).await.unwrap()).await, "until the end");
         assert_eq!(idle_count(), 0);
-        assert_eq!(body_of(send(get(addr)).await.unwrap()).await, "hi");
+        assert_eq!(body_of(send(get(addr), T).await.unwrap()).await, "hi");
         assert_eq!(accepted.load(Ordering::SeqCst), 2, "a new connection for the second request");
     }
 
@@ -700,42 +895,172 @@ mod tests {
         .await;
         let mut head = get(addr);
         *head.method_mut() = Method::HEAD;
-        let resp = send(head).await.unwrap();
+        let resp = send(head, T).await.unwrap();
         assert_eq!(resp.headers()["content-length"], "10");
         assert!(resp.body().is_end_stream());
         drop(resp);
-        let resp = send(get(addr)).await.unwrap();
+        let resp = send(get(addr), T).await.unwrap();
         assert_eq!(resp.status(), 204);
         drop(resp);
-        assert_eq!(body_of(send(get(addr)).await.unwrap()).await, "last");
+        assert_eq!(body_of(send(get(addr), T).await.unwrap()).await, "last");
         assert_eq!(accepted.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test]
     async fn bad_and_truncated_responses_are_errors() {
         let (addr, _, _) = scripted(|_, _| Reply::SendClose(vec![b"HTTP/1.1 200 OK\r\ncontent-length: x\r\n\r\n".to_vec()])).await;
-        let err = send(get(addr)).await.unwrap_err();
+        let err = send(get(addr), T).await.unwrap_err();
         assert!(
             matches!(err, SendError::Protocol(ProtocolError::ContentLength(ref v)) if v == "x"),
             "{err:?}"
         );
         let (addr, _, _) = scripted(|_, _| Reply::SendClose(vec![b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nonly5".to_vec()])).await;
-        let err = send(get(addr)).await.unwrap().into_body().collect().await.unwrap_err();
-        assert_eq!(err.to_string(), ProtocolError::Truncated.to_string());
+        let err = send(get(addr), T).await.unwrap().into_body().collect().await.unwrap_err();
+        assert!(err.is::<UpstreamBodyError>(), "{err}");
+        assert!(err.to_string().ends_with(&ProtocolError::Truncated.to_string()), "{err}");
         assert_eq!(idle_count(), 0);
+    }
+
+    /// A backend that reads a request head, then does what `then` says with the connection.
+    async fn raw_backend<F, Fut>(then: F) -> std::net::SocketAddr
+    where
+        F: Fn(tokio::net::TcpStream) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = ()> + Send,
+    {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let then = Arc::new(then);
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = l.accept().await.unwrap();
+                let then = then.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    then(s).await;
+                });
+            }
+        });
+        addr
+    }
+
+    /// A request body whose pieces come after `gap` each, forever when `pieces` is `None`.
+    fn slow_body(gap: Duration, pieces: Option<usize>) -> Body {
+        let s = futures_util::stream::unfold(0usize, move |i| async move {
+            if pieces.is_some_and(|n| i >= n) {
+                return None;
+            }
+            tokio::time::sleep(gap).await;
+            Some((Ok::<_, BoxError>(Frame::data(Bytes::from_static(b"0123456789"))), i + 1))
+        });
+        Body::new(http_body_util::StreamBody::new(s))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_response_body_ends_after_the_read_timeout() {
+        let addr = raw_backend(|mut s| async move {
+            s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nfirst").await.unwrap();
+            // ... and nothing more, with the connection open.
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+        })
+        .await;
+        let timeouts = Timeouts {
+            head: Duration::from_secs(1),
+            body_read: Duration::from_secs(5),
+        };
+        let resp = send(get(addr), timeouts).await.unwrap();
+        let t0 = Clock::now();
+        let mut body = resp.into_body();
+        let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(first, "first");
+        let err = body.frame().await.unwrap().unwrap_err();
+        let waited = t0.elapsed();
+        assert!(waited >= Duration::from_secs(5) && waited < Duration::from_secs(6), "{waited:?}");
+        let inner = err.downcast_ref::<UpstreamBodyError>().expect("an upstream body error");
+        assert!(matches!(inner.0, ReadError::Stalled(d) if d == Duration::from_secs(5)), "{err}");
+        assert_eq!(idle_count(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_route_timeout_does_not_count_time_waiting_for_the_client_body() {
+        // A slow client: 10 pieces a second apart, 10 s in all, against a 2 s route timeout. The
+        // upstream answers once it has the whole body.
+        let (addr, _, seen) = scripted(|_, _| ok("done")).await;
+        let timeouts = Timeouts {
+            head: Duration::from_secs(2),
+            body_read: Duration::from_secs(60),
+        };
+        let resp = send(request(Method::POST, addr, slow_body(Duration::from_secs(1), Some(10))), timeouts)
+            .await
+            .unwrap();
+        assert_eq!(body_of(resp).await, "done");
+        let req = String::from_utf8(seen.lock().unwrap()[0].clone()).unwrap();
+        assert!(req.contains("transfer-encoding: chunked"), "{req}");
+        assert_eq!(req.matches("0123456789").count(), 10);
+        // An upstream that takes longer than the route timeout after the body: 504.
+        let addr = raw_backend(|s| async move {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            drop(s);
+        })
+        .await;
+        let t0 = Clock::now();
+        let err = send(request(Method::POST, addr, full_body("abc")), timeouts).await.unwrap_err();
+        assert!(matches!(err, SendError::Timeout(d) if d == Duration::from_secs(2)), "{err}");
+        assert!(t0.elapsed() < Duration::from_secs(3));
+    }
+
+    #[tokio::test]
+    async fn an_early_answer_is_relayed_while_the_body_is_still_coming() {
+        // The upstream refuses the upload as soon as it has the head (as an upload limit or an auth
+        // check does), and keeps the connection open without reading the body.
+        let addr = raw_backend(|mut s| async move {
+            s.write_all(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 413 Payload Too Large\r\ncontent-length: 8\r\n\r\ntoo big!")
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+        })
+        .await;
+        let timeouts = Timeouts {
+            head: Duration::from_secs(5),
+            body_read: Duration::from_secs(5),
+        };
+        // A body that never ends.
+        let resp = send(request(Method::POST, addr, slow_body(Duration::from_millis(10), None)), timeouts)
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 413);
+        assert_eq!(body_of(resp).await, "too big!");
+        assert_eq!(idle_count(), 0, "a connection with an unfinished request is not reused");
+        // An upstream that answers and closes, while the request body is still being written.
+        let addr = raw_backend(|mut s| async move {
+            s.write_all(b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                .await
+                .unwrap();
+        })
+        .await;
+        let big: &'static [u8] = Box::leak(vec![b'x'; 8 << 20].into_boxed_slice());
+        let body = Body::new(http_body_util::Full::new(Bytes::from_static(big)).map_err(|never| match never {}));
+        let resp = send(request(Method::POST, addr, body), timeouts).await.unwrap();
+        assert_eq!(resp.status(), 401);
     }
 
     #[tokio::test]
     async fn only_bodyless_idempotent_requests_are_retried_when_a_reused_connection_closes() {
         // Every connection answers its first request and closes silently on its second.
         let (addr, accepted, _) = scripted(|_, n| if n == 0 { ok("first") } else { Reply::Close }).await;
-        assert_eq!(body_of(send(get(addr)).await.unwrap()).await, "first");
+        assert_eq!(body_of(send(get(addr), T).await.unwrap()).await, "first");
         assert_eq!(idle_count(), 1);
         // The GET goes out on the pooled connection, finds it closed, and is sent again on a new one.
-        assert_eq!(body_of(send(get(addr)).await.unwrap()).await, "first");
+        assert_eq!(body_of(send(get(addr), T).await.unwrap()).await, "first");
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
         // A POST is not sent twice.
-        let err = send(request(Method::POST, addr, full_body(""))).await.unwrap_err();
+        let err = send(request(Method::POST, addr, full_body("")), T).await.unwrap_err();
         assert!(matches!(err, SendError::Closed), "{err:?}");
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }

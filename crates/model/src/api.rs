@@ -47,6 +47,10 @@ pub enum Integration {
         uri: String,
         #[serde(rename = "timeoutMs", default = "default_timeout_ms")]
         timeout_ms: u32,
+        /// The longest the upstream may go without sending body bytes once its response head came
+        /// (nginx's `proxy_read_timeout`); a stalled body is ended and counted as a 5XXError.
+        #[serde(rename = "readTimeoutMs", default = "default_read_timeout_ms")]
+        read_timeout_ms: u32,
     },
     /// A fixed response; the body may refer to stage variables.
     Mock {
@@ -61,6 +65,9 @@ pub enum Integration {
 
 fn default_timeout_ms() -> u32 {
     29_000
+}
+fn default_read_timeout_ms() -> u32 {
+    60_000
 }
 fn default_mock_status() -> u16 {
     200
@@ -79,7 +86,11 @@ pub struct Route {
 impl Integration {
     fn validate(&self, field: &str, path_params: &[&str]) -> Result<()> {
         match self {
-            Integration::Http { uri, timeout_ms } => {
+            Integration::Http {
+                uri,
+                timeout_ms,
+                read_timeout_ms,
+            } => {
                 let f = format!("{field}.uri");
                 if !uri.starts_with("http://") {
                     return Err(Error::invalid(
@@ -103,6 +114,13 @@ impl Integration {
                         format!("{field}.timeoutMs"),
                         timeout_ms.to_string(),
                         "must be between 50 and 29000",
+                    ));
+                }
+                if !(50..=3_600_000).contains(read_timeout_ms) {
+                    return Err(Error::invalid(
+                        format!("{field}.readTimeoutMs"),
+                        read_timeout_ms.to_string(),
+                        "must be between 50 and 3600000",
                     ));
                 }
             }
@@ -214,6 +232,7 @@ mod tests {
             integration: Integration::Http {
                 uri: uri.into(),
                 timeout_ms: 1000,
+                read_timeout_ms: 60_000,
             },
         }
     }
@@ -235,7 +254,8 @@ mod tests {
             r.integration,
             Integration::Http {
                 uri: "http://x/".into(),
-                timeout_ms: 29000
+                timeout_ms: 29000,
+                read_timeout_ms: 60_000
             }
         );
     }
@@ -263,11 +283,22 @@ mod tests {
             integration: Integration::Http {
                 uri: "http://x/".into(),
                 timeout_ms: 10,
+                read_timeout_ms: 60_000,
             },
             ..http("/a", "")
         };
         let e = validate_routes(&[bad_timeout]).unwrap_err().to_string();
         assert!(e.contains("routes[0].integration.timeoutMs") && e.contains("\"10\""), "{e}");
+        let bad_read = Route {
+            integration: Integration::Http {
+                uri: "http://x/".into(),
+                timeout_ms: 1000,
+                read_timeout_ms: 0,
+            },
+            ..http("/a", "")
+        };
+        let e = validate_routes(&[bad_read]).unwrap_err().to_string();
+        assert!(e.contains("routes[0].integration.readTimeoutMs") && e.contains("\"0\""), "{e}");
     }
 
     #[test]
