@@ -106,6 +106,10 @@ impl Gateway {
         let next = RoutingTable::build(state, &previous, &self.metrics, &caches);
         self.caches.store(Arc::new(caches));
         self.table.store(Arc::new(next));
+        // The series of stages and APIs that no longer exist go (a stage's canary series stays while
+        // the stage does: its history outlives the canary).
+        self.metrics
+            .retain(|k| state.apis.get(&k.api).is_some_and(|a| a.stages.contains_key(&k.stage)));
     }
 
     /// The stage's cache, when it has one enabled.

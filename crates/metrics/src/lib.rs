@@ -11,6 +11,8 @@
 
 mod histogram;
 mod prometheus;
+#[cfg(test)]
+mod tests;
 pub use prometheus::escape as escape_label;
 mod series;
 
@@ -72,8 +74,31 @@ impl Registry {
         created.expect("rcu ran at least once")
     }
 
+    /// Drops the series whose key `keep` refuses (those of deleted stages and APIs). Their memory is
+    /// freed once the last request recording into one has finished. Swaps the map only when
+    /// something goes.
+    pub fn retain(&self, keep: impl Fn(&SeriesKey) -> bool) {
+        if self.series.load().keys().all(&keep) {
+            return;
+        }
+        self.series.rcu(|map| {
+            let mut map = BTreeMap::clone(map);
+            map.retain(|k, _| keep(k));
+            map
+        });
+    }
+
     pub fn get(&self, key: &SeriesKey) -> Option<Arc<Series>> {
         self.series.load().get(key).cloned()
+    }
+
+    /// How many series there are.
+    pub fn len(&self) -> usize {
+        self.series.load().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// All keys, sorted.
