@@ -167,7 +167,8 @@ pub enum Framing {
 
 /// Parses the response head at the start of `buf`. Interim (1xx) responses are skipped. On success
 /// `buf` is left empty and the head comes with what followed it (the start of the body), sharing
-/// one buffer with the header values; `Ok(None)` means more bytes are needed (`buf` keeps them all).
+/// one buffer with the header values; `Ok(None)` means more bytes are needed (`buf` keeps all of them
+/// after any interim heads, which are consumed).
 pub fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<(Head, Bytes)>, ProtocolError> {
     loop {
         // Frozen, so header values and the body can be slices of it rather than copies.

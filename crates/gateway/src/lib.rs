@@ -14,6 +14,8 @@ mod body_read;
 pub mod cache;
 pub mod choose;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod h1;
 pub mod path;
 mod proxy;

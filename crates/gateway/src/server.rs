@@ -750,6 +750,51 @@ fn parse_head(buf: &mut BytesMut, limits: &Limits, at: &mut Vec<FieldAt>) -> Res
     }))
 }
 
+/// The fuzz target over request heads (see [`crate::fuzz`]): parses `data` as a request head with the
+/// default limits and checks what a parsed head promises.
+pub(crate) fn fuzz_request_head(data: &[u8]) {
+    let limits = Limits::default();
+    let mut buf = BytesMut::from(data);
+    let mut at = Vec::new();
+    let head = match parse_head(&mut buf, &limits, &mut at) {
+        Ok(Some(head)) => head,
+        Ok(None) => {
+            assert_eq!(buf.len(), data.len(), "a partial head consumes nothing");
+            return;
+        }
+        Err(HeadError::Bad(status, msg)) => {
+            assert!(status.is_client_error() || status.is_server_error(), "{status}");
+            assert!(!msg.is_empty());
+            return;
+        }
+        Err(HeadError::Gone) => unreachable!("parsing alone never closes"),
+    };
+    let consumed = data.len() - buf.len();
+    assert!(
+        consumed >= 4 && data[..consumed].ends_with(b"\r\n\r\n"),
+        "a head ends with an empty line"
+    );
+    assert!(consumed <= limits.max_header_bytes);
+    assert!(head.headers.get_all(header::HOST).iter().count() <= 1);
+    if let Some(a) = head.uri.authority() {
+        assert_eq!(
+            head.headers.get(header::HOST).map(HeaderValue::as_bytes),
+            Some(a.as_str().as_bytes())
+        );
+    }
+    if let Some(host) = head.headers.get(header::HOST).filter(|h| !h.is_empty()) {
+        assert!(valid_authority(host.as_bytes()), "{host:?}");
+    }
+    if let Ok(path) = crate::path::resolve_dot_segments(head.uri.path()) {
+        assert!(path.is_empty() || path.starts_with('/') || path == "*", "{path}");
+        assert!(!path.split('/').any(|s| s == "." || s == ".."), "{path}");
+    }
+    // What follows is the body as the framing says: decoded in one piece or byte by byte, the same.
+    let rest = buf.freeze();
+    let max = limits.max_body_bytes;
+    crate::fuzz::same_in_pieces(Decoder::with_limit(head.framing, max), &rest, 1);
+}
+
 /// How the request body is delimited (RFC 9112 §6.3). A request with both `transfer-encoding` and
 /// `content-length` is refused (400), and so is any `transfer-encoding` other than exactly one
 /// `chunked` (501, as nginx answers): a proxy that guessed would let a request be smuggled past it.

@@ -1,0 +1,97 @@
+//! Entry points of the fuzz targets (`fuzz/`, run with `cargo fuzz`) and of their corpus replay on stable
+//! (`crates/fuzzing`): the gateway's HTTP/1.1 parsers run on arbitrary bytes, each checking the
+//! invariants it must keep. A panic is a finding. Not an API.
+
+use bytes::BytesMut;
+use http::Method;
+
+use crate::h1::{self, Decoded, Decoder, Framing};
+
+/// A request head, and the body its framing says follows.
+pub fn request_head(data: &[u8]) {
+    crate::server::fuzz_request_head(data);
+}
+
+/// A chunked body: decoded whole and in pieces (the first byte chooses their size) with the same
+/// outcome; never more bytes out than in; never past the budget (the second byte chooses it).
+pub fn chunked(data: &[u8]) {
+    let [piece, budget, input @ ..] = data else { return };
+    let budget = u64::from(*budget) * 64;
+    same_in_pieces(Decoder::new(Framing::Chunked), input, usize::from(*piece % 16) + 1);
+    if let Ok((body, _)) = decode(Decoder::with_limit(Framing::Chunked, budget), input, input.len()) {
+        assert!(body.len() as u64 <= budget, "{} bytes over a budget of {budget}", body.len());
+    }
+}
+
+/// A response head: parsed for GET and HEAD; a parsed head's framing decodes what follows.
+pub fn response_head(data: &[u8]) {
+    for method in [Method::GET, Method::HEAD] {
+        let mut buf = BytesMut::from(data);
+        match h1::parse_head(&mut buf, &method) {
+            Ok(Some((head, rest))) => {
+                assert!(buf.is_empty());
+                assert!(rest.len() < data.len());
+                if method == Method::HEAD {
+                    assert_eq!(head.framing, Framing::Empty);
+                }
+                if let Framing::Length(n) = head.framing {
+                    assert_eq!(h1::content_length(&head.headers), Ok(n));
+                }
+                same_in_pieces(Decoder::new(head.framing), &rest, 3);
+            }
+            // Interim (1xx) heads before it are consumed; the rest is kept.
+            Ok(None) => assert!(data.ends_with(&buf), "a partial head keeps every byte after interim heads"),
+            Err(e) => assert!(!e.to_string().is_empty()),
+        }
+    }
+}
+
+/// The body decoded from `input` fed whole, and fed in pieces of `piece` bytes: the same body and the
+/// same number of bytes consumed, or an error both ways.
+pub(crate) fn same_in_pieces(decoder: Decoder, input: &[u8], piece: usize) {
+    let whole = decode(decoder, input, input.len());
+    let pieces = decode(decoder, input, piece);
+    match (&whole, &pieces) {
+        (Ok(a), Ok(b)) => assert_eq!(a, b, "whole and in pieces of {piece}"),
+        (Err(_), Err(_)) => {}
+        _ => panic!("whole: {whole:?}, in pieces of {piece}: {pieces:?}"),
+    }
+    if let Ok((body, consumed)) = whole {
+        assert!(body.len() <= consumed && consumed <= input.len());
+    }
+}
+
+/// Feeds `input` to `d` in pieces of `piece` bytes until the body ends; the body and the bytes it used.
+fn decode(mut d: Decoder, input: &[u8], piece: usize) -> Result<(Vec<u8>, usize), String> {
+    let mut buf = BytesMut::new();
+    let mut fed = 0;
+    let mut body = Vec::new();
+    loop {
+        match d.decode(&mut buf).map_err(|e| e.to_string())? {
+            Decoded::Data(b) => body.extend_from_slice(&b),
+            Decoded::End => return Ok((body, fed - buf.len())),
+            Decoded::NeedMore if fed < input.len() => {
+                let next = (fed + piece.max(1)).min(input.len());
+                buf.extend_from_slice(&input[fed..next]);
+                fed = next;
+            }
+            Decoded::NeedMore => {
+                d.eof().map_err(|e| e.to_string())?;
+                return Ok((body, fed - buf.len()));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_entry_points_take_what_they_are_built_for() {
+        request_head(b"POST /a/../b HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n");
+        request_head(b"GET http://a.example/x HTTP/1.1\r\nhost: b\r\n\r\n");
+        chunked(b"\x03\x10 5;a=b\r\nhello\r\n0\r\nt: 1\r\n\r\nrest");
+        response_head(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n");
+    }
+}

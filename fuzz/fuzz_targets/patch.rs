@@ -1,0 +1,4 @@
+//! Fuzz target `patch`: see `canarygate_fuzzing::patch` for what it feeds and the invariants it checks.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| canarygate_fuzzing::patch(data));

@@ -1,0 +1,4 @@
+//! Fuzz target `request_head`: see `canarygate_fuzzing::request_head` for what it feeds and the invariants it checks.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| canarygate_fuzzing::request_head(data));
