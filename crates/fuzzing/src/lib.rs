@@ -11,8 +11,11 @@ use chrono::{TimeZone, Utc};
 
 pub use canarygate_gateway::fuzz::{chunked, request_head, response_head};
 
+/// A fuzz target's body.
+pub type Target = fn(&[u8]);
+
 /// Every target, by the name its directories and `cargo fuzz` use.
-pub const TARGETS: [(&str, fn(&[u8])); 5] = [
+pub const TARGETS: [(&str, Target); 5] = [
     ("request_head", request_head),
     ("chunked", chunked),
     ("response_head", response_head),
