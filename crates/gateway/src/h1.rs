@@ -214,16 +214,39 @@ fn unfreeze(b: Bytes) -> BytesMut {
     b.try_into_mut().unwrap_or_else(|b| BytesMut::from(&b[..]))
 }
 
-fn finish_head(status: StatusCode, version: Version, mut headers: HeaderMap, method: &Method) -> Result<Head, ProtocolError> {
-    let mut close = false;
-    let mut keep_alive_token = false;
-    for v in headers.get_all(header::CONNECTION) {
-        for t in v.to_str().unwrap_or("").split(',').map(str::trim) {
-            close |= t.eq_ignore_ascii_case("close");
-            keep_alive_token |= t.eq_ignore_ascii_case("keep-alive");
+/// The options of a `Connection` field value: its comma-separated tokens, trimmed, empty ones skipped
+/// (RFC 9110 §7.6.1). One parser for requests, responses and the hop-by-hop fields it names.
+pub(crate) fn connection_tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value.split(|&b| b == b',').map(<[u8]>::trim_ascii).filter(|t| !t.is_empty())
+}
+
+/// Whether a message's `Connection` fields say `close` and `keep-alive`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct ConnectionOptions {
+    pub close: bool,
+    pub keep_alive: bool,
+}
+
+impl ConnectionOptions {
+    pub(crate) fn add(&mut self, value: &HeaderValue) {
+        for t in connection_tokens(value.as_bytes()) {
+            self.close |= t.eq_ignore_ascii_case(b"close");
+            self.keep_alive |= t.eq_ignore_ascii_case(b"keep-alive");
         }
     }
-    let mut keep_alive = !close && (version == Version::HTTP_11 || keep_alive_token);
+
+    /// Whether the connection may carry another message after this one (RFC 9112 §9.3).
+    pub(crate) fn persistent(self, version: Version) -> bool {
+        !self.close && (version == Version::HTTP_11 || self.keep_alive)
+    }
+}
+
+fn finish_head(status: StatusCode, version: Version, mut headers: HeaderMap, method: &Method) -> Result<Head, ProtocolError> {
+    let mut options = ConnectionOptions::default();
+    for v in headers.get_all(header::CONNECTION) {
+        options.add(v);
+    }
+    let mut keep_alive = options.persistent(version);
     let framing =
         if *method == Method::HEAD || status.is_informational() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
             Framing::Empty

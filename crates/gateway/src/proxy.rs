@@ -58,11 +58,9 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
     let named: Vec<HeaderName> = h
         .get_all(header::CONNECTION)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|t| !t.eq_ignore_ascii_case("keep-alive") && !t.eq_ignore_ascii_case("close") && !t.is_empty())
-        .filter_map(|t| HeaderName::try_from(t).ok())
+        .flat_map(|v| crate::h1::connection_tokens(v.as_bytes()))
+        .filter(|t| !t.eq_ignore_ascii_case(b"keep-alive") && !t.eq_ignore_ascii_case(b"close"))
+        .filter_map(|t| HeaderName::from_bytes(t).ok())
         .collect();
     for name in named.into_iter().chain(found.into_iter().flatten()) {
         h.remove(name);

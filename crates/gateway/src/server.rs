@@ -655,6 +655,14 @@ fn parse_head(buf: &mut BytesMut, limits: &Limits, at: &mut Vec<FieldAt>) -> Res
     };
     let method = req.method.unwrap_or_default();
     let method = Method::from_bytes(method.as_bytes()).map_err(|_| bad(format!("invalid method {method:?}")))?;
+    // canarygate never tunnels; a CONNECT forwarded as an ordinary request would reach a backend that
+    // did not expect one (nginx answers 405, HAProxy 400).
+    if method == Method::CONNECT {
+        return Err(HeadError::Bad(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "CONNECT is not supported (the gateway does not tunnel)".into(),
+        ));
+    }
     let path = req.path.unwrap_or_default();
     let path_at = offset_in(buf, path.as_bytes());
     at.clear();
@@ -695,8 +703,7 @@ fn parse_head(buf: &mut BytesMut, limits: &Limits, at: &mut Vec<FieldAt>) -> Res
         .map_err(|_| bad(format!("invalid request target {:?}", String::from_utf8_lossy(&target))))?;
     // Room for the forwarding headers the proxy adds, so they do not grow the map.
     let mut headers = HeaderMap::with_capacity(at.len() + 5);
-    let mut close = false;
-    let mut keep_alive_token = false;
+    let mut connection = h1::ConnectionOptions::default();
     let mut expect_continue = false;
     let mut transfer_encoding = false;
     let mut hosts = 0;
@@ -705,11 +712,7 @@ fn parse_head(buf: &mut BytesMut, limits: &Limits, at: &mut Vec<FieldAt>) -> Res
         let name = HeaderName::from_bytes(name).map_err(|_| bad(format!("invalid header name {:?}", String::from_utf8_lossy(name))))?;
         let value = HeaderValue::from_maybe_shared(bytes.slice(vs..vs + vl)).map_err(|_| bad(format!("invalid value of header {name}")))?;
         if name == header::CONNECTION {
-            for t in value.as_bytes().split(|&b| b == b',') {
-                let t = t.trim_ascii();
-                close |= t.eq_ignore_ascii_case(b"close");
-                keep_alive_token |= t.eq_ignore_ascii_case(b"keep-alive");
-            }
+            connection.add(&value);
         } else if name == header::EXPECT {
             expect_continue = value.as_bytes().eq_ignore_ascii_case(b"100-continue");
         } else if name == header::TRANSFER_ENCODING {
@@ -744,7 +747,7 @@ fn parse_head(buf: &mut BytesMut, limits: &Limits, at: &mut Vec<FieldAt>) -> Res
         uri,
         version,
         headers,
-        keep_alive: !close && (version == Version::HTTP_11 || keep_alive_token),
+        keep_alive: connection.persistent(version),
         framing,
         expect_continue: expect_continue && version == Version::HTTP_11,
     }))
@@ -1206,6 +1209,12 @@ mod tests {
             ),
             (b"GET ftp://a/ HTTP/1.1\r\nhost: x\r\n\r\n".to_vec(), 400, "invalid request target"),
             (b"GET * HTTP/1.1\r\nhost: x\r\n\r\n".to_vec(), 400, "invalid request target"),
+            (
+                b"CONNECT a:443 HTTP/1.1\r\nhost: a:443\r\n\r\n".to_vec(),
+                405,
+                "CONNECT is not supported",
+            ),
+            (b"CONNECT /x HTTP/1.1\r\nhost: a\r\n\r\n".to_vec(), 405, "CONNECT is not supported"),
             (
                 b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 5, 6\r\n\r\nhello".to_vec(),
                 400,
