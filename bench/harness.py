@@ -284,6 +284,15 @@ class Lab:
             self.targets[f"canarygate{sfx}"] = Target(
                 f"canarygate{sfx}", f"canarygate{', access log' if log else ''}", svc, f"http://127.0.0.1:{port}/bench/prod/x",
                 cache_url=f"http://127.0.0.1:{port}/bench/cached/item", cache_header="x-canarygate-cache")
+        if args.ab:
+            # The build before, with the same config, for an interleaved A/B of the request path.
+            port, admin = free_port(), free_port()
+            conf = write(f"{work}/canarygate-base.yaml", canarygate_conf(work, "canarygate-base", port, admin, prod, canary, False))
+            env = dict(os.environ, CANARYGATE_WORKER_THREADS="1", CANARYGATE_LOG="warn")
+            env.pop("CANARYGATE_GATEWAY_WORKERS", None)
+            svc = self.start("canarygate-base", [args.ab, "serve", "--config", conf], env=env)
+            self.targets["canarygate-base"] = Target("canarygate-base", "canarygate (baseline build)", svc,
+                                                     f"http://127.0.0.1:{port}/bench/prod/x")
         for t in self.targets.values():
             wait_http(t.url, t.label)
 
@@ -399,6 +408,24 @@ def group_split(lab, args, keys):
         shares[t.key] = check_split(t)
     res = interleaved(targets, args.reps, args.duration, args.warmup, args.conns, lambda t: t.url)
     return {"share": shares, "runs": res}
+
+
+def ab_compare(lab, args):
+    """This build against a baseline build, interleaved: CPU per request and requests/s."""
+    keys = ["canarygate", "canarygate-base"]
+    for k in keys:
+        check_split(lab.targets[k])
+    print(f"== A/B: this build vs {args.ab}, {args.reps} interleaved rounds of {args.duration} s", flush=True)
+    res = interleaved([lab.targets[k] for k in keys], args.reps, args.duration, args.warmup, args.conns, lambda t: t.url)
+    cpu = {k: [r["cpu_us"] for r in res[k]] for k in keys}
+    rps = {k: [r["rps"] for r in res[k]] for k in keys}
+    ratios = [a / b for a, b in zip(cpu["canarygate"], cpu["canarygate-base"])]
+    for k in keys:
+        print(f"{k:>16}: CPU {med(cpu[k]):.2f} µs/request (range {min(cpu[k]):.2f}-{max(cpu[k]):.2f}), "
+              f"{med(rps[k]):.0f} req/s (range {min(rps[k]):.0f}-{max(rps[k]):.0f})")
+    spread = max((max(v) - min(v)) / med(v) for v in cpu.values())
+    print(f"CPU ratio this/base per round: {', '.join(f'{r:.3f}' for r in ratios)}; median {med(ratios):.3f}; "
+          f"run-to-run spread of one build up to {spread * 100:.1f}%")
 
 
 def group_latency(lab, args, nginx_rps):
@@ -713,6 +740,8 @@ def main():
     ap.add_argument("--duration", type=int, default=10, help="seconds per saturated run")
     ap.add_argument("--out", help="report path (default: docs/BENCHMARKS.md for a full run, else a temp dir)")
     ap.add_argument("--report-from", help="rewrite the report (and chart) next to this benchmarks.json without measuring")
+    ap.add_argument("--ab", help="a baseline canarygate binary: measure it and this build interleaved (the split, "
+                                 "--reps rounds) and print CPU per request of both; nothing else is measured")
     args = ap.parse_args()
     if args.report_from:
         rewrite_report(args.report_from)
@@ -755,6 +784,9 @@ def main():
             "args": {k: getattr(args, k) for k in ("reps", "duration", "warmup", "conns", "latency_reps", "latency_duration", "memory_requests", "settle")},
             "env": environment(args, cmdline),
         }
+        if args.ab:
+            ab_compare(lab, args)
+            return
         if "memory" in only:
             print("== memory", flush=True)
             R["memory"] = group_memory(lab, args)
