@@ -131,6 +131,7 @@ pub fn parse(text: &str) -> Result<ConfigFile> {
             bail!("{path}: {}", e.into_inner())
         }
     };
+    cfg.resources().check_unique()?;
     Ok(cfg)
 }
 
@@ -143,6 +144,12 @@ mod tests {
         let cfg = parse(include_str!("../../../examples/quickstart.yaml")).unwrap();
         assert_eq!(cfg.apis[0].name, "orders");
         assert!(!cfg.apis[0].stages.is_empty());
+    }
+
+    #[test]
+    fn a_resource_declared_twice_is_refused() {
+        let e = parse("apis:\n  - name: a\n  - name: a\n").unwrap_err().to_string();
+        assert!(e.contains("apis[1].name") && e.contains("second time"), "{e}");
     }
 
     #[test]

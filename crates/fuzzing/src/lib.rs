@@ -77,7 +77,9 @@ pub fn patch(data: &[u8]) {
     }
 }
 
-/// A config file's resources (YAML, as `apply -f` and `serve --config` read them): parsed, planned against
+/// A config file's resources (YAML, as `apply -f` and `serve --config` read them): parsed, checked for
+/// resources declared twice (found by this target: the second declaration of an API won, and a second
+/// `apply` flipped it back), planned against
 /// an empty state and applied; when every action succeeds, planning again finds nothing to do (a
 /// second `apply` changes nothing).
 pub fn config(data: &[u8]) {
@@ -86,6 +88,10 @@ pub fn config(data: &[u8]) {
     let Ok(desired) = serde_path_to_error::deserialize::<_, Resources>(de) else {
         return;
     };
+    // A file that declares something twice is refused, as `apply -f` and `serve --config` refuse it.
+    if desired.check_unique().is_err() {
+        return;
+    }
     let mut state = State::default();
     let mut ids = (0u32..).map(|i| format!("d-{i:05}"));
     let mut all_ok = true;

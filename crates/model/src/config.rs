@@ -78,6 +78,66 @@ pub struct Resources {
     pub deployment_configs: Vec<DeploymentConfig>,
 }
 
+impl Resources {
+    /// Refuses a file that declares one resource twice (an API, a stage of an API, a domain, an alarm
+    /// or a deployment config): which of the two would win is not what anyone meant, and a second
+    /// `apply` would flip it back.
+    pub fn check_unique(&self) -> crate::Result<()> {
+        // Domains are case-insensitive; the other names are not.
+        fn unique<'a>(kind: &str, names: impl Iterator<Item = (String, &'a str)>) -> crate::Result<()> {
+            let mut seen = std::collections::BTreeSet::new();
+            for (field, name) in names {
+                let key = if kind == "domain" {
+                    name.to_ascii_lowercase()
+                } else {
+                    name.to_string()
+                };
+                if !seen.insert(key) {
+                    return Err(crate::Error::invalid(
+                        field,
+                        name,
+                        format!("declares {kind} {name:?} a second time"),
+                    ));
+                }
+            }
+            Ok(())
+        }
+        unique(
+            "API",
+            self.apis
+                .iter()
+                .enumerate()
+                .map(|(i, a)| (format!("apis[{i}].name"), a.name.as_str())),
+        )?;
+        for (i, a) in self.apis.iter().enumerate() {
+            let stages = a.stages.iter().enumerate();
+            unique(
+                "stage",
+                stages.map(|(j, s)| (format!("apis[{i}].stages[{j}].name"), s.name.as_str())),
+            )?;
+        }
+        unique(
+            "domain",
+            self.domains
+                .iter()
+                .enumerate()
+                .map(|(i, d)| (format!("domains[{i}].domain"), d.domain.as_str())),
+        )?;
+        unique(
+            "alarm",
+            self.alarms
+                .iter()
+                .enumerate()
+                .map(|(i, a)| (format!("alarms[{i}].name"), a.name.as_str())),
+        )?;
+        let configs = self.deployment_configs.iter().enumerate();
+        unique(
+            "deployment config",
+            configs.map(|(i, c)| (format!("deploymentConfigs[{i}].name"), c.name.as_str())),
+        )
+    }
+}
+
 /// One change of a plan, in the order it must be carried out.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
@@ -336,6 +396,27 @@ fn stage_ops(cur: &crate::Stage, want: &StageInput) -> Vec<PatchOperation> {
 mod tests {
     use super::*;
     use chrono::DateTime;
+
+    #[test]
+    fn a_resource_declared_twice_is_refused_naming_the_second() {
+        let twice = |v: serde_json::Value| serde_json::from_value::<Resources>(v).unwrap().check_unique();
+        let api = serde_json::json!({"name": "orders", "routes": []});
+        let e = twice(serde_json::json!({"apis": [api, api]})).unwrap_err().to_string();
+        assert!(
+            e.contains("apis[1].name") && e.contains("\"orders\"") && e.contains("second time"),
+            "{e}"
+        );
+        let e = twice(serde_json::json!({"apis": [{"name": "a", "stages": [{"name": "p"}, {"name": "q"}, {"name": "p"}]}]}))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("apis[0].stages[2].name"), "{e}");
+        let e = twice(serde_json::json!({"domains": [{"domain": "a.example"}, {"domain": "A.example"}]}))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("domains[1].domain"), "{e}");
+        twice(serde_json::json!({"apis": [{"name": "a", "stages": [{"name": "Prod"}, {"name": "prod"}]}]})).unwrap();
+        resources("1").check_unique().unwrap();
+    }
 
     fn resources(version: &str) -> Resources {
         serde_json::from_value(serde_json::json!({
