@@ -132,7 +132,8 @@ pub(crate) struct Finish {
     series: Option<Arc<Series>>,
     sec: u64,
     obs: Observation,
-    record: Option<Record>,
+    /// Boxed: only with access logs on, and it keeps `Finish` (moved along with the response) small.
+    record: Option<Box<Record>>,
 }
 
 impl Finish {
@@ -159,7 +160,7 @@ impl Finish {
         }
         series.record(self.sec, &obs);
         if let Some(r) = record {
-            log.send(r);
+            log.send(*r);
         }
     }
 }
@@ -239,23 +240,25 @@ pub(crate) async fn handle(gw: &Gateway, req: Request<RequestBody>, peer: &Peer)
     let latency_us = start.elapsed().as_micros() as u64;
     let status = response.status().as_u16();
     let integration_us = outcome.integration_us;
-    let record = gw.log.enabled().then(|| Record {
-        request_id: rid,
-        time: wall.into(),
-        ip: peer.addr.ip(),
-        method: parts.method.clone(),
-        path,
-        status,
-        latency_ms: latency_us as f64 / 1000.0,
-        integration_latency_ms: integration_us.map(|u| u as f64 / 1000.0),
-        variant,
-        deployment_id: vr.deployment_id.clone(),
-        cache: cache_label,
-        user_agent,
-        error_source: error.as_ref().map(|(s, _)| s.as_str()),
-        error: error.map(|(_, e)| e),
-        api: stage.api.clone(),
-        stage: stage.stage.clone(),
+    let record = gw.log.enabled().then(|| {
+        Box::new(Record {
+            request_id: rid,
+            time: wall.into(),
+            ip: peer.addr.ip(),
+            method: parts.method.clone(),
+            path,
+            status,
+            latency_ms: latency_us as f64 / 1000.0,
+            integration_latency_ms: integration_us.map(|u| u as f64 / 1000.0),
+            variant,
+            deployment_id: vr.deployment_id.clone(),
+            cache: cache_label,
+            user_agent,
+            error_source: error.as_ref().map(|(s, _)| s.as_str()),
+            error: error.map(|(_, e)| e),
+            api: stage.api.clone(),
+            stage: stage.stage.clone(),
+        })
     });
     let finish = Finish {
         series: Some(vr.series.clone()),

@@ -324,15 +324,21 @@ async fn exchange(
     mut stream: TcpStream,
     head: &[u8],
     body: &mut Body,
-    mut more: bool,
+    more: bool,
     writer: &mut BodyWriter,
-    call: Call<'_>,
+    mut call: Call<'_>,
 ) -> Result<Exchanged, Failed> {
     let mut buf = BytesMut::new();
-    let mut out = Vec::new();
-    let mut data = head;
-    loop {
-        match write_watching(&mut stream, data, &mut buf, &call).await {
+    // The usual request goes out in one write: the head, with a body that came with it. Anything more
+    // (a head the socket did not take at once, a body still arriving) is sent watching for an early
+    // answer, on a boxed path that keeps this future small.
+    let written = match stream.write(head).now_or_never() {
+        Some(Ok(n)) => n,
+        Some(Err(e)) => return Box::pin(answer_after_failed_write(stream, buf, e, &call)).await,
+        None => 0,
+    };
+    if written < head.len() || more {
+        match Box::pin(send_rest(&mut stream, &head[written..], body, more, writer, &mut buf, &mut call)).await {
             Ok(()) => {}
             Err(Stopped::Answered(head, rest)) => {
                 return Ok(Exchanged {
@@ -343,43 +349,8 @@ async fn exchange(
                 })
             }
             Err(Stopped::Failed(f)) => return Err(f),
-            Err(Stopped::Write(e)) => return answer_after_failed_write(stream, buf, e, &call).await,
+            Err(Stopped::Write(e)) => return Box::pin(answer_after_failed_write(stream, buf, e, &call)).await,
         }
-        if !more {
-            break;
-        }
-        // The next piece of the client's body. The time spent waiting for it does not count against
-        // the upstream; the upstream may answer meanwhile.
-        let waiting = Clock::now();
-        let event = {
-            let (mut rd, _) = stream.split();
-            tokio::select! {
-                biased;
-                r = rd.read_buf(&mut buf) => Event::Upstream(r),
-                f = body.frame() => Event::Client(f),
-            }
-        };
-        *call.deadline += waiting.elapsed();
-        let frame = match event {
-            Event::Client(f) => f,
-            Event::Upstream(r) => match early_answer(&mut buf, r, call.method)? {
-                Some((head, rest)) => {
-                    return Ok(Exchanged {
-                        stream,
-                        head,
-                        rest,
-                        complete: false,
-                    })
-                }
-                None => {
-                    data = &[];
-                    continue;
-                }
-            },
-        };
-        out.clear();
-        more = writer.take(frame, body.is_end_stream(), &mut out).map_err(Failed::late)?;
-        data = &out;
     }
     loop {
         if !buf.is_empty() {
@@ -408,6 +379,52 @@ async fn exchange(
                 Failed::late(ProtocolError::Truncated.into())
             });
         }
+    }
+}
+
+/// Sends what is left of the request: `data` (the rest of its head), then the body as it arrives,
+/// watching the connection for an early answer. The time spent waiting for the client's body does not
+/// count against the upstream (it moves the deadline later).
+async fn send_rest(
+    stream: &mut TcpStream,
+    mut data: &[u8],
+    body: &mut Body,
+    mut more: bool,
+    writer: &mut BodyWriter,
+    buf: &mut BytesMut,
+    call: &mut Call<'_>,
+) -> Result<(), Stopped> {
+    let mut out = Vec::new();
+    loop {
+        write_watching(stream, data, buf, call).await?;
+        if !more {
+            return Ok(());
+        }
+        let waiting = Clock::now();
+        let event = {
+            let (mut rd, _) = stream.split();
+            tokio::select! {
+                biased;
+                r = rd.read_buf(buf) => Event::Upstream(r),
+                f = body.frame() => Event::Client(f),
+            }
+        };
+        *call.deadline += waiting.elapsed();
+        let frame = match event {
+            Event::Client(f) => f,
+            Event::Upstream(r) => match early_answer(buf, r, call.method).map_err(Stopped::Failed)? {
+                Some((head, rest)) => return Err(Stopped::Answered(head, rest)),
+                None => {
+                    data = &[];
+                    continue;
+                }
+            },
+        };
+        out.clear();
+        more = writer
+            .take(frame, body.is_end_stream(), &mut out)
+            .map_err(|e| Stopped::Failed(Failed::late(e)))?;
+        data = &out;
     }
 }
 
