@@ -15,14 +15,7 @@ fn patch(ops: Value) -> Option<Value> {
 }
 
 async fn get(c: &reqwest::Client, url: &str, variant: &str) -> (String, Value) {
-    let r = c.get(url).header("x-canarygate-variant", variant).send().await.unwrap();
-    assert_eq!(r.status(), 200);
-    let cache = r
-        .headers()
-        .get("x-canarygate-cache")
-        .map_or("none", |v| v.to_str().unwrap())
-        .to_string();
-    (cache, r.json().await.unwrap())
+    get_with(c, url, &[("x-canarygate-variant", variant)]).await
 }
 
 async fn enable_cache(f: &Fixture, ttl: u32, use_stage_cache: bool) {
