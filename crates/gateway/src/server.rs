@@ -359,7 +359,12 @@ impl Conn {
         let r = self.write_message(resp, is_head, http10, keep_alive, &mut end).await;
         match &r {
             Ok(_) => end(Ending::Complete),
-            Err(WriteError::Body(e)) => end(Ending::Failed(e.to_string())),
+            Err(WriteError::Body(e)) => {
+                end(Ending::Failed(e.to_string()));
+                // What the client was to get so far (the head, and the body up to the failure) goes
+                // out before the connection closes: a truncated response, whenever the body failed.
+                let _ = self.flush().await;
+            }
             Err(WriteError::Client(e)) => {
                 tracing::debug!(error = %e, "the client's connection failed while the response was written");
                 end(Ending::ClientGone)
@@ -1412,6 +1417,35 @@ mod tests {
         let (keep, got) = written(r, false, false).await;
         assert!(!keep);
         assert_eq!(got.matches("connection: close").count(), 1, "{got}");
+    }
+
+    #[tokio::test]
+    async fn a_body_that_fails_before_the_first_write_still_sends_what_it_had() {
+        // The upstream's body broke off right after its first piece, before anything was written:
+        // the head and that piece go out, then the connection closes (a truncated response), and the
+        // ending says the body failed.
+        let frames = vec![
+            Ok::<_, BoxError>(Frame::data(Bytes::from_static(b"0123456789"))),
+            Err::<Frame<Bytes>, BoxError>("the upstream closed the connection".into()),
+        ];
+        let r = Response::new(http_body_util::StreamBody::new(futures_util::stream::iter(frames)).boxed_unsync());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let mut c = Conn::new(server);
+        let mut ending = None;
+        let r = c.write_response(r, false, false, true, |e| ending = Some(e)).await;
+        assert!(matches!(r, Err(WriteError::Body(_))));
+        assert!(matches!(ending, Some(Ending::Failed(ref cause)) if cause.contains("closed")));
+        drop(c);
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.unwrap();
+        let got = String::from_utf8(got).unwrap();
+        // Chunked (no length is known), and without its last chunk.
+        assert!(
+            got.starts_with("HTTP/1.1 200 OK\r\n") && got.ends_with("\r\n\r\na\r\n0123456789\r\n"),
+            "{got}"
+        );
     }
 
     #[tokio::test(start_paused = true)]
