@@ -49,8 +49,7 @@ async fn deleting_200_stages_with_traffic_gives_their_memory_back() {
     serve_all(0..1).await;
     let start = rss_kib(pid);
 
-    // One round: 200 stages created, each serving traffic, then deleted; the resident set once the
-    // allocator has returned what was freed (it does so in the background, about 10 s after a burst).
+    // One round: 200 stages created, each serving traffic, then deleted; the resident set at the peak.
     let round = || async {
         for i in 1..=200 {
             ok(&c, &s, "PUT", &format!("/v1/apis/shop/stages/s{i}"), Some(json!({}))).await;
@@ -69,15 +68,17 @@ async fn deleting_200_stages_with_traffic_gives_their_memory_back() {
         let prom = c.get(format!("{}/metrics", s.admin)).send().await.unwrap().text().await.unwrap();
         assert!(prom.contains("stage=\"s0\""), "s0's series stays");
         assert!(!prom.contains("stage=\"s1\""), "s1's series is gone");
-        (peak, settled(pid).await)
+        peak
     };
     // The first round may leave what a process keeps once it has held more state: SQLite's page cache
     // (2 MiB per connection) and the allocator's per-thread caches. At most 8 MiB of the ~1 GiB.
-    let (peak, first) = round().await;
+    let peak = round().await;
+    let first = falls_to(pid, start + 8 * 1024).await;
     eprintln!("resident set: start {start} KiB, 201 stages {peak} KiB, after deleting 200: {first} KiB");
     assert!(first <= start + 8 * 1024, "after the first round: {first} KiB, start {start} KiB");
     // Later rounds leave nothing: within 10% of where the first ended.
-    let (peak, second) = round().await;
+    let peak = round().await;
+    let second = falls_to(pid, first + first / 10).await;
     eprintln!("second round: 201 stages {peak} KiB, after deleting 200: {second} KiB");
     assert!(
         second <= first + first / 10,
@@ -85,17 +86,15 @@ async fn deleting_200_stages_with_traffic_gives_their_memory_back() {
     );
 }
 
-/// The resident set once it stops falling (the allocator's background purge has run): sampled every
-/// 500 ms until three samples in a row do not fall by more than 1%, at most for 60 s.
-async fn settled(pid: u32) -> u64 {
+/// Waits until the resident set is at most `bound` KiB (the allocator returns freed memory in the
+/// background, about 10 s after a burst), for at most 60 s; the resident set then.
+async fn falls_to(pid: u32, bound: u64) -> u64 {
     let deadline = Instant::now() + Duration::from_secs(60);
-    let mut last = rss_kib(pid);
-    let mut steady = 0;
-    while steady < 3 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(500)).await;
+    loop {
         let now = rss_kib(pid);
-        steady = if now + last / 100 >= last { steady + 1 } else { 0 };
-        last = now;
+        if now <= bound || Instant::now() >= deadline {
+            return now;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    last
 }
