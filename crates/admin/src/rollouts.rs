@@ -45,6 +45,16 @@ pub fn rollout_view(r: &Rollout) -> Value {
                 .map(|s| json!({"weight": s.weight, "waitSeconds": s.wait_seconds}))
                 .collect::<Vec<_>>()),
         );
+        // The analysis's working state is internal; the API shows its evidence and its history.
+        o.remove("analysisState");
+        if let Some(a) = &r.analysis_state {
+            let mut e = serde_json::to_value(a.evidence(canarygate_metrics::bucket_bounds_us())).unwrap_or_default();
+            if let Some(eo) = e.as_object_mut() {
+                eo.insert("line".into(), json!(a.evidence(canarygate_metrics::bucket_bounds_us()).line()));
+                eo.insert("history".into(), json!(a.history));
+            }
+            o.insert("evidence".into(), e);
+        }
         o.insert("currentStep".into(), json!(step));
         o.insert("timeLeftSeconds".into(), json!(time_left));
     }

@@ -235,6 +235,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         alarms: vec![ALARM.into()],
         hooks: Default::default(),
         auto_rollback: None,
+        analysis: None,
     };
     let (first, by_alarm) = rollout(&running, &tl, req(v2, "v2", "DemoCanary20Percent30Seconds")).await?;
     tl.say(format!(

@@ -37,9 +37,46 @@ pub struct StartArgs {
     /// Never roll back automatically.
     #[arg(long)]
     pub no_auto_rollback: bool,
+    /// Canary analysis: which judgements to run, comma-separated: errors, latency.
+    #[arg(long, value_delimiter = ',')]
+    pub analysis: Vec<String>,
+    /// The analysis's false-alarm probability over the whole rollout, per judgement.
+    #[arg(long, default_value_t = 0.01)]
+    pub alpha: f64,
+    /// Seconds after each weight increase left out of the analysis.
+    #[arg(long)]
+    pub warmup_seconds: Option<u64>,
+    /// A step ends only after the canary has served this many requests in it.
+    #[arg(long)]
+    pub min_canary_requests: Option<u64>,
     /// Follow the rollout to its end: exit 0 when it succeeds, 1 when it is rolled back or fails.
     #[arg(long)]
     pub wait: bool,
+}
+
+/// The `analysis` object from the CLI's flags.
+fn analysis_body(a: &StartArgs) -> Result<Option<Value>> {
+    if a.analysis.is_empty() {
+        if a.warmup_seconds.is_some() || a.min_canary_requests.is_some() {
+            bail!("--warmup-seconds and --min-canary-requests need --analysis errors,latency");
+        }
+        return Ok(None);
+    }
+    let mut body = json!({});
+    for j in &a.analysis {
+        match j.trim() {
+            "errors" | "errorRate" => body["errorRate"] = json!({"alpha": a.alpha}),
+            "latency" => body["latency"] = json!({"alpha": a.alpha}),
+            other => bail!("--analysis {other:?}: expected errors, latency or both (errors,latency)"),
+        }
+    }
+    if let Some(w) = a.warmup_seconds {
+        body["warmupSeconds"] = json!(w);
+    }
+    if let Some(n) = a.min_canary_requests {
+        body["minCanaryRequests"] = json!(n);
+    }
+    Ok(Some(body))
 }
 
 fn s(v: &Value, p: &str) -> String {
@@ -79,6 +116,9 @@ pub async fn start(c: &Client, a: StartArgs) -> Result<()> {
     }
     if a.no_auto_rollback {
         body["autoRollback"] = json!([]);
+    }
+    if let Some(analysis) = analysis_body(&a)? {
+        body["analysis"] = analysis;
     }
     let r = c
         .call(Method::POST, &format!("/v1/apis/{}/stages/{}/rollouts", a.api, a.stage), Some(body))
@@ -140,6 +180,7 @@ async fn follow(c: &Client, id: &str, api: &str, stage: &str) -> Result<()> {
     });
     let mut printed = 0usize;
     let mut last_line = String::new();
+    let mut evidence_printed: Option<std::time::Instant> = None;
     loop {
         let r = c.get(&format!("/v1/rollouts/{id}")).await?;
         let events = r["events"].as_array().cloned().unwrap_or_default();
@@ -187,13 +228,31 @@ async fn follow(c: &Client, id: &str, api: &str, stage: &str) -> Result<()> {
             }
             None => {}
         }
-        if !matches!(status.as_str(), "Created" | "InProgress") {
+        let active = matches!(status.as_str(), "Created" | "InProgress");
+        // The analysis's evidence, every 10 s while it runs.
+        if let Some(line) = r.pointer("/evidence/line").and_then(Value::as_str).filter(|l| !l.is_empty()) {
+            if active && evidence_printed.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                evidence_printed = Some(std::time::Instant::now());
+                let line = format!("evidence: {line}");
+                match (&bar, c.output) {
+                    (Some(pb), _) => pb.println(line),
+                    (None, Output::Text) => println!("{line}"),
+                    (None, Output::Json) => {}
+                }
+            }
+        }
+        if !active {
             if let Some(pb) = bar {
                 pb.finish_and_clear();
             }
             match c.output {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&r)?),
-                Output::Text => println!("rollout {id} ended {status}"),
+                Output::Text => {
+                    if let Some(line) = r.pointer("/evidence/line").and_then(Value::as_str) {
+                        println!("evidence: {line}");
+                    }
+                    println!("rollout {id} ended {status}")
+                }
             }
             if status == "Succeeded" {
                 return Ok(());
@@ -221,6 +280,12 @@ pub fn rollout_text(r: &Value) -> String {
         s(r, "/deploymentId"),
         s(r, "/stageVariableOverrides"),
     );
+    if let Some(w) = r["waitingFor"].as_str() {
+        out.push_str(&format!("\n  {w}"));
+    }
+    if let Some(line) = r.pointer("/evidence/line").and_then(Value::as_str) {
+        out.push_str(&format!("\n  evidence: {line}"));
+    }
     for e in r["events"].as_array().into_iter().flatten() {
         out.push_str(&format!(
             "\n  {}  {:<10} {:>5}%  {}",

@@ -55,6 +55,7 @@ mod tests {
                     latency_us: i * 10_000,
                     integration_us: Some(i * 9_000),
                     cache: None,
+                    routed: Default::default(),
                 },
             );
         }
@@ -123,6 +124,7 @@ mod tests {
                         latency_us: 1000,
                         integration_us: None,
                         cache: None,
+                        routed: Default::default(),
                     },
                 );
             }

@@ -15,6 +15,7 @@ use tokio::sync::watch;
 
 use crate::alarms::evaluate_alarm;
 use crate::engine::{step, Effect, Input};
+use crate::feed::Feed;
 
 /// The wall clock.
 pub trait Clock: Send + Sync {
@@ -32,13 +33,15 @@ impl Clock for SystemClock {
 /// A gap between ticks longer than this is not counted as watched time.
 const MAX_TICK_GAP: Duration = Duration::from_secs(2);
 
-/// Per-rollout bookkeeping of watched time not yet written to the record.
-#[derive(Default)]
+/// Per-rollout bookkeeping: watched time not yet written to the record, and the analysis's reading.
 struct Watch {
     /// The record's (step, watchedMs) the extra time counts on top of.
     base: Option<(Option<usize>, u64)>,
     extra_ms: u64,
     last_tick: Option<Instant>,
+    feed: Feed,
+    /// The last second the analysis's batches were read at.
+    read_at: u64,
 }
 
 pub struct Controller {
@@ -118,7 +121,14 @@ impl Controller {
         watches.retain(|id, _| active.iter().any(|r| &r.id == id));
         for r in active {
             let first_sight = !watches.contains_key(&r.id);
-            let w = watches.entry(r.id.clone()).or_default();
+            let w = watches.entry(r.id.clone()).or_insert_with(|| Watch {
+                base: None,
+                extra_ms: 0,
+                last_tick: None,
+                // After a restart, the seconds already judged are not read again.
+                feed: Feed::new(r.analysis_state.as_ref().and_then(|a| a.last_second).map_or(0, |s| s + 1)),
+                read_at: 0,
+            });
             let base = match r.phase {
                 Phase::Shifting { step, watched_ms } => (Some(step), watched_ms),
                 _ => (None, 0),
@@ -136,6 +146,21 @@ impl Controller {
             }
             w.last_tick = Some(t);
             let watched_ms = base.1 + w.extra_ms;
+
+            let mut batches = Vec::new();
+            if r.analysis_state.is_some() {
+                let weight = state
+                    .apis
+                    .get(&r.api)
+                    .and_then(|a| a.stages.get(&r.stage))
+                    .and_then(|s| s.canary_settings.as_ref())
+                    .map_or(0.0, |c| c.percent_traffic);
+                w.feed.note_weight(now_sec, weight);
+                if now_sec > w.read_at && matches!(r.phase, Phase::Shifting { .. }) {
+                    w.read_at = now_sec;
+                    batches = w.feed.batches(&self.metrics, &r.api, &r.stage, now_sec);
+                }
+            }
 
             let since = r.watch_start.map(|s| s.timestamp().max(0) as u64);
             let alarms: Vec<_> = r
@@ -166,6 +191,7 @@ impl Controller {
                         now,
                         watched_ms,
                         alarms: &alarms,
+                        batches: &batches,
                         resumed: first_sight,
                         new_id: &mut new_id,
                     };

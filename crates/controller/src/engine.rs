@@ -9,7 +9,9 @@
 use chrono::{DateTime, Utc};
 use serde_json::json;
 
+use canarygate_metrics::bucket_bounds_us;
 use canarygate_model::alarm::{AlarmState, Evaluation};
+use canarygate_model::analysis::Batch;
 use canarygate_model::rollout::{AutoRollback, HookExecution, HookStatus, LifecycleEvent, Phase, Rollout, RolloutEvent, RolloutStatus};
 use canarygate_model::{CanarySettings, State};
 
@@ -24,6 +26,8 @@ pub struct Input<'a> {
     pub watched_ms: u64,
     /// The rollout's alarms, evaluated over periods since traffic first moved.
     pub alarms: &'a [(String, Evaluation)],
+    /// New batches for the rollout's canary analysis (both variants over the same seconds).
+    pub batches: &'a [Batch],
     /// The controller has just (re)started and sees this rollout for the first time.
     pub resumed: bool,
     /// Makes a fresh hook execution id.
@@ -105,6 +109,9 @@ impl Machine<'_> {
                 );
             }
         }
+        if self.watching() && self.judge(input.batches) {
+            return;
+        }
         match self.r.phase.clone() {
             Phase::Created => self.start(input),
             Phase::BeforeAllowTraffic { execution } => match self.hook_outcome(&execution) {
@@ -124,7 +131,9 @@ impl Machine<'_> {
                 }
                 let wait_ms = schedule.get(step).map_or(0, |s| s.wait_seconds * 1000);
                 if input.watched_ms >= wait_ms {
-                    self.enter_step(step + 1, input);
+                    if self.enough_canary_traffic(step) {
+                        self.enter_step(step + 1, input);
+                    }
                 } else if input.watched_ms >= watched_ms + CHECKPOINT_MS {
                     self.r.phase = Phase::Shifting {
                         step,
@@ -143,6 +152,51 @@ impl Machine<'_> {
             },
             Phase::Done => {}
         }
+    }
+
+    /// Feeds the analysis; true when it rejected the canary (the rollout has ended).
+    fn judge(&mut self, batches: &[Batch]) -> bool {
+        let Some(a) = self.r.analysis_state.as_mut() else { return false };
+        for b in batches {
+            a.feed(b);
+        }
+        let Some(which) = a.rejection() else { return false };
+        let evidence = a.evidence(bucket_bounds_us());
+        let line = evidence.line();
+        let observed = serde_json::to_value(&evidence).ok();
+        let rollback = self.r.rolls_back_on(AutoRollback::DeploymentStopOnAlarm);
+        let (status, what) = if rollback {
+            (RolloutStatus::RolledBack, "rolled back")
+        } else {
+            (RolloutStatus::Stopped, "stopped")
+        };
+        self.end(
+            status,
+            rollback,
+            format!("analysis rejected the canary ({which}): {what}. {line}"),
+            observed,
+        );
+        true
+    }
+
+    /// `minCanaryRequests`: a step ends only once the canary has served that many judged requests in
+    /// it. Says so (once) while it waits.
+    fn enough_canary_traffic(&mut self, step: usize) -> bool {
+        let need = self.r.analysis.as_ref().map_or(0, |a| a.min_canary_requests);
+        let have = self.r.analysis_state.as_ref().map_or(0, |a| a.step_canary_requests);
+        if have >= need {
+            return true;
+        }
+        let why = format!("waiting for traffic: the canary has served {have} of the {need} requests the step needs");
+        if self.r.waiting_for.is_none() {
+            self.event(
+                Some(step),
+                why.clone(),
+                Some(json!({"canaryRequests": have, "minCanaryRequests": need})),
+            );
+        }
+        self.r.waiting_for = Some(why);
+        false
     }
 
     /// Alarms are watched from the first shifted request until the rollout ends.
@@ -225,6 +279,12 @@ impl Machine<'_> {
             self.r.watch_start = Some(self.now);
         }
         self.r.checkpoint_at = self.now;
+        self.r.waiting_for = None;
+        let warmup = self.r.analysis.as_ref().map_or(0, |a| a.warmup_seconds);
+        let now_sec = self.now.timestamp().max(0) as u64;
+        if let Some(a) = self.r.analysis_state.as_mut() {
+            a.weight_changed(now_sec, warmup);
+        }
         if s.weight >= 100.0 {
             // The promotion is a step of its own: events from here on carry its index.
             self.r.phase = Phase::Shifting { step, watched_ms: 0 };
@@ -282,6 +342,11 @@ impl Machine<'_> {
             self.r.weight = 0.0;
         }
         let step = self.r.step_index();
+        let observed = observed.or_else(|| {
+            let a = self.r.analysis_state.as_ref()?;
+            serde_json::to_value(a.evidence(bucket_bounds_us())).ok()
+        });
+        self.r.waiting_for = None;
         self.r.status = status;
         self.r.phase = Phase::Done;
         self.r.completed_at = Some(self.now);

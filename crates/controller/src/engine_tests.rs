@@ -8,6 +8,7 @@ use canarygate_model::rollout::{HookStatus, Phase, RolloutRequest, RolloutStatus
 use canarygate_model::{Metric, StageInput, State, Statistic, Variant};
 
 use crate::engine::{step, Effect, Input};
+use canarygate_model::analysis::{Batch, Side};
 
 fn t0() -> DateTime<Utc> {
     DateTime::from_timestamp(1_800_000_000, 0).unwrap()
@@ -63,6 +64,8 @@ struct Sim {
     extra_ms: u64,
     effects: Vec<Effect>,
     hooks: u32,
+    /// Batches for the next tick's analysis.
+    batches: Vec<Batch>,
 }
 
 impl Sim {
@@ -80,6 +83,7 @@ impl Sim {
             extra_ms: 0,
             effects: Vec::new(),
             hooks: 0,
+            batches: Vec::new(),
         }
     }
 
@@ -113,6 +117,7 @@ impl Sim {
             now: self.now,
             watched_ms: base.1 + self.extra_ms,
             alarms: &alarms,
+            batches: &std::mem::take(&mut self.batches),
             resumed,
             new_id: &mut new_id,
         };
@@ -390,4 +395,101 @@ fn a_restart_gap_is_not_counted_and_shows_in_the_events() {
     sim.tick(1000);
     sim.tick(1000);
     assert_eq!(sim.rollout().status, RolloutStatus::Succeeded);
+}
+
+/// One second of traffic at the stage's current weight: `n` requests, error rates per variant.
+fn second_of(sim: &Sim, n: u64, canary_rate: f64, production_rate: f64) -> Batch {
+    let w = sim.stage().canary_settings.as_ref().map_or(0.0, |c| c.percent_traffic) / 100.0;
+    let nc = (n as f64 * w).round() as u64;
+    let np = n - nc;
+    Batch {
+        second: sim.now.timestamp() as u64,
+        rho: w,
+        canary: Side {
+            requests: nc,
+            errors: (nc as f64 * canary_rate).round() as u64,
+            latency: Vec::new(),
+        },
+        production: Side {
+            requests: np,
+            errors: (np as f64 * production_rate).round() as u64,
+            latency: Vec::new(),
+        },
+    }
+}
+
+#[test]
+fn the_analysis_rolls_back_a_worse_canary_with_its_evidence() {
+    let mut sim = Sim::start(
+        "Canary10Percent30Minutes",
+        json!({"alarms": [], "analysis": {"errorRate": {"alpha": 0.01}}}),
+    );
+    sim.tick(0);
+    assert_eq!(sim.stage().canary_settings.as_ref().unwrap().percent_traffic, 10.0);
+    let mut seconds = 0;
+    while sim.rollout().status.is_active() {
+        sim.batches = vec![second_of(&sim, 1000, 0.03, 0.01)];
+        sim.tick(1000);
+        seconds += 1;
+        assert!(seconds < 300, "never rejected");
+    }
+    let r = sim.rollout();
+    assert_eq!(r.status, RolloutStatus::RolledBack);
+    assert!(sim.stage().canary_settings.is_none());
+    let last = r.events.last().unwrap();
+    assert!(last.reason.contains("analysis rejected the canary (errorRate)"), "{}", last.reason);
+    let ev = last.observed.as_ref().unwrap();
+    assert!(ev["errorRate"]["eValue"].as_f64().unwrap() >= 100.0, "{ev}");
+    assert!(ev["errorRate"]["ratio"].as_f64().unwrap() > 2.0);
+    // The change's own second and the next are left out.
+    assert_eq!(ev["excludedBatches"], 2);
+}
+
+#[test]
+fn a_healthy_canary_under_a_shared_incident_is_promoted() {
+    let mut sim = Sim::start(
+        "Canary10Percent5Minutes",
+        json!({"alarms": [], "analysis": {"errorRate": {"alpha": 0.01}, "minCanaryRequests": 500}}),
+    );
+    sim.tick(0);
+    for s in 0..400 {
+        if !sim.rollout().status.is_active() {
+            break;
+        }
+        // Both fail 20% for a minute.
+        let rate = if (60..120).contains(&s) { 0.2 } else { 0.01 };
+        sim.batches = vec![second_of(&sim, 1000, rate, rate)];
+        sim.tick(1000);
+    }
+    assert_eq!(sim.rollout().status, RolloutStatus::Succeeded, "{:?}", sim.rollout().events);
+    assert_eq!(sim.stage().deployment_id, "d-two");
+}
+
+#[test]
+fn min_canary_requests_holds_the_step_until_traffic_comes() {
+    let mut sim = Sim::start(
+        "Canary10Percent5Minutes",
+        json!({"alarms": [], "analysis": {"errorRate": {"alpha": 0.01}, "minCanaryRequests": 1000}}),
+    );
+    sim.tick(0);
+    // Five quiet minutes and more: 10 requests a second, 1 to the canary.
+    for _ in 0..400 {
+        sim.batches = vec![second_of(&sim, 10, 0.0, 0.0)];
+        sim.tick(1000);
+    }
+    let r = sim.rollout();
+    assert_eq!(r.weight, 10.0);
+    assert!(
+        r.waiting_for.as_deref().unwrap().contains("waiting for traffic"),
+        "{:?}",
+        r.waiting_for
+    );
+    assert_eq!(r.events.iter().filter(|e| e.reason.contains("waiting for traffic")).count(), 1);
+    // Traffic comes: the step ends once the canary has served 1000.
+    for _ in 0..10 {
+        sim.batches = vec![second_of(&sim, 1000, 0.0, 0.0)];
+        sim.tick(1000);
+    }
+    assert_eq!(sim.rollout().status, RolloutStatus::Succeeded);
+    assert!(sim.rollout().waiting_for.is_none());
 }

@@ -10,6 +10,7 @@
 pub mod alarms;
 pub mod driver;
 pub mod engine;
+mod feed;
 
 pub use driver::{Clock, Controller, SystemClock};
 

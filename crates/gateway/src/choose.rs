@@ -3,6 +3,7 @@
 //! `u64`s compared with the same threshold, so a sticky client on the canary stays on it as the weight
 //! grows (the choice is monotone in `percentTraffic`).
 
+use canarygate_metrics::Routed;
 use canarygate_model::{Stickiness, Variant};
 use http::HeaderMap;
 use xxhash_rust::xxh3::xxh3_64;
@@ -32,10 +33,10 @@ fn forced(value: &str) -> Option<Variant> {
     }
 }
 
-/// Chooses the variant of one request.
-pub fn choose(route: &StageRoute, headers: &HeaderMap) -> Variant {
+/// Chooses the variant of one request, and says how.
+pub fn choose(route: &StageRoute, headers: &HeaderMap) -> (Variant, Routed) {
     if route.canary.is_none() {
-        return Variant::Production;
+        return (Variant::Production, Routed::Random);
     }
     let r = &route.routing;
     if let Some(v) = r
@@ -45,31 +46,35 @@ pub fn choose(route: &StageRoute, headers: &HeaderMap) -> Variant {
         .and_then(|v| v.to_str().ok())
         .and_then(forced)
     {
-        return v;
+        return (v, Routed::Forced);
     }
     if let Some(v) = r.cookie.as_deref().and_then(|c| cookie(headers, c)).and_then(forced) {
-        return v;
+        return (v, Routed::Forced);
     }
     if route.canary_always {
-        return Variant::Canary;
+        return (Variant::Canary, Routed::Random);
     }
     if route.canary_threshold == 0 {
-        return Variant::Production;
+        return (Variant::Production, Routed::Random);
     }
     let sticky = match &r.stickiness {
         Stickiness::None => None,
         Stickiness::Header(h) => headers.get(h.as_str()).map(|v| v.as_bytes()),
         Stickiness::Cookie(c) => cookie(headers, c).map(str::as_bytes),
     };
-    let draw = match sticky {
-        Some(key) => xxh3_64(key),
-        None => fastrand::u64(..),
+    let (draw, routed) = match sticky {
+        Some(key) => {
+            let h = xxh3_64(key);
+            (h, Routed::Sticky(h))
+        }
+        None => (fastrand::u64(..), Routed::Random),
     };
-    if draw < route.canary_threshold {
+    let variant = if draw < route.canary_threshold {
         Variant::Canary
     } else {
         Variant::Production
-    }
+    };
+    (variant, routed)
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use canarygate_metrics::{CacheResult, Observation, Series};
+use canarygate_metrics::{CacheResult, Observation, Routed, Series};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response};
 use http_body_util::{BodyExt, Limited};
@@ -191,6 +191,7 @@ pub(crate) async fn handle(gw: &Gateway, req: Request<RequestBody>, peer: &Peer)
             latency_us: 0,
             integration_us: None,
             cache: None,
+            routed: Routed::Random,
         };
         return (
             r,
@@ -202,7 +203,7 @@ pub(crate) async fn handle(gw: &Gateway, req: Request<RequestBody>, peer: &Peer)
             },
         );
     };
-    let variant = choose(stage, &parts.headers);
+    let (variant, routed) = choose(stage, &parts.headers);
     let vr = stage.variant(variant);
     // Taken before the headers move to the upstream request, and only when there is a log to write.
     let user_agent = if gw.log.enabled() {
@@ -268,6 +269,7 @@ pub(crate) async fn handle(gw: &Gateway, req: Request<RequestBody>, peer: &Peer)
             latency_us,
             integration_us,
             cache: outcome.cache,
+            routed,
         },
         record,
     };

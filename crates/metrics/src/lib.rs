@@ -23,7 +23,7 @@ use arc_swap::ArcSwap;
 pub use canarygate_model::{Metric, Statistic, Variant};
 
 pub use histogram::{bucket_bounds_us, BUCKETS};
-pub use series::{CacheResult, Observation, Series, RETENTION_SECS};
+pub use series::{CacheResult, JudgedSecond, Observation, Routed, Series, JUDGE_SECS, RETENTION_SECS};
 
 /// Identifies a series.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -29,6 +29,85 @@ pub struct Observation {
     pub integration_us: Option<u64>,
     /// Cache outcome, when the stage cache was consulted.
     pub cache: Option<CacheResult>,
+    /// How the variant was chosen (the canary analysis needs to know).
+    pub routed: Routed,
+}
+
+/// How a request's variant was chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Routed {
+    /// At random with the stage's weight.
+    #[default]
+    Random,
+    /// By the variant header or cookie: not a random choice, left out of the canary analysis.
+    Forced,
+    /// By a sticky key's hash (the key's 64-bit hash): errors count once per key and second.
+    Sticky(u64),
+}
+
+/// How many recent seconds the judge ring keeps: the controller reads a second again for late
+/// arrivals for about a minute.
+pub const JUDGE_SECS: u64 = 72;
+const STICKY_WORDS: usize = 16;
+
+/// Per-second facts the canary analysis needs beyond the counters, kept only for recent seconds and
+/// allocated only for a series that sees forced or sticky requests.
+struct JudgeSlot {
+    second: AtomicU64,
+    forced: AtomicU64,
+    forced_e5: AtomicU64,
+    /// Forced requests whose latency went into the integration histogram.
+    forced_timed: AtomicU64,
+    sticky_e5: AtomicU64,
+    /// Distinct erroring sticky keys (counted as their hash bits are first set).
+    sticky_keys_e5: AtomicU64,
+    sticky_bits: [AtomicU64; STICKY_WORDS],
+}
+
+impl JudgeSlot {
+    fn new() -> Self {
+        JudgeSlot {
+            second: AtomicU64::new(NO_SECOND),
+            forced: AtomicU64::new(0),
+            forced_e5: AtomicU64::new(0),
+            forced_timed: AtomicU64::new(0),
+            sticky_e5: AtomicU64::new(0),
+            sticky_keys_e5: AtomicU64::new(0),
+            sticky_bits: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+
+    fn clear(&self) {
+        for c in [
+            &self.forced,
+            &self.forced_e5,
+            &self.forced_timed,
+            &self.sticky_e5,
+            &self.sticky_keys_e5,
+        ] {
+            c.store(0, Relaxed);
+        }
+        for w in &self.sticky_bits {
+            w.store(0, Relaxed);
+        }
+    }
+}
+
+/// What the canary analysis reads of one second of one variant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JudgedSecond {
+    pub requests: u64,
+    pub e5: u64,
+    /// IntegrationLatency histogram.
+    pub latency: [u64; BUCKETS],
+    /// Requests routed by the variant header or cookie (included in the counts above).
+    pub forced: u64,
+    pub forced_e5: u64,
+    /// Forced requests counted in `latency`.
+    pub forced_timed: u64,
+    /// 5xx of sticky-routed requests, and how many distinct sticky keys they came from.
+    pub sticky_e5: u64,
+    pub sticky_keys_e5: u64,
 }
 
 struct Slot {
@@ -81,6 +160,7 @@ pub(crate) struct Totals {
 /// The metrics of one (api, stage, variant).
 pub struct Series {
     slots: Box<[Slot]>,
+    judge: std::sync::OnceLock<Box<[JudgeSlot]>>,
     pub(crate) totals: Totals,
 }
 
@@ -98,6 +178,7 @@ impl Series {
     pub fn new() -> Self {
         Series {
             slots: (0..SLOTS).map(|_| Slot::new()).collect(),
+            judge: std::sync::OnceLock::new(),
             totals: Totals {
                 by_class: zeros(),
                 hit: AtomicU64::new(0),
@@ -162,6 +243,9 @@ impl Series {
         let b = crate::histogram::bucket_of(o.latency_us);
         self.totals.latency[b].fetch_add(1, Relaxed);
         self.totals.latency_sum_us.fetch_add(o.latency_us, Relaxed);
+        if o.routed != Routed::Random {
+            self.record_routing(sec, o, class == 4);
+        }
         if let Some(us) = o.integration_us {
             slot.integration.record(us);
             let b = crate::histogram::bucket_of(us);
@@ -169,6 +253,78 @@ impl Series {
             self.totals.integration_sum_us.fetch_add(us, Relaxed);
             self.totals.integration_n.fetch_add(1, Relaxed);
         }
+    }
+
+    /// Records what the analysis needs of a forced or sticky request (off the usual path: the ring is
+    /// allocated once, at the series' first such request).
+    #[cold]
+    fn record_routing(&self, sec: u64, o: &Observation, e5: bool) {
+        let ring = self.judge.get_or_init(|| (0..JUDGE_SECS).map(|_| JudgeSlot::new()).collect());
+        let j = &ring[(sec % JUDGE_SECS) as usize];
+        let cur = j.second.load(Relaxed);
+        if cur != sec {
+            if cur != NO_SECOND && cur > sec {
+                return;
+            }
+            if j.second.compare_exchange(cur, sec, Release, Relaxed).is_ok() {
+                j.clear();
+            }
+        }
+        match o.routed {
+            Routed::Random => {}
+            Routed::Forced => {
+                j.forced.fetch_add(1, Relaxed);
+                if e5 {
+                    j.forced_e5.fetch_add(1, Relaxed);
+                }
+                if o.integration_us.is_some() {
+                    j.forced_timed.fetch_add(1, Relaxed);
+                }
+            }
+            Routed::Sticky(hash) if e5 => {
+                j.sticky_e5.fetch_add(1, Relaxed);
+                let bit = hash % (STICKY_WORDS as u64 * 64);
+                let mask = 1u64 << (bit % 64);
+                if j.sticky_bits[(bit / 64) as usize].fetch_or(mask, Relaxed) & mask == 0 {
+                    j.sticky_keys_e5.fetch_add(1, Relaxed);
+                }
+            }
+            Routed::Sticky(_) => {}
+        }
+    }
+
+    /// One second as the canary analysis reads it; `None` when the second has no requests (or is no
+    /// longer kept).
+    pub fn judged(&self, sec: u64) -> Option<JudgedSecond> {
+        let slot = self.slot(sec);
+        if slot.second.load(Relaxed) != sec {
+            return None;
+        }
+        let mut latency = [0u64; BUCKETS];
+        for (a, b) in latency.iter_mut().zip(&slot.integration.buckets) {
+            *a = u64::from(b.load(Relaxed));
+        }
+        let mut out = JudgedSecond {
+            requests: slot.count.load(Relaxed),
+            e5: slot.e5.load(Relaxed),
+            latency,
+            forced: 0,
+            forced_e5: 0,
+            forced_timed: 0,
+            sticky_e5: 0,
+            sticky_keys_e5: 0,
+        };
+        if let Some(ring) = self.judge.get() {
+            let j = &ring[(sec % JUDGE_SECS) as usize];
+            if j.second.load(Relaxed) == sec {
+                out.forced = j.forced.load(Relaxed);
+                out.forced_e5 = j.forced_e5.load(Relaxed);
+                out.forced_timed = j.forced_timed.load(Relaxed);
+                out.sticky_e5 = j.sticky_e5.load(Relaxed);
+                out.sticky_keys_e5 = j.sticky_keys_e5.load(Relaxed);
+            }
+        }
+        Some(out)
     }
 
     /// Datapoints over `[start, end)`, one per `period`-aligned period with samples, oldest first.
@@ -258,6 +414,7 @@ mod tests {
             latency_us: ms * 1000,
             integration_us: Some(ms * 900),
             cache: None,
+            routed: Routed::Random,
         }
     }
 
@@ -316,5 +473,53 @@ mod tests {
         s.record(t, &o);
         assert_eq!(s.reduce(Metric::CacheHitCount, Statistic::Sum, t, t + 1), Some(1.0));
         assert_eq!(s.reduce(Metric::CacheMissCount, Statistic::SampleCount, t, t + 1), Some(3.0));
+    }
+
+    #[test]
+    fn judged_seconds_separate_forced_and_sticky_requests() {
+        let s = Series::new();
+        let t = 1_800_000_000u64;
+        assert_eq!(s.judged(t), None);
+        s.record(t, &obs(200, 10));
+        s.record(t, &obs(500, 10));
+        let forced = Observation {
+            routed: Routed::Forced,
+            ..obs(500, 10)
+        };
+        s.record(t, &forced);
+        // One sticky client erroring five times, another once, a third without errors.
+        for _ in 0..5 {
+            s.record(
+                t,
+                &Observation {
+                    routed: Routed::Sticky(0xdead_beef),
+                    ..obs(503, 10)
+                },
+            );
+        }
+        s.record(
+            t,
+            &Observation {
+                routed: Routed::Sticky(7),
+                ..obs(500, 10)
+            },
+        );
+        s.record(
+            t,
+            &Observation {
+                routed: Routed::Sticky(9),
+                ..obs(200, 10)
+            },
+        );
+        let j = s.judged(t).unwrap();
+        assert_eq!((j.requests, j.e5), (10, 8));
+        assert_eq!((j.forced, j.forced_e5, j.forced_timed), (1, 1, 1));
+        assert_eq!((j.sticky_e5, j.sticky_keys_e5), (6, 2));
+        assert_eq!(j.latency.iter().sum::<u64>(), 10);
+        // The ring is reused a little over a minute later; the old second is not read from it.
+        let later = t + JUDGE_SECS;
+        s.record(later, &forced);
+        assert_eq!(s.judged(later).unwrap().forced, 1);
+        assert_eq!(s.judged(t).unwrap().forced, 0);
     }
 }

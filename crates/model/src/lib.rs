@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod alarm;
+pub mod analysis;
 mod api;
 pub mod config;
 pub mod deployment_config;

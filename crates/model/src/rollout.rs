@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::analysis::{AnalysisSpec, AnalysisState};
 use crate::deployment_config::DeploymentConfig;
 use crate::CanarySettings;
 
@@ -99,6 +100,9 @@ pub struct RolloutRequest {
     /// Default: all three.
     #[serde(default)]
     pub auto_rollback: Option<Vec<AutoRollback>>,
+    /// Canary analysis (§12): judgements of the canary against production.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis: Option<AnalysisSpec>,
 }
 
 /// The lifecycle events.
@@ -186,6 +190,14 @@ pub struct Rollout {
     pub alarms: Vec<String>,
     pub hooks: Hooks,
     pub auto_rollback: Vec<AutoRollback>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis: Option<AnalysisSpec>,
+    /// The analysis's judgements so far (they survive a restart with the record).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis_state: Option<AnalysisState>,
+    /// Why the current step has not ended yet, when it waits for something other than time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_for: Option<String>,
     pub status: RolloutStatus,
     pub phase: Phase,
     /// The canary weight now (100 once promoted, 0 after a rollback).
@@ -332,6 +344,9 @@ impl State {
                 "must be 1 to 172800",
             ));
         }
+        if let Some(a) = &req.analysis {
+            a.validate("analysis")?;
+        }
         let auto_rollback = req.auto_rollback.clone().unwrap_or_else(|| {
             vec![
                 AutoRollback::DeploymentFailure,
@@ -349,6 +364,9 @@ impl State {
             alarms: req.alarms,
             hooks: req.hooks,
             auto_rollback,
+            analysis_state: req.analysis.as_ref().map(AnalysisState::new),
+            analysis: req.analysis,
+            waiting_for: None,
             status: RolloutStatus::Created,
             phase: Phase::Created,
             weight: 0.0,

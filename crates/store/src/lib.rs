@@ -160,8 +160,8 @@ pub struct Store {
 }
 
 impl Store {
-    /// Loads the state from the backend. `on_change` runs after every durable change, before the
-    /// call that made it returns.
+    /// Loads the state from the backend. `on_change` runs after every durable change that touches
+    /// routing (anything but rollout and alarm records), before the call that made it returns.
     pub fn open(mut backend: Box<dyn Backend>, on_change: OnChange) -> Result<Store, StoreError> {
         let state = Arc::new(backend.load()?);
         on_change(&state);
@@ -194,6 +194,9 @@ impl Store {
         if changes.is_empty() {
             return Ok(out);
         }
+        let routing = changes
+            .iter()
+            .any(|c| !matches!(c, Change::PutRollout(_) | Change::PutAlarm(_) | Change::DeleteAlarm(_)));
         let backend = self.backend.clone();
         tokio::task::spawn_blocking(move || {
             let mut b = backend
@@ -205,7 +208,11 @@ impl Store {
         .map_err(|e| StoreError::Backend(format!("storage task failed: {e}")))??;
         let next = Arc::new(next);
         *guard = next.clone();
-        (self.on_change)(&next);
+        // Rollout and alarm records do not route traffic: changes to them alone (the controller's
+        // checkpoints and analysis, every second) do not rebuild the gateway's snapshot.
+        if routing {
+            (self.on_change)(&next);
+        }
         self.current.send_replace(next);
         Ok(out)
     }
