@@ -155,6 +155,10 @@ pub struct Backend {
     pub addr: SocketAddr,
     pub name: String,
     pub calls: Arc<AtomicUsize>,
+    /// Per ten thousand calls answered 500 (deterministically spread), changeable while it runs.
+    pub fail_per_10k: Arc<AtomicUsize>,
+    /// Extra delay of every answer, in milliseconds, changeable while it runs.
+    pub delay_ms: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -165,19 +169,28 @@ impl Backend {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let calls = Arc::new(AtomicUsize::new(0));
-        let (n, c) = (name.to_string(), calls.clone());
+        let fail_per_10k = Arc::new(AtomicUsize::new(0));
+        let delay_ms = Arc::new(AtomicU64::new(0));
+        let (n, c, fk, dm) = (name.to_string(), calls.clone(), fail_per_10k.clone(), delay_ms.clone());
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else { return };
-                let (n, c) = (n.clone(), c.clone());
+                let (n, c, fk, dm) = (n.clone(), c.clone(), fk.clone(), dm.clone());
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                        let (n, c) = (n.clone(), c.clone());
+                        let (n, c, fk, dm) = (n.clone(), c.clone(), fk.clone(), dm.clone());
                         async move {
                             let call = c.fetch_add(1, Ordering::SeqCst) + 1;
                             if let Behaviour::Slow(d) = behaviour {
                                 tokio::time::sleep(d).await;
                             }
+                            let extra = dm.load(Ordering::SeqCst);
+                            if extra > 0 {
+                                tokio::time::sleep(Duration::from_millis(extra)).await;
+                            }
+                            // Spread the failures evenly: call k fails when floor(k*f/10000) steps up.
+                            let f = fk.load(Ordering::SeqCst);
+                            let fail_now = f > 0 && (call * f / 10_000) != ((call - 1) * f / 10_000);
                             // Query parameters steer the answer: cc=<cache-control>, vary=<vary>, age=N, expired (a past
                             // Expires, with any value), cookie=1, delay_ms=N, pad=N.
                             let q: std::collections::HashMap<String, String> = req
@@ -218,6 +231,9 @@ impl Backend {
                                     *r.status_mut() = hyper::StatusCode::INTERNAL_SERVER_ERROR;
                                 }
                             }
+                            if fail_now || q.contains_key("fail") {
+                                *r.status_mut() = hyper::StatusCode::INTERNAL_SERVER_ERROR;
+                            }
                             if let Some(cc) = q.get("cc") {
                                 r.headers_mut().insert("cache-control", cc.parse().unwrap());
                             }
@@ -244,12 +260,24 @@ impl Backend {
             addr,
             name: name.to_string(),
             calls,
+            fail_per_10k,
+            delay_ms,
             task,
         }
     }
 
     pub fn calls(&self) -> usize {
         self.calls.load(Ordering::SeqCst)
+    }
+
+    /// Fails this share of its calls from now on (0.01 is 1%).
+    pub fn fail(&self, share: f64) {
+        self.fail_per_10k.store((share * 10_000.0).round() as usize, Ordering::SeqCst);
+    }
+
+    /// Answers this much later from now on.
+    pub fn delay(&self, d: Duration) {
+        self.delay_ms.store(d.as_millis() as u64, Ordering::SeqCst);
     }
 }
 
