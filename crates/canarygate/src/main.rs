@@ -84,7 +84,7 @@ enum Command {
 #[derive(Subcommand)]
 enum RolloutCmd {
     /// Start a rollout of a stage to a new deployment and/or variables.
-    Start(rollout_cli::StartArgs),
+    Start(Box<rollout_cli::StartArgs>),
     /// A rollout's state and events.
     Status { id: String },
     /// Rollouts, newest first.
@@ -171,7 +171,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::DemoBackend(args) => backend::run(args).await,
         Command::Apply { file, dry_run } => client::apply(&c, &file, dry_run).await,
         Command::Rollout { cmd } => match cmd {
-            RolloutCmd::Start(args) => rollout_cli::start(&c, args).await,
+            RolloutCmd::Start(args) => rollout_cli::start(&c, *args).await,
             RolloutCmd::Status { id } => rollout_cli::status(&c, &id).await,
             RolloutCmd::List { api, stage, status } => rollout_cli::list(&c, api, stage, status).await,
             RolloutCmd::Stop { id, no_rollback } => rollout_cli::stop(&c, &id, no_rollback).await,
