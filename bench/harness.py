@@ -714,6 +714,22 @@ def chart(R, path):
 # ---------------------------------------------------------------- main
 
 
+ANALYSIS_BEGIN, ANALYSIS_END = "<!-- analysis:begin -->", "<!-- analysis:end -->"
+
+
+def with_kept_sections(path, report):
+    """The canary analysis benchmark (bash bench/analysis) writes its own marked section of the report;
+    a rewrite of the proxy benchmark keeps it."""
+    try:
+        old = open(path).read()
+    except OSError:
+        return report
+    i, j = old.find(ANALYSIS_BEGIN), old.find(ANALYSIS_END)
+    if i < 0 or j < i:
+        return report
+    return report.rstrip("\n") + "\n\n" + old[i:j + len(ANALYSIS_END)] + "\n"
+
+
 def rewrite_report(raw_path):
     with open(raw_path) as f:
         data = json.load(f)
@@ -723,8 +739,10 @@ def rewrite_report(raw_path):
     out_dir = os.path.dirname(os.path.abspath(raw_path))
     if info.get("chart"):
         chart(R, os.path.join(out_dir, "benchmarks.png"))
-    with open(os.path.join(out_dir, "BENCHMARKS.md"), "w") as f:
-        f.write(build_report(info, R))
+    path = os.path.join(out_dir, "BENCHMARKS.md")
+    report = with_kept_sections(path, build_report(info, R))
+    with open(path, "w") as f:
+        f.write(report)
     print(f"bench: report rewritten in {out_dir}")
 
 
@@ -812,7 +830,7 @@ def main():
                 info["chart"] = True
             except ImportError:
                 print("bench: matplotlib missing, no chart", flush=True)
-        report = build_report(info, R)
+        report = with_kept_sections(report_path, build_report(info, R))
         with open(report_path, "w") as f:
             f.write(report)
         raw = os.path.join(os.path.dirname(report_path), "benchmarks.json")
