@@ -313,7 +313,8 @@ pub fn run(s: &Scenario, seed: u64, alpha: f64) -> [Outcome; 4] {
     // The current minute (threshold alarm) and 5-minute window (Kayenta).
     let (mut min_c, mut min_p) = ((0u64, 0u64), (0u64, 0u64));
     let (mut min_hc, mut min_hp) = (vec![0u64; BUCKETS], vec![0u64; BUCKETS]);
-    let (mut win_c, mut win_p): (Vec<(u64, u64)>, Vec<(u64, u64)>) = (Vec::new(), Vec::new());
+    let mut win_c: Vec<(u64, u64)> = Vec::new();
+    let mut win_p: Vec<(u64, u64)> = Vec::new();
     let (mut win_hc, mut win_hp) = (vec![0u64; BUCKETS], vec![0u64; BUCKETS]);
     let (mut canary_requests, mut canary_errors) = (0u64, 0u64);
     for t in 0..HORIZON {
