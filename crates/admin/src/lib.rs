@@ -106,6 +106,13 @@ pub fn router(state: AppState, auth: Auth) -> Router {
             "/deployment-configs/{name}",
             get(rollouts::get_config).put(rollouts::put_config).delete(rollouts::delete_config),
         )
+        .route("/analyses", get(rollouts::list_analyses))
+        .route(
+            "/analyses/{name}",
+            get(rollouts::get_analysis)
+                .put(rollouts::put_analysis)
+                .delete(rollouts::delete_analysis),
+        )
         .route("/metrics", get(metrics::query))
         .route("/auth", get(auth::whoami).with_state(auth.clone()))
         .fallback(|| async { ApiError::not_found("no such admin API resource") })

@@ -7,6 +7,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use canarygate_model::alarm::Alarm;
+use canarygate_model::analysis::AnalysisSpec;
 use canarygate_model::deployment_config::DeploymentConfig;
 use canarygate_model::rollout::{alarm_view, HookStatus, Phase, Rollout, RolloutRequest, RolloutStatus};
 use chrono::Utc;
@@ -192,5 +193,31 @@ pub async fn put_config(State(s): State<AppState>, Path(name): Path<String>, Jso
 
 pub async fn delete_config(State(s): State<AppState>, Path(name): Path<String>) -> Result<StatusCode> {
     s.store.mutate(move |st| st.delete_deployment_config(&name)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn list_analyses(State(s): State<AppState>) -> Json<Value> {
+    Json(json!({"items": s.store.current().analyses.values().cloned().collect::<Vec<_>>()}))
+}
+
+pub async fn get_analysis(State(s): State<AppState>, Path(name): Path<String>) -> Result<Json<AnalysisSpec>> {
+    s.store
+        .current()
+        .analyses
+        .get(&name)
+        .cloned()
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("analysis {name:?} not found")))
+}
+
+pub async fn put_analysis(State(s): State<AppState>, Path(name): Path<String>, JsonBody(a): JsonBody<AnalysisSpec>) -> Result<Response> {
+    let existed = s.store.current().analyses.contains_key(&name);
+    let a = s.store.mutate(move |st| st.put_analysis(&name, a)).await?;
+    let status = if existed { StatusCode::OK } else { StatusCode::CREATED };
+    Ok((status, Json(a)).into_response())
+}
+
+pub async fn delete_analysis(State(s): State<AppState>, Path(name): Path<String>) -> Result<StatusCode> {
+    s.store.mutate(move |st| st.delete_analysis(&name)).await?;
     Ok(StatusCode::NO_CONTENT)
 }

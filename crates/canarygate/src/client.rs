@@ -239,6 +239,11 @@ async fn remote_state(c: &Client) -> Result<State> {
         cfg.predefined = false;
         state.deployment_configs.insert(cfg.name.clone(), cfg);
     }
+    let analyses = c.get("/v1/analyses").await?;
+    for a in analyses["items"].as_array().into_iter().flatten() {
+        let a: canarygate_model::analysis::AnalysisSpec = serde_json::from_value(a.clone())?;
+        state.analyses.insert(a.name.clone().unwrap_or_default(), a);
+    }
     let domains = c.get("/v1/domains").await?;
     for d in domains["items"].as_array().into_iter().flatten() {
         let d: Domain = serde_json::from_value(d.clone())?;
@@ -315,6 +320,13 @@ async fn execute(c: &Client, a: &Action) -> Result<()> {
         }
         Action::PutAlarm(a) => {
             c.call(Method::PUT, &format!("/v1/alarms/{}", a.name), Some(serde_json::to_value(a)?))
+                .await?
+        }
+        Action::PutAnalysis(a) => {
+            let name = a.name.clone().unwrap_or_default();
+            let mut body = a.clone();
+            body.name = None;
+            c.call(Method::PUT, &format!("/v1/analyses/{name}"), Some(serde_json::to_value(body)?))
                 .await?
         }
     };

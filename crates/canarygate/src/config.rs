@@ -104,6 +104,8 @@ pub struct ConfigFile {
     pub alarms: Vec<Alarm>,
     #[serde(default)]
     pub deployment_configs: Vec<DeploymentConfig>,
+    #[serde(default)]
+    pub analyses: Vec<canarygate_model::analysis::AnalysisSpec>,
 }
 
 impl ConfigFile {
@@ -113,6 +115,7 @@ impl ConfigFile {
             domains: self.domains.clone(),
             alarms: self.alarms.clone(),
             deployment_configs: self.deployment_configs.clone(),
+            analyses: self.analyses.clone(),
         }
     }
 }

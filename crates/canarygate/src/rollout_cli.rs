@@ -37,12 +37,13 @@ pub struct StartArgs {
     /// Never roll back automatically.
     #[arg(long)]
     pub no_auto_rollback: bool,
-    /// Canary analysis: which judgements to run, comma-separated: errors, latency.
+    /// Canary analysis: the judgements to run, comma-separated (errors, latency), or the name of a
+    /// stored analysis (`analyses` in a config file).
     #[arg(long, value_delimiter = ',')]
     pub analysis: Vec<String>,
-    /// The analysis's false-alarm probability over the whole rollout, per judgement.
-    #[arg(long, default_value_t = 0.01)]
-    pub alpha: f64,
+    /// The analysis's false-alarm probability over the whole rollout, per judgement (default 0.01).
+    #[arg(long)]
+    pub alpha: Option<f64>,
     /// Seconds after each weight increase left out of the analysis.
     #[arg(long)]
     pub warmup_seconds: Option<u64>,
@@ -56,18 +57,29 @@ pub struct StartArgs {
 
 /// The `analysis` object from the CLI's flags.
 fn analysis_body(a: &StartArgs) -> Result<Option<Value>> {
+    let tuning = a.alpha.is_some() || a.warmup_seconds.is_some() || a.min_canary_requests.is_some();
     if a.analysis.is_empty() {
-        if a.warmup_seconds.is_some() || a.min_canary_requests.is_some() {
-            bail!("--warmup-seconds and --min-canary-requests need --analysis errors,latency");
+        if tuning {
+            bail!("--alpha, --warmup-seconds and --min-canary-requests need --analysis errors,latency");
         }
         return Ok(None);
     }
+    let judgement = |j: &str| matches!(j.trim(), "errors" | "errorRate" | "latency");
+    if let [name] = a.analysis.as_slice() {
+        if !judgement(name) {
+            if tuning {
+                bail!("--analysis {name:?} names a stored analysis: its alpha, warm-up and minimum are its own");
+            }
+            return Ok(Some(json!(name)));
+        }
+    }
+    let alpha = a.alpha.unwrap_or(0.01);
     let mut body = json!({});
     for j in &a.analysis {
         match j.trim() {
-            "errors" | "errorRate" => body["errorRate"] = json!({"alpha": a.alpha}),
-            "latency" => body["latency"] = json!({"alpha": a.alpha}),
-            other => bail!("--analysis {other:?}: expected errors, latency or both (errors,latency)"),
+            "errors" | "errorRate" => body["errorRate"] = json!({"alpha": alpha}),
+            "latency" => body["latency"] = json!({"alpha": alpha}),
+            other => bail!("--analysis {other:?}: expected errors, latency or both (errors,latency), or one stored analysis's name"),
         }
     }
     if let Some(w) = a.warmup_seconds {

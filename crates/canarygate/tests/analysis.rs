@@ -301,3 +301,82 @@ async fn with_stickiness_one_clients_errors_count_once_per_batch() {
         "{errors} canary errors counted from {failing} failed requests: {r}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stored_analyses_come_from_apply_and_are_copied_into_rollouts() {
+    let f = fx(60, json!({})).await;
+    let file = f._dir.path().join("analysis.yaml");
+    std::fs::write(
+        &file,
+        "analyses:\n  - name: strict\n    errorRate: {alpha: 0.001}\n    latency: {alpha: 0.001}\n    warmupSeconds: 5\n    minCanaryRequests: 100\n",
+    )
+    .unwrap();
+    let apply = || {
+        Command::new(env!("CARGO_BIN_EXE_canarygate"))
+            .args(["--server", &f.s.admin, "apply", "-f"])
+            .arg(&file)
+            .output()
+            .unwrap()
+    };
+    let out = apply();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("put analysis strict"),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&apply().stdout).trim(), "no changes");
+    let listed = ok(&f.c, &f.s, "GET", "/v1/analyses", None).await;
+    assert_eq!(listed["items"][0]["name"], "strict");
+    assert_eq!(listed["items"][0]["minCanaryRequests"], 100);
+
+    // Bad input names the field and changes nothing.
+    let (status, e) = admin(&f.c, &f.s, "PUT", "/v1/analyses/loose", Some(json!({"errorRate": {"alpha": 0.5}}))).await;
+    assert_eq!(status, 400, "{e}");
+    assert!(
+        e.to_string().contains("analysis.errorRate.alpha") && e.to_string().contains("0.5"),
+        "{e}"
+    );
+    let (status, _) = admin(&f.c, &f.s, "GET", "/v1/analyses/loose", None).await;
+    assert_eq!(status, 404);
+    let body = json!({"deploymentId": f.d2, "deploymentConfig": "Canary20Percent60Seconds", "analysis": "nope"});
+    let (status, e) = admin(&f.c, &f.s, "POST", "/v1/apis/orders/stages/prod/rollouts", Some(body)).await;
+    assert_eq!(status, 400, "{e}");
+    assert!(e.to_string().contains("analysis") && e.to_string().contains("nope"), "{e}");
+
+    // By name, from the CLI: the rollout carries a copy.
+    let out = Command::new(env!("CARGO_BIN_EXE_canarygate"))
+        .args([
+            "--server",
+            &f.s.admin,
+            "-o",
+            "json",
+            "rollout",
+            "start",
+            "orders",
+            "prod",
+            "--config",
+            "Canary20Percent60Seconds",
+        ])
+        .args(["--deployment-id", &f.d2, "--analysis", "strict"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["analysis"]["name"], "strict", "{r}");
+    assert_eq!(r["analysis"]["warmupSeconds"], 5);
+    // Changing the stored analysis does not change the running rollout's copy.
+    ok(
+        &f.c,
+        &f.s,
+        "PUT",
+        "/v1/analyses/strict",
+        Some(json!({"errorRate": {"alpha": 0.01}})),
+    )
+    .await;
+    let id = r["id"].as_str().unwrap();
+    let now = ok(&f.c, &f.s, "GET", &format!("/v1/rollouts/{id}"), None).await;
+    assert_eq!(now["analysis"]["latency"]["alpha"], 0.001, "{now}");
+    assert!(now["evidence"]["latency"].is_object(), "{now}");
+    ok(&f.c, &f.s, "POST", &format!("/v1/rollouts/{id}/stop"), Some(json!({}))).await;
+}

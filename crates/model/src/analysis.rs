@@ -47,6 +47,10 @@ pub struct JudgementSpec {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AnalysisSpec {
+    /// The name of a stored analysis (`PUT /v1/analyses/{name}`, `analyses` in a config file); on a
+    /// rollout, the stored analysis it was copied from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     /// Judges 5XXError (gateway failures of the variant's upstream included).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error_rate: Option<JudgementSpec>,
@@ -93,6 +97,25 @@ impl AnalysisSpec {
             ));
         }
         Ok(())
+    }
+}
+
+/// `analysis` on a rollout request: a stored analysis by name, or one written out.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum AnalysisRef {
+    Named(String),
+    Inline(AnalysisSpec),
+}
+
+impl<'de> Deserialize<'de> for AnalysisRef {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        match serde_json::Value::deserialize(d)? {
+            serde_json::Value::String(s) => Ok(AnalysisRef::Named(s)),
+            other => serde_json::from_value(other)
+                .map(AnalysisRef::Inline)
+                .map_err(serde::de::Error::custom),
+        }
     }
 }
 
@@ -819,6 +842,7 @@ mod tests {
     #[test]
     fn warmup_and_weight_changes_leave_batches_out() {
         let spec = AnalysisSpec {
+            name: None,
             error_rate: Some(JudgementSpec { alpha: 0.01 }),
             latency: None,
             warmup_seconds: 3,
@@ -841,6 +865,7 @@ mod tests {
     #[test]
     fn history_stays_bounded() {
         let spec = AnalysisSpec {
+            name: None,
             error_rate: Some(JudgementSpec { alpha: 0.01 }),
             latency: None,
             warmup_seconds: 0,
@@ -860,6 +885,7 @@ mod tests {
     #[test]
     fn validation_names_the_field() {
         let bad = AnalysisSpec {
+            name: None,
             error_rate: Some(JudgementSpec { alpha: 0.5 }),
             latency: None,
             warmup_seconds: 0,
@@ -868,6 +894,7 @@ mod tests {
         let e = bad.validate("analysis").unwrap_err().to_string();
         assert!(e.contains("analysis.errorRate.alpha") && e.contains("0.5"), "{e}");
         let none = AnalysisSpec {
+            name: None,
             error_rate: None,
             latency: None,
             warmup_seconds: 0,

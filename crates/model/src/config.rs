@@ -76,6 +76,9 @@ pub struct Resources {
     pub alarms: Vec<Alarm>,
     #[serde(default)]
     pub deployment_configs: Vec<DeploymentConfig>,
+    /// Stored canary analyses (each with its `name`).
+    #[serde(default)]
+    pub analyses: Vec<crate::analysis::AnalysisSpec>,
 }
 
 impl Resources {
@@ -134,6 +137,20 @@ impl Resources {
         unique(
             "deployment config",
             configs.map(|(i, c)| (format!("deploymentConfigs[{i}].name"), c.name.as_str())),
+        )?;
+        for (i, a) in self.analyses.iter().enumerate() {
+            if a.name.as_deref().is_none_or(str::is_empty) {
+                return Err(crate::Error::invalid(
+                    format!("analyses[{i}].name"),
+                    "",
+                    "every analysis needs a name",
+                ));
+            }
+        }
+        let analyses = self.analyses.iter().enumerate();
+        unique(
+            "analysis",
+            analyses.map(|(i, a)| (format!("analyses[{i}].name"), a.name.as_deref().unwrap_or(""))),
         )
     }
 }
@@ -166,6 +183,7 @@ pub enum Action {
     },
     PutDeploymentConfig(DeploymentConfig),
     PutAlarm(Alarm),
+    PutAnalysis(crate::analysis::AnalysisSpec),
 }
 
 impl fmt::Display for Action {
@@ -204,6 +222,19 @@ impl fmt::Display for Action {
                     c.name, c.kind, c.percentage, c.interval_seconds
                 )
             }
+            Action::PutAnalysis(a) => write!(
+                f,
+                "put analysis {} ({})",
+                a.name.as_deref().unwrap_or(""),
+                [
+                    a.error_rate.map(|j| format!("errorRate alpha {}", j.alpha)),
+                    a.latency.map(|j| format!("latency alpha {}", j.alpha))
+                ]
+                .into_iter()
+                .flatten()
+                .collect::<Vec<_>>()
+                .join(", ")
+            ),
             Action::PutAlarm(a) => write!(
                 f,
                 "put alarm {} ({} of {} {} on {}/{}, {} s periods, {:?} {})",
@@ -314,6 +345,13 @@ pub fn plan(state: &State, desired: &Resources, mode: PlanMode) -> Vec<Action> {
         match state.alarms.get(&a.name) {
             Some(cur) if mode == PlanMode::CreateOnly || cur.alarm == *a => {}
             _ => out.push(Action::PutAlarm(a.clone())),
+        }
+    }
+    for a in &desired.analyses {
+        let name = a.name.clone().unwrap_or_default();
+        match state.analyses.get(&name) {
+            Some(cur) if mode == PlanMode::CreateOnly || cur == a => {}
+            _ => out.push(Action::PutAnalysis(a.clone())),
         }
     }
     out
@@ -461,6 +499,9 @@ mod tests {
                 }
                 Action::PutAlarm(a) => {
                     state.put_alarm(&a.name, a.clone()).unwrap();
+                }
+                Action::PutAnalysis(a) => {
+                    state.put_analysis(a.name.as_deref().unwrap(), a.clone()).unwrap();
                 }
             }
         }

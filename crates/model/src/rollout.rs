@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::analysis::{AnalysisSpec, AnalysisState};
+use crate::analysis::{AnalysisRef, AnalysisSpec, AnalysisState};
 use crate::deployment_config::DeploymentConfig;
 use crate::CanarySettings;
 
@@ -100,9 +100,9 @@ pub struct RolloutRequest {
     /// Default: all three.
     #[serde(default)]
     pub auto_rollback: Option<Vec<AutoRollback>>,
-    /// Canary analysis (§12): judgements of the canary against production.
+    /// Canary analysis (§12): judgements of the canary against production, written out or by name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub analysis: Option<AnalysisSpec>,
+    pub analysis: Option<AnalysisRef>,
 }
 
 /// The lifecycle events.
@@ -261,6 +261,25 @@ impl State {
         Ok(config)
     }
 
+    /// Creates or replaces a stored analysis (rollouts already started keep their copy).
+    pub fn put_analysis(&mut self, name: &str, mut analysis: AnalysisSpec) -> Result<AnalysisSpec> {
+        let name_ok = !name.is_empty() && name.len() <= 100 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+        if !name_ok {
+            return Err(Error::invalid("name", name, "must be [A-Za-z0-9-_.]{1,100}"));
+        }
+        analysis.name = Some(name.to_string());
+        analysis.validate("analysis")?;
+        self.analyses.insert(name.to_string(), analysis.clone());
+        Ok(analysis)
+    }
+
+    pub fn delete_analysis(&mut self, name: &str) -> Result<()> {
+        self.analyses
+            .remove(name)
+            .map(|_| ())
+            .ok_or_else(|| Error::not_found("analysis", name))
+    }
+
     pub fn delete_deployment_config(&mut self, name: &str) -> Result<()> {
         if DeploymentConfig::find_predefined(name).is_some() {
             return Err(Error::Conflict(format!(
@@ -344,9 +363,21 @@ impl State {
                 "must be 1 to 172800",
             ));
         }
-        if let Some(a) = &req.analysis {
-            a.validate("analysis")?;
-        }
+        // A stored analysis is copied into the rollout: changing it later does not change this one.
+        let analysis = match req.analysis.clone() {
+            None => None,
+            Some(AnalysisRef::Named(name)) => Some(
+                self.analyses
+                    .get(&name)
+                    .cloned()
+                    .ok_or_else(|| Error::invalid("analysis", &name, "no such analysis"))?,
+            ),
+            Some(AnalysisRef::Inline(mut a)) => {
+                a.name = None;
+                a.validate("analysis")?;
+                Some(a)
+            }
+        };
         let auto_rollback = req.auto_rollback.clone().unwrap_or_else(|| {
             vec![
                 AutoRollback::DeploymentFailure,
@@ -364,8 +395,8 @@ impl State {
             alarms: req.alarms,
             hooks: req.hooks,
             auto_rollback,
-            analysis_state: req.analysis.as_ref().map(AnalysisState::new),
-            analysis: req.analysis,
+            analysis_state: analysis.as_ref().map(AnalysisState::new),
+            analysis,
             waiting_for: None,
             status: RolloutStatus::Created,
             phase: Phase::Created,

@@ -62,6 +62,8 @@ pub struct State {
     pub alarms: BTreeMap<String, AlarmEntry>,
     /// Custom deployment configurations (the predefined ones are not stored).
     pub deployment_configs: BTreeMap<String, crate::deployment_config::DeploymentConfig>,
+    /// Stored canary analyses, by name.
+    pub analyses: BTreeMap<String, crate::analysis::AnalysisSpec>,
 }
 
 impl State {

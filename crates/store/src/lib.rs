@@ -12,6 +12,7 @@ mod sqlite;
 
 use std::sync::Arc;
 
+use canarygate_model::analysis::AnalysisSpec;
 use canarygate_model::deployment_config::DeploymentConfig;
 use canarygate_model::rollout::Rollout;
 use canarygate_model::state::{AlarmEntry, ApiState};
@@ -66,6 +67,8 @@ pub enum Change {
     DeleteAlarm(String),
     PutDeploymentConfig(DeploymentConfig),
     DeleteDeploymentConfig(String),
+    PutAnalysis(AnalysisSpec),
+    DeleteAnalysis(String),
 }
 
 /// Persistence: everything at start, then batches of changes, each batch atomic and durable.
@@ -138,6 +141,14 @@ pub fn diff(old: &State, new: &State) -> Vec<Change> {
             out.push(Change::PutDeploymentConfig(c.clone()));
         }
     }
+    for name in old.analyses.keys().filter(|k| !new.analyses.contains_key(*k)) {
+        out.push(Change::DeleteAnalysis(name.clone()));
+    }
+    for (name, a) in &new.analyses {
+        if old.analyses.get(name) != Some(a) {
+            out.push(Change::PutAnalysis(a.clone()));
+        }
+    }
     out
 }
 
@@ -194,9 +205,12 @@ impl Store {
         if changes.is_empty() {
             return Ok(out);
         }
-        let routing = changes
-            .iter()
-            .any(|c| !matches!(c, Change::PutRollout(_) | Change::PutAlarm(_) | Change::DeleteAlarm(_)));
+        let routing = changes.iter().any(|c| {
+            !matches!(
+                c,
+                Change::PutRollout(_) | Change::PutAlarm(_) | Change::DeleteAlarm(_) | Change::PutAnalysis(_) | Change::DeleteAnalysis(_)
+            )
+        });
         let backend = self.backend.clone();
         tokio::task::spawn_blocking(move || {
             let mut b = backend

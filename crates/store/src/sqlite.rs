@@ -25,6 +25,9 @@ CREATE TABLE rollouts (id TEXT PRIMARY KEY, api TEXT NOT NULL, stage TEXT NOT NU
 CREATE TABLE alarms (name TEXT PRIMARY KEY, doc TEXT NOT NULL);
 CREATE TABLE deployment_configs (name TEXT PRIMARY KEY, doc TEXT NOT NULL);
 "#,
+    r#"
+CREATE TABLE analyses (name TEXT PRIMARY KEY, doc TEXT NOT NULL);
+"#,
 ];
 
 pub struct SqliteBackend {
@@ -102,6 +105,11 @@ impl Backend for SqliteBackend {
             let a: AlarmEntry = serde_json::from_str(&doc?)?;
             state.alarms.insert(a.alarm.name.clone(), a);
         }
+        let mut stmt = self.conn.prepare("SELECT name, doc FROM analyses")?;
+        for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))? {
+            let (name, doc) = row?;
+            state.analyses.insert(name, serde_json::from_str(&doc)?);
+        }
         let mut stmt = self.conn.prepare("SELECT doc FROM deployment_configs")?;
         for doc in stmt.query_map([], |r| r.get::<_, String>(0))? {
             let c: DeploymentConfig = serde_json::from_str(&doc?)?;
@@ -172,6 +180,15 @@ impl Backend for SqliteBackend {
                 }
                 Change::DeleteDeploymentConfig(name) => {
                     tx.execute("DELETE FROM deployment_configs WHERE name = ?1", params![name])?;
+                }
+                Change::PutAnalysis(a) => {
+                    tx.execute(
+                        "INSERT OR REPLACE INTO analyses (name, doc) VALUES (?1, ?2)",
+                        params![a.name.as_deref().unwrap_or_default(), serde_json::to_string(a)?],
+                    )?;
+                }
+                Change::DeleteAnalysis(name) => {
+                    tx.execute("DELETE FROM analyses WHERE name = ?1", params![name])?;
                 }
             }
         }
