@@ -240,24 +240,59 @@ async function stagePage(a, s) {
 }
 
 // === rollout ===
+const num = (x) => (x == null ? "–" : x >= 1e4 ? x.toExponential(1) : String(Math.round(x * 1000) / 1000));
+
 async function rolloutPage(id) {
   const r = await api("GET", `/v1/rollouts/${encodeURIComponent(id)}`);
   crumbs(`<a href="#/">overview</a> / <a href="#/stage/${encodeURIComponent(r.api)}/${encodeURIComponent(r.stage)}">stage ${esc(r.api)}/${esc(r.stage)}</a> / rollout ${esc(id)}`);
-  const steps = r.steps.map((s, i) => {
-    const cls = r.currentStep === i ? "current" : (r.currentStep != null && i < r.currentStep) || r.status === "Succeeded" ? "done" : "";
-    return `<span class="step ${cls}">${s.weight}%${s.waitSeconds ? " · " + s.waitSeconds + " s" : ""}</span>`;
-  }).join("");
-  $("#view").innerHTML = `<h1>Rollout ${esc(id)} <span class="pill ${esc(r.status)}" id="rollout-status">${esc(r.status)}</span></h1>
+  if (!$("#rollout-head")) {
+    $("#view").innerHTML = `<div id="rollout-head"></div>
+      <div id="analysis" hidden><h2>Canary analysis</h2><p id="evidence-line" class="muted"></p>
+        <div id="evidence-table"></div><div class="card"><div id="c-evidence"></div></div></div>
+      <h2>Steps</h2><div class="steps" id="steps"></div>
+      <h2>Events</h2><ul class="timeline" id="events"></ul>`;
+  }
+  $("#rollout-head").innerHTML = `<h1>Rollout ${esc(id)} <span class="pill ${esc(r.status)}" id="rollout-status">${esc(r.status)}</span></h1>
     <div class="facts">
       <div class="fact"><div class="k">weight</div><div class="v">${fmtPct(r.weight)}</div></div>
       <div class="fact"><div class="k">config</div><div class="v">${esc(r.deploymentConfig.name)}</div></div>
       <div class="fact"><div class="k">to</div><div class="v">${esc(r.deploymentId)} ${esc(JSON.stringify(r.stageVariableOverrides))}</div></div>
       <div class="fact"><div class="k">time left</div><div class="v">${r.timeLeftSeconds == null ? "–" : r.timeLeftSeconds + " s"}</div></div>
       <div class="fact"><div class="k">alarms</div><div class="v">${esc(r.alarms.join(", ") || "none")}</div></div>
-    </div>
-    <h2>Steps</h2><div class="steps">${steps}</div>
-    <h2>Events</h2><ul class="timeline">${r.events.map((e) => `<li><span class="t">${time(e.time)}</span><span class="pill ${esc(e.status)}">${esc(e.status)}</span>
-      step ${e.step ?? "–"} · ${fmtPct(e.weight)} · ${esc(e.reason)}</li>`).join("")}</ul>`;
+    </div>${r.waitingFor ? `<p class="pill Created" id="waiting-for">${esc(r.waitingFor)}</p>` : ""}`;
+  $("#steps").innerHTML = r.steps.map((s, i) => {
+    const cls = r.currentStep === i ? "current" : (r.currentStep != null && i < r.currentStep) || r.status === "Succeeded" ? "done" : "";
+    return `<span class="step ${cls}">${s.weight}%${s.waitSeconds ? " · " + s.waitSeconds + " s" : ""}</span>`;
+  }).join("");
+  $("#events").innerHTML = r.events.map((e) => `<li><span class="t">${time(e.time)}</span><span class="pill ${esc(e.status)}">${esc(e.status)}</span>
+      step ${e.step ?? "–"} · ${fmtPct(e.weight)} · ${esc(e.reason)}</li>`).join("");
+  evidence(r.evidence);
+}
+
+// The analysis's evidence: e-values against their rejection line (log10), and the numbers behind them.
+function evidence(ev) {
+  $("#analysis").hidden = !ev;
+  if (!ev) return;
+  $("#evidence-line").textContent = ev.line || "no batches judged yet";
+  const rows = [];
+  const e = ev.errorRate, l = ev.latency;
+  if (e) rows.push(`<tr><td>error rate</td><td>${num(e.eValue)}</td><td>${num(1 / e.alpha)}</td><td>${num(e.pValue)}</td>
+    <td>canary ${e.canaryErrors}/${e.canaryRequests}, production ${e.productionErrors}/${e.productionRequests}; ratio ${num(e.ratio)} [${num(e.ratioLow)}, ${num(e.ratioHigh)}]</td>
+    <td><span class="pill ${e.rejected ? "ALARM" : "OK"}">${e.rejected ? "rejected" : "no evidence against"}</span></td></tr>`);
+  if (l) rows.push(`<tr><td>latency</td><td>${num(l.eValue)}</td><td>${num(1 / l.alpha)}</td><td>${num(l.pValue)}</td>
+    <td>p50 ${num(l.canaryP50Ms)} vs ${num(l.productionP50Ms)} ms, p99 ${num(l.canaryP99Ms)} vs ${num(l.productionP99Ms)} ms</td>
+    <td><span class="pill ${l.rejected ? "ALARM" : "OK"}">${l.rejected ? "rejected" : "no evidence against"}</span></td></tr>`);
+  $("#evidence-table").innerHTML = `<table><thead><tr><th>JUDGEMENT</th><th>E-VALUE</th><th>REJECTS AT</th><th>ANYTIME P</th><th>OBSERVED</th><th></th></tr></thead>
+    <tbody>${rows.join("")}</tbody></table>`;
+  const h = ev.history || [];
+  const xs = h.map((p) => p.second);
+  const series = [], ys = [];
+  if (e) { series.push({ key: "errors", label: "error rate log10 e", color: "#dc2626" }); ys.push(h.map((p) => p.errors ?? null)); }
+  if (l) { series.push({ key: "latency", label: "latency log10 e", color: "#7c3aed" }); ys.push(h.map((p) => p.latency ?? null)); }
+  const alpha = Math.min(e ? e.alpha : 1, l ? l.alpha : 1);
+  series.push({ key: "reject", label: "rejection line log10(1/alpha)", color: "#6b7280" });
+  ys.push(xs.map(() => Math.log10(1 / alpha)));
+  chart("c-evidence", "evidence against the canary (log10 e-value)", series, xs, ys);
 }
 
 refresh(true);

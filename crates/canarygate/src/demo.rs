@@ -2,8 +2,10 @@
 //!
 //! An embedded store in a temporary folder, the gateway, the admin API, three versions of a demo
 //! backend (v1 healthy; v2 slower with 25% errors; v3 healthy) and a steady client load. The stage
-//! serves v1; a rollout to v2 with a short canary plan and an error-rate alarm ends in an automatic
-//! rollback; a rollout to v3 with a short linear plan ends promoted. A timeline is printed as it goes.
+//! serves v1; a rollout to v2 with a short canary plan, judged by the canary analysis and watched by an
+//! error-rate alarm, ends in an automatic rollback (the analysis rejects v2 within seconds, before the
+//! alarm's 10-second periods can); a rollout to v3 with a short linear plan and the same analysis ends
+//! promoted. A timeline is printed as it goes, with the analysis's evidence in one line.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -39,6 +41,7 @@ pub struct DemoArgs {
 const API: &str = "shop";
 const STAGE: &str = "prod";
 const ALARM: &str = "shop-prod-canary-5xx";
+const ANALYSIS: &str = "errors-and-latency";
 
 fn config(v1: SocketAddr, data_dir: &std::path::Path) -> Result<crate::config::ConfigFile> {
     let yaml = format!(
@@ -63,11 +66,15 @@ alarms:
     variant: canary
     metric: 5XXError
     statistic: Average
-    periodSeconds: 1
+    periodSeconds: 10
     evaluationPeriods: 3
     datapointsToAlarm: 2
     comparison: GreaterThanThreshold
     threshold: 0.05
+analyses:
+  - name: {ANALYSIS}
+    errorRate: {{alpha: 0.001}}
+    latency: {{alpha: 0.001}}
 "#,
         data_dir = data_dir.display().to_string()
     );
@@ -119,7 +126,8 @@ fn traffic_line(running: &Running) -> String {
 }
 
 /// Starts a rollout and prints its events, alarm changes and traffic until it ends.
-async fn rollout(running: &Running, tl: &Timeline, req: RolloutRequest) -> Result<(RolloutStatus, bool)> {
+/// Returns how it ended and, for a rollback, what rolled it back.
+async fn rollout(running: &Running, tl: &Timeline, req: RolloutRequest) -> Result<(RolloutStatus, Option<&'static str>)> {
     let id = format!("r-demo{:04x}", fastrand::u16(..));
     let r = running
         .store
@@ -143,17 +151,32 @@ async fn rollout(running: &Running, tl: &Timeline, req: RolloutRequest) -> Resul
             }
             alarm_state = now_state;
         }
+        let evidence = || {
+            r.analysis_state
+                .as_ref()
+                .map(|a| a.evidence(canarygate_metrics::bucket_bounds_us()).line())
+                .filter(|l| !l.is_empty())
+        };
         if last_traffic.elapsed() >= Duration::from_secs(5) {
             tl.say(traffic_line(running));
+            if let Some(line) = evidence() {
+                tl.say(format!("evidence: {line}"));
+            }
             last_traffic = Instant::now();
         }
         if !r.status.is_active() {
-            let by_alarm = r
-                .events
-                .last()
-                .and_then(|e| e.observed.as_ref())
-                .is_some_and(|o| o.get("alarm").is_some());
-            return Ok((r.status, by_alarm));
+            if let Some(line) = evidence() {
+                tl.say(format!("evidence: {line}"));
+            }
+            let reason = r.events.last().map_or("", |e| e.reason.as_str());
+            let by = if reason.starts_with("analysis rejected") {
+                Some("the canary analysis")
+            } else if reason.starts_with("alarm") {
+                Some("its alarm")
+            } else {
+                None
+            };
+            return Ok((r.status, by));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -223,7 +246,10 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     tl.say("production serves v1; steady load of about 100 requests/s");
     pause(&running, &tl, 15).await;
 
-    tl.say(format!("rollout 1: {STAGE} -> v2 with DemoCanary20Percent30Seconds, watched by alarm {ALARM} (canary 5xx Average > 5%, 2 of 3 one-second periods)"));
+    tl.say(format!("rollout 1: {STAGE} -> v2 with DemoCanary20Percent30Seconds, judged by analysis {ANALYSIS} (canary against production: errors and latency, alpha 0.001 each) and watched by alarm {ALARM} (canary 5xx Average > 5%, 2 of 3 ten-second periods)"));
+    tl.say(format!(
+        "  as a pipeline would: canarygate rollout start {API} {STAGE} --config DemoCanary20Percent30Seconds --override backend={v2} --override version=v2 --analysis {ANALYSIS} --alarm {ALARM} --wait"
+    ));
     let req = |backend: SocketAddr, version: &str, config: &str| RolloutRequest {
         deployment_id: None,
         stage_variable_overrides: [
@@ -235,21 +261,19 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         alarms: vec![ALARM.into()],
         hooks: Default::default(),
         auto_rollback: None,
-        analysis: None,
+        analysis: Some(canarygate_model::analysis::AnalysisRef::Named(ANALYSIS.into())),
     };
-    let (first, by_alarm) = rollout(&running, &tl, req(v2, "v2", "DemoCanary20Percent30Seconds")).await?;
+    let (first, by) = rollout(&running, &tl, req(v2, "v2", "DemoCanary20Percent30Seconds")).await?;
     tl.say(format!(
         "rollout 1 ended {}{}",
         first.as_str(),
-        if by_alarm {
-            " by its alarm: v2 never reached more than 20%"
-        } else {
-            ""
-        }
+        by.map(|b| format!(" by {b}: v2 never reached more than 20%")).unwrap_or_default()
     ));
     pause(&running, &tl, 15).await;
 
-    tl.say("rollout 2: prod -> v3 with DemoLinear25PercentEvery20Seconds (25%, 50%, 75%, then 100%)");
+    tl.say(format!(
+        "rollout 2: prod -> v3 with DemoLinear25PercentEvery20Seconds (25%, 50%, 75%, then 100%), the same analysis and alarm"
+    ));
     let (second, _) = rollout(&running, &tl, req(v3, "v3", "DemoLinear25PercentEvery20Seconds")).await?;
     let stage = running.store.current().stage(API, STAGE)?.clone();
     tl.say(format!(
@@ -260,12 +284,12 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     tl.say(traffic_line(&running));
 
     let as_expected = first == RolloutStatus::RolledBack
-        && by_alarm
+        && by.is_some()
         && second == RolloutStatus::Succeeded
         && stage.variables.get("backend") == Some(&v3.to_string());
     println!();
     if as_expected {
-        println!("story done: v2 was rolled back by its alarm, v3 was promoted.");
+        println!("story done: v2 was rolled back by {}, v3 was promoted.", by.unwrap_or("?"));
     } else {
         println!(
             "story done, but not as expected: rollout 1 {}, rollout 2 {}",

@@ -143,7 +143,8 @@ async fn the_dashboard_shows_live_state_and_acts_only_with_a_token() {
         "periodSeconds": 1, "evaluationPeriods": 3, "datapointsToAlarm": 2, "comparison": "GreaterThanThreshold", "threshold": 0.05});
     admin_with_token(&c, &s, "PUT", "/v1/alarms/canary-5xx", Some(alarm), t).await;
     let load = Load::start(&c, &format!("{}/orders/prod/items", s.gateway), 4);
-    let body = json!({"deploymentId": d2, "stageVariableOverrides": {"backend": next.addr.to_string()}, "deploymentConfig": "Canary30Percent10Minutes", "alarms": ["canary-5xx"]});
+    let body = json!({"deploymentId": d2, "stageVariableOverrides": {"backend": next.addr.to_string()}, "deploymentConfig": "Canary30Percent10Minutes", "alarms": ["canary-5xx"],
+        "analysis": {"errorRate": {"alpha": 1e-4}, "latency": {"alpha": 1e-4}}});
     let (status, r) = admin_with_token(&c, &s, "POST", "/v1/apis/orders/stages/prod/rollouts", Some(body), t).await;
     assert_eq!(status, 201, "{r}");
     let id = r["id"].as_str().unwrap().to_string();
@@ -226,6 +227,16 @@ async fn the_dashboard_shows_live_state_and_acts_only_with_a_token() {
     )
     .await;
     screenshot(&b, "stage-with-token").await;
+    // Before promoting, let the analysis gather a few points of evidence for the rollout page's chart.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while ok(&c, &s, "GET", &format!("/v1/rollouts/{id}"), None).await["evidence"]["history"]
+        .as_array()
+        .map_or(0, Vec::len)
+        < 3
+    {
+        assert!(std::time::Instant::now() < deadline, "no evidence history");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     b.find(Locator::Id("act-rollout-promote")).await.unwrap().click().await.unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     loop {
@@ -260,6 +271,28 @@ async fn the_dashboard_shows_live_state_and_acts_only_with_a_token() {
         .await
         .unwrap();
     assert!(events.as_u64().unwrap() >= 4, "{events}");
+    // The canary analysis: the evidence chart (e-values over time against the rejection line) and its numbers.
+    let v = eventually(
+        &b,
+        "const e = document.getElementById('c-evidence'); return e && e.dataset.points",
+        |v| v.as_str().is_some_and(|p| p.contains("errors:") && p.contains("reject:")),
+        "evidence chart",
+    )
+    .await;
+    assert!(
+        points(&v, "errors") >= 3 && points(&v, "latency") >= 3 && points(&v, "reject") >= 3,
+        "{v}"
+    );
+    let line = b
+        .execute("return document.getElementById('evidence-line').textContent", vec![])
+        .await
+        .unwrap();
+    assert!(line.as_str().unwrap().contains("errors: canary"), "{line}");
+    let drawn = b
+        .execute("return document.querySelectorAll('#c-evidence canvas').length", vec![])
+        .await
+        .unwrap();
+    assert!(drawn.as_u64().unwrap() >= 1, "{drawn}");
     screenshot(&b, "rollout").await;
     b.goto(&format!("{}/ui/", s.admin)).await.unwrap();
     eventually(
