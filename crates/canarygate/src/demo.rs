@@ -271,9 +271,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     ));
     pause(&running, &tl, 15).await;
 
-    tl.say(format!(
-        "rollout 2: prod -> v3 with DemoLinear25PercentEvery20Seconds (25%, 50%, 75%, then 100%), the same analysis and alarm"
-    ));
+    tl.say("rollout 2: prod -> v3 with DemoLinear25PercentEvery20Seconds (25%, 50%, 75%, then 100%), the same analysis and alarm");
     let (second, _) = rollout(&running, &tl, req(v3, "v3", "DemoLinear25PercentEvery20Seconds")).await?;
     let stage = running.store.current().stage(API, STAGE)?.clone();
     tl.say(format!(
