@@ -650,8 +650,10 @@ impl Evidence {
     pub fn line(&self) -> String {
         let mut parts = Vec::new();
         let num = |x: f64| {
-            if x >= 1e4 {
+            if x >= 1e4 || (x > 0.0 && x < 1e-3) {
                 format!("{x:.1e}")
+            } else if x >= 10.0 {
+                format!("{x:.0}")
             } else {
                 format!("{x:.3}")
             }
