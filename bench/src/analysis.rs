@@ -7,8 +7,8 @@
 //!   rule): canary 5XXError Average above 2× the baseline, or the canary's p99 above 1.25× production's,
 //!   in 3 of 5 one-minute periods;
 //! - a Kayenta-style judge with NetflixACAJudge's defaults: every 5 minutes, over that window's
-//!   requests (errors: ok < error; latency: ranked by histogram bucket), a one-sided Mann–Whitney test
-//!   at confidence 0.98 and an effect beyond the tolerance of 25%, with no correction for judging again.
+//!   10-second datapoints of each variant (error rate; mean latency), a one-sided Mann–Whitney test at
+//!   confidence 0.98 and an effect beyond the tolerance of 25%, with no correction for judging again.
 //!
 //! Requests arrive as a Poisson stream, each routed to the canary with the weight; errors and latencies
 //! are drawn per variant. A judge's time to detect is the first second it rejects; a run that never
@@ -254,19 +254,30 @@ fn mann_whitney(canary: &[u64], production: &[u64]) -> f64 {
     1.0 - phi(z)
 }
 
-/// Kayenta's NetflixACAJudge defaults for one metric: "High" (the canary fails) when a one-sided
-/// Mann–Whitney test says the canary is larger at confidence 0.98 (two-sided, so p < 0.01 one-sided) and
-/// the effect is beyond the tolerance of 0.25 (the canary's mean at least 25% above the baseline's).
-/// `values` are the classes' values (0/1 for errors, bucket midpoints for latency).
-fn kayenta_high(canary: &[u64], production: &[u64], values: &[f64]) -> bool {
-    let mean = |h: &[u64]| {
-        let n: u64 = h.iter().sum();
-        (n > 0).then(|| h.iter().zip(values).map(|(c, v)| *c as f64 * v).sum::<f64>() / n as f64)
-    };
+/// Seconds per Kayenta datapoint (a metrics store's query step).
+const KAYENTA_STEP: u64 = 10;
+
+/// Kayenta's NetflixACAJudge defaults for one metric, over the window's datapoints of each variant:
+/// "High" (the canary fails) when a one-sided Mann–Whitney test says the canary's values are larger at
+/// confidence 0.98 (two-sided, so p < 0.01 one-sided) and the effect is beyond the tolerance of 0.25 (the
+/// canary's mean at least 25% above the baseline's).
+fn kayenta_high(canary: &[f64], production: &[f64]) -> bool {
+    let mean = |v: &[f64]| (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64);
     let (Some(mc), Some(mp)) = (mean(canary), mean(production)) else {
         return false;
     };
-    mann_whitney(canary, production) < 0.01 && mc > 1.25 * mp
+    // Ties share a class: the distinct values in order.
+    let mut all: Vec<f64> = canary.iter().chain(production).copied().collect();
+    all.sort_by(f64::total_cmp);
+    all.dedup();
+    let classes = |v: &[f64]| {
+        let mut out = vec![0u64; all.len()];
+        for x in v {
+            out[all.partition_point(|y| y < x)] += 1;
+        }
+        out
+    };
+    mann_whitney(&classes(canary), &classes(production)) < 0.01 && mc > 1.25 * mp
 }
 
 /// The middle of each latency bucket, microseconds (geometric; the last bucket at its lower bound).
@@ -313,9 +324,11 @@ pub fn run(s: &Scenario, seed: u64, alpha: f64) -> [Outcome; 4] {
     // The current minute (threshold alarm) and 5-minute window (Kayenta).
     let (mut min_c, mut min_p) = ((0u64, 0u64), (0u64, 0u64));
     let (mut min_hc, mut min_hp) = (vec![0u64; BUCKETS], vec![0u64; BUCKETS]);
-    let mut win_c: Vec<(u64, u64)> = Vec::new();
-    let mut win_p: Vec<(u64, u64)> = Vec::new();
-    let (mut win_hc, mut win_hp) = (vec![0u64; BUCKETS], vec![0u64; BUCKETS]);
+    // Kayenta: one datapoint per variant every KAYENTA_STEP seconds (error rate, or mean latency).
+    let (mut step_c, mut step_p) = ((0u64, 0u64), (0u64, 0u64));
+    let (mut step_hc, mut step_hp) = (vec![0u64; BUCKETS], vec![0u64; BUCKETS]);
+    let (mut win_c, mut win_p): (Vec<f64>, Vec<f64>) = (Vec::new(), Vec::new());
+    let values = bucket_values();
     let (mut canary_requests, mut canary_errors) = (0u64, 0u64);
     for t in 0..HORIZON {
         let w = s.weight_at(t);
@@ -404,15 +417,31 @@ pub fn run(s: &Scenario, seed: u64, alpha: f64) -> [Outcome; 4] {
         // Threshold alarm, evaluated at the end of every minute.
         min_c = (min_c.0 + ec, min_c.1 + nc);
         min_p = (min_p.0 + ep, min_p.1 + np);
-        win_c.push((ec, nc));
-        win_p.push((ep, np));
+        step_c = (step_c.0 + ec, step_c.1 + nc);
+        step_p = (step_p.0 + ep, step_p.1 + np);
         for j in 0..BUCKETS {
             if let (Some(c), Some(p)) = (batch.canary.latency.get(j), batch.production.latency.get(j)) {
                 min_hc[j] += c;
                 min_hp[j] += p;
-                win_hc[j] += c;
-                win_hp[j] += p;
+                step_hc[j] += c;
+                step_hp[j] += p;
             }
+        }
+        if (t + 1) % KAYENTA_STEP == 0 {
+            let point = |(e, n): (u64, u64), h: &[u64]| -> Option<f64> {
+                if s.latency.is_some() {
+                    let k: u64 = h.iter().sum();
+                    (k > 0).then(|| h.iter().zip(&values).map(|(c, v)| *c as f64 * v).sum::<f64>() / k as f64)
+                } else {
+                    (n > 0).then(|| e as f64 / n as f64)
+                }
+            };
+            win_c.extend(point(step_c, &step_hc));
+            win_p.extend(point(step_p, &step_hp));
+            step_c = (0, 0);
+            step_p = (0, 0);
+            step_hc.iter_mut().for_each(|x| *x = 0);
+            step_hp.iter_mut().for_each(|x| *x = 0);
         }
         if (t + 1) % 60 == 0 {
             let value = if s.latency.is_some() {
@@ -435,19 +464,9 @@ pub fn run(s: &Scenario, seed: u64, alpha: f64) -> [Outcome; 4] {
         }
         // Kayenta-style: a fixed 5-minute window, judged at its end.
         if (t + 1) % 300 == 0 {
-            let fails = if s.latency.is_some() {
-                kayenta_high(&win_hc, &win_hp, &bucket_values())
-            } else {
-                // Every request of the window, ranked ok < error.
-                let sum = |v: &[(u64, u64)]| v.iter().fold((0, 0), |a, &(e, n)| (a.0 + e, a.1 + n));
-                let ((ec, nc), (ep, np)) = (sum(&win_c), sum(&win_p));
-                kayenta_high(&[nc - ec, ec], &[np - ep, ep], &[0.0, 1.0])
-            };
-            mark(&mut out[2], fails);
+            mark(&mut out[2], kayenta_high(&win_c, &win_p));
             win_c.clear();
             win_p.clear();
-            win_hc.iter_mut().for_each(|x| *x = 0);
-            win_hp.iter_mut().for_each(|x| *x = 0);
         }
         let done = out[0].detected.is_some()
             && out[1].detected.is_some()

@@ -145,7 +145,7 @@ fn main() -> Result<()> {
         arg(&args, name).map_or(Ok(default), |v| v.parse().with_context(|| format!("{name} {v:?}")))
     };
     let healthy_runs = num("--healthy", 2000)?;
-    let bad_runs = num("--bad", 1000)?;
+    let bad_runs = num("--bad", 2000)?;
     let threads = num("--threads", std::thread::available_parallelism().map_or(2, |n| n.get()))?;
     let alpha: f64 = arg(&args, "--alpha").map_or(Ok(0.05), |v| v.parse().context("--alpha"))?;
     let (Some(json_path), Some(md_path)) = (arg(&args, "--json"), arg(&args, "--markdown")) else {
@@ -240,9 +240,9 @@ fn markdown(rows: &[Row], alpha: f64, healthy: usize, bad: usize, elapsed: f64, 
          - **threshold**: canary 5XXError Average > 2× the baseline (static), or canary p99 > 1.25× production's \
          p99, in 3 of 5 one-minute periods (CloudWatch-style M of N).\n\
          - **kayenta**: Kayenta's NetflixACAJudge defaults for one metric, every 5 minutes over that window's \
-         requests (errors: ok < error; latency: ranked by histogram bucket): a one-sided Mann–Whitney test at \
-         confidence 0.98 and the canary's mean more than 25% (the tolerance) above production's, with no \
-         correction for judging again.\n"
+         datapoints, one per variant every 10 s as a metrics store's query step gives them (error rate; mean \
+         latency): a one-sided Mann–Whitney test at confidence 0.98 and the canary's mean more than 25% (the \
+         tolerance) above production's, with no correction for judging again.\n"
     );
     let _ = writeln!(
         m,
