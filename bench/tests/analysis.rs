@@ -52,6 +52,12 @@ fn a_canary_with_three_times_the_errors_is_caught_fast_and_before_the_other_judg
         ours.median_s,
         threshold.median_s
     );
+    assert!(
+        ours.median_s < kayenta.median_s,
+        "{} s against the Kayenta-style judge's {} s",
+        ours.median_s,
+        kayenta.median_s
+    );
 }
 
 #[test]
