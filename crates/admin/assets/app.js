@@ -247,6 +247,7 @@ async function rolloutPage(id) {
   crumbs(`<a href="#/">overview</a> / <a href="#/stage/${encodeURIComponent(r.api)}/${encodeURIComponent(r.stage)}">stage ${esc(r.api)}/${esc(r.stage)}</a> / rollout ${esc(id)}`);
   if (!$("#rollout-head")) {
     $("#view").innerHTML = `<div id="rollout-head"></div>
+      <div class="actions can-act-only" id="rollout-actions" hidden><button id="act-approve">Approve this step</button></div>
       <div id="analysis" hidden><h2>Canary analysis</h2><p id="evidence-line" class="muted"></p>
         <div id="evidence-table"></div><div class="card"><div id="c-evidence"></div></div></div>
       <h2>Steps</h2><div class="steps" id="steps"></div>
@@ -260,9 +261,14 @@ async function rolloutPage(id) {
       <div class="fact"><div class="k">time left</div><div class="v">${r.timeLeftSeconds == null ? "–" : r.timeLeftSeconds + " s"}</div></div>
       <div class="fact"><div class="k">alarms</div><div class="v">${esc(r.alarms.join(", ") || "none")}</div></div>
     </div>${r.waitingFor ? `<p class="pill Created" id="waiting-for">${esc(r.waitingFor)}</p>` : ""}`;
+  const awaiting = r.status === "InProgress" && (r.waitingFor || "").startsWith("waiting for an approval");
+  $("#rollout-actions").hidden = !(awaiting && canAct());
+  $("#act-approve").onclick = async () => {
+    try { await api("POST", `/v1/rollouts/${encodeURIComponent(id)}/approve`); toast("Step approved"); refresh(false); } catch (e) { toast("Refused: " + e.message); }
+  };
   $("#steps").innerHTML = r.steps.map((s, i) => {
     const cls = r.currentStep === i ? "current" : (r.currentStep != null && i < r.currentStep) || r.status === "Succeeded" ? "done" : "";
-    return `<span class="step ${cls}">${s.weight}%${s.waitSeconds ? " · " + s.waitSeconds + " s" : ""}</span>`;
+    return `<span class="step ${cls}">${s.weight}%${s.approval ? " · approval" : s.waitSeconds ? " · " + s.waitSeconds + " s" : ""}</span>`;
   }).join("");
   $("#events").innerHTML = r.events.map((e) => `<li><span class="t">${time(e.time)}</span><span class="pill ${esc(e.status)}">${esc(e.status)}</span>
       step ${e.step ?? "–"} · ${fmtPct(e.weight)} · ${esc(e.reason)}</li>`).join("");

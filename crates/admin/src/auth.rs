@@ -21,9 +21,24 @@ pub enum Role {
 }
 
 /// The configured tokens, and the host names the admin API answers to without them.
+/// One configured token: the secret, what it may do, and the name events record (never the secret).
+#[derive(Clone)]
+pub struct Token {
+    pub token: String,
+    pub role: Role,
+    pub name: String,
+}
+
+/// Who made an admin API call, as handlers see it (a request extension set by [`middleware`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// The presented token's name; without tokens configured, a fixed label.
+    pub name: String,
+}
+
 #[derive(Clone, Default)]
 pub struct Auth {
-    tokens: Vec<(String, Role)>,
+    tokens: Vec<Token>,
     pub read_requires_token: bool,
     /// Extra `Host` names (with or without a port) accepted when no token is configured.
     admin_hosts: Vec<String>,
@@ -45,9 +60,9 @@ fn same(a: &str, b: &str) -> bool {
 }
 
 impl Auth {
-    pub fn new(tokens: Vec<(String, Role)>, read_requires_token: bool, admin_hosts: Vec<String>) -> Auth {
+    pub fn new(tokens: Vec<Token>, read_requires_token: bool, admin_hosts: Vec<String>) -> Auth {
         Auth {
-            tokens: tokens.into_iter().filter(|(t, _)| !t.is_empty()).collect(),
+            tokens: tokens.into_iter().filter(|t| !t.token.is_empty()).collect(),
             read_requires_token,
             admin_hosts: admin_hosts.into_iter().map(|h| h.to_ascii_lowercase()).collect(),
         }
@@ -92,10 +107,29 @@ impl Auth {
     }
 
     fn role(&self, presented: &str) -> Option<Role> {
-        // Check every token so the time taken does not depend on which one matched.
+        self.token(presented).map(|t| t.role)
+    }
+
+    /// The configured token equal to `presented`. Checks every token so the time taken does not
+    /// depend on which one matched.
+    fn token(&self, presented: &str) -> Option<&Token> {
         self.tokens
             .iter()
-            .fold(None, |found, (t, r)| if same(t, presented) { Some(*r) } else { found })
+            .fold(None, |found, t| if same(&t.token, presented) { Some(t) } else { found })
+    }
+
+    /// The caller's name for the record: the presented token's name.
+    pub fn caller(&self, authorization: Option<&str>) -> Caller {
+        if self.tokens.is_empty() {
+            return Caller {
+                name: "anonymous (no admin tokens configured)".into(),
+            };
+        }
+        let presented = authorization.and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")));
+        let name = presented
+            .and_then(|p| self.token(p.trim()))
+            .map_or_else(|| "anonymous".to_string(), |t| t.name.clone());
+        Caller { name }
     }
 
     /// Decides whether a request with this method and `Authorization` header may go on.
@@ -144,9 +178,11 @@ pub async fn host_middleware(State(auth): State<Auth>, req: Request, next: Next)
     Ok(next.run(req).await)
 }
 
-pub async fn middleware(State(auth): State<Auth>, req: Request, next: Next) -> Result<Response, ApiError> {
+pub async fn middleware(State(auth): State<Auth>, mut req: Request, next: Next) -> Result<Response, ApiError> {
     let authz = req.headers().get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     auth.check(req.method(), authz)?;
+    let caller = auth.caller(authz);
+    req.extensions_mut().insert(caller);
     Ok(next.run(req).await)
 }
 
@@ -154,15 +190,23 @@ pub async fn middleware(State(auth): State<Auth>, req: Request, next: Next) -> R
 mod tests {
     use super::*;
 
+    fn tok(t: &str, role: Role) -> Token {
+        Token {
+            token: t.into(),
+            role,
+            name: format!("{t}-name"),
+        }
+    }
+
     #[test]
     fn roles() {
-        let a = Auth::new(vec![("adm".into(), Role::Admin), ("ro".into(), Role::ReadOnly)], false, vec![]);
+        let a = Auth::new(vec![tok("adm", Role::Admin), tok("ro", Role::ReadOnly)], false, vec![]);
         assert!(a.check(&Method::GET, None).is_ok());
         assert!(a.check(&Method::POST, None).is_err());
         assert!(a.check(&Method::POST, Some("Bearer nope")).is_err());
         assert!(a.check(&Method::POST, Some("Bearer ro")).is_err());
         assert!(a.check(&Method::POST, Some("Bearer adm")).is_ok());
-        let strict = Auth::new(vec![("ro".into(), Role::ReadOnly)], true, vec![]);
+        let strict = Auth::new(vec![tok("ro", Role::ReadOnly)], true, vec![]);
         assert!(strict.check(&Method::GET, None).is_err());
         assert!(strict.check(&Method::GET, Some("Bearer ro")).is_ok());
         assert!(Auth::default().check(&Method::DELETE, None).is_ok());
@@ -201,7 +245,7 @@ mod tests {
         }
         assert!(a.check_host(None).is_err());
         // With tokens the token decides, whatever the host.
-        let t = Auth::new(vec![("adm".into(), Role::Admin)], true, vec![]);
+        let t = Auth::new(vec![tok("adm", Role::Admin)], true, vec![]);
         assert!(t.check_host(Some("evil.example")).is_ok());
     }
 }

@@ -24,7 +24,7 @@ use axum::Router;
 use canarygate_metrics::Registry;
 use canarygate_store::Store;
 
-pub use auth::{Auth, Role};
+pub use auth::{Auth, Caller, Role, Token};
 pub use error::ApiError;
 
 /// Writes extra Prometheus lines (gauges owned by other parts of the process).
@@ -95,6 +95,7 @@ pub fn router(state: AppState, auth: Auth) -> Router {
         .route("/rollouts/{id}", get(rollouts::get))
         .route("/rollouts/{id}/stop", post(rollouts::stop))
         .route("/rollouts/{id}/promote", post(rollouts::promote))
+        .route("/rollouts/{id}/approve", post(rollouts::approve))
         .route("/rollouts/{id}/hooks/{execution}", put(rollouts::hook_callback))
         .route("/alarms", get(rollouts::list_alarms))
         .route(

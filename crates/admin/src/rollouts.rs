@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use canarygate_model::alarm::Alarm;
 use canarygate_model::analysis::AnalysisSpec;
 use canarygate_model::deployment_config::DeploymentConfig;
@@ -14,6 +14,7 @@ use chrono::Utc;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::auth::Caller;
 use crate::body::JsonBody;
 use crate::error::ApiError;
 use crate::AppState;
@@ -37,13 +38,15 @@ pub fn rollout_view(r: &Rollout) -> Value {
     let wait = step.and_then(|s| schedule.get(s)).map_or(0, |s| s.wait_seconds);
     // Time left: the rest of this step's wait (from the last checkpoint) plus the later steps' waits.
     let later: u64 = step.map_or(0, |s| schedule.iter().skip(s + 1).map(|x| x.wait_seconds).sum());
-    let time_left = r.status.is_active().then(|| wait.saturating_sub(watched_ms / 1000) + later);
+    // Unknown (null) while an approval lies ahead: it waits for a person, not a clock.
+    let approval_ahead = schedule.iter().skip(step.unwrap_or(0)).any(|s| s.approval);
+    let time_left = (r.status.is_active() && !approval_ahead).then(|| wait.saturating_sub(watched_ms / 1000) + later);
     if let Some(o) = v.as_object_mut() {
         o.insert(
             "steps".into(),
             json!(schedule
                 .iter()
-                .map(|s| json!({"weight": s.weight, "waitSeconds": s.wait_seconds}))
+                .map(|s| json!({"weight": s.weight, "waitSeconds": s.wait_seconds, "approval": s.approval}))
                 .collect::<Vec<_>>()),
         );
         // The analysis's working state is internal; the API shows its evidence and its history.
@@ -112,6 +115,13 @@ fn yes() -> bool {
 
 pub async fn stop(State(s): State<AppState>, Path(id): Path<String>, JsonBody(body): JsonBody<StopBody>) -> Result<Json<Value>> {
     let r = s.store.mutate(move |st| st.request_stop(&id, body.rollback, Utc::now())).await?;
+    Ok(Json(rollout_view(&r)))
+}
+
+/// `POST /v1/rollouts/{id}/approve`: approves the approval step the rollout waits at; the event names
+/// the caller's token name.
+pub async fn approve(State(s): State<AppState>, Path(id): Path<String>, Extension(caller): Extension<Caller>) -> Result<Json<Value>> {
+    let r = s.store.mutate(move |st| st.approve_rollout(&id, &caller.name, Utc::now())).await?;
     Ok(Json(rollout_view(&r)))
 }
 

@@ -9,12 +9,16 @@ use canarygate_model::config::{ApiSpec, DomainSpec, Resources};
 use canarygate_model::deployment_config::DeploymentConfig;
 use serde::Deserialize;
 
-/// An admin token: a plain string is an admin token; `{token, readOnly: true}` may only read.
+/// An admin token: a plain string is an admin token; `{name, token, readOnly: true}` may only read.
+/// The name (default `admin-token-<n>`, n its place in the list from 1) is what events record, e.g.
+/// who approved a rollout's step; the token itself is never recorded.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
 pub enum TokenSpec {
     Admin(String),
     Detailed {
+        #[serde(default)]
+        name: Option<String>,
         token: String,
         #[serde(default, rename = "readOnly")]
         read_only: bool,

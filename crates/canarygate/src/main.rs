@@ -104,6 +104,8 @@ enum RolloutCmd {
     },
     /// Skip to 100% now.
     Promote { id: String },
+    /// Approve the approval step a rollout waits at (a Steps plan's `approval: true`).
+    Approve { id: String },
 }
 
 #[derive(Subcommand)]
@@ -176,6 +178,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             RolloutCmd::List { api, stage, status } => rollout_cli::list(&c, api, stage, status).await,
             RolloutCmd::Stop { id, no_rollback } => rollout_cli::stop(&c, &id, no_rollback).await,
             RolloutCmd::Promote { id } => rollout_cli::promote(&c, &id).await,
+            RolloutCmd::Approve { id } => rollout_cli::approve(&c, &id).await,
         },
         Command::Alarms { cmd: AlarmsCmd::List } => rollout_cli::alarms_list(&c).await,
         Command::Alarms {

@@ -365,6 +365,12 @@ pub async fn promote(c: &Client, id: &str) -> Result<()> {
     Ok(())
 }
 
+pub async fn approve(c: &Client, id: &str) -> Result<()> {
+    let v = c.call(Method::POST, &format!("/v1/rollouts/{id}/approve"), None).await?;
+    c.print(&v, |_| format!("approved the step rollout {id} waited at"));
+    Ok(())
+}
+
 pub async fn alarms_list(c: &Client) -> Result<()> {
     let v = c.get("/v1/alarms").await?;
     c.print(&v, |v| {

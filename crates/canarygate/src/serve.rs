@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use std::future::Future;
 use std::pin::Pin;
 
-use canarygate_admin::{AppState, Auth, CacheStats, Role, StageCaches};
+use canarygate_admin::{AppState, Auth, CacheStats, Role, StageCaches, Token};
 use canarygate_controller::{Controller, SystemClock};
 use canarygate_gateway::{AccessLog, AccessLogConfig, Gateway, Limits};
 use canarygate_metrics::Registry;
@@ -41,20 +41,33 @@ pub struct ServeArgs {
     pub store: Option<String>,
 }
 
-fn tokens(cfg: &ConfigFile) -> Vec<(String, Role)> {
-    let mut out: Vec<(String, Role)> = cfg
+fn tokens(cfg: &ConfigFile) -> Vec<Token> {
+    let mut out: Vec<Token> = cfg
         .server
         .admin_tokens
         .iter()
-        .map(|t| match t {
-            TokenSpec::Admin(t) => (t.clone(), Role::Admin),
-            TokenSpec::Detailed { token, read_only } => (token.clone(), if *read_only { Role::ReadOnly } else { Role::Admin }),
+        .enumerate()
+        .map(|(i, t)| match t {
+            TokenSpec::Admin(t) => Token {
+                token: t.clone(),
+                role: Role::Admin,
+                name: format!("admin-token-{}", i + 1),
+            },
+            TokenSpec::Detailed { name, token, read_only } => Token {
+                token: token.clone(),
+                role: if *read_only { Role::ReadOnly } else { Role::Admin },
+                name: name.clone().unwrap_or_else(|| format!("admin-token-{}", i + 1)),
+            },
         })
         .collect();
     if let Ok(t) = std::env::var("CANARYGATE_ADMIN_TOKEN") {
-        out.extend(t.split(',').map(|t| (t.trim().to_string(), Role::Admin)));
+        out.extend(t.split(',').enumerate().map(|(i, t)| Token {
+            token: t.trim().to_string(),
+            role: Role::Admin,
+            name: format!("env-token-{}", i + 1),
+        }));
     }
-    out.retain(|(t, _)| !t.is_empty());
+    out.retain(|t| !t.token.is_empty());
     out
 }
 

@@ -1,6 +1,6 @@
 //! The dashboard in real headless Chromium (driven through chromedriver): live charts for both variants,
 //! weight and alarm state as the admin API says; where reads need a token, the page asks for one; a
-//! read-only token reads but is offered no actions; an admin token promotes.
+//! read-only token reads but is offered no actions; an admin token promotes, and approves a waiting step.
 //! Screenshots are saved under `target/tmp/dashboard-screenshots/`.
 
 mod common;
@@ -306,4 +306,97 @@ async fn the_dashboard_shows_live_state_and_acts_only_with_a_token() {
     b.close().await.unwrap();
     let (_, failures) = load.finish().await;
     assert!(failures.is_empty(), "{failures:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approval_step_waits_on_the_rollout_page_and_is_approved_there_with_a_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.yaml");
+    std::fs::write(
+        &cfg,
+        "server:\n  adminTokens:\n    - {name: carol, token: carols-secret}\n    - {name: viewer, token: look-only, readOnly: true}\n",
+    )
+    .unwrap();
+    let s = Server::start(&dir.path().join("data"), &["--config", cfg.to_str().unwrap()], &[]);
+    let c = client();
+    let (prod, next) = (
+        Backend::start("v1", Behaviour::Echo).await,
+        Backend::start("v2", Behaviour::Echo).await,
+    );
+    let t = Some("carols-secret");
+    let routes =
+        json!({"routes": [{"path": "/{proxy+}", "integration": {"type": "http", "uri": "http://${stageVariables.backend}/{proxy}"}}]});
+    admin_with_token(&c, &s, "PUT", "/v1/apis/orders", Some(routes), t).await;
+    let d1 = admin_with_token(&c, &s, "POST", "/v1/apis/orders/deployments", Some(json!({})), t)
+        .await
+        .1;
+    let d2 = admin_with_token(&c, &s, "POST", "/v1/apis/orders/deployments", Some(json!({})), t)
+        .await
+        .1;
+    let stage = json!({"deploymentId": d1["id"], "variables": {"backend": prod.addr.to_string()}});
+    admin_with_token(&c, &s, "PUT", "/v1/apis/orders/stages/prod", Some(stage), t).await;
+    let plan = json!({"type": "Steps", "steps": [{"percentage": 10, "approval": true}, {"percentage": 50, "intervalSeconds": 1}]});
+    assert_eq!(
+        admin_with_token(&c, &s, "PUT", "/v1/deployment-configs/Gated", Some(plan), t)
+            .await
+            .0,
+        201
+    );
+    let body = json!({"deploymentId": d2["id"], "stageVariableOverrides": {"backend": next.addr.to_string()}, "deploymentConfig": "Gated"});
+    let (status, r) = admin_with_token(&c, &s, "POST", "/v1/apis/orders/stages/prod/rollouts", Some(body), t).await;
+    assert_eq!(status, 201, "{r}");
+    let id = r["id"].as_str().unwrap().to_string();
+
+    let (_driver, b) = browser().await;
+    b.goto(&format!("{}/ui/#/rollout/{id}", s.admin)).await.unwrap();
+    // A read-only token sees the wait, and no approve button.
+    b.find(Locator::Id("token")).await.unwrap().send_keys("look-only").await.unwrap();
+    b.find(Locator::Id("token-set")).await.unwrap().click().await.unwrap();
+    eventually(
+        &b,
+        "const e = document.getElementById('waiting-for'); return e && e.textContent",
+        |v| v.as_str().is_some_and(|t| t.starts_with("waiting for an approval")),
+        "the wait shown",
+    )
+    .await;
+    let steps = b
+        .execute("return document.getElementById('steps').textContent", vec![])
+        .await
+        .unwrap();
+    assert!(steps.as_str().unwrap().contains("10% · approval"), "{steps}");
+    assert!(!b.find(Locator::Id("act-approve")).await.unwrap().is_displayed().await.unwrap());
+    screenshot(&b, "rollout-approval-read-only").await;
+    // The admin token: the button appears and approves.
+    b.find(Locator::Id("token-clear")).await.unwrap().click().await.unwrap();
+    b.find(Locator::Id("token"))
+        .await
+        .unwrap()
+        .send_keys("carols-secret")
+        .await
+        .unwrap();
+    b.find(Locator::Id("token-set")).await.unwrap().click().await.unwrap();
+    eventually(
+        &b,
+        "const e = document.getElementById('act-approve'); return !!e && e.offsetParent !== null",
+        |v| v == true,
+        "approve button",
+    )
+    .await;
+    screenshot(&b, "rollout-approval").await;
+    b.find(Locator::Id("act-approve")).await.unwrap().click().await.unwrap();
+    eventually(
+        &b,
+        "const e = document.getElementById('rollout-status'); return e && e.textContent",
+        |v| v == "Succeeded",
+        "rollout succeeded after the approval",
+    )
+    .await;
+    let events = b
+        .execute("return document.getElementById('events').textContent", vec![])
+        .await
+        .unwrap();
+    assert!(events.as_str().unwrap().contains("step approved by carol"), "{events}");
+    let r = admin_with_token(&c, &s, "GET", &format!("/v1/rollouts/{id}"), None, t).await.1;
+    assert!(!r.to_string().contains("carols-secret"));
+    b.close().await.unwrap();
 }

@@ -130,7 +130,30 @@ impl Machine<'_> {
                     return self.enter_step(schedule.len() - 1, input);
                 }
                 let wait_ms = schedule.get(step).map_or(0, |s| s.wait_seconds * 1000);
-                if input.watched_ms >= wait_ms {
+                if schedule.get(step).is_some_and(|s| s.approval) {
+                    // An approval step ends on an approval only, however long that takes; alarms and
+                    // the analysis keep watching meanwhile.
+                    match self.r.approved_by.take() {
+                        Some(by) => {
+                            self.event(Some(step), format!("step approved by {by}"), Some(json!({"approvedBy": by})));
+                            self.enter_step(step + 1, input);
+                        }
+                        None if self.r.waiting_for.is_none() => {
+                            let why = format!(
+                                "waiting for an approval: POST /v1/rollouts/{}/approve (canarygate rollout approve {})",
+                                self.r.id, self.r.id
+                            );
+                            self.event(Some(step), why.clone(), None);
+                            self.r.waiting_for = Some(why);
+                        }
+                        None => {
+                            // Still running: a restart later sees no gap.
+                            if (self.now - self.r.checkpoint_at).num_milliseconds() >= CHECKPOINT_MS as i64 {
+                                self.r.checkpoint_at = self.now;
+                            }
+                        }
+                    }
+                } else if input.watched_ms >= wait_ms {
                     if self.enough_canary_traffic(step) {
                         self.enter_step(step + 1, input);
                     }
@@ -312,7 +335,12 @@ impl Machine<'_> {
             });
             self.r.weight = s.weight;
             self.r.phase = Phase::Shifting { step, watched_ms: 0 };
-            self.event(Some(step), format!("canary at {}% for {} s", s.weight, s.wait_seconds), None);
+            let until = if s.approval {
+                "until approved".to_string()
+            } else {
+                format!("for {} s", s.wait_seconds)
+            };
+            self.event(Some(step), format!("canary at {}% {until}", s.weight), None);
         }
     }
 

@@ -70,7 +70,10 @@ struct Sim {
 
 impl Sim {
     fn start(config: &str, req: serde_json::Value) -> Sim {
-        let mut s = state();
+        Sim::start_in(state(), config, req)
+    }
+
+    fn start_in(mut s: State, config: &str, req: serde_json::Value) -> Sim {
         let mut body = json!({"deploymentId": "d-two", "stageVariableOverrides": {"backend": "b:2"}, "deploymentConfig": config, "alarms": ["errors"]});
         body.as_object_mut().unwrap().extend(req.as_object().unwrap().clone());
         let req: RolloutRequest = serde_json::from_value(body).unwrap();
@@ -492,4 +495,62 @@ fn min_canary_requests_holds_the_step_until_traffic_comes() {
     }
     assert_eq!(sim.rollout().status, RolloutStatus::Succeeded);
     assert!(sim.rollout().waiting_for.is_none());
+}
+
+#[test]
+fn an_approval_step_waits_without_limit_keeps_watching_and_continues_when_approved() {
+    let gated = || {
+        let mut s = state();
+        let c = serde_json::from_value(json!({"type": "Steps", "steps": [
+            {"percentage": 5, "intervalSeconds": 60}, {"percentage": 5, "approval": true}, {"percentage": 50, "intervalSeconds": 60}]}))
+        .unwrap();
+        s.put_deployment_config("Gated", c).unwrap();
+        s
+    };
+    let mut sim = Sim::start_in(gated(), "Gated", json!({}));
+    sim.tick(0);
+    assert_eq!(sim.stage().canary_settings.as_ref().unwrap().percent_traffic, 5.0);
+    // An approval before the approval step is refused.
+    assert!(sim.s.approve_rollout("r-1", "alice", sim.now).is_err());
+    for _ in 0..61 {
+        sim.tick(1000);
+    }
+    // At the approval step: a day passes, nothing moves; the rollout says why, once.
+    for _ in 0..(24 * 60) {
+        sim.tick(60_000);
+    }
+    let r = sim.rollout();
+    assert_eq!((r.status, r.weight, r.step_index()), (RolloutStatus::InProgress, 5.0, Some(1)));
+    assert!(r.waiting_for.as_deref().unwrap().contains("waiting for an approval"));
+    assert_eq!(r.events.iter().filter(|e| e.reason.contains("waiting for an approval")).count(), 1);
+    // A resume after a restart while waiting shows no gap.
+    sim.tick_with(1000, AlarmState::Ok, true);
+    assert!(!sim.rollout().events.iter().any(|e| e.reason.contains("gap")));
+    // Approved: on to 50%, the approver named in the event.
+    sim.s.approve_rollout("r-1", "alice", sim.now).unwrap();
+    assert!(
+        sim.s.approve_rollout("r-1", "bob", sim.now).is_err(),
+        "a second approval of the same step"
+    );
+    sim.tick(1000);
+    let r = sim.rollout();
+    assert_eq!(r.weight, 50.0);
+    assert!(r.waiting_for.is_none());
+    let approved = r.events.iter().find(|e| e.reason == "step approved by alice").unwrap();
+    assert_eq!(approved.observed.as_ref().unwrap()["approvedBy"], "alice");
+    for _ in 0..61 {
+        sim.tick(1000);
+    }
+    assert_eq!(sim.rollout().status, RolloutStatus::Succeeded);
+
+    // While it waits, an alarm still rolls it back.
+    let mut sim = Sim::start_in(gated(), "Gated", json!({}));
+    sim.tick(0);
+    for _ in 0..100 {
+        sim.tick(1000);
+    }
+    assert_eq!(sim.rollout().step_index(), Some(1));
+    sim.tick_with(1000, AlarmState::Alarm, false);
+    assert_eq!(sim.rollout().status, RolloutStatus::RolledBack);
+    assert!(sim.stage().canary_settings.is_none());
 }

@@ -13,6 +13,20 @@ pub enum ConfigType {
     TimeBasedLinear,
     /// Everything at once.
     AllAtOnce,
+    /// A list of steps, each waiting an interval or for an approval (Argo Rollouts' and Flagger's
+    /// shape); after the last step the canary is promoted.
+    Steps,
+}
+
+/// One step of a `Steps` plan: set `percentage`, then wait `intervalSeconds`, or for an approval.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StepSpec {
+    pub percentage: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval_seconds: Option<u64>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub approval: bool,
 }
 
 /// A named deployment configuration.
@@ -27,6 +41,9 @@ pub struct DeploymentConfig {
     pub percentage: f64,
     #[serde(default)]
     pub interval_seconds: u64,
+    /// The steps of a `Steps` plan.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<StepSpec>,
     /// True for CodeDeploy's predefined configurations (ignored in a PUT body).
     #[serde(default)]
     pub predefined: bool,
@@ -37,6 +54,8 @@ pub struct DeploymentConfig {
 pub struct Step {
     pub weight: f64,
     pub wait_seconds: u64,
+    /// The step ends on an approval (`POST /v1/rollouts/{id}/approve`), not after a time.
+    pub approval: bool,
 }
 
 const PREDEFINED: &[(&str, ConfigType, f64, u64)] = &[
@@ -61,6 +80,7 @@ impl DeploymentConfig {
                 kind: *kind,
                 percentage: *percentage,
                 interval_seconds: *interval_seconds,
+                steps: Vec::new(),
                 predefined: true,
             })
             .collect()
@@ -82,6 +102,16 @@ impl DeploymentConfig {
         }
         if Self::find_predefined(&self.name).is_some() || self.name.starts_with("CodeDeployDefault.") {
             return Err(Error::invalid("name", &self.name, "is a predefined configuration name"));
+        }
+        if self.kind == ConfigType::Steps {
+            return self.validate_steps();
+        }
+        if !self.steps.is_empty() {
+            return Err(Error::invalid(
+                "steps",
+                format!("{} steps", self.steps.len()),
+                "only a Steps plan has steps",
+            ));
         }
         if self.kind != ConfigType::AllAtOnce {
             if !self.percentage.is_finite() || self.percentage <= 0.0 || self.percentage >= 100.0 {
@@ -109,23 +139,94 @@ impl DeploymentConfig {
         Ok(())
     }
 
+    fn validate_steps(&self) -> Result<()> {
+        if self.percentage != 0.0 || self.interval_seconds != 0 {
+            return Err(Error::invalid(
+                if self.percentage != 0.0 { "percentage" } else { "intervalSeconds" },
+                if self.percentage != 0.0 {
+                    self.percentage.to_string()
+                } else {
+                    self.interval_seconds.to_string()
+                },
+                "a Steps plan sets them per step, in steps",
+            ));
+        }
+        if self.steps.is_empty() || self.steps.len() > 100 {
+            return Err(Error::invalid(
+                "steps",
+                format!("{} steps", self.steps.len()),
+                "must list 1 to 100 steps",
+            ));
+        }
+        let mut previous = 0.0;
+        for (i, st) in self.steps.iter().enumerate() {
+            let field = |f: &str| format!("steps[{i}].{f}");
+            if !st.percentage.is_finite() || st.percentage <= 0.0 || st.percentage >= 100.0 {
+                return Err(Error::invalid(
+                    field("percentage"),
+                    st.percentage.to_string(),
+                    "must be greater than 0 and less than 100 (after the last step the canary is promoted)",
+                ));
+            }
+            if st.percentage < previous {
+                return Err(Error::invalid(
+                    field("percentage"),
+                    st.percentage.to_string(),
+                    format!("must not be less than the step before ({previous})"),
+                ));
+            }
+            previous = st.percentage;
+            match (st.interval_seconds, st.approval) {
+                (Some(_), true) => {
+                    return Err(Error::invalid(
+                        field("approval"),
+                        "true",
+                        "a step waits either intervalSeconds or for an approval, not both",
+                    ))
+                }
+                (None, false) => {
+                    return Err(Error::invalid(
+                        field("intervalSeconds"),
+                        "none",
+                        "a step needs intervalSeconds or approval: true",
+                    ))
+                }
+                (Some(s), false) if !(1..=172_800).contains(&s) => {
+                    return Err(Error::invalid(
+                        field("intervalSeconds"),
+                        s.to_string(),
+                        "must be 1 to 172800 (two days)",
+                    ))
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
     /// The weights and waits, first step first; the last step is always weight 100 with no wait.
     pub fn schedule(&self) -> Vec<Step> {
+        let step = |weight: f64, wait_seconds: u64| Step {
+            weight,
+            wait_seconds,
+            approval: false,
+        };
         match self.kind {
-            ConfigType::AllAtOnce => vec![Step {
-                weight: 100.0,
-                wait_seconds: 0,
-            }],
-            ConfigType::TimeBasedCanary => vec![
-                Step {
-                    weight: self.percentage,
-                    wait_seconds: self.interval_seconds,
-                },
-                Step {
-                    weight: 100.0,
-                    wait_seconds: 0,
-                },
-            ],
+            ConfigType::AllAtOnce => vec![step(100.0, 0)],
+            ConfigType::TimeBasedCanary => vec![step(self.percentage, self.interval_seconds), step(100.0, 0)],
+            ConfigType::Steps => {
+                let mut steps: Vec<Step> = self
+                    .steps
+                    .iter()
+                    .map(|s| Step {
+                        weight: s.percentage,
+                        wait_seconds: s.interval_seconds.unwrap_or(0),
+                        approval: s.approval,
+                    })
+                    .collect();
+                steps.push(step(100.0, 0));
+                steps
+            }
             ConfigType::TimeBasedLinear => {
                 let mut steps = Vec::new();
                 let mut k = 1u32;
@@ -135,16 +236,10 @@ impl DeploymentConfig {
                     if w >= 100.0 - 1e-9 {
                         break;
                     }
-                    steps.push(Step {
-                        weight: w,
-                        wait_seconds: self.interval_seconds,
-                    });
+                    steps.push(step(w, self.interval_seconds));
                     k += 1;
                 }
-                steps.push(Step {
-                    weight: 100.0,
-                    wait_seconds: 0,
-                });
+                steps.push(step(100.0, 0));
                 steps
             }
         }
@@ -213,6 +308,7 @@ mod tests {
             kind: ConfigType::TimeBasedLinear,
             percentage: 33.3,
             interval_seconds: 7,
+            steps: Vec::new(),
             predefined: false,
         };
         c.validate().unwrap();
@@ -222,6 +318,7 @@ mod tests {
             kind: ConfigType::TimeBasedCanary,
             percentage: 0.5,
             interval_seconds: 30,
+            steps: Vec::new(),
             predefined: false,
         };
         assert_eq!(timeline(&c), vec![(0, 0.5), (30, 100.0)]);
@@ -240,5 +337,41 @@ mod tests {
             ..c
         };
         assert!(bad.validate().unwrap_err().to_string().contains("predefined"));
+    }
+
+    #[test]
+    fn steps_plans_and_their_errors() {
+        let c: DeploymentConfig = serde_json::from_value(serde_json::json!({
+            "name": "gated", "type": "Steps",
+            "steps": [{"percentage": 5, "intervalSeconds": 60}, {"percentage": 5, "approval": true}, {"percentage": 50, "intervalSeconds": 120}]
+        }))
+        .unwrap();
+        c.validate().unwrap();
+        let s = c.schedule();
+        assert_eq!(
+            s.iter().map(|s| (s.weight, s.wait_seconds, s.approval)).collect::<Vec<_>>(),
+            vec![(5.0, 60, false), (5.0, 0, true), (50.0, 120, false), (100.0, 0, false)]
+        );
+        let bad = |steps: serde_json::Value| {
+            let c: DeploymentConfig = serde_json::from_value(serde_json::json!({"name": "g", "type": "Steps", "steps": steps})).unwrap();
+            c.validate().unwrap_err().to_string()
+        };
+        let e = bad(serde_json::json!([{"percentage": 50, "intervalSeconds": 1}, {"percentage": 20, "intervalSeconds": 1}]));
+        assert!(e.contains("steps[1].percentage") && e.contains("20"), "{e}");
+        let e = bad(serde_json::json!([{"percentage": 100, "intervalSeconds": 1}]));
+        assert!(e.contains("steps[0].percentage") && e.contains("100"), "{e}");
+        let e = bad(serde_json::json!([{"percentage": 10}]));
+        assert!(e.contains("steps[0].intervalSeconds"), "{e}");
+        let e = bad(serde_json::json!([{"percentage": 10, "intervalSeconds": 5, "approval": true}]));
+        assert!(e.contains("steps[0].approval"), "{e}");
+        let e = bad(serde_json::json!([{"percentage": 10, "intervalSeconds": 0}]));
+        assert!(e.contains("steps[0].intervalSeconds") && e.contains("0"), "{e}");
+        assert!(bad(serde_json::json!([])).contains("steps"));
+        let e: DeploymentConfig = serde_json::from_value(
+            serde_json::json!({"name": "g", "type": "TimeBasedCanary", "percentage": 10, "intervalSeconds": 5,
+                "steps": [{"percentage": 10, "intervalSeconds": 5}]}),
+        )
+        .unwrap();
+        assert!(e.validate().unwrap_err().to_string().contains("only a Steps plan"));
     }
 }

@@ -213,6 +213,9 @@ pub struct Rollout {
     pub stop_requested: Option<bool>,
     #[serde(default)]
     pub promote_requested: bool,
+    /// An approval of the current approval step, by this caller, carried out by the next step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approved_by: Option<String>,
     pub events: Vec<RolloutEvent>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -411,6 +414,7 @@ impl State {
             checkpoint_at: now,
             stop_requested: None,
             promote_requested: false,
+            approved_by: None,
             events: vec![RolloutEvent {
                 time: now,
                 status: RolloutStatus::Created,
@@ -456,6 +460,24 @@ impl State {
     pub fn request_promote(&mut self, id: &str, now: DateTime<Utc>) -> Result<Rollout> {
         let r = self.active_rollout_mut(id)?;
         r.promote_requested = true;
+        r.updated_at = now;
+        Ok(r.clone())
+    }
+
+    /// Approves the approval step the rollout waits at; `by` names the caller (a token's name).
+    pub fn approve_rollout(&mut self, id: &str, by: &str, now: DateTime<Utc>) -> Result<Rollout> {
+        let r = self.active_rollout_mut(id)?;
+        let waiting = match r.phase {
+            Phase::Shifting { step, .. } => r.deployment_config.schedule().get(step).is_some_and(|s| s.approval),
+            _ => false,
+        };
+        if !waiting {
+            return Err(Error::Conflict(format!("rollout {id} is not waiting for an approval")));
+        }
+        if let Some(other) = &r.approved_by {
+            return Err(Error::Conflict(format!("rollout {id}'s step is already approved by {other}")));
+        }
+        r.approved_by = Some(by.to_string());
         r.updated_at = now;
         Ok(r.clone())
     }
