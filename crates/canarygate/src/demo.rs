@@ -4,7 +4,8 @@
 //! backend (v1 healthy; v2 slower with 25% errors; v3 healthy) and a steady client load. The stage
 //! serves v1; a rollout to v2 with a short canary plan, judged by the canary analysis and watched by an
 //! error-rate alarm, ends in an automatic rollback (the analysis rejects v2 within seconds, before the
-//! alarm's 10-second periods can); a rollout to v3 with a short linear plan and the same analysis ends
+//! alarm's 10-second periods can); a rollout to v3 with a Steps plan whose approval step the demo
+//! approves itself after a pause (printing what a person would type), under the same analysis, ends
 //! promoted. A timeline is printed as it goes, with the analysis's evidence in one line.
 
 use std::net::SocketAddr;
@@ -42,6 +43,8 @@ const API: &str = "shop";
 const STAGE: &str = "prod";
 const ALARM: &str = "shop-prod-canary-5xx";
 const ANALYSIS: &str = "errors-and-latency";
+/// How long the demo waits before it approves an approval step itself.
+const APPROVAL_PAUSE: Duration = Duration::from_secs(10);
 
 fn config(v1: SocketAddr, data_dir: &std::path::Path) -> Result<crate::config::ConfigFile> {
     let yaml = format!(
@@ -58,7 +61,12 @@ apis:
         variables: {{backend: "{v1}", version: "v1"}}
 deploymentConfigs:
   - {{name: DemoCanary20Percent30Seconds, type: TimeBasedCanary, percentage: 20, intervalSeconds: 30}}
-  - {{name: DemoLinear25PercentEvery20Seconds, type: TimeBasedLinear, percentage: 25, intervalSeconds: 20}}
+  - name: DemoGated
+    type: Steps
+    steps:
+      - {{percentage: 25, intervalSeconds: 15}}
+      - {{percentage: 25, approval: true}}
+      - {{percentage: 75, intervalSeconds: 15}}
 alarms:
   - name: {ALARM}
     api: {API}
@@ -137,6 +145,7 @@ async fn rollout(running: &Running, tl: &Timeline, req: RolloutRequest) -> Resul
     let mut printed = 0;
     let mut alarm_state = running.store.current().alarms.get(ALARM).map(|a| a.status.state);
     let mut last_traffic = Instant::now();
+    let mut approve_at: Option<Instant> = None;
     loop {
         let state = running.store.current();
         let r = state.rollout(&id)?.clone();
@@ -163,6 +172,23 @@ async fn rollout(running: &Running, tl: &Timeline, req: RolloutRequest) -> Resul
                 tl.say(format!("evidence: {line}"));
             }
             last_traffic = Instant::now();
+        }
+        // A plan's approval step: the demo plays the person who approves, after a pause.
+        let waiting = r.waiting_for.as_deref().is_some_and(|w| w.starts_with("waiting for an approval"));
+        match approve_at {
+            None if waiting => {
+                tl.say(format!(
+                    "the plan waits for an approval, without a time limit (alarms and analysis keep watching); a person would type: canarygate rollout approve {id}   (the demo approves in {} s)",
+                    APPROVAL_PAUSE.as_secs()
+                ));
+                approve_at = Some(Instant::now() + APPROVAL_PAUSE);
+            }
+            Some(at) if waiting && Instant::now() >= at => {
+                let rid = id.clone();
+                running.store.mutate(move |s| s.approve_rollout(&rid, "demo", Utc::now())).await?;
+                approve_at = Some(Instant::now() + Duration::from_secs(3600));
+            }
+            _ => {}
         }
         if !r.status.is_active() {
             if let Some(line) = evidence() {
@@ -271,8 +297,8 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     ));
     pause(&running, &tl, 15).await;
 
-    tl.say("rollout 2: prod -> v3 with DemoLinear25PercentEvery20Seconds (25%, 50%, 75%, then 100%), the same analysis and alarm");
-    let (second, _) = rollout(&running, &tl, req(v3, "v3", "DemoLinear25PercentEvery20Seconds")).await?;
+    tl.say("rollout 2: prod -> v3 with DemoGated (25% for 15 s, 25% until approved, 75% for 15 s, then 100%), the same analysis and alarm");
+    let (second, _) = rollout(&running, &tl, req(v3, "v3", "DemoGated")).await?;
     let stage = running.store.current().stage(API, STAGE)?.clone();
     tl.say(format!(
         "rollout 2 ended {}; the stage now serves {}",

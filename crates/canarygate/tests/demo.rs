@@ -44,6 +44,11 @@ async fn the_demo_story_ends_as_told() {
         stdout.contains("evidence: errors: canary") && stdout.contains("REJECTED"),
         "{stdout}"
     );
+    // The second plan has an approval step, which the demo approves itself, saying what a person would type.
+    assert!(
+        stdout.contains("a person would type: canarygate rollout approve r-demo"),
+        "{stdout}"
+    );
 
     let s = Server::start(&data, &[], &[]);
     let c = client();
@@ -53,6 +58,15 @@ async fn the_demo_story_ends_as_told() {
     // Newest first: the second rollout (to v3) succeeded; the first (to v2) was rolled back by the analysis.
     assert_eq!(items[0]["status"], "Succeeded");
     assert_eq!(items[0]["stageVariableOverrides"]["version"], "v3");
+    assert!(
+        items[0]["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["reason"] == "step approved by demo"),
+        "{}",
+        items[0]
+    );
     assert_eq!(items[1]["status"], "RolledBack");
     assert_eq!(items[1]["stageVariableOverrides"]["version"], "v2");
     let last = items[1]["events"].as_array().unwrap().last().unwrap().clone();
