@@ -20,7 +20,10 @@ pub fn datapoints(alarm: &Alarm, metrics: &Registry, now_sec: u64, since: Option
         let value = if since.is_some_and(|s| ts < s) {
             None
         } else {
-            series.as_ref().and_then(|s| s.reduce(alarm.metric, alarm.statistic, ts, ts + p))
+            match (series.as_ref(), alarm.metric, alarm.statistic) {
+                (Some(s), Some(m), Some(st)) => s.reduce(m, st, ts, ts + p),
+                _ => None,
+            }
         };
         out.push(EvaluatedPoint { timestamp: ts, value });
         ts += p;
@@ -64,8 +67,9 @@ mod tests {
             api: "orders".into(),
             stage: "prod".into(),
             variant: Variant::Production,
-            metric: Metric::Latency,
-            statistic: Statistic::Sum,
+            metric: Some(Metric::Latency),
+            statistic: Some(Statistic::Sum),
+            prometheus: None,
             period_seconds: 1,
             evaluation_periods: 1,
             datapoints_to_alarm: 1,
@@ -75,8 +79,8 @@ mod tests {
         };
         let value = |metric: Metric, statistic: Statistic| {
             let a = Alarm {
-                metric,
-                statistic,
+                metric: Some(metric),
+                statistic: Some(statistic),
                 ..base.clone()
             };
             datapoints(&a, &reg, t0 + 1, None)[0].value.unwrap()
@@ -98,7 +102,7 @@ mod tests {
         // And the rule on top: p99 latency > 80 ms is ALARM, > 120 ms is OK.
         let rule = |threshold: f64| {
             let a = Alarm {
-                statistic: Statistic::Percentile(99.0),
+                statistic: Some(Statistic::Percentile(99.0)),
                 threshold,
                 ..base.clone()
             };
@@ -134,8 +138,9 @@ mod tests {
             api: "orders".into(),
             stage: "prod".into(),
             variant: Variant::Canary,
-            metric: Metric::Error5xx,
-            statistic: Statistic::Average,
+            metric: Some(Metric::Error5xx),
+            statistic: Some(Statistic::Average),
+            prometheus: None,
             period_seconds: 1,
             evaluation_periods: 3,
             datapoints_to_alarm: 2,

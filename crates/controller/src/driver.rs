@@ -16,6 +16,10 @@ use tokio::sync::watch;
 use crate::alarms::evaluate_alarm;
 use crate::engine::{step, Effect, Input};
 use crate::feed::Feed;
+use crate::prom::PromSource;
+use canarygate_model::alarm::{evaluate, Alarm, Evaluation};
+use canarygate_model::rollout::Rollout;
+use canarygate_model::{State, Variant};
 
 /// The wall clock.
 pub trait Clock: Send + Sync {
@@ -49,6 +53,7 @@ pub struct Controller {
     metrics: Arc<Registry>,
     clock: Arc<dyn Clock>,
     http: reqwest::Client,
+    prom: PromSource,
     tick: Duration,
 }
 
@@ -58,11 +63,13 @@ fn hook_id() -> String {
 
 impl Controller {
     pub fn new(store: Arc<Store>, metrics: Arc<Registry>, clock: Arc<dyn Clock>) -> Controller {
+        let http = reqwest::Client::new();
         Controller {
             store,
             metrics,
             clock,
-            http: reqwest::Client::new(),
+            prom: PromSource::new(http.clone()),
+            http,
             tick: Duration::from_millis(100),
         }
     }
@@ -93,8 +100,11 @@ impl Controller {
         let state = self.store.current();
         let mut changes = Vec::new();
         for (name, entry) in &state.alarms {
-            let e = evaluate_alarm(&entry.alarm, &self.metrics, now_sec, None, entry.status.state);
-            if e.state != entry.status.state {
+            let e = self.evaluate(&entry.alarm, &state, None, now_sec, None, entry.status.state);
+            // A change of state is stored with its history; without data, so is a new reason for it
+            // (e.g. why a Prometheus query gave nothing), without a history entry.
+            let new_reason = e.state == AlarmState::InsufficientData && e.reason != entry.status.reason;
+            if e.state != entry.status.state || new_reason {
                 changes.push((name.clone(), e));
             }
         }
@@ -170,7 +180,7 @@ impl Controller {
                     let entry = state.alarms.get(name)?;
                     Some((
                         name.clone(),
-                        evaluate_alarm(&entry.alarm, &self.metrics, now_sec, since, AlarmState::InsufficientData),
+                        self.evaluate(&entry.alarm, &state, Some(&r), now_sec, since, AlarmState::InsufficientData),
                     ))
                 })
                 .collect();
@@ -207,6 +217,40 @@ impl Controller {
                 Err(e) => tracing::error!(rollout = %r.id, error = %e, "cannot store the rollout's step"),
             }
         }
+    }
+
+    /// Evaluates an alarm: over the gateway's metrics, or over its Prometheus query's datapoints. A
+    /// Prometheus alarm's placeholders take the watching rollout's api and stage (else the alarm's own),
+    /// and the variant's stage variables (the canary's with the rollout's overrides).
+    fn evaluate(
+        &self,
+        alarm: &Alarm,
+        state: &State,
+        rollout: Option<&Rollout>,
+        now_sec: u64,
+        since: Option<u64>,
+        current: AlarmState,
+    ) -> Evaluation {
+        let Some(q) = &alarm.prometheus else {
+            return evaluate_alarm(alarm, &self.metrics, now_sec, since, current);
+        };
+        let (api, stage) = rollout.map_or((alarm.api.as_str(), alarm.stage.as_str()), |r| (r.api.as_str(), r.stage.as_str()));
+        let st = state.apis.get(api).and_then(|a| a.stages.get(stage));
+        let mut vars = st.map(|s| s.variables.clone()).unwrap_or_default();
+        if alarm.variant == Variant::Canary {
+            let overrides = match rollout {
+                Some(r) => Some(&r.stage_variable_overrides),
+                None => st.and_then(|s| s.canary_settings.as_ref()).map(|c| &c.stage_variable_overrides),
+            };
+            vars.extend(overrides.into_iter().flatten().map(|(k, v)| (k.clone(), v.clone())));
+        }
+        let rendered = q.render(api, stage, alarm.variant, &vars);
+        let (points, why) = self.prom.datapoints(alarm, q, &rendered, now_sec, since);
+        let mut e = evaluate(alarm, &points, current);
+        if let Some(why) = why {
+            e.reason = format!("{} Prometheus: {why}", e.reason);
+        }
+        e
     }
 
     /// Calls a hook in the background and records its reply: 202 waits for the callback, other 2xx

@@ -1,6 +1,6 @@
-//! Alarms: threshold rules over a stage's per-variant metrics, evaluated as CloudWatch evaluates metric
-//! alarms (the last `evaluationPeriods` periods, ALARM when `datapointsToAlarm` of them breach,
-//! `treatMissingData` for periods without requests).
+//! Alarms: threshold rules over a stage's per-variant metrics — or over a PromQL query's value
+//! ([`PrometheusQuery`]) — evaluated as CloudWatch evaluates metric alarms (the last `evaluationPeriods`
+//! periods, ALARM when `datapointsToAlarm` of them breach, `treatMissingData` for periods without data).
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -79,8 +79,14 @@ pub struct Alarm {
     pub api: String,
     pub stage: String,
     pub variant: Variant,
-    pub metric: Metric,
-    pub statistic: Statistic,
+    /// The gateway's own metric (with `statistic`), or none for a `prometheus` alarm.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metric: Option<Metric>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub statistic: Option<Statistic>,
+    /// A PromQL instant query evaluated each period instead of the gateway's metrics.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prometheus: Option<PrometheusQuery>,
     pub period_seconds: u64,
     pub evaluation_periods: u32,
     pub datapoints_to_alarm: u32,
@@ -99,6 +105,22 @@ impl Alarm {
         }
         crate::validate_api_name(&self.api).map_err(|_| Error::invalid("api", &self.api, "must match [a-z0-9-]{1,64}"))?;
         crate::validate_stage_name(&self.stage).map_err(|_| Error::invalid("stage", &self.stage, "must match [A-Za-z0-9_-]{1,128}"))?;
+        match (&self.prometheus, self.metric, self.statistic) {
+            (Some(q), None, None) => q.validate()?,
+            (Some(_), _, _) => {
+                return Err(Error::invalid(
+                    if self.metric.is_some() { "metric" } else { "statistic" },
+                    self.metric.map_or_else(
+                        || self.statistic.map(|s| s.to_string()).unwrap_or_default(),
+                        |m| m.as_str().to_string(),
+                    ),
+                    "a prometheus alarm takes its value from its query: leave metric and statistic out",
+                ))
+            }
+            (None, None, _) => return Err(Error::invalid("metric", "", "name a metric (or give a prometheus query)")),
+            (None, _, None) => return Err(Error::invalid("statistic", "", "name a statistic (or give a prometheus query)")),
+            (None, Some(_), Some(_)) => {}
+        }
         if !(1..=86_400).contains(&self.period_seconds) {
             return Err(Error::invalid(
                 "periodSeconds",
@@ -140,6 +162,103 @@ impl Alarm {
         let first = newest.saturating_sub(p * u64::from(self.evaluation_periods - 1));
         (first, newest)
     }
+}
+
+/// `prometheus: {url, query}` on an alarm: a PromQL instant query whose single value is the datapoint
+/// of each period. `${api}`, `${stage}`, `${variant}` and `${stageVariables.NAME}` (the variant's
+/// variables, with the canary's overrides for the canary) are replaced, escaped as a PromQL string's
+/// content, so one definition serves every stage and rollout.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PrometheusQuery {
+    /// The Prometheus server's base URL (`http://host:9090`); `/api/v1/query` is appended.
+    pub url: String,
+    pub query: String,
+}
+
+impl PrometheusQuery {
+    pub fn validate(&self) -> Result<()> {
+        let url = self.url.trim_end_matches('/');
+        let scheme_ok = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://"));
+        if !scheme_ok.is_some_and(|rest| !rest.is_empty() && !rest.contains(char::is_whitespace)) || url.len() > 2048 {
+            return Err(Error::invalid("prometheus.url", &self.url, "must be an http:// or https:// URL"));
+        }
+        if self.query.trim().is_empty() || self.query.len() > 8192 {
+            return Err(Error::invalid(
+                "prometheus.query",
+                &self.query,
+                "must be a PromQL expression of 1 to 8192 bytes",
+            ));
+        }
+        let mut rest = self.query.as_str();
+        while let Some(i) = rest.find("${") {
+            let Some(end) = rest[i..].find('}') else {
+                return Err(Error::invalid("prometheus.query", &self.query, "an unclosed ${"));
+            };
+            let name = &rest[i + 2..i + end];
+            let known = matches!(name, "api" | "stage" | "variant") || name.strip_prefix("stageVariables.").is_some_and(|v| !v.is_empty());
+            if !known {
+                return Err(Error::invalid(
+                    "prometheus.query",
+                    format!("${{{name}}}"),
+                    "unknown placeholder: ${api}, ${stage}, ${variant} or ${stageVariables.NAME}",
+                ));
+            }
+            rest = &rest[i + end + 1..];
+        }
+        Ok(())
+    }
+
+    /// The query with its placeholders replaced; each value escaped as the content of a PromQL
+    /// double-quoted string. A stage variable that is not set is an error naming it.
+    pub fn render(
+        &self,
+        api: &str,
+        stage: &str,
+        variant: Variant,
+        variables: &std::collections::BTreeMap<String, String>,
+    ) -> std::result::Result<String, String> {
+        let mut out = String::with_capacity(self.query.len());
+        let mut rest = self.query.as_str();
+        while let Some(i) = rest.find("${") {
+            out.push_str(&rest[..i]);
+            let end = rest[i..].find('}').ok_or("an unclosed ${")?;
+            let name = &rest[i + 2..i + end];
+            let value = match name {
+                "api" => api,
+                "stage" => stage,
+                "variant" => variant.as_str(),
+                _ => match name.strip_prefix("stageVariables.") {
+                    Some(v) => variables
+                        .get(v)
+                        .map(String::as_str)
+                        .ok_or_else(|| format!("stage variable {v:?} is not set"))?,
+                    None => return Err(format!("unknown placeholder ${{{name}}}")),
+                },
+            };
+            out.push_str(&escape_promql(value));
+            rest = &rest[i + end + 1..];
+        }
+        out.push_str(rest);
+        Ok(out)
+    }
+}
+
+/// Escapes a value for the inside of a PromQL double-quoted string (Go's escaping: backslash, quote,
+/// newline, carriage return, tab).
+pub fn escape_promql(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// One datapoint of an evaluation: the period's start and its value, or none when it had no samples.
@@ -275,14 +394,55 @@ impl AlarmStatus {
 mod tests {
     use super::*;
 
+    #[test]
+    fn prometheus_queries_are_validated_and_rendered_escaped() {
+        let q = PrometheusQuery {
+            url: "http://127.0.0.1:9091".into(),
+            query: r#"sum(rate(app_errors_total{job="${api}",stage="${stage}",v="${variant}",backend="${stageVariables.backend}"}[1m]))"#
+                .into(),
+        };
+        q.validate().unwrap();
+        let vars = [("backend".to_string(), "a\"b\\c\nd".to_string())].into();
+        let r = q.render("orders", "prod", Variant::Canary, &vars).unwrap();
+        assert_eq!(
+            r,
+            r#"sum(rate(app_errors_total{job="orders",stage="prod",v="canary",backend="a\"b\\c\nd"}[1m]))"#
+        );
+        // A value cannot close the string and add a matcher of its own.
+        let evil = [("backend".to_string(), r#"x"} or vector(1) #"#.to_string())].into();
+        let r = q.render("orders", "prod", Variant::Canary, &evil).unwrap();
+        assert!(r.contains(r#"backend="x\"} or vector(1) #""#), "{r}");
+        assert!(q
+            .render("orders", "prod", Variant::Canary, &Default::default())
+            .unwrap_err()
+            .contains("backend"));
+        for (query, bad) in [("up{x=\"${nope}\"}", "${nope}"), ("up{x=\"${stage", "unclosed"), ("  ", "PromQL")] {
+            let q = PrometheusQuery {
+                url: "http://p:9090".into(),
+                query: query.into(),
+            };
+            let e = q.validate().unwrap_err().to_string();
+            assert!(e.contains("prometheus.query") && e.contains(bad), "{e}");
+        }
+        let e = PrometheusQuery {
+            url: "ftp://p".into(),
+            query: "up".into(),
+        }
+        .validate()
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("prometheus.url"), "{e}");
+    }
+
     fn alarm(n: u32, m: u32, cmp: Comparison, missing: TreatMissingData) -> Alarm {
         Alarm {
             name: "a".into(),
             api: "orders".into(),
             stage: "prod".into(),
             variant: Variant::Canary,
-            metric: Metric::Error5xx,
-            statistic: Statistic::Average,
+            metric: Some(Metric::Error5xx),
+            statistic: Some(Statistic::Average),
+            prometheus: None,
             period_seconds: 1,
             evaluation_periods: n,
             datapoints_to_alarm: m,
@@ -402,7 +562,7 @@ mod tests {
             "treatMissingData": "notBreaching"
         }))
         .unwrap();
-        assert_eq!(a.statistic, Statistic::Percentile(99.9));
+        assert_eq!(a.statistic, Some(Statistic::Percentile(99.9)));
         assert_eq!(a.treat_missing_data, T::NotBreaching);
         assert_eq!(serde_json::to_value(&a).unwrap()["statistic"], "p99.9");
     }

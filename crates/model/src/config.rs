@@ -235,19 +235,18 @@ impl fmt::Display for Action {
                 .collect::<Vec<_>>()
                 .join(", ")
             ),
-            Action::PutAlarm(a) => write!(
-                f,
-                "put alarm {} ({} of {} {} on {}/{}, {} s periods, {:?} {})",
-                a.name,
-                a.statistic,
-                a.variant,
-                a.metric.as_str(),
-                a.api,
-                a.stage,
-                a.period_seconds,
-                a.comparison,
-                a.threshold
-            ),
+            Action::PutAlarm(a) => {
+                let what = match (&a.prometheus, a.metric, a.statistic) {
+                    (Some(q), _, _) => format!("PromQL {:?} for {}", q.query, a.variant),
+                    (None, Some(m), Some(s)) => format!("{s} of {} {}", a.variant, m.as_str()),
+                    _ => String::new(),
+                };
+                write!(
+                    f,
+                    "put alarm {} ({what} on {}/{}, {} s periods, {:?} {})",
+                    a.name, a.api, a.stage, a.period_seconds, a.comparison, a.threshold
+                )
+            }
         }
     }
 }

@@ -159,6 +159,8 @@ pub struct Backend {
     pub fail_per_10k: Arc<AtomicUsize>,
     /// Extra delay of every answer, in milliseconds, changeable while it runs.
     pub delay_ms: Arc<AtomicU64>,
+    /// 500s it has answered (exposed, with its calls, at `GET /metrics` in Prometheus' text format).
+    pub errors: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -171,15 +173,32 @@ impl Backend {
         let calls = Arc::new(AtomicUsize::new(0));
         let fail_per_10k = Arc::new(AtomicUsize::new(0));
         let delay_ms = Arc::new(AtomicU64::new(0));
-        let (n, c, fk, dm) = (name.to_string(), calls.clone(), fail_per_10k.clone(), delay_ms.clone());
+        let errors = Arc::new(AtomicUsize::new(0));
+        let (n, c, fk, dm, er) = (
+            name.to_string(),
+            calls.clone(),
+            fail_per_10k.clone(),
+            delay_ms.clone(),
+            errors.clone(),
+        );
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else { return };
-                let (n, c, fk, dm) = (n.clone(), c.clone(), fk.clone(), dm.clone());
+                let (n, c, fk, dm, er) = (n.clone(), c.clone(), fk.clone(), dm.clone(), er.clone());
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                        let (n, c, fk, dm) = (n.clone(), c.clone(), fk.clone(), dm.clone());
+                        let (n, c, fk, dm, er) = (n.clone(), c.clone(), fk.clone(), dm.clone(), er.clone());
                         async move {
+                            if req.uri().path() == "/metrics" {
+                                // The backend's own metrics, as a Prometheus server scrapes them.
+                                let text = format!(
+                                    "# TYPE app_requests_total counter\napp_requests_total{{backend=\"{n}\"}} {}\n\
+                                     # TYPE app_errors_total counter\napp_errors_total{{backend=\"{n}\"}} {}\n",
+                                    c.load(Ordering::SeqCst),
+                                    er.load(Ordering::SeqCst)
+                                );
+                                return Ok(hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from(text))));
+                            }
                             let call = c.fetch_add(1, Ordering::SeqCst) + 1;
                             if let Behaviour::Slow(d) = behaviour {
                                 tokio::time::sleep(d).await;
@@ -234,6 +253,9 @@ impl Backend {
                             if fail_now || q.contains_key("fail") {
                                 *r.status_mut() = hyper::StatusCode::INTERNAL_SERVER_ERROR;
                             }
+                            if r.status() == hyper::StatusCode::INTERNAL_SERVER_ERROR {
+                                er.fetch_add(1, Ordering::SeqCst);
+                            }
                             if let Some(cc) = q.get("cc") {
                                 r.headers_mut().insert("cache-control", cc.parse().unwrap());
                             }
@@ -262,6 +284,7 @@ impl Backend {
             calls,
             fail_per_10k,
             delay_ms,
+            errors,
             task,
         }
     }
@@ -492,5 +515,76 @@ pub async fn read_response<R: tokio::io::AsyncRead + Unpin>(s: &mut R, buf: &mut
             .unwrap();
         assert!(n > 0, "connection closed; got so far: {:?}", String::from_utf8_lossy(buf));
         buf.extend_from_slice(&more[..n]);
+    }
+}
+
+/// A real Prometheus server (Debian's `prometheus`), on a free loopback port, scraping `targets` every
+/// second; killed on drop.
+pub struct Prometheus {
+    pub url: String,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Prometheus {
+    pub async fn start(targets: &[SocketAddr]) -> Prometheus {
+        let dir = tempfile::tempdir().unwrap();
+        let list: Vec<String> = targets.iter().map(|t| format!("\"{t}\"")).collect();
+        let cfg = dir.path().join("prometheus.yml");
+        std::fs::write(
+            &cfg,
+            format!("global: {{scrape_interval: 1s, evaluation_interval: 1s}}\nscrape_configs:\n  - job_name: backends\n    static_configs: [{{targets: [{}]}}]\n", list.join(", ")),
+        )
+        .unwrap();
+        let addr = closed_port();
+        let bin = ["/usr/bin/prometheus", "/usr/local/bin/prometheus"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .expect("prometheus not found: the test command (scripts/test) installs Debian's prometheus");
+        let child = Command::new(bin)
+            .arg(format!("--config.file={}", cfg.display()))
+            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+            .arg(format!("--web.listen-address={addr}"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("prometheus.log")).unwrap())
+            .spawn()
+            .expect("start prometheus");
+        let p = Prometheus {
+            url: format!("http://{addr}"),
+            child,
+            _dir: dir,
+        };
+        let c = client();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(r) = c.get(format!("{}/-/ready", p.url)).send().await {
+                if r.status() == 200 {
+                    return p;
+                }
+            }
+            assert!(std::time::Instant::now() < deadline, "prometheus did not get ready");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// The value of an instant query now, if it returns one sample.
+    pub async fn value(&self, query: &str) -> Option<f64> {
+        let v: Value = client()
+            .get(format!("{}/api/v1/query", self.url))
+            .query(&[("query", query)])
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        v["data"]["result"][0]["value"][1].as_str()?.parse().ok()
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
