@@ -107,6 +107,14 @@ pub fn router(state: AppState, auth: Auth) -> Router {
             "/deployment-configs/{name}",
             get(rollouts::get_config).put(rollouts::put_config).delete(rollouts::delete_config),
         )
+        .route("/notifications", get(rollouts::list_notifications))
+        .route(
+            "/notifications/{name}",
+            get(rollouts::get_notification)
+                .put(rollouts::put_notification)
+                .delete(rollouts::delete_notification),
+        )
+        .route("/notifications/{name}/deliveries", get(rollouts::list_deliveries))
         .route("/analyses", get(rollouts::list_analyses))
         .route(
             "/analyses/{name}",

@@ -9,6 +9,7 @@ use axum::{Extension, Json};
 use canarygate_model::alarm::Alarm;
 use canarygate_model::analysis::AnalysisSpec;
 use canarygate_model::deployment_config::DeploymentConfig;
+use canarygate_model::notification::Notification;
 use canarygate_model::rollout::{alarm_view, HookStatus, Phase, Rollout, RolloutRequest, RolloutStatus};
 use chrono::Utc;
 use serde::Deserialize;
@@ -230,4 +231,66 @@ pub async fn put_analysis(State(s): State<AppState>, Path(name): Path<String>, J
 pub async fn delete_analysis(State(s): State<AppState>, Path(name): Path<String>) -> Result<StatusCode> {
     s.store.mutate(move |st| st.delete_analysis(&name)).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// A notification as the API shows it: the definition (secret hidden) and its delivery state.
+fn notification_view(st: &canarygate_model::State, n: &Notification) -> Value {
+    let mine: Vec<_> = st.deliveries.values().filter(|d| d.notification == n.name).collect();
+    let pending = mine.iter().filter(|d| d.delivered_at.is_none()).count();
+    let delivered = mine.len() - pending;
+    let last_error = mine
+        .iter()
+        .filter(|d| d.delivered_at.is_none())
+        .filter_map(|d| d.last_error.as_ref().map(|e| (d.next_attempt_at, e)))
+        .max_by_key(|(t, _)| *t)
+        .map(|(_, e)| e.clone());
+    let mut v = n.view();
+    if let Some(o) = v.as_object_mut() {
+        o.insert("pending".into(), json!(pending));
+        o.insert("delivered".into(), json!(delivered));
+        o.insert("lastError".into(), json!(last_error));
+    }
+    v
+}
+
+pub async fn list_notifications(State(s): State<AppState>) -> Json<Value> {
+    let st = s.store.current();
+    Json(json!({"items": st.notifications.values().map(|n| notification_view(&st, n)).collect::<Vec<_>>()}))
+}
+
+pub async fn get_notification(State(s): State<AppState>, Path(name): Path<String>) -> Result<Json<Value>> {
+    let st = s.store.current();
+    let n = st
+        .notifications
+        .get(&name)
+        .ok_or_else(|| ApiError::not_found(format!("notification {name:?} not found")))?;
+    Ok(Json(notification_view(&st, n)))
+}
+
+pub async fn put_notification(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    JsonBody(n): JsonBody<Notification>,
+) -> Result<Response> {
+    let existed = s.store.current().notifications.contains_key(&name);
+    let n = s.store.mutate(move |st| st.put_notification(&name, n)).await?;
+    let status = if existed { StatusCode::OK } else { StatusCode::CREATED };
+    Ok((status, Json(notification_view(&s.store.current(), &n))).into_response())
+}
+
+pub async fn delete_notification(State(s): State<AppState>, Path(name): Path<String>) -> Result<StatusCode> {
+    s.store.mutate(move |st| st.delete_notification(&name)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The notification's deliveries, oldest first: each event's id, type, attempts, next attempt, when it
+/// was delivered and the last error.
+pub async fn list_deliveries(State(s): State<AppState>, Path(name): Path<String>) -> Result<Json<Value>> {
+    let st = s.store.current();
+    if !st.notifications.contains_key(&name) {
+        return Err(ApiError::not_found(format!("notification {name:?} not found")));
+    }
+    let mut items: Vec<_> = st.deliveries.values().filter(|d| d.notification == name).collect();
+    items.sort_by_key(|d| (d.created_at, d.seq, d.sub));
+    Ok(Json(json!({"items": items})))
 }

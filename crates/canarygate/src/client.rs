@@ -239,6 +239,18 @@ async fn remote_state(c: &Client) -> Result<State> {
         cfg.predefined = false;
         state.deployment_configs.insert(cfg.name.clone(), cfg);
     }
+    let notifications = c.get("/v1/notifications").await?;
+    for n in notifications["items"].as_array().into_iter().flatten() {
+        let events = serde_json::from_value(n["events"].clone())?;
+        let url = n["url"].as_str().unwrap_or_default().to_string();
+        let name = n["name"].as_str().unwrap_or_default().to_string();
+        // The secret is never shown: a placeholder says there is one.
+        let secret = (n["signed"] == true).then(|| "(set)".to_string());
+        state.notifications.insert(
+            name.clone(),
+            canarygate_model::notification::Notification { name, url, events, secret },
+        );
+    }
     let analyses = c.get("/v1/analyses").await?;
     for a in analyses["items"].as_array().into_iter().flatten() {
         let a: canarygate_model::analysis::AnalysisSpec = serde_json::from_value(a.clone())?;
@@ -321,6 +333,14 @@ async fn execute(c: &Client, a: &Action) -> Result<()> {
         Action::PutAlarm(a) => {
             c.call(Method::PUT, &format!("/v1/alarms/{}", a.name), Some(serde_json::to_value(a)?))
                 .await?
+        }
+        Action::PutNotification(n) => {
+            c.call(
+                Method::PUT,
+                &format!("/v1/notifications/{}", n.name),
+                Some(serde_json::to_value(n)?),
+            )
+            .await?
         }
         Action::PutAnalysis(a) => {
             let name = a.name.clone().unwrap_or_default();

@@ -110,6 +110,8 @@ pub struct ConfigFile {
     pub deployment_configs: Vec<DeploymentConfig>,
     #[serde(default)]
     pub analyses: Vec<canarygate_model::analysis::AnalysisSpec>,
+    #[serde(default)]
+    pub notifications: Vec<canarygate_model::notification::Notification>,
 }
 
 impl ConfigFile {
@@ -120,6 +122,7 @@ impl ConfigFile {
             alarms: self.alarms.clone(),
             deployment_configs: self.deployment_configs.clone(),
             analyses: self.analyses.clone(),
+            notifications: self.notifications.clone(),
         }
     }
 }

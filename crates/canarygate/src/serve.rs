@@ -98,6 +98,7 @@ async fn seed(store: &Store, actions: Vec<Action>) -> Result<()> {
             Action::PutDomain { domain, mappings } => store.mutate(move |s| s.put_domain(&domain, mappings).map(|_| ())).await,
             Action::PutDeploymentConfig(c) => store.mutate(move |s| s.put_deployment_config(&c.name.clone(), c).map(|_| ())).await,
             Action::PutAlarm(a) => store.mutate(move |s| s.put_alarm(&a.name.clone(), a).map(|_| ())).await,
+            Action::PutNotification(n) => store.mutate(move |s| s.put_notification(&n.name.clone(), n).map(|_| ())).await,
             Action::PutAnalysis(a) => {
                 store
                     .mutate(move |s| s.put_analysis(&a.name.clone().unwrap_or_default(), a).map(|_| ()))

@@ -54,6 +54,8 @@ pub struct Controller {
     clock: Arc<dyn Clock>,
     http: reqwest::Client,
     prom: PromSource,
+    /// Notification deliveries being attempted now.
+    delivering: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
     tick: Duration,
 }
 
@@ -69,6 +71,7 @@ impl Controller {
             metrics,
             clock,
             prom: PromSource::new(http.clone()),
+            delivering: Arc::default(),
             http,
             tick: Duration::from_millis(100),
         }
@@ -92,6 +95,56 @@ impl Controller {
                 self.evaluate_alarms(now, now_sec).await;
             }
             self.step_rollouts(&mut watches, now, now_sec).await;
+            self.deliver(now);
+        }
+    }
+
+    /// Starts the notification deliveries that are due (the oldest undelivered one per notification
+    /// and rollout, once its retry time has come), each in the background.
+    fn deliver(&self, now: DateTime<Utc>) {
+        let state = self.store.current();
+        for d in canarygate_model::notification::due(&state.deliveries, now) {
+            let Some(n) = state.notifications.get(&d.notification) else {
+                continue;
+            };
+            if !self.delivering.lock().unwrap_or_else(|e| e.into_inner()).insert(d.id.clone()) {
+                continue;
+            }
+            let (store, http, delivering) = (self.store.clone(), self.http.clone(), self.delivering.clone());
+            let (d, url, secret) = (d.clone(), n.url.clone(), n.secret.clone());
+            tokio::spawn(async move {
+                let body = serde_json::to_vec(&d.event).unwrap_or_default();
+                let mut req = http
+                    .post(&url)
+                    .header("content-type", "application/cloudevents+json")
+                    .timeout(Duration::from_secs(10));
+                if let Some(key) = secret.as_deref().and_then(canarygate_model::notification::secret_key) {
+                    let ts = Utc::now().timestamp();
+                    req = req
+                        .header("webhook-id", &d.id)
+                        .header("webhook-timestamp", ts.to_string())
+                        .header("webhook-signature", crate::notify::signature(&key, &d.id, ts, &body));
+                }
+                let outcome = match req.body(body).send().await {
+                    Ok(r) if r.status().is_success() => Ok(()),
+                    Ok(r) => Err(format!("HTTP {}", r.status().as_u16())),
+                    Err(e) => Err(format!("cannot deliver: {e}")),
+                };
+                if let Err(e) = &outcome {
+                    tracing::info!(delivery = %d.id, error = %e, "notification not delivered; will retry");
+                }
+                let id = d.id.clone();
+                let result = store
+                    .mutate(move |s| {
+                        s.record_delivery(&id, outcome, Utc::now());
+                        Ok(())
+                    })
+                    .await;
+                if let Err(e) = result {
+                    tracing::warn!(error = %e, "delivery outcome not recorded");
+                }
+                delivering.lock().unwrap_or_else(|e| e.into_inner()).remove(&d.id);
+            });
         }
     }
 

@@ -12,6 +12,7 @@ use serde_json::json;
 use canarygate_metrics::bucket_bounds_us;
 use canarygate_model::alarm::{AlarmState, Evaluation};
 use canarygate_model::analysis::Batch;
+use canarygate_model::notification::EventKind;
 use canarygate_model::rollout::{AutoRollback, HookExecution, HookStatus, LifecycleEvent, Phase, Rollout, RolloutEvent, RolloutStatus};
 use canarygate_model::{CanarySettings, State};
 
@@ -53,6 +54,7 @@ pub fn step(state: &mut State, id: &str, input: &mut Input<'_>) -> Vec<Effect> {
         r,
         now: input.now,
         effects: Vec::new(),
+        alarm_fired: false,
     };
     m.run(input);
     let Machine { state, r, effects, .. } = m;
@@ -69,6 +71,8 @@ struct Machine<'s> {
     r: Rollout,
     now: DateTime<Utc>,
     effects: Vec<Effect>,
+    /// The rollout ends because an alarm fired (notified as AlarmFired before the ending).
+    alarm_fired: bool,
 }
 
 // === impl Machine ===
@@ -101,6 +105,7 @@ impl Machine<'_> {
                 } else {
                     (RolloutStatus::Stopped, "stopped")
                 };
+                self.alarm_fired = true;
                 return self.end(
                     status,
                     rollback,
@@ -257,6 +262,7 @@ impl Machine<'_> {
             format!("rollout started with {}: canary ready at 0%", self.r.deployment_config.name),
             None,
         );
+        self.notify(EventKind::RolloutStarted, 0);
         match self.r.hooks.before_allow_traffic.clone() {
             Some(url) => {
                 let execution = self.new_hook(LifecycleEvent::BeforeAllowTraffic, url, input);
@@ -320,6 +326,7 @@ impl Machine<'_> {
             self.r.weight = 100.0;
             self.r.promoted = true;
             self.event(Some(step), "canary at 100%: promoted".into(), None);
+            self.notify(EventKind::StepChanged, 0);
             match self.r.hooks.after_allow_traffic.clone() {
                 Some(url) => {
                     let execution = self.new_hook(LifecycleEvent::AfterAllowTraffic, url, input);
@@ -341,6 +348,7 @@ impl Machine<'_> {
                 format!("for {} s", s.wait_seconds)
             };
             self.event(Some(step), format!("canary at {}% {until}", s.weight), None);
+            self.notify(EventKind::StepChanged, 0);
         }
     }
 
@@ -380,6 +388,24 @@ impl Machine<'_> {
         self.r.completed_at = Some(self.now);
         self.with_stage(|st| st.active_rollout = None);
         self.event(step, reason, observed);
+        if self.alarm_fired {
+            self.notify(EventKind::AlarmFired, 0);
+        }
+        let kind = match status {
+            RolloutStatus::RolledBack => EventKind::RolledBack,
+            RolloutStatus::Succeeded => EventKind::Succeeded,
+            RolloutStatus::Stopped => EventKind::Stopped,
+            _ => EventKind::Failed,
+        };
+        self.notify(kind, 1);
+    }
+
+    /// Queues the newest event for the notifications subscribed to `kind` (in the same change).
+    fn notify(&mut self, kind: EventKind, sub: u8) {
+        let seq = self.r.events.len().saturating_sub(1);
+        if let Some(e) = self.r.events.last() {
+            self.state.notify(&self.r, kind, seq, sub, e);
+        }
     }
 
     fn with_stage(&mut self, f: impl FnOnce(&mut canarygate_model::Stage)) {

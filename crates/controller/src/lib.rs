@@ -11,6 +11,7 @@ pub mod alarms;
 pub mod driver;
 pub mod engine;
 mod feed;
+mod notify;
 mod prom;
 
 pub use driver::{Clock, Controller, SystemClock};

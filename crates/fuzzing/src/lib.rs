@@ -107,6 +107,7 @@ pub fn config(data: &[u8]) {
             Action::PutDomain { domain, mappings } => state.put_domain(&domain, mappings).map(|_| ()),
             Action::PutDeploymentConfig(c) => state.put_deployment_config(&c.name.clone(), c).map(|_| ()),
             Action::PutAlarm(a) => state.put_alarm(&a.name.clone(), a).map(|_| ()),
+            Action::PutNotification(n) => state.put_notification(&n.name.clone(), n).map(|_| ()),
             Action::PutAnalysis(a) => state.put_analysis(&a.name.clone().unwrap_or_default(), a).map(|_| ()),
         };
         if r.is_err() {

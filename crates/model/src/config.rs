@@ -79,6 +79,9 @@ pub struct Resources {
     /// Stored canary analyses (each with its `name`).
     #[serde(default)]
     pub analyses: Vec<crate::analysis::AnalysisSpec>,
+    /// Notification targets.
+    #[serde(default)]
+    pub notifications: Vec<crate::notification::Notification>,
 }
 
 impl Resources {
@@ -184,6 +187,7 @@ pub enum Action {
     PutDeploymentConfig(DeploymentConfig),
     PutAlarm(Alarm),
     PutAnalysis(crate::analysis::AnalysisSpec),
+    PutNotification(crate::notification::Notification),
 }
 
 impl fmt::Display for Action {
@@ -222,6 +226,7 @@ impl fmt::Display for Action {
                     c.name, c.kind, c.percentage, c.interval_seconds
                 )
             }
+            Action::PutNotification(n) => write!(f, "put notification {} ({} events to {})", n.name, n.events.len(), n.url),
             Action::PutAnalysis(a) => write!(
                 f,
                 "put analysis {} ({})",
@@ -344,6 +349,19 @@ pub fn plan(state: &State, desired: &Resources, mode: PlanMode) -> Vec<Action> {
         match state.alarms.get(&a.name) {
             Some(cur) if mode == PlanMode::CreateOnly || cur.alarm == *a => {}
             _ => out.push(Action::PutAlarm(a.clone())),
+        }
+    }
+    for n in &desired.notifications {
+        let mut want = n.clone();
+        want.events.sort();
+        want.events.dedup();
+        // The API never shows a secret, so a secret alone changed is not seen here (PUT it instead).
+        let same = |cur: &crate::notification::Notification| {
+            cur.url == want.url && cur.events == want.events && cur.secret.is_some() == want.secret.is_some()
+        };
+        match state.notifications.get(&n.name) {
+            Some(cur) if mode == PlanMode::CreateOnly || same(cur) => {}
+            _ => out.push(Action::PutNotification(want)),
         }
     }
     for a in &desired.analyses {
@@ -501,6 +519,9 @@ mod tests {
                 }
                 Action::PutAnalysis(a) => {
                     state.put_analysis(a.name.as_deref().unwrap(), a.clone()).unwrap();
+                }
+                Action::PutNotification(n) => {
+                    state.put_notification(&n.name, n.clone()).unwrap();
                 }
             }
         }

@@ -15,6 +15,7 @@ pub mod config;
 pub mod deployment_config;
 mod error;
 pub mod metric;
+pub mod notification;
 mod patch;
 pub mod rollout;
 mod stage;

@@ -62,6 +62,10 @@ pub struct State {
     pub alarms: BTreeMap<String, AlarmEntry>,
     /// Custom deployment configurations (the predefined ones are not stored).
     pub deployment_configs: BTreeMap<String, crate::deployment_config::DeploymentConfig>,
+    /// Notification targets, by name.
+    pub notifications: BTreeMap<String, crate::notification::Notification>,
+    /// Events on their way to notification targets, by id.
+    pub deliveries: BTreeMap<String, crate::notification::Delivery>,
     /// Stored canary analyses, by name.
     pub analyses: BTreeMap<String, crate::analysis::AnalysisSpec>,
 }

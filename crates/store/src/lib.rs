@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use canarygate_model::analysis::AnalysisSpec;
 use canarygate_model::deployment_config::DeploymentConfig;
+use canarygate_model::notification::{Delivery, Notification};
 use canarygate_model::rollout::Rollout;
 use canarygate_model::state::{AlarmEntry, ApiState};
 use canarygate_model::{Api, Deployment, Domain, Stage, State};
@@ -69,6 +70,10 @@ pub enum Change {
     DeleteDeploymentConfig(String),
     PutAnalysis(AnalysisSpec),
     DeleteAnalysis(String),
+    PutNotification(Notification),
+    DeleteNotification(String),
+    PutDelivery(Box<Delivery>),
+    DeleteDelivery(String),
 }
 
 /// Persistence: everything at start, then batches of changes, each batch atomic and durable.
@@ -141,6 +146,22 @@ pub fn diff(old: &State, new: &State) -> Vec<Change> {
             out.push(Change::PutDeploymentConfig(c.clone()));
         }
     }
+    for name in old.notifications.keys().filter(|k| !new.notifications.contains_key(*k)) {
+        out.push(Change::DeleteNotification(name.clone()));
+    }
+    for (name, n) in &new.notifications {
+        if old.notifications.get(name) != Some(n) {
+            out.push(Change::PutNotification(n.clone()));
+        }
+    }
+    for id in old.deliveries.keys().filter(|k| !new.deliveries.contains_key(*k)) {
+        out.push(Change::DeleteDelivery(id.clone()));
+    }
+    for (id, d) in &new.deliveries {
+        if old.deliveries.get(id) != Some(d) {
+            out.push(Change::PutDelivery(Box::new(d.clone())));
+        }
+    }
     for name in old.analyses.keys().filter(|k| !new.analyses.contains_key(*k)) {
         out.push(Change::DeleteAnalysis(name.clone()));
     }
@@ -208,7 +229,15 @@ impl Store {
         let routing = changes.iter().any(|c| {
             !matches!(
                 c,
-                Change::PutRollout(_) | Change::PutAlarm(_) | Change::DeleteAlarm(_) | Change::PutAnalysis(_) | Change::DeleteAnalysis(_)
+                Change::PutRollout(_)
+                    | Change::PutAlarm(_)
+                    | Change::DeleteAlarm(_)
+                    | Change::PutAnalysis(_)
+                    | Change::DeleteAnalysis(_)
+                    | Change::PutNotification(_)
+                    | Change::DeleteNotification(_)
+                    | Change::PutDelivery(_)
+                    | Change::DeleteDelivery(_)
             )
         });
         let backend = self.backend.clone();

@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use canarygate_model::deployment_config::DeploymentConfig;
+use canarygate_model::notification::{Delivery, Notification};
 use canarygate_model::rollout::Rollout;
 use canarygate_model::state::{AlarmEntry, ApiState};
 use canarygate_model::{Api, Deployment, Domain, Stage, State};
@@ -27,6 +28,10 @@ CREATE TABLE deployment_configs (name TEXT PRIMARY KEY, doc TEXT NOT NULL);
 "#,
     r#"
 CREATE TABLE analyses (name TEXT PRIMARY KEY, doc TEXT NOT NULL);
+"#,
+    r#"
+CREATE TABLE notifications (name TEXT PRIMARY KEY, doc TEXT NOT NULL);
+CREATE TABLE deliveries (id TEXT PRIMARY KEY, doc TEXT NOT NULL);
 "#,
 ];
 
@@ -104,6 +109,16 @@ impl Backend for SqliteBackend {
         for doc in stmt.query_map([], |r| r.get::<_, String>(0))? {
             let a: AlarmEntry = serde_json::from_str(&doc?)?;
             state.alarms.insert(a.alarm.name.clone(), a);
+        }
+        let mut stmt = self.conn.prepare("SELECT doc FROM notifications")?;
+        for doc in stmt.query_map([], |r| r.get::<_, String>(0))? {
+            let n: Notification = serde_json::from_str(&doc?)?;
+            state.notifications.insert(n.name.clone(), n);
+        }
+        let mut stmt = self.conn.prepare("SELECT doc FROM deliveries")?;
+        for doc in stmt.query_map([], |r| r.get::<_, String>(0))? {
+            let d: Delivery = serde_json::from_str(&doc?)?;
+            state.deliveries.insert(d.id.clone(), d);
         }
         let mut stmt = self.conn.prepare("SELECT name, doc FROM analyses")?;
         for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))? {
@@ -189,6 +204,24 @@ impl Backend for SqliteBackend {
                 }
                 Change::DeleteAnalysis(name) => {
                     tx.execute("DELETE FROM analyses WHERE name = ?1", params![name])?;
+                }
+                Change::PutNotification(n) => {
+                    tx.execute(
+                        "INSERT OR REPLACE INTO notifications (name, doc) VALUES (?1, ?2)",
+                        params![n.name, serde_json::to_string(n)?],
+                    )?;
+                }
+                Change::DeleteNotification(name) => {
+                    tx.execute("DELETE FROM notifications WHERE name = ?1", params![name])?;
+                }
+                Change::PutDelivery(d) => {
+                    tx.execute(
+                        "INSERT OR REPLACE INTO deliveries (id, doc) VALUES (?1, ?2)",
+                        params![d.id, serde_json::to_string(d)?],
+                    )?;
+                }
+                Change::DeleteDelivery(id) => {
+                    tx.execute("DELETE FROM deliveries WHERE id = ?1", params![id])?;
                 }
             }
         }

@@ -1,0 +1,325 @@
+//! Notifications (`PRODUCT.md` §13): each rollout event a notification subscribes to becomes a
+//! [`Delivery`] of a CloudEvents 1.0 JSON document, created in the same change as the event, so it is in
+//! the store before anyone could have seen the event. The controller POSTs deliveries at least once, in
+//! order per rollout and notification, with retries and backoff; the pure parts (which deliveries are
+//! due, what a failure does to the schedule) are here.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+/// The events a notification may subscribe to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum EventKind {
+    RolloutStarted,
+    StepChanged,
+    AlarmFired,
+    RolledBack,
+    Succeeded,
+    Failed,
+    Stopped,
+}
+
+impl EventKind {
+    pub const ALL: [EventKind; 7] = [
+        EventKind::RolloutStarted,
+        EventKind::StepChanged,
+        EventKind::AlarmFired,
+        EventKind::RolledBack,
+        EventKind::Succeeded,
+        EventKind::Failed,
+        EventKind::Stopped,
+    ];
+
+    /// The CloudEvents `type`: `dev.canarygate.<name in lower case>`.
+    pub fn cloud_type(self) -> String {
+        format!("dev.canarygate.{}", format!("{self:?}").to_ascii_lowercase())
+    }
+}
+
+/// `PUT /v1/notifications/{name}`, or an entry of `notifications` in a config file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Notification {
+    #[serde(default)]
+    pub name: String,
+    pub url: String,
+    /// Default: every event.
+    #[serde(default = "all_events")]
+    pub events: Vec<EventKind>,
+    /// A Standard Webhooks secret (`whsec_` and the base64 of 24 to 64 random bytes): each delivery is
+    /// signed with it. Never shown by the API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+}
+
+fn all_events() -> Vec<EventKind> {
+    EventKind::ALL.to_vec()
+}
+
+/// The HMAC key of a Standard Webhooks secret.
+pub fn secret_key(secret: &str) -> Option<Vec<u8>> {
+    use base64::Engine;
+    let b64 = secret.strip_prefix("whsec_")?;
+    let key = base64::engine::general_purpose::STANDARD.decode(b64).ok()?;
+    (24..=64).contains(&key.len()).then_some(key)
+}
+
+impl Notification {
+    pub fn validate(&self) -> Result<()> {
+        let name_ok =
+            !self.name.is_empty() && self.name.len() <= 100 && self.name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+        if !name_ok {
+            return Err(Error::invalid("name", &self.name, "must be [A-Za-z0-9-_.]{1,100}"));
+        }
+        let url_ok = (self.url.starts_with("http://") || self.url.starts_with("https://"))
+            && self.url.len() <= 2048
+            && !self.url.contains(char::is_whitespace)
+            && self.url.len() > "https://".len();
+        if !url_ok {
+            return Err(Error::invalid("url", &self.url, "must be an http:// or https:// URL"));
+        }
+        if self.events.is_empty() {
+            return Err(Error::invalid(
+                "events",
+                "[]",
+                "subscribe to at least one event (or leave events out: all)",
+            ));
+        }
+        if let Some(s) = &self.secret {
+            if secret_key(s).is_none() {
+                return Err(Error::invalid(
+                    "secret",
+                    "(hidden)",
+                    "must be a Standard Webhooks secret: whsec_ followed by the base64 of 24 to 64 random bytes",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// As the API shows it: the secret is only said to be set.
+    pub fn view(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(self).unwrap_or_default();
+        if let Some(o) = v.as_object_mut() {
+            o.remove("secret");
+            o.insert("signed".into(), serde_json::json!(self.secret.is_some()));
+        }
+        v
+    }
+}
+
+/// One event on its way to one notification's URL.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Delivery {
+    /// The CloudEvent's `id`, the same for every attempt (and the Standard Webhooks `webhook-id`).
+    pub id: String,
+    pub notification: String,
+    pub rollout: String,
+    /// Order within the rollout: the index of the rollout event (an alarm's firing comes just before
+    /// the rollback it causes, with the same index and a lower `sub`).
+    pub seq: u64,
+    #[serde(default)]
+    pub sub: u8,
+    pub kind: EventKind,
+    /// The CloudEvents 1.0 JSON document.
+    pub event: serde_json::Value,
+    pub created_at: DateTime<Utc>,
+    pub attempts: u32,
+    pub next_attempt_at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivered_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+/// Backoff after the `attempts`-th failed attempt: 1, 2, 4, ... seconds, at most a minute.
+pub fn backoff_seconds(attempts: u32) -> i64 {
+    1i64 << attempts.saturating_sub(1).min(6)
+}
+
+/// Delivered deliveries are kept this long for the API, then dropped.
+pub const KEEP_DELIVERED_HOURS: i64 = 24;
+
+/// The deliveries to attempt now: per (notification, rollout), only the oldest undelivered one, and
+/// only once its retry time has come — so a rollout's events arrive in order.
+pub fn due<'a>(deliveries: &'a BTreeMap<String, Delivery>, now: DateTime<Utc>) -> Vec<&'a Delivery> {
+    let mut first: BTreeMap<(&str, &str), &Delivery> = BTreeMap::new();
+    for d in deliveries.values().filter(|d| d.delivered_at.is_none()) {
+        let key = (d.notification.as_str(), d.rollout.as_str());
+        match first.get(&key) {
+            Some(f) if (f.seq, f.sub) <= (d.seq, d.sub) => {}
+            _ => {
+                first.insert(key, d);
+            }
+        }
+    }
+    first.into_values().filter(|d| d.next_attempt_at <= now).collect()
+}
+
+// === impl State ===
+
+use crate::rollout::{Rollout, RolloutEvent};
+use crate::state::State;
+
+impl State {
+    pub fn put_notification(&mut self, name: &str, mut n: Notification) -> Result<Notification> {
+        n.name = name.to_string();
+        n.events.sort();
+        n.events.dedup();
+        n.validate()?;
+        self.notifications.insert(name.to_string(), n.clone());
+        Ok(n)
+    }
+
+    /// Deletes a notification and drops its pending deliveries.
+    pub fn delete_notification(&mut self, name: &str) -> Result<()> {
+        self.notifications
+            .remove(name)
+            .ok_or_else(|| Error::not_found("notification", name))?;
+        self.deliveries.retain(|_, d| d.notification != name);
+        Ok(())
+    }
+
+    /// Queues the rollout's event for every notification subscribed to `kind`.
+    pub fn notify(&mut self, r: &Rollout, kind: EventKind, seq: usize, sub: u8, e: &RolloutEvent) {
+        let subscribed: Vec<String> = self
+            .notifications
+            .values()
+            .filter(|n| n.events.contains(&kind))
+            .map(|n| n.name.clone())
+            .collect();
+        for name in subscribed {
+            let id = format!("{}-{seq}-{sub}-{name}", r.id);
+            let event = serde_json::json!({
+                "specversion": "1.0",
+                "id": id,
+                "source": format!("/canarygate/rollouts/{}", r.id),
+                "type": kind.cloud_type(),
+                "subject": format!("{}/{}", r.api, r.stage),
+                "time": e.time.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                "datacontenttype": "application/json",
+                "data": {
+                    "rolloutId": r.id, "api": r.api, "stage": r.stage, "deploymentId": r.deployment_id,
+                    "status": e.status, "step": e.step, "weight": e.weight, "reason": e.reason, "observed": e.observed,
+                },
+            });
+            self.deliveries.insert(
+                id.clone(),
+                Delivery {
+                    id,
+                    notification: name,
+                    rollout: r.id.clone(),
+                    seq: seq as u64,
+                    sub,
+                    kind,
+                    event,
+                    created_at: e.time,
+                    attempts: 0,
+                    next_attempt_at: e.time,
+                    delivered_at: None,
+                    last_error: None,
+                },
+            );
+        }
+    }
+
+    /// Records an attempt: delivered, or failed with the reason and the next try after a backoff.
+    /// Delivered ones older than a day are dropped.
+    pub fn record_delivery(&mut self, id: &str, outcome: std::result::Result<(), String>, now: DateTime<Utc>) {
+        if let Some(d) = self.deliveries.get_mut(id) {
+            d.attempts += 1;
+            match outcome {
+                Ok(()) => {
+                    d.delivered_at = Some(now);
+                    d.last_error = None;
+                }
+                Err(e) => {
+                    d.last_error = Some(e);
+                    d.next_attempt_at = now + chrono::Duration::seconds(backoff_seconds(d.attempts));
+                }
+            }
+        }
+        let cutoff = now - chrono::Duration::hours(KEEP_DELIVERED_HOURS);
+        self.deliveries.retain(|_, d| d.delivered_at.is_none_or(|t| t > cutoff));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000 + s, 0).unwrap()
+    }
+
+    fn delivery(id: &str, rollout: &str, seq: u64, sub: u8) -> Delivery {
+        Delivery {
+            id: id.into(),
+            notification: "chat".into(),
+            rollout: rollout.into(),
+            seq,
+            sub,
+            kind: EventKind::StepChanged,
+            event: serde_json::json!({}),
+            created_at: t(0),
+            attempts: 0,
+            next_attempt_at: t(0),
+            delivered_at: None,
+            last_error: None,
+        }
+    }
+
+    #[test]
+    fn deliveries_go_in_order_per_rollout_with_backoff() {
+        let mut s = State::default();
+        for d in [
+            delivery("a2", "r-a", 2, 0),
+            delivery("a1", "r-a", 1, 0),
+            delivery("a1x", "r-a", 1, 1),
+            delivery("b5", "r-b", 5, 0),
+        ] {
+            s.deliveries.insert(d.id.clone(), d);
+        }
+        let ids = |s: &State, now| due(&s.deliveries, now).iter().map(|d| d.id.clone()).collect::<Vec<_>>();
+        assert_eq!(ids(&s, t(0)), vec!["a1", "b5"]);
+        // a1 fails: it is retried after 1 s, then 2 s; nothing after it goes first.
+        s.record_delivery("a1", Err("503".into()), t(0));
+        assert_eq!(ids(&s, t(0)), vec!["b5"]);
+        assert_eq!(ids(&s, t(1)), vec!["a1", "b5"]);
+        s.record_delivery("a1", Err("503".into()), t(1));
+        assert_eq!(s.deliveries["a1"].next_attempt_at, t(3));
+        s.record_delivery("a1", Ok(()), t(3));
+        assert_eq!(ids(&s, t(3)), vec!["a1x", "b5"]);
+        assert_eq!(s.deliveries["a1"].attempts, 3);
+        assert_eq!(backoff_seconds(20), 64);
+        // Delivered ones are dropped a day later.
+        s.record_delivery("b5", Ok(()), t(3));
+        s.record_delivery("a1x", Ok(()), t(24 * 3600 + 10));
+        assert!(!s.deliveries.contains_key("a1") && s.deliveries.contains_key("a1x"));
+    }
+
+    #[test]
+    fn notifications_are_validated() {
+        let n = |url: &str, secret: Option<&str>| Notification {
+            name: "chat".into(),
+            url: url.into(),
+            events: all_events(),
+            secret: secret.map(str::to_string),
+        };
+        n("http://hooks.local/x", None).validate().unwrap();
+        n("https://h/x", Some("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")).validate().unwrap();
+        assert!(n("ftp://h", None).validate().unwrap_err().to_string().contains("url"));
+        let e = n("http://h/x", Some("s3cret")).validate().unwrap_err().to_string();
+        assert!(e.contains("secret") && !e.contains("s3cret"), "{e}");
+        assert_eq!(EventKind::RolledBack.cloud_type(), "dev.canarygate.rolledback");
+        assert!(!n("http://h/x", Some("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"))
+            .view()
+            .to_string()
+            .contains("whsec"));
+    }
+}
