@@ -147,7 +147,7 @@ pub const KEEP_DELIVERED_HOURS: i64 = 24;
 
 /// The deliveries to attempt now: per (notification, rollout), only the oldest undelivered one, and
 /// only once its retry time has come — so a rollout's events arrive in order.
-pub fn due<'a>(deliveries: &'a BTreeMap<String, Delivery>, now: DateTime<Utc>) -> Vec<&'a Delivery> {
+pub fn due(deliveries: &BTreeMap<String, Delivery>, now: DateTime<Utc>) -> Vec<&Delivery> {
     let mut first: BTreeMap<(&str, &str), &Delivery> = BTreeMap::new();
     for d in deliveries.values().filter(|d| d.delivered_at.is_none()) {
         let key = (d.notification.as_str(), d.rollout.as_str());
