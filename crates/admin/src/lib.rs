@@ -107,6 +107,7 @@ pub fn router(state: AppState, auth: Auth) -> Router {
             "/deployment-configs/{name}",
             get(rollouts::get_config).put(rollouts::put_config).delete(rollouts::delete_config),
         )
+        .route("/apply", post(resources::apply))
         .route("/notifications", get(rollouts::list_notifications))
         .route(
             "/notifications/{name}",

@@ -1,6 +1,6 @@
 //! Handlers for APIs, deployments, stages and domains.
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -205,4 +205,37 @@ pub async fn flush_cache(State(s): State<AppState>, Path((api, stage)): Path<(St
         c.flush(&api, &stage).await;
     }
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ApplyQuery {
+    #[serde(default, rename = "dryRun")]
+    dry_run: bool,
+}
+
+/// `POST /v1/apply[?dryRun=true]` with a config file's resources (as JSON): makes the state match them
+/// in one change — all or nothing, published once — or, with `dryRun`, only says what it would do.
+/// Answers `{"dryRun", "changes": [...]}`.
+pub async fn apply(
+    State(s): State<AppState>,
+    Query(q): Query<ApplyQuery>,
+    JsonBody(desired): JsonBody<canarygate_model::config::Resources>,
+) -> Result<Json<Value>> {
+    use canarygate_model::config::{apply_all, plan, PlanMode};
+    desired.check_unique()?;
+    let changes = if q.dry_run {
+        plan(&s.store.current(), &desired, PlanMode::Converge)
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    } else {
+        s.store
+            .mutate(move |st| {
+                let actions = plan(st, &desired, PlanMode::Converge);
+                let mut new_id = canarygate_store::new_deployment_id;
+                apply_all(st, actions, &mut new_id, Utc::now())
+            })
+            .await?
+    };
+    Ok(Json(json!({"dryRun": q.dry_run, "changes": changes})))
 }

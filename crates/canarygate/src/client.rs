@@ -1,9 +1,7 @@
 //! The CLI side: a small admin API client and the commands that use it.
 
 use anyhow::{anyhow, bail, Context, Result};
-use canarygate_model::config::{plan, Action, PlanMode};
-use canarygate_model::state::ApiState;
-use canarygate_model::{Api, Deployment, Domain, PatchOperation, Stage, State};
+use canarygate_model::PatchOperation;
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -191,164 +189,27 @@ pub fn update_ops(set: &[String], remove: &[String], percent: Option<String>) ->
     Ok(ops)
 }
 
-/// Reads the server's state into a model `State` (routes, newest deployment, stages, domains).
-async fn remote_state(c: &Client) -> Result<State> {
-    let mut state = State::default();
-    let apis = c.get("/v1/apis").await?;
-    for a in apis["items"].as_array().into_iter().flatten() {
-        let name = s(a, "/name");
-        let api: Api = serde_json::from_value(json!({
-            "name": name, "routes": a["routes"], "createdAt": a["createdAt"], "updatedAt": a["updatedAt"]
-        }))?;
-        let mut deployments = Vec::new();
-        if let Some(id) = a["latestDeploymentId"].as_str() {
-            let d: Deployment = serde_json::from_value(c.get(&format!("/v1/apis/{name}/deployments/{id}")).await?)?;
-            deployments.push(d);
-        }
-        let stages_v = c.get(&format!("/v1/apis/{name}/stages")).await?;
-        let mut stages = std::collections::BTreeMap::new();
-        for st in stages_v["items"].as_array().into_iter().flatten() {
-            let st: Stage = serde_json::from_value(st.clone())?;
-            stages.insert(st.name.clone(), st);
-        }
-        state.apis.insert(name, ApiState { api, deployments, stages });
-    }
-    let alarms = c.get("/v1/alarms").await?;
-    for a in alarms["items"].as_array().into_iter().flatten() {
-        let mut def = a.clone();
-        if let Some(o) = def.as_object_mut() {
-            for k in ["state", "stateReason", "datapoints", "stateUpdatedAt", "history"] {
-                o.remove(k);
-            }
-        }
-        let alarm: canarygate_model::alarm::Alarm = serde_json::from_value(def)?;
-        let entry = canarygate_model::state::AlarmEntry {
-            alarm,
-            status: Default::default(),
-        };
-        state.alarms.insert(entry.alarm.name.clone(), entry);
-    }
-    let configs = c.get("/v1/deployment-configs").await?;
-    for d in configs["items"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|d| d["predefined"] != true)
-    {
-        let mut cfg: canarygate_model::deployment_config::DeploymentConfig = serde_json::from_value(d.clone())?;
-        cfg.predefined = false;
-        state.deployment_configs.insert(cfg.name.clone(), cfg);
-    }
-    let notifications = c.get("/v1/notifications").await?;
-    for n in notifications["items"].as_array().into_iter().flatten() {
-        let events = serde_json::from_value(n["events"].clone())?;
-        let url = n["url"].as_str().unwrap_or_default().to_string();
-        let name = n["name"].as_str().unwrap_or_default().to_string();
-        // The secret is never shown: a placeholder says there is one.
-        let secret = (n["signed"] == true).then(|| "(set)".to_string());
-        state.notifications.insert(
-            name.clone(),
-            canarygate_model::notification::Notification { name, url, events, secret },
-        );
-    }
-    let analyses = c.get("/v1/analyses").await?;
-    for a in analyses["items"].as_array().into_iter().flatten() {
-        let a: canarygate_model::analysis::AnalysisSpec = serde_json::from_value(a.clone())?;
-        state.analyses.insert(a.name.clone().unwrap_or_default(), a);
-    }
-    let domains = c.get("/v1/domains").await?;
-    for d in domains["items"].as_array().into_iter().flatten() {
-        let d: Domain = serde_json::from_value(d.clone())?;
-        state.domains.insert(d.domain.clone(), d);
-    }
-    Ok(state)
-}
-
 /// `apply -f`: makes the server match the file; prints each change; `--dry-run` changes nothing.
 pub async fn apply(c: &Client, file: &std::path::Path, dry_run: bool) -> Result<()> {
     let cfg = crate::config::load(file)?;
-    let current = remote_state(c).await?;
-    let actions = plan(&current, &cfg.resources(), PlanMode::Converge);
-    let mut done = Vec::new();
-    for a in &actions {
-        let line = if dry_run { format!("would {a}") } else { a.to_string() };
-        if !dry_run {
-            execute(c, a).await.with_context(|| format!("while applying: {a}"))?;
-        }
-        if c.output == Output::Text {
-            println!("{line}");
-        }
-        done.push(line);
-    }
+    // The server plans and applies the whole file in one change (all or nothing, published once).
+    let path = if dry_run { "/v1/apply?dryRun=true" } else { "/v1/apply" };
+    let r = c.call(Method::POST, path, Some(serde_json::to_value(cfg.resources())?)).await?;
+    let changes: Vec<String> = r["changes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.as_str().map(str::to_string))
+        .map(|a| if dry_run { format!("would {a}") } else { a })
+        .collect();
     match c.output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&json!({"dryRun": dry_run, "changes": done}))?),
-        Output::Text if actions.is_empty() => println!("no changes"),
-        Output::Text => {}
+        Output::Json => println!("{}", serde_json::to_string_pretty(&json!({"dryRun": dry_run, "changes": changes}))?),
+        Output::Text if changes.is_empty() => println!("no changes"),
+        Output::Text => {
+            for line in &changes {
+                println!("{line}");
+            }
+        }
     }
-    Ok(())
-}
-
-async fn execute(c: &Client, a: &Action) -> Result<()> {
-    match a {
-        Action::PutApi { api, routes, .. } => {
-            c.call(Method::PUT, &format!("/v1/apis/{api}"), Some(json!({"routes": routes})))
-                .await?
-        }
-        Action::CreateDeployment { api, description } => {
-            c.call(
-                Method::POST,
-                &format!("/v1/apis/{api}/deployments"),
-                Some(json!({"description": description})),
-            )
-            .await?
-        }
-        Action::CreateStage { api, stage, input } => {
-            c.call(
-                Method::PUT,
-                &format!("/v1/apis/{api}/stages/{stage}"),
-                Some(serde_json::to_value(input)?),
-            )
-            .await?
-        }
-        Action::PatchStage { api, stage, ops } => {
-            c.call(
-                Method::PATCH,
-                &format!("/v1/apis/{api}/stages/{stage}"),
-                Some(json!({"patchOperations": ops})),
-            )
-            .await?
-        }
-        Action::PutDomain { domain, mappings } => {
-            c.call(Method::PUT, &format!("/v1/domains/{domain}"), Some(json!({"mappings": mappings})))
-                .await?
-        }
-        Action::PutDeploymentConfig(cfg) => {
-            c.call(
-                Method::PUT,
-                &format!("/v1/deployment-configs/{}", cfg.name),
-                Some(serde_json::to_value(cfg)?),
-            )
-            .await?
-        }
-        Action::PutAlarm(a) => {
-            c.call(Method::PUT, &format!("/v1/alarms/{}", a.name), Some(serde_json::to_value(a)?))
-                .await?
-        }
-        Action::PutNotification(n) => {
-            c.call(
-                Method::PUT,
-                &format!("/v1/notifications/{}", n.name),
-                Some(serde_json::to_value(n)?),
-            )
-            .await?
-        }
-        Action::PutAnalysis(a) => {
-            let name = a.name.clone().unwrap_or_default();
-            let mut body = a.clone();
-            body.name = None;
-            c.call(Method::PUT, &format!("/v1/analyses/{name}"), Some(serde_json::to_value(body)?))
-                .await?
-        }
-    };
     Ok(())
 }

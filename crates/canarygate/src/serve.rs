@@ -71,41 +71,19 @@ fn tokens(cfg: &ConfigFile) -> Vec<Token> {
     out
 }
 
-/// Carries a seeding plan out directly on the store.
+/// Carries a seeding plan out on the store: one change, all or nothing, published once.
 async fn seed(store: &Store, actions: Vec<Action>) -> Result<()> {
-    for action in actions {
-        let what = action.to_string();
-        let result = match action {
-            Action::PutApi { api, routes, .. } => store.mutate(move |s| s.put_api(&api, routes, Utc::now()).map(|_| ())).await,
-            Action::CreateDeployment { api, description } => {
-                store
-                    .mutate(move |s| {
-                        s.create_deployment(&api, canarygate_store::new_deployment_id, description, Utc::now())
-                            .map(|_| ())
-                    })
-                    .await
-            }
-            Action::CreateStage { api, stage, input } => {
-                store
-                    .mutate(move |s| s.put_stage(&api, &stage, input, Utc::now()).map(|_| ()))
-                    .await
-            }
-            Action::PatchStage { api, stage, ops } => {
-                store
-                    .mutate(move |s| s.patch_stage(&api, &stage, &ops, Utc::now()).map(|_| ()))
-                    .await
-            }
-            Action::PutDomain { domain, mappings } => store.mutate(move |s| s.put_domain(&domain, mappings).map(|_| ())).await,
-            Action::PutDeploymentConfig(c) => store.mutate(move |s| s.put_deployment_config(&c.name.clone(), c).map(|_| ())).await,
-            Action::PutAlarm(a) => store.mutate(move |s| s.put_alarm(&a.name.clone(), a).map(|_| ())).await,
-            Action::PutNotification(n) => store.mutate(move |s| s.put_notification(&n.name.clone(), n).map(|_| ())).await,
-            Action::PutAnalysis(a) => {
-                store
-                    .mutate(move |s| s.put_analysis(&a.name.clone().unwrap_or_default(), a).map(|_| ()))
-                    .await
-            }
-        };
-        result.with_context(|| format!("seeding from the config file: {what}"))?;
+    if actions.is_empty() {
+        return Ok(());
+    }
+    let done = store
+        .mutate(move |s| {
+            let mut new_id = canarygate_store::new_deployment_id;
+            canarygate_model::config::apply_all(s, actions, &mut new_id, Utc::now())
+        })
+        .await
+        .context("seeding from the config file")?;
+    for what in done {
         tracing::info!("seeded: {what}");
     }
     Ok(())

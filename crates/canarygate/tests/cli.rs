@@ -107,3 +107,38 @@ async fn apply_stages_and_deployments_from_the_cli() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the admin API"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_is_one_change_all_or_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("data"), &[], &[]);
+    let file = dir.path().join("many.yaml");
+    // Twenty APIs, then an alarm the model refuses (datapointsToAlarm above evaluationPeriods).
+    let mut yaml = String::from("apis:\n");
+    for i in 0..20 {
+        yaml.push_str(&format!(
+            "  - name: api-{i}\n    routes: [{{path: /h, integration: {{type: mock, body: ok}}}}]\n    stages: [{{name: prod}}]\n"
+        ));
+    }
+    let bad_alarm = "alarms:\n  - {name: broken, api: api-0, stage: prod, variant: canary, metric: 5XXError, statistic: Average,\n     periodSeconds: 1, evaluationPeriods: 2, datapointsToAlarm: 3, comparison: GreaterThanThreshold, threshold: 1}\n";
+    std::fs::write(&file, format!("{yaml}{bad_alarm}")).unwrap();
+    let f = file.to_str().unwrap();
+    let (ok, _, err) = cli(&s, &["apply", "-f", f]);
+    assert!(!ok);
+    assert!(
+        err.contains("datapointsToAlarm") && err.contains("put alarm broken") && err.contains("nothing was changed"),
+        "{err}"
+    );
+    // Nothing of the file was applied: not even the APIs before the bad alarm.
+    let (_, out, _) = cli(&s, &["-o", "json", "apis", "list"]);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["items"].as_array().unwrap().len(), 0, "{v}");
+    // Fixed: all twenty APIs, their deployments and stages in one go, each serving.
+    std::fs::write(&file, &yaml).unwrap();
+    let (ok, out, err) = cli(&s, &["apply", "-f", f]);
+    assert!(ok, "{err}");
+    assert_eq!(out.lines().filter(|l| l.starts_with("create stage")).count(), 20, "{out}");
+    let r = reqwest::get(format!("{}/api-19/prod/h", s.gateway)).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(cli(&s, &["apply", "-f", f]).1.trim(), "no changes");
+}

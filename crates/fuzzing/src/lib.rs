@@ -5,7 +5,7 @@
 #![deny(rust_2018_idioms)]
 #![forbid(unsafe_code)]
 
-use canarygate_model::config::{plan, Action, PlanMode, Resources};
+use canarygate_model::config::{plan, PlanMode, Resources};
 use canarygate_model::{PatchOperation, StageInput, State};
 use chrono::{TimeZone, Utc};
 
@@ -97,19 +97,7 @@ pub fn config(data: &[u8]) {
     let mut all_ok = true;
     for action in plan(&state, &desired, PlanMode::Converge) {
         let before = state.clone();
-        let r = match action {
-            Action::PutApi { api, routes, .. } => state.put_api(&api, routes, now()).map(|_| ()),
-            Action::CreateDeployment { api, description } => state
-                .create_deployment(&api, || ids.next().expect("endless ids"), description, now())
-                .map(|_| ()),
-            Action::CreateStage { api, stage, input } => state.put_stage(&api, &stage, input, now()).map(|_| ()),
-            Action::PatchStage { api, stage, ops } => state.patch_stage(&api, &stage, &ops, now()).map(|_| ()),
-            Action::PutDomain { domain, mappings } => state.put_domain(&domain, mappings).map(|_| ()),
-            Action::PutDeploymentConfig(c) => state.put_deployment_config(&c.name.clone(), c).map(|_| ()),
-            Action::PutAlarm(a) => state.put_alarm(&a.name.clone(), a).map(|_| ()),
-            Action::PutNotification(n) => state.put_notification(&n.name.clone(), n).map(|_| ()),
-            Action::PutAnalysis(a) => state.put_analysis(&a.name.clone().unwrap_or_default(), a).map(|_| ()),
-        };
+        let r = action.apply(&mut state, &mut || ids.next().expect("endless ids"), now());
         if r.is_err() {
             assert_eq!(state, before, "a refused action changed the state");
             all_ok = false;

@@ -265,6 +265,45 @@ pub enum PlanMode {
     Converge,
 }
 
+impl Action {
+    /// Carries the action out on `state`; `new_id` makes a fresh deployment id. A refused action
+    /// leaves `state` as it was.
+    pub fn apply(self, state: &mut State, new_id: &mut dyn FnMut() -> String, now: chrono::DateTime<chrono::Utc>) -> crate::Result<()> {
+        match self {
+            Action::PutApi { api, routes, .. } => state.put_api(&api, routes, now).map(|_| ()),
+            Action::CreateDeployment { api, description } => state.create_deployment(&api, new_id, description, now).map(|_| ()),
+            Action::CreateStage { api, stage, input } => state.put_stage(&api, &stage, input, now).map(|_| ()),
+            Action::PatchStage { api, stage, ops } => state.patch_stage(&api, &stage, &ops, now).map(|_| ()),
+            Action::PutDomain { domain, mappings } => state.put_domain(&domain, mappings).map(|_| ()),
+            Action::PutDeploymentConfig(c) => state.put_deployment_config(&c.name.clone(), c).map(|_| ()),
+            Action::PutAlarm(a) => state.put_alarm(&a.name.clone(), a).map(|_| ()),
+            Action::PutNotification(n) => state.put_notification(&n.name.clone(), n).map(|_| ()),
+            Action::PutAnalysis(a) => state.put_analysis(&a.name.clone().unwrap_or_default(), a).map(|_| ()),
+        }
+    }
+}
+
+/// Applies a whole plan, all or nothing: on the first refusal `state` is left as it was and the error
+/// names the action (`while applying "<action>": ...`). Returns the actions carried out, as text.
+pub fn apply_all(
+    state: &mut State,
+    actions: Vec<Action>,
+    new_id: &mut dyn FnMut() -> String,
+    now: chrono::DateTime<chrono::Utc>,
+) -> crate::Result<Vec<String>> {
+    let before = state.clone();
+    let mut done = Vec::with_capacity(actions.len());
+    for a in actions {
+        let what = a.to_string();
+        if let Err(e) = a.apply(state, new_id, now) {
+            *state = before;
+            return Err(e.context(&what));
+        }
+        done.push(what);
+    }
+    Ok(done)
+}
+
 /// The actions that make `state` match `desired`.
 pub fn plan(state: &State, desired: &Resources, mode: PlanMode) -> Vec<Action> {
     let mut out = Vec::new();
@@ -355,12 +394,8 @@ pub fn plan(state: &State, desired: &Resources, mode: PlanMode) -> Vec<Action> {
         let mut want = n.clone();
         want.events.sort();
         want.events.dedup();
-        // The API never shows a secret, so a secret alone changed is not seen here (PUT it instead).
-        let same = |cur: &crate::notification::Notification| {
-            cur.url == want.url && cur.events == want.events && cur.secret.is_some() == want.secret.is_some()
-        };
         match state.notifications.get(&n.name) {
-            Some(cur) if mode == PlanMode::CreateOnly || same(cur) => {}
+            Some(cur) if mode == PlanMode::CreateOnly || *cur == want => {}
             _ => out.push(Action::PutNotification(want)),
         }
     }

@@ -29,6 +29,23 @@ impl Error {
         Error::NotFound { kind, name: name.into() }
     }
 
+    /// The same error, saying which step of a larger change it came from.
+    pub fn context(self, what: &str) -> Self {
+        match self {
+            Error::Invalid { field, value, reason } => Error::Invalid {
+                field,
+                value,
+                reason: format!("{reason} (while applying \"{what}\"; nothing was changed)"),
+            },
+            Error::NotFound { kind, name } => Error::invalid(
+                kind,
+                name,
+                format!("no such {kind} (while applying \"{what}\"; nothing was changed)"),
+            ),
+            Error::Conflict(m) => Error::Conflict(format!("{m} (while applying \"{what}\"; nothing was changed)")),
+        }
+    }
+
     /// A reference inside a request body to something that does not exist is the client's mistake in a
     /// field (400), not a missing addressed resource (404).
     pub fn into_field_error(self, field: &str) -> Self {
