@@ -1,6 +1,9 @@
 //! One (api, stage, variant) series: a ring of one-second slots and cumulative totals.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed, Ordering::Release};
+use std::sync::Arc;
+
+use arc_swap::ArcSwapOption;
 
 use canarygate_model::{Metric, Statistic};
 
@@ -9,8 +12,26 @@ use crate::Datapoint;
 
 /// How long one-second slots are kept: 3 hours, plus a minute of slack for the ticker.
 pub const RETENTION_SECS: u64 = 3 * 3600 + 60;
-const SLOTS: usize = RETENTION_SECS as usize + 8;
+/// Slots come in chunks of this many seconds, allocated only for windows that had requests.
+const CHUNK_SECS: u64 = 64;
+/// The ring of chunk cells: the retention, plus two chunks of slack.
+const CHUNKS: usize = (RETENTION_SECS / CHUNK_SECS + 3) as usize;
 const NO_SECOND: u64 = u64::MAX;
+
+/// The slots of one 64-second window (`id` = unix second / 64).
+struct Chunk {
+    id: u64,
+    slots: [Slot; CHUNK_SECS as usize],
+}
+
+impl Chunk {
+    fn new(id: u64) -> Chunk {
+        Chunk {
+            id,
+            slots: std::array::from_fn(|_| Slot::new()),
+        }
+    }
+}
 
 /// Whether a request was answered from the stage cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -157,9 +178,14 @@ pub(crate) struct Totals {
     pub integration_n: AtomicU64,
 }
 
-/// The metrics of one (api, stage, variant).
+/// The metrics of one (api, stage, variant). The one-second slots live in 64-second chunks, allocated
+/// when a window has its first request (or just before, by the ticker, for a series with traffic) and
+/// dropped once older than the retention, so an idle series costs a ring of empty pointers (~1.4 KiB)
+/// and its cumulative totals.
 pub struct Series {
-    slots: Box<[Slot]>,
+    chunks: Box<[ArcSwapOption<Chunk>]>,
+    /// The window the ticker last dropped old chunks in.
+    swept: AtomicU64,
     judge: std::sync::OnceLock<Box<[JudgeSlot]>>,
     pub(crate) totals: Totals,
 }
@@ -177,7 +203,8 @@ fn zeros<const N: usize>() -> [AtomicU64; N] {
 impl Series {
     pub fn new() -> Self {
         Series {
-            slots: (0..SLOTS).map(|_| Slot::new()).collect(),
+            chunks: (0..CHUNKS).map(|_| ArcSwapOption::empty()).collect(),
+            swept: AtomicU64::new(0),
             judge: std::sync::OnceLock::new(),
             totals: Totals {
                 by_class: zeros(),
@@ -192,34 +219,83 @@ impl Series {
         }
     }
 
-    fn slot(&self, sec: u64) -> &Slot {
-        &self.slots[(sec % SLOTS as u64) as usize]
+    fn cell(&self, id: u64) -> &ArcSwapOption<Chunk> {
+        &self.chunks[(id % CHUNKS as u64) as usize]
     }
 
-    /// Makes the slot for `sec` belong to `sec`, clearing it if it held an older second.
-    fn claim(&self, sec: u64) -> &Slot {
-        let slot = self.slot(sec);
+    /// The chunk of window `id`, if it exists (for readers).
+    fn chunk(&self, id: u64) -> Option<Arc<Chunk>> {
+        self.cell(id).load_full().filter(|c| c.id == id)
+    }
+
+    /// Installs a fresh chunk for window `id` (unless one is there already) and returns it. An older
+    /// chunk in its cell goes (it is past the retention).
+    fn install(&self, id: u64) -> Arc<Chunk> {
+        let fresh = Arc::new(Chunk::new(id));
+        let before = self.cell(id).rcu(|cur| match cur {
+            Some(c) if c.id >= id => Some(c.clone()),
+            _ => Some(fresh.clone()),
+        });
+        match before {
+            Some(c) if c.id == id => c,
+            _ => self.chunk(id).unwrap_or(fresh),
+        }
+    }
+
+    /// Makes `slot` belong to `sec` (slots start empty in a fresh chunk).
+    fn claim(slot: &Slot, sec: u64) {
         let cur = slot.second.load(Relaxed);
         if (cur == NO_SECOND || cur < sec) && slot.second.compare_exchange(cur, sec, Release, Relaxed).is_ok() {
             slot.clear();
         }
-        slot
     }
 
-    /// Prepares the slots of the next two seconds (called by the ticker).
+    /// Called by the ticker every second: allocates the next window's chunk ahead of time for a series
+    /// that has traffic now (so requests do not), and once a window drops the chunks past the
+    /// retention (an idle series gives its memory back).
     pub(crate) fn prepare(&self, now_sec: u64) {
-        for s in now_sec + 1..=now_sec + 2 {
-            if self.slot(s).second.load(Relaxed) != s {
-                self.claim(s);
+        let (now_id, next_id) = (now_sec / CHUNK_SECS, (now_sec + 2) / CHUNK_SECS);
+        if next_id != now_id && self.chunk(now_id).is_some() && self.chunk(next_id).is_none() {
+            self.install(next_id);
+        }
+        // Once a window (even if a tick was missed).
+        if self.swept.fetch_max(now_id, Relaxed) < now_id {
+            let oldest = now_sec.saturating_sub(RETENTION_SECS) / CHUNK_SECS;
+            for cell in self.chunks.iter() {
+                if cell.load().as_ref().is_some_and(|c| c.id < oldest) {
+                    cell.rcu(|cur| cur.as_ref().filter(|c| c.id >= oldest).cloned());
+                }
             }
         }
     }
 
-    /// Records one request that happened at unix second `sec`. Lock-free.
+    /// How many chunks hold slots now (memory: each about 28 KiB).
+    pub fn chunks_in_use(&self) -> usize {
+        self.chunks.iter().filter(|c| c.load().is_some()).count()
+    }
+
+    /// Records one request that happened at unix second `sec`. Lock-free; allocates only for the first
+    /// request of a 64-second window the ticker did not prepare.
     #[inline]
     pub fn record(&self, sec: u64, o: &Observation) {
-        let slot = self.slot(sec);
-        let slot = if slot.second.load(Relaxed) == sec { slot } else { self.claim(sec) };
+        let id = sec / CHUNK_SECS;
+        let guard = self.cell(id).load();
+        match guard.as_deref() {
+            Some(c) if c.id == id => self.record_in(c, sec, o),
+            _ => {
+                drop(guard);
+                let c = self.install(id);
+                self.record_in(&c, sec, o);
+            }
+        }
+    }
+
+    #[inline]
+    fn record_in(&self, chunk: &Chunk, sec: u64, o: &Observation) {
+        let slot = &chunk.slots[(sec % CHUNK_SECS) as usize];
+        if slot.second.load(Relaxed) != sec {
+            Self::claim(slot, sec);
+        }
         slot.count.fetch_add(1, Relaxed);
         let class = (o.status / 100).clamp(1, 5) as usize - 1;
         self.totals.by_class[class].fetch_add(1, Relaxed);
@@ -296,7 +372,8 @@ impl Series {
     /// One second as the canary analysis reads it; `None` when the second has no requests (or is no
     /// longer kept).
     pub fn judged(&self, sec: u64) -> Option<JudgedSecond> {
-        let slot = self.slot(sec);
+        let chunk = self.chunk(sec / CHUNK_SECS)?;
+        let slot = &chunk.slots[(sec % CHUNK_SECS) as usize];
         if slot.second.load(Relaxed) != sec {
             return None;
         }
@@ -349,20 +426,30 @@ impl Series {
         let mut lat = HistSum::default();
         let mut integ = HistSum::default();
         let needs_hist = matches!(metric, Metric::Latency | Metric::IntegrationLatency);
-        for sec in from..to {
-            let slot = self.slot(sec);
-            if slot.second.load(Relaxed) != sec {
+        let mut sec = from;
+        while sec < to {
+            let id = sec / CHUNK_SECS;
+            let end = ((id + 1) * CHUNK_SECS).min(to);
+            let Some(chunk) = self.chunk(id) else {
+                sec = end;
                 continue;
+            };
+            for s in sec..end {
+                let slot = &chunk.slots[(s % CHUNK_SECS) as usize];
+                if slot.second.load(Relaxed) != s {
+                    continue;
+                }
+                n += slot.count.load(Relaxed);
+                e4 += slot.e4.load(Relaxed);
+                e5 += slot.e5.load(Relaxed);
+                hit += slot.hit.load(Relaxed);
+                miss += slot.miss.load(Relaxed);
+                if needs_hist {
+                    lat.add(&slot.latency);
+                    integ.add(&slot.integration);
+                }
             }
-            n += slot.count.load(Relaxed);
-            e4 += slot.e4.load(Relaxed);
-            e5 += slot.e5.load(Relaxed);
-            hit += slot.hit.load(Relaxed);
-            miss += slot.miss.load(Relaxed);
-            if needs_hist {
-                lat.add(&slot.latency);
-                integ.add(&slot.integration);
-            }
+            sec = end;
         }
         let counted = |c: u64, samples: u64| -> Option<f64> {
             if samples == 0 {
@@ -453,12 +540,32 @@ mod tests {
         let s = Series::new();
         let t0 = 1_800_000_000u64;
         s.record(t0, &obs(200, 1));
-        let later = t0 + SLOTS as u64;
+        let later = t0 + CHUNKS as u64 * CHUNK_SECS;
         s.record(later, &obs(500, 1));
         assert_eq!(s.reduce(Metric::Count, Statistic::Sum, t0, t0 + 1), None);
         assert_eq!(s.reduce(Metric::Error5xx, Statistic::Sum, later, later + 1), Some(1.0));
         s.prepare(later);
         assert_eq!(s.reduce(Metric::Count, Statistic::Sum, later, later + 1), Some(1.0));
+    }
+
+    #[test]
+    fn memory_follows_traffic() {
+        let s = Series::new();
+        assert_eq!(s.chunks_in_use(), 0, "an idle series holds no slots");
+        let t0 = 1_800_000_000u64 / CHUNK_SECS * CHUNK_SECS;
+        // Ten minutes of traffic: about ten chunks, and the ticker prepares the next window ahead.
+        for sec in t0..t0 + 600 {
+            s.prepare(sec);
+            s.record(sec, &obs(200, 1));
+        }
+        assert!((10..=11).contains(&s.chunks_in_use()), "{}", s.chunks_in_use());
+        assert_eq!(s.reduce(Metric::Count, Statistic::Sum, t0, t0 + 600), Some(600.0));
+        // Idle: three hours later every chunk is dropped; the totals stay.
+        for sec in (t0 + 600..t0 + 600 + RETENTION_SECS + 2 * CHUNK_SECS).step_by(CHUNK_SECS as usize) {
+            s.prepare(sec);
+        }
+        assert_eq!(s.chunks_in_use(), 0);
+        assert_eq!(s.totals.by_class[1].load(Relaxed), 600);
     }
 
     #[test]
