@@ -270,7 +270,8 @@ impl Series {
     }
 
     /// How many chunks hold slots now (memory: each about 28 KiB).
-    pub fn chunks_in_use(&self) -> usize {
+    #[cfg(test)]
+    fn chunks_in_use(&self) -> usize {
         self.chunks.iter().filter(|c| c.load().is_some()).count()
     }
 
