@@ -35,7 +35,8 @@ pub async fn query(State(s): State<AppState>, Query(q): Query<HashMap<String, St
     let api = param(&q, "api")?;
     let stage = param(&q, "stage")?;
     let variant = q.get("variant").map_or(Ok(Variant::Production), |v| {
-        Variant::parse(v).ok_or_else(|| ApiError::bad_request(format!("invalid value {v:?} for variant: must be production or canary")))
+        Variant::parse(v)
+            .ok_or_else(|| ApiError::bad_request(format!("invalid value {v:?} for variant: must be production, canary or mirror")))
     })?;
     let metric = Metric::parse("metric", param(&q, "metric")?)?;
     let statistic = Statistic::parse("statistic", q.get("statistic").map_or("Sum", String::as_str))?;

@@ -288,6 +288,8 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         hooks: Default::default(),
         auto_rollback: None,
         analysis: Some(canarygate_model::analysis::AnalysisRef::Named(ANALYSIS.into())),
+        mirror_seconds: None,
+        mirror_percent: None,
     };
     let (first, by) = rollout(&running, &tl, req(v2, "v2", "DemoCanary20Percent30Seconds")).await?;
     tl.say(format!(

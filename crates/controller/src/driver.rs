@@ -40,7 +40,7 @@ const MAX_TICK_GAP: Duration = Duration::from_secs(2);
 /// Per-rollout bookkeeping: watched time not yet written to the record, and the analysis's reading.
 struct Watch {
     /// The record's (step, watchedMs) the extra time counts on top of.
-    base: Option<(Option<usize>, u64)>,
+    base: Option<(std::mem::Discriminant<Phase>, Option<usize>, u64)>,
     extra_ms: u64,
     last_tick: Option<Instant>,
     feed: Feed,
@@ -193,8 +193,9 @@ impl Controller {
                 read_at: 0,
             });
             let base = match r.phase {
-                Phase::Shifting { step, watched_ms } => (Some(step), watched_ms),
-                _ => (None, 0),
+                Phase::Shifting { step, watched_ms } => (std::mem::discriminant(&r.phase), Some(step), watched_ms),
+                Phase::Mirroring { watched_ms } => (std::mem::discriminant(&r.phase), None, watched_ms),
+                _ => (std::mem::discriminant(&r.phase), None, 0),
             };
             if w.base != Some(base) {
                 w.base = Some(base);
@@ -208,9 +209,10 @@ impl Controller {
                 }
             }
             w.last_tick = Some(t);
-            let watched_ms = base.1 + w.extra_ms;
+            let watched_ms = base.2 + w.extra_ms;
 
             let mut batches = Vec::new();
+            let mut pairs = Vec::new();
             if r.analysis_state.is_some() {
                 let weight = state
                     .apis
@@ -219,9 +221,10 @@ impl Controller {
                     .and_then(|s| s.canary_settings.as_ref())
                     .map_or(0.0, |c| c.percent_traffic);
                 w.feed.note_weight(now_sec, weight);
-                if now_sec > w.read_at && matches!(r.phase, Phase::Shifting { .. }) {
+                if now_sec > w.read_at && matches!(r.phase, Phase::Shifting { .. } | Phase::Mirroring { .. }) {
                     w.read_at = now_sec;
                     batches = w.feed.batches(&self.metrics, &r.api, &r.stage, now_sec);
+                    pairs = w.feed.pairs(&self.metrics, &r.api, &r.stage, now_sec);
                 }
             }
 
@@ -255,6 +258,7 @@ impl Controller {
                         watched_ms,
                         alarms: &alarms,
                         batches: &batches,
+                        pairs: &pairs,
                         resumed: first_sight,
                         new_id: &mut new_id,
                     };
@@ -290,7 +294,8 @@ impl Controller {
         let (api, stage) = rollout.map_or((alarm.api.as_str(), alarm.stage.as_str()), |r| (r.api.as_str(), r.stage.as_str()));
         let st = state.apis.get(api).and_then(|a| a.stages.get(stage));
         let mut vars = st.map(|s| s.variables.clone()).unwrap_or_default();
-        if alarm.variant == Variant::Canary {
+        // A mirrored copy runs as the canary does: with its variables.
+        if alarm.variant != Variant::Production {
             let overrides = match rollout {
                 Some(r) => Some(&r.stage_variable_overrides),
                 None => st.and_then(|s| s.canary_settings.as_ref()).map(|c| &c.stage_variable_overrides),

@@ -11,10 +11,12 @@ use serde_json::json;
 
 use canarygate_metrics::bucket_bounds_us;
 use canarygate_model::alarm::{AlarmState, Evaluation};
-use canarygate_model::analysis::Batch;
+use canarygate_model::analysis::{Batch, Pairs};
 use canarygate_model::notification::EventKind;
-use canarygate_model::rollout::{AutoRollback, HookExecution, HookStatus, LifecycleEvent, Phase, Rollout, RolloutEvent, RolloutStatus};
-use canarygate_model::{CanarySettings, State};
+use canarygate_model::rollout::{
+    AutoRollback, HookExecution, HookStatus, LifecycleEvent, MirrorPhase, Phase, Rollout, RolloutEvent, RolloutStatus,
+};
+use canarygate_model::{CanarySettings, MirrorSettings, State};
 
 /// Watched time is written to the record at least this often, so a restart loses at most this much.
 pub const CHECKPOINT_MS: u64 = 5_000;
@@ -29,6 +31,8 @@ pub struct Input<'a> {
     pub alarms: &'a [(String, Evaluation)],
     /// New batches for the rollout's canary analysis (both variants over the same seconds).
     pub batches: &'a [Batch],
+    /// New seconds of mirrored pairs for the paired judgement.
+    pub pairs: &'a [Pairs],
     /// The controller has just (re)started and sees this rollout for the first time.
     pub resumed: bool,
     /// Makes a fresh hook execution id.
@@ -114,7 +118,7 @@ impl Machine<'_> {
                 );
             }
         }
-        if self.watching() && self.judge(input.batches) {
+        if self.watching() && self.judge(input.batches, input.pairs) {
             return;
         }
         match self.r.phase.clone() {
@@ -122,11 +126,29 @@ impl Machine<'_> {
             Phase::BeforeAllowTraffic { execution } => match self.hook_outcome(&execution) {
                 Some(Ok(())) => {
                     self.event(None, "BeforeAllowTraffic hook succeeded".into(), None);
-                    self.enter_step(0, input);
+                    self.first_traffic(input);
                 }
                 Some(Err(why)) => self.fail(format!("BeforeAllowTraffic hook {}: {why}", execution.id)),
                 None => {}
             },
+            Phase::Mirroring { watched_ms } => {
+                let m = self.r.mirror.unwrap_or(MirrorPhase { seconds: 0, percent: 0.0 });
+                if self.r.promote_requested {
+                    self.r.promote_requested = false;
+                    self.end_mirroring("promote requested: mirroring ended, skipping to 100%".into());
+                    let last = self.r.deployment_config.schedule().len() - 1;
+                    return self.enter_step(last, input);
+                }
+                if input.watched_ms >= m.seconds * 1000 {
+                    self.end_mirroring(format!("mirroring ended after {} s without an alarm or a rejection", m.seconds));
+                    self.enter_step(0, input);
+                } else if input.watched_ms >= watched_ms + CHECKPOINT_MS {
+                    self.r.phase = Phase::Mirroring {
+                        watched_ms: input.watched_ms,
+                    };
+                    self.r.checkpoint_at = self.now;
+                }
+            }
             Phase::Shifting { step, watched_ms } => {
                 let schedule = self.r.deployment_config.schedule();
                 if self.r.promote_requested {
@@ -183,10 +205,13 @@ impl Machine<'_> {
     }
 
     /// Feeds the analysis; true when it rejected the canary (the rollout has ended).
-    fn judge(&mut self, batches: &[Batch]) -> bool {
+    fn judge(&mut self, batches: &[Batch], pairs: &[Pairs]) -> bool {
         let Some(a) = self.r.analysis_state.as_mut() else { return false };
         for b in batches {
             a.feed(b);
+        }
+        for p in pairs {
+            a.feed_pairs(p);
         }
         let Some(which) = a.rejection() else { return false };
         let evidence = a.evidence(bucket_bounds_us());
@@ -227,9 +252,50 @@ impl Machine<'_> {
         false
     }
 
-    /// Alarms are watched from the first shifted request until the rollout ends.
+    /// Alarms are watched from the first mirrored or shifted request until the rollout ends.
     fn watching(&self) -> bool {
-        self.r.watch_start.is_some() && matches!(self.r.phase, Phase::Shifting { .. } | Phase::AfterAllowTraffic { .. })
+        self.r.watch_start.is_some()
+            && matches!(
+                self.r.phase,
+                Phase::Mirroring { .. } | Phase::Shifting { .. } | Phase::AfterAllowTraffic { .. }
+            )
+    }
+
+    /// The canary is ready: mirroring first, if the rollout has a mirroring phase, else the first step.
+    fn first_traffic(&mut self, input: &mut Input<'_>) {
+        let Some(m) = self.r.mirror.filter(|m| m.seconds > 0) else {
+            return self.enter_step(0, input);
+        };
+        // The stage's own mirroring settings (methods, limits), if it has any, at the phase's share.
+        let mut settings = self
+            .r
+            .previous
+            .mirror
+            .clone()
+            .unwrap_or_else(|| MirrorSettings::with_percent(m.percent));
+        settings.percent_traffic = m.percent;
+        let methods = settings.methods.join(", ");
+        self.with_stage(|st| st.mirror = Some(settings));
+        self.r.watch_start = Some(self.now);
+        self.r.checkpoint_at = self.now;
+        self.r.waiting_for = None;
+        self.r.phase = Phase::Mirroring { watched_ms: 0 };
+        self.event(
+            None,
+            format!(
+                "mirroring {}% of production requests ({methods}) to the canary for {} s; no client is served by it",
+                m.percent, m.seconds
+            ),
+            None,
+        );
+        self.notify(EventKind::StepChanged, 0);
+    }
+
+    /// Ends the mirroring phase: the stage's own mirroring comes back.
+    fn end_mirroring(&mut self, reason: String) {
+        let previous = self.r.previous.mirror.clone();
+        self.with_stage(|st| st.mirror = previous);
+        self.event(None, reason, None);
     }
 
     fn note_resume(&mut self) {
@@ -268,7 +334,7 @@ impl Machine<'_> {
                 let execution = self.new_hook(LifecycleEvent::BeforeAllowTraffic, url, input);
                 self.r.phase = Phase::BeforeAllowTraffic { execution };
             }
-            None => self.enter_step(0, input),
+            None => self.first_traffic(input),
         }
     }
 
@@ -366,6 +432,10 @@ impl Machine<'_> {
     /// Ends the rollout, rolling back first when asked: before promotion the canary goes; after it the
     /// previous deployment and variables come back.
     fn end(&mut self, status: RolloutStatus, rollback: bool, reason: String, observed: Option<serde_json::Value>) {
+        if matches!(self.r.phase, Phase::Mirroring { .. }) {
+            let previous = self.r.previous.mirror.clone();
+            self.with_stage(|st| st.mirror = previous);
+        }
         if rollback {
             let (promoted, previous) = (self.r.promoted, self.r.previous.clone());
             self.with_stage(|st| {

@@ -8,7 +8,7 @@ use canarygate_model::rollout::{HookStatus, Phase, RolloutRequest, RolloutStatus
 use canarygate_model::{Metric, StageInput, State, Statistic, Variant};
 
 use crate::engine::{step, Effect, Input};
-use canarygate_model::analysis::{Batch, Side};
+use canarygate_model::analysis::{Batch, Pairs, Side};
 
 fn t0() -> DateTime<Utc> {
     DateTime::from_timestamp(1_800_000_000, 0).unwrap()
@@ -61,12 +61,14 @@ struct Sim {
     s: State,
     id: String,
     now: DateTime<Utc>,
-    base: (Option<usize>, u64),
+    base: (u8, Option<usize>, u64),
     extra_ms: u64,
     effects: Vec<Effect>,
     hooks: u32,
     /// Batches for the next tick's analysis.
     batches: Vec<Batch>,
+    /// Mirrored pairs for the next tick's analysis.
+    pairs: Vec<Pairs>,
 }
 
 impl Sim {
@@ -83,11 +85,12 @@ impl Sim {
             s,
             id: "r-1".into(),
             now: t0(),
-            base: (None, 0),
+            base: (0, None, 0),
             extra_ms: 0,
             effects: Vec::new(),
             hooks: 0,
             batches: Vec::new(),
+            pairs: Vec::new(),
         }
     }
 
@@ -103,8 +106,9 @@ impl Sim {
     fn tick_with(&mut self, ms: u64, alarm: AlarmState, resumed: bool) {
         self.now += Duration::milliseconds(ms as i64);
         let base = match self.rollout().phase {
-            Phase::Shifting { step, watched_ms } => (Some(step), watched_ms),
-            _ => (None, 0),
+            Phase::Shifting { step, watched_ms } => (2, Some(step), watched_ms),
+            Phase::Mirroring { watched_ms } => (1, None, watched_ms),
+            _ => (0, None, 0),
         };
         if base != self.base {
             self.base = base;
@@ -119,9 +123,10 @@ impl Sim {
         };
         let mut input = Input {
             now: self.now,
-            watched_ms: base.1 + self.extra_ms,
+            watched_ms: base.2 + self.extra_ms,
             alarms: &alarms,
             batches: &std::mem::take(&mut self.batches),
+            pairs: &std::mem::take(&mut self.pairs),
             resumed,
             new_id: &mut new_id,
         };
@@ -386,7 +391,7 @@ fn a_restart_gap_is_not_counted_and_shows_in_the_events() {
     // The process is down for 100 s: a new driver starts from the record (extra time lost, gap not counted).
     sim.now += Duration::seconds(100);
     sim.extra_ms = 0;
-    sim.base = (None, 0);
+    sim.base = (0, None, 0);
     sim.tick_with(0, AlarmState::Ok, true);
     let gap_event = sim.rollout().events.last().unwrap();
     assert!(gap_event.reason.contains("resumed after a gap"), "{}", gap_event.reason);
@@ -554,4 +559,104 @@ fn an_approval_step_waits_without_limit_keeps_watching_and_continues_when_approv
     sim.tick_with(1000, AlarmState::Alarm, false);
     assert_eq!(sim.rollout().status, RolloutStatus::RolledBack);
     assert!(sim.stage().canary_settings.is_none());
+}
+
+#[test]
+fn a_mirroring_phase_comes_before_the_first_shift_and_gives_the_stage_its_own_mirror_back() {
+    let mut s = state();
+    // The stage mirrors 5% of its GETs and PUTs already: the phase keeps its methods at its own share.
+    let ops = [
+        canarygate_model::PatchOperation::replace("/mirror/percentTraffic", "5"),
+        canarygate_model::PatchOperation::replace("/mirror/methods", "GET,PUT"),
+    ];
+    s.patch_stage("orders", "prod", &ops, t0()).unwrap();
+    let own = s.stage("orders", "prod").unwrap().mirror.clone();
+    let mut sim = Sim::start_in(s, "Canary10Percent5Minutes", json!({"mirrorSeconds": 30, "mirrorPercent": 50}));
+    sim.tick(0);
+    assert_eq!(sim.rollout().phase, Phase::Mirroring { watched_ms: 0 });
+    let st = sim.stage();
+    assert_eq!(st.canary_settings.as_ref().unwrap().percent_traffic, 0.0);
+    let m = st.mirror.as_ref().unwrap();
+    assert_eq!(
+        (m.percent_traffic, m.methods.clone()),
+        (50.0, vec!["GET".to_string(), "PUT".to_string()])
+    );
+    for _ in 0..29 {
+        sim.tick(1000);
+    }
+    assert!(matches!(sim.rollout().phase, Phase::Mirroring { .. }));
+    sim.tick(1000);
+    assert_eq!(sim.rollout().step_index(), Some(0));
+    let st = sim.stage();
+    assert_eq!(st.canary_settings.as_ref().unwrap().percent_traffic, 10.0);
+    assert_eq!(st.mirror, own, "the stage's own mirroring is back");
+    let reasons: Vec<_> = sim.rollout().events.iter().map(|e| e.reason.as_str()).collect();
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("mirroring 50% of production requests (GET, PUT) to the canary for 30 s")),
+        "{reasons:?}"
+    );
+    assert!(reasons.iter().any(|r| r.contains("mirroring ended after 30 s")), "{reasons:?}");
+}
+
+#[test]
+fn an_alarm_or_the_paired_judgement_during_mirroring_rolls_back_before_any_client_is_served() {
+    for by_analysis in [false, true] {
+        let req = if by_analysis {
+            json!({"alarms": [], "mirrorSeconds": 600, "analysis": {"errorRate": {"alpha": 0.01}}})
+        } else {
+            json!({"mirrorSeconds": 600})
+        };
+        let mut sim = Sim::start("Canary10Percent5Minutes", req);
+        sim.tick(0);
+        assert_eq!(sim.stage().mirror.as_ref().unwrap().percent_traffic, 100.0);
+        let mut n = 0;
+        while sim.rollout().status.is_active() {
+            n += 1;
+            assert!(n < 120, "never rolled back");
+            if by_analysis {
+                sim.pairs = vec![Pairs {
+                    second: t0().timestamp() as u64 + n,
+                    copies: 100,
+                    copy_failed: 4,
+                    original_failed: 1,
+                }];
+                sim.tick(1000);
+            } else {
+                let alarm = if n > 3 { AlarmState::Alarm } else { AlarmState::Ok };
+                sim.tick_with(1000, alarm, false);
+            }
+        }
+        let r = sim.rollout();
+        assert_eq!(r.status, RolloutStatus::RolledBack, "by analysis: {by_analysis}");
+        assert!(r.events.iter().all(|e| e.weight == 0.0), "no client was ever served by the canary");
+        let st = sim.stage();
+        assert!(st.canary_settings.is_none() && st.mirror.is_none(), "{st:?}");
+        let last = &r.events.last().unwrap().reason;
+        if by_analysis {
+            assert!(last.contains("mirror errorRate (paired)"), "{last}");
+        } else {
+            assert!(last.contains("alarm errors entered ALARM"), "{last}");
+        }
+    }
+}
+
+#[test]
+fn a_mirroring_phase_is_validated() {
+    let s = state();
+    for (body, field) in [
+        (json!({"mirrorPercent": 50}), "mirrorPercent"),
+        (json!({"mirrorSeconds": 100000}), "mirrorSeconds"),
+        (json!({"mirrorSeconds": 10, "mirrorPercent": 0}), "mirrorPercent"),
+        (json!({"mirrorSeconds": 10, "mirrorPercent": 101}), "mirrorPercent"),
+    ] {
+        let mut s = s.clone();
+        let mut req = json!({"deploymentId": "d-two", "deploymentConfig": "Canary10Percent5Minutes"});
+        req.as_object_mut().unwrap().extend(body.as_object().unwrap().clone());
+        let req: RolloutRequest = serde_json::from_value(req).unwrap();
+        let e = s.create_rollout("orders", "prod", req, "r-1".into(), t0()).unwrap_err().to_string();
+        assert!(e.contains(field), "{e}");
+        assert!(s.rollouts.is_empty());
+    }
 }

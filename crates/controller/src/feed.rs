@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use canarygate_metrics::{JudgedSecond, Registry, SeriesKey, Variant, BUCKETS, JUDGE_SECS};
-use canarygate_model::analysis::{Batch, Side};
+use canarygate_model::analysis::{Batch, Pairs, Side};
 
 /// Seconds read again for late arrivals (kept inside the metrics' judge ring).
 pub(crate) const REREAD_SECS: u64 = JUDGE_SECS - 8;
@@ -32,6 +32,8 @@ pub(crate) struct Feed {
     latency_off: BTreeSet<u64>,
     /// Seconds before this one are not read (judged before a restart, or before the rollout started).
     floor: u64,
+    /// Mirrored pairs read of each recent second: (copies, copy failed, original failed).
+    pairs_read: BTreeMap<u64, (u64, u64, u64)>,
 }
 
 impl Feed {
@@ -42,6 +44,7 @@ impl Feed {
             read: BTreeMap::new(),
             latency_off: BTreeSet::new(),
             floor,
+            pairs_read: BTreeMap::new(),
         }
     }
 
@@ -61,6 +64,36 @@ impl Feed {
             }
         }
         self.last_weight = Some((sec, weight));
+    }
+
+    /// The mirror series' new pairs up to (not including) `now_sec`: each recent second less what was
+    /// read of it before (a pair is counted when both sides have ended, often a second or more later).
+    pub(crate) fn pairs(&mut self, metrics: &Registry, api: &str, stage: &str, now_sec: u64) -> Vec<Pairs> {
+        let oldest = now_sec.saturating_sub(REREAD_SECS).max(self.floor);
+        self.pairs_read.retain(|s, _| *s >= oldest);
+        let key = SeriesKey {
+            api: api.to_string(),
+            stage: stage.to_string(),
+            variant: Variant::Mirror,
+        };
+        let Some(mirror) = metrics.get(&key) else { return Vec::new() };
+        let mut out = Vec::new();
+        for sec in oldest..now_sec {
+            let Some(j) = mirror.judged(sec) else { continue };
+            let now = (j.requests, j.pairs_copy_failed, j.pairs_original_failed);
+            let before = self.pairs_read.entry(sec).or_default();
+            let p = Pairs {
+                second: sec,
+                copies: now.0.saturating_sub(before.0),
+                copy_failed: now.1.saturating_sub(before.1),
+                original_failed: now.2.saturating_sub(before.2),
+            };
+            *before = (before.0.max(now.0), before.1.max(now.1), before.2.max(now.2));
+            if p.copies > 0 || p.copy_failed > 0 || p.original_failed > 0 {
+                out.push(p);
+            }
+        }
+        out
     }
 
     /// The new batches up to (not including) `now_sec`.
@@ -96,6 +129,8 @@ impl Feed {
                 forced_timed: 0,
                 sticky_e5: 0,
                 sticky_keys_e5: 0,
+                pairs_copy_failed: 0,
+                pairs_original_failed: 0,
             };
             let (c, p) = (c.unwrap_or_else(empty), p.unwrap_or_else(empty));
             if c.forced_timed > 0 || p.forced_timed > 0 {

@@ -1,7 +1,8 @@
 //! Access logs, one JSON line a request, written off the request path: the request path sends a record
 //! into a bounded channel (dropping it, and counting the drop, if the writer falls behind; a request is
 //! never slowed by its log line) and a writer thread appends it to `<dir>/<api>/<stage>.log` and, for
-//! canary requests, also to `<dir>/<api>/<stage>/Canary.log`. Files rotate by size: `x.log` becomes
+//! canary requests, also to `<dir>/<api>/<stage>/Canary.log`; mirrored copies (whose answers no client
+//! saw) go only to `<dir>/<api>/<stage>/Mirror.log`. Files rotate by size: `x.log` becomes
 //! `x.log.1`, and so on up to `keep` old files.
 
 use std::collections::HashMap;
@@ -161,8 +162,9 @@ struct Writer {
 /// 1,000 records, written in a few 64 KiB writes).
 const DRAIN_EVERY: std::time::Duration = std::time::Duration::from_millis(20);
 
-/// A log file's identity: api, stage, and whether it is the stage's Canary.log.
-type FileKey = (Arc<str>, Arc<str>, bool);
+/// A log file's identity: api, stage, and which of the stage's files: its main log (`None`), or
+/// `Canary.log` or `Mirror.log`.
+type FileKey = (Arc<str>, Arc<str>, Option<Variant>);
 
 impl Writer {
     fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
@@ -184,9 +186,13 @@ impl Writer {
                         line.clear();
                         if serde_json::to_writer(&mut line, &r).is_ok() {
                             line.push(b'\n');
-                            self.write((r.api.clone(), r.stage.clone(), false), &line);
-                            if r.variant == Variant::Canary {
-                                self.write((r.api, r.stage, true), &line);
+                            match r.variant {
+                                Variant::Production => self.write((r.api, r.stage, None), &line),
+                                Variant::Canary => {
+                                    self.write((r.api.clone(), r.stage.clone(), None), &line);
+                                    self.write((r.api, r.stage, Some(Variant::Canary)), &line);
+                                }
+                                Variant::Mirror => self.write((r.api, r.stage, Some(Variant::Mirror)), &line),
                             }
                             wrote = true;
                         }
@@ -210,12 +216,12 @@ impl Writer {
         }
     }
 
-    fn path(&self, (api, stage, canary): &FileKey) -> PathBuf {
+    fn path(&self, (api, stage, which): &FileKey) -> PathBuf {
         let base = self.cfg.dir.join(&**api);
-        if *canary {
-            base.join(&**stage).join("Canary.log")
-        } else {
-            base.join(format!("{stage}.log"))
+        match which {
+            None | Some(Variant::Production) => base.join(format!("{stage}.log")),
+            Some(Variant::Canary) => base.join(&**stage).join("Canary.log"),
+            Some(Variant::Mirror) => base.join(&**stage).join("Mirror.log"),
         }
     }
 

@@ -17,6 +17,7 @@ pub mod error;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod h1;
+mod mirror;
 pub mod path;
 mod proxy;
 pub mod server;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use canarygate_metrics::{CacheResult, Observation, Routed, Series};
+use canarygate_metrics::{CacheResult, Observation, Routed, Series, Variant};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response};
 use http_body_util::{BodyExt, Limited};
@@ -17,6 +17,7 @@ use crate::body::{empty, full, Body, BoxError};
 use crate::cache::{hit_response, storable, vary_hash, CacheKey, StageCache};
 use crate::choose::choose;
 use crate::error::{ProxyError, Source};
+use crate::mirror::{Pair, TeeBody};
 use crate::server::{ClientBodyError, RequestBody};
 use crate::table::{CompiledIntegration, StageRoute, VariantRoute};
 use crate::upstream::{self, SendError, Timeouts};
@@ -83,9 +84,9 @@ fn request_id(headers: &HeaderMap) -> HeaderValue {
 }
 
 /// What serving one request produced.
-struct Outcome {
-    result: Result<Response<Body>, ProxyError>,
-    integration_us: Option<u64>,
+pub(crate) struct Outcome {
+    pub(crate) result: Result<Response<Body>, ProxyError>,
+    pub(crate) integration_us: Option<u64>,
     cache: Option<CacheResult>,
 }
 
@@ -102,6 +103,7 @@ impl Outcome {
 static CACHE_HEADER: HeaderName = HeaderName::from_static("x-canarygate-cache");
 
 /// The client connection's address, and its IP as a header value (made once per connection).
+#[derive(Clone)]
 pub struct Peer {
     pub addr: SocketAddr,
     pub ip: HeaderValue,
@@ -134,6 +136,8 @@ pub(crate) struct Finish {
     obs: Observation,
     /// Boxed: only with access logs on, and it keeps `Finish` (moved along with the response) small.
     record: Option<Box<Record>>,
+    /// When the request was mirrored: the pair to tell how the original ended.
+    pair: Option<Arc<Pair>>,
 }
 
 impl Finish {
@@ -159,6 +163,9 @@ impl Finish {
             }
         }
         series.record(self.sec, &obs);
+        if let Some(pair) = self.pair {
+            pair.original_ended(obs.status);
+        }
         if let Some(r) = record {
             log.send(*r);
         }
@@ -166,7 +173,7 @@ impl Finish {
 }
 
 /// Serves one request: the response, and what to record once it has been written.
-pub(crate) async fn handle(gw: &Gateway, req: Request<RequestBody>, peer: &Peer) -> (Response<Body>, Finish) {
+pub(crate) async fn handle(gw: &Arc<Gateway>, req: Request<RequestBody>, peer: &Peer) -> (Response<Body>, Finish) {
     let start = Instant::now();
     let wall = SystemTime::now();
     let table = gw.table.load_full();
@@ -200,11 +207,21 @@ pub(crate) async fn handle(gw: &Gateway, req: Request<RequestBody>, peer: &Peer)
                 sec,
                 obs,
                 record: None,
+                pair: None,
             },
         );
     };
     let (variant, routed) = choose(stage, &parts.headers);
     let vr = stage.variant(variant);
+    let (tee, pair) = match stage.mirror.as_deref() {
+        Some(m) if variant == Variant::Production && m.wants(&parts.method) => {
+            match crate::mirror::start(gw, stage, m, &parts, rest, host.as_deref(), peer, &rid, sec) {
+                Some((tee, pair)) => (tee, Some(pair)),
+                None => (None, None),
+            }
+        }
+        _ => (None, None),
+    };
     // Taken before the headers move to the upstream request, and only when there is a log to write.
     let user_agent = if gw.log.enabled() {
         parts
@@ -216,7 +233,26 @@ pub(crate) async fn handle(gw: &Gateway, req: Request<RequestBody>, peer: &Peer)
         None
     };
 
-    let outcome = serve(gw, stage, vr, &mut parts, body, rest, host.as_deref(), peer, &rid).await;
+    let outcome = match tee {
+        None => {
+            serve(
+                gw,
+                stage,
+                vr,
+                &mut parts,
+                Limited::new(body, gw.limits.max_body_bytes as usize),
+                rest,
+                host.as_deref(),
+                peer,
+                &rid,
+            )
+            .await
+        }
+        Some(tee) => {
+            let body = TeeBody::new(Limited::new(body, gw.limits.max_body_bytes as usize), tee);
+            serve(gw, stage, vr, &mut parts, body, rest, host.as_deref(), peer, &rid).await
+        }
+    };
     let mut error = None;
     let mut response = match outcome.result {
         Ok(r) => r,
@@ -272,6 +308,7 @@ pub(crate) async fn handle(gw: &Gateway, req: Request<RequestBody>, peer: &Peer)
             routed,
         },
         record,
+        pair,
     };
     (response, finish)
 }
@@ -338,18 +375,23 @@ fn stream_response(mut resp: Response<Body>) -> Response<Body> {
     resp
 }
 
+/// Serves a request as variant `vr` of `stage`. The body is limited to the request body limit already
+/// (by the caller: for a client's request, as it arrives).
 #[allow(clippy::too_many_arguments)]
-async fn serve(
+pub(crate) async fn serve<B>(
     gw: &Gateway,
     stage: &StageRoute,
     vr: &VariantRoute,
     parts: &mut http::request::Parts,
-    body: RequestBody,
+    body: B,
     rest: &str,
     host: Option<&str>,
     peer: &Peer,
     rid: &HeaderValue,
-) -> Outcome {
+) -> Outcome
+where
+    B: http_body::Body<Data = Bytes, Error = BoxError> + Send + 'static,
+{
     let Ok(route_path) = crate::path::resolve_dot_segments(rest) else {
         return Outcome::error(ProxyError::AboveRoot(rest.to_string()));
     };
@@ -450,7 +492,7 @@ async fn serve(
         }
         None => {
             let timeouts = call.timeouts;
-            let req = call.into_request(Limited::new(body, max as usize).boxed_unsync());
+            let req = call.into_request(body.boxed_unsync());
             let (res, us) = send(req, timeouts, max).await;
             Outcome {
                 result: res.map(stream_response),

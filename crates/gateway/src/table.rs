@@ -139,6 +139,29 @@ pub struct VariantRoute {
     pub use_cache: bool,
 }
 
+/// Mirroring of a stage, ready to serve: copies of production requests go to the canary's deployment
+/// and variables, recorded in the `mirror` series.
+pub struct MirrorRoute {
+    /// The canary's side, with the mirror series; never reads or writes the stage cache.
+    pub route: VariantRoute,
+    /// A production request is copied when a uniform `u64` is below this (or always).
+    pub threshold: u64,
+    pub always: bool,
+    pub methods: Vec<http::Method>,
+    pub max_body: u64,
+    /// Copies on their way; kept across snapshots while the bound stays the same.
+    pub in_flight: Arc<tokio::sync::Semaphore>,
+    pub max_in_flight: u32,
+}
+
+impl MirrorRoute {
+    /// Whether a production request of this method is to be copied (draws at random).
+    #[inline]
+    pub fn wants(&self, method: &http::Method) -> bool {
+        (self.always || fastrand::u64(..) < self.threshold) && self.methods.iter().any(|m| m == method)
+    }
+}
+
 /// A stage, ready to serve.
 pub struct StageRoute {
     pub api: Arc<str>,
@@ -152,6 +175,8 @@ pub struct StageRoute {
     /// The stage cache, when enabled, and its time to live.
     pub cache: Option<Arc<StageCache>>,
     pub cache_ttl: Duration,
+    /// Mirroring, when the stage has a canary and mirrors a share above 0.
+    pub mirror: Option<Box<MirrorRoute>>,
 }
 
 impl StageRoute {
@@ -221,6 +246,33 @@ impl RoutingTable {
                     (Some(c), Some(vars)) => variant(Variant::Canary, &c.deployment_id, &vars, c.use_stage_cache),
                     _ => None,
                 };
+                let mirror = match (&s.mirror, &s.canary_settings, s.canary_variables()) {
+                    (Some(m), Some(c), Some(vars)) if m.percent_traffic > 0.0 => variant(Variant::Mirror, &c.deployment_id, &vars, false)
+                        .map(|route| {
+                            let (threshold, always) = threshold(m.percent_traffic);
+                            let kept = previous
+                                .stages
+                                .get(api_name)
+                                .and_then(|st| st.get(sname))
+                                .and_then(|st| st.mirror.as_ref())
+                                .filter(|pm| pm.max_in_flight == m.max_in_flight)
+                                .map(|pm| pm.in_flight.clone());
+                            Box::new(MirrorRoute {
+                                route,
+                                threshold,
+                                always,
+                                methods: m
+                                    .methods
+                                    .iter()
+                                    .filter_map(|m| http::Method::from_bytes(m.as_bytes()).ok())
+                                    .collect(),
+                                max_body: m.max_body_bytes,
+                                in_flight: kept.unwrap_or_else(|| Arc::new(tokio::sync::Semaphore::new(m.max_in_flight as usize))),
+                                max_in_flight: m.max_in_flight,
+                            })
+                        }),
+                    _ => None,
+                };
                 let percent = s.canary_settings.as_ref().map_or(0.0, |c| c.percent_traffic);
                 let (canary_threshold, canary_always) = threshold(percent);
                 let route = StageRoute {
@@ -233,6 +285,7 @@ impl RoutingTable {
                     routing: s.canary_routing.clone(),
                     cache: caches.get(&(api_name.clone(), sname.clone())).cloned(),
                     cache_ttl: Duration::from_secs(u64::from(s.cache.ttl_seconds)),
+                    mirror,
                 };
                 stages.insert(sname.clone(), Arc::new(route));
             }

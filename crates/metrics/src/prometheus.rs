@@ -90,4 +90,38 @@ pub(crate) fn render(series: &BTreeMap<SeriesKey, Arc<Series>>, out: &mut String
             s.totals.miss.load(Relaxed)
         );
     }
+    let mirrors: Vec<_> = series.iter().filter(|(k, _)| k.variant == crate::Variant::Mirror).collect();
+    if mirrors.is_empty() {
+        return;
+    }
+    out.push_str("# HELP canarygate_mirror_copies_not_sent_total Mirrored copies not sent: dropped (too many on their way to a slow canary) or skipped (body too large or incomplete).\n");
+    out.push_str("# TYPE canarygate_mirror_copies_not_sent_total counter\n");
+    for (k, s) in &mirrors {
+        let l = format!("api=\"{}\",stage=\"{}\"", escape(&k.api), escape(&k.stage));
+        let _ = writeln!(
+            out,
+            "canarygate_mirror_copies_not_sent_total{{{l},reason=\"dropped\"}} {}",
+            s.totals.mirror_dropped.load(Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "canarygate_mirror_copies_not_sent_total{{{l},reason=\"skipped\"}} {}",
+            s.totals.mirror_skipped.load(Relaxed)
+        );
+    }
+    out.push_str("# HELP canarygate_mirror_discordant_pairs_total Pairs of a production request and its mirrored copy where exactly one failed (5xx), by which one.\n");
+    out.push_str("# TYPE canarygate_mirror_discordant_pairs_total counter\n");
+    for (k, s) in &mirrors {
+        let l = format!("api=\"{}\",stage=\"{}\"", escape(&k.api), escape(&k.stage));
+        let _ = writeln!(
+            out,
+            "canarygate_mirror_discordant_pairs_total{{{l},failed=\"copy\"}} {}",
+            s.totals.pairs_copy_failed.load(Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "canarygate_mirror_discordant_pairs_total{{{l},failed=\"original\"}} {}",
+            s.totals.pairs_original_failed.load(Relaxed)
+        );
+    }
 }

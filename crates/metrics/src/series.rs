@@ -83,6 +83,10 @@ struct JudgeSlot {
     /// Distinct erroring sticky keys (counted as their hash bits are first set).
     sticky_keys_e5: AtomicU64,
     sticky_bits: [AtomicU64; STICKY_WORDS],
+    /// Mirror series only: pairs of a production request and its copy where exactly one failed (5xx),
+    /// by which one.
+    pairs_copy_failed: AtomicU64,
+    pairs_original_failed: AtomicU64,
 }
 
 impl JudgeSlot {
@@ -95,6 +99,8 @@ impl JudgeSlot {
             sticky_e5: AtomicU64::new(0),
             sticky_keys_e5: AtomicU64::new(0),
             sticky_bits: std::array::from_fn(|_| AtomicU64::new(0)),
+            pairs_copy_failed: AtomicU64::new(0),
+            pairs_original_failed: AtomicU64::new(0),
         }
     }
 
@@ -105,6 +111,8 @@ impl JudgeSlot {
             &self.forced_timed,
             &self.sticky_e5,
             &self.sticky_keys_e5,
+            &self.pairs_copy_failed,
+            &self.pairs_original_failed,
         ] {
             c.store(0, Relaxed);
         }
@@ -129,6 +137,10 @@ pub struct JudgedSecond {
     /// 5xx of sticky-routed requests, and how many distinct sticky keys they came from.
     pub sticky_e5: u64,
     pub sticky_keys_e5: u64,
+    /// Mirror series: discordant pairs (exactly one of a production request and its copy failed),
+    /// by which one failed. The paired analysis of a mirroring phase reads these.
+    pub pairs_copy_failed: u64,
+    pub pairs_original_failed: u64,
 }
 
 struct Slot {
@@ -176,6 +188,12 @@ pub(crate) struct Totals {
     pub integration: [AtomicU64; BUCKETS],
     pub integration_sum_us: AtomicU64,
     pub integration_n: AtomicU64,
+    /// Mirror series: copies not sent because the canary had too many on their way (dropped) or the
+    /// request's body could not be copied (skipped), and discordant pairs.
+    pub mirror_dropped: AtomicU64,
+    pub mirror_skipped: AtomicU64,
+    pub pairs_copy_failed: AtomicU64,
+    pub pairs_original_failed: AtomicU64,
 }
 
 /// The metrics of one (api, stage, variant). The one-second slots live in 64-second chunks, allocated
@@ -215,6 +233,10 @@ impl Series {
                 integration: zeros(),
                 integration_sum_us: AtomicU64::new(0),
                 integration_n: AtomicU64::new(0),
+                mirror_dropped: AtomicU64::new(0),
+                mirror_skipped: AtomicU64::new(0),
+                pairs_copy_failed: AtomicU64::new(0),
+                pairs_original_failed: AtomicU64::new(0),
             },
         }
     }
@@ -332,21 +354,60 @@ impl Series {
         }
     }
 
-    /// Records what the analysis needs of a forced or sticky request (off the usual path: the ring is
-    /// allocated once, at the series' first such request).
-    #[cold]
-    fn record_routing(&self, sec: u64, o: &Observation, e5: bool) {
+    /// The judge slot of `sec`, claimed for it; `None` if the slot has moved on to a later second.
+    fn judge_slot(&self, sec: u64) -> Option<&JudgeSlot> {
         let ring = self.judge.get_or_init(|| (0..JUDGE_SECS).map(|_| JudgeSlot::new()).collect());
         let j = &ring[(sec % JUDGE_SECS) as usize];
         let cur = j.second.load(Relaxed);
         if cur != sec {
             if cur != NO_SECOND && cur > sec {
-                return;
+                return None;
             }
             if j.second.compare_exchange(cur, sec, Release, Relaxed).is_ok() {
                 j.clear();
             }
         }
+        Some(j)
+    }
+
+    /// A mirrored copy not sent: too many copies on their way to a slow canary.
+    pub fn mirror_dropped(&self) {
+        self.totals.mirror_dropped.fetch_add(1, Relaxed);
+    }
+
+    /// A mirrored copy not sent: the request's body was too large to copy, or never arrived whole.
+    pub fn mirror_skipped(&self) {
+        self.totals.mirror_skipped.fetch_add(1, Relaxed);
+    }
+
+    /// (dropped, skipped) copies so far.
+    pub fn mirror_counts(&self) -> (u64, u64) {
+        (self.totals.mirror_dropped.load(Relaxed), self.totals.mirror_skipped.load(Relaxed))
+    }
+
+    /// Records, in a mirror series, a pair of a production request (of second `sec`) and its copy of
+    /// which exactly one failed.
+    #[cold]
+    pub fn record_discordant_pair(&self, sec: u64, copy_failed: bool) {
+        if copy_failed {
+            self.totals.pairs_copy_failed.fetch_add(1, Relaxed);
+        } else {
+            self.totals.pairs_original_failed.fetch_add(1, Relaxed);
+        }
+        if let Some(j) = self.judge_slot(sec) {
+            if copy_failed {
+                j.pairs_copy_failed.fetch_add(1, Relaxed);
+            } else {
+                j.pairs_original_failed.fetch_add(1, Relaxed);
+            }
+        }
+    }
+
+    /// Records what the analysis needs of a forced or sticky request (off the usual path: the ring is
+    /// allocated once, at the series' first such request).
+    #[cold]
+    fn record_routing(&self, sec: u64, o: &Observation, e5: bool) {
+        let Some(j) = self.judge_slot(sec) else { return };
         match o.routed {
             Routed::Random => {}
             Routed::Forced => {
@@ -391,6 +452,8 @@ impl Series {
             forced_timed: 0,
             sticky_e5: 0,
             sticky_keys_e5: 0,
+            pairs_copy_failed: 0,
+            pairs_original_failed: 0,
         };
         if let Some(ring) = self.judge.get() {
             let j = &ring[(sec % JUDGE_SECS) as usize];
@@ -400,6 +463,8 @@ impl Series {
                 out.forced_timed = j.forced_timed.load(Relaxed);
                 out.sticky_e5 = j.sticky_e5.load(Relaxed);
                 out.sticky_keys_e5 = j.sticky_keys_e5.load(Relaxed);
+                out.pairs_copy_failed = j.pairs_copy_failed.load(Relaxed);
+                out.pairs_original_failed = j.pairs_original_failed.load(Relaxed);
             }
         }
         Some(out)

@@ -532,6 +532,16 @@ pub struct EvidencePoint {
     pub latency: Option<f64>,
 }
 
+/// One second of mirrored copies, as the paired judgement reads it: copies that ended, and the
+/// discordant pairs among them by which side failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pairs {
+    pub second: u64,
+    pub copies: u64,
+    pub copy_failed: u64,
+    pub original_failed: u64,
+}
+
 /// The analysis of one rollout: its judgements and what they have seen.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -540,6 +550,11 @@ pub struct AnalysisState {
     pub errors: Option<ErrorJudge>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latency: Option<LatencyJudge>,
+    /// The paired judgement of mirrored copies (with `errorRate`): over discordant pairs — a production
+    /// request and its copy of which exactly one failed — the copy is the failing one with probability
+    /// at most 1/2 if the canary is no worse; the same test as `errorRate` with ρ = ½.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<ErrorJudge>,
     /// Batches judged and left out (weight change, warm-up).
     pub batches: u64,
     pub excluded_batches: u64,
@@ -564,6 +579,10 @@ pub struct Evidence {
     pub error_rate: Option<ErrorEvidence>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latency: Option<LatencyEvidence>,
+    /// The paired judgement of mirrored copies: `canaryErrors` counts pairs where only the copy failed,
+    /// `productionErrors` pairs where only the original did; requests are copies judged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<ErrorEvidence>,
     pub batches: u64,
     pub excluded_batches: u64,
     pub step_canary_requests: u64,
@@ -574,6 +593,7 @@ impl AnalysisState {
         AnalysisState {
             errors: spec.error_rate.map(|j| ErrorJudge::new(j.alpha)),
             latency: spec.latency.map(|j| LatencyJudge::new(j.alpha)),
+            mirror: None,
             batches: 0,
             excluded_batches: 0,
             exclude_through: None,
@@ -623,9 +643,35 @@ impl AnalysisState {
         true
     }
 
+    /// Folds in one second of mirrored pairs. Judged only when the analysis has `errorRate` (at its
+    /// alpha).
+    pub fn feed_pairs(&mut self, p: &Pairs) {
+        let Some(alpha) = self.errors.as_ref().map(|e| e.alpha) else {
+            return;
+        };
+        self.last_second = Some(self.last_second.map_or(p.second, |s| s.max(p.second)));
+        let j = self.mirror.get_or_insert_with(|| ErrorJudge::new(alpha));
+        j.feed(&Batch {
+            second: p.second,
+            rho: 0.5,
+            canary: Side {
+                requests: p.copies,
+                errors: p.copy_failed,
+                latency: Vec::new(),
+            },
+            production: Side {
+                requests: p.copies,
+                errors: p.original_failed,
+                latency: Vec::new(),
+            },
+        });
+    }
+
     /// The judgement that rejects the canary, if one does.
     pub fn rejection(&self) -> Option<&'static str> {
-        if self.errors.as_ref().is_some_and(ErrorJudge::rejected) {
+        if self.mirror.as_ref().is_some_and(ErrorJudge::rejected) {
+            Some("mirror errorRate (paired)")
+        } else if self.errors.as_ref().is_some_and(ErrorJudge::rejected) {
             Some("errorRate")
         } else if self.latency.as_ref().is_some_and(LatencyJudge::rejected) {
             Some("latency")
@@ -638,6 +684,7 @@ impl AnalysisState {
         Evidence {
             error_rate: self.errors.as_ref().map(ErrorJudge::evidence),
             latency: self.latency.as_ref().map(|j| j.evidence(bounds_us)),
+            mirror: self.mirror.as_ref().map(ErrorJudge::evidence),
             batches: self.batches,
             excluded_batches: self.excluded_batches,
             step_canary_requests: self.step_canary_requests,
@@ -689,6 +736,18 @@ impl Evidence {
                 num(1.0 / l.alpha),
                 num(l.p_value),
                 if l.rejected { " REJECTED" } else { "" }
+            ));
+        }
+        if let Some(m) = &self.mirror {
+            parts.push(format!(
+                "mirror pairs: only the copy failed {} vs only the original {} of {} copies, e {} (reject at {}), p {}{}",
+                m.canary_errors,
+                m.production_errors,
+                m.canary_requests,
+                num(m.e_value),
+                num(1.0 / m.alpha),
+                num(m.p_value),
+                if m.rejected { " REJECTED" } else { "" }
             ));
         }
         parts.join("; ")
@@ -903,5 +962,55 @@ mod tests {
             min_canary_requests: 0,
         };
         assert!(none.validate("analysis").is_err());
+    }
+
+    #[test]
+    fn the_paired_judgement_rejects_a_canary_whose_copies_fail_and_not_a_fair_one() {
+        let spec = AnalysisSpec {
+            name: None,
+            error_rate: Some(JudgementSpec { alpha: 0.01 }),
+            latency: None,
+            warmup_seconds: 0,
+            min_canary_requests: 0,
+        };
+        // Fair: discordant pairs split evenly between the copy and the original.
+        let mut fair = AnalysisState::new(&spec);
+        for sec in 0..600 {
+            fair.feed_pairs(&Pairs {
+                second: sec,
+                copies: 100,
+                copy_failed: 2,
+                original_failed: 2,
+            });
+        }
+        assert_eq!(fair.rejection(), None);
+        // Copies fail 3 times as often as their originals: rejected, within a minute.
+        let mut bad = AnalysisState::new(&spec);
+        let mut at = None;
+        for sec in 0..600 {
+            bad.feed_pairs(&Pairs {
+                second: sec,
+                copies: 100,
+                copy_failed: 3,
+                original_failed: 1,
+            });
+            if bad.rejection().is_some() {
+                at = Some(sec);
+                break;
+            }
+        }
+        assert!(at.is_some_and(|s| s < 60), "{at:?}");
+        assert_eq!(bad.rejection(), Some("mirror errorRate (paired)"));
+        let e = bad.evidence(&[]);
+        assert!(e.line().contains("mirror pairs: only the copy failed"), "{}", e.line());
+        // Without errorRate, pairs are not judged.
+        let mut latency_only = AnalysisState::new(&AnalysisSpec { error_rate: None, ..spec });
+        latency_only.feed_pairs(&Pairs {
+            second: 0,
+            copies: 10,
+            copy_failed: 10,
+            original_failed: 0,
+        });
+        assert!(latency_only.mirror.is_none());
     }
 }

@@ -40,6 +40,8 @@ pub struct StageSpec {
     pub canary_settings: Option<crate::stage::CanaryInput>,
     #[serde(default)]
     pub canary_routing: crate::CanaryRouting,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<crate::stage::MirrorSettings>,
 }
 
 impl StageSpec {
@@ -51,6 +53,7 @@ impl StageSpec {
             cache: self.cache.clone(),
             canary_settings: self.canary_settings.clone(),
             canary_routing: self.canary_routing.clone(),
+            mirror: self.mirror.clone(),
         }
     }
 }
@@ -478,6 +481,20 @@ fn stage_ops(cur: &crate::Stage, want: &StageInput) -> Vec<PatchOperation> {
             &wc.stage_variable_overrides,
             &mut ops,
         );
+    }
+    // Like canary settings, a mirror the file does not declare is left as it is (a rollout may own it).
+    if let Some(wm) = &want.mirror {
+        let mut wm = wm.clone();
+        // Compared as it would be stored (method names upper-cased); a bad one is refused by the patch.
+        let _ = wm.validate("mirror");
+        if cur.mirror.as_ref() != Some(&wm) {
+            ops.push(PatchOperation {
+                op: crate::patch::PatchOp::Replace,
+                path: "/mirror".into(),
+                value: Some(serde_json::to_value(&wm).expect("mirror settings serialize")),
+                from: None,
+            });
+        }
     }
     ops
 }

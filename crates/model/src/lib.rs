@@ -26,24 +26,27 @@ pub use api::{Api, Deployment, Integration, Method, Route};
 pub use error::{Error, Result};
 pub use metric::{Metric, Statistic};
 pub use patch::{PatchOp, PatchOperation};
-pub use stage::{CacheSettings, CanaryInput, CanaryRouting, CanarySettings, Stage, StageInput, Stickiness};
+pub use stage::{CacheSettings, CanaryInput, CanaryRouting, CanarySettings, MirrorSettings, Stage, StageInput, Stickiness};
 pub use state::{BasePathMapping, Domain, State};
 
-/// Which side of a stage served a request.
+/// Which side of a stage served a request; `Mirror` is a copy of a production request sent to the
+/// canary, whose answer nobody saw.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Variant {
     Production,
     Canary,
+    Mirror,
 }
 
 impl Variant {
-    pub const ALL: [Variant; 2] = [Variant::Production, Variant::Canary];
+    pub const ALL: [Variant; 3] = [Variant::Production, Variant::Canary, Variant::Mirror];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Variant::Production => "production",
             Variant::Canary => "canary",
+            Variant::Mirror => "mirror",
         }
     }
 
@@ -51,6 +54,7 @@ impl Variant {
         match s {
             "production" => Some(Variant::Production),
             "canary" => Some(Variant::Canary),
+            "mirror" => Some(Variant::Mirror),
             _ => None,
         }
     }

@@ -4,12 +4,15 @@
 //! `/canarySettings/deploymentId`, `/canarySettings/useStageCache`,
 //! `/canarySettings/stageVariableOverrides/{name}`, `/cache/enabled`, `/cache/ttlSeconds`, and beyond
 //! API Gateway `/cache/maxEntries`, `/cache/maxBytes`, `/canaryRouting/header`, `/canaryRouting/cookie`,
-//! `/canaryRouting/stickiness`. Values are strings as in AWS (JSON numbers and booleans are accepted too).
-//! Setting a canary field on a stage without a canary creates one on the stage's own deployment at 0%.
+//! `/canaryRouting/stickiness`, and mirroring: `/mirror` (an object, or remove), `/mirror/percentTraffic`,
+//! `/mirror/methods` (comma-separated), `/mirror/maxBodyBytes`, `/mirror/maxInFlight`. Values are strings
+//! as in AWS (JSON numbers and booleans are accepted too). Setting a canary field on a stage without a
+//! canary creates one on the stage's own deployment at 0%; a mirror field on a stage without mirroring
+//! creates it with the defaults at 0%.
 
 use serde::{Deserialize, Serialize};
 
-use crate::stage::{parse_percent, valid_token, validate_variable, CanarySettings, Stickiness};
+use crate::stage::{parse_percent, valid_token, validate_variable, CanarySettings, MirrorSettings, Stickiness};
 use crate::{Error, Result, Stage};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -100,6 +103,7 @@ fn get(stage: &Stage, path: &str) -> Option<String> {
         "/cache/ttlSeconds" => Some(stage.cache.ttl_seconds.to_string()),
         "/cache/maxEntries" => Some(stage.cache.max_entries.to_string()),
         "/cache/maxBytes" => Some(stage.cache.max_bytes.to_string()),
+        "/mirror/percentTraffic" => stage.mirror.as_ref().map(|m| m.percent_traffic.to_string()),
         _ => {
             if let Some(name) = path.strip_prefix("/variables/") {
                 stage.variables.get(name).cloned()
@@ -122,6 +126,10 @@ fn canary(stage: &mut Stage) -> &mut CanarySettings {
     })
 }
 
+fn mirror(stage: &mut Stage) -> &mut MirrorSettings {
+    stage.mirror.get_or_insert_with(|| MirrorSettings::with_percent(0.0))
+}
+
 /// Applies one operation (number `index` in the list) to `stage`.
 pub(crate) fn apply(stage: &mut Stage, op: &PatchOperation, index: usize, deployment_exists: impl Fn(&str) -> bool) -> Result<()> {
     let path = op.path.as_str();
@@ -141,7 +149,7 @@ pub(crate) fn apply(stage: &mut Stage, op: &PatchOperation, index: usize, deploy
                 .value
                 .as_ref()
                 .ok_or_else(|| Error::invalid(&field, "", format!("{path} needs a value")))?;
-            if path == "/canarySettings" {
+            if path == "/canarySettings" || path == "/mirror" {
                 None
             } else {
                 Some(value_string(v).ok_or_else(|| Error::invalid(&field, v.to_string(), "must be a string"))?)
@@ -218,6 +226,48 @@ pub(crate) fn apply(stage: &mut Stage, op: &PatchOperation, index: usize, deploy
         "/canarySettings/useStageCache" => {
             let b = parse_bool(path, &need(&value)?)?;
             canary(stage).use_stage_cache = b;
+        }
+        "/mirror" => match op.op {
+            PatchOp::Remove => {
+                stage.mirror = None;
+            }
+            PatchOp::Add | PatchOp::Replace => {
+                let field = format!("patchOperations[{index}].value");
+                let v = match op.value.clone().expect("checked above") {
+                    serde_json::Value::String(s) => {
+                        serde_json::from_str(&s).map_err(|e| Error::invalid(&field, s, format!("must be mirror settings JSON: {e}")))?
+                    }
+                    other => other,
+                };
+                let mut m: MirrorSettings =
+                    serde_json::from_value(v.clone()).map_err(|e| Error::invalid(&field, v.to_string(), e.to_string()))?;
+                m.validate("/mirror")?;
+                stage.mirror = Some(m);
+            }
+            PatchOp::Copy => return Err(Error::invalid(&path_field, path, "copy to /mirror is not supported")),
+        },
+        "/mirror/percentTraffic" => {
+            let p = parse_percent(path, &need(&value)?)?;
+            mirror(stage).percent_traffic = p;
+        }
+        "/mirror/methods" => {
+            let v = need(&value)?;
+            let mut m = mirror(stage).clone();
+            m.methods = v.split(',').map(|m| m.trim().to_string()).filter(|m| !m.is_empty()).collect();
+            m.validate("/mirror")?;
+            stage.mirror = Some(m);
+        }
+        "/mirror/maxBodyBytes" | "/mirror/maxInFlight" => {
+            let v = need(&value)?;
+            let n: u64 = v.trim().parse().map_err(|_| Error::invalid(path, &v, "must be a whole number"))?;
+            let mut m = mirror(stage).clone();
+            if path.ends_with("maxBodyBytes") {
+                m.max_body_bytes = n;
+            } else {
+                m.max_in_flight = u32::try_from(n).unwrap_or(u32::MAX);
+            }
+            m.validate("/mirror")?;
+            stage.mirror = Some(m);
         }
         "/cache/enabled" => stage.cache.enabled = parse_bool(path, &need(&value)?)?,
         "/cache/ttlSeconds" => stage.cache.ttl_seconds = parse_u32(path, &need(&value)?, 0, 3600)?,
@@ -296,6 +346,7 @@ mod tests {
             cache: CacheSettings::default(),
             canary_settings: None,
             canary_routing: CanaryRouting::default(),
+            mirror: None,
             active_rollout: None,
             created_at: t,
             updated_at: t,
@@ -386,6 +437,52 @@ mod tests {
         assert_eq!(s.canary_routing.stickiness, Stickiness::Cookie("sid".into()));
         run(&mut s, PatchOperation::remove("/canaryRouting/header")).unwrap();
         assert_eq!(s.canary_routing.header, None);
+    }
+
+    #[test]
+    fn mirror_paths() {
+        let mut s = stage();
+        run(&mut s, PatchOperation::replace("/mirror/percentTraffic", "25")).unwrap();
+        let m = s.mirror.clone().unwrap();
+        assert_eq!(m.percent_traffic, 25.0);
+        assert_eq!(m.methods, ["GET", "HEAD", "OPTIONS"]);
+        run(&mut s, PatchOperation::replace("/mirror/methods", "get, put")).unwrap();
+        assert_eq!(s.mirror.as_ref().unwrap().methods, ["GET", "PUT"]);
+        run(&mut s, PatchOperation::replace("/mirror/maxInFlight", "8")).unwrap();
+        assert_eq!(s.mirror.as_ref().unwrap().max_in_flight, 8);
+        for (path, bad, field) in [
+            ("/mirror/percentTraffic", "101", "/mirror/percentTraffic"),
+            ("/mirror/methods", "GET,B@D", "/mirror.methods[1]"),
+            ("/mirror/maxBodyBytes", "99999999999", "/mirror.maxBodyBytes"),
+            ("/mirror/maxInFlight", "0", "/mirror.maxInFlight"),
+        ] {
+            let before = s.clone();
+            let e = run(&mut s, PatchOperation::replace(path, bad)).unwrap_err().to_string();
+            assert!(e.contains(field), "{e}");
+            assert_eq!(s, before);
+        }
+        let op = PatchOperation {
+            op: PatchOp::Replace,
+            path: "/mirror".into(),
+            value: Some(serde_json::json!({"percentTraffic": 10, "methods": ["post"]})),
+            from: None,
+        };
+        run(&mut s, op).unwrap();
+        let m = s.mirror.clone().unwrap();
+        assert_eq!(
+            (m.percent_traffic, m.methods.clone(), m.max_in_flight),
+            (10.0, vec!["POST".to_string()], 256)
+        );
+        let op = PatchOperation {
+            op: PatchOp::Replace,
+            path: "/mirror".into(),
+            value: Some(serde_json::json!({"percentTraffic": 10, "bogus": 1})),
+            from: None,
+        };
+        let e = run(&mut s, op).unwrap_err().to_string();
+        assert!(e.contains("bogus"), "{e}");
+        run(&mut s, PatchOperation::remove("/mirror")).unwrap();
+        assert!(s.mirror.is_none());
     }
 
     #[test]

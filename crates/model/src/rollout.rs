@@ -103,6 +103,22 @@ pub struct RolloutRequest {
     /// Canary analysis (§12): judgements of the canary against production, written out or by name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub analysis: Option<AnalysisRef>,
+    /// A mirroring phase before the first shift: copies of `mirrorPercent` of production requests go
+    /// to the canary for this long (watched time), judged by the alarms and the paired analysis, before
+    /// any client is served by it. 0 or absent: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror_seconds: Option<u64>,
+    /// Share of production requests mirrored in the mirroring phase; default 100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror_percent: Option<f64>,
+}
+
+/// A rollout's mirroring phase.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MirrorPhase {
+    pub seconds: u64,
+    pub percent: f64,
 }
 
 /// The lifecycle events.
@@ -144,6 +160,9 @@ pub enum Phase {
     Created,
     /// Waiting for the BeforeAllowTraffic hook (canary at 0%, reachable with the variant header).
     BeforeAllowTraffic { execution: HookExecution },
+    /// Mirroring production requests to the canary (at 0%), `watchedMs` of the phase done.
+    #[serde(rename_all = "camelCase")]
+    Mirroring { watched_ms: u64 },
     /// At step `step` of the schedule, `watchedMs` of its wait done.
     #[serde(rename_all = "camelCase")]
     Shifting { step: usize, watched_ms: u64 },
@@ -160,6 +179,9 @@ pub struct PreviousStage {
     pub deployment_id: String,
     pub variables: BTreeMap<String, String>,
     pub canary_settings: Option<CanarySettings>,
+    /// The stage's own mirroring, put back when the mirroring phase ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<crate::stage::MirrorSettings>,
 }
 
 /// One entry of a rollout's history.
@@ -192,6 +214,8 @@ pub struct Rollout {
     pub auto_rollback: Vec<AutoRollback>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub analysis: Option<AnalysisSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<MirrorPhase>,
     /// The analysis's judgements so far (they survive a restart with the record).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub analysis_state: Option<AnalysisState>,
@@ -381,6 +405,27 @@ impl State {
                 Some(a)
             }
         };
+        let mirror = match (req.mirror_seconds, req.mirror_percent) {
+            (None | Some(0), None) => None,
+            (None | Some(0), Some(p)) => {
+                return Err(Error::invalid(
+                    "mirrorPercent",
+                    p.to_string(),
+                    "needs mirrorSeconds (the length of the mirroring phase)",
+                ))
+            }
+            (Some(seconds), percent) => {
+                if seconds > 86_400 {
+                    return Err(Error::invalid("mirrorSeconds", seconds.to_string(), "must be 0 to 86400"));
+                }
+                let percent = percent.unwrap_or(100.0);
+                crate::stage::validate_percent("mirrorPercent", percent)?;
+                if percent <= 0.0 {
+                    return Err(Error::invalid("mirrorPercent", percent.to_string(), "must be above 0"));
+                }
+                Some(MirrorPhase { seconds, percent })
+            }
+        };
         let auto_rollback = req.auto_rollback.clone().unwrap_or_else(|| {
             vec![
                 AutoRollback::DeploymentFailure,
@@ -400,6 +445,7 @@ impl State {
             auto_rollback,
             analysis_state: analysis.as_ref().map(AnalysisState::new),
             analysis,
+            mirror,
             waiting_for: None,
             status: RolloutStatus::Created,
             phase: Phase::Created,
@@ -408,6 +454,7 @@ impl State {
                 deployment_id: st.deployment_id.clone(),
                 variables: st.variables.clone(),
                 canary_settings: None,
+                mirror: st.mirror.clone(),
             },
             promoted: false,
             watch_start: None,

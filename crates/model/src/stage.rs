@@ -80,6 +80,84 @@ pub struct CanarySettings {
     pub use_stage_cache: bool,
 }
 
+/// Mirroring: copies of a share of production requests sent to the canary's integration (the canary's
+/// deployment and variables), their answers discarded and recorded as variant `mirror`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MirrorSettings {
+    /// Share of production requests copied, 0–100.
+    pub percent_traffic: f64,
+    /// Methods that are copied; by default only the safe ones, since a copied POST, PUT or DELETE
+    /// reaches the canary's side effects.
+    #[serde(default = "default_mirror_methods")]
+    pub methods: Vec<String>,
+    /// Requests with a larger body are not copied (counted as skipped).
+    #[serde(default = "default_mirror_body")]
+    pub max_body_bytes: u64,
+    /// Copies on their way at once; more are dropped (and counted) instead of queued, so a slow
+    /// canary costs production nothing.
+    #[serde(default = "default_mirror_in_flight")]
+    pub max_in_flight: u32,
+}
+
+fn default_mirror_methods() -> Vec<String> {
+    vec!["GET".into(), "HEAD".into(), "OPTIONS".into()]
+}
+fn default_mirror_body() -> u64 {
+    64 * 1024
+}
+fn default_mirror_in_flight() -> u32 {
+    256
+}
+
+/// Bound of `mirror.maxBodyBytes`: 10 MiB (the default request body limit).
+pub const MAX_MIRROR_BODY: u64 = 10 * 1024 * 1024;
+
+impl MirrorSettings {
+    /// Mirroring of `percent` with the defaults.
+    pub fn with_percent(percent: f64) -> MirrorSettings {
+        MirrorSettings {
+            percent_traffic: percent,
+            methods: default_mirror_methods(),
+            max_body_bytes: default_mirror_body(),
+            max_in_flight: default_mirror_in_flight(),
+        }
+    }
+
+    /// Validates every field (`prefix` is e.g. `mirror` or `/mirror`); method names are upper-cased.
+    pub fn validate(&mut self, prefix: &str) -> Result<()> {
+        validate_percent(&format!("{prefix}.percentTraffic"), self.percent_traffic)?;
+        if self.methods.len() > 16 {
+            return Err(Error::invalid(
+                format!("{prefix}.methods"),
+                self.methods.join(","),
+                "at most 16 methods",
+            ));
+        }
+        for (i, m) in self.methods.iter_mut().enumerate() {
+            if !valid_token(m) || m.len() > 32 {
+                return Err(Error::invalid(format!("{prefix}.methods[{i}]"), m.as_str(), "is not a method name"));
+            }
+            *m = m.to_ascii_uppercase();
+        }
+        if self.max_body_bytes > MAX_MIRROR_BODY {
+            return Err(Error::invalid(
+                format!("{prefix}.maxBodyBytes"),
+                self.max_body_bytes.to_string(),
+                format!("must be between 0 and {MAX_MIRROR_BODY}"),
+            ));
+        }
+        if !(1..=100_000).contains(&self.max_in_flight) {
+            return Err(Error::invalid(
+                format!("{prefix}.maxInFlight"),
+                self.max_in_flight.to_string(),
+                "must be between 1 and 100000",
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Validates `percentTraffic`: a finite double in [0, 100].
 pub fn validate_percent(field: &str, p: f64) -> Result<()> {
     if !p.is_finite() || !(0.0..=100.0).contains(&p) {
@@ -222,6 +300,9 @@ pub struct Stage {
     pub cache: CacheSettings,
     pub canary_settings: Option<CanarySettings>,
     pub canary_routing: CanaryRouting,
+    /// Copies of production requests to the canary; they go only while the stage has a canary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<MirrorSettings>,
     pub active_rollout: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -252,6 +333,8 @@ pub struct StageInput {
     pub canary_settings: Option<CanaryInput>,
     #[serde(default)]
     pub canary_routing: CanaryRouting,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<MirrorSettings>,
 }
 
 /// Canary settings as a client sends them: the deployment defaults to the stage's.

@@ -205,6 +205,13 @@ impl State {
                 })
             }
         };
+        let mirror = match input.mirror {
+            Some(mut m) => {
+                m.validate("mirror")?;
+                Some(m)
+            }
+            None => None,
+        };
         let created_at = existing.map_or(now, |s| s.created_at);
         let stage = Stage {
             api: api.to_string(),
@@ -214,6 +221,7 @@ impl State {
             cache: input.cache,
             canary_settings: canary,
             canary_routing: routing,
+            mirror,
             active_rollout: None,
             created_at,
             updated_at: now,

@@ -56,7 +56,7 @@ pub enum Change {
         seq: usize,
         deployment: Deployment,
     },
-    PutStage(Stage),
+    PutStage(Box<Stage>),
     DeleteStage {
         api: String,
         stage: String,
@@ -112,7 +112,7 @@ pub fn diff(old: &State, new: &State) -> Vec<Change> {
         }
         for (sname, s) in &a.stages {
             if o.and_then(|o| o.stages.get(sname)) != Some(s) {
-                out.push(Change::PutStage(s.clone()));
+                out.push(Change::PutStage(Box::new(s.clone())));
             }
         }
     }
