@@ -207,7 +207,9 @@ backend cached
 """
 
 
-def canarygate_conf(w, name, port, admin, prod, canary, log):
+def canarygate_conf(w, name, port, admin, prod, canary, log, mirror=None):
+    # With `mirror`, the split stage also mirrors that share of its production requests to the canary.
+    mirror_line = f"\n        mirror: {{percentTraffic: {mirror}}}" if mirror is not None else ""
     return f"""server:
   listen: 127.0.0.1:{port}
   adminListen: 127.0.0.1:{admin}
@@ -222,7 +224,7 @@ apis:
     stages:
       - name: prod
         variables: {{backend: "127.0.0.1:{prod}"}}
-        canarySettings: {{percentTraffic: 10, stageVariableOverrides: {{backend: "127.0.0.1:{canary}"}}}}
+        canarySettings: {{percentTraffic: 10, stageVariableOverrides: {{backend: "127.0.0.1:{canary}"}}}}{mirror_line}
       - name: cached
         variables: {{backend: "127.0.0.1:{prod}"}}
         cache: {{enabled: true, ttlSeconds: 300}}
@@ -276,7 +278,8 @@ class Lab:
                 f"haproxy{sfx}", f"HAProxy weighted servers{', access log' if log else ''}", svc, f"http://127.0.0.1:{port}/x",
                 cache_url=f"http://127.0.0.1:{port}/cached/item", cache_header="x-cache")
             port, admin = free_port(), free_port()
-            conf = write(f"{work}/canarygate{tag}.yaml", canarygate_conf(work, f"canarygate{tag}", port, admin, prod, canary, log))
+            mirror = args.mirror if not log else None
+            conf = write(f"{work}/canarygate{tag}.yaml", canarygate_conf(work, f"canarygate{tag}", port, admin, prod, canary, log, mirror))
             self.configs[f"canarygate{sfx}"] = open(conf).read()
             env = dict(os.environ, CANARYGATE_WORKER_THREADS="1", CANARYGATE_LOG="warn")
             env.pop("CANARYGATE_GATEWAY_WORKERS", None)
@@ -415,7 +418,8 @@ def ab_compare(lab, args):
     keys = ["canarygate", "canarygate-base"]
     for k in keys:
         check_split(lab.targets[k])
-    print(f"== A/B: this build vs {args.ab}, {args.reps} interleaved rounds of {args.duration} s", flush=True)
+    mirroring = f" (this build mirroring {args.mirror}% of production requests)" if args.mirror is not None else ""
+    print(f"== A/B: this build{mirroring} vs {args.ab}, {args.reps} interleaved rounds of {args.duration} s", flush=True)
     res = interleaved([lab.targets[k] for k in keys], args.reps, args.duration, args.warmup, args.conns, lambda t: t.url)
     cpu = {k: [r["cpu_us"] for r in res[k]] for k in keys}
     rps = {k: [r["rps"] for r in res[k]] for k in keys}
@@ -760,7 +764,11 @@ def main():
     ap.add_argument("--report-from", help="rewrite the report (and chart) next to this benchmarks.json without measuring")
     ap.add_argument("--ab", help="a baseline canarygate binary: measure it and this build interleaved (the split, "
                                  "--reps rounds) and print CPU per request of both; nothing else is measured")
+    ap.add_argument("--mirror", type=float, help="with --ab: this build's split stage also mirrors this percentage of its "
+                                                   "production requests to the canary (the cost of mirroring)")
     args = ap.parse_args()
+    if args.mirror is not None and not args.ab:
+        ap.error("--mirror: only with --ab (it changes this build's config, not the report's)")
     if args.report_from:
         rewrite_report(args.report_from)
         return

@@ -41,7 +41,15 @@ pub fn rollout_view(r: &Rollout) -> Value {
     let later: u64 = step.map_or(0, |s| schedule.iter().skip(s + 1).map(|x| x.wait_seconds).sum());
     // Unknown (null) while an approval lies ahead: it waits for a person, not a clock.
     let approval_ahead = schedule.iter().skip(step.unwrap_or(0)).any(|s| s.approval);
-    let time_left = (r.status.is_active() && !approval_ahead).then(|| wait.saturating_sub(watched_ms / 1000) + later);
+    // In the mirroring phase: the rest of it, then every step.
+    let mirror_left = match (r.phase.clone(), r.mirror) {
+        (Phase::Mirroring { watched_ms }, Some(m)) => {
+            Some(m.seconds.saturating_sub(watched_ms / 1000) + schedule.iter().map(|x| x.wait_seconds).sum::<u64>())
+        }
+        _ => None,
+    };
+    let time_left =
+        (r.status.is_active() && !approval_ahead).then(|| mirror_left.unwrap_or_else(|| wait.saturating_sub(watched_ms / 1000) + later));
     if let Some(o) = v.as_object_mut() {
         o.insert(
             "steps".into(),

@@ -50,6 +50,13 @@ pub struct StartArgs {
     /// A step ends only after the canary has served this many requests in it.
     #[arg(long)]
     pub min_canary_requests: Option<u64>,
+    /// Mirror production requests to the canary for this long (watched by the alarms and the paired
+    /// analysis) before the first shift.
+    #[arg(long)]
+    pub mirror_seconds: Option<u64>,
+    /// Share of production requests mirrored in the mirroring phase (default 100).
+    #[arg(long)]
+    pub mirror_percent: Option<f64>,
     /// Follow the rollout to its end: exit 0 when it succeeds, 1 when it is rolled back or fails.
     #[arg(long)]
     pub wait: bool,
@@ -128,6 +135,12 @@ pub async fn start(c: &Client, a: StartArgs) -> Result<()> {
     }
     if a.no_auto_rollback {
         body["autoRollback"] = json!([]);
+    }
+    if let Some(s) = a.mirror_seconds {
+        body["mirrorSeconds"] = json!(s);
+    }
+    if let Some(p) = a.mirror_percent {
+        body["mirrorPercent"] = json!(p);
     }
     if let Some(analysis) = analysis_body(&a)? {
         body["analysis"] = analysis;

@@ -237,6 +237,21 @@ impl State {
             .stages
             .get(name)
             .ok_or_else(|| Error::not_found("stage", format!("{api}/{name}")))?;
+        if let Some(r) = &current.active_rollout {
+            // The rollout owns the canary (and, while it mirrors, the mirror): its next step would
+            // overwrite such a change.
+            let mirroring = self
+                .rollouts
+                .get(r)
+                .is_some_and(|r| matches!(r.phase, crate::rollout::Phase::Mirroring { .. }));
+            let owned = |p: &str| p == "/deploymentId" || p.starts_with("/canarySettings") || (mirroring && p.starts_with("/mirror"));
+            if let Some(op) = ops.iter().find(|op| owned(&op.path)) {
+                return Err(Error::Conflict(format!(
+                    "stage {api}/{name} has an active rollout {r} that owns {}; promote or stop the rollout instead",
+                    op.path
+                )));
+            }
+        }
         let mut next = current.clone();
         for (i, op) in ops.iter().enumerate() {
             crate::patch::apply(&mut next, op, i, |id| a.deployment(id).is_some())?;
@@ -479,6 +494,23 @@ mod tests {
         let e = s.put_domain("x.com", vec![m("orders", "nope")]).unwrap_err().to_string();
         assert!(e.contains("mappings[0].stage"), "{e}");
         assert!(s.put_domain("bad domain", vec![]).is_err());
+    }
+
+    #[test]
+    fn a_rollout_owns_its_stage_canary() {
+        let mut s = setup();
+        s.apis.get_mut("orders").unwrap().stages.get_mut("prod").unwrap().active_rollout = Some("r-1".into());
+        for path in ["/canarySettings/percentTraffic", "/deploymentId"] {
+            let e = s
+                .patch_stage("orders", "prod", &[PatchOperation::replace(path, "d-one")], now())
+                .unwrap_err();
+            assert!(matches!(e, Error::Conflict(ref m) if m.contains(path) && m.contains("r-1")), "{e}");
+        }
+        // Not owned: variables, and the mirror outside a mirroring phase.
+        s.patch_stage("orders", "prod", &[PatchOperation::replace("/variables/x", "1")], now())
+            .unwrap();
+        s.patch_stage("orders", "prod", &[PatchOperation::replace("/mirror/percentTraffic", "5")], now())
+            .unwrap();
     }
 
     #[test]
