@@ -226,6 +226,15 @@ pub async fn start(cfg: &ConfigFile, args: &ServeArgs) -> Result<Running> {
             out.push_str("# HELP canarygate_access_log_dropped_total Access log records dropped because the writer fell behind.\n");
             out.push_str("# TYPE canarygate_access_log_dropped_total counter\n");
             let _ = writeln!(out, "canarygate_access_log_dropped_total {}", gw_for_prom.access_log().dropped());
+            out.push_str(
+                "# HELP canarygate_routing_publishes_total Routing snapshots built and swapped in (one per change that touches routing).\n",
+            );
+            out.push_str("# TYPE canarygate_routing_publishes_total counter\n");
+            let _ = writeln!(out, "canarygate_routing_publishes_total {}", gw_for_prom.publishes());
+            let chunks = gw_for_prom.metrics().slot_chunks();
+            out.push_str("# HELP canarygate_metric_slot_bytes Memory held by one-second metric slots (64-second chunks, allocated only for windows with requests).\n");
+            out.push_str("# TYPE canarygate_metric_slot_bytes gauge\n");
+            let _ = writeln!(out, "canarygate_metric_slot_bytes {}", chunks * canarygate_metrics::CHUNK_BYTES);
         })),
         caches: None,
     };

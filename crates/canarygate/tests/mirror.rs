@@ -167,18 +167,19 @@ async fn copies_to_a_slow_failing_canary_never_hold_up_clients_and_are_all_count
     let st = ok(&c, &s, "GET", "/v1/apis/orders/stages/prod", None).await;
     assert!(st.get("mirror").is_none(), "{st}");
 
-    // The canary (the new deployment with the canary backend) at 0%, every production GET mirrored,
-    // at most 8 copies on their way; PUT mirrored too, bodies up to 1 KiB.
+    // The canary (the new deployment with the canary backend) at 0%, every production request of the
+    // default methods mirrored, at most 8 copies on their way.
     let patch = json!({"patchOperations": [
         {"op": "replace", "path": "/canarySettings", "value": {"deploymentId": d2, "percentTraffic": 0,
             "stageVariableOverrides": {"backend": canary.addr.to_string()}}},
-        {"op": "replace", "path": "/mirror", "value": {"percentTraffic": 100, "maxInFlight": 8, "methods": ["GET", "PUT"], "maxBodyBytes": 1024}},
+        {"op": "replace", "path": "/mirror", "value": {"percentTraffic": 100, "maxInFlight": 8}},
     ]});
     let st = ok(&c, &s, "PATCH", "/v1/apis/orders/stages/prod", Some(patch)).await;
     assert_eq!(st["mirror"]["percentTraffic"], 100.0);
+    assert_eq!(st["mirror"]["methods"], json!(["GET", "HEAD", "OPTIONS"]));
 
-    // Clients: 6 GETs, then a burst of 20 GETs at once (over the 8 the canary may have on their way),
-    // a PUT with a small body, a PUT with a body over the copy limit, and a POST (not mirrored).
+    // Clients: 6 GETs and a POST (not mirrored by default), then a burst of 20 GETs at once (over the 8
+    // the canary may have on their way); later PUTs, once PUT is mirrored too.
     let url = format!("{}/orders/prod/items", s.gateway);
     let got: Arc<Mutex<Vec<(String, u64)>>> = Arc::default();
     let send = |method: &'static str, id: String, body: usize| {
@@ -205,6 +206,7 @@ async fn copies_to_a_slow_failing_canary_never_hold_up_clients_and_are_all_count
     for i in 0..6 {
         send("GET", format!("get-{i}"), 0).await;
     }
+    send("POST", "post".into(), 10).await;
     let burst: Vec<_> = (0..20).map(|i| tokio::spawn(send("GET", format!("burst-{i}"), 0))).collect();
     for t in burst {
         t.await.unwrap();
@@ -227,9 +229,14 @@ async fn copies_to_a_slow_failing_canary_never_hold_up_clients_and_are_all_count
         canary.seen().len() == 26 - dropped as usize
     })
     .await;
+    // PUT mirrored too, with bodies up to 1 KiB.
+    let patch = json!({"patchOperations": [
+        {"op": "replace", "path": "/mirror/methods", "value": "GET,PUT"},
+        {"op": "replace", "path": "/mirror/maxBodyBytes", "value": "1024"},
+    ]});
+    ok(&c, &s, "PATCH", "/v1/apis/orders/stages/prod", Some(patch)).await;
     send("PUT", "put-small".into(), 100).await;
     send("PUT", "put-large".into(), 4096).await;
-    send("POST", "post".into(), 10).await;
     assert_eq!(production.calls(), 29);
     assert_eq!(not_sent("skipped").await, 1.0, "the PUT over the body limit");
     assert_eq!(not_sent("dropped").await, dropped);

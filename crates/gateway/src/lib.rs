@@ -77,6 +77,8 @@ pub struct Gateway {
     metrics: Arc<Registry>,
     log: AccessLog,
     limits: Limits,
+    /// Routing snapshots built and swapped in so far.
+    publishes: std::sync::atomic::AtomicU64,
 }
 
 impl Gateway {
@@ -87,6 +89,7 @@ impl Gateway {
             metrics,
             log,
             limits,
+            publishes: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -109,10 +112,17 @@ impl Gateway {
         let next = RoutingTable::build(state, &previous, &self.metrics, &caches);
         self.caches.store(Arc::new(caches));
         self.table.store(Arc::new(next));
+        self.publishes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         // The series of stages and APIs that no longer exist go (a stage's canary series stays while
         // the stage does: its history outlives the canary).
         self.metrics
             .retain(|k| state.apis.get(&k.api).is_some_and(|a| a.stages.contains_key(&k.stage)));
+    }
+
+    /// How many routing snapshots have been built and swapped in (one per stored change that touches
+    /// routing; a whole config file applied or seeded is one).
+    pub fn publishes(&self) -> u64 {
+        self.publishes.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The stage's cache, when it has one enabled.

@@ -76,17 +76,23 @@ pub(crate) struct Tee {
     limit: u64,
 }
 
-/// A request body that hands a copy of its bytes to a [`Tee`] once it has been read whole. Dropping it
-/// before (the request failed, or the body was larger than the limit) leaves the copy without a body:
-/// it is skipped.
+/// A request body that, when it has a [`Tee`], hands a copy of its bytes to it once it has been read
+/// whole (without one it is its inner body). Dropping it before (the request failed, or the body was
+/// larger than the limit) leaves the copy without a body: it is skipped.
 pub(crate) struct TeeBody<B> {
     inner: B,
     tee: Option<Tee>,
 }
 
 impl<B> TeeBody<B> {
-    pub(crate) fn new(inner: B, tee: Tee) -> Self {
-        TeeBody { inner, tee: Some(tee) }
+    pub(crate) fn new(inner: B, tee: Option<Tee>) -> Self {
+        TeeBody { inner, tee }
+    }
+
+    fn finish(&mut self) {
+        if let Some(tee) = self.tee.take() {
+            let _ = tee.tx.send(tee.buf.freeze());
+        }
     }
 }
 
@@ -97,43 +103,40 @@ where
     type Data = Bytes;
     type Error = BoxError;
 
+    #[inline]
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let (Some(tee), Some(data)) = (this.tee.as_mut(), frame.data_ref()) {
-                    if tee.buf.len() as u64 + data.len() as u64 > tee.limit {
-                        this.tee = None;
-                    } else {
-                        tee.buf.extend_from_slice(data);
+        if let Some(tee) = this.tee.as_mut() {
+            match &polled {
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Some(data) = frame.data_ref() {
+                        if tee.buf.len() as u64 + data.len() as u64 > tee.limit {
+                            this.tee = None;
+                        } else {
+                            tee.buf.extend_from_slice(data);
+                        }
+                    }
+                    if this.inner.is_end_stream() {
+                        this.finish();
                     }
                 }
-                if this.inner.is_end_stream() {
-                    this.finish();
-                }
+                Poll::Ready(None) => this.finish(),
+                Poll::Ready(Some(Err(_))) => this.tee = None,
+                Poll::Pending => {}
             }
-            Poll::Ready(None) => this.finish(),
-            Poll::Ready(Some(Err(_))) => this.tee = None,
-            Poll::Pending => {}
         }
         polled
     }
 
+    #[inline]
     fn is_end_stream(&self) -> bool {
         self.inner.is_end_stream()
     }
 
+    #[inline]
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
-    }
-}
-
-impl<B> TeeBody<B> {
-    fn finish(&mut self) {
-        if let Some(tee) = self.tee.take() {
-            let _ = tee.tx.send(tee.buf.freeze());
-        }
     }
 }
 

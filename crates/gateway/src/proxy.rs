@@ -233,26 +233,9 @@ pub(crate) async fn handle(gw: &Arc<Gateway>, req: Request<RequestBody>, peer: &
         None
     };
 
-    let outcome = match tee {
-        None => {
-            serve(
-                gw,
-                stage,
-                vr,
-                &mut parts,
-                Limited::new(body, gw.limits.max_body_bytes as usize),
-                rest,
-                host.as_deref(),
-                peer,
-                &rid,
-            )
-            .await
-        }
-        Some(tee) => {
-            let body = TeeBody::new(Limited::new(body, gw.limits.max_body_bytes as usize), tee);
-            serve(gw, stage, vr, &mut parts, body, rest, host.as_deref(), peer, &rid).await
-        }
-    };
+    // One body type whether or not the request is mirrored (one `serve` on the request path).
+    let body = TeeBody::new(Limited::new(body, gw.limits.max_body_bytes as usize), tee);
+    let outcome = serve(gw, stage, vr, &mut parts, body, rest, host.as_deref(), peer, &rid).await;
     let mut error = None;
     let mut response = match outcome.result {
         Ok(r) => r,

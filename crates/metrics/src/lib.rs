@@ -23,7 +23,7 @@ use arc_swap::ArcSwap;
 pub use canarygate_model::{Metric, Statistic, Variant};
 
 pub use histogram::{bucket_bounds_us, BUCKETS};
-pub use series::{CacheResult, JudgedSecond, Observation, Routed, Series, JUDGE_SECS, RETENTION_SECS};
+pub use series::{CacheResult, JudgedSecond, Observation, Routed, Series, CHUNK_BYTES, JUDGE_SECS, RETENTION_SECS};
 
 /// Identifies a series.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -99,6 +99,12 @@ impl Registry {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Memory accounting: how many 64-second chunks of one-second slots all series hold now (each
+    /// [`CHUNK_BYTES`]). A series that has never served a request holds none.
+    pub fn slot_chunks(&self) -> usize {
+        self.series.load().values().map(|s| s.chunks_in_use()).sum()
     }
 
     /// All keys, sorted.

@@ -18,6 +18,9 @@ const CHUNK_SECS: u64 = 64;
 const CHUNKS: usize = (RETENTION_SECS / CHUNK_SECS + 3) as usize;
 const NO_SECOND: u64 = u64::MAX;
 
+/// The memory of one chunk of slots.
+pub const CHUNK_BYTES: usize = std::mem::size_of::<Chunk>();
+
 /// The slots of one 64-second window (`id` = unix second / 64).
 struct Chunk {
     id: u64,
@@ -291,9 +294,8 @@ impl Series {
         }
     }
 
-    /// How many chunks hold slots now (memory: each about 28 KiB).
-    #[cfg(test)]
-    fn chunks_in_use(&self) -> usize {
+    /// How many chunks hold slots now (memory: each [`CHUNK_BYTES`]).
+    pub(crate) fn chunks_in_use(&self) -> usize {
         self.chunks.iter().filter(|c| c.load().is_some()).count()
     }
 
