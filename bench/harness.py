@@ -14,6 +14,8 @@ measures, interleaved, with the direct backend as a reference:
   memory    resident memory after 1,000,000 requests over 1,000 connections (oha)
   cache     a cached hit: canarygate's stage cache vs nginx proxy_cache vs HAProxy's cache
   reaction  the rollback reaction time (bench/src/bin/reaction-time.rs)
+  scale     start time, memory, PATCH latency and CPU per request at 1 to 10,000 APIs, with nginx's
+            memory for the same routes as the anchor (bench/scale.py; its own marked section of the report)
 
 Before measuring a target it checks the split (about 10% canary over 1,000 requests) and that there are no
 errors; any error in a measured run fails the harness. `--quick` runs every group for a few seconds per
@@ -37,7 +39,7 @@ import sys
 import tempfile
 import time
 
-GROUPS = ["split", "logs", "latency", "memory", "cache", "reaction"]
+GROUPS = ["split", "logs", "latency", "memory", "cache", "reaction", "scale"]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -718,20 +720,21 @@ def chart(R, path):
 # ---------------------------------------------------------------- main
 
 
-ANALYSIS_BEGIN, ANALYSIS_END = "<!-- analysis:begin -->", "<!-- analysis:end -->"
+KEPT_SECTIONS = [("<!-- scale:begin -->", "<!-- scale:end -->"), ("<!-- analysis:begin -->", "<!-- analysis:end -->")]
 
 
 def with_kept_sections(path, report):
-    """The canary analysis benchmark (bash bench/analysis) writes its own marked section of the report;
-    a rewrite of the proxy benchmark keeps it."""
+    """The scale group and the canary analysis benchmark (bash bench/analysis) write their own marked
+    sections of the report; a rewrite of the proxy benchmark keeps them."""
     try:
         old = open(path).read()
     except OSError:
         return report
-    i, j = old.find(ANALYSIS_BEGIN), old.find(ANALYSIS_END)
-    if i < 0 or j < i:
-        return report
-    return report.rstrip("\n") + "\n\n" + old[i:j + len(ANALYSIS_END)] + "\n"
+    for begin, end in KEPT_SECTIONS:
+        i, j = old.find(begin), old.find(end)
+        if i >= 0 and j > i and begin not in report:
+            report = report.rstrip("\n") + "\n\n" + old[i:j + len(end)] + "\n"
+    return report
 
 
 def rewrite_report(raw_path):
@@ -800,6 +803,25 @@ def main():
     lab = None
     R = {}
     try:
+        if "scale" in only and not args.ab:
+            print("== scale", flush=True)
+            import scale
+            rows = scale.run(sys.modules[__name__], args, work)
+            if not args.quick:
+                docs = os.path.join(args.root, "docs")
+                chart_name = None
+                try:
+                    scale.chart(rows, os.path.join(docs, "scale.png"))
+                    chart_name = "scale.png"
+                except ImportError:
+                    print("bench: matplotlib missing, no scale chart", flush=True)
+                with open(os.path.join(docs, "scale-benchmark.json"), "w") as f:
+                    json.dump({"env": environment(args, cmdline), "rows": rows}, f, indent=1)
+                scale.write_section(os.path.join(docs, "BENCHMARKS.md"),
+                                    scale.section(rows, "bash bench/run --only scale", chart_name))
+                print("bench: scale section written to docs/BENCHMARKS.md", flush=True)
+            if only == ["scale"]:
+                return
         lab = Lab(args, work)
         print(f"bench: servers up in {work}", flush=True)
         info = {

@@ -43,7 +43,7 @@ fn deployment_summary(d: &Deployment) -> Value {
 
 pub async fn list_apis(State(s): State<AppState>) -> Json<Value> {
     let st = s.store.current();
-    items(st.apis.values().map(api_view).collect())
+    items(st.apis.values().map(|a| api_view(a)).collect())
 }
 
 pub async fn get_api(State(s): State<AppState>, Path(api): Path<String>) -> Result<Json<Value>> {

@@ -480,7 +480,12 @@ impl Machine<'_> {
 
     fn with_stage(&mut self, f: impl FnOnce(&mut canarygate_model::Stage)) {
         let now = self.now;
-        if let Some(st) = self.state.apis.get_mut(&self.r.api).and_then(|a| a.stages.get_mut(&self.r.stage)) {
+        if let Some(st) = self
+            .state
+            .apis
+            .get_mut(&self.r.api)
+            .and_then(|a| std::sync::Arc::make_mut(a).stages.get_mut(&self.r.stage))
+        {
             f(st);
             st.updated_at = now;
         }

@@ -110,13 +110,16 @@ impl Gateway {
         }
         let previous = self.table.load();
         let next = RoutingTable::build(state, &previous, &self.metrics, &caches);
+        let removed = next.removed;
         self.caches.store(Arc::new(caches));
         self.table.store(Arc::new(next));
         self.publishes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         // The series of stages and APIs that no longer exist go (a stage's canary series stays while
         // the stage does: its history outlives the canary).
-        self.metrics
-            .retain(|k| state.apis.get(&k.api).is_some_and(|a| a.stages.contains_key(&k.stage)));
+        if removed {
+            self.metrics
+                .retain(|k| state.apis.get(&k.api).is_some_and(|a| a.stages.contains_key(&k.stage)));
+        }
     }
 
     /// How many routing snapshots have been built and swapped in (one per stored change that touches

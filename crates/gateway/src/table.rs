@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use canarygate_metrics::{Registry, Series};
+use canarygate_model::state::ApiState;
 use canarygate_model::template::{self, PathSegment, Template};
 use canarygate_model::{CanaryRouting, Deployment, Integration, Method, State, Variant};
 use http::{HeaderName, HeaderValue};
@@ -188,6 +189,95 @@ impl StageRoute {
     }
 }
 
+/// Builds one API's stages, reusing what `previous` (the API's routes in the previous snapshot, if any)
+/// compiled and its stages' mirror bounds.
+fn build_api(
+    api_name: &str,
+    a: &Arc<ApiState>,
+    previous: Option<&ApiRoutes>,
+    metrics: &Registry,
+    caches: &HashMap<(String, String), Arc<StageCache>>,
+) -> ApiRoutes {
+    let mut compiled: HashMap<String, Arc<CompiledDeployment>> = HashMap::new();
+    let mut stages = HashMap::new();
+    for (sname, s) in &a.stages {
+        let mut variant = |v: Variant, deployment_id: &str, vars: &BTreeMap<String, String>, use_cache: bool| -> Option<VariantRoute> {
+            let c = match compiled
+                .get(deployment_id)
+                .or_else(|| previous.and_then(|p| p.compiled.get(deployment_id)))
+            {
+                Some(c) => c.clone(),
+                None => Arc::new(CompiledDeployment::compile(a.deployment(deployment_id)?)),
+            };
+            compiled.insert(deployment_id.to_string(), c.clone());
+            Some(VariantRoute {
+                variant: v,
+                deployment_id: Arc::from(deployment_id),
+                deployment: c,
+                variables: vars.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                series: metrics.series(api_name, sname, v),
+                fingerprint: fingerprint(deployment_id, vars.iter()),
+                use_cache,
+            })
+        };
+        let Some(production) = variant(Variant::Production, &s.deployment_id, &s.variables, true) else {
+            continue;
+        };
+        let canary = match (&s.canary_settings, s.canary_variables()) {
+            (Some(c), Some(vars)) => variant(Variant::Canary, &c.deployment_id, &vars, c.use_stage_cache),
+            _ => None,
+        };
+        let mirror = match (&s.mirror, &s.canary_settings, s.canary_variables()) {
+            (Some(m), Some(c), Some(vars)) if m.percent_traffic > 0.0 => {
+                variant(Variant::Mirror, &c.deployment_id, &vars, false).map(|route| {
+                    let (threshold, always) = threshold(m.percent_traffic);
+                    // Copies on their way stay counted against the bound across snapshots.
+                    let kept = previous
+                        .and_then(|p| p.stages.get(sname))
+                        .and_then(|st| st.mirror.as_ref())
+                        .filter(|pm| pm.max_in_flight == m.max_in_flight)
+                        .map(|pm| pm.in_flight.clone());
+                    Box::new(MirrorRoute {
+                        route,
+                        threshold,
+                        always,
+                        methods: m
+                            .methods
+                            .iter()
+                            .filter_map(|m| http::Method::from_bytes(m.as_bytes()).ok())
+                            .collect(),
+                        max_body: m.max_body_bytes,
+                        in_flight: kept.unwrap_or_else(|| Arc::new(tokio::sync::Semaphore::new(m.max_in_flight as usize))),
+                        max_in_flight: m.max_in_flight,
+                    })
+                })
+            }
+            _ => None,
+        };
+        let percent = s.canary_settings.as_ref().map_or(0.0, |c| c.percent_traffic);
+        let (canary_threshold, canary_always) = threshold(percent);
+        let route = StageRoute {
+            api: Arc::from(api_name),
+            stage: Arc::from(sname.as_str()),
+            production,
+            canary,
+            canary_threshold,
+            canary_always,
+            routing: s.canary_routing.clone(),
+            cache: caches.get(&(api_name.to_string(), sname.clone())).cloned(),
+            cache_ttl: Duration::from_secs(u64::from(s.cache.ttl_seconds)),
+            mirror,
+        };
+        stages.insert(sname.clone(), Arc::new(route));
+    }
+    ApiRoutes {
+        name: Arc::from(api_name),
+        source: a.clone(),
+        stages,
+        compiled,
+    }
+}
+
 /// Maps `percentTraffic` onto a threshold over the whole `u64` range, so 0.1% is exactly 1 in 1000.
 pub fn threshold(percent: f64) -> (u64, bool) {
     if percent >= 100.0 {
@@ -199,103 +289,70 @@ pub fn threshold(percent: f64) -> (u64, bool) {
     }
 }
 
+/// One API's stages, built from one `ApiState`. The next snapshot takes it as it is while the state
+/// holds the same `Arc` for the API (a change copies only the APIs it touches), so a change rebuilds
+/// only what it touches.
+pub struct ApiRoutes {
+    name: Arc<str>,
+    source: Arc<ApiState>,
+    pub stages: HashMap<String, Arc<StageRoute>>,
+    /// Compiled deployments by id (deployments are immutable: kept while the API is).
+    compiled: HashMap<String, Arc<CompiledDeployment>>,
+}
+
 /// The whole snapshot.
 #[derive(Default)]
 pub struct RoutingTable {
-    pub stages: HashMap<String, HashMap<String, Arc<StageRoute>>>,
+    pub apis: HashMap<Arc<str>, Arc<ApiRoutes>>,
     /// Host -> base path mappings, longest base path first.
     pub domains: HashMap<String, Vec<(String, Arc<StageRoute>)>>,
-    compiled: HashMap<(String, String), Arc<CompiledDeployment>>,
+    /// Whether an API or stage of the previous snapshot is gone (its metric series may go too).
+    pub(crate) removed: bool,
 }
 
 impl RoutingTable {
-    /// Builds a snapshot from the state, reusing compiled deployments of the previous snapshot
-    /// (deployments are immutable).
+    /// Builds a snapshot from the state: an API whose state is the same `Arc` as when the previous
+    /// snapshot built it (and whose stage caches are the same) is taken over; the others are built,
+    /// reusing the previous snapshot's compiled deployments.
     pub fn build(
         state: &State,
         previous: &RoutingTable,
         metrics: &Registry,
         caches: &HashMap<(String, String), Arc<StageCache>>,
     ) -> RoutingTable {
-        let mut t = RoutingTable::default();
+        let mut t = RoutingTable {
+            apis: HashMap::with_capacity(state.apis.len()),
+            ..RoutingTable::default()
+        };
+        // Every API of the state was in the previous snapshot, and as many: none is gone.
+        let mut all_were_there = state.apis.len() == previous.apis.len();
         for (api_name, a) in &state.apis {
-            let mut stages = HashMap::new();
-            for (sname, s) in &a.stages {
-                let mut variant =
-                    |v: Variant, deployment_id: &str, vars: &BTreeMap<String, String>, use_cache: bool| -> Option<VariantRoute> {
-                        let key = (api_name.clone(), deployment_id.to_string());
-                        let compiled = match previous.compiled.get(&key).or_else(|| t.compiled.get(&key)) {
-                            Some(c) => c.clone(),
-                            None => Arc::new(CompiledDeployment::compile(a.deployment(deployment_id)?)),
-                        };
-                        t.compiled.insert(key, compiled.clone());
-                        Some(VariantRoute {
-                            variant: v,
-                            deployment_id: Arc::from(deployment_id),
-                            deployment: compiled,
-                            variables: vars.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-                            series: metrics.series(api_name, sname, v),
-                            fingerprint: fingerprint(deployment_id, vars.iter()),
-                            use_cache,
-                        })
-                    };
-                let Some(production) = variant(Variant::Production, &s.deployment_id, &s.variables, true) else {
-                    continue;
-                };
-                let canary = match (&s.canary_settings, s.canary_variables()) {
-                    (Some(c), Some(vars)) => variant(Variant::Canary, &c.deployment_id, &vars, c.use_stage_cache),
-                    _ => None,
-                };
-                let mirror = match (&s.mirror, &s.canary_settings, s.canary_variables()) {
-                    (Some(m), Some(c), Some(vars)) if m.percent_traffic > 0.0 => variant(Variant::Mirror, &c.deployment_id, &vars, false)
-                        .map(|route| {
-                            let (threshold, always) = threshold(m.percent_traffic);
-                            let kept = previous
-                                .stages
-                                .get(api_name)
-                                .and_then(|st| st.get(sname))
-                                .and_then(|st| st.mirror.as_ref())
-                                .filter(|pm| pm.max_in_flight == m.max_in_flight)
-                                .map(|pm| pm.in_flight.clone());
-                            Box::new(MirrorRoute {
-                                route,
-                                threshold,
-                                always,
-                                methods: m
-                                    .methods
-                                    .iter()
-                                    .filter_map(|m| http::Method::from_bytes(m.as_bytes()).ok())
-                                    .collect(),
-                                max_body: m.max_body_bytes,
-                                in_flight: kept.unwrap_or_else(|| Arc::new(tokio::sync::Semaphore::new(m.max_in_flight as usize))),
-                                max_in_flight: m.max_in_flight,
-                            })
-                        }),
-                    _ => None,
-                };
-                let percent = s.canary_settings.as_ref().map_or(0.0, |c| c.percent_traffic);
-                let (canary_threshold, canary_always) = threshold(percent);
-                let route = StageRoute {
-                    api: Arc::from(api_name.as_str()),
-                    stage: Arc::from(sname.as_str()),
-                    production,
-                    canary,
-                    canary_threshold,
-                    canary_always,
-                    routing: s.canary_routing.clone(),
-                    cache: caches.get(&(api_name.clone(), sname.clone())).cloned(),
-                    cache_ttl: Duration::from_secs(u64::from(s.cache.ttl_seconds)),
-                    mirror,
-                };
-                stages.insert(sname.clone(), Arc::new(route));
+            let before = previous.apis.get(api_name.as_str());
+            all_were_there &= before.is_some();
+            // A stage's cache is replaced when its bounds change (then the API is not the same `Arc`
+            // either); checked anyway, for the stages that have one.
+            let same_caches = |p: &ApiRoutes| {
+                p.stages.iter().all(|(sname, st)| match &st.cache {
+                    None => true,
+                    Some(x) => caches.get(&(api_name.clone(), sname.clone())).is_some_and(|y| Arc::ptr_eq(x, y)),
+                })
+            };
+            if let Some(p) = before.filter(|p| Arc::ptr_eq(&p.source, a) && same_caches(p)) {
+                t.apis.insert(p.name.clone(), p.clone());
+                continue;
             }
-            t.stages.insert(api_name.clone(), stages);
+            let routes = build_api(api_name, a, before.map(|p| &**p), metrics, caches);
+            if let Some(p) = before {
+                t.removed |= p.stages.keys().any(|s| !a.stages.contains_key(s));
+            }
+            t.apis.insert(routes.name.clone(), Arc::new(routes));
         }
+        t.removed |= !all_were_there;
         for d in state.domains.values() {
             let mut maps: Vec<(String, Arc<StageRoute>)> = d
                 .mappings
                 .iter()
-                .filter_map(|m| Some((m.base_path.clone(), t.stages.get(&m.api)?.get(&m.stage)?.clone())))
+                .filter_map(|m| Some((m.base_path.clone(), t.apis.get(m.api.as_str())?.stages.get(&m.stage)?.clone())))
                 .collect();
             maps.sort_by_key(|m| std::cmp::Reverse(m.0.len()));
             t.domains.insert(d.domain.clone(), maps);
@@ -325,7 +382,7 @@ impl RoutingTable {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, ""),
         };
-        let route = self.stages.get(api)?.get(stage)?;
+        let route = self.apis.get(api)?.stages.get(stage)?;
         Some((route, rest))
     }
 }

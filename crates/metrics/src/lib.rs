@@ -19,8 +19,8 @@ mod series;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
 pub use canarygate_model::{Metric, Statistic, Variant};
+use std::sync::RwLock;
 
 pub use histogram::{bucket_bounds_us, BUCKETS};
 pub use series::{CacheResult, JudgedSecond, Observation, Routed, Series, CHUNK_BYTES, JUDGE_SECS, RETENTION_SECS};
@@ -41,11 +41,13 @@ pub struct Datapoint {
     pub value: f64,
 }
 
-/// All series, behind a copy-on-write map: lookups never lock; creating a series (control plane) swaps
-/// in a new map.
+/// All series by key. The request path never looks a series up (a routing snapshot holds its
+/// `Arc<Series>`), so the map is behind a plain read-write lock that only the control plane takes
+/// (snapshot builds, the controller, `/metrics`). Creating a series inserts one entry: building a
+/// snapshot of N stages costs N inserts, not N copies of the map.
 #[derive(Default)]
 pub struct Registry {
-    series: ArcSwap<BTreeMap<SeriesKey, Arc<Series>>>,
+    series: RwLock<BTreeMap<SeriesKey, Arc<Series>>>,
 }
 
 impl Registry {
@@ -61,40 +63,39 @@ impl Registry {
             stage: stage.to_string(),
             variant,
         };
-        if let Some(s) = self.series.load().get(&key) {
+        if let Some(s) = self.read().get(&key) {
             return s.clone();
         }
-        let mut created = None;
-        self.series.rcu(|map| {
-            let mut map = BTreeMap::clone(map);
-            let s = map.entry(key.clone()).or_insert_with(|| Arc::new(Series::new())).clone();
-            created = Some(s);
-            map
-        });
-        created.expect("rcu ran at least once")
+        self.write().entry(key).or_insert_with(|| Arc::new(Series::new())).clone()
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<SeriesKey, Arc<Series>>> {
+        // A panic while holding the lock cannot leave the map half-changed (single inserts and
+        // removals): use it as it is.
+        self.series.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<SeriesKey, Arc<Series>>> {
+        self.series.write().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Drops the series whose key `keep` refuses (those of deleted stages and APIs). Their memory is
     /// freed once the last request recording into one has finished. Swaps the map only when
     /// something goes.
     pub fn retain(&self, keep: impl Fn(&SeriesKey) -> bool) {
-        if self.series.load().keys().all(&keep) {
+        if self.read().keys().all(&keep) {
             return;
         }
-        self.series.rcu(|map| {
-            let mut map = BTreeMap::clone(map);
-            map.retain(|k, _| keep(k));
-            map
-        });
+        self.write().retain(|k, _| keep(k));
     }
 
     pub fn get(&self, key: &SeriesKey) -> Option<Arc<Series>> {
-        self.series.load().get(key).cloned()
+        self.read().get(key).cloned()
     }
 
     /// How many series there are.
     pub fn len(&self) -> usize {
-        self.series.load().len()
+        self.read().len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -104,17 +105,19 @@ impl Registry {
     /// Memory accounting: how many 64-second chunks of one-second slots all series hold now (each
     /// [`CHUNK_BYTES`]). A series that has never served a request holds none.
     pub fn slot_chunks(&self) -> usize {
-        self.series.load().values().map(|s| s.chunks_in_use()).sum()
+        self.read().values().map(|s| s.chunks_in_use()).sum()
     }
 
     /// All keys, sorted.
     pub fn keys(&self) -> Vec<SeriesKey> {
-        self.series.load().keys().cloned().collect()
+        self.read().keys().cloned().collect()
     }
 
     /// Clears the slots of the next seconds so that writers find them ready. Call once a second.
     pub fn tick(&self, now_sec: u64) {
-        for s in self.series.load().values() {
+        // Taken out of the lock first: preparing allocates chunks.
+        let all: Vec<Arc<Series>> = self.read().values().cloned().collect();
+        for s in all {
             s.prepare(now_sec);
         }
     }
@@ -130,6 +133,6 @@ impl Registry {
 
     /// Writes every series in Prometheus text format.
     pub fn render_prometheus(&self, out: &mut String) {
-        prometheus::render(&self.series.load(), out);
+        prometheus::render(&self.read(), out);
     }
 }

@@ -476,7 +476,7 @@ impl State {
         };
         self.apis
             .get_mut(api)
-            .and_then(|a| a.stages.get_mut(stage))
+            .and_then(|a| std::sync::Arc::make_mut(a).stages.get_mut(stage))
             .expect("checked above")
             .active_rollout = Some(id.clone());
         self.rollouts.insert(id, rollout.clone());

@@ -1,6 +1,7 @@
 //! The whole control-plane state and the transitions the admin API offers, as pure functions.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -56,7 +57,10 @@ pub struct AlarmEntry {
 /// Everything the control plane knows.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct State {
-    pub apis: BTreeMap<String, ApiState>,
+    /// Shared between states: a change copies only the APIs it touches (`Arc::make_mut`), so cloning
+    /// the state, diffing two states and rebuilding the gateway's snapshot cost little for the rest
+    /// (an unchanged API is the same `Arc` in both).
+    pub apis: BTreeMap<String, Arc<ApiState>>,
     pub domains: BTreeMap<String, Domain>,
     pub rollouts: BTreeMap<String, crate::rollout::Rollout>,
     pub alarms: BTreeMap<String, AlarmEntry>,
@@ -72,11 +76,14 @@ pub struct State {
 
 impl State {
     pub fn api(&self, name: &str) -> Result<&ApiState> {
-        self.apis.get(name).ok_or_else(|| Error::not_found("api", name))
+        self.apis.get(name).map(|a| &**a).ok_or_else(|| Error::not_found("api", name))
     }
 
     fn api_mut(&mut self, name: &str) -> Result<&mut ApiState> {
-        self.apis.get_mut(name).ok_or_else(|| Error::not_found("api", name))
+        self.apis
+            .get_mut(name)
+            .map(Arc::make_mut)
+            .ok_or_else(|| Error::not_found("api", name))
     }
 
     pub fn stage(&self, api: &str, stage: &str) -> Result<&Stage> {
@@ -93,6 +100,7 @@ impl State {
         match self.apis.get_mut(name) {
             Some(a) => {
                 if a.api.routes != routes {
+                    let a = Arc::make_mut(a);
                     a.api.routes = routes;
                     a.api.updated_at = now;
                 }
@@ -107,11 +115,11 @@ impl State {
                 };
                 self.apis.insert(
                     name.to_string(),
-                    ApiState {
+                    Arc::new(ApiState {
                         api,
                         deployments: Vec::new(),
                         stages: BTreeMap::new(),
-                    },
+                    }),
                 );
                 Ok(true)
             }
@@ -499,7 +507,11 @@ mod tests {
     #[test]
     fn a_rollout_owns_its_stage_canary() {
         let mut s = setup();
-        s.apis.get_mut("orders").unwrap().stages.get_mut("prod").unwrap().active_rollout = Some("r-1".into());
+        Arc::make_mut(s.apis.get_mut("orders").unwrap())
+            .stages
+            .get_mut("prod")
+            .unwrap()
+            .active_rollout = Some("r-1".into());
         for path in ["/canarySettings/percentTraffic", "/deploymentId"] {
             let e = s
                 .patch_stage("orders", "prod", &[PatchOperation::replace(path, "d-one")], now())
@@ -516,7 +528,11 @@ mod tests {
     #[test]
     fn delete_refused_with_active_rollout() {
         let mut s = setup();
-        s.apis.get_mut("orders").unwrap().stages.get_mut("prod").unwrap().active_rollout = Some("r-1".into());
+        Arc::make_mut(s.apis.get_mut("orders").unwrap())
+            .stages
+            .get_mut("prod")
+            .unwrap()
+            .active_rollout = Some("r-1".into());
         assert!(matches!(s.delete_api("orders"), Err(Error::Conflict(_))));
         assert!(matches!(s.delete_stage("orders", "prod"), Err(Error::Conflict(_))));
     }

@@ -89,7 +89,12 @@ pub fn diff(old: &State, new: &State) -> Vec<Change> {
         out.push(Change::DeleteApi(name.clone()));
     }
     for (name, a) in &new.apis {
-        let o: Option<&ApiState> = old.apis.get(name);
+        let o = old.apis.get(name);
+        // The same `Arc`: untouched by this change (a change copies only the APIs it touches).
+        if o.is_some_and(|o| std::sync::Arc::ptr_eq(o, a)) {
+            continue;
+        }
+        let o: Option<&ApiState> = o.map(|o| &**o);
         if o.map(|o| &o.api) != Some(&a.api) {
             out.push(Change::PutApi(a.api.clone()));
         }

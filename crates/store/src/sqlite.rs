@@ -73,25 +73,25 @@ impl Backend for SqliteBackend {
             let api: Api = serde_json::from_str(&doc?)?;
             state.apis.insert(
                 api.name.clone(),
-                ApiState {
+                std::sync::Arc::new(ApiState {
                     api,
                     deployments: Vec::new(),
                     stages: Default::default(),
-                },
+                }),
             );
         }
         let mut stmt = self.conn.prepare("SELECT api, doc FROM deployments ORDER BY api, seq")?;
         for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))? {
             let (api, doc) = row?;
             let d: Deployment = serde_json::from_str(&doc)?;
-            if let Some(a) = state.apis.get_mut(&api) {
+            if let Some(a) = state.apis.get_mut(&api).map(std::sync::Arc::make_mut) {
                 a.deployments.push(d);
             }
         }
         let mut stmt = self.conn.prepare("SELECT doc FROM stages")?;
         for doc in stmt.query_map([], |r| r.get::<_, String>(0))? {
             let s: Stage = serde_json::from_str(&doc?)?;
-            if let Some(a) = state.apis.get_mut(&s.api) {
+            if let Some(a) = state.apis.get_mut(&s.api).map(std::sync::Arc::make_mut) {
                 a.stages.insert(s.name.clone(), s);
             }
         }
