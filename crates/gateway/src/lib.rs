@@ -24,7 +24,6 @@ pub mod server;
 pub mod table;
 pub mod upstream;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -72,8 +71,6 @@ impl Default for Limits {
 /// The gateway: snapshot, upstream client, metrics and access log.
 pub struct Gateway {
     table: ArcSwap<RoutingTable>,
-    /// Stage caches by (api, stage); kept across snapshots, rebuilt when their bounds change.
-    caches: ArcSwap<HashMap<(String, String), Arc<StageCache>>>,
     metrics: Arc<Registry>,
     log: AccessLog,
     limits: Limits,
@@ -85,7 +82,6 @@ impl Gateway {
     pub fn new(metrics: Arc<Registry>, log: AccessLog, limits: Limits) -> Gateway {
         Gateway {
             table: ArcSwap::from_pointee(RoutingTable::default()),
-            caches: ArcSwap::from_pointee(HashMap::new()),
             metrics,
             log,
             limits,
@@ -93,25 +89,12 @@ impl Gateway {
         }
     }
 
-    /// Builds a new snapshot from the state and swaps it in; the next request sees it.
-    /// Called by the store one change at a time.
-    pub fn publish(&self, state: &State) {
-        let old_caches = self.caches.load();
-        let mut caches = HashMap::new();
-        for (api, a) in &state.apis {
-            for (name, s) in a.stages.iter().filter(|(_, s)| s.cache.enabled) {
-                let key = (api.clone(), name.clone());
-                let cache = match old_caches.get(&key) {
-                    Some(c) if c.max_entries == s.cache.max_entries && c.max_bytes == s.cache.max_bytes => c.clone(),
-                    _ => Arc::new(StageCache::new(s.cache.max_entries, s.cache.max_bytes)),
-                };
-                caches.insert(key, cache);
-            }
-        }
+    /// Builds a new snapshot from the state and swaps it in; the next request sees it. Called by the
+    /// store one change at a time; only the APIs the change touched are built again.
+    pub fn publish(&self, state: &Arc<State>) {
         let previous = self.table.load();
-        let next = RoutingTable::build(state, &previous, &self.metrics, &caches);
+        let next = RoutingTable::build(state, &previous, &self.metrics);
         let removed = next.removed;
-        self.caches.store(Arc::new(caches));
         self.table.store(Arc::new(next));
         self.publishes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         // The series of stages and APIs that no longer exist go (a stage's canary series stays while
@@ -130,7 +113,7 @@ impl Gateway {
 
     /// The stage's cache, when it has one enabled.
     pub fn stage_cache(&self, api: &str, stage: &str) -> Option<Arc<StageCache>> {
-        self.caches.load().get(&(api.to_string(), stage.to_string())).cloned()
+        self.table.load().api(api)?.stages.get(stage)?.cache.clone()
     }
 
     pub fn metrics(&self) -> &Arc<Registry> {

@@ -189,15 +189,21 @@ impl StageRoute {
     }
 }
 
+/// A stage's cache when it has one on: the previous snapshot's while its bounds stay, else a new, empty
+/// one.
+fn stage_cache(s: &canarygate_model::Stage, previous: Option<&Arc<StageRoute>>) -> Option<Arc<StageCache>> {
+    if !s.cache.enabled {
+        return None;
+    }
+    match previous.and_then(|p| p.cache.as_ref()) {
+        Some(c) if c.max_entries == s.cache.max_entries && c.max_bytes == s.cache.max_bytes => Some(c.clone()),
+        _ => Some(Arc::new(StageCache::new(s.cache.max_entries, s.cache.max_bytes))),
+    }
+}
+
 /// Builds one API's stages, reusing what `previous` (the API's routes in the previous snapshot, if any)
 /// compiled and its stages' mirror bounds.
-fn build_api(
-    api_name: &str,
-    a: &Arc<ApiState>,
-    previous: Option<&ApiRoutes>,
-    metrics: &Registry,
-    caches: &HashMap<(String, String), Arc<StageCache>>,
-) -> ApiRoutes {
+fn build_api(api_name: &str, a: &Arc<ApiState>, previous: Option<&ApiRoutes>, metrics: &Registry) -> ApiRoutes {
     let mut compiled: HashMap<String, Arc<CompiledDeployment>> = HashMap::new();
     let mut stages = HashMap::new();
     for (sname, s) in &a.stages {
@@ -264,7 +270,7 @@ fn build_api(
             canary_threshold,
             canary_always,
             routing: s.canary_routing.clone(),
-            cache: caches.get(&(api_name.to_string(), sname.clone())).cloned(),
+            cache: stage_cache(s, previous.and_then(|p| p.stages.get(sname))),
             cache_ttl: Duration::from_secs(u64::from(s.cache.ttl_seconds)),
             mirror,
         };
@@ -272,7 +278,6 @@ fn build_api(
     }
     ApiRoutes {
         name: Arc::from(api_name),
-        source: a.clone(),
         stages,
         compiled,
     }
@@ -294,70 +299,150 @@ pub fn threshold(percent: f64) -> (u64, bool) {
 /// only what it touches.
 pub struct ApiRoutes {
     name: Arc<str>,
-    source: Arc<ApiState>,
     pub stages: HashMap<String, Arc<StageRoute>>,
     /// Compiled deployments by id (deployments are immutable: kept while the API is).
     compiled: HashMap<String, Arc<CompiledDeployment>>,
 }
 
+/// The APIs of a snapshot are spread over this many shards by a hash of their name: a change copies
+/// only the shards of the APIs it touches.
+const SHARDS: usize = 256;
+
+type Shard = HashMap<Arc<str>, Arc<ApiRoutes>, foldhash::fast::RandomState>;
+
 /// The whole snapshot.
-#[derive(Default)]
 pub struct RoutingTable {
-    pub apis: HashMap<Arc<str>, Arc<ApiRoutes>>,
+    shards: Box<[Arc<Shard>]>,
+    /// Picks an API's shard; the same for every snapshot of a process, and independent of the shards'
+    /// own hashers (whose buckets would otherwise all share the bits that chose the shard).
+    hasher: foldhash::fast::RandomState,
     /// Host -> base path mappings, longest base path first.
     pub domains: HashMap<String, Vec<(String, Arc<StageRoute>)>>,
+    /// The state this snapshot was built from, to tell which APIs the next state changed.
+    source: Arc<State>,
     /// Whether an API or stage of the previous snapshot is gone (its metric series may go too).
     pub(crate) removed: bool,
 }
 
-impl RoutingTable {
-    /// Builds a snapshot from the state: an API whose state is the same `Arc` as when the previous
-    /// snapshot built it (and whose stage caches are the same) is taken over; the others are built,
-    /// reusing the previous snapshot's compiled deployments.
-    pub fn build(
-        state: &State,
-        previous: &RoutingTable,
-        metrics: &Registry,
-        caches: &HashMap<(String, String), Arc<StageCache>>,
-    ) -> RoutingTable {
-        let mut t = RoutingTable {
-            apis: HashMap::with_capacity(state.apis.len()),
-            ..RoutingTable::default()
-        };
-        // Every API of the state was in the previous snapshot, and as many: none is gone.
-        let mut all_were_there = state.apis.len() == previous.apis.len();
-        for (api_name, a) in &state.apis {
-            let before = previous.apis.get(api_name.as_str());
-            all_were_there &= before.is_some();
-            // A stage's cache is replaced when its bounds change (then the API is not the same `Arc`
-            // either); checked anyway, for the stages that have one.
-            let same_caches = |p: &ApiRoutes| {
-                p.stages.iter().all(|(sname, st)| match &st.cache {
-                    None => true,
-                    Some(x) => caches.get(&(api_name.clone(), sname.clone())).is_some_and(|y| Arc::ptr_eq(x, y)),
-                })
-            };
-            if let Some(p) = before.filter(|p| Arc::ptr_eq(&p.source, a) && same_caches(p)) {
-                t.apis.insert(p.name.clone(), p.clone());
-                continue;
-            }
-            let routes = build_api(api_name, a, before.map(|p| &**p), metrics, caches);
-            if let Some(p) = before {
-                t.removed |= p.stages.keys().any(|s| !a.stages.contains_key(s));
-            }
-            t.apis.insert(routes.name.clone(), Arc::new(routes));
+impl Default for RoutingTable {
+    fn default() -> Self {
+        RoutingTable {
+            shards: (0..SHARDS).map(|_| Arc::new(Shard::default())).collect(),
+            hasher: foldhash::fast::RandomState::default(),
+            domains: HashMap::new(),
+            source: Arc::default(),
+            removed: false,
         }
-        t.removed |= !all_were_there;
+    }
+}
+
+/// The APIs that differ between two states' API maps, in order: `(name, Some(now))` for one added or
+/// changed, `(name, None)` for one gone. An API that is the same `Arc` in both is not looked at further
+/// (an `ApiState` is filed under its own name, so the same `Arc` means the same key).
+fn changed_apis<'a>(
+    before: &'a BTreeMap<String, Arc<ApiState>>,
+    now: &'a BTreeMap<String, Arc<ApiState>>,
+) -> Vec<(&'a str, Option<&'a Arc<ApiState>>)> {
+    use std::cmp::Ordering;
+    let mut out = Vec::new();
+    let (mut a, mut b) = (before.iter().peekable(), now.iter().peekable());
+    loop {
+        match (a.peek(), b.peek()) {
+            (None, None) => break,
+            (Some((ka, _)), None) => {
+                out.push((ka.as_str(), None));
+                a.next();
+            }
+            (None, Some((kb, vb))) => {
+                out.push((kb.as_str(), Some(*vb)));
+                b.next();
+            }
+            (Some((ka, va)), Some((kb, vb))) => {
+                if Arc::ptr_eq(va, vb) {
+                    a.next();
+                    b.next();
+                    continue;
+                }
+                match ka.cmp(kb) {
+                    Ordering::Less => {
+                        out.push((ka.as_str(), None));
+                        a.next();
+                    }
+                    Ordering::Greater => {
+                        out.push((kb.as_str(), Some(*vb)));
+                        b.next();
+                    }
+                    Ordering::Equal => {
+                        out.push((kb.as_str(), Some(*vb)));
+                        a.next();
+                        b.next();
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+impl RoutingTable {
+    /// Builds the snapshot of `state` from the previous one: only the APIs the state changed since
+    /// (not the same `Arc` as the previous snapshot's source) are built again, reusing the previous
+    /// snapshot's compiled deployments, stage caches and mirror bounds; only their shards are copied.
+    pub fn build(state: &Arc<State>, previous: &RoutingTable, metrics: &Registry) -> RoutingTable {
+        let mut shards = previous.shards.to_vec();
+        let mut removed = false;
+        let mut copied = [false; SHARDS];
+        for (name, now) in changed_apis(&previous.source.apis, &state.apis) {
+            let i = previous.shard_of(name);
+            if !copied[i] {
+                // Copied once per change, then changed in place.
+                shards[i] = Arc::new(Shard::clone(&shards[i]));
+                copied[i] = true;
+            }
+            let shard = Arc::get_mut(&mut shards[i]).expect("a shard copied for this build is not shared");
+            match now {
+                None => {
+                    shard.remove(name);
+                    removed = true;
+                }
+                Some(a) => {
+                    let before = shard.get(name).cloned();
+                    let routes = build_api(name, a, before.as_deref(), metrics);
+                    if let Some(p) = &before {
+                        removed |= p.stages.keys().any(|s| !a.stages.contains_key(s));
+                    }
+                    shard.insert(routes.name.clone(), Arc::new(routes));
+                }
+            }
+        }
+        let mut t = RoutingTable {
+            shards: shards.into_boxed_slice(),
+            hasher: previous.hasher,
+            domains: HashMap::new(),
+            source: state.clone(),
+            removed,
+        };
         for d in state.domains.values() {
             let mut maps: Vec<(String, Arc<StageRoute>)> = d
                 .mappings
                 .iter()
-                .filter_map(|m| Some((m.base_path.clone(), t.apis.get(m.api.as_str())?.stages.get(&m.stage)?.clone())))
+                .filter_map(|m| Some((m.base_path.clone(), t.api(&m.api)?.stages.get(&m.stage)?.clone())))
                 .collect();
             maps.sort_by_key(|m| std::cmp::Reverse(m.0.len()));
             t.domains.insert(d.domain.clone(), maps);
         }
         t
+    }
+
+    fn shard_of(&self, api: &str) -> usize {
+        use std::hash::BuildHasher;
+        (self.hasher.hash_one(api) as usize) & (SHARDS - 1)
+    }
+
+    /// An API's routes.
+    #[inline]
+    pub fn api(&self, name: &str) -> Option<&Arc<ApiRoutes>> {
+        self.shards[self.shard_of(name)].get(name)
     }
 
     /// Finds the stage for a request: a custom domain mapping (longest base path), else
@@ -382,7 +467,7 @@ impl RoutingTable {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, ""),
         };
-        let route = self.apis.get(api)?.stages.get(stage)?;
+        let route = self.api(api)?.stages.get(stage)?;
         Some((route, rest))
     }
 }
@@ -401,5 +486,92 @@ mod tests {
         let (t10, _) = threshold(10.0);
         let (t30, _) = threshold(30.0);
         assert!(t10 < t30);
+    }
+
+    fn state_with(apis: usize) -> State {
+        let t = chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        let mut s = State::default();
+        for i in 0..apis {
+            let name = format!("api-{i}");
+            let routes = serde_json::from_value(serde_json::json!([{"path": "/h", "integration": {"type": "mock"}}])).unwrap();
+            s.put_api(&name, routes, t).unwrap();
+            s.create_deployment(&name, || format!("d-{i}"), String::new(), t).unwrap();
+            let input = canarygate_model::StageInput {
+                cache: canarygate_model::CacheSettings {
+                    enabled: i == 0,
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            s.put_stage(&name, "prod", input, t).unwrap();
+        }
+        s
+    }
+
+    #[test]
+    fn a_change_rebuilds_only_the_apis_it_touches() {
+        let metrics = Registry::new();
+        let t = chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        let s1 = Arc::new(state_with(50));
+        let first = RoutingTable::build(&s1, &RoutingTable::default(), &metrics);
+        assert!(first.api("api-7").is_some() && first.api("api-50").is_none());
+        assert!(first.resolve(None, "/api-49/prod/h").is_some());
+
+        // Change api-7's stage: only api-7 is built again; the others are the same `Arc`s.
+        let mut s2 = State::clone(&s1);
+        s2.patch_stage(
+            "api-7",
+            "prod",
+            &[canarygate_model::PatchOperation::replace("/variables/x", "1")],
+            t,
+        )
+        .unwrap();
+        let s2 = Arc::new(s2);
+        let second = RoutingTable::build(&s2, &first, &metrics);
+        assert!(!second.removed);
+        for i in 0..50 {
+            let name = format!("api-{i}");
+            let same = Arc::ptr_eq(first.api(&name).unwrap(), second.api(&name).unwrap());
+            assert_eq!(same, i != 7, "{name}");
+        }
+        let v = &second.resolve(None, "/api-7/prod/h").unwrap().0.production;
+        assert_eq!(v.variables.get("x").map(String::as_str), Some("1"));
+        // Its compiled deployment is reused; api-0's stage cache stays the same cache.
+        let d = |t: &RoutingTable| t.api("api-7").unwrap().stages["prod"].production.deployment.clone();
+        assert!(Arc::ptr_eq(&d(&first), &d(&second)));
+        let c = |t: &RoutingTable| t.api("api-0").unwrap().stages["prod"].cache.clone().unwrap();
+        assert!(Arc::ptr_eq(&c(&first), &c(&second)));
+
+        // Delete one API and add another: both seen, the deletion flagged.
+        let mut s3 = State::clone(&s2);
+        s3.delete_api("api-3").unwrap();
+        let routes = serde_json::from_value(serde_json::json!([{"path": "/h", "integration": {"type": "mock"}}])).unwrap();
+        s3.put_api("zzz", routes, t).unwrap();
+        let s3 = Arc::new(s3);
+        let third = RoutingTable::build(&s3, &second, &metrics);
+        assert!(third.removed);
+        assert!(third.api("api-3").is_none() && third.api("zzz").is_some());
+        assert!(third.resolve(None, "/api-3/prod/h").is_none());
+        assert!(Arc::ptr_eq(second.api("api-4").unwrap(), third.api("api-4").unwrap()));
+    }
+
+    #[test]
+    fn changed_apis_walks_both_maps_in_order() {
+        let a = state_with(5);
+        let mut b = a.clone();
+        let t = chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        b.delete_api("api-1").unwrap();
+        b.patch_stage(
+            "api-3",
+            "prod",
+            &[canarygate_model::PatchOperation::replace("/variables/x", "1")],
+            t,
+        )
+        .unwrap();
+        let routes = serde_json::from_value(serde_json::json!([])).unwrap();
+        b.put_api("api-22", routes, t).unwrap();
+        let got: Vec<(&str, bool)> = changed_apis(&a.apis, &b.apis).into_iter().map(|(n, v)| (n, v.is_some())).collect();
+        assert_eq!(got, [("api-1", false), ("api-22", true), ("api-3", true)]);
+        assert!(changed_apis(&a.apis, &a.apis).is_empty());
     }
 }
