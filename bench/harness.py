@@ -818,7 +818,7 @@ def main():
                 with open(os.path.join(docs, "scale-benchmark.json"), "w") as f:
                     json.dump({"env": environment(args, cmdline), "rows": rows}, f, indent=1)
                 scale.write_section(os.path.join(docs, "BENCHMARKS.md"),
-                                    scale.section(rows, "bash bench/run --only scale", chart_name))
+                                    scale.section(rows, "bash bench/run --only scale", chart_name, environment(args, cmdline)))
                 print("bench: scale section written to docs/BENCHMARKS.md", flush=True)
             if only == ["scale"]:
                 return

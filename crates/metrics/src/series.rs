@@ -637,6 +637,51 @@ mod tests {
     }
 
     #[test]
+    fn three_hour_windows_with_gaps_answer_from_the_seconds_that_had_requests() {
+        let s = Series::new();
+        let t0 = 1_800_000_000u64 / 60 * 60;
+        // Bursts at the start, after an hour, and just before three hours; nothing in between.
+        let bursts = [(t0, 10u64, 2u64), (t0 + 3600, 5, 0), (t0 + 3 * 3600 - 60, 20, 5)];
+        let mut sec = t0;
+        for &(at, n, errors) in &bursts {
+            while sec <= at {
+                s.prepare(sec);
+                sec += 30;
+            }
+            for i in 0..n {
+                s.record(at + i % 3, &obs(if i < errors { 503 } else { 200 }, 5));
+            }
+        }
+        s.prepare(t0 + 3 * 3600);
+        let end = t0 + 3 * 3600;
+        let per_minute = s.query(Metric::Count, Statistic::Sum, 60, t0, end);
+        assert_eq!(
+            per_minute,
+            vec![
+                Datapoint {
+                    timestamp: t0,
+                    value: 10.0
+                },
+                Datapoint {
+                    timestamp: t0 + 3600,
+                    value: 5.0
+                },
+                Datapoint {
+                    timestamp: t0 + 3 * 3600 - 60,
+                    value: 20.0
+                },
+            ],
+            "a datapoint only for periods with requests"
+        );
+        assert_eq!(s.reduce(Metric::Count, Statistic::Sum, t0, end), Some(35.0));
+        let avg = s.reduce(Metric::Error5xx, Statistic::Average, t0, end).unwrap();
+        assert!((avg - 7.0 / 35.0).abs() < 1e-12);
+        assert_eq!(s.reduce(Metric::Count, Statistic::Sum, t0 + 60, t0 + 3600), None, "the gap");
+        // Slots were allocated only around the bursts: a chunk (or two) each, not three hours' worth.
+        assert!(s.chunks_in_use() <= 6, "{}", s.chunks_in_use());
+    }
+
+    #[test]
     fn cache_metrics() {
         let s = Series::new();
         let t = 1_800_000_000u64;
