@@ -119,7 +119,7 @@ def one_size(h, args, w, backend, n, seconds):
     try:
         wait_until_serving(f"http://127.0.0.1:{port}/api-{n - 1}/prod/r9/1", 120)
         start = time.time() - t0
-        time.sleep(15)
+        time.sleep(3 if args.quick else 15)
         idle = svc.rss_mib()
         stages = list(range(0, n, 100)) if n >= 100 else [0]
         script = wrk_script(w, n, stages)
