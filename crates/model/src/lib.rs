@@ -3,8 +3,9 @@
 //! This crate owns what an API, a route, an integration, a deployment, a stage, canary settings and a
 //! custom domain are; how they are validated (every error names the field and the value at fault); the
 //! API Gateway patch operations on a stage; and the state transitions the admin API offers (create a
-//! deployment, promote a canary, ...), as plain functions over [`State`]. It does no I/O, no async and
-//! reads no clock: callers pass `now` and fresh ids in, so every rule is unit-testable.
+//! deployment, promote a canary, ...), as plain functions over [`State`]; rollouts, alarms, the canary
+//! analysis's judgements, notifications, and the W3C trace context rules ([`trace`]). It does no I/O, no
+//! async and reads no clock: callers pass `now` and fresh ids in, so every rule is unit-testable.
 #![deny(rust_2018_idioms)]
 #![forbid(unsafe_code)]
 
@@ -21,6 +22,7 @@ pub mod rollout;
 mod stage;
 pub mod state;
 pub mod template;
+pub mod trace;
 
 pub use api::{Api, Deployment, Integration, Method, Route};
 pub use error::{Error, Result};
