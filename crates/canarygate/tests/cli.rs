@@ -8,20 +8,6 @@ use std::process::Command;
 use common::*;
 use serde_json::Value;
 
-fn cli(s: &Server, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_canarygate"))
-        .arg("--server")
-        .arg(&s.admin)
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn apply_stages_and_deployments_from_the_cli() {
     let dir = tempfile::tempdir().unwrap();

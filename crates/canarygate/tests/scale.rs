@@ -5,8 +5,6 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::*;
 use serde_json::Value;
 
@@ -42,19 +40,6 @@ async fn gauge(c: &reqwest::Client, s: &Server, name: &str) -> f64 {
                 .and_then(|v| v.trim().parse().ok())
         })
         .unwrap_or_else(|| panic!("{name} not in /metrics"))
-}
-
-fn cli(s: &Server, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_canarygate"))
-        .args(["--server", &s.admin])
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -94,34 +94,38 @@ pub(crate) fn render(series: &BTreeMap<SeriesKey, Arc<Series>>, out: &mut String
     if mirrors.is_empty() {
         return;
     }
-    out.push_str("# HELP canarygate_mirror_copies_not_sent_total Mirrored copies not sent: dropped (too many on their way to a slow canary) or skipped (body too large or incomplete).\n");
-    out.push_str("# TYPE canarygate_mirror_copies_not_sent_total counter\n");
-    for (k, s) in &mirrors {
+    mirror_counter(
+        out,
+        &mirrors,
+        "canarygate_mirror_copies_not_sent_total",
+        "Mirrored copies not sent: dropped (too many on their way to a slow canary) or skipped (body too large or incomplete).",
+        [
+            ("reason=\"dropped\"", &|s| &s.totals.mirror_dropped),
+            ("reason=\"skipped\"", &|s| &s.totals.mirror_skipped),
+        ],
+    );
+    mirror_counter(
+        out,
+        &mirrors,
+        "canarygate_mirror_discordant_pairs_total",
+        "Pairs of a production request and its mirrored copy where exactly one failed (5xx), by which one.",
+        [
+            ("failed=\"copy\"", &|s| &s.totals.pairs_copy_failed),
+            ("failed=\"original\"", &|s| &s.totals.pairs_original_failed),
+        ],
+    );
+}
+
+type Counter<'a> = (&'a str, &'a dyn Fn(&Series) -> &AtomicU64);
+
+/// A per-stage counter of the mirror series, with one extra label.
+fn mirror_counter(out: &mut String, mirrors: &[(&SeriesKey, &Arc<Series>)], name: &str, help: &str, values: [Counter<'_>; 2]) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} counter");
+    for (k, s) in mirrors {
         let l = format!("api=\"{}\",stage=\"{}\"", escape(&k.api), escape(&k.stage));
-        let _ = writeln!(
-            out,
-            "canarygate_mirror_copies_not_sent_total{{{l},reason=\"dropped\"}} {}",
-            s.totals.mirror_dropped.load(Relaxed)
-        );
-        let _ = writeln!(
-            out,
-            "canarygate_mirror_copies_not_sent_total{{{l},reason=\"skipped\"}} {}",
-            s.totals.mirror_skipped.load(Relaxed)
-        );
-    }
-    out.push_str("# HELP canarygate_mirror_discordant_pairs_total Pairs of a production request and its mirrored copy where exactly one failed (5xx), by which one.\n");
-    out.push_str("# TYPE canarygate_mirror_discordant_pairs_total counter\n");
-    for (k, s) in &mirrors {
-        let l = format!("api=\"{}\",stage=\"{}\"", escape(&k.api), escape(&k.stage));
-        let _ = writeln!(
-            out,
-            "canarygate_mirror_discordant_pairs_total{{{l},failed=\"copy\"}} {}",
-            s.totals.pairs_copy_failed.load(Relaxed)
-        );
-        let _ = writeln!(
-            out,
-            "canarygate_mirror_discordant_pairs_total{{{l},failed=\"original\"}} {}",
-            s.totals.pairs_original_failed.load(Relaxed)
-        );
+        for (label, get) in &values {
+            let _ = writeln!(out, "{name}{{{l},{label}}} {}", get(s).load(Relaxed));
+        }
     }
 }

@@ -80,6 +80,21 @@ impl Drop for Server {
     }
 }
 
+/// Runs the CLI against the server's admin API: (success, stdout, stderr).
+pub fn cli(s: &Server, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_canarygate"))
+        .arg("--server")
+        .arg(&s.admin)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
