@@ -91,6 +91,22 @@ pub struct ServerSection {
     pub workers: Option<usize>,
     #[serde(default)]
     pub access_log: AccessLogSection,
+    /// OpenTelemetry tracing; off without `otlpEndpoint`.
+    #[serde(default)]
+    pub telemetry: TelemetrySection,
+}
+
+/// Tracing: where spans go (OTLP/HTTP) and which requests are sampled.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TelemetrySection {
+    /// The collector's OTLP/HTTP endpoint (`http://collector:4318`, `/v1/traces` added; or the full
+    /// traces URL). Tracing is off without it.
+    pub otlp_endpoint: Option<String>,
+    /// Share of new traces sampled, 0 to 1 (default 1); a request with a parent follows its flag.
+    pub sample_ratio: Option<f64>,
+    /// `service.name` of the spans (default `canarygate`).
+    pub service_name: Option<String>,
 }
 
 /// The whole file. The resource fields repeat `Resources`' on purpose: with `#[serde(flatten)]` serde

@@ -109,6 +109,10 @@ impl Running {
             let _ = t.await;
         }
         self.gateway.access_log().flush().await;
+        if let Some(t) = self.gateway.tracer() {
+            // Spans of the last requests go out, unless the collector takes too long.
+            let _ = tokio::time::timeout(Duration::from_secs(5), t.flush()).await;
+        }
     }
 }
 
@@ -182,7 +186,20 @@ pub async fn start(cfg: &ConfigFile, args: &ServeArgs) -> Result<Running> {
             .body_read_timeout_seconds
             .map_or(defaults.body_read_timeout, Duration::from_secs),
     };
-    let gateway = Arc::new(Gateway::new(metrics.clone(), log, limits));
+    let mut gateway = Gateway::new(metrics.clone(), log, limits);
+    if let Some(endpoint) = &cfg.server.telemetry.otlp_endpoint {
+        let t = &cfg.server.telemetry;
+        let defaults = canarygate_telemetry::TracingConfig::new(endpoint.clone());
+        let tracing_cfg = canarygate_telemetry::TracingConfig {
+            sample_ratio: t.sample_ratio.unwrap_or(defaults.sample_ratio),
+            service_name: t.service_name.clone().unwrap_or_else(|| defaults.service_name.clone()),
+            ..defaults
+        };
+        let tracer = canarygate_telemetry::Tracer::start(&tracing_cfg)?;
+        tracing::info!(endpoint = %tracing_cfg.traces_url()?, ratio = tracing_cfg.sample_ratio, "tracing on");
+        gateway = gateway.with_tracer(tracer);
+    }
+    let gateway = Arc::new(gateway);
 
     let db = data_dir.join("state.db");
     let backend = SqliteBackend::open(&db).with_context(|| format!("cannot open state database {}", db.display()))?;
@@ -235,6 +252,9 @@ pub async fn start(cfg: &ConfigFile, args: &ServeArgs) -> Result<Running> {
             out.push_str("# HELP canarygate_metric_slot_bytes Memory held by one-second metric slots (64-second chunks, allocated only for windows with requests).\n");
             out.push_str("# TYPE canarygate_metric_slot_bytes gauge\n");
             let _ = writeln!(out, "canarygate_metric_slot_bytes {}", chunks * canarygate_metrics::CHUNK_BYTES);
+            if let Some(t) = gw_for_prom.tracer() {
+                t.render_prometheus(out);
+            }
         })),
         caches: None,
     };

@@ -48,6 +48,10 @@ pub struct Record {
     pub deployment_id: Arc<str>,
     pub cache: Option<&'static str>,
     pub user_agent: Option<String>,
+    /// The W3C trace the request belongs to (32 hex digits): the one it continued or started with
+    /// tracing on; with tracing off, the one its `traceparent` named, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
     /// What went wrong, when something did: the refusal, or why the response body ended early.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -310,6 +314,7 @@ mod tests {
             deployment_id: Arc::from("d-one"),
             cache: None,
             user_agent: None,
+            trace_id: None,
             error: None,
             error_source: None,
             api: Arc::from("orders"),

@@ -58,6 +58,22 @@ pub enum ProxyError {
 }
 
 impl ProxyError {
+    /// A short, stable name of the failure (a span's `error.type`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ProxyError::NoStage => "no_stage",
+            ProxyError::NoRoute => "no_route",
+            ProxyError::MethodNotAllowed => "method_not_allowed",
+            ProxyError::AboveRoot(_) => "above_root",
+            ProxyError::BodyTooLarge(_) => "body_too_large",
+            ProxyError::ClientBody(_) => "client_body",
+            ProxyError::ClientTimeout(_) => "client_timeout",
+            ProxyError::BadIntegrationUri(_) => "bad_integration_uri",
+            ProxyError::Upstream(_) => "upstream_failed",
+            ProxyError::Timeout(_) => "timeout",
+        }
+    }
+
     pub fn source(&self) -> Source {
         match self {
             ProxyError::NoStage

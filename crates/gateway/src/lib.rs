@@ -3,7 +3,8 @@
 //! It owns the gateway listener (HTTP/1.1 with keep-alive and pipelining, limits on header size,
 //! header read time and body size: [`server`]), the routing snapshot ([`table::RoutingTable`], swapped atomically through
 //! an `ArcSwap` on every control-plane change and loaded once per request), the variant choice
-//! ([`choose`]), the proxy to upstreams over pooled keep-alive connections, and the access log writer.
+//! ([`choose`]), the proxy to upstreams over pooled keep-alive connections, the access log writer, and
+//! (with tracing on) the W3C trace context forwarded upstream and the spans of each request.
 //! Every request is recorded in its variant's metrics series without taking a lock.
 #![deny(rust_2018_idioms)]
 #![forbid(unsafe_code)]
@@ -22,6 +23,7 @@ pub mod path;
 mod proxy;
 pub mod server;
 pub mod table;
+mod trace;
 pub mod upstream;
 
 use std::sync::Arc;
@@ -76,6 +78,8 @@ pub struct Gateway {
     limits: Limits,
     /// Routing snapshots built and swapped in so far.
     publishes: std::sync::atomic::AtomicU64,
+    /// With tracing on: where spans go and how requests are sampled.
+    tracer: Option<Arc<canarygate_telemetry::Tracer>>,
 }
 
 impl Gateway {
@@ -86,7 +90,19 @@ impl Gateway {
             log,
             limits,
             publishes: std::sync::atomic::AtomicU64::new(0),
+            tracer: None,
         }
+    }
+
+    /// Turns tracing on: requests continue (or start) W3C traces, forward them upstream, and end
+    /// spans into `tracer`.
+    pub fn with_tracer(mut self, tracer: Arc<canarygate_telemetry::Tracer>) -> Gateway {
+        self.tracer = Some(tracer);
+        self
+    }
+
+    pub fn tracer(&self) -> Option<&Arc<canarygate_telemetry::Tracer>> {
+        self.tracer.as_ref()
     }
 
     /// Builds a new snapshot from the state and swaps it in; the next request sees it. Called by the

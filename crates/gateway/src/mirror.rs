@@ -256,6 +256,7 @@ impl Copy {
             self.host.as_deref(),
             &self.peer,
             &self.rid,
+            None,
         )
         .await;
         let (status, error) = match outcome.result {
@@ -303,6 +304,7 @@ impl Copy {
                 deployment_id: vr.deployment_id.clone(),
                 cache: None,
                 user_agent,
+                trace_id: None,
                 error_source: error.as_ref().map(|(s, _)| s.as_str()),
                 error: error.map(|(_, e)| e),
                 api: self.stage.api.clone(),

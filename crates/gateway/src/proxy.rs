@@ -20,8 +20,10 @@ use crate::error::{ProxyError, Source};
 use crate::mirror::{Pair, TeeBody};
 use crate::server::{ClientBodyError, RequestBody};
 use crate::table::{CompiledIntegration, StageRoute, VariantRoute};
+use crate::trace::{ClientCall, Served, ServerSpan, TRACEPARENT};
 use crate::upstream::{self, SendError, Timeouts};
 use crate::Gateway;
+use canarygate_telemetry::TraceCtx;
 
 static VARIANT_HEADER: HeaderName = HeaderName::from_static("x-canarygate-variant");
 static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -88,6 +90,8 @@ pub(crate) struct Outcome {
     pub(crate) result: Result<Response<Body>, ProxyError>,
     pub(crate) integration_us: Option<u64>,
     cache: Option<CacheResult>,
+    /// The matched route's path, for a sampled request's span.
+    route: Option<Arc<str>>,
 }
 
 impl Outcome {
@@ -96,6 +100,7 @@ impl Outcome {
             result: Err(e),
             integration_us: None,
             cache: None,
+            route: None,
         }
     }
 }
@@ -138,29 +143,35 @@ pub(crate) struct Finish {
     record: Option<Box<Record>>,
     /// When the request was mirrored: the pair to tell how the original ended.
     pair: Option<Arc<Pair>>,
+    /// A sampled request's server span, ended with the response.
+    span: Option<Box<ServerSpan>>,
+    /// What went wrong, when the gateway answered with a refusal or failure: whose fault, and the cause.
+    error: Option<(&'static str, String)>,
 }
 
 impl Finish {
     pub(crate) fn done(self, log: &AccessLog, ending: Ending) {
-        let Some(series) = self.series else { return };
         let mut obs = self.obs;
         let mut record = self.record;
+        let mut error = self.error;
         match ending {
             Ending::Complete => {}
             Ending::Failed(cause) => {
                 // The head said 200, but the upstream failed the response: its failure.
                 obs.status = 502;
-                if let Some(r) = record.as_mut() {
-                    r.error = Some(cause);
-                    r.error_source = Some(Source::Upstream.as_str());
-                }
+                error = Some((Source::Upstream.as_str(), cause));
             }
             Ending::ClientGone => {
-                if let Some(r) = record.as_mut() {
-                    r.error = Some("the client went away before the response's end".into());
-                    r.error_source = Some(Source::Client.as_str());
-                }
+                error = Some((Source::Client.as_str(), "the client went away before the response's end".into()));
             }
+        }
+        if let Some(span) = self.span {
+            span.end(obs.status, error.as_ref().map(|(s, e)| (*s, e.as_str())));
+        }
+        let Some(series) = self.series else { return };
+        if let (Some(r), Some((source, e))) = (record.as_mut(), error) {
+            r.error = Some(e);
+            r.error_source = Some(source);
         }
         series.record(self.sec, &obs);
         if let Some(pair) = self.pair {
@@ -179,6 +190,7 @@ pub(crate) async fn handle(gw: &Arc<Gateway>, req: Request<RequestBody>, peer: &
     let table = gw.table.load_full();
     let (mut parts, body) = req.into_parts();
     let rid = request_id(&parts.headers);
+    let trace = gw.tracer.as_deref().map(|t| crate::trace::begin(t, &mut parts.headers));
 
     let host = parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()).map(|h| {
         let h = h
@@ -192,6 +204,7 @@ pub(crate) async fn handle(gw: &Arc<Gateway>, req: Request<RequestBody>, peer: &
     let sec = wall.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let Some((stage, rest)) = table.resolve(domain, &path) else {
         let mut r = ProxyError::NoStage.response();
+        let span = server_span(gw, trace, wall, &parts, &path, host.as_deref(), peer, &rid, None, None, None);
         r.headers_mut().insert(REQUEST_ID.clone(), rid);
         let obs = Observation {
             status: 404,
@@ -208,6 +221,8 @@ pub(crate) async fn handle(gw: &Arc<Gateway>, req: Request<RequestBody>, peer: &
                 obs,
                 record: None,
                 pair: None,
+                span,
+                error: Some((Source::Client.as_str(), ProxyError::NoStage.to_string())),
             },
         );
     };
@@ -223,26 +238,31 @@ pub(crate) async fn handle(gw: &Arc<Gateway>, req: Request<RequestBody>, peer: &
         _ => (None, None),
     };
     // Taken before the headers move to the upstream request, and only when there is a log to write.
-    let user_agent = if gw.log.enabled() {
-        parts
+    let (user_agent, trace_id) = if gw.log.enabled() {
+        let ua = parts
             .headers
             .get(header::USER_AGENT)
             .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
+            .map(str::to_string);
+        let trace_id = match &trace {
+            Some(t) => Some(t.trace_id_hex()),
+            None => crate::trace::incoming_trace_id(&parts.headers),
+        };
+        (ua, trace_id)
     } else {
-        None
+        (None, None)
     };
 
     // One body type whether or not the request is mirrored (one `serve` on the request path).
     let body = TeeBody::new(Limited::new(body, gw.limits.max_body_bytes as usize), tee);
-    let outcome = serve(gw, stage, vr, &mut parts, body, rest, host.as_deref(), peer, &rid).await;
+    let outcome = serve(gw, stage, vr, &mut parts, body, rest, host.as_deref(), peer, &rid, trace.as_ref()).await;
     let mut error = None;
     let mut response = match outcome.result {
         Ok(r) => r,
         Err(e) => {
             tracing::debug!(error = %e, api = %stage.api, stage = %stage.stage, %variant, "request failed");
             let r = e.response();
-            error = Some((e.source(), e.to_string()));
+            error = Some((e.source().as_str(), e.to_string()));
             r
         }
     };
@@ -260,6 +280,19 @@ pub(crate) async fn handle(gw: &Arc<Gateway>, req: Request<RequestBody>, peer: &
     let latency_us = start.elapsed().as_micros() as u64;
     let status = response.status().as_u16();
     let integration_us = outcome.integration_us;
+    let span = server_span(
+        gw,
+        trace,
+        wall,
+        &parts,
+        &path,
+        host.as_deref(),
+        peer,
+        &rid,
+        Some((stage, vr)),
+        outcome.route,
+        cache_label,
+    );
     let record = gw.log.enabled().then(|| {
         Box::new(Record {
             request_id: rid,
@@ -274,8 +307,9 @@ pub(crate) async fn handle(gw: &Arc<Gateway>, req: Request<RequestBody>, peer: &
             deployment_id: vr.deployment_id.clone(),
             cache: cache_label,
             user_agent,
-            error_source: error.as_ref().map(|(s, _)| s.as_str()),
-            error: error.map(|(_, e)| e),
+            trace_id,
+            error_source: None,
+            error: None,
             api: stage.api.clone(),
             stage: stage.stage.clone(),
         })
@@ -292,8 +326,40 @@ pub(crate) async fn handle(gw: &Arc<Gateway>, req: Request<RequestBody>, peer: &
         },
         record,
         pair,
+        span,
+        error,
     };
     (response, finish)
+}
+
+/// A sampled request's server span, begun (with tracing on).
+#[allow(clippy::too_many_arguments)]
+fn server_span(
+    gw: &Gateway,
+    trace: Option<TraceCtx>,
+    start: SystemTime,
+    parts: &http::request::Parts,
+    path: &str,
+    host: Option<&str>,
+    peer: &Peer,
+    rid: &HeaderValue,
+    stage: Option<(&StageRoute, &VariantRoute)>,
+    route: Option<Arc<str>>,
+    cache: Option<&'static str>,
+) -> Option<Box<ServerSpan>> {
+    let ctx = trace.filter(|t| t.sampled)?;
+    let served = Served {
+        method: &parts.method,
+        version: parts.version,
+        path,
+        host,
+        peer,
+        request_id: rid,
+        stage,
+        route,
+        cache,
+    };
+    Some(Box::new(ServerSpan::new(gw.tracer.clone()?, ctx, start, served)))
 }
 
 /// The upstream request, ready to be sent (again, for a cache waiter that gives up waiting).
@@ -302,38 +368,82 @@ struct UpstreamCall {
     uri: http::Uri,
     headers: HeaderMap,
     timeouts: Timeouts,
+    variant: Variant,
+    /// With tracing on: each call is a client span of this trace, its id the upstream's parent.
+    trace: Option<TraceCtx>,
 }
+
+/// A traced call's client span id and its trace.
+type CallSpan = Option<(TraceCtx, [u8; 8])>;
 
 impl UpstreamCall {
     /// The request, keeping this call for another try (the cache path may need two).
-    fn request(&self, body: Body) -> Request<Body> {
+    fn request(&self, body: Body) -> (Request<Body>, CallSpan) {
         let mut up = Request::new(body);
         *up.method_mut() = self.method.clone();
         *up.uri_mut() = self.uri.clone();
         *up.headers_mut() = self.headers.clone();
-        up
+        let span = trace_call(self.trace, up.headers_mut());
+        (up, span)
     }
 
     /// The request, consuming the call (no copy of the headers).
-    fn into_request(self, body: Body) -> Request<Body> {
+    fn into_request(mut self, body: Body) -> (Request<Body>, CallSpan) {
+        let span = trace_call(self.trace, &mut self.headers);
         let mut up = Request::new(body);
         *up.method_mut() = self.method;
         *up.uri_mut() = self.uri;
         *up.headers_mut() = self.headers;
-        up
+        (up, span)
     }
 
-    async fn send(&self, body: Body, max_body: u64) -> (Result<Response<Body>, ProxyError>, u64) {
-        send(self.request(body), self.timeouts, max_body).await
+    async fn send(&self, gw: &Gateway, body: Body, max_body: u64) -> (Result<Response<Body>, ProxyError>, u64) {
+        let (req, span) = self.request(body);
+        send(gw, req, span, self.variant, self.timeouts, max_body).await
     }
 }
 
-/// Sends a request upstream (see [`upstream`] for its time limits), and says whose fault a failure was.
-async fn send(req: Request<Body>, timeouts: Timeouts, max_body: u64) -> (Result<Response<Body>, ProxyError>, u64) {
+/// A new client span for one call of a traced request: its id goes upstream as the parent in
+/// `traceparent`.
+fn trace_call(trace: Option<TraceCtx>, headers: &mut HeaderMap) -> CallSpan {
+    let ctx = trace?;
+    let id = canarygate_telemetry::new_span_id();
+    headers.insert(TRACEPARENT.clone(), ctx.traceparent(id));
+    Some((ctx, id))
+}
+
+/// Sends a request upstream (see [`upstream`] for its time limits), says whose fault a failure was,
+/// and ends the call's client span when the request is sampled.
+async fn send(
+    gw: &Gateway,
+    req: Request<Body>,
+    span: CallSpan,
+    variant: Variant,
+    timeouts: Timeouts,
+    max_body: u64,
+) -> (Result<Response<Body>, ProxyError>, u64) {
     let t0 = Instant::now();
+    let traced = match (span, gw.tracer.as_deref()) {
+        (Some((ctx, span_id)), Some(tracer)) if ctx.sampled => {
+            Some((tracer, ctx, span_id, SystemTime::now(), req.method().clone(), req.uri().clone()))
+        }
+        _ => None,
+    };
     let res = upstream::send(req, timeouts).await;
     let us = t0.elapsed().as_micros() as u64;
-    (res.map_err(|e| attribute(&e, max_body)), us)
+    let res = res.map_err(|e| attribute(&e, max_body));
+    if let Some((tracer, ctx, span_id, start, method, uri)) = traced {
+        let call = ClientCall {
+            ctx,
+            span_id,
+            start,
+            method: &method,
+            uri: &uri,
+            variant,
+        };
+        call.end(tracer, &res);
+    }
+    (res, us)
 }
 
 /// The proxy error for a failed upstream call: the client's when its body was at fault, else the
@@ -371,6 +481,7 @@ pub(crate) async fn serve<B>(
     host: Option<&str>,
     peer: &Peer,
     rid: &HeaderValue,
+    trace: Option<&TraceCtx>,
 ) -> Outcome
 where
     B: http_body::Body<Data = Bytes, Error = BoxError> + Send + 'static,
@@ -382,8 +493,13 @@ where
     let Ok(matched) = vr.deployment.router.at(route_path) else {
         return Outcome::error(ProxyError::NoRoute);
     };
+    // Taken only for a sampled request's span.
+    let route = trace.filter(|t| t.sampled).map(|_| matched.value.route.clone());
     let Some(integration) = matched.value.find(&parts.method).cloned() else {
-        return Outcome::error(ProxyError::MethodNotAllowed);
+        return Outcome {
+            route,
+            ..Outcome::error(ProxyError::MethodNotAllowed)
+        };
     };
     let var = |n: &str| vr.variables.get(n).map(String::as_str);
     let params = matched.params;
@@ -406,6 +522,7 @@ where
                 result: Ok(r),
                 integration_us: Some(t0.elapsed().as_micros() as u64),
                 cache: None,
+                route,
             };
         }
         CompiledIntegration::Http { uri, timeouts } => (uri, *timeouts),
@@ -418,10 +535,18 @@ where
     }
     let upstream_uri: http::Uri = match target.parse() {
         Ok(u) => u,
-        Err(_) => return Outcome::error(ProxyError::BadIntegrationUri(target)),
+        Err(_) => {
+            return Outcome {
+                route,
+                ..Outcome::error(ProxyError::BadIntegrationUri(target))
+            }
+        }
     };
     if upstream_uri.host().is_none() {
-        return Outcome::error(ProxyError::BadIntegrationUri(target));
+        return Outcome {
+            route,
+            ..Outcome::error(ProxyError::BadIntegrationUri(target))
+        };
     }
     let max = gw.limits.max_body_bytes;
     let declared = parts
@@ -430,7 +555,10 @@ where
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > max) {
-        return Outcome::error(ProxyError::BodyTooLarge(max));
+        return Outcome {
+            route,
+            ..Outcome::error(ProxyError::BodyTooLarge(max))
+        };
     }
     let mut headers = std::mem::take(&mut parts.headers);
     // The client's Host is not forwarded: the upstream request head writes the upstream's (h1.rs).
@@ -452,10 +580,12 @@ where
         uri: upstream_uri,
         headers,
         timeouts,
+        variant: vr.variant,
+        trace: trace.copied(),
     };
 
     let cacheable_method = parts.method == http::Method::GET || parts.method == http::Method::HEAD;
-    match stage.cache.as_ref().filter(|_| vr.use_cache && cacheable_method) {
+    let outcome = match stage.cache.as_ref().filter(|_| vr.use_cache && cacheable_method) {
         Some(cache) => {
             let mut path_and_query = String::with_capacity(route_path.len() + 32);
             path_and_query.push_str(route_path);
@@ -474,16 +604,18 @@ where
             Box::pin(cached(gw, cache, key, &call, stage.cache_ttl)).await
         }
         None => {
-            let timeouts = call.timeouts;
-            let req = call.into_request(body.boxed_unsync());
-            let (res, us) = send(req, timeouts, max).await;
+            let (timeouts, variant) = (call.timeouts, call.variant);
+            let (req, span) = call.into_request(body.boxed_unsync());
+            let (res, us) = send(gw, req, span, variant, timeouts, max).await;
             Outcome {
                 result: res.map(stream_response),
                 integration_us: Some(us),
                 cache: None,
+                route: None,
             }
         }
-    }
+    };
+    Outcome { route, ..outcome }
 }
 
 /// The initiator's own answer when it could not (or must not) be stored.
@@ -508,6 +640,7 @@ async fn cached(gw: &Gateway, cache: &StageCache, resource: CacheKey, call: &Ups
         result: Ok(hit_response(entry, &call.method, age).map(full)),
         integration_us: None,
         cache: Some(CacheResult::Hit),
+        route: None,
     };
     if let Some(entry) = cache.entries.get(&key).await {
         if let Some(age) = entry.answers(&call.headers, now) {
@@ -520,7 +653,7 @@ async fn cached(gw: &Gateway, cache: &StageCache, resource: CacheKey, call: &Ups
     let mut own: Option<Result<Response<Body>, ProxyError>> = None;
     let mut fetched_us: Option<u64> = None;
     let init = async {
-        let (res, us) = call.send(empty(), gw.limits.max_body_bytes).await;
+        let (res, us) = call.send(gw, empty(), gw.limits.max_body_bytes).await;
         fetched_us = Some(us);
         let resp = match res {
             Ok(r) => r,
@@ -569,6 +702,7 @@ async fn cached(gw: &Gateway, cache: &StageCache, resource: CacheKey, call: &Ups
                 result: Ok(hit_response(&entry, &call.method, entry.age(SystemTime::now())).map(full)),
                 integration_us: fetched_us,
                 cache: Some(CacheResult::Miss),
+                route: None,
             }
         }
         // Another request fetched it: ours only if it answers this request too.
@@ -580,15 +714,17 @@ async fn cached(gw: &Gateway, cache: &StageCache, resource: CacheKey, call: &Ups
             result,
             integration_us: fetched_us,
             cache: Some(CacheResult::Miss),
+            route: None,
         },
         // Waited for another request's fetch that was not stored or is not for this request, or
         // waited too long: call ourselves.
         (_, None) => {
-            let (res, us) = call.send(empty(), gw.limits.max_body_bytes).await;
+            let (res, us) = call.send(gw, empty(), gw.limits.max_body_bytes).await;
             Outcome {
                 result: res.map(stream_response),
                 integration_us: Some(us),
                 cache: Some(CacheResult::Miss),
+                route: None,
             }
         }
     }

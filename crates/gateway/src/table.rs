@@ -29,6 +29,8 @@ pub enum CompiledIntegration {
 
 /// The routes of one path pattern, by method.
 pub struct PathEntry {
+    /// The route's path as the deployment declares it (`/items/{id}`): a span's `http.route`.
+    pub route: Arc<str>,
     pub methods: Vec<(Method, Arc<CompiledIntegration>)>,
 }
 
@@ -113,7 +115,10 @@ impl CompiledDeployment {
             };
             by_path
                 .entry(pattern)
-                .or_insert_with(|| PathEntry { methods: Vec::new() })
+                .or_insert_with(|| PathEntry {
+                    route: Arc::from(r.path.as_str()),
+                    methods: Vec::new(),
+                })
                 .methods
                 .push((r.method, Arc::new(integration)));
         }
