@@ -38,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 
 GROUPS = ["split", "logs", "latency", "memory", "cache", "reaction", "scale"]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -209,15 +210,18 @@ backend cached
 """
 
 
-def canarygate_conf(w, name, port, admin, prod, canary, log, mirror=None):
+def canarygate_conf(w, name, port, admin, prod, canary, log, mirror=None, tracing=None):
     # With `mirror`, the split stage also mirrors that share of its production requests to the canary.
     mirror_line = f"\n        mirror: {{percentTraffic: {mirror}}}" if mirror is not None else ""
+    # With `tracing` (sink port, sample ratio), spans are exported to the benchmark's OTLP sink.
+    tracing_line = (f"\n  telemetry: {{otlpEndpoint: \"http://127.0.0.1:{tracing[0]}\", sampleRatio: {tracing[1]}}}"
+                    if tracing is not None else "")
     return f"""server:
   listen: 127.0.0.1:{port}
   adminListen: 127.0.0.1:{admin}
   dataDir: {w}/{name}-data
   workers: 1
-  accessLog: {{enabled: {"true" if log else "false"}}}
+  accessLog: {{enabled: {"true" if log else "false"}}}{tracing_line}
 apis:
   - name: bench
     routes:
@@ -260,6 +264,12 @@ class Lab:
         self.configs["backend (nginx)"] = open(conf).read()
         self.backend = self.start("backend", ["nginx", "-c", conf, "-p", work])
         self.targets = {}
+        self.admins = {}
+        tracing = None
+        if args.tracing is not None:
+            sink = free_port()
+            self.start("otlp-sink", [os.path.join(os.path.dirname(args.reaction_bin), "otlp-sink"), str(sink)])
+            tracing = (sink, args.tracing)
         self.targets["direct"] = Target("direct", "direct to the backend (reference)", self.backend, f"http://127.0.0.1:{prod}/x", split=False)
         for log in (False, True):
             sfx = "+log" if log else ""
@@ -281,7 +291,9 @@ class Lab:
                 cache_url=f"http://127.0.0.1:{port}/cached/item", cache_header="x-cache")
             port, admin = free_port(), free_port()
             mirror = args.mirror if not log else None
-            conf = write(f"{work}/canarygate{tag}.yaml", canarygate_conf(work, f"canarygate{tag}", port, admin, prod, canary, log, mirror))
+            conf = write(f"{work}/canarygate{tag}.yaml",
+                         canarygate_conf(work, f"canarygate{tag}", port, admin, prod, canary, log, mirror, None if log else tracing))
+            self.admins[f"canarygate{sfx}"] = f"http://127.0.0.1:{admin}"
             self.configs[f"canarygate{sfx}"] = open(conf).read()
             env = dict(os.environ, CANARYGATE_WORKER_THREADS="1", CANARYGATE_LOG="warn")
             env.pop("CANARYGATE_GATEWAY_WORKERS", None)
@@ -421,6 +433,8 @@ def ab_compare(lab, args):
     for k in keys:
         check_split(lab.targets[k])
     mirroring = f" (this build mirroring {args.mirror}% of production requests)" if args.mirror is not None else ""
+    if args.tracing is not None:
+        mirroring += f" (this build tracing at sampleRatio {args.tracing}, exporting to an OTLP sink)"
     print(f"== A/B: this build{mirroring} vs {args.ab}, {args.reps} interleaved rounds of {args.duration} s", flush=True)
     res = interleaved([lab.targets[k] for k in keys], args.reps, args.duration, args.warmup, args.conns, lambda t: t.url)
     cpu = {k: [r["cpu_us"] for r in res[k]] for k in keys}
@@ -432,6 +446,10 @@ def ab_compare(lab, args):
     spread = max((max(v) - min(v)) / med(v) for v in cpu.values())
     print(f"CPU ratio this/base per round: {', '.join(f'{r:.3f}' for r in ratios)}; median {med(ratios):.3f}; "
           f"run-to-run spread of one build up to {spread * 100:.1f}%")
+    if args.tracing is not None:
+        text = urllib.request.urlopen(f"{lab.admins['canarygate']}/metrics", timeout=10).read().decode()
+        spans = [l for l in text.splitlines() if l.startswith("canarygate_trace_spans_")]
+        print("spans: " + "; ".join(spans))
 
 
 def group_latency(lab, args, nginx_rps):
@@ -767,9 +785,13 @@ def main():
     ap.add_argument("--report-from", help="rewrite the report (and chart) next to this benchmarks.json without measuring")
     ap.add_argument("--ab", help="a baseline canarygate binary: measure it and this build interleaved (the split, "
                                  "--reps rounds) and print CPU per request of both; nothing else is measured")
+    ap.add_argument("--tracing", type=float, help="with --ab: this build exports traces to an OTLP sink at this sample "
+                                                    "ratio (the cost of tracing)")
     ap.add_argument("--mirror", type=float, help="with --ab: this build's split stage also mirrors this percentage of its "
                                                    "production requests to the canary (the cost of mirroring)")
     args = ap.parse_args()
+    if args.tracing is not None and not args.ab:
+        ap.error("--tracing: only with --ab (it changes this build's config, not the report's)")
     if args.mirror is not None and not args.ab:
         ap.error("--mirror: only with --ab (it changes this build's config, not the report's)")
     if args.report_from:

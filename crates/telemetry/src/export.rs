@@ -1,17 +1,17 @@
 //! The export side: a task that takes ended spans from the bounded queue, batches them (up to
-//! `batch` spans, or what arrived within `delay` of the first) and hands each batch to the OTLP/HTTP
+//! `batch` spans, or what is queued every `delay`) and hands each batch to the OTLP/HTTP
 //! exporter of `opentelemetry-otlp`. A batch the collector does not take (down, refusing, too slow) is
 //! dropped and counted: tracing never holds memory without bound or slows the request path.
 
 use std::borrow::Cow;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
 use opentelemetry::trace::{SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState};
 use opentelemetry::InstrumentationScope;
 use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanExporter, SpanLinks};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 
 use crate::span::{FinishedSpan, Kind};
 use crate::Counters;
@@ -33,58 +33,67 @@ pub(crate) struct Worker<E> {
 }
 
 impl<E: SpanExporter> Worker<E> {
-    pub(crate) async fn run(self, mut rx: mpsc::Receiver<Msg>) {
+    /// Wakes when `batch` spans are queued, a flush is asked for, or `delay` has passed, and exports
+    /// what is queued. The request path never wakes this task for a single span: a wake-up per span
+    /// (a futex and a context switch on another core) would cost the data plane more than the span.
+    pub(crate) async fn run(self, mut rx: mpsc::Receiver<Msg>, queued: Arc<AtomicUsize>, wake: Arc<Notify>) {
         let mut spans: Vec<SpanData> = Vec::with_capacity(self.batch);
         let mut acks: Vec<oneshot::Sender<()>> = Vec::new();
-        let mut msgs: Vec<Msg> = Vec::with_capacity(self.batch);
         let mut last_warning: Option<tokio::time::Instant> = None;
         loop {
-            // Wait for the first message, then gather until the batch is full, a flush is asked for,
-            // or the delay has passed.
-            if rx.recv_many(&mut msgs, self.batch).await == 0 {
-                break;
-            }
-            let deadline = tokio::time::Instant::now() + self.delay;
+            let _ = tokio::time::timeout(self.delay, wake.notified()).await;
+            let mut closed = false;
             loop {
-                for m in msgs.drain(..) {
-                    match m {
-                        Msg::Span(s) => spans.push(self.convert(*s)),
-                        Msg::Flush(ack) => acks.push(ack),
-                    }
-                }
-                if spans.len() >= self.batch || !acks.is_empty() {
-                    break;
-                }
-                match tokio::time::timeout_at(deadline, rx.recv_many(&mut msgs, self.batch - spans.len())).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) => {}
-                }
-            }
-            if !spans.is_empty() {
-                let n = spans.len() as u64;
-                let batch = std::mem::replace(&mut spans, Vec::with_capacity(self.batch));
-                let failure = match tokio::time::timeout(self.timeout, self.exporter.export(batch)).await {
-                    Ok(Ok(())) => None,
-                    Ok(Err(e)) => Some(e.to_string()),
-                    Err(_) => Some(format!("no answer within {:?}", self.timeout)),
-                };
-                match failure {
-                    None => {
-                        self.counters.exported.fetch_add(n, Relaxed);
-                    }
-                    Some(e) => {
-                        self.counters.export_failed.fetch_add(n, Relaxed);
-                        // One line a minute at most: a collector that is down must not flood the log.
-                        let now = tokio::time::Instant::now();
-                        if last_warning.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(60)) {
-                            last_warning = Some(now);
-                            tracing::warn!(error = %e, spans = n, "trace export failed; the spans are dropped (counted in canarygate_trace_spans_dropped_total)");
+                match rx.try_recv() {
+                    Ok(Msg::Span(s)) => {
+                        queued.fetch_sub(1, Relaxed);
+                        spans.push(self.convert(*s));
+                        if spans.len() >= self.batch {
+                            self.export(&mut spans, &mut last_warning).await;
                         }
                     }
+                    Ok(Msg::Flush(ack)) => acks.push(ack),
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => {
+                        closed = true;
+                        break;
+                    }
                 }
             }
+            self.export(&mut spans, &mut last_warning).await;
             for ack in acks.drain(..) {
                 let _ = ack.send(());
+            }
+            if closed {
+                return;
+            }
+        }
+    }
+
+    /// Exports `spans` (if any) as one batch, counting them as exported or dropped.
+    async fn export(&self, spans: &mut Vec<SpanData>, last_warning: &mut Option<tokio::time::Instant>) {
+        if spans.is_empty() {
+            return;
+        }
+        let n = spans.len() as u64;
+        let batch = std::mem::replace(spans, Vec::with_capacity(self.batch));
+        let failure = match tokio::time::timeout(self.timeout, self.exporter.export(batch)).await {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(_) => Some(format!("no answer within {:?}", self.timeout)),
+        };
+        match failure {
+            None => {
+                self.counters.exported.fetch_add(n, Relaxed);
+            }
+            Some(e) => {
+                self.counters.export_failed.fetch_add(n, Relaxed);
+                // One line a minute at most: a collector that is down must not flood the log.
+                let now = tokio::time::Instant::now();
+                if last_warning.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(60)) {
+                    *last_warning = Some(now);
+                    tracing::warn!(error = %e, spans = n, "trace export failed; the spans are dropped (counted in canarygate_trace_spans_dropped_total)");
+                }
             }
         }
     }

@@ -13,14 +13,14 @@
 mod export;
 mod span;
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
 use canarygate_model::trace::{sample, TraceParent};
 use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::trace::SpanExporter as _;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 
 pub use opentelemetry::{KeyValue, Value};
 pub use span::{new_span_id, new_trace_id, FinishedSpan, Kind, TraceCtx};
@@ -41,7 +41,7 @@ pub struct TracingConfig {
     pub queue: usize,
     /// Spans per export request at most.
     pub batch: usize,
-    /// The longest a span waits for its batch to fill.
+    /// The longest a span waits for its batch to fill (the export task looks this often).
     pub delay: Duration,
     /// The longest one export may take (retries included); then its spans are dropped.
     pub timeout: Duration,
@@ -107,6 +107,10 @@ pub struct Tracer {
     ratio: f64,
     tx: mpsc::Sender<Msg>,
     counters: Arc<Counters>,
+    /// Spans in the queue, and the batch size at which the export task is woken.
+    queued: Arc<AtomicUsize>,
+    batch: usize,
+    wake: Arc<Notify>,
 }
 
 impl Tracer {
@@ -151,11 +155,15 @@ impl Tracer {
                 .with_version(env!("CARGO_PKG_VERSION"))
                 .build(),
         };
-        tokio::spawn(worker.run(rx));
+        let (queued, wake) = (Arc::new(AtomicUsize::new(0)), Arc::new(Notify::new()));
+        tokio::spawn(worker.run(rx, queued.clone(), wake.clone()));
         Arc::new(Tracer {
             ratio: cfg.sample_ratio,
             tx,
             counters,
+            queued,
+            batch: cfg.batch.max(1),
+            wake,
         })
     }
 
@@ -177,6 +185,9 @@ impl Tracer {
     pub fn end(&self, span: FinishedSpan) {
         if self.tx.try_send(Msg::Span(Box::new(span))).is_err() {
             self.counters.queue_full.fetch_add(1, Relaxed);
+        } else if self.queued.fetch_add(1, Relaxed) + 1 == self.batch {
+            // A batch is ready: the one wake-up per batch (else the task looks every `delay`).
+            self.wake.notify_one();
         }
     }
 
@@ -184,6 +195,7 @@ impl Tracer {
     pub async fn flush(&self) {
         let (ack, done) = tokio::sync::oneshot::channel();
         if self.tx.send(Msg::Flush(ack)).await.is_ok() {
+            self.wake.notify_one();
             let _ = done.await;
         }
     }
