@@ -2,12 +2,15 @@
 //! against the variant that produced it and answered with the right status; and the JSON error body
 //! every refusal of the gateway carries (`{"error":{"code","message"}}`).
 
+use std::io;
 use std::time::Duration;
 
 use http::header::{self, HeaderValue};
 use http::{Response, StatusCode};
 
 use crate::body::{full, Body};
+use crate::body_read::ReadError;
+use crate::h1;
 
 /// Who a failure came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -178,5 +181,32 @@ mod tests {
             }
         }
         assert_eq!(code(StatusCode::INTERNAL_SERVER_ERROR), "Internal");
+    }
+}
+
+/// Why a request body could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientBodyError {
+    #[error("the client closed the connection in the middle of the request body")]
+    Truncated,
+    #[error("invalid chunked request body: {0}")]
+    Chunked(h1::ProtocolError),
+    #[error("request body larger than {0} bytes")]
+    TooLarge(u64),
+    #[error("the client sent no request body bytes for {} ms", .0.as_millis())]
+    Timeout(Duration),
+    #[error("reading the request body: {0}")]
+    Io(#[from] io::Error),
+}
+
+impl From<ReadError> for ClientBodyError {
+    fn from(e: ReadError) -> Self {
+        match e {
+            ReadError::Protocol(h1::ProtocolError::Truncated) => ClientBodyError::Truncated,
+            ReadError::Protocol(h1::ProtocolError::TooLarge(n)) => ClientBodyError::TooLarge(n),
+            ReadError::Protocol(e) => ClientBodyError::Chunked(e),
+            ReadError::Io(e) => ClientBodyError::Io(e),
+            ReadError::Stalled(d) => ClientBodyError::Timeout(d),
+        }
     }
 }

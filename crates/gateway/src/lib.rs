@@ -15,12 +15,14 @@ mod body_read;
 pub mod cache;
 pub mod choose;
 pub mod error;
+mod exchange;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod h1;
 mod mirror;
 pub mod path;
 mod proxy;
+mod request;
 pub mod server;
 pub mod table;
 mod trace;
@@ -206,7 +208,7 @@ impl Gateway {
                     };
                     let _ = stream.set_nodelay(true);
                     let ctl = conns.add();
-                    tokio::spawn(server::serve_connection(self.clone(), stream, proxy::Peer::new(peer), ctl));
+                    tokio::spawn(server::serve_connection(self.clone(), stream, exchange::Peer::new(peer), ctl));
                 }
                 _ = shutdown.changed() => break,
             }

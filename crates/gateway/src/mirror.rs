@@ -24,7 +24,8 @@ use tokio::sync::oneshot;
 
 use crate::access_log::Record;
 use crate::body::{empty, full, BoxError};
-use crate::proxy::{serve, Peer};
+use crate::exchange::Peer;
+use crate::proxy::serve;
 use crate::table::{MirrorRoute, StageRoute};
 use crate::Gateway;
 

@@ -1,32 +1,28 @@
-//! One request's life: resolve the stage, choose the variant, match the route, render the integration,
-//! call the upstream (or answer the mock), and record metrics and the access log line.
+//! Serving a request as one variant of a stage: match the route, render the integration, and answer the
+//! mock or call the upstream — through the stage cache for GET/HEAD where it is on — with the
+//! forwarding headers, the trace context and a client span; failures say whose fault they were.
 
 use std::fmt::Write as _;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use canarygate_metrics::{CacheResult, Observation, Routed, Series, Variant};
+use canarygate_metrics::{CacheResult, Variant};
+use canarygate_telemetry::TraceCtx;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 
-use crate::access_log::{AccessLog, Record};
 use crate::body::{empty, full, Body, BoxError};
 use crate::cache::{hit_response, storable, vary_hash, CacheKey, StageCache};
-use crate::choose::choose;
-use crate::error::{ProxyError, Source};
-use crate::mirror::{Pair, TeeBody};
-use crate::server::{ClientBodyError, RequestBody};
+use crate::error::{ClientBodyError, ProxyError};
+use crate::exchange::Peer;
 use crate::table::{CompiledIntegration, StageRoute, VariantRoute};
-use crate::trace::{ClientCall, Served, ServerSpan, TRACEPARENT};
+use crate::trace::{ClientCall, TRACEPARENT};
 use crate::upstream::{self, SendError, Timeouts};
 use crate::Gateway;
-use canarygate_telemetry::TraceCtx;
 
-static VARIANT_HEADER: HeaderName = HeaderName::from_static("x-canarygate-variant");
-static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub(crate) static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -70,28 +66,13 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
     }
 }
 
-fn request_id(headers: &HeaderMap) -> HeaderValue {
-    if let Some(v) = headers.get(&REQUEST_ID) {
-        if !v.is_empty() && v.len() <= 200 && v.as_bytes().iter().all(|b| b.is_ascii_graphic()) {
-            return v.clone();
-        }
-    }
-    let mut hex = [0u8; 32];
-    let mut n = fastrand::u128(..);
-    for b in hex.iter_mut().rev() {
-        *b = b"0123456789abcdef"[(n & 15) as usize];
-        n >>= 4;
-    }
-    HeaderValue::from_bytes(&hex).expect("hex is a valid header value")
-}
-
 /// What serving one request produced.
 pub(crate) struct Outcome {
     pub(crate) result: Result<Response<Body>, ProxyError>,
     pub(crate) integration_us: Option<u64>,
-    cache: Option<CacheResult>,
+    pub(crate) cache: Option<CacheResult>,
     /// The matched route's path, for a sampled request's span.
-    route: Option<Arc<str>>,
+    pub(crate) route: Option<Arc<str>>,
 }
 
 impl Outcome {
@@ -103,263 +84,6 @@ impl Outcome {
             route: None,
         }
     }
-}
-
-static CACHE_HEADER: HeaderName = HeaderName::from_static("x-canarygate-cache");
-
-/// The client connection's address, and its IP as a header value (made once per connection).
-#[derive(Clone)]
-pub struct Peer {
-    pub addr: SocketAddr,
-    pub ip: HeaderValue,
-}
-
-impl Peer {
-    pub fn new(addr: SocketAddr) -> Peer {
-        let ip = HeaderValue::try_from(addr.ip().to_string()).expect("an IP address is a valid header value");
-        Peer { addr, ip }
-    }
-}
-
-/// How a response ended, as the server saw it writing it.
-pub(crate) enum Ending {
-    /// Written to its end.
-    Complete,
-    /// The response body failed mid-way — the upstream broke it off, stalled or framed it wrongly —
-    /// and the client got a truncated response: counted as the variant's 5XXError.
-    Failed(String),
-    /// The client went away or stopped reading before the end; not an error of the variant.
-    ClientGone,
-}
-
-/// What is left to do for a request once its response has ended: record its metrics and its access
-/// log line, which depend on how the response body ended.
-pub(crate) struct Finish {
-    /// `None` when no stage was found: nothing is recorded.
-    series: Option<Arc<Series>>,
-    sec: u64,
-    obs: Observation,
-    /// Boxed: only with access logs on, and it keeps `Finish` (moved along with the response) small.
-    record: Option<Box<Record>>,
-    /// When the request was mirrored: the pair to tell how the original ended.
-    pair: Option<Arc<Pair>>,
-    /// A sampled request's server span, ended with the response.
-    span: Option<Box<ServerSpan>>,
-    /// What went wrong, when the gateway answered with a refusal or failure: whose fault, and the cause.
-    error: Option<(&'static str, String)>,
-}
-
-impl Finish {
-    pub(crate) fn done(self, log: &AccessLog, ending: Ending) {
-        let mut obs = self.obs;
-        let mut record = self.record;
-        let mut error = self.error;
-        match ending {
-            Ending::Complete => {}
-            Ending::Failed(cause) => {
-                // The head said 200, but the upstream failed the response: its failure.
-                obs.status = 502;
-                error = Some((Source::Upstream.as_str(), cause));
-            }
-            Ending::ClientGone => {
-                error = Some((Source::Client.as_str(), "the client went away before the response's end".into()));
-            }
-        }
-        if let Some(span) = self.span {
-            span.end(obs.status, error.as_ref().map(|(s, e)| (*s, e.as_str())));
-        }
-        let Some(series) = self.series else { return };
-        if let (Some(r), Some((source, e))) = (record.as_mut(), error) {
-            r.error = Some(e);
-            r.error_source = Some(source);
-        }
-        series.record(self.sec, &obs);
-        if let Some(pair) = self.pair {
-            pair.original_ended(obs.status);
-        }
-        if let Some(r) = record {
-            log.send(*r);
-        }
-    }
-}
-
-/// Serves one request: the response, and what to record once it has been written.
-pub(crate) async fn handle(gw: &Arc<Gateway>, req: Request<RequestBody>, peer: &Peer) -> (Response<Body>, Finish) {
-    let start = Instant::now();
-    let wall = SystemTime::now();
-    let table = gw.table.load_full();
-    let (mut parts, body) = req.into_parts();
-    let rid = request_id(&parts.headers);
-    let trace = gw.tracer.as_deref().map(|t| crate::trace::begin(t, &mut parts.headers));
-
-    let host = parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()).map(|h| {
-        let h = h
-            .rsplit_once(':')
-            .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
-            .map_or(h, |(h, _)| h);
-        h.to_ascii_lowercase()
-    });
-    let domain = if table.domains.is_empty() { None } else { host.as_deref() };
-    let path = parts.uri.path().to_owned();
-    let sec = wall.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let Some((stage, rest)) = table.resolve(domain, &path) else {
-        let mut r = ProxyError::NoStage.response();
-        let span = server_span(gw, trace, wall, &parts, &path, host.as_deref(), peer, &rid, None, None, None);
-        r.headers_mut().insert(REQUEST_ID.clone(), rid);
-        let obs = Observation {
-            status: 404,
-            latency_us: 0,
-            integration_us: None,
-            cache: None,
-            routed: Routed::Random,
-        };
-        return (
-            r,
-            Finish {
-                series: None,
-                sec,
-                obs,
-                record: None,
-                pair: None,
-                span,
-                error: Some((Source::Client.as_str(), ProxyError::NoStage.to_string())),
-            },
-        );
-    };
-    let (variant, routed) = choose(stage, &parts.headers);
-    let vr = stage.variant(variant);
-    let (tee, pair) = match stage.mirror.as_deref() {
-        Some(m) if variant == Variant::Production && m.wants(&parts.method) => {
-            match crate::mirror::start(gw, stage, m, &parts, rest, host.as_deref(), peer, &rid, sec) {
-                Some((tee, pair)) => (tee, Some(pair)),
-                None => (None, None),
-            }
-        }
-        _ => (None, None),
-    };
-    // Taken before the headers move to the upstream request, and only when there is a log to write.
-    let (user_agent, trace_id) = if gw.log.enabled() {
-        let ua = parts
-            .headers
-            .get(header::USER_AGENT)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        let trace_id = match &trace {
-            Some(t) => Some(t.trace_id_hex()),
-            None => crate::trace::incoming_trace_id(&parts.headers),
-        };
-        (ua, trace_id)
-    } else {
-        (None, None)
-    };
-
-    // One body type whether or not the request is mirrored (one `serve` on the request path).
-    let body = TeeBody::new(Limited::new(body, gw.limits.max_body_bytes as usize), tee);
-    let outcome = serve(gw, stage, vr, &mut parts, body, rest, host.as_deref(), peer, &rid, trace.as_ref()).await;
-    let mut error = None;
-    let mut response = match outcome.result {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::debug!(error = %e, api = %stage.api, stage = %stage.stage, %variant, "request failed");
-            let r = e.response();
-            error = Some((e.source().as_str(), e.to_string()));
-            r
-        }
-    };
-    let h = response.headers_mut();
-    h.insert(VARIANT_HEADER.clone(), HeaderValue::from_static(variant.as_str()));
-    h.insert(REQUEST_ID.clone(), rid.clone());
-    let cache_label = outcome.cache.map(|c| match c {
-        CacheResult::Hit => "hit",
-        CacheResult::Miss => "miss",
-    });
-    if let Some(label) = cache_label {
-        h.insert(CACHE_HEADER.clone(), HeaderValue::from_static(label));
-    }
-
-    let latency_us = start.elapsed().as_micros() as u64;
-    let status = response.status().as_u16();
-    let integration_us = outcome.integration_us;
-    let span = server_span(
-        gw,
-        trace,
-        wall,
-        &parts,
-        &path,
-        host.as_deref(),
-        peer,
-        &rid,
-        Some((stage, vr)),
-        outcome.route,
-        cache_label,
-    );
-    let record = gw.log.enabled().then(|| {
-        Box::new(Record {
-            request_id: rid,
-            time: wall.into(),
-            ip: peer.addr.ip(),
-            method: parts.method.clone(),
-            path,
-            status,
-            latency_ms: latency_us as f64 / 1000.0,
-            integration_latency_ms: integration_us.map(|u| u as f64 / 1000.0),
-            variant,
-            deployment_id: vr.deployment_id.clone(),
-            cache: cache_label,
-            user_agent,
-            trace_id,
-            error_source: None,
-            error: None,
-            api: stage.api.clone(),
-            stage: stage.stage.clone(),
-        })
-    });
-    let finish = Finish {
-        series: Some(vr.series.clone()),
-        sec,
-        obs: Observation {
-            status,
-            latency_us,
-            integration_us,
-            cache: outcome.cache,
-            routed,
-        },
-        record,
-        pair,
-        span,
-        error,
-    };
-    (response, finish)
-}
-
-/// A sampled request's server span, begun (with tracing on).
-#[allow(clippy::too_many_arguments)]
-fn server_span(
-    gw: &Gateway,
-    trace: Option<TraceCtx>,
-    start: SystemTime,
-    parts: &http::request::Parts,
-    path: &str,
-    host: Option<&str>,
-    peer: &Peer,
-    rid: &HeaderValue,
-    stage: Option<(&StageRoute, &VariantRoute)>,
-    route: Option<Arc<str>>,
-    cache: Option<&'static str>,
-) -> Option<Box<ServerSpan>> {
-    let ctx = trace.filter(|t| t.sampled)?;
-    let served = Served {
-        method: &parts.method,
-        version: parts.version,
-        path,
-        host,
-        peer,
-        request_id: rid,
-        stage,
-        route,
-        cache,
-    };
-    Some(Box::new(ServerSpan::new(gw.tracer.clone()?, ctx, start, served)))
 }
 
 /// The upstream request, ready to be sent (again, for a cache waiter that gives up waiting).

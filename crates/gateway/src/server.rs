@@ -47,9 +47,10 @@ use tokio::time::{Instant, Sleep};
 
 use crate::body::{Body, BoxError};
 use crate::body_read::{BodyRead, ReadError};
-use crate::error::json_error;
+use crate::error::{json_error, ClientBodyError};
+use crate::exchange::{Ending, Peer};
 use crate::h1::{self, Decoded, Decoder, Framing};
-use crate::proxy::{self, Ending, Peer};
+use crate::request;
 use crate::{Gateway, Limits};
 
 /// A keep-alive connection with no request for this long is closed (AWS load balancers' default
@@ -167,7 +168,7 @@ pub(crate) async fn serve_connection(gw: Arc<Gateway>, stream: TcpStream, peer: 
         *req.uri_mut() = head.uri;
         *req.version_mut() = head.version;
         *req.headers_mut() = head.headers;
-        let (resp, finish) = proxy::handle(&gw, req, &peer).await;
+        let (resp, finish) = request::handle(&gw, req, &peer).await;
 
         if let Some(mut back) = lent {
             match back.try_recv() {
@@ -857,33 +858,6 @@ pub struct BodyReader {
     read: BodyRead,
     /// What was decoded from the bytes that came with the head, passed on first.
     first: Option<Result<Bytes, ClientBodyError>>,
-}
-
-/// Why a request body could not be read.
-#[derive(Debug, thiserror::Error)]
-pub enum ClientBodyError {
-    #[error("the client closed the connection in the middle of the request body")]
-    Truncated,
-    #[error("invalid chunked request body: {0}")]
-    Chunked(h1::ProtocolError),
-    #[error("request body larger than {0} bytes")]
-    TooLarge(u64),
-    #[error("the client sent no request body bytes for {} ms", .0.as_millis())]
-    Timeout(Duration),
-    #[error("reading the request body: {0}")]
-    Io(#[from] io::Error),
-}
-
-impl From<ReadError> for ClientBodyError {
-    fn from(e: ReadError) -> Self {
-        match e {
-            ReadError::Protocol(h1::ProtocolError::Truncated) => ClientBodyError::Truncated,
-            ReadError::Protocol(h1::ProtocolError::TooLarge(n)) => ClientBodyError::TooLarge(n),
-            ReadError::Protocol(e) => ClientBodyError::Chunked(e),
-            ReadError::Io(e) => ClientBodyError::Io(e),
-            ReadError::Stalled(d) => ClientBodyError::Timeout(d),
-        }
-    }
 }
 
 impl h1::Arriving for BodyReader {

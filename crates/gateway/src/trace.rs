@@ -12,7 +12,7 @@ use http::header::{HeaderMap, HeaderName};
 use http::{Method, Uri, Version};
 
 use crate::error::ProxyError;
-use crate::proxy::Peer;
+use crate::exchange::Peer;
 use crate::table::{StageRoute, VariantRoute};
 
 pub(crate) static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");

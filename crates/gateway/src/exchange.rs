@@ -1,0 +1,31 @@
+//! What the connection drivers and the request handler share: the client connection's address
+//! ([`Peer`]) and how a response ended as the driver wrote it ([`Ending`]).
+
+use std::net::SocketAddr;
+
+use http::HeaderValue;
+
+/// The client connection's address, and its IP as a header value (made once per connection).
+#[derive(Clone)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    pub ip: HeaderValue,
+}
+
+impl Peer {
+    pub fn new(addr: SocketAddr) -> Peer {
+        let ip = HeaderValue::try_from(addr.ip().to_string()).expect("an IP address is a valid header value");
+        Peer { addr, ip }
+    }
+}
+
+/// How a response ended, as the server saw it writing it.
+pub(crate) enum Ending {
+    /// Written to its end.
+    Complete,
+    /// The response body failed mid-way — the upstream broke it off, stalled or framed it wrongly —
+    /// and the client got a truncated response: counted as the variant's 5XXError.
+    Failed(String),
+    /// The client went away or stopped reading before the end; not an error of the variant.
+    ClientGone,
+}
