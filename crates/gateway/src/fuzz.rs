@@ -3,13 +3,55 @@
 //! invariants it must keep. A panic is a finding. Not an API.
 
 use bytes::BytesMut;
+use http::header::{self, HeaderValue};
 use http::Method;
 
+use crate::h1::request::{parse_request_head, valid_authority, BadHead};
 use crate::h1::{self, Decoded, Decoder, Framing};
+use crate::Limits;
 
-/// A request head, and the body its framing says follows.
+/// A request head: parsed with the default limits; a parsed head keeps what it promises, and the body
+/// its framing says follows decodes alike in one piece or byte by byte.
 pub fn request_head(data: &[u8]) {
-    crate::server::fuzz_request_head(data);
+    let limits = Limits::default();
+    let mut buf = BytesMut::from(data);
+    let mut at = Vec::new();
+    let head = match parse_request_head(&mut buf, &limits, &mut at) {
+        Ok(Some(head)) => head,
+        Ok(None) => {
+            assert_eq!(buf.len(), data.len(), "a partial head consumes nothing");
+            return;
+        }
+        Err(BadHead(status, msg)) => {
+            assert!(status.is_client_error() || status.is_server_error(), "{status}");
+            assert!(!msg.is_empty());
+            return;
+        }
+    };
+    let consumed = data.len() - buf.len();
+    assert!(
+        consumed >= 4 && data[..consumed].ends_with(b"\r\n\r\n"),
+        "a head ends with an empty line"
+    );
+    assert!(consumed <= limits.max_header_bytes);
+    assert!(head.headers.get_all(header::HOST).iter().count() <= 1);
+    if let Some(a) = head.uri.authority() {
+        assert_eq!(
+            head.headers.get(header::HOST).map(HeaderValue::as_bytes),
+            Some(a.as_str().as_bytes())
+        );
+    }
+    if let Some(host) = head.headers.get(header::HOST).filter(|h| !h.is_empty()) {
+        assert!(valid_authority(host.as_bytes()), "{host:?}");
+    }
+    if let Ok(path) = crate::path::resolve_dot_segments(head.uri.path()) {
+        assert!(path.is_empty() || path.starts_with('/') || path == "*", "{path}");
+        assert!(!path.split('/').any(|s| s == "." || s == ".."), "{path}");
+    }
+    // What follows is the body as the framing says: decoded in one piece or byte by byte, the same.
+    let rest = buf.freeze();
+    let max = limits.max_body_bytes;
+    same_in_pieces(Decoder::with_limit(head.framing, max), &rest, 1);
 }
 
 /// A chunked body: decoded whole and in pieces (the first byte chooses their size) with the same

@@ -25,18 +25,17 @@
 
 use std::future::{poll_fn, Future as _};
 use std::io;
-use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::task::AtomicWaker;
 use futures_util::FutureExt as _;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Version};
 use http_body::{Body as _, Frame};
 use http_body_util::BodyExt as _;
 use tokio::io::AsyncWrite as _;
@@ -49,7 +48,9 @@ use crate::body::{Body, BoxError};
 use crate::body_read::{BodyRead, ReadError};
 use crate::error::{json_error, ClientBodyError};
 use crate::exchange::{Ending, Peer};
-use crate::h1::{self, Decoded, Decoder, Framing};
+use crate::h1::request::{parse_request_head, request_line_too_long, BadHead, FieldAt, RequestHead};
+use crate::h1::response::{encode_response_head, ResponseFraming};
+use crate::h1::{self, Decoded, Decoder};
 use crate::request;
 use crate::{Gateway, Limits};
 
@@ -123,6 +124,12 @@ enum HeadError {
     Gone,
     /// A malformed head: answer with this status and close.
     Bad(StatusCode, String),
+}
+
+impl From<BadHead> for HeadError {
+    fn from(BadHead(status, msg): BadHead) -> Self {
+        HeadError::Bad(status, msg)
+    }
 }
 
 struct Conn {
@@ -201,17 +208,6 @@ pub(crate) async fn serve_connection(gw: Arc<Gateway>, stream: TcpStream, peer: 
     }
 }
 
-/// A request head, parsed.
-struct Head {
-    method: Method,
-    uri: Uri,
-    version: Version,
-    headers: HeaderMap,
-    keep_alive: bool,
-    framing: Framing,
-    expect_continue: bool,
-}
-
 /// What a body lent the connection's read half gives back when it is done or dropped.
 struct Lent {
     rd: OwnedReadHalf,
@@ -235,18 +231,18 @@ impl Conn {
     }
 
     /// Reads until a whole request head is in the buffer and parses it.
-    async fn read_head(&mut self, ctl: &ConnCtl, limits: &Limits, first: bool) -> Result<Head, HeadError> {
+    async fn read_head(&mut self, ctl: &ConnCtl, limits: &Limits, first: bool) -> Result<RequestHead, HeadError> {
         let (max, head_timeout) = (limits.max_header_bytes, limits.header_read_timeout);
         // The deadline of the current wait: for a first request or a started head, the head timeout;
         // for a keep-alive connection with nothing yet, the idle timeout.
         let mut deadline: Option<(Instant, bool)> = None;
         loop {
             if !self.buf.is_empty() {
-                if let Some(h) = parse_head(&mut self.buf, limits, &mut self.at)? {
+                if let Some(h) = parse_request_head(&mut self.buf, limits, &mut self.at)? {
                     return Ok(h);
                 }
                 if self.buf.len() > limits.max_request_line + 2 && !self.buf[..limits.max_request_line + 2].contains(&b'\n') {
-                    return Err(request_line_too_long(limits.max_request_line));
+                    return Err(request_line_too_long(limits.max_request_line).into());
                 }
                 if self.buf.len() >= max {
                     return Err(HeadError::Bad(
@@ -297,7 +293,7 @@ impl Conn {
     /// a body that ends in them is handed over whole (and forwarded with a content-length), and a
     /// framing error or a chunk over the body limit in them is the body's first frame, so the request
     /// fails with nothing sent upstream.
-    async fn request_body(&mut self, head: &Head, limits: &Limits) -> io::Result<(RequestBody, Option<oneshot::Receiver<Lent>>)> {
+    async fn request_body(&mut self, head: &RequestHead, limits: &Limits) -> io::Result<(RequestBody, Option<oneshot::Receiver<Lent>>)> {
         let max = limits.max_body_bytes;
         let mut decoder = Decoder::with_limit(head.framing, max);
         let mut first = None;
@@ -383,63 +379,12 @@ impl Conn {
         end: &mut impl FnMut(Ending),
     ) -> Result<bool, WriteError> {
         let (parts, mut body) = resp.into_parts();
-        let status = parts.status;
-        let out = &mut self.out;
-        out.clear();
-        out.extend_from_slice(b"HTTP/1.1 ");
-        out.extend_from_slice(status.as_str().as_bytes());
-        out.push(b' ');
-        out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
-        out.extend_from_slice(b"\r\n");
-        let bodyless = is_head || status.is_informational() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
-        let length = if !bodyless {
-            body.size_hint().exact()
-        } else if is_head && !parts.headers.contains_key(header::CONTENT_LENGTH) {
-            // The length a GET would have had, when known (as hyper does).
-            body.size_hint()
-                .exact()
-                .filter(|_| !status.is_informational() && status != StatusCode::NO_CONTENT && status != StatusCode::NOT_MODIFIED)
-        } else {
-            None
-        };
-        // A body of unknown length is chunked, except to an HTTP/1.0 client: then it runs until the
-        // connection closes.
-        let chunked = !bodyless && length.is_none() && !http10;
-        let mut keep_alive = keep_alive && (bodyless || length.is_some() || chunked);
-        let mut has_date = false;
-        for (name, value) in &parts.headers {
-            if name == header::CONNECTION {
-                keep_alive &= !value.as_bytes().eq_ignore_ascii_case(b"close");
-                continue;
-            }
-            // The framing is ours; a response without a body keeps the length it describes.
-            if name == header::TRANSFER_ENCODING || (name == header::CONTENT_LENGTH && !bodyless) {
-                continue;
-            }
-            has_date |= name == header::DATE;
-            out.extend_from_slice(name.as_str().as_bytes());
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(value.as_bytes());
-            out.extend_from_slice(b"\r\n");
-        }
-        if !has_date {
-            out.extend_from_slice(b"date: ");
-            http_date(out);
-            out.extend_from_slice(b"\r\n");
-        }
-        if let Some(n) = length {
-            out.extend_from_slice(b"content-length: ");
-            out.extend_from_slice(h1::itoa(n, &mut [0; 20]));
-            out.extend_from_slice(b"\r\n");
-        } else if chunked {
-            out.extend_from_slice(b"transfer-encoding: chunked\r\n");
-        }
-        if !keep_alive {
-            out.extend_from_slice(b"connection: close\r\n");
-        } else if http10 {
-            out.extend_from_slice(b"connection: keep-alive\r\n");
-        }
-        out.extend_from_slice(b"\r\n");
+        self.out.clear();
+        let ResponseFraming {
+            bodyless,
+            chunked,
+            keep_alive,
+        } = encode_response_head(&mut self.out, &parts, body.size_hint().exact(), is_head, http10, keep_alive);
         if bodyless {
             drop(body);
             end(Ending::Complete);
@@ -588,266 +533,6 @@ fn concat(mut pieces: Vec<Bytes>) -> Option<Bytes> {
     }
 }
 
-fn request_line_too_long(max: usize) -> HeadError {
-    HeadError::Bad(StatusCode::URI_TOO_LONG, format!("request line longer than {max} bytes"))
-}
-
-/// Whether `a` is a valid `Host` (RFC 9112 §3.2, RFC 3986 §3.2.2): a name of letters, digits and
-/// `-._~`, an IPv4 address, or an IPv6 literal in brackets, with an optional port. Stricter than the
-/// RFC's reg-name (no sub-delims, no percent-encoding): a `Host` of `a, b`, `a/b` or `user@a` is
-/// refused rather than copied into `x-forwarded-host` or matched against a domain.
-pub(crate) fn valid_authority(a: &[u8]) -> bool {
-    let (_, port) = if a.first() == Some(&b'[') {
-        let Some(end) = a.iter().position(|&b| b == b']') else {
-            return false;
-        };
-        let inner = &a[1..end];
-        if inner.is_empty() || !inner.iter().all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.') {
-            return false;
-        }
-        a.split_at(end + 1)
-    } else {
-        let (host, port) = a.split_at(a.iter().position(|&b| b == b':').unwrap_or(a.len()));
-        if host.is_empty() || !host.iter().all(|&b| b.is_ascii_alphanumeric() || b"-._~".contains(&b)) {
-            return false;
-        }
-        (host, port)
-    };
-    port.is_empty() || (port[0] == b':' && port.len() <= 6 && port[1..].iter().all(u8::is_ascii_digit))
-}
-
-/// Where a header field's name and value sit in the buffer.
-type FieldAt = (usize, usize, usize, usize);
-
-fn offset_in(base: &[u8], part: &[u8]) -> (usize, usize) {
-    (part.as_ptr() as usize - base.as_ptr() as usize, part.len())
-}
-
-/// Parses the request head at the start of `buf` and splits it off; `Ok(None)` when more is needed.
-/// `at` is scratch space for the fields' positions (kept by the connection, so not allocated per request).
-///
-/// Beyond what `httparse` checks: every line ends with CRLF (as chunk lines and trailers must; a bare
-/// LF is refused, not taken as a line end), the request line and each field have their own length
-/// limits (414, 431), `Host` must be a valid authority, and an absolute-form target's authority
-/// replaces `Host` (RFC 9112 §3.2.2).
-fn parse_head(buf: &mut BytesMut, limits: &Limits, at: &mut Vec<FieldAt>) -> Result<Option<Head>, HeadError> {
-    let max = limits.max_header_bytes;
-    let bad = |msg: String| HeadError::Bad(StatusCode::BAD_REQUEST, msg);
-    let too_large = || {
-        HeadError::Bad(
-            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            format!("request head larger than {max} bytes or with more than {} fields", h1::MAX_HEADERS),
-        )
-    };
-    // Uninitialized: no 3 KiB of stores per request for fields most requests do not have.
-    let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; h1::MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut []);
-    let len = match httparse::ParserConfig::default().parse_request_with_uninit_headers(&mut req, buf, &mut fields) {
-        Ok(httparse::Status::Complete(len)) if len > max => return Err(too_large()),
-        Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(httparse::Error::TooManyHeaders) => return Err(too_large()),
-        Err(e) => return Err(bad(format!("invalid request head: {e}"))),
-    };
-    let version = match req.version {
-        Some(1) => Version::HTTP_11,
-        Some(0) => Version::HTTP_10,
-        _ => {
-            return Err(HeadError::Bad(
-                StatusCode::HTTP_VERSION_NOT_SUPPORTED,
-                "unsupported HTTP version".into(),
-            ))
-        }
-    };
-    let method = req.method.unwrap_or_default();
-    let method = Method::from_bytes(method.as_bytes()).map_err(|_| bad(format!("invalid method {method:?}")))?;
-    // canarygate never tunnels; a CONNECT forwarded as an ordinary request would reach a backend that
-    // did not expect one (nginx answers 405, HAProxy 400).
-    if method == Method::CONNECT {
-        return Err(HeadError::Bad(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "CONNECT is not supported (the gateway does not tunnel)".into(),
-        ));
-    }
-    let path = req.path.unwrap_or_default();
-    let path_at = offset_in(buf, path.as_bytes());
-    at.clear();
-    for h in req.headers.iter() {
-        let (ns, nl) = offset_in(buf, h.name.as_bytes());
-        let (vs, vl) = offset_in(buf, h.value);
-        at.push((ns, nl, vs, vl));
-    }
-    // Line ends and lengths: each line ends where the next begins, less its CRLF; the head ends with
-    // an empty line.
-    let crlf_before = |pos: usize| pos >= 2 && &buf[pos - 2..pos] == b"\r\n";
-    if !buf[..len].ends_with(b"\r\n\r\n") || !at.iter().all(|&(ns, ..)| crlf_before(ns)) {
-        return Err(bad("bare LF in the request head (lines end with CRLF)".into()));
-    }
-    let line_ends = at.iter().map(|&(ns, ..)| ns - 2).chain(std::iter::once(len - 4));
-    let mut starts = std::iter::once(0).chain(at.iter().map(|&(ns, ..)| ns));
-    for (i, end) in line_ends.enumerate() {
-        let start = starts.next().unwrap_or(end);
-        if i == 0 && end - start > limits.max_request_line {
-            return Err(request_line_too_long(limits.max_request_line));
-        }
-        if i > 0 && end - start > limits.max_field_bytes {
-            let (ns, nl, ..) = at[i - 1];
-            return Err(HeadError::Bad(
-                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                format!(
-                    "header field {} longer than {} bytes",
-                    String::from_utf8_lossy(&buf[ns..ns + nl]),
-                    limits.max_field_bytes
-                ),
-            ));
-        }
-    }
-    // Frozen, so the URI and the header values are slices of it rather than copies.
-    let bytes = buf.split_to(len).freeze();
-    let target = bytes.slice(path_at.0..path_at.0 + path_at.1);
-    let uri = Uri::from_maybe_shared(target.clone())
-        .map_err(|_| bad(format!("invalid request target {:?}", String::from_utf8_lossy(&target))))?;
-    // Room for the forwarding headers the proxy adds, so they do not grow the map.
-    let mut headers = HeaderMap::with_capacity(at.len() + 5);
-    let mut connection = h1::ConnectionOptions::default();
-    let mut expect_continue = false;
-    let mut transfer_encoding = false;
-    let mut hosts = 0;
-    for &(ns, nl, vs, vl) in at.iter() {
-        let name = &bytes[ns..ns + nl];
-        let name = HeaderName::from_bytes(name).map_err(|_| bad(format!("invalid header name {:?}", String::from_utf8_lossy(name))))?;
-        let value = HeaderValue::from_maybe_shared(bytes.slice(vs..vs + vl)).map_err(|_| bad(format!("invalid value of header {name}")))?;
-        if name == header::CONNECTION {
-            connection.add(&value);
-        } else if name == header::EXPECT {
-            expect_continue = value.as_bytes().eq_ignore_ascii_case(b"100-continue");
-        } else if name == header::TRANSFER_ENCODING {
-            transfer_encoding = true;
-        } else if name == header::HOST {
-            hosts += 1;
-            if !value.is_empty() && !valid_authority(value.as_bytes()) {
-                return Err(bad(format!("invalid host {:?}", String::from_utf8_lossy(value.as_bytes()))));
-            }
-        }
-        headers.append(name, value);
-    }
-    // RFC 9112 §3.2: an HTTP/1.1 request has exactly one Host field.
-    if hosts > 1 || (hosts == 0 && version == Version::HTTP_11) {
-        return Err(bad(format!("{hosts} host header fields (an HTTP/1.1 request has exactly one)")));
-    }
-    // The target is origin-form, `*` for OPTIONS, or absolute-form (whose authority is the host).
-    match (uri.scheme_str(), uri.authority()) {
-        (None, None) if target.starts_with(b"/") || (&target[..] == b"*" && method == Method::OPTIONS) => {}
-        (Some(scheme), Some(authority))
-            if (scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https"))
-                && valid_authority(authority.as_str().as_bytes()) =>
-        {
-            let host = HeaderValue::from_str(authority.as_str()).map_err(|_| bad("invalid request target".into()))?;
-            headers.insert(header::HOST, host);
-        }
-        _ => return Err(bad(format!("invalid request target {:?}", String::from_utf8_lossy(&target)))),
-    }
-    let framing = request_framing(&headers, transfer_encoding, version).map_err(|(status, msg)| HeadError::Bad(status, msg))?;
-    Ok(Some(Head {
-        method,
-        uri,
-        version,
-        headers,
-        keep_alive: connection.persistent(version),
-        framing,
-        expect_continue: expect_continue && version == Version::HTTP_11,
-    }))
-}
-
-/// The fuzz target over request heads (see [`crate::fuzz`]): parses `data` as a request head with the
-/// default limits and checks what a parsed head promises.
-pub(crate) fn fuzz_request_head(data: &[u8]) {
-    let limits = Limits::default();
-    let mut buf = BytesMut::from(data);
-    let mut at = Vec::new();
-    let head = match parse_head(&mut buf, &limits, &mut at) {
-        Ok(Some(head)) => head,
-        Ok(None) => {
-            assert_eq!(buf.len(), data.len(), "a partial head consumes nothing");
-            return;
-        }
-        Err(HeadError::Bad(status, msg)) => {
-            assert!(status.is_client_error() || status.is_server_error(), "{status}");
-            assert!(!msg.is_empty());
-            return;
-        }
-        Err(HeadError::Gone) => unreachable!("parsing alone never closes"),
-    };
-    let consumed = data.len() - buf.len();
-    assert!(
-        consumed >= 4 && data[..consumed].ends_with(b"\r\n\r\n"),
-        "a head ends with an empty line"
-    );
-    assert!(consumed <= limits.max_header_bytes);
-    assert!(head.headers.get_all(header::HOST).iter().count() <= 1);
-    if let Some(a) = head.uri.authority() {
-        assert_eq!(
-            head.headers.get(header::HOST).map(HeaderValue::as_bytes),
-            Some(a.as_str().as_bytes())
-        );
-    }
-    if let Some(host) = head.headers.get(header::HOST).filter(|h| !h.is_empty()) {
-        assert!(valid_authority(host.as_bytes()), "{host:?}");
-    }
-    if let Ok(path) = crate::path::resolve_dot_segments(head.uri.path()) {
-        assert!(path.is_empty() || path.starts_with('/') || path == "*", "{path}");
-        assert!(!path.split('/').any(|s| s == "." || s == ".."), "{path}");
-    }
-    // What follows is the body as the framing says: decoded in one piece or byte by byte, the same.
-    let rest = buf.freeze();
-    let max = limits.max_body_bytes;
-    crate::fuzz::same_in_pieces(Decoder::with_limit(head.framing, max), &rest, 1);
-}
-
-/// How the request body is delimited (RFC 9112 §6.3). A request with both `transfer-encoding` and
-/// `content-length` is refused (400), and so is any `transfer-encoding` other than exactly one
-/// `chunked` (501, as nginx answers): a proxy that guessed would let a request be smuggled past it.
-fn request_framing(headers: &HeaderMap, transfer_encoding: bool, version: Version) -> Result<Framing, (StatusCode, String)> {
-    let bad = |msg: String| (StatusCode::BAD_REQUEST, msg);
-    if transfer_encoding {
-        if version == Version::HTTP_10 {
-            return Err(bad("transfer-encoding in an HTTP/1.0 request".into()));
-        }
-        if headers.contains_key(header::CONTENT_LENGTH) {
-            return Err(bad("both transfer-encoding and content-length".into()));
-        }
-        let mut values = headers.get_all(header::TRANSFER_ENCODING).iter();
-        return match (values.next(), values.next()) {
-            (Some(v), None) if v.as_bytes().eq_ignore_ascii_case(b"chunked") => Ok(Framing::Chunked),
-            _ => Err((
-                StatusCode::NOT_IMPLEMENTED,
-                format!(
-                    "unsupported transfer-encoding {:?} (only chunked)",
-                    headers
-                        .get_all(header::TRANSFER_ENCODING)
-                        .iter()
-                        .map(|v| String::from_utf8_lossy(v.as_bytes()))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            )),
-        };
-    }
-    if headers.contains_key(header::CONTENT_LENGTH) {
-        return h1::content_length(headers)
-            .map(|n| if n == 0 { Framing::Empty } else { Framing::Length(n) })
-            .map_err(|_| {
-                let v: Vec<_> = headers
-                    .get_all(header::CONTENT_LENGTH)
-                    .iter()
-                    .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-                    .collect();
-                bad(format!("invalid content-length {:?}", v.join(", ")))
-            });
-    }
-    Ok(Framing::Empty)
-}
-
 /// The body of a client's request.
 pub type RequestBody = h1::WireBody<BodyReader>;
 
@@ -933,27 +618,6 @@ fn head_error(status: StatusCode, message: &str) -> Response<Body> {
     let mut r = json_error(status, message);
     r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
     r
-}
-
-thread_local! {
-    /// The `date` value of the current second, formatted once per second per worker.
-    static DATE: std::cell::RefCell<(u64, [u8; 29])> = const { std::cell::RefCell::new((0, [0; 29])) };
-}
-
-/// Appends the current time as an HTTP date (RFC 9110 §5.6.7).
-fn http_date(out: &mut Vec<u8>) {
-    let now = SystemTime::now();
-    let sec = now.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    DATE.with_borrow_mut(|(at, text)| {
-        if *at != sec || text[0] == 0 {
-            let s = httpdate::fmt_http_date(now);
-            if s.len() == text.len() {
-                text.copy_from_slice(s.as_bytes());
-                *at = sec;
-            }
-        }
-        out.extend_from_slice(text);
-    });
 }
 
 #[cfg(test)]
@@ -1218,27 +882,6 @@ mod tests {
         }
     }
 
-    #[test]
-    fn hosts_are_authorities() {
-        for ok in [
-            "a",
-            "api.example.com",
-            "a-b_c~d.e:8080",
-            "127.0.0.1",
-            "[::1]",
-            "[::1]:9090",
-            "x:",
-            "[fe80::1.2.3.4]:1",
-        ] {
-            assert!(valid_authority(ok.as_bytes()), "{ok}");
-        }
-        for bad in [
-            "", ":80", "a, b", "a,b", "a/b", "user@a", "a b", "a:8o", "a:123456", "[::1", "[]", "[::g]", "a%20b", "a\\b",
-        ] {
-            assert!(!valid_authority(bad.as_bytes()), "{bad}");
-        }
-    }
-
     #[tokio::test]
     async fn valid_targets_and_hosts_pass_the_head_checks() {
         let (addr, _, _) = gateway(Limits::default()).await;
@@ -1496,36 +1139,5 @@ mod tests {
         let mut s = TcpStream::connect(addr).await.unwrap();
         s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
         assert_eq!(response(&mut s, &mut Vec::new()).await.0, 404);
-    }
-
-    #[test]
-    fn request_framing_follows_rfc_9112() {
-        let h = |pairs: &[(&'static str, &'static str)]| {
-            let mut m = HeaderMap::new();
-            for (k, v) in pairs {
-                m.append(*k, HeaderValue::from_static(v));
-            }
-            m
-        };
-        assert_eq!(request_framing(&h(&[]), false, Version::HTTP_11), Ok(Framing::Empty));
-        assert_eq!(
-            request_framing(&h(&[("content-length", "0")]), false, Version::HTTP_11),
-            Ok(Framing::Empty)
-        );
-        assert_eq!(
-            request_framing(&h(&[("content-length", "12")]), false, Version::HTTP_11),
-            Ok(Framing::Length(12))
-        );
-        assert_eq!(
-            request_framing(&h(&[("content-length", "12"), ("content-length", "12")]), false, Version::HTTP_11),
-            Ok(Framing::Length(12))
-        );
-        assert_eq!(
-            request_framing(&h(&[("transfer-encoding", "Chunked")]), true, Version::HTTP_11),
-            Ok(Framing::Chunked)
-        );
-        assert!(request_framing(&h(&[("transfer-encoding", "gzip, chunked")]), true, Version::HTTP_11).is_err());
-        assert!(request_framing(&h(&[("transfer-encoding", "chunked")]), true, Version::HTTP_10).is_err());
-        assert!(request_framing(&h(&[("content-length", "1x")]), false, Version::HTTP_11).is_err());
     }
 }

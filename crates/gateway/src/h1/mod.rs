@@ -1,10 +1,15 @@
-//! The HTTP/1.1 wire format on the upstream side, with no I/O: request heads written, response heads
-//! parsed (with `httparse`, as hyper does) and response bodies framed and decoded (RFC 9112 §6).
+//! The HTTP/1.1 wire format, with no I/O. This module: the upstream side — request heads written,
+//! response heads parsed (with `httparse`, as hyper does) — and bodies framed and decoded in both
+//! directions (RFC 9112 §6); [`request`]: a client's request head parsed; [`response`]: the response head
+//! written to a client. The connection drivers ([`crate::server`], [`crate::upstream`]) do the I/O.
 //!
 //! The client side of the gateway is narrow — it writes requests the gateway itself built and reads
 //! responses from upstreams it was configured with — so it runs in the request's own task (see
 //! [`crate::upstream`]) instead of behind a connection task and channels, and holds a read buffer only
 //! while a response is in flight.
+
+pub(crate) mod request;
+pub(crate) mod response;
 
 use std::mem::MaybeUninit;
 

@@ -1,0 +1,298 @@
+//! The request side of the HTTP/1.1 codec, without I/O: a client's request head parsed (on `httparse`,
+//! held to hyper's strictness and more: see [`parse_request_head`]) with the framing of the body that
+//! follows it.
+
+use std::mem::MaybeUninit;
+
+use bytes::BytesMut;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, StatusCode, Uri, Version};
+
+use super::Framing;
+use crate::Limits;
+
+/// A request head that must be refused: the status to answer with (400, 414, 431, 501, ...) and why.
+/// The connection closes after it.
+#[derive(Debug)]
+pub(crate) struct BadHead(pub(crate) StatusCode, pub(crate) String);
+
+/// A request head, parsed.
+pub(crate) struct RequestHead {
+    pub(crate) method: Method,
+    pub(crate) uri: Uri,
+    pub(crate) version: Version,
+    pub(crate) headers: HeaderMap,
+    pub(crate) keep_alive: bool,
+    pub(crate) framing: Framing,
+    pub(crate) expect_continue: bool,
+}
+
+pub(crate) fn request_line_too_long(max: usize) -> BadHead {
+    BadHead(StatusCode::URI_TOO_LONG, format!("request line longer than {max} bytes"))
+}
+
+/// Whether `a` is a valid `Host` (RFC 9112 §3.2, RFC 3986 §3.2.2): a name of letters, digits and
+/// `-._~`, an IPv4 address, or an IPv6 literal in brackets, with an optional port. Stricter than the
+/// RFC's reg-name (no sub-delims, no percent-encoding): a `Host` of `a, b`, `a/b` or `user@a` is
+/// refused rather than copied into `x-forwarded-host` or matched against a domain.
+pub(crate) fn valid_authority(a: &[u8]) -> bool {
+    let (_, port) = if a.first() == Some(&b'[') {
+        let Some(end) = a.iter().position(|&b| b == b']') else {
+            return false;
+        };
+        let inner = &a[1..end];
+        if inner.is_empty() || !inner.iter().all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.') {
+            return false;
+        }
+        a.split_at(end + 1)
+    } else {
+        let (host, port) = a.split_at(a.iter().position(|&b| b == b':').unwrap_or(a.len()));
+        if host.is_empty() || !host.iter().all(|&b| b.is_ascii_alphanumeric() || b"-._~".contains(&b)) {
+            return false;
+        }
+        (host, port)
+    };
+    port.is_empty() || (port[0] == b':' && port.len() <= 6 && port[1..].iter().all(u8::is_ascii_digit))
+}
+
+/// Where a header field's name and value sit in the buffer.
+pub(crate) type FieldAt = (usize, usize, usize, usize);
+
+fn offset_in(base: &[u8], part: &[u8]) -> (usize, usize) {
+    (part.as_ptr() as usize - base.as_ptr() as usize, part.len())
+}
+
+/// Parses the request head at the start of `buf` and splits it off; `Ok(None)` when more is needed.
+/// `at` is scratch space for the fields' positions (kept by the connection, so not allocated per request).
+///
+/// Beyond what `httparse` checks: every line ends with CRLF (as chunk lines and trailers must; a bare
+/// LF is refused, not taken as a line end), the request line and each field have their own length
+/// limits (414, 431), `Host` must be a valid authority, and an absolute-form target's authority
+/// replaces `Host` (RFC 9112 §3.2.2).
+pub(crate) fn parse_request_head(buf: &mut BytesMut, limits: &Limits, at: &mut Vec<FieldAt>) -> Result<Option<RequestHead>, BadHead> {
+    let max = limits.max_header_bytes;
+    let bad = |msg: String| BadHead(StatusCode::BAD_REQUEST, msg);
+    let too_large = || {
+        BadHead(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            format!(
+                "request head larger than {max} bytes or with more than {} fields",
+                super::MAX_HEADERS
+            ),
+        )
+    };
+    // Uninitialized: no 3 KiB of stores per request for fields most requests do not have.
+    let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; super::MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    let len = match httparse::ParserConfig::default().parse_request_with_uninit_headers(&mut req, buf, &mut fields) {
+        Ok(httparse::Status::Complete(len)) if len > max => return Err(too_large()),
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(too_large()),
+        Err(e) => return Err(bad(format!("invalid request head: {e}"))),
+    };
+    let version = match req.version {
+        Some(1) => Version::HTTP_11,
+        Some(0) => Version::HTTP_10,
+        _ => return Err(BadHead(StatusCode::HTTP_VERSION_NOT_SUPPORTED, "unsupported HTTP version".into())),
+    };
+    let method = req.method.unwrap_or_default();
+    let method = Method::from_bytes(method.as_bytes()).map_err(|_| bad(format!("invalid method {method:?}")))?;
+    // canarygate never tunnels; a CONNECT forwarded as an ordinary request would reach a backend that
+    // did not expect one (nginx answers 405, HAProxy 400).
+    if method == Method::CONNECT {
+        return Err(BadHead(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "CONNECT is not supported (the gateway does not tunnel)".into(),
+        ));
+    }
+    let path = req.path.unwrap_or_default();
+    let path_at = offset_in(buf, path.as_bytes());
+    at.clear();
+    for h in req.headers.iter() {
+        let (ns, nl) = offset_in(buf, h.name.as_bytes());
+        let (vs, vl) = offset_in(buf, h.value);
+        at.push((ns, nl, vs, vl));
+    }
+    // Line ends and lengths: each line ends where the next begins, less its CRLF; the head ends with
+    // an empty line.
+    let crlf_before = |pos: usize| pos >= 2 && &buf[pos - 2..pos] == b"\r\n";
+    if !buf[..len].ends_with(b"\r\n\r\n") || !at.iter().all(|&(ns, ..)| crlf_before(ns)) {
+        return Err(bad("bare LF in the request head (lines end with CRLF)".into()));
+    }
+    let line_ends = at.iter().map(|&(ns, ..)| ns - 2).chain(std::iter::once(len - 4));
+    let mut starts = std::iter::once(0).chain(at.iter().map(|&(ns, ..)| ns));
+    for (i, end) in line_ends.enumerate() {
+        let start = starts.next().unwrap_or(end);
+        if i == 0 && end - start > limits.max_request_line {
+            return Err(request_line_too_long(limits.max_request_line));
+        }
+        if i > 0 && end - start > limits.max_field_bytes {
+            let (ns, nl, ..) = at[i - 1];
+            return Err(BadHead(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                format!(
+                    "header field {} longer than {} bytes",
+                    String::from_utf8_lossy(&buf[ns..ns + nl]),
+                    limits.max_field_bytes
+                ),
+            ));
+        }
+    }
+    // Frozen, so the URI and the header values are slices of it rather than copies.
+    let bytes = buf.split_to(len).freeze();
+    let target = bytes.slice(path_at.0..path_at.0 + path_at.1);
+    let uri = Uri::from_maybe_shared(target.clone())
+        .map_err(|_| bad(format!("invalid request target {:?}", String::from_utf8_lossy(&target))))?;
+    // Room for the forwarding headers the proxy adds, so they do not grow the map.
+    let mut headers = HeaderMap::with_capacity(at.len() + 5);
+    let mut connection = super::ConnectionOptions::default();
+    let mut expect_continue = false;
+    let mut transfer_encoding = false;
+    let mut hosts = 0;
+    for &(ns, nl, vs, vl) in at.iter() {
+        let name = &bytes[ns..ns + nl];
+        let name = HeaderName::from_bytes(name).map_err(|_| bad(format!("invalid header name {:?}", String::from_utf8_lossy(name))))?;
+        let value = HeaderValue::from_maybe_shared(bytes.slice(vs..vs + vl)).map_err(|_| bad(format!("invalid value of header {name}")))?;
+        if name == header::CONNECTION {
+            connection.add(&value);
+        } else if name == header::EXPECT {
+            expect_continue = value.as_bytes().eq_ignore_ascii_case(b"100-continue");
+        } else if name == header::TRANSFER_ENCODING {
+            transfer_encoding = true;
+        } else if name == header::HOST {
+            hosts += 1;
+            if !value.is_empty() && !valid_authority(value.as_bytes()) {
+                return Err(bad(format!("invalid host {:?}", String::from_utf8_lossy(value.as_bytes()))));
+            }
+        }
+        headers.append(name, value);
+    }
+    // RFC 9112 §3.2: an HTTP/1.1 request has exactly one Host field.
+    if hosts > 1 || (hosts == 0 && version == Version::HTTP_11) {
+        return Err(bad(format!("{hosts} host header fields (an HTTP/1.1 request has exactly one)")));
+    }
+    // The target is origin-form, `*` for OPTIONS, or absolute-form (whose authority is the host).
+    match (uri.scheme_str(), uri.authority()) {
+        (None, None) if target.starts_with(b"/") || (&target[..] == b"*" && method == Method::OPTIONS) => {}
+        (Some(scheme), Some(authority))
+            if (scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https"))
+                && valid_authority(authority.as_str().as_bytes()) =>
+        {
+            let host = HeaderValue::from_str(authority.as_str()).map_err(|_| bad("invalid request target".into()))?;
+            headers.insert(header::HOST, host);
+        }
+        _ => return Err(bad(format!("invalid request target {:?}", String::from_utf8_lossy(&target)))),
+    }
+    let framing = request_framing(&headers, transfer_encoding, version).map_err(|(status, msg)| BadHead(status, msg))?;
+    Ok(Some(RequestHead {
+        method,
+        uri,
+        version,
+        headers,
+        keep_alive: connection.persistent(version),
+        framing,
+        expect_continue: expect_continue && version == Version::HTTP_11,
+    }))
+}
+
+/// How the request body is delimited (RFC 9112 §6.3). A request with both `transfer-encoding` and
+/// `content-length` is refused (400), and so is any `transfer-encoding` other than exactly one
+/// `chunked` (501, as nginx answers): a proxy that guessed would let a request be smuggled past it.
+pub(crate) fn request_framing(headers: &HeaderMap, transfer_encoding: bool, version: Version) -> Result<Framing, (StatusCode, String)> {
+    let bad = |msg: String| (StatusCode::BAD_REQUEST, msg);
+    if transfer_encoding {
+        if version == Version::HTTP_10 {
+            return Err(bad("transfer-encoding in an HTTP/1.0 request".into()));
+        }
+        if headers.contains_key(header::CONTENT_LENGTH) {
+            return Err(bad("both transfer-encoding and content-length".into()));
+        }
+        let mut values = headers.get_all(header::TRANSFER_ENCODING).iter();
+        return match (values.next(), values.next()) {
+            (Some(v), None) if v.as_bytes().eq_ignore_ascii_case(b"chunked") => Ok(Framing::Chunked),
+            _ => Err((
+                StatusCode::NOT_IMPLEMENTED,
+                format!(
+                    "unsupported transfer-encoding {:?} (only chunked)",
+                    headers
+                        .get_all(header::TRANSFER_ENCODING)
+                        .iter()
+                        .map(|v| String::from_utf8_lossy(v.as_bytes()))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            )),
+        };
+    }
+    if headers.contains_key(header::CONTENT_LENGTH) {
+        return super::content_length(headers)
+            .map(|n| if n == 0 { Framing::Empty } else { Framing::Length(n) })
+            .map_err(|_| {
+                let v: Vec<_> = headers
+                    .get_all(header::CONTENT_LENGTH)
+                    .iter()
+                    .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                    .collect();
+                bad(format!("invalid content-length {:?}", v.join(", ")))
+            });
+    }
+    Ok(Framing::Empty)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_are_authorities() {
+        for ok in [
+            "a",
+            "api.example.com",
+            "a-b_c~d.e:8080",
+            "127.0.0.1",
+            "[::1]",
+            "[::1]:9090",
+            "x:",
+            "[fe80::1.2.3.4]:1",
+        ] {
+            assert!(valid_authority(ok.as_bytes()), "{ok}");
+        }
+        for bad in [
+            "", ":80", "a, b", "a,b", "a/b", "user@a", "a b", "a:8o", "a:123456", "[::1", "[]", "[::g]", "a%20b", "a\\b",
+        ] {
+            assert!(!valid_authority(bad.as_bytes()), "{bad}");
+        }
+    }
+
+    #[test]
+    fn request_framing_follows_rfc_9112() {
+        let h = |pairs: &[(&'static str, &'static str)]| {
+            let mut m = HeaderMap::new();
+            for (k, v) in pairs {
+                m.append(*k, HeaderValue::from_static(v));
+            }
+            m
+        };
+        assert_eq!(request_framing(&h(&[]), false, Version::HTTP_11), Ok(Framing::Empty));
+        assert_eq!(
+            request_framing(&h(&[("content-length", "0")]), false, Version::HTTP_11),
+            Ok(Framing::Empty)
+        );
+        assert_eq!(
+            request_framing(&h(&[("content-length", "12")]), false, Version::HTTP_11),
+            Ok(Framing::Length(12))
+        );
+        assert_eq!(
+            request_framing(&h(&[("content-length", "12"), ("content-length", "12")]), false, Version::HTTP_11),
+            Ok(Framing::Length(12))
+        );
+        assert_eq!(
+            request_framing(&h(&[("transfer-encoding", "Chunked")]), true, Version::HTTP_11),
+            Ok(Framing::Chunked)
+        );
+        assert!(request_framing(&h(&[("transfer-encoding", "gzip, chunked")]), true, Version::HTTP_11).is_err());
+        assert!(request_framing(&h(&[("transfer-encoding", "chunked")]), true, Version::HTTP_10).is_err());
+        assert!(request_framing(&h(&[("content-length", "1x")]), false, Version::HTTP_11).is_err());
+    }
+}

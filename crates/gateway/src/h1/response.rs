@@ -1,0 +1,165 @@
+//! The response side of the HTTP/1.1 codec, without I/O: the head the gateway writes to its client
+//! (status line, the response's fields less the framing ones, `date`, and the framing and persistence
+//! it chooses).
+
+use std::time::SystemTime;
+
+use http::header;
+use http::StatusCode;
+
+/// How a response written by [`encode_response_head`] is framed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ResponseFraming {
+    /// No body follows (a HEAD's response, 1xx, 204, 304).
+    pub(crate) bodyless: bool,
+    /// The body follows as chunks.
+    pub(crate) chunked: bool,
+    /// The connection may carry another request afterwards.
+    pub(crate) keep_alive: bool,
+}
+
+/// Appends the response head for `parts` to `out`. `exact` is the body's length when known; without it
+/// the body is chunked, except to an HTTP/1.0 client (then it runs until the connection closes). With
+/// `keep_alive` false, or when the response says `connection: close` or has no length to an HTTP/1.0
+/// client, the head says `connection: close`.
+pub(crate) fn encode_response_head(
+    out: &mut Vec<u8>,
+    parts: &http::response::Parts,
+    exact: Option<u64>,
+    is_head: bool,
+    http10: bool,
+    keep_alive: bool,
+) -> ResponseFraming {
+    let status = parts.status;
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    let no_body_status = status.is_informational() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
+    let bodyless = is_head || no_body_status;
+    let length = if !bodyless {
+        exact
+    } else if is_head && !parts.headers.contains_key(header::CONTENT_LENGTH) {
+        // The length a GET would have had, when known (as hyper does).
+        exact.filter(|_| !no_body_status)
+    } else {
+        None
+    };
+    let chunked = !bodyless && length.is_none() && !http10;
+    let mut keep_alive = keep_alive && (bodyless || length.is_some() || chunked);
+    let mut has_date = false;
+    for (name, value) in &parts.headers {
+        if name == header::CONNECTION {
+            keep_alive &= !value.as_bytes().eq_ignore_ascii_case(b"close");
+            continue;
+        }
+        // The framing is ours; a response without a body keeps the length it describes.
+        if name == header::TRANSFER_ENCODING || (name == header::CONTENT_LENGTH && !bodyless) {
+            continue;
+        }
+        has_date |= name == header::DATE;
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if !has_date {
+        out.extend_from_slice(b"date: ");
+        http_date(out);
+        out.extend_from_slice(b"\r\n");
+    }
+    if let Some(n) = length {
+        out.extend_from_slice(b"content-length: ");
+        out.extend_from_slice(super::itoa(n, &mut [0; 20]));
+        out.extend_from_slice(b"\r\n");
+    } else if chunked {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    }
+    if !keep_alive {
+        out.extend_from_slice(b"connection: close\r\n");
+    } else if http10 {
+        out.extend_from_slice(b"connection: keep-alive\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    ResponseFraming {
+        bodyless,
+        chunked,
+        keep_alive,
+    }
+}
+
+thread_local! {
+    /// The `date` value of the current second, formatted once per second per worker.
+    static DATE: std::cell::RefCell<(u64, [u8; 29])> = const { std::cell::RefCell::new((0, [0; 29])) };
+}
+
+/// Appends the current time as an HTTP date (RFC 9110 §5.6.7).
+fn http_date(out: &mut Vec<u8>) {
+    let now = SystemTime::now();
+    let sec = now.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    DATE.with_borrow_mut(|(at, text)| {
+        if *at != sec || text[0] == 0 {
+            let s = httpdate::fmt_http_date(now);
+            if s.len() == text.len() {
+                text.copy_from_slice(s.as_bytes());
+                *at = sec;
+            }
+        }
+        out.extend_from_slice(text);
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(status: u16, headers: &[(&'static str, &'static str)]) -> http::response::Parts {
+        let mut r = http::Response::new(());
+        *r.status_mut() = StatusCode::from_u16(status).unwrap();
+        for (k, v) in headers {
+            r.headers_mut().append(*k, http::HeaderValue::from_static(v));
+        }
+        r.into_parts().0
+    }
+
+    fn encode(
+        parts: &http::response::Parts,
+        exact: Option<u64>,
+        is_head: bool,
+        http10: bool,
+        keep_alive: bool,
+    ) -> (String, ResponseFraming) {
+        let mut out = Vec::new();
+        let f = encode_response_head(&mut out, parts, exact, is_head, http10, keep_alive);
+        (String::from_utf8(out).unwrap(), f)
+    }
+
+    #[test]
+    fn framing_follows_the_length_the_version_and_the_method() {
+        let p = head(200, &[("content-length", "99"), ("transfer-encoding", "chunked"), ("x-a", "1")]);
+        let (text, f) = encode(&p, Some(5), false, false, true);
+        assert!(text.starts_with("HTTP/1.1 200 OK\r\nx-a: 1\r\ndate: "), "{text}");
+        assert!(text.ends_with("content-length: 5\r\n\r\n"), "the framing is ours: {text}");
+        assert_eq!((f.bodyless, f.chunked, f.keep_alive), (false, false, true));
+        let (text, f) = encode(&p, None, false, false, true);
+        assert!(
+            text.contains("transfer-encoding: chunked\r\n") && f.chunked && f.keep_alive,
+            "{text}"
+        );
+        // HTTP/1.0 without a length: the body runs until the connection closes.
+        let (text, f) = encode(&p, None, false, true, true);
+        assert!(text.contains("connection: close\r\n") && !f.chunked && !f.keep_alive, "{text}");
+        // A HEAD keeps the length its GET would have had; a 304 keeps the one it states.
+        let (text, f) = encode(&head(200, &[]), Some(7), true, false, true);
+        assert!(text.contains("content-length: 7\r\n") && f.bodyless, "{text}");
+        let (text, f) = encode(&head(304, &[("content-length", "12")]), None, false, false, true);
+        assert!(text.contains("content-length: 12\r\n") && f.bodyless && f.keep_alive, "{text}");
+        // The upstream's `connection: close` and a date it set are honoured.
+        let (text, f) = encode(&head(200, &[("connection", "close"), ("date", "x")]), Some(0), false, false, true);
+        assert!(
+            !f.keep_alive && text.contains("date: x\r\n") && text.matches("date:").count() == 1,
+            "{text}"
+        );
+    }
+}
