@@ -9,24 +9,27 @@
 #![deny(rust_2018_idioms)]
 #![forbid(unsafe_code)]
 
-pub mod access_log;
-pub mod body;
+// Dependencies point one way: the drivers (`server`, `upstream`) over the per-request flow (`request`,
+// then `proxy`, `mirror`, `cache`) over the codec (`h1`) and the shared types (`body`, `error`,
+// `exchange`, `table`).
+mod access_log;
+mod body;
 mod body_read;
-pub mod cache;
-pub mod choose;
-pub mod error;
+mod cache;
+mod choose;
+mod error;
 mod exchange;
 #[doc(hidden)]
 pub mod fuzz;
-pub mod h1;
+mod h1;
 mod mirror;
-pub mod path;
+mod path;
 mod proxy;
 mod request;
-pub mod server;
-pub mod table;
+mod server;
+mod table;
 mod trace;
-pub mod upstream;
+mod upstream;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -285,7 +285,7 @@ where
         };
     }
     let mut headers = std::mem::take(&mut parts.headers);
-    // The client's Host is not forwarded: the upstream request head writes the upstream's (h1.rs).
+    // The client's Host is not forwarded: the upstream request head writes the upstream's (h1/mod.rs).
     strip_hop_by_hop(&mut headers);
     let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(prev) => HeaderValue::try_from(format!("{prev}, {}", peer.addr.ip())).ok(),

@@ -38,7 +38,7 @@ use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::{Body as _, Frame};
 use http_body_util::BodyExt as _;
-use tokio::io::AsyncWrite as _;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
@@ -132,10 +132,29 @@ impl From<BadHead> for HeadError {
     }
 }
 
-struct Conn {
+/// A client connection's byte stream (plain TCP; TLS to come), split into a read half and a write half
+/// that two owners can use at once: the connection keeps the write half, and lends the read half to a
+/// request body that is still arriving.
+pub(crate) trait Split {
+    type Read: AsyncRead + Unpin + Send + 'static;
+    type Write: AsyncWrite + Unpin + Send + 'static;
+    fn split(self) -> (Self::Read, Self::Write);
+}
+
+impl Split for TcpStream {
+    type Read = OwnedReadHalf;
+    type Write = OwnedWriteHalf;
+
+    /// No lock between the halves (unlike `tokio::io::split`).
+    fn split(self) -> (OwnedReadHalf, OwnedWriteHalf) {
+        self.into_split()
+    }
+}
+
+struct Conn<R, W> {
     /// `None` while lent to a request body.
-    rd: Option<OwnedReadHalf>,
-    wr: OwnedWriteHalf,
+    rd: Option<R>,
+    wr: W,
     buf: BytesMut,
     out: Vec<u8>,
     timer: Option<Pin<Box<Sleep>>>,
@@ -146,7 +165,7 @@ struct Conn {
 }
 
 /// Serves one client connection until it closes.
-pub(crate) async fn serve_connection(gw: Arc<Gateway>, stream: TcpStream, peer: Peer, ctl: Arc<ConnCtl>) {
+pub(crate) async fn serve_connection<S: Split>(gw: Arc<Gateway>, stream: S, peer: Peer, ctl: Arc<ConnCtl>) {
     let mut c = Conn::new(stream);
     let limits = &gw.limits;
     let mut first = true;
@@ -209,16 +228,16 @@ pub(crate) async fn serve_connection(gw: Arc<Gateway>, stream: TcpStream, peer: 
 }
 
 /// What a body lent the connection's read half gives back when it is done or dropped.
-struct Lent {
-    rd: OwnedReadHalf,
+struct Lent<R> {
+    rd: R,
     buf: BytesMut,
     /// Whether the body was read to its end (the connection can carry another request).
     done: bool,
 }
 
-impl Conn {
-    fn new(stream: TcpStream) -> Conn {
-        let (rd, wr) = stream.into_split();
+impl<R: AsyncRead + Unpin + Send + 'static, W: AsyncWrite + Unpin> Conn<R, W> {
+    fn new<S: Split<Read = R, Write = W>>(stream: S) -> Conn<R, W> {
+        let (rd, wr) = stream.split();
         Conn {
             rd: Some(rd),
             wr,
@@ -293,7 +312,11 @@ impl Conn {
     /// a body that ends in them is handed over whole (and forwarded with a content-length), and a
     /// framing error or a chunk over the body limit in them is the body's first frame, so the request
     /// fails with nothing sent upstream.
-    async fn request_body(&mut self, head: &RequestHead, limits: &Limits) -> io::Result<(RequestBody, Option<oneshot::Receiver<Lent>>)> {
+    async fn request_body(
+        &mut self,
+        head: &RequestHead,
+        limits: &Limits,
+    ) -> io::Result<(RequestBody<R>, Option<oneshot::Receiver<Lent<R>>>)> {
         let max = limits.max_body_bytes;
         let mut decoder = Decoder::with_limit(head.framing, max);
         let mut first = None;
@@ -505,7 +528,7 @@ fn poll_deadline(timer: &mut Option<Pin<Box<Sleep>>>, at: Instant, cx: &mut Cont
 
 /// Writes all of `buf`; a client that takes nothing for [`SEND_TIMEOUT`] while we wait to write is
 /// given up on (the timer is armed only when a write has to wait).
-async fn write_all(wr: &mut OwnedWriteHalf, timer: &mut Option<Pin<Box<Sleep>>>, mut buf: &[u8]) -> io::Result<()> {
+async fn write_all<W: AsyncWrite + Unpin>(wr: &mut W, timer: &mut Option<Pin<Box<Sleep>>>, mut buf: &[u8]) -> io::Result<()> {
     while !buf.is_empty() {
         let mut deadline = None;
         let n = poll_fn(|cx| {
@@ -534,18 +557,18 @@ fn concat(mut pieces: Vec<Bytes>) -> Option<Bytes> {
 }
 
 /// The body of a client's request.
-pub type RequestBody = h1::WireBody<BodyReader>;
+pub(crate) type RequestBody<R> = h1::WireBody<BodyReader<R>>;
 
 /// A request body read from the connection, which it borrows and gives back when done or dropped.
-pub struct BodyReader {
+pub(crate) struct BodyReader<R> {
     /// `None` once given back.
-    lent: Option<(OwnedReadHalf, oneshot::Sender<Lent>)>,
+    lent: Option<(R, oneshot::Sender<Lent<R>>)>,
     read: BodyRead,
     /// What was decoded from the bytes that came with the head, passed on first.
     first: Option<Result<Bytes, ClientBodyError>>,
 }
 
-impl h1::Arriving for BodyReader {
+impl<R: AsyncRead + Unpin> h1::Arriving for BodyReader<R> {
     fn poll_data(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         self.read(cx)
     }
@@ -555,7 +578,7 @@ impl h1::Arriving for BodyReader {
     }
 }
 
-impl BodyReader {
+impl<R> BodyReader<R> {
     fn give_back(&mut self) {
         if let Some((rd, tx)) = self.lent.take() {
             let done = self.read.decoder.is_done();
@@ -579,7 +602,9 @@ impl BodyReader {
         }
         Poll::Ready(Some(Err(e.into())))
     }
+}
 
+impl<R: AsyncRead + Unpin> BodyReader<R> {
     fn read(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.first.take() {
             Some(Ok(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
@@ -606,7 +631,7 @@ impl BodyReader {
     }
 }
 
-impl Drop for BodyReader {
+impl<R> Drop for BodyReader<R> {
     fn drop(&mut self) {
         self.give_back();
     }

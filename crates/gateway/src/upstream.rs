@@ -24,7 +24,9 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::future::{poll_fn, Future as _};
 use std::io;
+use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -35,7 +37,7 @@ use http::uri::Authority;
 use http::{Method, Request, Response};
 use http_body::{Body as _, Frame};
 use http_body_util::BodyExt as _;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio::time::Instant as Clock;
 
@@ -51,6 +53,35 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 /// The first read of a response: room for a usual head and a small body. It grows as needed.
 const FIRST_READ: usize = 4096;
+
+/// An upstream connection as the driver uses it: any byte stream (plain TCP; TLS to come) that can say
+/// whether it is still open while idle, and go back to this worker's pool.
+pub(crate) trait Connection: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// Whether an idle connection is still open: nothing to read (no end-of-file, no stray bytes).
+    fn is_open(&self) -> bool;
+    /// Back into this worker's pool for `authority` (or closed, when the pool is full).
+    fn checkin(self, authority: &str);
+}
+
+impl Connection for TcpStream {
+    /// Costs no system call unless the socket became readable since its last read.
+    fn is_open(&self) -> bool {
+        matches!(self.try_read(&mut [0u8; 1]), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    }
+
+    fn checkin(self, authority: &str) {
+        HOSTS.with_borrow_mut(|hosts| {
+            let Some(h) = hosts.get_mut(authority) else { return };
+            // Full: the connection is dropped, which closes it.
+            if h.idle.len() < MAX_IDLE_PER_HOST {
+                h.idle.push(Idle {
+                    stream: self,
+                    since: Instant::now(),
+                });
+            }
+        });
+    }
+}
 
 struct Idle {
     stream: TcpStream,
@@ -262,8 +293,8 @@ impl Call<'_> {
 }
 
 /// A response head read, with the connection it came on.
-struct Exchanged {
-    stream: TcpStream,
+struct Exchanged<S> {
+    stream: S,
     head: h1::Head,
     /// What was read after the head.
     rest: Bytes,
@@ -278,6 +309,14 @@ enum Event<T> {
     Client(T),
 }
 
+/// What happened first while a write to the upstream waited.
+enum Watched {
+    Upstream(io::Result<usize>),
+    Wrote(io::Result<usize>),
+    /// The response head's deadline passed.
+    TimedOut,
+}
+
 /// Why a write to the upstream stopped.
 enum Stopped {
     /// The upstream answered first (an early answer, with what followed its head).
@@ -289,27 +328,34 @@ enum Stopped {
 
 /// Writes `data`, watching the connection for an answer while a write has to wait. The first
 /// attempt is a plain write (no read is polled when the socket takes it all, as it usually does).
-async fn write_watching(stream: &mut TcpStream, data: &[u8], buf: &mut BytesMut, call: &Call<'_>) -> Result<(), Stopped> {
+async fn write_watching<S: Connection>(stream: &mut S, data: &[u8], buf: &mut BytesMut, call: &Call<'_>) -> Result<(), Stopped> {
     let mut pos = 0;
     while pos < data.len() {
         let event = match stream.write(&data[pos..]).now_or_never() {
-            Some(w) => Event::Client(Ok(w)),
+            Some(w) => Watched::Wrote(w),
             None => {
-                // A write that has not completed has written nothing: it may be dropped.
-                let (mut rd, mut wr) = stream.split();
-                tokio::select! {
-                    biased;
-                    r = rd.read_buf(buf) => Event::Upstream(r),
-                    w = tokio::time::timeout_at(*call.deadline, wr.write(&data[pos..])) => Event::Client(w),
-                }
+                // A write that has not completed has written nothing: it may be given up. Reads come
+                // first (an answer wins over the rest of the request), then the write, then the deadline.
+                let deadline = tokio::time::sleep_until(*call.deadline);
+                tokio::pin!(deadline);
+                poll_fn(|cx| {
+                    if let Poll::Ready(r) = tokio_util::io::poll_read_buf(Pin::new(&mut *stream), cx, buf) {
+                        return Poll::Ready(Watched::Upstream(r));
+                    }
+                    if let Poll::Ready(w) = Pin::new(&mut *stream).poll_write(cx, &data[pos..]) {
+                        return Poll::Ready(Watched::Wrote(w));
+                    }
+                    deadline.as_mut().poll(cx).map(|()| Watched::TimedOut)
+                })
+                .await
             }
         };
         match event {
-            Event::Client(Ok(Ok(0))) => return Err(Stopped::Write(io::ErrorKind::WriteZero.into())),
-            Event::Client(Ok(Ok(n))) => pos += n,
-            Event::Client(Ok(Err(e))) => return Err(Stopped::Write(e)),
-            Event::Client(Err(_)) => return Err(Stopped::Failed(call.timed_out())),
-            Event::Upstream(r) => {
+            Watched::Wrote(Ok(0)) => return Err(Stopped::Write(io::ErrorKind::WriteZero.into())),
+            Watched::Wrote(Ok(n)) => pos += n,
+            Watched::Wrote(Err(e)) => return Err(Stopped::Write(e)),
+            Watched::TimedOut => return Err(Stopped::Failed(call.timed_out())),
+            Watched::Upstream(r) => {
                 if let Some((head, rest)) = early_answer(buf, r, call.method).map_err(Stopped::Failed)? {
                     return Err(Stopped::Answered(head, rest));
                 }
@@ -320,14 +366,14 @@ async fn write_watching(stream: &mut TcpStream, data: &[u8], buf: &mut BytesMut,
 }
 
 /// Writes the request (the rest of its body streamed from `body`) and reads the response head.
-async fn exchange(
-    mut stream: TcpStream,
+async fn exchange<S: Connection>(
+    mut stream: S,
     head: &[u8],
     body: &mut Body,
     more: bool,
     writer: &mut BodyWriter,
     mut call: Call<'_>,
-) -> Result<Exchanged, Failed> {
+) -> Result<Exchanged<S>, Failed> {
     let mut buf = BytesMut::new();
     // The usual request goes out in one write: the head, with a body that came with it. Anything more
     // (a head the socket did not take at once, a body still arriving) is sent watching for an early
@@ -385,8 +431,8 @@ async fn exchange(
 /// Sends what is left of the request: `data` (the rest of its head), then the body as it arrives,
 /// watching the connection for an early answer. The time spent waiting for the client's body does not
 /// count against the upstream (it moves the deadline later).
-async fn send_rest(
-    stream: &mut TcpStream,
+async fn send_rest<S: Connection>(
+    stream: &mut S,
     mut data: &[u8],
     body: &mut Body,
     mut more: bool,
@@ -401,14 +447,13 @@ async fn send_rest(
             return Ok(());
         }
         let waiting = Clock::now();
-        let event = {
-            let (mut rd, _) = stream.split();
-            tokio::select! {
-                biased;
-                r = rd.read_buf(buf) => Event::Upstream(r),
-                f = body.frame() => Event::Client(f),
+        let event = poll_fn(|cx| {
+            if let Poll::Ready(r) = tokio_util::io::poll_read_buf(Pin::new(&mut *stream), cx, buf) {
+                return Poll::Ready(Event::Upstream(r));
             }
-        };
+            Pin::new(&mut *body).poll_frame(cx).map(Event::Client)
+        })
+        .await;
         *call.deadline += waiting.elapsed();
         let frame = match event {
             Event::Client(f) => f,
@@ -445,12 +490,12 @@ fn early_answer(buf: &mut BytesMut, read: io::Result<usize>, method: &Method) ->
 /// A write of the request failed: an upstream that answered early and closed has its answer in the
 /// socket; relay it if it is there, else fail with the write's error (a failure before any of the
 /// response came, which a reused connection's bodyless request may retry).
-async fn answer_after_failed_write(
-    mut stream: TcpStream,
+async fn answer_after_failed_write<S: Connection>(
+    mut stream: S,
     mut buf: BytesMut,
     error: io::Error,
     call: &Call<'_>,
-) -> Result<Exchanged, Failed> {
+) -> Result<Exchanged<S>, Failed> {
     let limit = (*call.deadline).min(Clock::now() + Duration::from_secs(1));
     loop {
         match h1::parse_head(&mut buf, call.method) {
@@ -476,7 +521,7 @@ async fn answer_after_failed_write(
 
 /// The response: with its whole body when that came with the head (and the connection back in the
 /// pool), else streaming the body from the connection.
-fn respond(x: Exchanged, authority: &Authority, body_read: Duration) -> Response<Body> {
+fn respond<S: Connection>(x: Exchanged<S>, authority: &Authority, body_read: Duration) -> Response<Body> {
     let Exchanged {
         stream,
         mut head,
@@ -488,14 +533,14 @@ fn respond(x: Exchanged, authority: &Authority, body_read: Duration) -> Response
     let body = match decoder {
         Decoder::Done => {
             if head.keep_alive && rest.is_empty() {
-                checkin(authority.as_str(), stream);
+                stream.checkin(authority.as_str());
             }
             h1::WireBody::Whole(None)
         }
         Decoder::Length(n) if rest.len() as u64 >= n => {
             // Bytes past the end of the body: the connection is out of step; close it.
             if head.keep_alive && rest.len() as u64 == n {
-                checkin(authority.as_str(), stream);
+                stream.checkin(authority.as_str());
             }
             h1::WireBody::Whole(Some(rest.slice(..n as usize)))
         }
@@ -517,44 +562,26 @@ fn respond(x: Exchanged, authority: &Authority, body_read: Duration) -> Response
 pub fn sweep() {
     HOSTS.with_borrow_mut(|hosts| {
         for h in hosts.values_mut() {
-            h.idle.retain(|i| i.since.elapsed() <= IDLE_TIMEOUT && is_open(&i.stream));
+            h.idle.retain(|i| i.since.elapsed() <= IDLE_TIMEOUT && i.stream.is_open());
         }
     });
 }
 
 /// Idle connections of this thread, across all upstreams.
-pub fn idle_count() -> usize {
+#[cfg(test)]
+pub(crate) fn idle_count() -> usize {
     HOSTS.with_borrow(|hosts| hosts.values().map(|h| h.idle.len()).sum())
-}
-
-/// Whether an idle connection is still open: nothing to read (no end-of-file, no stray bytes). Costs
-/// no system call unless the socket became readable since its last read.
-fn is_open(stream: &TcpStream) -> bool {
-    matches!(stream.try_read(&mut [0u8; 1]), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
 }
 
 /// The most recently used idle connection that is open and not too old; older ones found closed on
 /// the way are dropped.
 fn take_idle(idle: &mut Vec<Idle>) -> Option<TcpStream> {
     while let Some(i) = idle.pop() {
-        if i.since.elapsed() <= IDLE_TIMEOUT && is_open(&i.stream) {
+        if i.since.elapsed() <= IDLE_TIMEOUT && i.stream.is_open() {
             return Some(i.stream);
         }
     }
     None
-}
-
-fn checkin(authority: &str, stream: TcpStream) {
-    HOSTS.with_borrow_mut(|hosts| {
-        let Some(h) = hosts.get_mut(authority) else { return };
-        // Full: the connection is dropped, which closes it.
-        if h.idle.len() < MAX_IDLE_PER_HOST {
-            h.idle.push(Idle {
-                stream,
-                since: Instant::now(),
-            });
-        }
-    });
 }
 
 async fn connect(authority: &Authority) -> Result<TcpStream, SendError> {
@@ -570,15 +597,15 @@ async fn connect(authority: &Authority) -> Result<TcpStream, SendError> {
 /// A response body still arriving (an upstream's response body is an [`h1::WireBody`] of this: `Whole`
 /// when read with its head, the connection then already back in the pool); the connection goes back to the pool when it has been read to the end,
 /// and is closed with the body if dropped before.
-struct Streaming {
+struct Streaming<S> {
     /// `None` once the body has ended.
-    stream: Option<TcpStream>,
+    stream: Option<S>,
     read: BodyRead,
     keep_alive: bool,
     authority: Authority,
 }
 
-impl h1::Arriving for Streaming {
+impl<S: Connection> h1::Arriving for Streaming<S> {
     fn poll_data(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         self.read(cx)
     }
@@ -588,12 +615,12 @@ impl h1::Arriving for Streaming {
     }
 }
 
-impl Streaming {
+impl<S: Connection> Streaming<S> {
     fn release(&mut self) {
         if let Some(stream) = self.stream.take() {
             // Bytes past the end of the body: the connection is out of step; close it.
             if self.keep_alive && self.read.buf.is_empty() {
-                checkin(self.authority.as_str(), stream);
+                stream.checkin(self.authority.as_str());
             }
         }
     }

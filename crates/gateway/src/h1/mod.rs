@@ -151,7 +151,6 @@ pub(crate) fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
 #[derive(Debug)]
 pub struct Head {
     pub status: StatusCode,
-    pub version: Version,
     /// The header fields as received; `content-length` is dropped when the body is chunked.
     pub headers: HeaderMap,
     pub framing: Framing,
@@ -281,7 +280,6 @@ fn finish_head(status: StatusCode, version: Version, mut headers: HeaderMap, met
     }
     Ok(Head {
         status,
-        version,
         headers,
         framing,
         keep_alive,
