@@ -156,6 +156,8 @@ pub async fn remove_canary(State(s): State<AppState>, Path((api, stage)): Path<(
 #[serde(deny_unknown_fields)]
 pub struct PutDomain {
     mappings: Vec<BasePathMapping>,
+    #[serde(default)]
+    tls: Option<canarygate_model::state::TlsFiles>,
 }
 
 pub async fn list_domains(State(s): State<AppState>) -> Json<Value> {
@@ -164,7 +166,7 @@ pub async fn list_domains(State(s): State<AppState>) -> Json<Value> {
 
 pub async fn put_domain(State(s): State<AppState>, Path(domain): Path<String>, JsonBody(body): JsonBody<PutDomain>) -> Result<Response> {
     let existed = s.store.current().domains.contains_key(&domain.to_ascii_lowercase());
-    let d = s.store.mutate(move |st| st.put_domain(&domain, body.mappings)).await?;
+    let d = s.store.mutate(move |st| st.put_domain(&domain, body.mappings, body.tls)).await?;
     Ok(created_or_ok(!existed, d))
 }
 

@@ -62,6 +62,10 @@ impl Default for AccessLogSection {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ServerSection {
     pub listen: Option<SocketAddr>,
+    /// TLS listener (HTTP/1.1 over TLS 1.2/1.3); needs `tls`.
+    pub tls_listen: Option<SocketAddr>,
+    /// The server's certificate and key (PEM files), served unless a domain's own matches the SNI.
+    pub tls: Option<canarygate_model::state::TlsFiles>,
     pub admin_listen: Option<SocketAddr>,
     pub data_dir: Option<PathBuf>,
     pub store: Option<String>,

@@ -231,6 +231,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     let serve_args = ServeArgs {
         config: None,
         listen: Some(args.listen),
+        tls_listen: None,
         admin_listen: Some(args.admin_listen),
         data_dir: Some(data_dir.clone()),
         store: None,

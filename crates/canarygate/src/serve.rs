@@ -30,6 +30,9 @@ pub struct ServeArgs {
     /// Gateway listener [default: 127.0.0.1:8080]
     #[arg(long)]
     pub listen: Option<SocketAddr>,
+    /// TLS listener (needs `server.tls` in the config file)
+    #[arg(long)]
+    pub tls_listen: Option<SocketAddr>,
     /// Admin listener [default: 127.0.0.1:9090]
     #[arg(long)]
     pub admin_listen: Option<SocketAddr>,
@@ -199,6 +202,19 @@ pub async fn start(cfg: &ConfigFile, args: &ServeArgs) -> Result<Running> {
         tracing::info!(endpoint = %tracing_cfg.traces_url()?, ratio = tracing_cfg.sample_ratio, "tracing on");
         gateway = gateway.with_tracer(tracer);
     }
+    let tls_listen = args.tls_listen.or(cfg.server.tls_listen);
+    if let Some(addr) = tls_listen {
+        let Some(files) = &cfg.server.tls else {
+            bail!("server.tlsListen {addr}: needs server.tls {{certFile, keyFile}}, the certificate served by default");
+        };
+        files.check("server.tls").map_err(|e| anyhow::anyhow!("{e}"))?;
+        let certs = canarygate_gateway::tls::Certificates::new(canarygate_gateway::tls::PairFiles {
+            cert_file: files.cert_file.clone().into(),
+            key_file: files.key_file.clone().into(),
+        })
+        .context("server.tls")?;
+        gateway = gateway.with_tls(certs);
+    }
     let gateway = Arc::new(gateway);
 
     let db = data_dir.join("state.db");
@@ -212,11 +228,23 @@ pub async fn start(cfg: &ConfigFile, args: &ServeArgs) -> Result<Running> {
         .await
         .with_context(|| format!("cannot listen on {listen}"))?
         .into_std()?;
+    let tls_listener = match tls_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr}"))?
+                .into_std()?,
+        ),
+        None => None,
+    };
     let admin_listener = TcpListener::bind(admin_listen)
         .await
         .with_context(|| format!("cannot listen on {admin_listen}"))?;
     let (gateway_addr, admin_addr) = (gateway_listener.local_addr()?, admin_listener.local_addr()?);
     println!("canarygate: gateway listening on http://{gateway_addr}");
+    if let Some(l) = &tls_listener {
+        println!("canarygate: gateway (TLS) listening on https://{}", l.local_addr()?);
+    }
     println!("canarygate: admin listening on http://{admin_addr}");
     println!("canarygate: data dir {}", data_dir.display());
 
@@ -283,9 +311,31 @@ pub async fn start(cfg: &ConfigFile, args: &ServeArgs) -> Result<Running> {
     let controller_task = tokio::spawn(controller.run(shutdown_rx.clone()));
     let workers = gateway_workers(cfg)?;
     let workers_done = gateway
-        .start_workers(gateway_listener, workers, shutdown_rx, Duration::from_secs(30))
+        .start_workers(gateway_listener, tls_listener, workers, shutdown_rx, Duration::from_secs(30))
         .context("cannot start the gateway workers")?;
     let gateway_task = tokio::spawn(workers_done);
+    if let Some(certs) = gateway.certificates().cloned() {
+        // Certificate files are read again when they change (checked every 2 s) or on SIGHUP.
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(2));
+            #[cfg(unix)]
+            let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+            loop {
+                #[cfg(unix)]
+                let forced = tokio::select! {
+                    _ = every.tick() => false,
+                    Some(_) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => true,
+                };
+                #[cfg(not(unix))]
+                let forced = {
+                    every.tick().await;
+                    false
+                };
+                let c = certs.clone();
+                let _ = tokio::task::spawn_blocking(move || c.reload(forced)).await;
+            }
+        });
+    }
     ready.store(true, Ordering::Release);
     tracing::info!(%listen, %admin_listen, "canarygate is serving");
 

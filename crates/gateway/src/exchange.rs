@@ -5,17 +5,36 @@ use std::net::SocketAddr;
 
 use http::HeaderValue;
 
-/// The client connection's address, and its IP as a header value (made once per connection).
+/// The client connection's address, its IP as a header value (made once per connection), and whether
+/// it came over TLS.
 #[derive(Clone)]
 pub struct Peer {
     pub addr: SocketAddr,
     pub ip: HeaderValue,
+    pub tls: bool,
 }
 
 impl Peer {
     pub fn new(addr: SocketAddr) -> Peer {
         let ip = HeaderValue::try_from(addr.ip().to_string()).expect("an IP address is a valid header value");
-        Peer { addr, ip }
+        Peer { addr, ip, tls: false }
+    }
+
+    /// A connection that came over TLS.
+    pub fn new_tls(addr: SocketAddr) -> Peer {
+        Peer {
+            tls: true,
+            ..Peer::new(addr)
+        }
+    }
+
+    /// The scheme the client used: `x-forwarded-proto`, a span's `url.scheme`.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls {
+            "https"
+        } else {
+            "http"
+        }
     }
 }
 

@@ -28,6 +28,7 @@ mod proxy;
 mod request;
 mod server;
 mod table;
+pub mod tls;
 mod trace;
 mod upstream;
 
@@ -85,6 +86,8 @@ pub struct Gateway {
     publishes: std::sync::atomic::AtomicU64,
     /// With tracing on: where spans go and how requests are sampled.
     tracer: Option<Arc<canarygate_telemetry::Tracer>>,
+    /// With a TLS listener: the certificates it serves.
+    tls: Option<Arc<tls::Certificates>>,
 }
 
 impl Gateway {
@@ -96,7 +99,19 @@ impl Gateway {
             limits,
             publishes: std::sync::atomic::AtomicU64::new(0),
             tracer: None,
+            tls: None,
         }
+    }
+
+    /// Terminates TLS on the listener given to [`Gateway::start_workers`] as `tls_listener`, with these
+    /// certificates (the domains' own pairs follow the stored domains).
+    pub fn with_tls(mut self, certs: Arc<tls::Certificates>) -> Gateway {
+        self.tls = Some(certs);
+        self
+    }
+
+    pub fn certificates(&self) -> Option<&Arc<tls::Certificates>> {
+        self.tls.as_ref()
     }
 
     /// Turns tracing on: requests continue (or start) W3C traces, forward them upstream, and end
@@ -117,6 +132,21 @@ impl Gateway {
         let next = RoutingTable::build(state, &previous, &self.metrics);
         let removed = next.removed;
         self.table.store(Arc::new(next));
+        if let Some(certs) = &self.tls {
+            let domains = state
+                .domains
+                .values()
+                .filter_map(|d| {
+                    let t = d.tls.as_ref()?;
+                    let files = tls::PairFiles {
+                        cert_file: t.cert_file.clone().into(),
+                        key_file: t.key_file.clone().into(),
+                    };
+                    Some((d.domain.clone(), files))
+                })
+                .collect();
+            certs.set_domains(domains);
+        }
         self.publishes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         // The series of stages and APIs that no longer exist go (a stage's canary series stays while
         // the stage does: its history outlives the canary).
@@ -152,22 +182,39 @@ impl Gateway {
     pub fn start_workers(
         self: &Arc<Self>,
         listener: std::net::TcpListener,
+        tls_listener: Option<std::net::TcpListener>,
         workers: usize,
         shutdown: watch::Receiver<bool>,
         drain: Duration,
     ) -> std::io::Result<impl std::future::Future<Output = ()> + Send + 'static> {
         listener.set_nonblocking(true)?;
+        if let Some(l) = &tls_listener {
+            l.set_nonblocking(true)?;
+        }
+        let acceptor = match (&tls_listener, &self.tls) {
+            (Some(_), Some(certs)) => Some(tokio_rustls::TlsAcceptor::from(certs.server_config())),
+            (Some(_), None) => return Err(std::io::Error::other("a TLS listener needs certificates (Gateway::with_tls)")),
+            _ => None,
+        };
         let mut done = Vec::new();
         for i in 0..workers.max(1) {
             let listener = listener.try_clone()?;
+            let tls = match (&tls_listener, &acceptor) {
+                (Some(l), Some(a)) => Some((l.try_clone()?, a.clone())),
+                _ => None,
+            };
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             let gw = self.clone();
             let shutdown = shutdown.clone();
             let (tx, rx) = tokio::sync::oneshot::channel::<()>();
             std::thread::Builder::new().name(format!("canarygate-gw-{i}")).spawn(move || {
                 runtime.block_on(async move {
+                    let tls = match tls.map(|(l, a)| TcpListener::from_std(l).map(|l| (l, a))).transpose() {
+                        Ok(t) => t,
+                        Err(e) => return tracing::error!(error = %e, "worker cannot use the TLS listener"),
+                    };
                     match TcpListener::from_std(listener) {
-                        Ok(l) => gw.serve(l, shutdown, drain).await,
+                        Ok(l) => gw.serve(l, tls, shutdown, drain).await,
                         Err(e) => tracing::error!(error = %e, "worker cannot use the listener"),
                     }
                 });
@@ -185,7 +232,13 @@ impl Gateway {
 
     /// Serves connections on one worker thread from `listener` until `shutdown` turns true, then lets in-flight requests
     /// finish (up to `drain`).
-    async fn serve(self: Arc<Self>, listener: TcpListener, mut shutdown: watch::Receiver<bool>, drain: Duration) {
+    async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        tls: Option<(TcpListener, tokio_rustls::TlsAcceptor)>,
+        mut shutdown: watch::Receiver<bool>,
+        drain: Duration,
+    ) {
         let mut conns = server::Conns::default();
         // This thread's upstream pool: close connections idle too long.
         tokio::spawn(async move {
@@ -213,6 +266,29 @@ impl Gateway {
                     let ctl = conns.add();
                     tokio::spawn(server::serve_connection(self.clone(), stream, exchange::Peer::new(peer), ctl));
                 }
+                accepted = accept_tls(&tls) => {
+                    let (stream, peer) = match accepted {
+                        Ok(x) => x,
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    };
+                    let _ = stream.set_nodelay(true);
+                    let ctl = conns.add();
+                    let (gw, acceptor) = (self.clone(), tls.as_ref().map(|(_, a)| a.clone()));
+                    tokio::spawn(async move {
+                        let Some(acceptor) = acceptor else { return };
+                        // The handshake has the head's time limit; a client that stalls in it is dropped.
+                        match tokio::time::timeout(gw.limits.header_read_timeout, acceptor.accept(stream)).await {
+                            Ok(Ok(tls)) => server::serve_connection(gw, tls, exchange::Peer::new_tls(peer), ctl).await,
+                            Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                        }
+                    });
+                }
                 _ = shutdown.changed() => break,
             }
         }
@@ -229,5 +305,15 @@ impl Gateway {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+}
+
+/// The next connection on the TLS listener, if there is one (else never).
+async fn accept_tls(
+    tls: &Option<(TcpListener, tokio_rustls::TlsAcceptor)>,
+) -> std::io::Result<(tokio::net::TcpStream, std::net::SocketAddr)> {
+    match tls {
+        Some((l, _)) => l.accept().await,
+        None => std::future::pending().await,
     }
 }

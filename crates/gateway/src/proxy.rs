@@ -294,7 +294,7 @@ where
     if let Some(v) = xff {
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }
-    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(peer.scheme()));
     if let Some(h) = host.and_then(|h| HeaderValue::try_from(h).ok()) {
         headers.insert(X_FORWARDED_HOST.clone(), h);
     }

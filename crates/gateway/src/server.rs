@@ -141,6 +141,15 @@ pub(crate) trait Split {
     fn split(self) -> (Self::Read, Self::Write);
 }
 
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Split for tokio_rustls::server::TlsStream<S> {
+    type Read = tokio::io::ReadHalf<Self>;
+    type Write = tokio::io::WriteHalf<Self>;
+
+    fn split(self) -> (Self::Read, Self::Write) {
+        tokio::io::split(self)
+    }
+}
+
 impl Split for TcpStream {
     type Read = OwnedReadHalf;
     type Write = OwnedWriteHalf;

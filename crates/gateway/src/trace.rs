@@ -82,7 +82,7 @@ impl ServerSpan {
         let mut a = Vec::with_capacity(16);
         a.push(KeyValue::new("http.request.method", r.method.to_string()));
         a.push(KeyValue::new("url.path", r.path.to_string()));
-        a.push(KeyValue::new("url.scheme", "http"));
+        a.push(KeyValue::new("url.scheme", r.peer.scheme()));
         a.push(KeyValue::new("network.protocol.version", protocol(r.version)));
         a.push(KeyValue::new("client.address", r.peer.addr.ip().to_string()));
         if let Some(h) = r.host {

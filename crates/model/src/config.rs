@@ -65,6 +65,8 @@ pub struct DomainSpec {
     pub domain: String,
     #[serde(default)]
     pub mappings: Vec<BasePathMapping>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<crate::state::TlsFiles>,
 }
 
 /// The resource part of a config file.
@@ -186,6 +188,7 @@ pub enum Action {
     PutDomain {
         domain: String,
         mappings: Vec<BasePathMapping>,
+        tls: Option<crate::state::TlsFiles>,
     },
     PutDeploymentConfig(DeploymentConfig),
     PutAlarm(Alarm),
@@ -219,7 +222,7 @@ impl fmt::Display for Action {
                 }
                 Ok(())
             }
-            Action::PutDomain { domain, mappings } => {
+            Action::PutDomain { domain, mappings, .. } => {
                 write!(f, "put domain {domain} ({} mappings)", mappings.len())
             }
             Action::PutDeploymentConfig(c) => {
@@ -277,7 +280,7 @@ impl Action {
             Action::CreateDeployment { api, description } => state.create_deployment(&api, new_id, description, now).map(|_| ()),
             Action::CreateStage { api, stage, input } => state.put_stage(&api, &stage, input, now).map(|_| ()),
             Action::PatchStage { api, stage, ops } => state.patch_stage(&api, &stage, &ops, now).map(|_| ()),
-            Action::PutDomain { domain, mappings } => state.put_domain(&domain, mappings).map(|_| ()),
+            Action::PutDomain { domain, mappings, tls } => state.put_domain(&domain, mappings, tls).map(|_| ()),
             Action::PutDeploymentConfig(c) => state.put_deployment_config(&c.name.clone(), c).map(|_| ()),
             Action::PutAlarm(a) => state.put_alarm(&a.name.clone(), a).map(|_| ()),
             Action::PutNotification(n) => state.put_notification(&n.name.clone(), n).map(|_| ()),
@@ -371,10 +374,12 @@ pub fn plan(state: &State, desired: &Resources, mode: PlanMode) -> Vec<Action> {
             None => out.push(Action::PutDomain {
                 domain: d.domain.clone(),
                 mappings: d.mappings.clone(),
+                tls: d.tls.clone(),
             }),
-            Some(cur) if mode == PlanMode::Converge && cur.mappings != want => out.push(Action::PutDomain {
+            Some(cur) if mode == PlanMode::Converge && (cur.mappings != want || cur.tls != d.tls) => out.push(Action::PutDomain {
                 domain: d.domain.clone(),
                 mappings: d.mappings.clone(),
+                tls: d.tls.clone(),
             }),
             Some(_) => {}
         }
@@ -560,8 +565,8 @@ mod tests {
                 Action::PatchStage { api, stage, ops } => {
                     state.patch_stage(api, stage, ops, now).unwrap();
                 }
-                Action::PutDomain { domain, mappings } => {
-                    state.put_domain(domain, mappings.clone()).unwrap();
+                Action::PutDomain { domain, mappings, tls } => {
+                    state.put_domain(domain, mappings.clone(), tls.clone()).unwrap();
                 }
                 Action::PutDeploymentConfig(c) => {
                     state.put_deployment_config(&c.name, c.clone()).unwrap();

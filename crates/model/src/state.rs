@@ -44,6 +44,29 @@ pub struct BasePathMapping {
 pub struct Domain {
     pub domain: String,
     pub mappings: Vec<BasePathMapping>,
+    /// The certificate served to clients that ask for this domain by SNI (on `server.tlsListen`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsFiles>,
+}
+
+/// A certificate chain and its private key, as PEM files on the gateway's machine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TlsFiles {
+    pub cert_file: String,
+    pub key_file: String,
+}
+
+impl TlsFiles {
+    /// Both paths given; `field` prefixes the error (e.g. `tls`).
+    pub fn check(&self, field: &str) -> Result<()> {
+        for (name, v) in [("certFile", &self.cert_file), ("keyFile", &self.key_file)] {
+            if v.trim().is_empty() || v.contains('\0') {
+                return Err(Error::invalid(format!("{field}.{name}"), v, "must be a file path"));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// An alarm's definition with its current status.
@@ -319,7 +342,7 @@ impl State {
     }
 
     /// Creates or replaces a custom domain's mappings; every mapping must name an existing stage.
-    pub fn put_domain(&mut self, domain: &str, mut mappings: Vec<BasePathMapping>) -> Result<Domain> {
+    pub fn put_domain(&mut self, domain: &str, mut mappings: Vec<BasePathMapping>, tls: Option<TlsFiles>) -> Result<Domain> {
         let valid = !domain.is_empty()
             && domain.len() <= 253
             && domain
@@ -351,9 +374,13 @@ impl State {
             self.stage(&m.api, &m.stage)
                 .map_err(|e| e.into_field_error(&format!("mappings[{i}].stage")))?;
         }
+        if let Some(t) = &tls {
+            t.check("tls")?;
+        }
         let d = Domain {
             domain: domain.to_ascii_lowercase(),
             mappings,
+            tls,
         };
         self.domains.insert(d.domain.clone(), d.clone());
         Ok(d)
@@ -496,12 +523,12 @@ mod tests {
             api: api.into(),
             stage: stage.into(),
         };
-        let d = s.put_domain("API.example.com", vec![m("orders", "prod")]).unwrap();
+        let d = s.put_domain("API.example.com", vec![m("orders", "prod")], None).unwrap();
         assert_eq!(d.domain, "api.example.com");
         assert_eq!(d.mappings[0].base_path, "v1");
-        let e = s.put_domain("x.com", vec![m("orders", "nope")]).unwrap_err().to_string();
+        let e = s.put_domain("x.com", vec![m("orders", "nope")], None).unwrap_err().to_string();
         assert!(e.contains("mappings[0].stage"), "{e}");
-        assert!(s.put_domain("bad domain", vec![]).is_err());
+        assert!(s.put_domain("bad domain", vec![], None).is_err());
     }
 
     #[test]

@@ -16,6 +16,8 @@ use serde_json::{json, Value};
 pub struct Server {
     pub child: Child,
     pub gateway: String,
+    /// The TLS listener (`https://...`), when the config has one.
+    pub tls: Option<String>,
     pub admin: String,
     pub data_dir: PathBuf,
     pub stderr_log: PathBuf,
@@ -41,13 +43,15 @@ impl Server {
         let mut child = cmd.spawn().expect("start canarygate");
         let stdout = child.stdout.take().expect("stdout");
         let mut lines = BufReader::new(stdout).lines();
-        let (mut gateway, mut admin) = (None, None);
+        let (mut gateway, mut admin, mut tls) = (None, None, None);
         while gateway.is_none() || admin.is_none() {
             let Some(Ok(line)) = lines.next() else {
                 let err = std::fs::read_to_string(&stderr_log).unwrap_or_default();
                 panic!("canarygate exited before listening:\n{err}");
             };
-            if let Some(a) = line.strip_prefix("canarygate: gateway listening on ") {
+            if let Some(a) = line.strip_prefix("canarygate: gateway (TLS) listening on ") {
+                tls = Some(a.to_string());
+            } else if let Some(a) = line.strip_prefix("canarygate: gateway listening on ") {
                 gateway = Some(a.to_string());
             } else if let Some(a) = line.strip_prefix("canarygate: admin listening on ") {
                 admin = Some(a.to_string());
@@ -58,6 +62,7 @@ impl Server {
         Server {
             child,
             gateway: gateway.unwrap(),
+            tls,
             admin: admin.unwrap(),
             data_dir: data_dir.to_path_buf(),
             stderr_log,

@@ -1,0 +1,275 @@
+//! TLS termination (PRODUCT.md §11) end to end, with certificates made by `openssl` as a user would: SNI
+//! picks each domain's certificate (else the server's), requests over TLS reach the stage with
+//! `x-forwarded-proto: https`, and a certificate replaced on disk is served to new connections while an
+//! open one keeps working; a broken new file is refused with a log line naming it and the old pair stays.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::json;
+use tokio::io::AsyncWriteExt;
+
+/// A test CA in `dir` and a way to issue leaf certificates for DNS names.
+struct Ca {
+    dir: PathBuf,
+}
+
+fn openssl(args: &[&str], dir: &Path) {
+    let out = Command::new("openssl").args(args).current_dir(dir).output().expect("openssl");
+    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+impl Ca {
+    fn new(dir: &Path) -> Ca {
+        openssl(
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+                "-subj",
+                "/CN=canarygate test CA",
+                "-days",
+                "2",
+            ],
+            dir,
+        );
+        Ca { dir: dir.to_path_buf() }
+    }
+
+    /// Issues `<file>.pem` and `<file>.key` for `name` (CN and subjectAltName), written in place
+    /// (through a temporary file and a rename each, as a certificate manager does).
+    fn issue(&self, file: &str, name: &str) -> (PathBuf, PathBuf) {
+        let ext = self.dir.join(format!("{file}.ext"));
+        std::fs::write(&ext, format!("subjectAltName=DNS:{name}\n")).unwrap();
+        openssl(
+            &[
+                "req",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-keyout",
+                &format!("{file}.key.new"),
+                "-out",
+                &format!("{file}.csr"),
+                "-subj",
+                &format!("/CN={name}"),
+            ],
+            &self.dir,
+        );
+        openssl(
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{file}.csr"),
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &format!("{file}.pem.new"),
+                "-days",
+                "2",
+                "-extfile",
+                &format!("{file}.ext"),
+            ],
+            &self.dir,
+        );
+        let (pem, key) = (self.dir.join(format!("{file}.pem")), self.dir.join(format!("{file}.key")));
+        std::fs::rename(self.dir.join(format!("{file}.key.new")), &key).unwrap();
+        std::fs::rename(self.dir.join(format!("{file}.pem.new")), &pem).unwrap();
+        (pem, key)
+    }
+}
+
+/// The subject CN of the certificate the server presents for `sni` (via `openssl s_client`).
+fn served_cn(tls: &str, sni: &str) -> String {
+    let addr = tls.trim_start_matches("https://");
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "openssl s_client -connect {addr} -servername {sni} </dev/null 2>/dev/null | openssl x509 -noout -subject -nameopt RFC2253"
+        ))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    text.trim_start_matches("subject=").trim().trim_start_matches("CN=").to_string()
+}
+
+fn curl_https(tls: &str, host: &str, path: &str, ca: &Path) -> (String, String) {
+    let port = tls.rsplit(':').next().unwrap();
+    let out = Command::new("curl")
+        .args(["-sS", "--cacert"])
+        .arg(ca)
+        .args(["--resolve", &format!("{host}:{port}:127.0.0.1"), "-w", "\n%{http_code}"])
+        .arg(format!("https://{host}:{port}{path}"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", ""));
+    (code.to_string(), body.to_string())
+}
+
+fn config(dir: &Path, pem: &Path, key: &Path) -> PathBuf {
+    let p = dir.join("canarygate.yaml");
+    let text = format!(
+        "server:\n  tlsListen: 127.0.0.1:0\n  tls: {{certFile: {}, keyFile: {}}}\n",
+        pem.display(),
+        key.display()
+    );
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sni_picks_each_domains_certificate_and_requests_reach_the_stage() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new(dir.path());
+    let (pem, key) = ca.issue("server", "gateway.test");
+    let (a_pem, a_key) = ca.issue("a", "a.test");
+    let (b_pem, b_key) = ca.issue("b", "b.test");
+    let cfg = config(dir.path(), &pem, &key);
+    let s = Server::start(&dir.path().join("data"), &["--config", cfg.to_str().unwrap()], &[]);
+    let tls = s.tls.clone().expect("a TLS listener");
+    let backend = Backend::start("production", Behaviour::Echo).await;
+    let c = client();
+    setup_split(&c, &s, backend.addr, backend.addr, 0.0, json!({})).await;
+    for (domain, pem, key) in [("a.test", &a_pem, &a_key), ("b.test", &b_pem, &b_key)] {
+        ok(
+            &c,
+            &s,
+            "PUT",
+            &format!("/v1/domains/{domain}"),
+            Some(json!({"mappings": [{"basePath": "", "api": "orders", "stage": "prod"}],
+                        "tls": {"certFile": pem, "keyFile": key}})),
+        )
+        .await;
+    }
+    assert_eq!(served_cn(&tls, "a.test"), "a.test");
+    assert_eq!(served_cn(&tls, "b.test"), "b.test");
+    assert_eq!(
+        served_cn(&tls, "other.test"),
+        "gateway.test",
+        "no domain of its own: the server's certificate"
+    );
+
+    // curl verifies the chain and the name against the test CA, and the request reaches the stage.
+    let (code, body) = curl_https(&tls, "a.test", "/items/1", &dir.path().join("ca.pem"));
+    assert_eq!(code, "200", "{body}");
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["path"], "/items/1");
+    assert_eq!(body["headers"]["x-forwarded-proto"], "https");
+    let (code, body) = curl_https(&tls, "gateway.test", "/orders/prod/items/2", &dir.path().join("ca.pem"));
+    assert_eq!(code, "200", "{body}");
+
+    // A domain's bad pair is refused naming the field; nothing is stored.
+    let (status, body) = admin(
+        &c,
+        &s,
+        "PUT",
+        "/v1/domains/c.test",
+        Some(json!({"mappings": [], "tls": {"certFile": "", "keyFile": "x"}})),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.to_string().contains("tls.certFile"), "{body}");
+}
+
+/// A TLS client connection to the gateway that trusts the test CA.
+async fn connect(tls: &str, ca: &Path, sni: &str) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(tls.trim_start_matches("https://")).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from(sni.to_string()).unwrap();
+    tokio_rustls::TlsConnector::from(Arc::new(cfg)).connect(name, tcp).await.unwrap()
+}
+
+async fn get_on<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(conn: &mut S, path: &str) -> u16 {
+    conn.write_all(format!("GET {path} HTTP/1.1\r\nhost: gateway.test\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    read_response(conn, &mut Vec::new()).await.0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_certificate_serves_new_connections_and_a_broken_one_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new(dir.path());
+    let (pem, key) = ca.issue("server", "gateway.test");
+    let cfg = config(dir.path(), &pem, &key);
+    let s = Server::start(&dir.path().join("data"), &["--config", cfg.to_str().unwrap()], &[]);
+    let tls = s.tls.clone().unwrap();
+    let backend = Backend::start("production", Behaviour::Echo).await;
+    let c = client();
+    setup_split(&c, &s, backend.addr, backend.addr, 0.0, json!({})).await;
+
+    let mut open = connect(&tls, &dir.path().join("ca.pem"), "gateway.test").await;
+    assert_eq!(get_on(&mut open, "/orders/prod/a").await, 200);
+
+    // A new pair for another name, written over the files: new connections get it.
+    ca.issue("server", "renewed.test");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while served_cn(&tls, "gateway.test") != "renewed.test" {
+        assert!(Instant::now() < deadline, "the new certificate was not served");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The connection made before keeps working.
+    assert_eq!(get_on(&mut open, "/orders/prod/b").await, 200);
+
+    // A broken certificate file: refused with a log line naming it, the pair in use stays.
+    std::fs::write(&pem, "not a certificate\n").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let log = std::fs::read_to_string(&s.stderr_log).unwrap_or_default();
+        if log.contains("the new certificate is refused") && log.contains(&pem.display().to_string()) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no log line for the broken file:\n{log}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(served_cn(&tls, "gateway.test"), "renewed.test");
+    let mut fresh = connect(&tls, &dir.path().join("ca.pem"), "renewed.test").await;
+    assert_eq!(get_on(&mut fresh, "/orders/prod/c").await, 200);
+    assert_eq!(get_on(&mut open, "/orders/prod/d").await, 200);
+}
+
+#[tokio::test]
+async fn a_tls_listener_without_a_usable_certificate_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.pem");
+    let cfg = config(dir.path(), &missing, &dir.path().join("missing.key"));
+    let out = Command::new(env!("CARGO_BIN_EXE_canarygate"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("server.tls") && err.contains("missing.pem"), "{err}");
+}
