@@ -98,6 +98,23 @@ pub struct ServerSection {
     /// OpenTelemetry tracing; off without `otlpEndpoint`.
     #[serde(default)]
     pub telemetry: TelemetrySection,
+    /// HTTP/2 connections' limits.
+    #[serde(default)]
+    pub http2: Http2Section,
+}
+
+/// HTTP/2 limits (client side); each has a default.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Http2Section {
+    /// Streams a client may have open at once (default 128).
+    pub max_concurrent_streams: Option<u32>,
+    /// Largest header list a client may send, bytes (default 65536).
+    pub max_header_list_bytes: Option<u32>,
+    /// Each stream's flow-control window, bytes (default 262144).
+    pub stream_window_bytes: Option<u32>,
+    /// The connection's flow-control window, bytes (default 1048576).
+    pub connection_window_bytes: Option<u32>,
 }
 
 /// Tracing: where spans go (OTLP/HTTP) and which requests are sampled.

@@ -188,6 +188,7 @@ pub async fn start(cfg: &ConfigFile, args: &ServeArgs) -> Result<Running> {
             .server
             .body_read_timeout_seconds
             .map_or(defaults.body_read_timeout, Duration::from_secs),
+        http2: http2_limits(&cfg.server.http2)?,
     };
     let mut gateway = Gateway::new(metrics.clone(), log, limits);
     if let Some(endpoint) = &cfg.server.telemetry.otlp_endpoint {
@@ -415,4 +416,32 @@ pub async fn shutdown_signal() {
     {
         let _ = ctrl_c.await;
     }
+}
+
+/// `server.http2`, checked against what HTTP/2 allows (RFC 9113 §6.5.2, §6.9.2).
+fn http2_limits(h: &crate::config::Http2Section) -> Result<canarygate_gateway::Http2Limits> {
+    let d = canarygate_gateway::Http2Limits::default();
+    let window = |field: &str, v: Option<u32>, default: u32| -> Result<u32> {
+        match v {
+            None => Ok(default),
+            Some(n) if (65_535..=2_147_483_647).contains(&n) => Ok(n),
+            Some(n) => bail!("server.http2.{field}: {n} is not from 65535 to 2147483647"),
+        }
+    };
+    let streams = match h.max_concurrent_streams {
+        None => d.max_concurrent_streams,
+        Some(n) if n >= 1 => n,
+        Some(n) => bail!("server.http2.maxConcurrentStreams: {n} must be at least 1"),
+    };
+    let header_list = match h.max_header_list_bytes {
+        None => d.max_header_list_bytes,
+        Some(n) if n >= 1024 => n,
+        Some(n) => bail!("server.http2.maxHeaderListBytes: {n} must be at least 1024"),
+    };
+    Ok(canarygate_gateway::Http2Limits {
+        max_concurrent_streams: streams,
+        max_header_list_bytes: header_list,
+        stream_window: window("streamWindowBytes", h.stream_window_bytes, d.stream_window)?,
+        connection_window: window("connectionWindowBytes", h.connection_window_bytes, d.connection_window)?,
+    })
 }

@@ -1,6 +1,6 @@
 //! TLS termination (PRODUCT.md §11) end to end, with certificates made by `openssl` as a user would: SNI
-//! picks each domain's certificate (else the server's), requests over TLS reach the stage with
-//! `x-forwarded-proto: https`, and a certificate replaced on disk is served to new connections while an
+//! picks each domain's certificate (else the server's), requests over TLS (HTTP/1.1, and HTTP/2 by
+//! ALPN with `curl --http2`) reach the stage with `x-forwarded-proto: https`, and a certificate replaced on disk is served to new connections while an
 //! open one keeps working; a broken new file is refused with a log line naming it and the old pair stays.
 
 mod common;
@@ -177,6 +177,28 @@ async fn sni_picks_each_domains_certificate_and_requests_reach_the_stage() {
     assert_eq!(body["headers"]["x-forwarded-proto"], "https");
     let (code, body) = curl_https(&tls, "gateway.test", "/orders/prod/items/2", &dir.path().join("ca.pem"));
     assert_eq!(code, "200", "{body}");
+
+    // HTTP/2 over TLS, chosen by ALPN: curl --http2 gets an HTTP/2 answer from the stage.
+    let port = tls.rsplit(':').next().unwrap();
+    let out = Command::new("curl")
+        .args(["-sS", "--http2", "--cacert"])
+        .arg(dir.path().join("ca.pem"))
+        .args([
+            "--resolve",
+            &format!("b.test:{port}:127.0.0.1"),
+            "-w",
+            "\n%{http_version} %{http_code}",
+        ])
+        .arg(format!("https://b.test:{port}/items/3"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, status) = text.rsplit_once('\n').unwrap();
+    assert_eq!(status, "2 200", "{text} {}", String::from_utf8_lossy(&out.stderr));
+    let body: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(body["path"], "/items/3");
+    assert_eq!(body["headers"]["x-forwarded-proto"], "https");
+    assert_eq!(body["headers"]["x-forwarded-host"], "b.test", "the :authority is the host");
 
     // A domain's bad pair is refused naming the field; nothing is stored.
     let (status, body) = admin(

@@ -22,6 +22,7 @@ mod exchange;
 #[doc(hidden)]
 pub mod fuzz;
 mod h1;
+mod h2;
 mod mirror;
 mod path;
 mod proxy;
@@ -43,6 +44,7 @@ use tokio::sync::watch;
 
 pub use access_log::{AccessLog, AccessLogConfig};
 pub use cache::StageCache;
+pub use h2::Http2Limits;
 pub use table::RoutingTable;
 
 /// Request limits of the gateway listener.
@@ -61,6 +63,8 @@ pub struct Limits {
     /// The longest a client may pause while sending a request body (nginx's `client_body_timeout`);
     /// then it gets 408, counted as the variant's 4XXError.
     pub body_read_timeout: Duration,
+    /// HTTP/2 connections' limits (streams, header list, windows).
+    pub http2: Http2Limits,
 }
 
 impl Default for Limits {
@@ -72,6 +76,7 @@ impl Default for Limits {
             max_body_bytes: 10 * 1024 * 1024,
             header_read_timeout: Duration::from_secs(10),
             body_read_timeout: Duration::from_secs(60),
+            http2: Http2Limits::default(),
         }
     }
 }
@@ -283,6 +288,9 @@ impl Gateway {
                         let Some(acceptor) = acceptor else { return };
                         // The handshake has the head's time limit; a client that stalls in it is dropped.
                         match tokio::time::timeout(gw.limits.header_read_timeout, acceptor.accept(stream)).await {
+                            Ok(Ok(tls)) if tls.get_ref().1.alpn_protocol() == Some(b"h2") => {
+                                h2::serve(gw, tls, exchange::Peer::new_tls(peer), ctl).await
+                            }
                             Ok(Ok(tls)) => server::serve_connection(gw, tls, exchange::Peer::new_tls(peer), ctl).await,
                             Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                             Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),

@@ -84,6 +84,16 @@ impl ConnCtl {
     fn closing(&self) -> bool {
         self.closing.load(Ordering::Acquire)
     }
+
+    /// Ready once the worker is shutting down (registers the waker to be told).
+    pub(crate) fn poll_closing(&self, cx: &mut Context<'_>) -> Poll<()> {
+        self.idle.register(cx.waker());
+        if self.closing() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
 }
 
 /// A worker's live connections.
@@ -124,6 +134,8 @@ enum HeadError {
     Gone,
     /// A malformed head: answer with this status and close.
     Bad(StatusCode, String),
+    /// The connection opened with the HTTP/2 preface (prior knowledge): it is served as HTTP/2.
+    Http2,
 }
 
 impl From<BadHead> for HeadError {
@@ -135,10 +147,12 @@ impl From<BadHead> for HeadError {
 /// A client connection's byte stream (plain TCP; TLS to come), split into a read half and a write half
 /// that two owners can use at once: the connection keeps the write half, and lends the read half to a
 /// request body that is still arriving.
-pub(crate) trait Split {
+pub(crate) trait Split: AsyncRead + AsyncWrite + Unpin + Send + Sized + 'static {
     type Read: AsyncRead + Unpin + Send + 'static;
     type Write: AsyncWrite + Unpin + Send + 'static;
     fn split(self) -> (Self::Read, Self::Write);
+    /// The stream again from its halves (a connection that turns out to speak HTTP/2).
+    fn unsplit(read: Self::Read, write: Self::Write) -> Option<Self>;
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Split for tokio_rustls::server::TlsStream<S> {
@@ -147,6 +161,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Split for tokio_rustls:
 
     fn split(self) -> (Self::Read, Self::Write) {
         tokio::io::split(self)
+    }
+
+    fn unsplit(read: Self::Read, write: Self::Write) -> Option<Self> {
+        read.is_pair_of(&write).then(|| read.unsplit(write))
     }
 }
 
@@ -157,6 +175,10 @@ impl Split for TcpStream {
     /// No lock between the halves (unlike `tokio::io::split`).
     fn split(self) -> (OwnedReadHalf, OwnedWriteHalf) {
         self.into_split()
+    }
+
+    fn unsplit(read: OwnedReadHalf, write: OwnedWriteHalf) -> Option<Self> {
+        read.reunite(write).ok()
     }
 }
 
@@ -182,6 +204,13 @@ pub(crate) async fn serve_connection<S: Split>(gw: Arc<Gateway>, stream: S, peer
         let head = match c.read_head(&ctl, limits, first).await {
             Ok(h) => h,
             Err(HeadError::Gone) => return,
+            Err(HeadError::Http2) => {
+                let Conn { rd, wr, buf, .. } = c;
+                let Some(stream) = rd.and_then(|rd| S::unsplit(rd, wr)) else {
+                    return;
+                };
+                return crate::h2::serve(gw.clone(), crate::h2::Rewind::new(buf.freeze(), stream), peer, ctl).await;
+            }
             Err(HeadError::Bad(status, msg)) => {
                 tracing::debug!(peer = %peer.addr, %status, error = %msg, "bad request head");
                 c.unread_body = true;
@@ -265,7 +294,13 @@ impl<R: AsyncRead + Unpin + Send + 'static, W: AsyncWrite + Unpin> Conn<R, W> {
         // for a keep-alive connection with nothing yet, the idle timeout.
         let mut deadline: Option<(Instant, bool)> = None;
         loop {
-            if !self.buf.is_empty() {
+            // A first request that starts like the HTTP/2 preface waits for all of it.
+            let preface =
+                first && !self.buf.is_empty() && crate::h2::PREFACE.starts_with(&self.buf[..self.buf.len().min(crate::h2::PREFACE.len())]);
+            if preface && self.buf.len() >= crate::h2::PREFACE.len() {
+                return Err(HeadError::Http2);
+            }
+            if !self.buf.is_empty() && !preface {
                 if let Some(h) = parse_request_head(&mut self.buf, limits, &mut self.at)? {
                     return Ok(h);
                 }

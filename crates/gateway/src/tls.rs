@@ -197,14 +197,14 @@ impl Certificates {
         }
     }
 
-    /// The rustls server configuration: TLS 1.2 and 1.3, these certificates, ALPN `http/1.1`.
+    /// The rustls server configuration: TLS 1.2 and 1.3, these certificates, ALPN `h2` then `http/1.1`.
     pub fn server_config(self: &Arc<Self>) -> Arc<rustls::ServerConfig> {
         let mut cfg = rustls::ServerConfig::builder_with_provider(self.provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
             .expect("ring supports TLS 1.2 and 1.3")
             .with_no_client_auth()
             .with_cert_resolver(self.clone());
-        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+        cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Arc::new(cfg)
     }
 }

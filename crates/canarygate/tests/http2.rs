@@ -1,0 +1,93 @@
+//! HTTP/2 on the client side (PRODUCT.md §11), cleartext with prior knowledge on the plain listener: `curl
+//! --http2-prior-knowledge` gets HTTP/2 answers, and 1,000 streams over one connection (a real HTTP/2
+//! client, hyper's) are each a request of their own: split at 10% within 4 binomial σ, each counted in
+//! the variant's metrics and written to the access log. (HTTP/2 over TLS with ALPN: tests/tls.rs.)
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_over_one_prior_knowledge_connection_are_split_and_counted_one_by_one() {
+    let f = fixture(10.0, json!({})).await;
+    let addr = f.s.gateway.trim_start_matches("http://").to_string();
+
+    // curl, as a user would.
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "--http2-prior-knowledge",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_version} %{http_code}",
+        ])
+        .arg(format!("http://{addr}/orders/prod/items/1"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "2 200",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // 1,000 streams on one connection, 20 at a time.
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let (send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let (mut send, next, addr) = (send.clone(), next.clone(), addr.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut canary = 0;
+            while next.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < 1000 {
+                send.ready().await.unwrap();
+                let req = hyper::Request::get(format!("http://{addr}/orders/prod/items/2"))
+                    .body(http_body_util::Empty::<bytes::Bytes>::new())
+                    .unwrap();
+                let resp = send.send_request(req).await.unwrap();
+                assert_eq!(resp.status(), 200);
+                assert_eq!(resp.version(), hyper::Version::HTTP_2);
+                if resp.headers()["x-canarygate-variant"] == "canary" {
+                    canary += 1;
+                }
+                use http_body_util::BodyExt;
+                let body = resp.into_body().collect().await.unwrap().to_bytes();
+                assert!(!body.is_empty());
+            }
+            canary
+        }));
+    }
+    let mut canary = 0;
+    for t in tasks {
+        canary += t.await.unwrap();
+    }
+    // n = 1000, p = 0.1: σ = 9.5, so within 4σ of 100.
+    assert!((62..=138).contains(&canary), "{canary} of 1000 streams to the canary");
+
+    // Each stream is a request of its own in the variant's metrics and in the access log.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let canary_count = v1_sum(&f.c, &f.s, "canary", "Count").await;
+        let prod_count = v1_sum(&f.c, &f.s, "production", "Count").await;
+        let log = std::fs::read_to_string(f.dir.path().join("data/logs/orders/prod.log")).unwrap_or_default();
+        let lines = log.lines().count();
+        if canary_count as usize == canary && (canary_count + prod_count) as usize == 1001 && lines == 1001 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "metrics {canary_count} canary + {prod_count} production, {lines} log lines (want {canary} canary, 1001 in all)"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
