@@ -295,3 +295,111 @@ async fn a_tls_listener_without_a_usable_certificate_refuses_to_start() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("server.tls") && err.contains("missing.pem"), "{err}");
 }
+
+/// An HTTPS backend started by the test: answers `{"backend": name}` over TLS with `pem`/`key`.
+async fn https_backend(name: &'static str, pem: &Path, key: &Path) -> std::net::SocketAddr {
+    use hyper::server::conn::http1;
+    use hyper_util::rt::TokioIo;
+    use rustls_pki_types::pem::PemObject;
+    let certs: Vec<_> = rustls_pki_types::CertificateDer::pem_file_iter(pem)
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let key = rustls_pki_types::PrivateKeyDer::from_pem_file(key).unwrap();
+    let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else { return };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else { return };
+                let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| async move {
+                    let body = json!({"backend": name, "path": req.uri().path()}).to_string();
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from(body))))
+                });
+                let _ = http1::Builder::new().serve_connection(TokioIo::new(tls), svc).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_upstreams_are_verified_against_the_ca_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new(dir.path());
+    let (pem, key) = ca.issue("backend", "localhost");
+    let trusted = https_backend("trusted", &pem, &key).await;
+    let other_dir = dir.path().join("other-ca");
+    std::fs::create_dir(&other_dir).unwrap();
+    let other = Ca::new(&other_dir);
+    let (opem, okey) = other.issue("backend", "localhost");
+    let untrusted = https_backend("untrusted", &opem, &okey).await;
+
+    let s = Server::start(&dir.path().join("data"), &[], &[]);
+    let c = client();
+    let ca_file = dir.path().join("ca.pem");
+    for (api, port) in [("good", trusted.port()), ("bad", untrusted.port())] {
+        ok(
+            &c,
+            &s,
+            "PUT",
+            &format!("/v1/apis/{api}"),
+            Some(json!({"routes": [{"path": "/{proxy+}", "integration": {"type": "http",
+                "uri": format!("https://localhost:{port}/{{proxy}}"), "caFile": ca_file}}]})),
+        )
+        .await;
+        let d = ok(&c, &s, "POST", &format!("/v1/apis/{api}/deployments"), Some(json!({}))).await;
+        ok(
+            &c,
+            &s,
+            "PUT",
+            &format!("/v1/apis/{api}/stages/prod"),
+            Some(json!({"deploymentId": d["id"]})),
+        )
+        .await;
+    }
+    let r = c.get(format!("{}/good/prod/x/1", s.gateway)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body, json!({"backend": "trusted", "path": "/x/1"}));
+    // Twice more on the pooled connection.
+    for _ in 0..2 {
+        assert_eq!(c.get(format!("{}/good/prod/x/2", s.gateway)).send().await.unwrap().status(), 200);
+    }
+
+    // A certificate the CA did not sign: 502, counted as the variant's 5XXError.
+    let r = c.get(format!("{}/bad/prod/x", s.gateway)).send().await.unwrap();
+    assert_eq!(r.status(), 502);
+    let text = r.text().await.unwrap();
+    assert!(text.contains("certificate"), "{text}");
+    let q = "/v1/metrics?api=bad&stage=prod&variant=production&metric=5XXError&statistic=Sum&periodSeconds=3600";
+    let v = ok(&c, &s, "GET", q, None).await;
+    let errors: f64 = v["datapoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["value"].as_f64().unwrap())
+        .sum();
+    assert_eq!(errors, 1.0, "{v}");
+
+    // caFile only goes with https://.
+    let (status, body) = admin(
+        &c,
+        &s,
+        "PUT",
+        "/v1/apis/plain",
+        Some(json!({"routes": [{"path": "/x", "integration": {"type": "http", "uri": "http://localhost:1/", "caFile": "ca.pem"}}]})),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.to_string().contains("caFile"), "{body}");
+}

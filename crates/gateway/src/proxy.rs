@@ -95,6 +95,8 @@ struct UpstreamCall {
     variant: Variant,
     /// With tracing on: each call is a client span of this trace, its id the upstream's parent.
     trace: Option<TraceCtx>,
+    /// For an `https://` upstream: how its certificate is verified.
+    tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 /// A traced call's client span id and its trace.
@@ -123,7 +125,7 @@ impl UpstreamCall {
 
     async fn send(&self, gw: &Gateway, body: Body, max_body: u64) -> (Result<Response<Body>, ProxyError>, u64) {
         let (req, span) = self.request(body);
-        send(gw, req, span, self.variant, self.timeouts, max_body).await
+        send(gw, req, span, self.variant, self.timeouts, self.tls.as_ref(), max_body).await
     }
 }
 
@@ -144,6 +146,7 @@ async fn send(
     span: CallSpan,
     variant: Variant,
     timeouts: Timeouts,
+    tls: Option<&Arc<rustls::ClientConfig>>,
     max_body: u64,
 ) -> (Result<Response<Body>, ProxyError>, u64) {
     let t0 = Instant::now();
@@ -153,7 +156,7 @@ async fn send(
         }
         _ => None,
     };
-    let res = upstream::send(req, timeouts).await;
+    let res = upstream::send(req, timeouts, tls).await;
     let us = t0.elapsed().as_micros() as u64;
     let res = res.map_err(|e| attribute(&e, max_body));
     if let Some((tracer, ctx, span_id, start, method, uri)) = traced {
@@ -228,7 +231,7 @@ where
     let var = |n: &str| vr.variables.get(n).map(String::as_str);
     let params = matched.params;
     let param = |n: &str| params.get(n);
-    let (uri, timeouts) = match &*integration {
+    let (uri, timeouts, tls) = match &*integration {
         CompiledIntegration::Mock {
             status,
             headers,
@@ -249,7 +252,7 @@ where
                 route,
             };
         }
-        CompiledIntegration::Http { uri, timeouts } => (uri, *timeouts),
+        CompiledIntegration::Http { uri, timeouts, tls } => (uri, *timeouts, tls.clone()),
     };
     let mut target = String::with_capacity(128);
     uri.render_into(&mut target, var, param);
@@ -306,6 +309,7 @@ where
         timeouts,
         variant: vr.variant,
         trace: trace.copied(),
+        tls,
     };
 
     let cacheable_method = parts.method == http::Method::GET || parts.method == http::Method::HEAD;
@@ -328,9 +332,9 @@ where
             Box::pin(cached(gw, cache, key, &call, stage.cache_ttl)).await
         }
         None => {
-            let (timeouts, variant) = (call.timeouts, call.variant);
+            let (timeouts, variant, tls) = (call.timeouts, call.variant, call.tls.clone());
             let (req, span) = call.into_request(body.boxed_unsync());
-            let (res, us) = send(gw, req, span, variant, timeouts, max).await;
+            let (res, us) = send(gw, req, span, variant, timeouts, tls.as_ref(), max).await;
             Outcome {
                 result: res.map(stream_response),
                 integration_us: Some(us),

@@ -19,6 +19,8 @@ pub enum CompiledIntegration {
     Http {
         uri: Template,
         timeouts: crate::upstream::Timeouts,
+        /// For an `https://` URI: how the upstream's certificate is verified.
+        tls: Option<Arc<rustls::ClientConfig>>,
     },
     Mock {
         status: http::StatusCode,
@@ -93,6 +95,7 @@ impl CompiledDeployment {
                     uri,
                     timeout_ms,
                     read_timeout_ms,
+                    ca_file,
                 } => match Template::parse("uri", uri, true) {
                     Ok(t) => CompiledIntegration::Http {
                         uri: t,
@@ -100,6 +103,7 @@ impl CompiledDeployment {
                             head: Duration::from_millis(u64::from(*timeout_ms)),
                             body_read: Duration::from_millis(u64::from(*read_timeout_ms)),
                         },
+                        tls: uri.starts_with("https://").then(|| crate::tls::client_config(ca_file.as_deref())),
                     },
                     Err(_) => continue,
                 },

@@ -225,3 +225,49 @@ impl ResolvesServerCert for Certificates {
         snapshot.default.clone()
     }
 }
+
+/// Client configurations for `https://` upstreams, by CA file (`None`: the system's roots), made once.
+static CLIENT_CONFIGS: std::sync::LazyLock<Mutex<HashMap<Option<String>, Arc<rustls::ClientConfig>>>> =
+    std::sync::LazyLock::new(Default::default);
+
+/// How an `https://` upstream's certificate is verified: against `ca_file`'s certificates, or the
+/// system's roots. A CA file that cannot be read gives a configuration that trusts nothing (every call
+/// fails, as a 502 naming the reason) and an error log line naming the file.
+pub(crate) fn client_config(ca_file: Option<&str>) -> Arc<rustls::ClientConfig> {
+    let key = ca_file.map(str::to_string);
+    let mut configs = CLIENT_CONFIGS.lock().expect("not poisoned");
+    if let Some(c) = configs.get(&key) {
+        return c.clone();
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_file {
+        Some(path) => match CertificateDer::pem_file_iter(path) {
+            Ok(certs) => {
+                let (added, _) = roots.add_parsable_certificates(certs.filter_map(Result::ok));
+                if added == 0 {
+                    tracing::error!(file = %path, "the integration's caFile holds no usable certificate: its upstream is trusted by nothing");
+                }
+            }
+            Err(e) => {
+                tracing::error!(file = %path, error = %e, "the integration's caFile cannot be read: its upstream is trusted by nothing")
+            }
+        },
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            for e in &found.errors {
+                tracing::warn!(error = %e, "a system root certificate cannot be loaded");
+            }
+            roots.add_parsable_certificates(found.certs);
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .expect("ring supports TLS 1.2 and 1.3")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let cfg = Arc::new(cfg);
+    configs.insert(key, cfg.clone());
+    cfg
+}

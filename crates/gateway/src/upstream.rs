@@ -27,6 +27,7 @@ use std::collections::HashMap;
 use std::future::{poll_fn, Future as _};
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -56,11 +57,13 @@ const FIRST_READ: usize = 4096;
 
 /// An upstream connection as the driver uses it: any byte stream (plain TCP; TLS to come) that can say
 /// whether it is still open while idle, and go back to this worker's pool.
-pub(crate) trait Connection: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+pub(crate) trait Connection: AsyncRead + AsyncWrite + Unpin + Send + Sized + 'static {
     /// Whether an idle connection is still open: nothing to read (no end-of-file, no stray bytes).
     fn is_open(&self) -> bool;
     /// Back into this worker's pool for `authority` (or closed, when the pool is full).
     fn checkin(self, authority: &str);
+    /// The most recently used idle connection of this kind to `host` that is open and not too old.
+    fn take_idle(host: &mut Host) -> Option<Self>;
 }
 
 impl Connection for TcpStream {
@@ -81,6 +84,39 @@ impl Connection for TcpStream {
             }
         });
     }
+
+    fn take_idle(host: &mut Host) -> Option<Self> {
+        take_idle(&mut host.idle)
+    }
+}
+
+/// An `https://` upstream's connection.
+type TlsConn = tokio_rustls::client::TlsStream<TcpStream>;
+
+impl Connection for TlsConn {
+    /// The socket under TLS has nothing to read. (A connection whose upstream sent anything while it
+    /// was idle — a close_notify, a late session ticket — is not reused.)
+    fn is_open(&self) -> bool {
+        self.get_ref().0.is_open()
+    }
+
+    fn checkin(self, authority: &str) {
+        HOSTS.with_borrow_mut(|hosts| {
+            let Some(h) = hosts.get_mut(authority) else { return };
+            if h.idle_tls.len() < MAX_IDLE_PER_HOST {
+                h.idle_tls.push((Box::new(self), Instant::now()));
+            }
+        });
+    }
+
+    fn take_idle(host: &mut Host) -> Option<Self> {
+        while let Some((c, since)) = host.idle_tls.pop() {
+            if since.elapsed() <= IDLE_TIMEOUT && c.is_open() {
+                return Some(*c);
+            }
+        }
+        None
+    }
 }
 
 struct Idle {
@@ -90,9 +126,11 @@ struct Idle {
 
 /// One upstream authority: its `Host` header and its idle connections, most recently used last.
 #[derive(Default)]
-struct Host {
+pub(crate) struct Host {
     host_header: Option<HeaderValue>,
     idle: Vec<Idle>,
+    /// Idle connections to an `https://` upstream on this authority.
+    idle_tls: Vec<(Box<TlsConn>, Instant)>,
 }
 
 /// Upstreams by authority (as written in the integration URI).
@@ -148,9 +186,25 @@ impl Failed {
     }
 }
 
-/// Sends `req` (absolute URI, `http://authority/path?query`) to its upstream over a pooled or new
-/// connection of the calling worker thread.
-pub async fn send(req: Request<Body>, timeouts: Timeouts) -> Result<Response<Body>, SendError> {
+/// Sends `req` (absolute URI, `http://authority/path?query` or `https://...` with `tls`) to its upstream
+/// over a pooled or new connection of the calling worker thread.
+pub async fn send(req: Request<Body>, timeouts: Timeouts, tls: Option<&Arc<rustls::ClientConfig>>) -> Result<Response<Body>, SendError> {
+    match tls {
+        None => send_on(req, timeouts, connect).await,
+        Some(cfg) => {
+            let connector = tokio_rustls::TlsConnector::from(cfg.clone());
+            Box::pin(send_on(req, timeouts, move |a| connect_tls(a, connector.clone()))).await
+        }
+    }
+}
+
+/// [`send`] over connections of type `C`, made by `connect` when no idle one is there.
+async fn send_on<C, F, Fut>(req: Request<Body>, timeouts: Timeouts, connect: F) -> Result<Response<Body>, SendError>
+where
+    C: Connection,
+    F: Fn(Authority) -> Fut,
+    Fut: std::future::Future<Output = Result<C, SendError>>,
+{
     let (parts, mut body) = req.into_parts();
     let authority = parts.uri.authority().ok_or(SendError::NoHost)?;
     let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
@@ -164,7 +218,7 @@ pub async fn send(req: Request<Body>, timeouts: Timeouts) -> Result<Response<Bod
             .host_header
             .get_or_insert_with(|| HeaderValue::from_str(authority.as_str()).unwrap_or_else(|_| HeaderValue::from_static("localhost")))
             .clone();
-        (header, take_idle(&mut h.idle))
+        (header, C::take_idle(h))
     });
 
     let framing = if body.is_end_stream() {
@@ -189,7 +243,7 @@ pub async fn send(req: Request<Body>, timeouts: Timeouts) -> Result<Response<Bod
     loop {
         let (stream, reused) = match conn.take() {
             Some(s) => (s, true),
-            None => match tokio::time::timeout_at(deadline, connect(authority)).await {
+            None => match tokio::time::timeout_at(deadline, connect(authority.clone())).await {
                 Ok(s) => (s?, false),
                 Err(_) => return Err(SendError::Timeout(timeouts.head)),
             },
@@ -563,6 +617,7 @@ pub fn sweep() {
     HOSTS.with_borrow_mut(|hosts| {
         for h in hosts.values_mut() {
             h.idle.retain(|i| i.since.elapsed() <= IDLE_TIMEOUT && i.stream.is_open());
+            h.idle_tls.retain(|(c, since)| since.elapsed() <= IDLE_TIMEOUT && c.is_open());
         }
     });
 }
@@ -584,7 +639,16 @@ fn take_idle(idle: &mut Vec<Idle>) -> Option<TcpStream> {
     None
 }
 
-async fn connect(authority: &Authority) -> Result<TcpStream, SendError> {
+/// A TLS connection to an `https://` upstream, its certificate verified for the URI's host.
+async fn connect_tls(authority: Authority, connector: tokio_rustls::TlsConnector) -> Result<TlsConn, SendError> {
+    let tcp = connect(authority.clone()).await?;
+    let host = authority.host().trim_start_matches('[').trim_end_matches(']');
+    let name = rustls_pki_types::ServerName::try_from(host.to_string())
+        .map_err(|e| SendError::Connect(io::Error::new(io::ErrorKind::InvalidInput, e)))?;
+    connector.connect(name, tcp).await.map_err(SendError::Connect)
+}
+
+async fn connect(authority: Authority) -> Result<TcpStream, SendError> {
     let port = authority.port_u16().unwrap_or(80);
     // An IPv6 literal is written in brackets in a URI, without them in a socket address.
     let host = authority.host().trim_start_matches('[').trim_end_matches(']');
@@ -720,7 +784,7 @@ mod tests {
     async fn sequential_requests_reuse_one_connection() {
         let (addr, accepted) = backend(b"hello", usize::MAX).await;
         for _ in 0..50 {
-            let resp = send(get(addr), T).await.unwrap();
+            let resp = send(get(addr), T, None).await.unwrap();
             assert_eq!(resp.status(), 200);
             assert_eq!(body_of(resp).await, "hello");
         }
@@ -732,7 +796,7 @@ mod tests {
     async fn a_connection_the_upstream_closed_is_not_used_again() {
         let (addr, accepted) = backend(b"ok", 1).await;
         for i in 0..20 {
-            let resp = send(get(addr), T).await.unwrap_or_else(|e| panic!("request {i}: {e}"));
+            let resp = send(get(addr), T, None).await.unwrap_or_else(|e| panic!("request {i}: {e}"));
             // Whether the close has reached the pool yet (skipped) or not (retried on a new
             // connection), the request must succeed.
             assert_eq!(body_of(resp).await, "ok");
@@ -744,10 +808,10 @@ mod tests {
     async fn a_body_dropped_unread_closes_its_connection() {
         let big: &'static [u8] = Box::leak(vec![b'x'; 1 << 20].into_boxed_slice());
         let (addr, accepted) = backend(big, usize::MAX).await;
-        let resp = send(get(addr), T).await.unwrap();
+        let resp = send(get(addr), T, None).await.unwrap();
         drop(resp);
         assert_eq!(idle_count(), 0, "not returned to the pool");
-        let resp = send(get(addr), T).await.unwrap();
+        let resp = send(get(addr), T, None).await.unwrap();
         assert_eq!(body_of(resp).await.len(), 1 << 20);
         assert_eq!(accepted.load(Ordering::SeqCst), 2, "the second request needed a new connection");
         assert_eq!(idle_count(), 1, "read to the end: back in the pool");
@@ -758,7 +822,7 @@ mod tests {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
         drop(l);
-        let err = send(get(addr), T).await.unwrap_err();
+        let err = send(get(addr), T, None).await.unwrap_err();
         assert!(matches!(err, SendError::Connect(_)), "{err}");
     }
 
@@ -860,7 +924,7 @@ mod tests {
     #[tokio::test]
     async fn a_request_body_of_known_length_goes_with_its_head() {
         let (addr, _, seen) = scripted(|_, _| ok("got it")).await;
-        let resp = send(request(Method::POST, addr, full_body("abc")), T).await.unwrap();
+        let resp = send(request(Method::POST, addr, full_body("abc")), T, None).await.unwrap();
         assert_eq!(body_of(resp).await, "got it");
         let raw = String::from_utf8(seen.lock().unwrap()[0].clone()).unwrap();
         assert!(raw.starts_with(&format!("POST /p?q=1 HTTP/1.1\r\nhost: {addr}\r\n")), "{raw}");
@@ -873,7 +937,7 @@ mod tests {
         let (addr, _, seen) = scripted(|_, _| ok("")).await;
         let pieces = ["hello ", "chunked ", "world"].map(|p| Ok::<_, BoxError>(Frame::data(Bytes::from_static(p.as_bytes()))));
         let body = Body::new(http_body_util::StreamBody::new(futures_util::stream::iter(pieces)));
-        let resp = send(request(Method::PUT, addr, body), T).await.unwrap();
+        let resp = send(request(Method::PUT, addr, body), T, None).await.unwrap();
         assert_eq!(resp.status(), 200);
         let raw = String::from_utf8(seen.lock().unwrap()[0].clone()).unwrap();
         assert!(raw.contains("\r\ntransfer-encoding: chunked\r\n\r\n"), "{raw}");
@@ -888,7 +952,7 @@ mod tests {
         let (addr, _, _) = scripted(|_, _| ok("")).await;
         let pieces = ["0123456789"; 3].map(|p| Ok::<_, BoxError>(Frame::data(Bytes::from_static(p.as_bytes()))));
         let body = http_body_util::Limited::new(http_body_util::StreamBody::new(futures_util::stream::iter(pieces)), 25);
-        let err = send(request(Method::POST, addr, Body::new(body)), T).await.unwrap_err();
+        let err = send(request(Method::POST, addr, Body::new(body)), T, None).await.unwrap_err();
         let SendError::Body(inner) = &err else { panic!("{err}") };
         assert!(inner.is::<http_body_util::LengthLimitError>(), "{inner}");
     }
@@ -905,7 +969,7 @@ mod tests {
         })
         .await;
         for _ in 0..3 {
-            let resp = send(get(addr), T).await.unwrap();
+            let resp = send(get(addr), T, None).await.unwrap();
             assert!(resp.headers().get("content-length").is_none(), "dropped beside chunked");
             assert_eq!(body_of(resp).await, "wikipedia");
         }
@@ -920,12 +984,12 @@ mod tests {
             _ => Reply::Close,
         })
         .await;
-        assert_eq!(body_of(send(get(addr), T).await.unwrap()).await, "hi");
+        assert_eq!(body_of(send(get(addr), T, None).await.unwrap()).await, "hi");
         assert_eq!(idle_count(), 0);
         let (addr2, _, _) = scripted(|_, _| Reply::SendClose(vec![b"HTTP/1.0 200 OK\r\n\r\nuntil ".to_vec(), b"the end".to_vec()])).await;
-        assert_eq!(body_of(send(get(addr2), T).await.unwrap()).await, "until the end");
+        assert_eq!(body_of(send(get(addr2), T, None).await.unwrap()).await, "until the end");
         assert_eq!(idle_count(), 0);
-        assert_eq!(body_of(send(get(addr), T).await.unwrap()).await, "hi");
+        assert_eq!(body_of(send(get(addr), T, None).await.unwrap()).await, "hi");
         assert_eq!(accepted.load(Ordering::SeqCst), 2, "a new connection for the second request");
     }
 
@@ -939,27 +1003,27 @@ mod tests {
         .await;
         let mut head = get(addr);
         *head.method_mut() = Method::HEAD;
-        let resp = send(head, T).await.unwrap();
+        let resp = send(head, T, None).await.unwrap();
         assert_eq!(resp.headers()["content-length"], "10");
         assert!(resp.body().is_end_stream());
         drop(resp);
-        let resp = send(get(addr), T).await.unwrap();
+        let resp = send(get(addr), T, None).await.unwrap();
         assert_eq!(resp.status(), 204);
         drop(resp);
-        assert_eq!(body_of(send(get(addr), T).await.unwrap()).await, "last");
+        assert_eq!(body_of(send(get(addr), T, None).await.unwrap()).await, "last");
         assert_eq!(accepted.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test]
     async fn bad_and_truncated_responses_are_errors() {
         let (addr, _, _) = scripted(|_, _| Reply::SendClose(vec![b"HTTP/1.1 200 OK\r\ncontent-length: x\r\n\r\n".to_vec()])).await;
-        let err = send(get(addr), T).await.unwrap_err();
+        let err = send(get(addr), T, None).await.unwrap_err();
         assert!(
             matches!(err, SendError::Protocol(ProtocolError::ContentLength(ref v)) if v == "x"),
             "{err:?}"
         );
         let (addr, _, _) = scripted(|_, _| Reply::SendClose(vec![b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nonly5".to_vec()])).await;
-        let err = send(get(addr), T).await.unwrap().into_body().collect().await.unwrap_err();
+        let err = send(get(addr), T, None).await.unwrap().into_body().collect().await.unwrap_err();
         assert!(err.is::<UpstreamBodyError>(), "{err}");
         assert!(err.to_string().ends_with(&ProtocolError::Truncated.to_string()), "{err}");
         assert_eq!(idle_count(), 0);
@@ -1018,7 +1082,7 @@ mod tests {
             head: Duration::from_secs(1),
             body_read: Duration::from_secs(5),
         };
-        let resp = send(get(addr), timeouts).await.unwrap();
+        let resp = send(get(addr), timeouts, None).await.unwrap();
         let t0 = Clock::now();
         let mut body = resp.into_body();
         let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
@@ -1040,9 +1104,13 @@ mod tests {
             head: Duration::from_secs(2),
             body_read: Duration::from_secs(60),
         };
-        let resp = send(request(Method::POST, addr, slow_body(Duration::from_secs(1), Some(10))), timeouts)
-            .await
-            .unwrap();
+        let resp = send(
+            request(Method::POST, addr, slow_body(Duration::from_secs(1), Some(10))),
+            timeouts,
+            None,
+        )
+        .await
+        .unwrap();
         assert_eq!(body_of(resp).await, "done");
         let req = String::from_utf8(seen.lock().unwrap()[0].clone()).unwrap();
         assert!(req.contains("transfer-encoding: chunked"), "{req}");
@@ -1054,7 +1122,9 @@ mod tests {
         })
         .await;
         let t0 = Clock::now();
-        let err = send(request(Method::POST, addr, full_body("abc")), timeouts).await.unwrap_err();
+        let err = send(request(Method::POST, addr, full_body("abc")), timeouts, None)
+            .await
+            .unwrap_err();
         assert!(matches!(err, SendError::Timeout(d) if d == Duration::from_secs(2)), "{err}");
         assert!(t0.elapsed() < Duration::from_secs(3));
     }
@@ -1075,9 +1145,13 @@ mod tests {
             body_read: Duration::from_secs(5),
         };
         // A body that never ends.
-        let resp = send(request(Method::POST, addr, slow_body(Duration::from_millis(10), None)), timeouts)
-            .await
-            .unwrap();
+        let resp = send(
+            request(Method::POST, addr, slow_body(Duration::from_millis(10), None)),
+            timeouts,
+            None,
+        )
+        .await
+        .unwrap();
         assert_eq!(resp.status(), 413);
         assert_eq!(body_of(resp).await, "too big!");
         assert_eq!(idle_count(), 0, "a connection with an unfinished request is not reused");
@@ -1090,7 +1164,7 @@ mod tests {
         .await;
         let big: &'static [u8] = Box::leak(vec![b'x'; 8 << 20].into_boxed_slice());
         let body = Body::new(http_body_util::Full::new(Bytes::from_static(big)).map_err(|never| match never {}));
-        let resp = send(request(Method::POST, addr, body), timeouts).await.unwrap();
+        let resp = send(request(Method::POST, addr, body), timeouts, None).await.unwrap();
         assert_eq!(resp.status(), 401);
     }
 
@@ -1098,13 +1172,13 @@ mod tests {
     async fn only_bodyless_idempotent_requests_are_retried_when_a_reused_connection_closes() {
         // Every connection answers its first request and closes silently on its second.
         let (addr, accepted, _) = scripted(|_, n| if n == 0 { ok("first") } else { Reply::Close }).await;
-        assert_eq!(body_of(send(get(addr), T).await.unwrap()).await, "first");
+        assert_eq!(body_of(send(get(addr), T, None).await.unwrap()).await, "first");
         assert_eq!(idle_count(), 1);
         // The GET goes out on the pooled connection, finds it closed, and is sent again on a new one.
-        assert_eq!(body_of(send(get(addr), T).await.unwrap()).await, "first");
+        assert_eq!(body_of(send(get(addr), T, None).await.unwrap()).await, "first");
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
         // A POST is not sent twice.
-        let err = send(request(Method::POST, addr, full_body("")), T).await.unwrap_err();
+        let err = send(request(Method::POST, addr, full_body("")), T, None).await.unwrap_err();
         assert!(matches!(err, SendError::Closed), "{err:?}");
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }

@@ -51,6 +51,10 @@ pub enum Integration {
         /// (nginx's `proxy_read_timeout`); a stalled body is ended and counted as a 5XXError.
         #[serde(rename = "readTimeoutMs", default = "default_read_timeout_ms")]
         read_timeout_ms: u32,
+        /// For an `https://` URI: the CA certificates (PEM file on the gateway's machine) the upstream's
+        /// certificate must chain to, instead of the system's roots.
+        #[serde(rename = "caFile", default, skip_serializing_if = "Option::is_none")]
+        ca_file: Option<String>,
     },
     /// A fixed response; the body may refer to stage variables.
     Mock {
@@ -90,14 +94,19 @@ impl Integration {
                 uri,
                 timeout_ms,
                 read_timeout_ms,
+                ca_file,
             } => {
                 let f = format!("{field}.uri");
-                if !uri.starts_with("http://") {
-                    return Err(Error::invalid(
-                        f,
-                        uri,
-                        "must start with http:// (https upstreams are not supported)",
-                    ));
+                if !uri.starts_with("http://") && !uri.starts_with("https://") {
+                    return Err(Error::invalid(f, uri, "must start with http:// or https://"));
+                }
+                if let Some(ca) = ca_file {
+                    if !uri.starts_with("https://") {
+                        return Err(Error::invalid(format!("{field}.caFile"), ca, "is only for https:// URIs"));
+                    }
+                    if ca.trim().is_empty() || ca.contains('\0') {
+                        return Err(Error::invalid(format!("{field}.caFile"), ca, "must be a file path"));
+                    }
                 }
                 let t = Template::parse(&f, uri, true)?;
                 for p in t.path_params() {
@@ -233,6 +242,7 @@ mod tests {
                 uri: uri.into(),
                 timeout_ms: 1000,
                 read_timeout_ms: 60_000,
+                ca_file: None,
             },
         }
     }
@@ -255,7 +265,8 @@ mod tests {
             Integration::Http {
                 uri: "http://x/".into(),
                 timeout_ms: 29000,
-                read_timeout_ms: 60_000
+                read_timeout_ms: 60_000,
+                ca_file: None,
             }
         );
     }
@@ -284,6 +295,7 @@ mod tests {
                 uri: "http://x/".into(),
                 timeout_ms: 10,
                 read_timeout_ms: 60_000,
+                ca_file: None,
             },
             ..http("/a", "")
         };
@@ -294,6 +306,7 @@ mod tests {
                 uri: "http://x/".into(),
                 timeout_ms: 1000,
                 read_timeout_ms: 0,
+                ca_file: None,
             },
             ..http("/a", "")
         };
