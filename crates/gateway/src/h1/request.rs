@@ -160,6 +160,12 @@ pub(crate) fn parse_request_head(buf: &mut BytesMut, limits: &Limits, at: &mut V
             expect_continue = value.as_bytes().eq_ignore_ascii_case(b"100-continue");
         } else if name == header::TRANSFER_ENCODING {
             transfer_encoding = true;
+        } else if name == header::UPGRADE && super::connection_tokens(value.as_bytes()).any(|t| t.eq_ignore_ascii_case(b"h2c")) {
+            // An HTTP/2 cleartext upgrade through a proxy is a known smuggling path (RFC 9113 §3.1
+            // removed it): refused, never forwarded. HTTP/2 in cleartext is spoken with prior knowledge.
+            return Err(bad(
+                "Upgrade: h2c is refused (speak HTTP/2 with prior knowledge, or over TLS)".into()
+            ));
         } else if name == header::HOST {
             hosts += 1;
             if !value.is_empty() && !valid_authority(value.as_bytes()) {
@@ -294,5 +300,24 @@ mod tests {
         assert!(request_framing(&h(&[("transfer-encoding", "gzip, chunked")]), true, Version::HTTP_11).is_err());
         assert!(request_framing(&h(&[("transfer-encoding", "chunked")]), true, Version::HTTP_10).is_err());
         assert!(request_framing(&h(&[("content-length", "1x")]), false, Version::HTTP_11).is_err());
+    }
+
+    #[test]
+    fn an_h2c_upgrade_is_refused() {
+        let limits = Limits::default();
+        let mut at = Vec::new();
+        for head in [
+            "GET / HTTP/1.1\r\nhost: x\r\nconnection: upgrade, http2-settings\r\nupgrade: h2c\r\nhttp2-settings: AAMAAABkAAQAAP__\r\n\r\n",
+            "GET / HTTP/1.1\r\nhost: x\r\nupgrade: websocket, H2C\r\n\r\n",
+        ] {
+            let mut buf = BytesMut::from(head);
+            let Err(BadHead(status, msg)) = parse_request_head(&mut buf, &limits, &mut at) else {
+                panic!("accepted: {head:?}")
+            };
+            assert_eq!(status, StatusCode::BAD_REQUEST);
+            assert!(msg.contains("h2c"), "{msg}");
+        }
+        let mut buf = BytesMut::from("GET / HTTP/1.1\r\nhost: x\r\nupgrade: websocket\r\n\r\n");
+        assert!(parse_request_head(&mut buf, &limits, &mut at).unwrap().is_some());
     }
 }
