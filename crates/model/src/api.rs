@@ -288,8 +288,21 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("duplicate"), "{e}");
-        let e = validate_routes(&[http("/a", "https://x/")]).unwrap_err().to_string();
-        assert!(e.contains("https://x/"), "{e}");
+        validate_routes(&[http("/a", "https://x/")]).unwrap();
+        let e = validate_routes(&[http("/a", "ftp://x/")]).unwrap_err().to_string();
+        assert!(e.contains("routes[0].integration.uri") && e.contains("ftp://x/"), "{e}");
+        let with_ca = |uri: &str| Route {
+            integration: Integration::Http {
+                uri: uri.into(),
+                timeout_ms: 1000,
+                read_timeout_ms: 60_000,
+                ca_file: Some("ca.pem".into()),
+            },
+            ..http("/a", "")
+        };
+        validate_routes(&[with_ca("https://x/")]).unwrap();
+        let e = validate_routes(&[with_ca("http://x/")]).unwrap_err().to_string();
+        assert!(e.contains("routes[0].integration.caFile") && e.contains("only for https://"), "{e}");
         let bad_timeout = Route {
             integration: Integration::Http {
                 uri: "http://x/".into(),
