@@ -1,7 +1,8 @@
 //! HTTP/2 on the client side (PRODUCT.md §11), cleartext with prior knowledge on the plain listener: `curl
 //! --http2-prior-knowledge` gets HTTP/2 answers, and 1,000 streams over one connection (a real HTTP/2
 //! client, hyper's) are each a request of their own: split at 10% within 4 binomial σ, each counted in
-//! the variant's metrics and written to the access log. (HTTP/2 over TLS with ALPN: tests/tls.rs.)
+//! the variant's metrics and written to the access log; a stream the client resets mid-answer is charged to
+//! the client, not the variant. (HTTP/2 over TLS with ALPN: tests/tls.rs.)
 
 mod common;
 
@@ -90,4 +91,41 @@ async fn streams_over_one_prior_knowledge_connection_are_split_and_counted_one_b
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_the_client_resets_is_charged_to_the_client() {
+    let f = fixture(0.0, json!({})).await;
+    let addr = f.s.gateway.trim_start_matches("http://").to_string();
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    // A small window: the 4 MB answer cannot all be sent before the client resets the stream.
+    let (mut send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .initial_stream_window_size(65_535)
+        .handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = hyper::Request::get(format!("http://{addr}/orders/prod/big?pad=4000000"))
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    // Dropping the body before its end resets the stream (RST_STREAM CANCEL).
+    drop(resp);
+
+    let log = f.dir.path().join("data/logs/orders/prod.log");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let line: serde_json::Value = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if let Some(l) = text.lines().find(|l| l.contains("/orders/prod/big")) {
+            break serde_json::from_str(l).unwrap();
+        }
+        assert!(Instant::now() < deadline, "no access log line for the reset stream");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(line["status"], 200);
+    assert_eq!(line["errorSource"], "client", "{line}");
+    assert_eq!(v1_sum(&f.c, &f.s, "production", "5XXError").await, 0.0, "not the variant's error");
+    assert_eq!(v1_sum(&f.c, &f.s, "production", "Count").await, 1.0);
 }
