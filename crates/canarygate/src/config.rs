@@ -90,6 +90,9 @@ pub struct ServerSection {
     pub body_read_timeout_seconds: Option<u64>,
     /// Seconds a client has to send its request head (default 10).
     pub header_read_timeout_seconds: Option<u64>,
+    /// Seconds a WebSocket (or other upgraded) connection may carry nothing either way before it is
+    /// closed (default 300).
+    pub upgrade_idle_timeout_seconds: Option<u64>,
     /// Data-plane worker threads, each a single-threaded runtime with its own accept loop and upstream
     /// pool (default: one per core). `CANARYGATE_GATEWAY_WORKERS` overrides it.
     pub workers: Option<usize>,

@@ -189,6 +189,11 @@ pub async fn start(cfg: &ConfigFile, args: &ServeArgs) -> Result<Running> {
             .body_read_timeout_seconds
             .map_or(defaults.body_read_timeout, Duration::from_secs),
         http2: http2_limits(&cfg.server.http2)?,
+        upgrade_idle_timeout: match cfg.server.upgrade_idle_timeout_seconds {
+            None => defaults.upgrade_idle_timeout,
+            Some(s @ 1..=86_400) => Duration::from_secs(s),
+            Some(s) => bail!("server.upgradeIdleTimeoutSeconds: {s} is not a number of seconds from 1 to 86400"),
+        },
     };
     let mut gateway = Gateway::new(metrics.clone(), log, limits);
     if let Some(endpoint) = &cfg.server.telemetry.otlp_endpoint {

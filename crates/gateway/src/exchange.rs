@@ -48,3 +48,34 @@ pub(crate) enum Ending {
     /// The client went away or stopped reading before the end; not an error of the variant.
     ClientGone,
 }
+
+/// A request that asks to switch protocols (HTTP/1.1 `connection: upgrade`), as an extension of the
+/// request the connection driver hands to the handler: the proxy forwards its `upgrade` field, and the
+/// upstream may answer 101 with its connection ([`Upgraded`]).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct UpgradeRequest {
+    pub(crate) kind: canarygate_metrics::OpenKind,
+}
+
+/// A byte stream both ways (an upstream connection of any kind, plain or TLS).
+pub(crate) trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
+/// The upstream's connection once it answered an upgrade request with 101, and the bytes it sent past
+/// that head: an extension of the 101 response, taken by the client's connection driver to relay.
+#[derive(Clone)]
+pub(crate) struct Upgraded(std::sync::Arc<std::sync::Mutex<Option<Switched>>>);
+
+/// A switched connection and the bytes already read from it.
+pub(crate) type Switched = (Box<dyn Io>, bytes::Bytes);
+
+impl Upgraded {
+    pub(crate) fn new(io: Box<dyn Io>, rest: bytes::Bytes) -> Upgraded {
+        Upgraded(std::sync::Arc::new(std::sync::Mutex::new(Some((io, rest)))))
+    }
+
+    /// The connection and its bytes already read (once).
+    pub(crate) fn take(&self) -> Option<Switched> {
+        self.0.lock().ok()?.take()
+    }
+}

@@ -31,6 +31,7 @@ mod server;
 mod table;
 pub mod tls;
 mod trace;
+mod tunnel;
 mod upstream;
 
 use std::sync::Arc;
@@ -65,6 +66,9 @@ pub struct Limits {
     pub body_read_timeout: Duration,
     /// HTTP/2 connections' limits (streams, header list, windows).
     pub http2: Http2Limits,
+    /// A connection switched to another protocol (WebSocket) with nothing moving either way for this
+    /// long is closed.
+    pub upgrade_idle_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -77,6 +81,7 @@ impl Default for Limits {
             header_read_timeout: Duration::from_secs(10),
             body_read_timeout: Duration::from_secs(60),
             http2: Http2Limits::default(),
+            upgrade_idle_timeout: Duration::from_secs(300),
         }
     }
 }

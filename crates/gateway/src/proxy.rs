@@ -16,7 +16,7 @@ use http_body_util::BodyExt;
 use crate::body::{empty, full, Body, BoxError};
 use crate::cache::{hit_response, storable, vary_hash, CacheKey, StageCache};
 use crate::error::{ClientBodyError, ProxyError};
-use crate::exchange::Peer;
+use crate::exchange::{Peer, UpgradeRequest};
 use crate::table::{CompiledIntegration, StageRoute, VariantRoute};
 use crate::trace::{ClientCall, TRACEPARENT};
 use crate::upstream::{self, SendError, Timeouts};
@@ -97,6 +97,8 @@ struct UpstreamCall {
     trace: Option<TraceCtx>,
     /// For an `https://` upstream: how its certificate is verified.
     tls: Option<Arc<rustls::ClientConfig>>,
+    /// The client asks to switch protocols (its `upgrade` field is in `headers`).
+    upgrade: Option<UpgradeRequest>,
 }
 
 /// A traced call's client span id and its trace.
@@ -120,6 +122,9 @@ impl UpstreamCall {
         *up.method_mut() = self.method;
         *up.uri_mut() = self.uri;
         *up.headers_mut() = self.headers;
+        if let Some(u) = self.upgrade {
+            up.extensions_mut().insert(u);
+        }
         (up, span)
     }
 
@@ -191,7 +196,15 @@ fn attribute(e: &SendError, max_body: u64) -> ProxyError {
 }
 
 fn stream_response(mut resp: Response<Body>) -> Response<Body> {
+    // A 101 (only ever to an upgrade request: see `upstream`) keeps the protocol it switches to.
+    let upgrade = match resp.status() {
+        http::StatusCode::SWITCHING_PROTOCOLS => resp.headers().get(header::UPGRADE).cloned(),
+        _ => None,
+    };
     strip_hop_by_hop(resp.headers_mut());
+    if let Some(u) = upgrade {
+        resp.headers_mut().insert(header::UPGRADE, u);
+    }
     resp
 }
 
@@ -288,8 +301,15 @@ where
         };
     }
     let mut headers = std::mem::take(&mut parts.headers);
+    let upgrade = parts.extensions.get::<UpgradeRequest>().copied();
+    let protocol = upgrade.and_then(|_| headers.get(header::UPGRADE).cloned());
     // The client's Host is not forwarded: the upstream request head writes the upstream's (h1/mod.rs).
     strip_hop_by_hop(&mut headers);
+    if let Some(p) = protocol {
+        // The one hop-by-hop field forwarded: the protocol an upgrade request asks for (the request
+        // head adds `connection: upgrade`).
+        headers.insert(header::UPGRADE, p);
+    }
     let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(prev) => HeaderValue::try_from(format!("{prev}, {}", peer.addr.ip())).ok(),
         None => Some(peer.ip.clone()),
@@ -310,9 +330,10 @@ where
         variant: vr.variant,
         trace: trace.copied(),
         tls,
+        upgrade,
     };
 
-    let cacheable_method = parts.method == http::Method::GET || parts.method == http::Method::HEAD;
+    let cacheable_method = (parts.method == http::Method::GET || parts.method == http::Method::HEAD) && upgrade.is_none();
     let outcome = match stage.cache.as_ref().filter(|_| vr.use_cache && cacheable_method) {
         Some(cache) => {
             let mut path_and_query = String::with_capacity(route_path.len() + 32);

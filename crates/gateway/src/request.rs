@@ -16,7 +16,7 @@ use crate::access_log::{AccessLog, Record};
 use crate::body::{Body, BoxError};
 use crate::choose::choose;
 use crate::error::{ProxyError, Source};
-use crate::exchange::{Ending, Peer};
+use crate::exchange::{Ending, Peer, UpgradeRequest};
 use crate::mirror::{Pair, TeeBody};
 use crate::proxy::{serve, REQUEST_ID};
 use crate::table::{StageRoute, VariantRoute};
@@ -59,6 +59,11 @@ pub(crate) struct Finish {
 }
 
 impl Finish {
+    /// Counts a connection of the request's variant as open (after a 101) until the guard is dropped.
+    pub(crate) fn open_connection(&self, kind: canarygate_metrics::OpenKind) -> Option<canarygate_metrics::OpenConnection> {
+        self.series.as_ref().map(|s| s.open_connection(kind))
+    }
+
     pub(crate) fn done(self, log: &AccessLog, ending: Ending) {
         let mut obs = self.obs;
         let mut record = self.record;
@@ -145,7 +150,8 @@ where
     let (variant, routed) = choose(stage, &parts.headers);
     let vr = stage.variant(variant);
     let (tee, pair) = match stage.mirror.as_deref() {
-        Some(m) if variant == Variant::Production && m.wants(&parts.method) => {
+        // A WebSocket handshake is not copied: the copy could not be relayed.
+        Some(m) if variant == Variant::Production && m.wants(&parts.method) && parts.extensions.get::<UpgradeRequest>().is_none() => {
             match crate::mirror::start(gw, stage, m, &parts, rest, host.as_deref(), peer, &rid, sec) {
                 Some((tee, pair)) => (tee, Some(pair)),
                 None => (None, None),

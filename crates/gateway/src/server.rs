@@ -47,12 +47,13 @@ use tokio::time::{Instant, Sleep};
 use crate::body::{Body, BoxError};
 use crate::body_read::{BodyRead, ReadError};
 use crate::error::{json_error, ClientBodyError};
-use crate::exchange::{Ending, Peer};
+use crate::exchange::{Ending, Peer, UpgradeRequest, Upgraded};
 use crate::h1::request::{parse_request_head, request_line_too_long, BadHead, FieldAt, RequestHead};
-use crate::h1::response::{encode_response_head, ResponseFraming};
+use crate::h1::response::{encode_response_head, encode_switching_head, ResponseFraming};
 use crate::h1::{self, Decoded, Decoder};
 use crate::request;
 use crate::{Gateway, Limits};
+use canarygate_metrics::OpenKind;
 
 /// A keep-alive connection with no request for this long is closed (AWS load balancers' default
 /// idle timeout; nginx's `keepalive_timeout` is 75 s).
@@ -227,12 +228,26 @@ pub(crate) async fn serve_connection<S: Split>(gw: Arc<Gateway>, stream: S, peer
             Ok(b) => b,
             Err(_) => return,
         };
+        let upgrade = head.upgrade.then(|| UpgradeRequest {
+            kind: match head.headers.get(header::UPGRADE) {
+                Some(v) if h1::connection_tokens(v.as_bytes()).any(|t| t.eq_ignore_ascii_case(b"websocket")) => OpenKind::WebSocket,
+                _ => OpenKind::Upgrade,
+            },
+        });
         let mut req = Request::new(body);
         *req.method_mut() = head.method;
         *req.uri_mut() = head.uri;
         *req.version_mut() = head.version;
         *req.headers_mut() = head.headers;
+        if let Some(u) = upgrade {
+            req.extensions_mut().insert(u);
+        }
         let (resp, finish) = request::handle(&gw, req, &peer).await;
+        if let Some(u) = upgrade.filter(|_| resp.status() == StatusCode::SWITCHING_PROTOCOLS) {
+            if let Some(switched) = resp.extensions().get::<Upgraded>().and_then(Upgraded::take) {
+                return c.switch(resp, switched, finish, &gw, u.kind).await;
+            }
+        }
 
         if let Some(mut back) = lent {
             match back.try_recv() {
@@ -400,6 +415,37 @@ impl<R: AsyncRead + Unpin + Send + 'static, W: AsyncWrite + Unpin> Conn<R, W> {
             first,
         };
         Ok((h1::WireBody::Streaming(Box::new(reader)), Some(rx)))
+    }
+
+    /// The upstream agreed to switch protocols: the 101 is recorded (a request of its variant) and
+    /// written, then the connection is relayed to the upstream's until it ends.
+    async fn switch(
+        mut self,
+        resp: Response<Body>,
+        (upstream, early): crate::exchange::Switched,
+        finish: request::Finish,
+        gw: &Gateway,
+        kind: OpenKind,
+    ) {
+        let open = finish.open_connection(kind);
+        self.out.clear();
+        let (parts, _) = resp.into_parts();
+        encode_switching_head(&mut self.out, &parts);
+        finish.done(gw.access_log(), Ending::Complete);
+        if self.flush().await.is_err() {
+            return;
+        }
+        let Conn { rd, wr, buf, .. } = self;
+        let Some(rd) = rd else { return };
+        let closed = crate::tunnel::relay(rd, wr, buf.freeze(), upstream, early, gw.limits.upgrade_idle_timeout).await;
+        match closed {
+            crate::tunnel::Closed::Both(up, down) => {
+                tracing::debug!(?kind, bytes_up = up, bytes_down = down, "relayed connection closed by both sides")
+            }
+            crate::tunnel::Closed::Idle => tracing::debug!(?kind, "relayed connection closed after the idle timeout"),
+            crate::tunnel::Closed::Failed(e) => tracing::debug!(?kind, error = %e, "relayed connection failed"),
+        }
+        drop(open);
     }
 
     /// Writes the response; whether the connection can carry another request. With `keep_alive`

@@ -44,6 +44,7 @@ use tokio::time::Instant as Clock;
 
 use crate::body::{Body, BoxError};
 use crate::body_read::{BodyRead, ReadError};
+use crate::exchange::{UpgradeRequest, Upgraded};
 use crate::h1::{self, Decoder, ProtocolError, RequestFraming};
 
 /// Idle connections kept per upstream authority, per worker.
@@ -237,6 +238,7 @@ where
         }
     }
     let retryable = framing == RequestFraming::Empty && is_idempotent(&parts.method);
+    let upgrade = parts.extensions.get::<UpgradeRequest>().is_some();
 
     let mut conn = idle;
     let mut deadline = Clock::now() + timeouts.head;
@@ -254,6 +256,13 @@ where
             deadline: &mut deadline,
         };
         match exchange(stream, &head, &mut body, more, &mut writer, call).await {
+            Ok(x) if x.head.status == http::StatusCode::SWITCHING_PROTOCOLS => {
+                return if upgrade {
+                    Ok(switched(x))
+                } else {
+                    Err(ProtocolError::UnaskedSwitch.into())
+                };
+            }
             Ok(x) => return Ok(respond(x, authority, timeouts.body_read)),
             // The upstream closed the idle connection as it was taken: once more, on a new one.
             Err(f) if f.early && reused && retryable => continue,
@@ -608,6 +617,16 @@ fn respond<S: Connection>(x: Exchanged<S>, authority: &Authority, body_read: Dur
     let mut resp = Response::new(Body::new(body));
     *resp.status_mut() = head.status;
     *resp.headers_mut() = head.headers;
+    resp
+}
+
+/// The upstream agreed to switch protocols: a 101 without a body, carrying the connection (never
+/// pooled again) and what the upstream sent past its head, for the client's driver to relay.
+fn switched<S: Connection>(x: Exchanged<S>) -> Response<Body> {
+    let mut resp = Response::new(crate::body::empty());
+    *resp.status_mut() = x.head.status;
+    *resp.headers_mut() = x.head.headers;
+    resp.extensions_mut().insert(Upgraded::new(Box::new(x.stream), x.rest));
     resp
 }
 
@@ -1027,6 +1046,37 @@ mod tests {
         assert!(err.is::<UpstreamBodyError>(), "{err}");
         assert!(err.to_string().ends_with(&ProtocolError::Truncated.to_string()), "{err}");
         assert_eq!(idle_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_101_hands_over_the_connection_only_to_a_request_that_asked() {
+        let addr = raw_backend(|mut s| async move {
+            s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\nearly")
+                .await
+                .unwrap();
+            let mut b = [0u8; 4];
+            s.read_exact(&mut b).await.unwrap();
+            s.write_all(&b).await.unwrap();
+        })
+        .await;
+        let err = send(get(addr), T, None).await.unwrap_err();
+        assert!(matches!(err, SendError::Protocol(ProtocolError::UnaskedSwitch)), "{err:?}");
+
+        let mut req = get(addr);
+        req.headers_mut()
+            .insert(http::header::UPGRADE, HeaderValue::from_static("websocket"));
+        req.extensions_mut().insert(UpgradeRequest {
+            kind: canarygate_metrics::OpenKind::WebSocket,
+        });
+        let resp = send(req, T, None).await.unwrap();
+        assert_eq!(resp.status(), 101);
+        let (mut io, early) = resp.extensions().get::<Upgraded>().and_then(Upgraded::take).unwrap();
+        assert_eq!(&early[..], b"early");
+        io.write_all(b"ping").await.unwrap();
+        let mut b = [0u8; 4];
+        io.read_exact(&mut b).await.unwrap();
+        assert_eq!(&b, b"ping");
+        assert_eq!(idle_count(), 0, "a switched connection is never pooled");
     }
 
     /// A backend that reads a request head, then does what `then` says with the connection.

@@ -23,7 +23,9 @@ pub use canarygate_model::{Metric, Statistic, Variant};
 use std::sync::RwLock;
 
 pub use histogram::{bucket_bounds_us, BUCKETS};
-pub use series::{CacheResult, JudgedSecond, Observation, Routed, Series, CHUNK_BYTES, JUDGE_SECS, RETENTION_SECS};
+pub use series::{
+    CacheResult, JudgedSecond, Observation, OpenConnection, OpenKind, Routed, Series, CHUNK_BYTES, JUDGE_SECS, RETENTION_SECS,
+};
 
 /// Identifies a series.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -90,6 +90,21 @@ pub(crate) fn render(series: &BTreeMap<SeriesKey, Arc<Series>>, out: &mut String
             s.totals.miss.load(Relaxed)
         );
     }
+    out.push_str(
+        "# HELP canarygate_open_connections Connections switched to another protocol (WebSocket or another Upgrade) and relayed now.\n",
+    );
+    out.push_str("# TYPE canarygate_open_connections gauge\n");
+    for (k, s) in series {
+        let l = labels(k);
+        for kind in crate::OpenKind::ALL {
+            let _ = writeln!(
+                out,
+                "canarygate_open_connections{{{l},kind=\"{}\"}} {}",
+                kind.as_str(),
+                s.open_connections(kind)
+            );
+        }
+    }
     let mirrors: Vec<_> = series.iter().filter(|(k, _)| k.variant == crate::Variant::Mirror).collect();
     if mirrors.is_empty() {
         return;

@@ -197,6 +197,40 @@ pub(crate) struct Totals {
     pub mirror_skipped: AtomicU64,
     pub pairs_copy_failed: AtomicU64,
     pub pairs_original_failed: AtomicU64,
+    /// Connections switched to another protocol (after a 101) and still open, by [`OpenKind`].
+    pub open: [AtomicU64; 2],
+}
+
+/// What kind of long-lived connection a variant holds open after a 101.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenKind {
+    /// `Upgrade: websocket`.
+    WebSocket,
+    /// Any other protocol a client and upstream switched to.
+    Upgrade,
+}
+
+impl OpenKind {
+    pub const ALL: [OpenKind; 2] = [OpenKind::WebSocket, OpenKind::Upgrade];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OpenKind::WebSocket => "websocket",
+            OpenKind::Upgrade => "upgrade",
+        }
+    }
+}
+
+/// Counts one open connection of its series until dropped.
+pub struct OpenConnection {
+    series: Arc<Series>,
+    kind: OpenKind,
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.series.totals.open[self.kind as usize].fetch_sub(1, Relaxed);
+    }
 }
 
 /// The metrics of one (api, stage, variant). The one-second slots live in 64-second chunks, allocated
@@ -229,6 +263,7 @@ impl Series {
             judge: std::sync::OnceLock::new(),
             totals: Totals {
                 by_class: zeros(),
+                open: zeros(),
                 hit: AtomicU64::new(0),
                 miss: AtomicU64::new(0),
                 latency: zeros(),
@@ -302,6 +337,21 @@ impl Series {
     /// Records one request that happened at unix second `sec`. Lock-free; allocates only for the first
     /// request of a 64-second window the ticker did not prepare.
     #[inline]
+    /// Counts a connection of this series switched to another protocol as open, until the returned
+    /// guard is dropped (`canarygate_open_connections`).
+    pub fn open_connection(self: &Arc<Self>, kind: OpenKind) -> OpenConnection {
+        self.totals.open[kind as usize].fetch_add(1, Relaxed);
+        OpenConnection {
+            series: self.clone(),
+            kind,
+        }
+    }
+
+    /// Connections of this kind open now.
+    pub fn open_connections(&self, kind: OpenKind) -> u64 {
+        self.totals.open[kind as usize].load(Relaxed)
+    }
+
     pub fn record(&self, sec: u64, o: &Observation) {
         let id = sec / CHUNK_SECS;
         let guard = self.cell(id).load();

@@ -53,6 +53,9 @@ pub enum ProtocolError {
     TooLarge(u64),
     #[error("the upstream closed the connection in the middle of the response")]
     Truncated,
+    /// A 101 to a request that did not ask to switch protocols.
+    #[error("101 Switching Protocols to a request that did not ask to upgrade")]
+    UnaskedSwitch,
 }
 
 /// How a request body is framed on the wire.
@@ -82,10 +85,13 @@ pub fn encode_head(out: &mut Vec<u8>, method: &Method, target: &str, host: &Head
     out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
     out.extend_from_slice(host.as_bytes());
     out.extend_from_slice(b"\r\n");
+    let mut upgrade = false;
     for (name, value) in headers {
         if written_by_us(name) {
             continue;
         }
+        // Left in the map only by a request that asks to switch protocols (the proxy strips it from others).
+        upgrade |= name == header::UPGRADE;
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
@@ -100,6 +106,9 @@ pub fn encode_head(out: &mut Vec<u8>, method: &Method, target: &str, host: &Head
             out.extend_from_slice(b"\r\n");
         }
         RequestFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+    }
+    if upgrade {
+        out.extend_from_slice(b"connection: upgrade\r\n");
     }
     out.extend_from_slice(b"\r\n");
 }
@@ -229,6 +238,8 @@ pub(crate) fn connection_tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
 pub(crate) struct ConnectionOptions {
     pub close: bool,
     pub keep_alive: bool,
+    /// The message asks to switch protocols (`connection: upgrade`).
+    pub upgrade: bool,
 }
 
 impl ConnectionOptions {
@@ -236,6 +247,7 @@ impl ConnectionOptions {
         for t in connection_tokens(value.as_bytes()) {
             self.close |= t.eq_ignore_ascii_case(b"close");
             self.keep_alive |= t.eq_ignore_ascii_case(b"keep-alive");
+            self.upgrade |= t.eq_ignore_ascii_case(b"upgrade");
         }
     }
 

@@ -25,6 +25,10 @@ pub(crate) struct RequestHead {
     pub(crate) keep_alive: bool,
     pub(crate) framing: Framing,
     pub(crate) expect_continue: bool,
+    /// An HTTP/1.1 request without a body that asks to switch protocols (`connection: upgrade` and an
+    /// `upgrade` field; never `h2c`): a WebSocket handshake or the like, relayed once the upstream
+    /// agrees (101).
+    pub(crate) upgrade: bool,
 }
 
 pub(crate) fn request_line_too_long(max: usize) -> BadHead {
@@ -149,6 +153,7 @@ pub(crate) fn parse_request_head(buf: &mut BytesMut, limits: &Limits, at: &mut V
     let mut connection = super::ConnectionOptions::default();
     let mut expect_continue = false;
     let mut transfer_encoding = false;
+    let mut upgrade_field = false;
     let mut hosts = 0;
     for &(ns, nl, vs, vl) in at.iter() {
         let name = &bytes[ns..ns + nl];
@@ -166,6 +171,8 @@ pub(crate) fn parse_request_head(buf: &mut BytesMut, limits: &Limits, at: &mut V
             return Err(bad(
                 "Upgrade: h2c is refused (speak HTTP/2 with prior knowledge, or over TLS)".into()
             ));
+        } else if name == header::UPGRADE {
+            upgrade_field = true;
         } else if name == header::HOST {
             hosts += 1;
             if !value.is_empty() && !valid_authority(value.as_bytes()) {
@@ -199,6 +206,7 @@ pub(crate) fn parse_request_head(buf: &mut BytesMut, limits: &Limits, at: &mut V
         keep_alive: connection.persistent(version),
         framing,
         expect_continue: expect_continue && version == Version::HTTP_11,
+        upgrade: upgrade_field && connection.upgrade && version == Version::HTTP_11 && framing == Framing::Empty,
     }))
 }
 
@@ -319,5 +327,27 @@ mod tests {
         }
         let mut buf = BytesMut::from("GET / HTTP/1.1\r\nhost: x\r\nupgrade: websocket\r\n\r\n");
         assert!(parse_request_head(&mut buf, &limits, &mut at).unwrap().is_some());
+    }
+
+    #[test]
+    fn only_a_bodyless_http11_request_with_connection_upgrade_asks_to_switch() {
+        let limits = Limits::default();
+        let mut at = Vec::new();
+        let mut upgrade = |head: &str| {
+            let mut buf = BytesMut::from(head);
+            parse_request_head(&mut buf, &limits, &mut at).unwrap().unwrap().upgrade
+        };
+        assert!(upgrade(
+            "GET /ws HTTP/1.1\r\nhost: x\r\nconnection: keep-alive, Upgrade\r\nupgrade: websocket\r\n\r\n"
+        ));
+        // No `connection: upgrade`: the field is hop-by-hop noise, stripped.
+        assert!(!upgrade("GET /ws HTTP/1.1\r\nhost: x\r\nupgrade: websocket\r\n\r\n"));
+        // No `upgrade` field.
+        assert!(!upgrade("GET /ws HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\n\r\n"));
+        // HTTP/1.0 cannot switch; nor can a request with a body (it would be relayed as the new protocol).
+        assert!(!upgrade("GET /ws HTTP/1.0\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n"));
+        assert!(!upgrade(
+            "POST /ws HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: websocket\r\ncontent-length: 3\r\n\r\nabc"
+        ));
     }
 }

@@ -89,6 +89,22 @@ pub(crate) fn encode_response_head(
     }
 }
 
+/// Appends the head of a 101 that switches the connection to the protocol its `upgrade` field names:
+/// the response's fields less the framing and connection ones, then `connection: upgrade`.
+pub(crate) fn encode_switching_head(out: &mut Vec<u8>, parts: &http::response::Parts) {
+    out.extend_from_slice(b"HTTP/1.1 101 Switching Protocols\r\n");
+    for (name, value) in &parts.headers {
+        if name == header::CONNECTION || name == header::TRANSFER_ENCODING || name == header::CONTENT_LENGTH {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"connection: upgrade\r\n\r\n");
+}
+
 thread_local! {
     /// The `date` value of the current second, formatted once per second per worker.
     static DATE: std::cell::RefCell<(u64, [u8; 29])> = const { std::cell::RefCell::new((0, [0; 29])) };
