@@ -49,11 +49,7 @@ impl WsBackend {
                                 Message::Text(t) if t.as_str() == "close, please" => {
                                     let _ = ws.close(None).await;
                                 }
-                                m @ (Message::Text(_) | Message::Binary(_)) => {
-                                    if ws.send(m).await.is_err() {
-                                        break;
-                                    }
-                                }
+                                m @ (Message::Text(_) | Message::Binary(_)) if ws.send(m.clone()).await.is_err() => break,
                                 _ => {}
                             }
                         }
