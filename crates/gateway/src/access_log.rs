@@ -58,6 +58,9 @@ pub struct Record {
     /// Who caused it: `client`, `gateway` or `upstream`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error_source: Option<&'static str>,
+    /// A gRPC call's status (from the upstream's trailers or head, or the gateway's own answer).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grpc_status: Option<u32>,
     #[serde(skip)]
     pub api: Arc<str>,
     #[serde(skip)]
@@ -315,6 +318,7 @@ mod tests {
             cache: None,
             user_agent: None,
             trace_id: None,
+            grpc_status: None,
             error: None,
             error_source: None,
             api: Arc::from("orders"),

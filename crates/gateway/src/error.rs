@@ -58,6 +58,9 @@ pub enum ProxyError {
     Upstream(String),
     #[error("upstream did not answer within {} ms", .0.as_millis())]
     Timeout(Duration),
+    /// A gRPC request for an integration that speaks HTTP/1.1 (gRPC needs HTTP/2 end to end).
+    #[error("gRPC needs an HTTP/2 upstream: the integration {0:?} is HTTP/1.1 (set http2: true)")]
+    GrpcNeedsHttp2(String),
 }
 
 impl ProxyError {
@@ -74,6 +77,7 @@ impl ProxyError {
             ProxyError::BadIntegrationUri(_) => "bad_integration_uri",
             ProxyError::Upstream(_) => "upstream_failed",
             ProxyError::Timeout(_) => "timeout",
+            ProxyError::GrpcNeedsHttp2(_) => "grpc_needs_http2",
         }
     }
 
@@ -86,7 +90,7 @@ impl ProxyError {
             | ProxyError::BodyTooLarge(_)
             | ProxyError::ClientBody(_)
             | ProxyError::ClientTimeout(_) => Source::Client,
-            ProxyError::BadIntegrationUri(_) => Source::Gateway,
+            ProxyError::BadIntegrationUri(_) | ProxyError::GrpcNeedsHttp2(_) => Source::Gateway,
             ProxyError::Upstream(_) | ProxyError::Timeout(_) => Source::Upstream,
         }
     }
@@ -98,7 +102,7 @@ impl ProxyError {
             ProxyError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::ClientBody(_) | ProxyError::AboveRoot(_) => StatusCode::BAD_REQUEST,
             ProxyError::ClientTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-            ProxyError::BadIntegrationUri(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ProxyError::BadIntegrationUri(_) | ProxyError::GrpcNeedsHttp2(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -111,6 +115,33 @@ impl ProxyError {
             self,
             ProxyError::BodyTooLarge(_) | ProxyError::ClientBody(_) | ProxyError::ClientTimeout(_) | ProxyError::AboveRoot(_)
         )
+    }
+
+    /// The gRPC status a gRPC client is answered with.
+    pub fn grpc_code(&self) -> u32 {
+        use canarygate_model::grpc::code;
+        match self {
+            ProxyError::NoStage | ProxyError::NoRoute | ProxyError::MethodNotAllowed => code::UNIMPLEMENTED,
+            ProxyError::AboveRoot(_) => code::INVALID_ARGUMENT,
+            ProxyError::BodyTooLarge(_) => code::RESOURCE_EXHAUSTED,
+            ProxyError::ClientBody(_) => code::CANCELLED,
+            ProxyError::ClientTimeout(_) | ProxyError::Timeout(_) => code::DEADLINE_EXCEEDED,
+            ProxyError::BadIntegrationUri(_) | ProxyError::GrpcNeedsHttp2(_) => code::INTERNAL,
+            ProxyError::Upstream(_) => code::UNAVAILABLE,
+        }
+    }
+
+    /// The answer to a gRPC client: trailers-only (HTTP 200, no body, `grpc-status` and `grpc-message`
+    /// in the one header block), as gRPC servers and proxies answer a call they cannot serve.
+    pub fn grpc_response(&self) -> Response<Body> {
+        let mut r = Response::new(crate::body::empty());
+        let h = r.headers_mut();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        h.insert("grpc-status", HeaderValue::from(self.grpc_code()));
+        if let Ok(v) = HeaderValue::try_from(canarygate_model::grpc::encode_message(&self.to_string())) {
+            h.insert("grpc-message", v);
+        }
+        r
     }
 
     /// The answer to the client.

@@ -79,3 +79,8 @@ impl Upgraded {
         self.0.lock().ok()?.take()
     }
 }
+
+/// A gRPC request (HTTP/2, `content-type: application/grpc`), as an extension of the request: the
+/// proxy refuses to send it to an HTTP/1.1 integration.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct GrpcRequest;

@@ -158,9 +158,17 @@ impl HttpBody for FinishBody {
                 let cause = e.to_string();
                 self.end(Ending::Failed(cause));
             }
-            // The last frame: hyper may not ask again once the body says it has ended.
-            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.end(Ending::Complete),
-            _ => {}
+            Poll::Ready(Some(Ok(frame))) => {
+                // A gRPC call's status comes in the trailers.
+                if let (Some(t), Some(f)) = (frame.trailers_ref(), self.finish.as_mut()) {
+                    f.trailers(t);
+                }
+                // The last frame: hyper may not ask again once the body says it has ended.
+                if self.inner.is_end_stream() {
+                    self.end(Ending::Complete);
+                }
+            }
+            Poll::Pending => {}
         }
         r
     }

@@ -33,6 +33,7 @@ pub mod tls;
 mod trace;
 mod tunnel;
 mod upstream;
+mod upstream_h2;
 
 use std::sync::Arc;
 use std::time::Duration;

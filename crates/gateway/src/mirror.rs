@@ -307,6 +307,7 @@ impl Copy {
                 user_agent,
                 trace_id: None,
                 error_source: error.as_ref().map(|(s, _)| s.as_str()),
+                grpc_status: None,
                 error: error.map(|(_, e)| e),
                 api: self.stage.api.clone(),
                 stage: self.stage.stage.clone(),

@@ -16,7 +16,7 @@ use http_body_util::BodyExt;
 use crate::body::{empty, full, Body, BoxError};
 use crate::cache::{hit_response, storable, vary_hash, CacheKey, StageCache};
 use crate::error::{ClientBodyError, ProxyError};
-use crate::exchange::{Peer, UpgradeRequest};
+use crate::exchange::{GrpcRequest, Peer, UpgradeRequest};
 use crate::table::{CompiledIntegration, StageRoute, VariantRoute};
 use crate::trace::{ClientCall, TRACEPARENT};
 use crate::upstream::{self, SendError, Timeouts};
@@ -99,6 +99,16 @@ struct UpstreamCall {
     tls: Option<Arc<rustls::ClientConfig>>,
     /// The client asks to switch protocols (its `upgrade` field is in `headers`).
     upgrade: Option<UpgradeRequest>,
+    /// Over HTTP/2 (an `http2: true` integration).
+    http2: bool,
+}
+
+/// How to reach an upstream: time limits, TLS, protocol.
+#[derive(Clone, Copy)]
+struct Upstream<'a> {
+    timeouts: Timeouts,
+    tls: Option<&'a Arc<rustls::ClientConfig>>,
+    http2: bool,
 }
 
 /// A traced call's client span id and its trace.
@@ -130,7 +140,12 @@ impl UpstreamCall {
 
     async fn send(&self, gw: &Gateway, body: Body, max_body: u64) -> (Result<Response<Body>, ProxyError>, u64) {
         let (req, span) = self.request(body);
-        send(gw, req, span, self.variant, self.timeouts, self.tls.as_ref(), max_body).await
+        let to = Upstream {
+            timeouts: self.timeouts,
+            tls: self.tls.as_ref(),
+            http2: self.http2,
+        };
+        send(gw, req, span, self.variant, to, max_body).await
     }
 }
 
@@ -150,8 +165,7 @@ async fn send(
     req: Request<Body>,
     span: CallSpan,
     variant: Variant,
-    timeouts: Timeouts,
-    tls: Option<&Arc<rustls::ClientConfig>>,
+    to: Upstream<'_>,
     max_body: u64,
 ) -> (Result<Response<Body>, ProxyError>, u64) {
     let t0 = Instant::now();
@@ -161,7 +175,11 @@ async fn send(
         }
         _ => None,
     };
-    let res = upstream::send(req, timeouts, tls).await;
+    let res = if to.http2 {
+        crate::upstream_h2::send(req, to.timeouts, to.tls).await
+    } else {
+        upstream::send(req, to.timeouts, to.tls).await
+    };
     let us = t0.elapsed().as_micros() as u64;
     let res = res.map_err(|e| attribute(&e, max_body));
     if let Some((tracer, ctx, span_id, start, method, uri)) = traced {
@@ -244,7 +262,7 @@ where
     let var = |n: &str| vr.variables.get(n).map(String::as_str);
     let params = matched.params;
     let param = |n: &str| params.get(n);
-    let (uri, timeouts, tls) = match &*integration {
+    let (uri, timeouts, tls, http2) = match &*integration {
         CompiledIntegration::Mock {
             status,
             headers,
@@ -265,7 +283,7 @@ where
                 route,
             };
         }
-        CompiledIntegration::Http { uri, timeouts, tls } => (uri, *timeouts, tls.clone()),
+        CompiledIntegration::Http { uri, timeouts, tls, http2 } => (uri, *timeouts, tls.clone(), *http2),
     };
     let mut target = String::with_capacity(128);
     uri.render_into(&mut target, var, param);
@@ -288,6 +306,12 @@ where
             ..Outcome::error(ProxyError::BadIntegrationUri(target))
         };
     }
+    if !http2 && parts.extensions.get::<GrpcRequest>().is_some() {
+        return Outcome {
+            route,
+            ..Outcome::error(ProxyError::GrpcNeedsHttp2(target))
+        };
+    }
     let max = gw.limits.max_body_bytes;
     let declared = parts
         .headers
@@ -303,12 +327,21 @@ where
     let mut headers = std::mem::take(&mut parts.headers);
     let upgrade = parts.extensions.get::<UpgradeRequest>().copied();
     let protocol = upgrade.and_then(|_| headers.get(header::UPGRADE).cloned());
+    // `te: trailers` is the one TE an HTTP/2 request may carry (gRPC servers ask for it).
+    let te_trailers = http2
+        && headers
+            .get_all(header::TE)
+            .iter()
+            .any(|v| crate::h1::connection_tokens(v.as_bytes()).any(|t| t.eq_ignore_ascii_case(b"trailers")));
     // The client's Host is not forwarded: the upstream request head writes the upstream's (h1/mod.rs).
     strip_hop_by_hop(&mut headers);
     if let Some(p) = protocol {
         // The one hop-by-hop field forwarded: the protocol an upgrade request asks for (the request
         // head adds `connection: upgrade`).
         headers.insert(header::UPGRADE, p);
+    }
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
     let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(prev) => HeaderValue::try_from(format!("{prev}, {}", peer.addr.ip())).ok(),
@@ -331,6 +364,8 @@ where
         trace: trace.copied(),
         tls,
         upgrade,
+        // An upgrade (WebSocket) is an HTTP/1.1 exchange: it goes over HTTP/1.1 whatever the integration says.
+        http2: http2 && upgrade.is_none(),
     };
 
     let cacheable_method = (parts.method == http::Method::GET || parts.method == http::Method::HEAD) && upgrade.is_none();
@@ -353,9 +388,14 @@ where
             Box::pin(cached(gw, cache, key, &call, stage.cache_ttl)).await
         }
         None => {
-            let (timeouts, variant, tls) = (call.timeouts, call.variant, call.tls.clone());
+            let (timeouts, variant, tls, http2) = (call.timeouts, call.variant, call.tls.clone(), call.http2);
             let (req, span) = call.into_request(body.boxed_unsync());
-            let (res, us) = send(gw, req, span, variant, timeouts, tls.as_ref(), max).await;
+            let to = Upstream {
+                timeouts,
+                tls: tls.as_ref(),
+                http2,
+            };
+            let (res, us) = send(gw, req, span, variant, to, max).await;
             Outcome {
                 result: res.map(stream_response),
                 integration_us: Some(us),

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use canarygate_metrics::{CacheResult, Observation, Routed, Series, Variant};
+use canarygate_model::grpc;
 use canarygate_telemetry::TraceCtx;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response};
@@ -16,7 +17,7 @@ use crate::access_log::{AccessLog, Record};
 use crate::body::{Body, BoxError};
 use crate::choose::choose;
 use crate::error::{ProxyError, Source};
-use crate::exchange::{Ending, Peer, UpgradeRequest};
+use crate::exchange::{Ending, GrpcRequest, Peer, UpgradeRequest};
 use crate::mirror::{Pair, TeeBody};
 use crate::proxy::{serve, REQUEST_ID};
 use crate::table::{StageRoute, VariantRoute};
@@ -25,6 +26,7 @@ use crate::Gateway;
 
 static VARIANT_HEADER: HeaderName = HeaderName::from_static("x-canarygate-variant");
 static CACHE_HEADER: HeaderName = HeaderName::from_static("x-canarygate-cache");
+static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 
 fn request_id(headers: &HeaderMap) -> HeaderValue {
     if let Some(v) = headers.get(&REQUEST_ID) {
@@ -56,6 +58,16 @@ pub(crate) struct Finish {
     span: Option<Box<ServerSpan>>,
     /// What went wrong, when the gateway answered with a refusal or failure: whose fault, and the cause.
     error: Option<(&'static str, String)>,
+    /// A gRPC call: its status as far as known.
+    grpc: Option<GrpcCall>,
+}
+
+/// A gRPC call's outcome as far as known.
+pub(crate) struct GrpcCall {
+    /// The upstream answered (its `grpc-status` counts, in its head or trailers); else the gateway's
+    /// own failure, counted by its HTTP status as for any request.
+    from_upstream: bool,
+    status: Option<u32>,
 }
 
 impl Finish {
@@ -64,10 +76,31 @@ impl Finish {
         self.series.as_ref().map(|s| s.open_connection(kind))
     }
 
+    /// The response's trailers, as they pass: a gRPC call's status is in them.
+    pub(crate) fn trailers(&mut self, trailers: &HeaderMap) {
+        if let Some(g) = self.grpc.as_mut() {
+            if let Some(code) = trailers.get(&GRPC_STATUS).and_then(|v| grpc::parse_status(v.as_bytes())) {
+                g.status = Some(code);
+            }
+        }
+    }
+
     pub(crate) fn done(self, log: &AccessLog, ending: Ending) {
         let mut obs = self.obs;
         let mut record = self.record;
         let mut error = self.error;
+        if let Some(g) = &self.grpc {
+            let mut status = g.status;
+            // A whole gRPC answer from the upstream counts by its status (none at all is UNKNOWN, as
+            // a gRPC client sees it).
+            if g.from_upstream && obs.status == 200 && matches!(ending, Ending::Complete) {
+                let code = *status.get_or_insert(grpc::code::UNKNOWN);
+                obs.status = grpc::counted_status(code);
+            }
+            if let Some(r) = record.as_mut() {
+                r.grpc_status = status;
+            }
+        }
         match ending {
             Ending::Complete => {}
             Ending::Failed(cause) => {
@@ -110,6 +143,11 @@ where
     let wall = SystemTime::now();
     let table = gw.table.load_full();
     let (mut parts, body) = req.into_parts();
+    let grpc =
+        parts.version == http::Version::HTTP_2 && parts.headers.get(header::CONTENT_TYPE).is_some_and(|v| grpc::is_grpc(v.as_bytes()));
+    if grpc {
+        parts.extensions.insert(GrpcRequest);
+    }
     let rid = request_id(&parts.headers);
     let trace = gw.tracer.as_deref().map(|t| crate::trace::begin(t, &mut parts.headers));
 
@@ -124,7 +162,11 @@ where
     let path = parts.uri.path().to_owned();
     let sec = wall.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let Some((stage, rest)) = table.resolve(domain, &path) else {
-        let mut r = ProxyError::NoStage.response();
+        let mut r = if grpc {
+            ProxyError::NoStage.grpc_response()
+        } else {
+            ProxyError::NoStage.response()
+        };
         let span = server_span(gw, trace, wall, &parts, &path, host.as_deref(), peer, &rid, None, None, None);
         r.headers_mut().insert(REQUEST_ID.clone(), rid);
         let obs = Observation {
@@ -144,6 +186,7 @@ where
                 pair: None,
                 span,
                 error: Some((Source::Client.as_str(), ProxyError::NoStage.to_string())),
+                grpc: None,
             },
         );
     };
@@ -179,11 +222,31 @@ where
     let body = TeeBody::new(Limited::new(body, gw.limits.max_body_bytes as usize), tee);
     let outcome = serve(gw, stage, vr, &mut parts, body, rest, host.as_deref(), peer, &rid, trace.as_ref()).await;
     let mut error = None;
+    // A gateway failure answered to a gRPC client as a gRPC error counts by its HTTP status.
+    let mut counted = None;
+    let mut grpc_call = None;
     let mut response = match outcome.result {
-        Ok(r) => r,
+        Ok(r) => {
+            if grpc {
+                grpc_call = Some(GrpcCall {
+                    from_upstream: true,
+                    status: r.headers().get(&GRPC_STATUS).and_then(|v| grpc::parse_status(v.as_bytes())),
+                });
+            }
+            r
+        }
         Err(e) => {
             tracing::debug!(error = %e, api = %stage.api, stage = %stage.stage, %variant, "request failed");
-            let r = e.response();
+            let r = if grpc {
+                counted = Some(e.status().as_u16());
+                grpc_call = Some(GrpcCall {
+                    from_upstream: false,
+                    status: Some(e.grpc_code()),
+                });
+                e.grpc_response()
+            } else {
+                e.response()
+            };
             error = Some((e.source().as_str(), e.to_string()));
             r
         }
@@ -232,6 +295,7 @@ where
             trace_id,
             error_source: None,
             error: None,
+            grpc_status: None,
             api: stage.api.clone(),
             stage: stage.stage.clone(),
         })
@@ -240,7 +304,7 @@ where
         series: Some(vr.series.clone()),
         sec,
         obs: Observation {
-            status,
+            status: counted.unwrap_or(status),
             latency_us,
             integration_us,
             cache: outcome.cache,
@@ -250,6 +314,7 @@ where
         pair,
         span,
         error,
+        grpc: grpc_call,
     };
     (response, finish)
 }

@@ -21,6 +21,8 @@ pub enum CompiledIntegration {
         timeouts: crate::upstream::Timeouts,
         /// For an `https://` URI: how the upstream's certificate is verified.
         tls: Option<Arc<rustls::ClientConfig>>,
+        /// Speak HTTP/2 to the upstream.
+        http2: bool,
     },
     Mock {
         status: http::StatusCode,
@@ -96,6 +98,7 @@ impl CompiledDeployment {
                     timeout_ms,
                     read_timeout_ms,
                     ca_file,
+                    http2,
                 } => match Template::parse("uri", uri, true) {
                     Ok(t) => CompiledIntegration::Http {
                         uri: t,
@@ -103,7 +106,10 @@ impl CompiledDeployment {
                             head: Duration::from_millis(u64::from(*timeout_ms)),
                             body_read: Duration::from_millis(u64::from(*read_timeout_ms)),
                         },
-                        tls: uri.starts_with("https://").then(|| crate::tls::client_config(ca_file.as_deref())),
+                        tls: uri
+                            .starts_with("https://")
+                            .then(|| crate::tls::client_config(ca_file.as_deref(), *http2)),
+                        http2: *http2,
                     },
                     Err(_) => continue,
                 },

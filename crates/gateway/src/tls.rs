@@ -226,15 +226,17 @@ impl ResolvesServerCert for Certificates {
     }
 }
 
-/// Client configurations for `https://` upstreams, by CA file (`None`: the system's roots), made once.
-static CLIENT_CONFIGS: std::sync::LazyLock<Mutex<HashMap<Option<String>, Arc<rustls::ClientConfig>>>> =
-    std::sync::LazyLock::new(Default::default);
+/// Client configurations for `https://` upstreams, by CA file (`None`: the system's roots) and
+/// protocol (HTTP/2 or not), made once.
+type ClientConfigs = HashMap<(Option<String>, bool), Arc<rustls::ClientConfig>>;
+static CLIENT_CONFIGS: std::sync::LazyLock<Mutex<ClientConfigs>> = std::sync::LazyLock::new(Default::default);
 
 /// How an `https://` upstream's certificate is verified: against `ca_file`'s certificates, or the
 /// system's roots. A CA file that cannot be read gives a configuration that trusts nothing (every call
-/// fails, as a 502 naming the reason) and an error log line naming the file.
-pub(crate) fn client_config(ca_file: Option<&str>) -> Arc<rustls::ClientConfig> {
-    let key = ca_file.map(str::to_string);
+/// fails, as a 502 naming the reason) and an error log line naming the file. ALPN offers `h2` for an
+/// `http2: true` integration, else `http/1.1`.
+pub(crate) fn client_config(ca_file: Option<&str>, http2: bool) -> Arc<rustls::ClientConfig> {
+    let key = (ca_file.map(str::to_string), http2);
     let mut configs = CLIENT_CONFIGS.lock().expect("not poisoned");
     if let Some(c) = configs.get(&key) {
         return c.clone();
@@ -266,7 +268,7 @@ pub(crate) fn client_config(ca_file: Option<&str>) -> Arc<rustls::ClientConfig> 
         .expect("ring supports TLS 1.2 and 1.3")
         .with_root_certificates(roots)
         .with_no_client_auth();
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    cfg.alpn_protocols = vec![if http2 { b"h2".to_vec() } else { b"http/1.1".to_vec() }];
     let cfg = Arc::new(cfg);
     configs.insert(key, cfg.clone());
     cfg

@@ -169,6 +169,9 @@ pub enum SendError {
     /// Reading the request body failed (the client's connection, or the body size limit).
     #[error("request body")]
     Body(#[source] BoxError),
+    /// An HTTP/2 upstream's connection or stream failed (or the client's body did, for the stream).
+    #[error("the HTTP/2 upstream call failed")]
+    Http2(#[source] hyper::Error),
 }
 
 /// A failed exchange, and whether it failed before any of the response arrived (then a request
@@ -667,7 +670,7 @@ async fn connect_tls(authority: Authority, connector: tokio_rustls::TlsConnector
     connector.connect(name, tcp).await.map_err(SendError::Connect)
 }
 
-async fn connect(authority: Authority) -> Result<TcpStream, SendError> {
+pub(crate) async fn connect(authority: Authority) -> Result<TcpStream, SendError> {
     let port = authority.port_u16().unwrap_or(80);
     // An IPv6 literal is written in brackets in a URI, without them in a socket address.
     let host = authority.host().trim_start_matches('[').trim_end_matches(']');

@@ -55,6 +55,10 @@ pub enum Integration {
         /// certificate must chain to, instead of the system's roots.
         #[serde(rename = "caFile", default, skip_serializing_if = "Option::is_none")]
         ca_file: Option<String>,
+        /// Speak HTTP/2 to the upstream (cleartext with prior knowledge for `http://`, ALPN `h2` over
+        /// TLS for `https://`), multiplexed on one connection per upstream and worker; gRPC needs it.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        http2: bool,
     },
     /// A fixed response; the body may refer to stage variables.
     Mock {
@@ -95,6 +99,7 @@ impl Integration {
                 timeout_ms,
                 read_timeout_ms,
                 ca_file,
+                http2: _,
             } => {
                 let f = format!("{field}.uri");
                 if !uri.starts_with("http://") && !uri.starts_with("https://") {
@@ -243,6 +248,7 @@ mod tests {
                 timeout_ms: 1000,
                 read_timeout_ms: 60_000,
                 ca_file: None,
+                http2: false,
             },
         }
     }
@@ -267,6 +273,7 @@ mod tests {
                 timeout_ms: 29000,
                 read_timeout_ms: 60_000,
                 ca_file: None,
+                http2: false,
             }
         );
     }
@@ -297,6 +304,7 @@ mod tests {
                 timeout_ms: 1000,
                 read_timeout_ms: 60_000,
                 ca_file: Some("ca.pem".into()),
+                http2: false,
             },
             ..http("/a", "")
         };
@@ -309,6 +317,7 @@ mod tests {
                 timeout_ms: 10,
                 read_timeout_ms: 60_000,
                 ca_file: None,
+                http2: false,
             },
             ..http("/a", "")
         };
@@ -320,6 +329,7 @@ mod tests {
                 timeout_ms: 1000,
                 read_timeout_ms: 0,
                 ca_file: None,
+                http2: false,
             },
             ..http("/a", "")
         };

@@ -15,6 +15,7 @@ mod api;
 pub mod config;
 pub mod deployment_config;
 mod error;
+pub mod grpc;
 pub mod metric;
 pub mod notification;
 mod patch;

@@ -181,7 +181,26 @@ pub struct Backend {
     pub delay_ms: Arc<AtomicU64>,
     /// 500s it has answered (exposed, with its calls, at `GET /metrics` in Prometheus' text format).
     pub errors: Arc<AtomicUsize>,
+    /// The most calls it has had in progress at once.
+    pub peak: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// Counts a call in progress until dropped, keeping the peak.
+struct InFlight(Arc<(AtomicUsize, Arc<AtomicUsize>)>);
+
+impl InFlight {
+    fn new(state: &Arc<(AtomicUsize, Arc<AtomicUsize>)>) -> InFlight {
+        let now = state.0.fetch_add(1, Ordering::SeqCst) + 1;
+        state.1.fetch_max(now, Ordering::SeqCst);
+        InFlight(state.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0 .0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Backend {
@@ -194,6 +213,8 @@ impl Backend {
         let fail_per_10k = Arc::new(AtomicUsize::new(0));
         let delay_ms = Arc::new(AtomicU64::new(0));
         let errors = Arc::new(AtomicUsize::new(0));
+        let peak = Arc::new(AtomicUsize::new(0));
+        let flight = Arc::new((AtomicUsize::new(0), peak.clone()));
         let (n, c, fk, dm, er) = (
             name.to_string(),
             calls.clone(),
@@ -204,11 +225,13 @@ impl Backend {
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else { return };
-                let (n, c, fk, dm, er) = (n.clone(), c.clone(), fk.clone(), dm.clone(), er.clone());
+                let (n, c, fk, dm, er, fl) = (n.clone(), c.clone(), fk.clone(), dm.clone(), er.clone(), flight.clone());
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                         let (n, c, fk, dm, er) = (n.clone(), c.clone(), fk.clone(), dm.clone(), er.clone());
+                        let in_flight = InFlight::new(&fl);
                         async move {
+                            let _in_flight = in_flight;
                             if req.uri().path() == "/metrics" {
                                 // The backend's own metrics, as a Prometheus server scrapes them.
                                 let text = format!(
@@ -305,6 +328,7 @@ impl Backend {
             fail_per_10k,
             delay_ms,
             errors,
+            peak,
             task,
         }
     }
@@ -606,5 +630,93 @@ impl Drop for Prometheus {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A test CA in `dir` and a way to issue leaf certificates for DNS names.
+pub struct Ca {
+    pub dir: PathBuf,
+}
+
+pub fn openssl(args: &[&str], dir: &Path) {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl");
+    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+impl Ca {
+    pub fn new(dir: &Path) -> Ca {
+        openssl(
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+                "-subj",
+                "/CN=canarygate test CA",
+                "-days",
+                "2",
+            ],
+            dir,
+        );
+        Ca { dir: dir.to_path_buf() }
+    }
+
+    /// Issues `<file>.pem` and `<file>.key` for `name` (CN and subjectAltName), written in place
+    /// (through a temporary file and a rename each, as a certificate manager does).
+    pub fn issue(&self, file: &str, name: &str) -> (PathBuf, PathBuf) {
+        let ext = self.dir.join(format!("{file}.ext"));
+        std::fs::write(&ext, format!("subjectAltName=DNS:{name}\n")).unwrap();
+        openssl(
+            &[
+                "req",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-keyout",
+                &format!("{file}.key.new"),
+                "-out",
+                &format!("{file}.csr"),
+                "-subj",
+                &format!("/CN={name}"),
+            ],
+            &self.dir,
+        );
+        openssl(
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{file}.csr"),
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &format!("{file}.pem.new"),
+                "-days",
+                "2",
+                "-extfile",
+                &format!("{file}.ext"),
+            ],
+            &self.dir,
+        );
+        let (pem, key) = (self.dir.join(format!("{file}.pem")), self.dir.join(format!("{file}.key")));
+        std::fs::rename(self.dir.join(format!("{file}.key.new")), &key).unwrap();
+        std::fs::rename(self.dir.join(format!("{file}.pem.new")), &pem).unwrap();
+        (pem, key)
     }
 }
