@@ -255,7 +255,8 @@ async fn malformed_http2_requests_never_reach_an_http1_backend() {
     let addr = f.s.gateway.trim_start_matches("http://").to_string();
     use raw::*;
     // Each case on its own connection, the whole request in one write.
-    let cases: Vec<(&str, Vec<(&[u8], &[u8])>, Option<&[u8]>)> = vec![
+    type Case<'a> = (&'a str, Vec<(&'a [u8], &'a [u8])>, Option<&'a [u8]>);
+    let cases: Vec<Case<'_>> = vec![
         ("content-length above the DATA", vec![(b"content-length", b"10")], Some(b"short")),
         (
             "content-length below the DATA",
