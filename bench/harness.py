@@ -40,7 +40,7 @@ import tempfile
 import time
 import urllib.request
 
-GROUPS = ["split", "logs", "latency", "memory", "cache", "reaction", "scale"]
+GROUPS = ["split", "logs", "latency", "memory", "cache", "reaction", "scale", "protocols"]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -738,7 +738,7 @@ def chart(R, path):
 # ---------------------------------------------------------------- main
 
 
-KEPT_SECTIONS = [("<!-- scale:begin -->", "<!-- scale:end -->"), ("<!-- analysis:begin -->", "<!-- analysis:end -->")]
+KEPT_SECTIONS = [("<!-- scale:begin -->", "<!-- scale:end -->"), ("<!-- protocols:begin -->", "<!-- protocols:end -->"), ("<!-- analysis:begin -->", "<!-- analysis:end -->")]
 
 
 def with_kept_sections(path, report):
@@ -843,6 +843,19 @@ def main():
                                     scale.section(rows, "bash bench/run --only scale", chart_name, environment(args, cmdline)))
                 print("bench: scale section written to docs/BENCHMARKS.md", flush=True)
             if only == ["scale"]:
+                return
+        if "protocols" in only and not args.ab:
+            print("== protocols (TLS, HTTP/2)", flush=True)
+            import protocols
+            res = protocols.run(sys.modules[__name__], args, work)
+            if not args.quick:
+                docs = os.path.join(args.root, "docs")
+                with open(os.path.join(docs, "protocols-benchmark.json"), "w") as f:
+                    json.dump({"env": environment(args, cmdline), "results": res}, f, indent=1)
+                protocols.write_section(os.path.join(docs, "BENCHMARKS.md"),
+                                        protocols.section(res, "bash bench/run --only protocols", environment(args, cmdline)))
+                print("bench: protocols section written to docs/BENCHMARKS.md", flush=True)
+            if all(g in ("scale", "protocols") for g in only):
                 return
         lab = Lab(args, work)
         print(f"bench: servers up in {work}", flush=True)
