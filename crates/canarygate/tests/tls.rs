@@ -116,6 +116,35 @@ async fn sni_picks_each_domains_certificate_and_requests_reach_the_stage() {
     assert_eq!(body["headers"]["x-forwarded-proto"], "https");
     assert_eq!(body["headers"]["x-forwarded-host"], "b.test", "the :authority is the host");
 
+    // 1,000 requests over HTTP/2 on TLS (curl multiplexing them on its connections) with the canary at
+    // 10%: each is a request of its own, split within 4 binomial σ.
+    set_percent(&c, &s, 10.0).await;
+    let out = Command::new("curl")
+        .args(["-sS", "--http2", "--parallel", "--parallel-max", "20", "--cacert"])
+        .arg(dir.path().join("ca.pem"))
+        .args([
+            "--resolve",
+            &format!("b.test:{port}:127.0.0.1"),
+            "-w",
+            "%{http_version} %{http_code} %header{x-canarygate-variant}\n",
+        ])
+        .args((0..1000).flat_map(|i| {
+            [
+                "-o".to_string(),
+                "/dev/null".to_string(),
+                format!("https://b.test:{port}/items/{i}"),
+            ]
+        }))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 1000, "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(lines.iter().all(|l| l.starts_with("2 200 ")), "{text}");
+    let canary = lines.iter().filter(|l| l.ends_with(" canary")).count();
+    assert!((62..=138).contains(&canary), "{canary} of 1000 to the canary");
+    set_percent(&c, &s, 0.0).await;
+
     // A domain's bad pair is refused naming the field; nothing is stored.
     let (status, body) = admin(
         &c,
