@@ -131,6 +131,41 @@ async fn a_stream_the_client_resets_is_charged_to_the_client() {
     assert_eq!(v1_sum(&f.c, &f.s, "production", "Count").await, 1.0);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_reset_before_its_answer_is_logged_as_the_clients() {
+    let f = fixture(0.0, json!({})).await;
+    let addr = f.s.gateway.trim_start_matches("http://").to_string();
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = hyper::Request::get(format!("http://{addr}/orders/prod/late?delay_ms=1000"))
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    // The client gives up before the answer (as a gRPC deadline does): the stream is reset (CANCEL).
+    let gave_up = tokio::time::timeout(Duration::from_millis(200), send.send_request(req)).await;
+    assert!(gave_up.is_err(), "answered before the client gave up");
+
+    let log = f.dir.path().join("data/logs/orders/prod.log");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let line: serde_json::Value = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if let Some(l) = text.lines().find(|l| l.contains("/orders/prod/late")) {
+            break serde_json::from_str(l).unwrap();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no access log line for the stream reset before its answer"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(line["errorSource"], "client", "{line}");
+    assert_eq!(v1_sum(&f.c, &f.s, "production", "Count").await, 1.0);
+    assert_eq!(v1_sum(&f.c, &f.s, "production", "5XXError").await, 0.0, "not the variant's error");
+}
+
 /// A raw HTTP/2 client: frames written by hand (HPACK literals without indexing or Huffman), so it can
 /// send what a well-behaved library refuses to.
 mod raw {

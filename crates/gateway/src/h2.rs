@@ -94,7 +94,29 @@ async fn stream(gw: Arc<Gateway>, mut req: Request<hyper::body::Incoming>, peer:
         }
     }
     let head = req.method() == Method::HEAD;
-    let (resp, finish) = request::handle(&gw, req.map(Incoming), &peer).await;
+    // The request runs in its own task: a client that resets the stream before the answer (a gRPC
+    // deadline, a cancelled call) drops this future, but the request still ends and is recorded — as
+    // the client's doing, like a client that goes away mid-answer.
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let g = gw.clone();
+    tokio::spawn(async move {
+        let answer = request::handle(&g, req.map(Incoming), &peer).await;
+        if let Err((resp, finish)) = tx.send(answer) {
+            drop(resp);
+            finish.done(g.access_log(), Ending::ClientGone);
+        }
+    });
+    let Ok((resp, finish)) = rx.await else {
+        // The request's task panicked: nothing to record it with.
+        let mut r = Response::new(FinishBody {
+            inner: crate::body::empty(),
+            finish: None,
+            gw,
+            head,
+        });
+        *r.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
+        return r;
+    };
     let (parts, body) = resp.into_parts();
     Response::from_parts(
         parts,
