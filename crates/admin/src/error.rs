@@ -66,6 +66,10 @@ impl From<canarygate_model::Error> for ApiError {
     }
 }
 
+fn e_conflict() -> String {
+    StoreError::Conflict.to_string() + " (retry it)"
+}
+
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
@@ -74,6 +78,7 @@ impl From<StoreError> for ApiError {
                 tracing::error!(error = %msg, "storage failure");
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("the change was not saved: {msg}"))
             }
+            StoreError::Conflict => ApiError::new(StatusCode::CONFLICT, e_conflict()),
         }
     }
 }

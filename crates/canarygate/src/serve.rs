@@ -15,7 +15,7 @@ use canarygate_controller::{Controller, SystemClock};
 use canarygate_gateway::{AccessLog, AccessLogConfig, Gateway, Limits};
 use canarygate_metrics::Registry;
 use canarygate_model::config::{plan, Action, PlanMode};
-use canarygate_store::{SqliteBackend, Store};
+use canarygate_store::{Listener, PostgresBackend, SqliteBackend, Store};
 use chrono::Utc;
 use tokio::net::TcpListener;
 
@@ -72,6 +72,43 @@ fn tokens(cfg: &ConfigFile) -> Vec<Token> {
     }
     out.retain(|t| !t.token.is_empty());
     out
+}
+
+/// With a shared database: loads what other replicas change, when PostgreSQL notifies it and at least
+/// once a second (a notification can be missed), on a thread of its own holding the `LISTEN`
+/// connection. A replica cut off from the database keeps serving its last state and retries.
+fn follow_changes(store: Arc<Store>, url: String) {
+    let rt = tokio::runtime::Handle::current();
+    let spawned = std::thread::Builder::new().name("canarygate-listen".into()).spawn(move || {
+        let mut listener = Listener::new(&url);
+        let mut failing = false;
+        loop {
+            match listener.wait(Duration::from_secs(1)) {
+                Ok(_) => {
+                    if failing {
+                        tracing::info!("the PostgreSQL store is reachable again");
+                        failing = false;
+                    }
+                }
+                Err(e) => {
+                    if !failing {
+                        tracing::warn!(error = %e, "cannot listen for changes on the PostgreSQL store; serving the last state, retrying");
+                        failing = true;
+                    }
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+            }
+            // Notified or not: compare versions (cheap), load when another replica moved on.
+            if let Err(e) = rt.block_on(store.sync()) {
+                if !failing {
+                    tracing::warn!(error = %e, "cannot load changes from the PostgreSQL store; serving the last state");
+                }
+            }
+        }
+    });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "cannot start the change listener");
+    }
 }
 
 /// Carries a seeding plan out on the store: one change, all or nothing, published once.
@@ -154,9 +191,10 @@ pub async fn start(cfg: &ConfigFile, args: &ServeArgs) -> Result<Running> {
              set CANARYGATE_ADMIN_TOKEN or server.adminTokens, or listen on 127.0.0.1"
         );
     }
-    if store_kind != "sqlite" {
+    let postgres = store_kind.starts_with("postgres://") || store_kind.starts_with("postgresql://");
+    if store_kind != "sqlite" && !postgres {
         bail!(
-            "store {:?} is not supported by this build: use sqlite (PostgreSQL support is planned)",
+            "server.store {:?}: not a store (use sqlite, or a postgres://user:password@host:port/database URL)",
             redact(&store_kind)
         );
     }
@@ -223,10 +261,19 @@ pub async fn start(cfg: &ConfigFile, args: &ServeArgs) -> Result<Running> {
     }
     let gateway = Arc::new(gateway);
 
-    let db = data_dir.join("state.db");
-    let backend = SqliteBackend::open(&db).with_context(|| format!("cannot open state database {}", db.display()))?;
+    let backend: Box<dyn canarygate_store::Backend> = if postgres {
+        let url = store_kind.clone();
+        let opened = tokio::task::spawn_blocking(move || PostgresBackend::open(&url)).await?;
+        Box::new(opened.with_context(|| format!("cannot open the PostgreSQL store {}", redact(&store_kind)))?)
+    } else {
+        let db = data_dir.join("state.db");
+        Box::new(SqliteBackend::open(&db).with_context(|| format!("cannot open state database {}", db.display()))?)
+    };
     let gw = gateway.clone();
-    let store = Arc::new(Store::open(Box::new(backend), Box::new(move |state| gw.publish(state)))?);
+    let store = Arc::new(Store::open(backend, Box::new(move |state| gw.publish(state)))?);
+    if postgres {
+        follow_changes(store.clone(), store_kind.clone());
+    }
     seed(&store, plan(&store.current(), &cfg.resources(), PlanMode::CreateOnly)).await?;
 
     // Bound by tokio (backlog 1024, SO_REUSEADDR), then handed to the data-plane workers.

@@ -487,7 +487,7 @@ impl Machine<'_> {
             .and_then(|a| std::sync::Arc::make_mut(a).stages.get_mut(&self.r.stage))
         {
             f(st);
-            st.updated_at = now;
+            st.touch(now);
         }
     }
 

@@ -350,6 +350,7 @@ mod tests {
             active_rollout: None,
             created_at: t,
             updated_at: t,
+            version: 1,
         }
     }
 

@@ -474,11 +474,13 @@ impl State {
             updated_at: now,
             completed_at: None,
         };
-        self.apis
+        let st = self
+            .apis
             .get_mut(api)
             .and_then(|a| std::sync::Arc::make_mut(a).stages.get_mut(stage))
-            .expect("checked above")
-            .active_rollout = Some(id.clone());
+            .expect("checked above");
+        st.active_rollout = Some(id.clone());
+        st.touch(now);
         self.rollouts.insert(id, rollout.clone());
         Ok(rollout)
     }

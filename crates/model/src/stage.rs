@@ -306,9 +306,19 @@ pub struct Stage {
     pub active_rollout: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// Counts the stage's changes: 1 when created, one more with each change (through any replica), so
+    /// an answer says which state of the stage it made.
+    #[serde(default)]
+    pub version: u64,
 }
 
 impl Stage {
+    /// Marks a change of the stage: its time and its next version.
+    pub fn touch(&mut self, now: DateTime<Utc>) {
+        self.updated_at = now;
+        self.version += 1;
+    }
+
     /// The canary's effective variables: the stage's overlaid with the overrides.
     pub fn canary_variables(&self) -> Option<BTreeMap<String, String>> {
         self.canary_settings.as_ref().map(|c| {

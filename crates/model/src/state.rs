@@ -256,6 +256,7 @@ impl State {
             active_rollout: None,
             created_at,
             updated_at: now,
+            version: existing.map_or(1, |s| s.version + 1),
         };
         a.stages.insert(name.to_string(), stage.clone());
         Ok(stage)
@@ -287,7 +288,7 @@ impl State {
         for (i, op) in ops.iter().enumerate() {
             crate::patch::apply(&mut next, op, i, |id| a.deployment(id).is_some())?;
         }
-        next.updated_at = now;
+        next.touch(now);
         self.api_mut(api)?.stages.insert(name.to_string(), next.clone());
         Ok(next)
     }
@@ -306,7 +307,7 @@ impl State {
             .ok_or_else(|| Error::Conflict(format!("stage {api}/{name} has no canary to promote")))?;
         stage.deployment_id = canary.deployment_id;
         stage.variables.extend(canary.stage_variable_overrides);
-        stage.updated_at = now;
+        stage.touch(now);
         Ok(stage.clone())
     }
 
@@ -321,7 +322,7 @@ impl State {
         if stage.canary_settings.take().is_none() {
             return Err(Error::Conflict(format!("stage {api}/{name} has no canary to remove")));
         }
-        stage.updated_at = now;
+        stage.touch(now);
         Ok(stage.clone())
     }
 

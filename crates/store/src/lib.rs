@@ -1,13 +1,19 @@
 //! Durable state of canarygate.
 //!
-//! [`Backend`] is the small persistence trait (load everything; write a batch of changes in one
-//! transaction); [`SqliteBackend`] implements it over an embedded SQLite file with versioned migrations.
-//! [`Store`] is the state service on top: it serialises changes, applies a pure model transition to a
-//! copy of the state, writes the difference durably, and only then publishes the new state (through the
-//! `on_change` hook, which swaps the gateway's routing snapshot before the API call returns).
+//! [`Backend`] is the small persistence trait (load everything; a change is a transaction that takes the
+//! state's write lock, then writes a batch of rows and bumps the state's version); [`SqliteBackend`]
+//! implements it over an embedded SQLite file, [`PostgresBackend`] over a PostgreSQL database that
+//! several replicas share. Both run versioned migrations. [`Store`] is the state service on top: it
+//! serialises changes, brings its copy up to the stored version when another replica moved it, applies a
+//! pure model transition to a copy of the state, writes the difference durably, and only then publishes
+//! the new state (through the `on_change` hook, which swaps the gateway's routing snapshot before the API
+//! call returns). [`Store::sync`] loads what other replicas wrote (the caller runs it on PostgreSQL's
+//! notifications and on a timer).
 #![deny(rust_2018_idioms)]
 #![forbid(unsafe_code)]
 
+mod postgres;
+mod rows;
 mod sqlite;
 
 use std::sync::Arc;
@@ -20,6 +26,7 @@ use canarygate_model::state::{AlarmEntry, ApiState};
 use canarygate_model::{Api, Deployment, Domain, Stage, State};
 use tokio::sync::{watch, Mutex};
 
+pub use postgres::{Listener, PostgresBackend};
 pub use sqlite::SqliteBackend;
 
 /// Why a change could not be made.
@@ -31,6 +38,9 @@ pub enum StoreError {
     /// The storage failed (the server's fault); nothing was changed.
     #[error("storage error: {0}")]
     Backend(String),
+    /// The stored state moved past the version a change was made against (another writer).
+    #[error("the stored state changed under this change; nothing was written")]
+    Conflict,
 }
 
 impl From<rusqlite::Error> for StoreError {
@@ -76,10 +86,23 @@ pub enum Change {
     DeleteDelivery(String),
 }
 
-/// Persistence: everything at start, then batches of changes, each batch atomic and durable.
+/// Persistence: everything at start, then changes, each a transaction: [`Backend::begin`] takes the
+/// state's write lock (across replicas, for a shared database) and says the stored version;
+/// [`Backend::commit`] writes a batch of rows, bumps the version and commits; [`Backend::rollback`]
+/// gives the lock up with nothing written.
 pub trait Backend: Send + 'static {
-    fn load(&mut self) -> Result<State, StoreError>;
-    fn write(&mut self, changes: &[Change]) -> Result<(), StoreError>;
+    /// Everything, and the version it is at (inside a transaction: what it sees).
+    fn load(&mut self) -> Result<(State, u64), StoreError>;
+    /// Starts a change: the stored version, locked until commit or rollback.
+    fn begin(&mut self) -> Result<u64, StoreError>;
+    /// Writes `changes` in the transaction [`Backend::begin`] started, and commits; the new version.
+    fn commit(&mut self, changes: &[Change]) -> Result<u64, StoreError>;
+    fn rollback(&mut self);
+    /// The stored version now, when others may change it (a shared database); `None` when only this
+    /// process writes the store.
+    fn stored_version(&mut self) -> Result<Option<u64>, StoreError> {
+        Ok(None)
+    }
 }
 
 /// The changes that turn `old` into `new`.
@@ -187,25 +210,68 @@ pub fn new_deployment_id() -> String {
 
 type OnChange = Box<dyn Fn(&Arc<State>) + Send + Sync>;
 
+/// The state a change starts from, and the stored version it is.
+struct Head {
+    state: Arc<State>,
+    version: u64,
+}
+
 /// The state service: serialised, durable, published changes.
 pub struct Store {
     backend: Arc<std::sync::Mutex<Box<dyn Backend>>>,
     /// Serialises changes; holds the state they start from.
-    write: Mutex<Arc<State>>,
+    write: Mutex<Head>,
     current: watch::Sender<Arc<State>>,
     on_change: OnChange,
 }
 
+/// Runs `f` on the backend on a blocking thread (both backends' clients block).
+async fn blocking<T: Send + 'static>(
+    backend: &Arc<std::sync::Mutex<Box<dyn Backend>>>,
+    f: impl FnOnce(&mut dyn Backend) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    let backend = backend.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut b = backend
+            .lock()
+            .map_err(|_| StoreError::Backend("storage poisoned by an earlier panic".into()))?;
+        f(&mut **b)
+    })
+    .await
+    .map_err(|e| StoreError::Backend(format!("storage task failed: {e}")))?
+}
+
+/// Whether a batch touches routing (anything but rollout, alarm, analysis and notification records,
+/// which the controller checkpoints every second and which do not rebuild the gateway's snapshot).
+fn routes(changes: &[Change]) -> bool {
+    changes.iter().any(|c| {
+        !matches!(
+            c,
+            Change::PutRollout(_)
+                | Change::PutAlarm(_)
+                | Change::DeleteAlarm(_)
+                | Change::PutAnalysis(_)
+                | Change::DeleteAnalysis(_)
+                | Change::PutNotification(_)
+                | Change::DeleteNotification(_)
+                | Change::PutDelivery(_)
+                | Change::DeleteDelivery(_)
+        )
+    })
+}
+
 impl Store {
     /// Loads the state from the backend. `on_change` runs after every durable change that touches
-    /// routing (anything but rollout and alarm records), before the call that made it returns.
+    /// routing (anything but rollout and alarm records), before the call that made it returns, and
+    /// after every state loaded from what other replicas wrote.
     pub fn open(mut backend: Box<dyn Backend>, on_change: OnChange) -> Result<Store, StoreError> {
-        let state = Arc::new(backend.load()?);
+        let (state, version) = backend.load()?;
+        let state = Arc::new(state);
         on_change(&state);
         let (current, _) = watch::channel(state.clone());
         Ok(Store {
             backend: Arc::new(std::sync::Mutex::new(backend)),
-            write: Mutex::new(state),
+            write: Mutex::new(Head { state, version }),
             current,
             on_change,
         })
@@ -221,48 +287,84 @@ impl Store {
         self.current.subscribe()
     }
 
-    /// Applies `f` to a copy of the state; if it succeeds, persists the difference in one transaction,
-    /// then publishes. A refused or failed change changes nothing.
-    pub async fn mutate<T: Send + 'static>(&self, f: impl FnOnce(&mut State) -> canarygate_model::Result<T>) -> Result<T, StoreError> {
-        let mut guard = self.write.lock().await;
-        let mut next = State::clone(&guard);
-        let out = f(&mut next)?;
-        let changes = diff(&guard, &next);
-        if changes.is_empty() {
-            return Ok(out);
-        }
-        let routing = changes.iter().any(|c| {
-            !matches!(
-                c,
-                Change::PutRollout(_)
-                    | Change::PutAlarm(_)
-                    | Change::DeleteAlarm(_)
-                    | Change::PutAnalysis(_)
-                    | Change::DeleteAnalysis(_)
-                    | Change::PutNotification(_)
-                    | Change::DeleteNotification(_)
-                    | Change::PutDelivery(_)
-                    | Change::DeleteDelivery(_)
-            )
-        });
-        let backend = self.backend.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut b = backend
-                .lock()
-                .map_err(|_| StoreError::Backend("storage poisoned by an earlier panic".into()))?;
-            b.write(&changes)
+    /// The stored version this process's state is at.
+    pub async fn version(&self) -> u64 {
+        self.write.lock().await.version
+    }
+
+    /// Ends a change's transaction with nothing written.
+    async fn rollback(&self) -> Result<(), StoreError> {
+        blocking(&self.backend, |b| {
+            b.rollback();
+            Ok(())
         })
         .await
-        .map_err(|e| StoreError::Backend(format!("storage task failed: {e}")))??;
-        let next = Arc::new(next);
-        *guard = next.clone();
-        // Rollout and alarm records do not route traffic: changes to them alone (the controller's
-        // checkpoints and analysis, every second) do not rebuild the gateway's snapshot.
+    }
+
+    fn publish(&self, head: &mut Head, state: Arc<State>, version: u64, routing: bool) {
+        head.state = state.clone();
+        head.version = version;
         if routing {
-            (self.on_change)(&next);
+            (self.on_change)(&state);
         }
-        self.current.send_replace(next);
+        self.current.send_replace(state);
+    }
+
+    /// Applies `f` to a copy of the state; if it succeeds, persists the difference in one transaction,
+    /// then publishes. With a shared database the transaction holds the state's write lock, and a state
+    /// another replica moved on is loaded first, so `f` always sees the latest state and no change is
+    /// lost. A refused or failed change changes nothing.
+    pub async fn mutate<T: Send + 'static>(&self, f: impl FnOnce(&mut State) -> canarygate_model::Result<T>) -> Result<T, StoreError> {
+        let mut head = self.write.lock().await;
+        let stored = blocking(&self.backend, |b| b.begin()).await?;
+        if stored != head.version {
+            match blocking(&self.backend, |b| b.load()).await {
+                Ok((state, version)) => self.publish(&mut head, Arc::new(state), version, true),
+                Err(e) => {
+                    let _ = self.rollback().await;
+                    return Err(e);
+                }
+            }
+        }
+        let mut next = State::clone(&head.state);
+        let out = match f(&mut next) {
+            Ok(out) => out,
+            Err(e) => {
+                self.rollback().await?;
+                return Err(e.into());
+            }
+        };
+        let changes = diff(&head.state, &next);
+        if changes.is_empty() {
+            self.rollback().await?;
+            return Ok(out);
+        }
+        let routing = routes(&changes);
+        let version = blocking(&self.backend, move |b| {
+            let r = b.commit(&changes);
+            if r.is_err() {
+                b.rollback();
+            }
+            r
+        })
+        .await?;
+        self.publish(&mut head, Arc::new(next), version, routing);
         Ok(out)
+    }
+
+    /// Loads and publishes the stored state if another replica moved it past this process's version
+    /// (run on every change notification and periodically). Whether it did.
+    pub async fn sync(&self) -> Result<bool, StoreError> {
+        let mut head = self.write.lock().await;
+        let Some(stored) = blocking(&self.backend, |b| b.stored_version()).await? else {
+            return Ok(false);
+        };
+        if stored == head.version {
+            return Ok(false);
+        }
+        let (state, version) = blocking(&self.backend, |b| b.load()).await?;
+        self.publish(&mut head, Arc::new(state), version, true);
+        Ok(true)
     }
 }
 

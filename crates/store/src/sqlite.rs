@@ -3,13 +3,10 @@
 
 use std::path::Path;
 
-use canarygate_model::deployment_config::DeploymentConfig;
-use canarygate_model::notification::{Delivery, Notification};
-use canarygate_model::rollout::Rollout;
-use canarygate_model::state::{AlarmEntry, ApiState};
-use canarygate_model::{Api, Deployment, Domain, Stage, State};
-use rusqlite::{params, Connection};
+use canarygate_model::State;
+use rusqlite::Connection;
 
+use crate::rows::{row_ops, Dialect, Rows, Value, READS};
 use crate::{Backend, Change, StoreError};
 
 /// Migrations, in order; migration `i` brings the schema to version `i + 1`.
@@ -37,6 +34,8 @@ CREATE TABLE deliveries (id TEXT PRIMARY KEY, doc TEXT NOT NULL);
 
 pub struct SqliteBackend {
     conn: Connection,
+    /// Changes written since it was opened.
+    version: u64,
 }
 
 impl SqliteBackend {
@@ -61,171 +60,60 @@ impl SqliteBackend {
             tx.commit()?;
             tracing::info!(version = i + 1, "migrated state database");
         }
-        Ok(SqliteBackend { conn })
+        Ok(SqliteBackend { conn, version: 0 })
     }
 }
 
 impl Backend for SqliteBackend {
-    fn load(&mut self) -> Result<State, StoreError> {
-        let mut state = State::default();
-        let mut stmt = self.conn.prepare("SELECT doc FROM apis")?;
-        for doc in stmt.query_map([], |r| r.get::<_, String>(0))? {
-            let api: Api = serde_json::from_str(&doc?)?;
-            state.apis.insert(
-                api.name.clone(),
-                std::sync::Arc::new(ApiState {
-                    api,
-                    deployments: Vec::new(),
-                    stages: Default::default(),
-                }),
-            );
-        }
-        let mut stmt = self.conn.prepare("SELECT api, doc FROM deployments ORDER BY api, seq")?;
-        for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))? {
-            let (api, doc) = row?;
-            let d: Deployment = serde_json::from_str(&doc)?;
-            if let Some(a) = state.apis.get_mut(&api).map(std::sync::Arc::make_mut) {
-                a.deployments.push(d);
+    fn load(&mut self) -> Result<(State, u64), StoreError> {
+        let mut rows = Rows::default();
+        for (table, query) in READS {
+            let mut stmt = self.conn.prepare(query)?;
+            match *table {
+                "deployments" | "analyses" => {
+                    let pairs = stmt
+                        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
+                        .collect::<Result<Vec<_>, _>>()?;
+                    if *table == "deployments" {
+                        rows.deployments = pairs;
+                    } else {
+                        rows.analyses = pairs;
+                    }
+                }
+                _ => {
+                    let docs = stmt.query_map([], |r| r.get::<_, String>(0))?.collect::<Result<Vec<_>, _>>()?;
+                    rows.docs.insert(table, docs);
+                }
             }
         }
-        let mut stmt = self.conn.prepare("SELECT doc FROM stages")?;
-        for doc in stmt.query_map([], |r| r.get::<_, String>(0))? {
-            let s: Stage = serde_json::from_str(&doc?)?;
-            if let Some(a) = state.apis.get_mut(&s.api).map(std::sync::Arc::make_mut) {
-                a.stages.insert(s.name.clone(), s);
-            }
-        }
-        let mut stmt = self.conn.prepare("SELECT doc FROM domains")?;
-        for doc in stmt.query_map([], |r| r.get::<_, String>(0))? {
-            let d: Domain = serde_json::from_str(&doc?)?;
-            state.domains.insert(d.domain.clone(), d);
-        }
-        let mut stmt = self.conn.prepare("SELECT doc FROM rollouts")?;
-        for doc in stmt.query_map([], |r| r.get::<_, String>(0))? {
-            let r: Rollout = serde_json::from_str(&doc?)?;
-            state.rollouts.insert(r.id.clone(), r);
-        }
-        let mut stmt = self.conn.prepare("SELECT doc FROM alarms")?;
-        for doc in stmt.query_map([], |r| r.get::<_, String>(0))? {
-            let a: AlarmEntry = serde_json::from_str(&doc?)?;
-            state.alarms.insert(a.alarm.name.clone(), a);
-        }
-        let mut stmt = self.conn.prepare("SELECT doc FROM notifications")?;
-        for doc in stmt.query_map([], |r| r.get::<_, String>(0))? {
-            let n: Notification = serde_json::from_str(&doc?)?;
-            state.notifications.insert(n.name.clone(), n);
-        }
-        let mut stmt = self.conn.prepare("SELECT doc FROM deliveries")?;
-        for doc in stmt.query_map([], |r| r.get::<_, String>(0))? {
-            let d: Delivery = serde_json::from_str(&doc?)?;
-            state.deliveries.insert(d.id.clone(), d);
-        }
-        let mut stmt = self.conn.prepare("SELECT name, doc FROM analyses")?;
-        for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))? {
-            let (name, doc) = row?;
-            state.analyses.insert(name, serde_json::from_str(&doc)?);
-        }
-        let mut stmt = self.conn.prepare("SELECT doc FROM deployment_configs")?;
-        for doc in stmt.query_map([], |r| r.get::<_, String>(0))? {
-            let c: DeploymentConfig = serde_json::from_str(&doc?)?;
-            state.deployment_configs.insert(c.name.clone(), c);
-        }
-        Ok(state)
+        // One process owns the file: the version only counts this process's changes.
+        Ok((rows.into_state()?, self.version))
     }
 
-    fn write(&mut self, changes: &[Change]) -> Result<(), StoreError> {
+    fn begin(&mut self) -> Result<u64, StoreError> {
+        // One process owns the file and the store serialises its changes: nothing to lock.
+        Ok(self.version)
+    }
+
+    fn rollback(&mut self) {}
+
+    fn commit(&mut self, changes: &[Change]) -> Result<u64, StoreError> {
         let tx = self.conn.transaction()?;
         for c in changes {
-            match c {
-                Change::PutApi(a) => {
-                    tx.execute(
-                        "INSERT OR REPLACE INTO apis (name, doc) VALUES (?1, ?2)",
-                        params![a.name, serde_json::to_string(a)?],
-                    )?;
-                }
-                Change::DeleteApi(name) => {
-                    tx.execute("DELETE FROM apis WHERE name = ?1", params![name])?;
-                    tx.execute("DELETE FROM deployments WHERE api = ?1", params![name])?;
-                    tx.execute("DELETE FROM stages WHERE api = ?1", params![name])?;
-                }
-                Change::PutDeployment { api, seq, deployment } => {
-                    tx.execute(
-                        "INSERT OR REPLACE INTO deployments (api, id, seq, doc) VALUES (?1, ?2, ?3, ?4)",
-                        params![api, deployment.id, *seq as i64, serde_json::to_string(deployment)?],
-                    )?;
-                }
-                Change::PutStage(s) => {
-                    tx.execute(
-                        "INSERT OR REPLACE INTO stages (api, name, doc) VALUES (?1, ?2, ?3)",
-                        params![s.api, s.name, serde_json::to_string(s)?],
-                    )?;
-                }
-                Change::DeleteStage { api, stage } => {
-                    tx.execute("DELETE FROM stages WHERE api = ?1 AND name = ?2", params![api, stage])?;
-                }
-                Change::PutDomain(d) => {
-                    tx.execute(
-                        "INSERT OR REPLACE INTO domains (domain, doc) VALUES (?1, ?2)",
-                        params![d.domain, serde_json::to_string(d)?],
-                    )?;
-                }
-                Change::DeleteDomain(d) => {
-                    tx.execute("DELETE FROM domains WHERE domain = ?1", params![d])?;
-                }
-                Change::PutRollout(r) => {
-                    tx.execute(
-                        "INSERT OR REPLACE INTO rollouts (id, api, stage, doc) VALUES (?1, ?2, ?3, ?4)",
-                        params![r.id, r.api, r.stage, serde_json::to_string(r)?],
-                    )?;
-                }
-                Change::PutAlarm(a) => {
-                    tx.execute(
-                        "INSERT OR REPLACE INTO alarms (name, doc) VALUES (?1, ?2)",
-                        params![a.alarm.name, serde_json::to_string(a)?],
-                    )?;
-                }
-                Change::DeleteAlarm(name) => {
-                    tx.execute("DELETE FROM alarms WHERE name = ?1", params![name])?;
-                }
-                Change::PutDeploymentConfig(c) => {
-                    tx.execute(
-                        "INSERT OR REPLACE INTO deployment_configs (name, doc) VALUES (?1, ?2)",
-                        params![c.name, serde_json::to_string(c)?],
-                    )?;
-                }
-                Change::DeleteDeploymentConfig(name) => {
-                    tx.execute("DELETE FROM deployment_configs WHERE name = ?1", params![name])?;
-                }
-                Change::PutAnalysis(a) => {
-                    tx.execute(
-                        "INSERT OR REPLACE INTO analyses (name, doc) VALUES (?1, ?2)",
-                        params![a.name.as_deref().unwrap_or_default(), serde_json::to_string(a)?],
-                    )?;
-                }
-                Change::DeleteAnalysis(name) => {
-                    tx.execute("DELETE FROM analyses WHERE name = ?1", params![name])?;
-                }
-                Change::PutNotification(n) => {
-                    tx.execute(
-                        "INSERT OR REPLACE INTO notifications (name, doc) VALUES (?1, ?2)",
-                        params![n.name, serde_json::to_string(n)?],
-                    )?;
-                }
-                Change::DeleteNotification(name) => {
-                    tx.execute("DELETE FROM notifications WHERE name = ?1", params![name])?;
-                }
-                Change::PutDelivery(d) => {
-                    tx.execute(
-                        "INSERT OR REPLACE INTO deliveries (id, doc) VALUES (?1, ?2)",
-                        params![d.id, serde_json::to_string(d)?],
-                    )?;
-                }
-                Change::DeleteDelivery(id) => {
-                    tx.execute("DELETE FROM deliveries WHERE id = ?1", params![id])?;
-                }
+            for op in row_ops(c)? {
+                let values: Vec<&dyn rusqlite::ToSql> = op
+                    .values()
+                    .iter()
+                    .map(|v| match v {
+                        Value::Text(t) => t as &dyn rusqlite::ToSql,
+                        Value::Int(i) => i as &dyn rusqlite::ToSql,
+                    })
+                    .collect();
+                tx.execute(&op.sql(Dialect::Sqlite), values.as_slice())?;
             }
         }
         tx.commit()?;
-        Ok(())
+        self.version += 1;
+        Ok(self.version)
     }
 }

@@ -1,0 +1,265 @@
+//! The PostgreSQL backend, for several replicas on one database: the same tables as SQLite, plus the
+//! state's version in a one-row table. A change is one transaction that first locks that row
+//! (`SELECT ... FOR UPDATE`, so changes through different replicas queue rather than overwrite each
+//! other), writes its rows, bumps the version and sends `NOTIFY canarygate_changes` with it (delivered
+//! when it commits). Each replica also holds a [`Listener`]: its own connection that `LISTEN`s, so it
+//! loads a change as soon as it is committed (and polls the version besides: a notification can be
+//! missed).
+//!
+//! Migrations are versioned in `canarygate_schema` and run in one transaction under a transaction-level
+//! advisory lock, so replicas started at once migrate the database once; a binary whose schema is older
+//! than the database's refuses to start, naming both versions.
+
+use std::str::FromStr as _;
+use std::time::Duration;
+
+use canarygate_model::State;
+use postgres::fallible_iterator::FallibleIterator as _;
+use postgres::{Client, NoTls};
+
+use crate::rows::{row_ops, Dialect, Rows, Value, READS};
+use crate::{Backend, Change, StoreError};
+
+/// The channel replicas are told of changes on.
+const CHANNEL: &str = "canarygate_changes";
+/// The advisory lock migrations run under (held by their transaction only).
+const MIGRATION_LOCK: i64 = 0x6361_6e61_7279_6761; // "canaryga"
+/// Connecting gives up after this long.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Migrations, in order; migration `i` brings the schema to version `i + 1`.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE apis (name TEXT PRIMARY KEY, doc TEXT NOT NULL);
+CREATE TABLE deployments (api TEXT NOT NULL, id TEXT NOT NULL, seq BIGINT NOT NULL, doc TEXT NOT NULL, PRIMARY KEY (api, id));
+CREATE TABLE stages (api TEXT NOT NULL, name TEXT NOT NULL, doc TEXT NOT NULL, PRIMARY KEY (api, name));
+CREATE TABLE domains (domain TEXT PRIMARY KEY, doc TEXT NOT NULL);
+CREATE TABLE rollouts (id TEXT PRIMARY KEY, api TEXT NOT NULL, stage TEXT NOT NULL, doc TEXT NOT NULL);
+CREATE TABLE alarms (name TEXT PRIMARY KEY, doc TEXT NOT NULL);
+CREATE TABLE deployment_configs (name TEXT PRIMARY KEY, doc TEXT NOT NULL);
+CREATE TABLE analyses (name TEXT PRIMARY KEY, doc TEXT NOT NULL);
+CREATE TABLE notifications (name TEXT PRIMARY KEY, doc TEXT NOT NULL);
+CREATE TABLE deliveries (id TEXT PRIMARY KEY, doc TEXT NOT NULL);
+CREATE TABLE canarygate_state (id INTEGER PRIMARY KEY CHECK (id = 1), version BIGINT NOT NULL);
+INSERT INTO canarygate_state (id, version) VALUES (1, 0);
+"#];
+
+/// The schema version this build writes.
+pub const SCHEMA_VERSION: usize = MIGRATIONS.len();
+
+impl From<postgres::Error> for StoreError {
+    fn from(e: postgres::Error) -> Self {
+        StoreError::Backend(format!("PostgreSQL: {e}"))
+    }
+}
+
+fn connect(url: &str) -> Result<Client, StoreError> {
+    let mut cfg = postgres::Config::from_str(url).map_err(|e| StoreError::Backend(format!("store URL: {e}")))?;
+    cfg.connect_timeout(CONNECT_TIMEOUT);
+    if cfg.get_application_name().is_none() {
+        cfg.application_name("canarygate");
+    }
+    Ok(cfg.connect(NoTls)?)
+}
+
+/// Brings the database's schema to this build's version, once, whoever else is starting.
+fn migrate(client: &mut Client) -> Result<(), StoreError> {
+    let mut tx = client.transaction()?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
+    tx.batch_execute("CREATE TABLE IF NOT EXISTS canarygate_schema (id INTEGER PRIMARY KEY CHECK (id = 1), version INTEGER NOT NULL)")?;
+    let stored: i32 = tx
+        .query_opt("SELECT version FROM canarygate_schema WHERE id = 1", &[])?
+        .map_or(0, |r| r.get(0));
+    let stored = stored.max(0) as usize;
+    if stored > SCHEMA_VERSION {
+        return Err(StoreError::Backend(format!(
+            "the database's schema is version {stored}, newer than this canarygate's ({SCHEMA_VERSION}): upgrade canarygate"
+        )));
+    }
+    for (i, m) in MIGRATIONS.iter().enumerate().skip(stored) {
+        tx.batch_execute(m)?;
+        tracing::info!(version = i + 1, "migrated the PostgreSQL schema");
+    }
+    tx.execute(
+        "INSERT INTO canarygate_schema (id, version) VALUES (1, $1) ON CONFLICT (id) DO UPDATE SET version = excluded.version",
+        &[&(SCHEMA_VERSION.max(stored) as i32)],
+    )?;
+    tx.commit()?;
+    Ok(())
+}
+
+pub struct PostgresBackend {
+    url: String,
+    /// `None` after the connection was lost: the next call connects again.
+    client: Option<Client>,
+    /// A change's transaction is open.
+    in_change: bool,
+}
+
+impl PostgresBackend {
+    /// Connects to `url` (`postgres://user:password@host:port/database`) and migrates the schema.
+    pub fn open(url: &str) -> Result<PostgresBackend, StoreError> {
+        let mut client = connect(url)?;
+        migrate(&mut client)?;
+        Ok(PostgresBackend {
+            url: url.to_string(),
+            client: Some(client),
+            in_change: false,
+        })
+    }
+
+    fn client(&mut self) -> Result<&mut Client, StoreError> {
+        if self.client.as_ref().is_none_or(Client::is_closed) {
+            self.in_change = false;
+            self.client = Some(connect(&self.url)?);
+        }
+        Ok(self.client.as_mut().expect("connected above"))
+    }
+
+    /// Runs `f` on the connection; a failure forgets the connection if it was lost.
+    fn with<T>(&mut self, f: impl FnOnce(&mut Client) -> Result<T, postgres::Error>) -> Result<T, StoreError> {
+        let client = self.client()?;
+        let r = f(client);
+        if r.is_err() && client.is_closed() {
+            self.client = None;
+            self.in_change = false;
+        }
+        Ok(r?)
+    }
+}
+
+fn read_rows(client: &mut Client) -> Result<(Rows, u64), postgres::Error> {
+    let version: i64 = client.query_one("SELECT version FROM canarygate_state WHERE id = 1", &[])?.get(0);
+    let mut rows = Rows::default();
+    for (table, query) in READS {
+        let result = client.query(*query, &[])?;
+        match *table {
+            "deployments" => rows.deployments = result.iter().map(|r| (r.get(0), r.get(1))).collect(),
+            "analyses" => rows.analyses = result.iter().map(|r| (r.get(0), r.get(1))).collect(),
+            _ => {
+                rows.docs.insert(table, result.iter().map(|r| r.get(0)).collect());
+            }
+        }
+    }
+    Ok((rows, version.max(0) as u64))
+}
+
+impl Backend for PostgresBackend {
+    fn load(&mut self) -> Result<(State, u64), StoreError> {
+        let in_change = self.in_change;
+        let (rows, version) = self.with(|c| {
+            if in_change {
+                return read_rows(c);
+            }
+            // One snapshot for every table and the version.
+            c.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")?;
+            let r = read_rows(c);
+            c.batch_execute(if r.is_ok() { "COMMIT" } else { "ROLLBACK" })?;
+            r
+        })?;
+        Ok((rows.into_state()?, version))
+    }
+
+    fn begin(&mut self) -> Result<u64, StoreError> {
+        if self.in_change {
+            self.rollback();
+        }
+        let version: i64 = self.with(|c| {
+            c.batch_execute("BEGIN")?;
+            Ok(c.query_one("SELECT version FROM canarygate_state WHERE id = 1 FOR UPDATE", &[])?
+                .get(0))
+        })?;
+        self.in_change = true;
+        Ok(version.max(0) as u64)
+    }
+
+    fn commit(&mut self, changes: &[Change]) -> Result<u64, StoreError> {
+        if !self.in_change {
+            return Err(StoreError::Backend("a change was committed without its transaction".into()));
+        }
+        let mut ops = Vec::new();
+        for c in changes {
+            ops.extend(row_ops(c)?);
+        }
+        let version: i64 = self.with(|c| {
+            for op in &ops {
+                let values: Vec<&(dyn postgres::types::ToSql + Sync)> = op
+                    .values()
+                    .iter()
+                    .map(|v| match v {
+                        Value::Text(t) => t as &(dyn postgres::types::ToSql + Sync),
+                        Value::Int(i) => i as &(dyn postgres::types::ToSql + Sync),
+                    })
+                    .collect();
+                c.execute(op.sql(Dialect::Postgres).as_str(), &values)?;
+            }
+            let v: i64 = c
+                .query_one(
+                    "UPDATE canarygate_state SET version = version + 1 WHERE id = 1 RETURNING version",
+                    &[],
+                )?
+                .get(0);
+            c.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &v.to_string()])?;
+            c.batch_execute("COMMIT")?;
+            Ok(v)
+        })?;
+        self.in_change = false;
+        Ok(version.max(0) as u64)
+    }
+
+    fn rollback(&mut self) {
+        if self.in_change {
+            self.in_change = false;
+            if let Some(c) = self.client.as_mut() {
+                if c.batch_execute("ROLLBACK").is_err() {
+                    self.client = None;
+                }
+            }
+        }
+    }
+
+    fn stored_version(&mut self) -> Result<Option<u64>, StoreError> {
+        let v: i64 = self.with(|c| Ok(c.query_one("SELECT version FROM canarygate_state WHERE id = 1", &[])?.get(0)))?;
+        Ok(Some(v.max(0) as u64))
+    }
+}
+
+/// A replica's own connection that `LISTEN`s for committed changes.
+pub struct Listener {
+    url: String,
+    client: Option<Client>,
+}
+
+impl Listener {
+    pub fn new(url: &str) -> Listener {
+        Listener {
+            url: url.to_string(),
+            client: None,
+        }
+    }
+
+    /// Waits up to `timeout` for a change notification. `Ok(true)` when one came — or when the
+    /// connection was (re)made, since notifications sent while it was down are lost: the caller loads
+    /// the state either way. `Err` when the database cannot be reached (the caller retries later).
+    pub fn wait(&mut self, timeout: Duration) -> Result<bool, StoreError> {
+        if self.client.as_ref().is_none_or(Client::is_closed) {
+            let mut c = connect(&self.url)?;
+            c.batch_execute(&format!("LISTEN {CHANNEL}"))?;
+            self.client = Some(c);
+            return Ok(true);
+        }
+        let client = self.client.as_mut().expect("connected above");
+        let got = {
+            let mut notifications = client.notifications();
+            let first = notifications.timeout_iter(timeout).next();
+            if matches!(first, Ok(Some(_))) {
+                // Several changes at once: one load covers them all.
+                while let Ok(Some(_)) = notifications.iter().next() {}
+            }
+            first.map(|n| n.is_some())
+        };
+        if got.is_err() {
+            self.client = None;
+        }
+        Ok(got?)
+    }
+}
