@@ -270,7 +270,8 @@ pub async fn start(cfg: &ConfigFile, args: &ServeArgs) -> Result<Running> {
         Box::new(SqliteBackend::open(&db).with_context(|| format!("cannot open state database {}", db.display()))?)
     };
     let gw = gateway.clone();
-    let store = Arc::new(Store::open(backend, Box::new(move |state| gw.publish(state)))?);
+    // Off the async threads: the PostgreSQL client blocks.
+    let store = Arc::new(tokio::task::spawn_blocking(move || Store::open(backend, Box::new(move |state| gw.publish(state)))).await??);
     if postgres {
         follow_changes(store.clone(), store_kind.clone());
     }

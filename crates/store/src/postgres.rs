@@ -127,6 +127,17 @@ impl PostgresBackend {
     }
 }
 
+impl Drop for PostgresBackend {
+    /// Closing the client blocks: never on an async thread (the store may be dropped on one).
+    fn drop(&mut self) {
+        if let Some(c) = self.client.take() {
+            let _ = std::thread::Builder::new()
+                .name("canarygate-pg-close".into())
+                .spawn(move || drop(c));
+        }
+    }
+}
+
 fn read_rows(client: &mut Client) -> Result<(Rows, u64), postgres::Error> {
     let version: i64 = client.query_one("SELECT version FROM canarygate_state WHERE id = 1", &[])?.get(0);
     let mut rows = Rows::default();

@@ -1,0 +1,178 @@
+//! Several replicas on one real PostgreSQL server (PRODUCT.md §10), started by the test harness with
+//! `initdb`/`postgres` on a free port: a change through one replica is served by the others, concurrent
+//! changes through two replicas lose nothing, replicas started at once migrate the database once, and a
+//! binary older than the database's schema refuses to start naming both versions.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{json, Value};
+
+fn start_replica(dir: &std::path::Path, name: &str, url: &str) -> Server {
+    Server::start(&dir.join(name), &["--store", url], &[])
+}
+
+/// Waits until `s` serves a request to the stage with `variant`; how long it took.
+async fn wait_served(c: &reqwest::Client, s: &Server, variant: &str) -> Duration {
+    let t0 = Instant::now();
+    loop {
+        if let Ok(r) = c.get(format!("{}/orders/prod/items", s.gateway)).send().await {
+            if r.status() == 200 && r.headers().get("x-canarygate-variant").is_some_and(|v| v == variant) {
+                return t0.elapsed();
+            }
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(15),
+            "{} never served the change ({variant})",
+            s.gateway
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_through_one_replica_is_served_by_the_others() {
+    let pg = postgres();
+    let url = pg.database();
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, cc) = (
+        start_replica(dir.path(), "a", &url),
+        start_replica(dir.path(), "b", &url),
+        start_replica(dir.path(), "c", &url),
+    );
+    let (prod, canary) = (
+        Backend::start("production", Behaviour::Echo).await,
+        Backend::start("canary", Behaviour::Echo).await,
+    );
+    let c = client();
+    setup_split(&c, &a, prod.addr, canary.addr, 0.0, json!({})).await;
+    for s in [&a, &b, &cc] {
+        wait_served(&c, s, "production").await;
+    }
+
+    // Through A: the canary to 100%. B and C serve it within the deadline (the bench measures the delay).
+    let answer = ok(
+        &c,
+        &a,
+        "PATCH",
+        "/v1/apis/orders/stages/prod",
+        Some(json!({"patchOperations": [{"op": "replace", "path": "/canarySettings/percentTraffic", "value": "100"}]})),
+    )
+    .await;
+    let version = answer["version"].as_u64().expect("the answer carries the stage's version");
+    let (db, dc) = (wait_served(&c, &b, "canary").await, wait_served(&c, &cc, "canary").await);
+    eprintln!("served by B after {db:?}, by C after {dc:?}");
+    // The admin API of every replica shows the same stage.
+    for s in [&b, &cc] {
+        let st = ok(&c, s, "GET", "/v1/apis/orders/stages/prod", None).await;
+        assert_eq!(st["canarySettings"]["percentTraffic"], 100.0, "{st}");
+        assert_eq!(st["version"].as_u64(), Some(version));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_changes_through_two_replicas_lose_nothing() {
+    let pg = postgres();
+    let url = pg.database();
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (start_replica(dir.path(), "a", &url), start_replica(dir.path(), "b", &url));
+    let (prod, canary) = (
+        Backend::start("production", Behaviour::Echo).await,
+        Backend::start("canary", Behaviour::Echo).await,
+    );
+    let c = client();
+    setup_split(&c, &a, prod.addr, canary.addr, 0.0, json!({})).await;
+
+    // 2 x 50 PATCHes at once, through A and B: each adds its own k<i> and replaces the shared `last`.
+    let mut tasks = Vec::new();
+    for i in 0..100 {
+        let (c, admin) = (c.clone(), if i % 2 == 0 { a.admin.clone() } else { b.admin.clone() });
+        tasks.push(tokio::spawn(async move {
+            let r = c
+                .patch(format!("{admin}/v1/apis/orders/stages/prod"))
+                .json(&json!({"patchOperations": [
+                    {"op": "replace", "path": format!("/variables/k{i}"), "value": i.to_string()},
+                    {"op": "replace", "path": "/variables/last", "value": i.to_string()},
+                ]}))
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            let body: Value = r.json().await.unwrap();
+            (i, status, body)
+        }));
+    }
+    let mut applied = Vec::new();
+    for t in tasks {
+        let (i, status, body) = t.await.unwrap();
+        match status {
+            200 => applied.push((body["version"].as_u64().expect("a version in every 2xx answer"), i)),
+            409 => {}
+            _ => panic!("PATCH {i}: {status} {body}"),
+        }
+    }
+    let mut versions: Vec<u64> = applied.iter().map(|(v, _)| *v).collect();
+    versions.sort();
+    versions.dedup();
+    assert_eq!(versions.len(), applied.len(), "two answers carry the same version: {applied:?}");
+    // The final state, through either replica once both have it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let stage = loop {
+        let sa = ok(&c, &a, "GET", "/v1/apis/orders/stages/prod", None).await;
+        let sb = ok(&c, &b, "GET", "/v1/apis/orders/stages/prod", None).await;
+        if sa == sb {
+            break sa;
+        }
+        assert!(Instant::now() < deadline, "the replicas disagree: {sa} {sb}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let vars = &stage["variables"];
+    for (_, i) in &applied {
+        assert_eq!(vars[format!("k{i}")], i.to_string(), "applied PATCH {i} lost");
+    }
+    for i in 0..100 {
+        if !applied.iter().any(|(_, j)| *j == i) {
+            assert!(vars.get(format!("k{i}")).is_none(), "refused PATCH {i} is in the state");
+        }
+    }
+    let (_, last) = applied.iter().max().expect("some applied");
+    assert_eq!(
+        vars["last"],
+        last.to_string(),
+        "`last` is the applied PATCH with the highest version"
+    );
+    eprintln!("{} of 100 applied, {} answered 409", applied.len(), 100 - applied.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_started_at_once_migrate_once_and_an_older_binary_refuses_a_newer_schema() {
+    let pg = postgres();
+    let url = pg.database();
+    let dir = tempfile::tempdir().unwrap();
+    let (d1, d2, u1, u2) = (dir.path().join("a"), dir.path().join("b"), url.clone(), url.clone());
+    let (a, b) = (
+        std::thread::spawn(move || Server::start(&d1, &["--store", &u1], &[])),
+        std::thread::spawn(move || Server::start(&d2, &["--store", &u2], &[])),
+    );
+    let (a, b) = (a.join().unwrap(), b.join().unwrap());
+    let logs = [&a, &b].map(|s| std::fs::read_to_string(&s.stderr_log).unwrap_or_default());
+    let migrated: usize = logs.iter().map(|l| l.matches("migrated the PostgreSQL schema").count()).sum();
+    assert_eq!(migrated, 1, "the schema was migrated {migrated} times: {logs:?}");
+    assert_eq!(pg.psql(&url, "SELECT version FROM canarygate_schema"), "1");
+    drop((a, b));
+
+    // A database a newer canarygate migrated: this binary refuses it, naming both versions.
+    pg.psql(&url, "UPDATE canarygate_schema SET version = 7");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_canarygate"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("c"))
+        .args(["--store", &url])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("version 7") && err.contains("(1)"), "{err}");
+    assert!(!err.contains("postgres@"), "the store URL is not printed as it is: {err}");
+}
