@@ -79,6 +79,8 @@ impl From<StoreError> for ApiError {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("the change was not saved: {msg}"))
             }
             StoreError::Conflict => ApiError::new(StatusCode::CONFLICT, e_conflict()),
+            // Only controller writes are fenced; an API call never is.
+            e @ StoreError::Fenced { .. } => ApiError::new(StatusCode::CONFLICT, e.to_string()),
         }
     }
 }

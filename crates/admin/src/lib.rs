@@ -54,11 +54,20 @@ pub struct AppState {
     pub ready: Arc<AtomicBool>,
     pub prometheus_extra: Option<PrometheusHook>,
     pub caches: Option<Arc<dyn StageCaches>>,
+    /// `GET /v1/cluster`: the replicas and the controller lease (the serving process knows how to ask).
+    pub cluster: Option<ClusterHook>,
+    /// Since when this replica has been unable to read the shared store (it serves its last state).
+    pub stale_since: Arc<std::sync::Mutex<Option<chrono::DateTime<chrono::Utc>>>>,
 }
+
+/// Answers `GET /v1/cluster` (a JSON document) or says why it cannot.
+pub type ClusterHook =
+    Arc<dyn Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<serde_json::Value, String>> + Send>> + Send + Sync>;
 
 /// The admin router.
 pub fn router(state: AppState, auth: Auth) -> Router {
     let v1 = Router::new()
+        .route("/cluster", get(metrics::cluster))
         .route("/apis", get(resources::list_apis))
         .route(
             "/apis/{api}",

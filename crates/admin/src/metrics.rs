@@ -128,9 +128,32 @@ pub async fn prometheus(State(s): State<AppState>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], out).into_response()
 }
 
+pub async fn cluster(State(s): State<AppState>) -> Response {
+    let Some(hook) = &s.cluster else {
+        return ApiError::new(StatusCode::NOT_FOUND, "no cluster view in this process").into_response();
+    };
+    match hook().await {
+        Ok(mut v) => {
+            let stale = *s.stale_since.lock().unwrap_or_else(|e| e.into_inner());
+            v["staleSince"] = json!(stale);
+            Json(v).into_response()
+        }
+        Err(e) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("cannot read the cluster: {e}")).into_response(),
+    }
+}
+
 pub async fn readyz(State(s): State<AppState>) -> Response {
     if s.ready.load(Ordering::Acquire) {
-        Json(json!({"status": "ready"})).into_response()
+        // A replica cut off from the shared store stays ready (it serves its last state): emptying the
+        // load balancer in a database outage would take the whole gateway down. It says so.
+        let stale = *s.stale_since.lock().unwrap_or_else(|e| e.into_inner());
+        match stale {
+            Some(since) => {
+                Json(json!({"status": "ready", "staleSince": since, "stale": "cannot read the shared store; serving the last state"}))
+                    .into_response()
+            }
+            None => Json(json!({"status": "ready"})).into_response(),
+        }
     } else {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not ready: the gateway listener is not up yet").into_response()
     }

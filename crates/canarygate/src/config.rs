@@ -69,6 +69,12 @@ pub struct ServerSection {
     pub admin_listen: Option<SocketAddr>,
     pub data_dir: Option<PathBuf>,
     pub store: Option<String>,
+    /// This replica's name in `GET /v1/cluster` and as the controller lease's holder (default:
+    /// hostname and gateway port). Must differ between replicas of one database.
+    pub replica_name: Option<String>,
+    /// The controller lease's length, seconds (default 10, 2..300): a dead leader is replaced within
+    /// it plus 2 s.
+    pub lease_seconds: Option<u64>,
     #[serde(default)]
     pub admin_tokens: Vec<TokenSpec>,
     /// With tokens configured, reads of the admin API need a token too (read-only or admin); `false`

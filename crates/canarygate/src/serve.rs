@@ -74,11 +74,133 @@ fn tokens(cfg: &ConfigFile) -> Vec<Token> {
     out
 }
 
+/// This machine's host name.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "canarygate".into())
+}
+
+/// This replica, as it takes the lease and sends its heartbeat.
+struct Replica {
+    name: String,
+    addresses: String,
+    ttl: Duration,
+}
+
+/// Takes and renews the controller lease (every third of its length) and sends this replica's
+/// heartbeat, on a thread of its own; gives the lease up at shutdown. The receiver says while this
+/// replica holds it.
+fn hold_lease(
+    coordinator: Arc<std::sync::Mutex<canarygate_store::Coordinator>>,
+    me: Replica,
+    store: Arc<Store>,
+    stale_since: Arc<std::sync::Mutex<Option<chrono::DateTime<Utc>>>>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> tokio::sync::watch::Receiver<Option<canarygate_controller::lease::Leadership>> {
+    use canarygate_controller::lease::{Attempt, LeaseView};
+    let (tx, rx) = tokio::sync::watch::channel(None);
+    let rt = tokio::runtime::Handle::current();
+    let every = (me.ttl / 3).min(Duration::from_secs(2));
+    let margin = (me.ttl / 5).min(Duration::from_secs(1));
+    let spawned = std::thread::Builder::new().name("canarygate-lease".into()).spawn(move || {
+        let mut view = LeaseView::new(&me.name, margin);
+        let mut was_leader = false;
+        loop {
+            if *shutdown.borrow() {
+                if was_leader {
+                    let _ = coordinator.lock().unwrap_or_else(|e| e.into_inner()).release(&me.name);
+                }
+                tx.send_replace(None);
+                return;
+            }
+            let started = std::time::Instant::now();
+            let attempt = match coordinator.lock().unwrap_or_else(|e| e.into_inner()).acquire(&me.name, me.ttl) {
+                Ok(Some((epoch, runs_for))) => Attempt::Held { epoch, runs_for },
+                Ok(None) => Attempt::Taken,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot renew the controller lease");
+                    Attempt::Failed
+                }
+            };
+            view.observe(attempt, started);
+            let leadership = view.leadership(std::time::Instant::now()).cloned();
+            let leader = leadership.is_some();
+            if leader != was_leader {
+                match &leadership {
+                    Some(l) => tracing::info!(replica = %me.name, epoch = l.fence.epoch, "this replica runs the controller"),
+                    None => tracing::info!(replica = %me.name, "this replica no longer runs the controller"),
+                }
+                was_leader = leader;
+            }
+            tx.send_replace(leadership);
+            let info = canarygate_store::ReplicaInfo {
+                name: me.name.clone(),
+                addresses: me.addresses.clone(),
+                binary_version: env!("CARGO_PKG_VERSION").to_string(),
+                config_version: rt.block_on(store.version()),
+                stale_since: *stale_since.lock().unwrap_or_else(|e| e.into_inner()),
+            };
+            if let Err(e) = coordinator.lock().unwrap_or_else(|e| e.into_inner()).heartbeat(&info) {
+                tracing::debug!(error = %e, "heartbeat not sent");
+            }
+            std::thread::sleep(every.saturating_sub(started.elapsed()));
+        }
+    });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "cannot start the lease thread");
+    }
+    rx
+}
+
+/// `GET /v1/cluster`: from the shared database's replica and lease tables; a lone process reports
+/// itself as the only replica and the controller.
+fn cluster_hook(
+    coordinator: Option<Arc<std::sync::Mutex<canarygate_store::Coordinator>>>,
+    name: String,
+    store: Arc<Store>,
+    lease_seconds: u64,
+) -> canarygate_admin::ClusterHook {
+    Arc::new(move || {
+        let (coordinator, name, store) = (coordinator.clone(), name.clone(), store.clone());
+        Box::pin(async move {
+            let Some(c) = coordinator else {
+                return Ok(serde_json::json!({
+                    "store": "sqlite",
+                    "replicas": [{"name": name, "configVersion": store.version().await, "binaryVersion": env!("CARGO_PKG_VERSION")}],
+                    "leader": name,
+                }));
+            };
+            // A replica is live while its heartbeats are younger than the lease.
+            let live = Duration::from_secs(lease_seconds.max(3));
+            let view = tokio::task::spawn_blocking(move || c.lock().unwrap_or_else(|e| e.into_inner()).cluster(live))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?;
+            let mut v = serde_json::to_value(&view).map_err(|e| e.to_string())?;
+            v["store"] = serde_json::json!("postgres");
+            v["self"] = serde_json::json!(name);
+            Ok(v)
+        })
+    })
+}
+
 /// With a shared database: loads what other replicas change, when PostgreSQL notifies it and at least
 /// once a second (a notification can be missed), on a thread of its own holding the `LISTEN`
 /// connection. A replica cut off from the database keeps serving its last state and retries.
-fn follow_changes(store: Arc<Store>, url: String) {
+fn follow_changes(store: Arc<Store>, url: String, stale_since: Arc<std::sync::Mutex<Option<chrono::DateTime<Utc>>>>) {
     let rt = tokio::runtime::Handle::current();
+    let set_stale = move |stale: bool| {
+        let mut s = stale_since.lock().unwrap_or_else(|e| e.into_inner());
+        match (stale, s.is_some()) {
+            (true, false) => *s = Some(Utc::now()),
+            (false, true) => *s = None,
+            _ => {}
+        }
+    };
     let spawned = std::thread::Builder::new().name("canarygate-listen".into()).spawn(move || {
         let mut listener = Listener::new(&url);
         let mut failing = false;
@@ -99,9 +221,13 @@ fn follow_changes(store: Arc<Store>, url: String) {
                 }
             }
             // Notified or not: compare versions (cheap), load when another replica moved on.
-            if let Err(e) = rt.block_on(store.sync()) {
-                if !failing {
-                    tracing::warn!(error = %e, "cannot load changes from the PostgreSQL store; serving the last state");
+            match rt.block_on(store.sync()) {
+                Ok(_) => set_stale(failing),
+                Err(e) => {
+                    if !failing {
+                        tracing::warn!(error = %e, "cannot load changes from the PostgreSQL store; serving the last state");
+                    }
+                    set_stale(true);
                 }
             }
         }
@@ -272,9 +398,15 @@ pub async fn start(cfg: &ConfigFile, args: &ServeArgs) -> Result<Running> {
     let gw = gateway.clone();
     // Off the async threads: the PostgreSQL client blocks.
     let store = Arc::new(tokio::task::spawn_blocking(move || Store::open(backend, Box::new(move |state| gw.publish(state)))).await??);
+    let stale_since: Arc<std::sync::Mutex<Option<chrono::DateTime<Utc>>>> = Arc::default();
     if postgres {
-        follow_changes(store.clone(), store_kind.clone());
+        follow_changes(store.clone(), store_kind.clone(), stale_since.clone());
     }
+    let lease_seconds = match cfg.server.lease_seconds {
+        None => 10,
+        Some(s @ 2..=300) => s,
+        Some(s) => bail!("server.leaseSeconds: {s} is not a number of seconds from 2 to 300"),
+    };
     seed(&store, plan(&store.current(), &cfg.resources(), PlanMode::CreateOnly)).await?;
 
     // Bound by tokio (backlog 1024, SO_REUSEADDR), then handed to the data-plane workers.
@@ -339,9 +471,24 @@ pub async fn start(cfg: &ConfigFile, args: &ServeArgs) -> Result<Running> {
             }
         })),
         caches: None,
+        cluster: None,
+        stale_since: stale_since.clone(),
     };
+    let replica_name = cfg
+        .server
+        .replica_name
+        .clone()
+        .unwrap_or_else(|| format!("{}:{}", hostname(), gateway_addr.port()));
+    let coordinator = postgres.then(|| Arc::new(std::sync::Mutex::new(canarygate_store::Coordinator::new(&store_kind))));
     let state = AppState {
         caches: Some(Arc::new(GatewayCaches(gateway.clone()))),
+        cluster: Some(cluster_hook(
+            coordinator.clone(),
+            replica_name.clone(),
+            store.clone(),
+            lease_seconds,
+        )),
+        stale_since: stale_since.clone(),
         ..state
     };
     let auth = Auth::new(
@@ -361,7 +508,23 @@ pub async fn start(cfg: &ConfigFile, args: &ServeArgs) -> Result<Running> {
             tracing::error!(error = %e, "admin listener failed");
         }
     });
-    let controller = Arc::new(Controller::new(store.clone(), metrics.clone(), Arc::new(SystemClock)));
+    let mut controller = Controller::new(store.clone(), metrics.clone(), Arc::new(SystemClock));
+    if let Some(coordinator) = &coordinator {
+        let addresses = format!("gateway=http://{gateway_addr},admin=http://{admin_addr}");
+        let me = Replica {
+            name: replica_name.clone(),
+            addresses,
+            ttl: Duration::from_secs(lease_seconds),
+        };
+        controller = controller.with_leadership(hold_lease(
+            coordinator.clone(),
+            me,
+            store.clone(),
+            stale_since.clone(),
+            shutdown_rx.clone(),
+        ));
+    }
+    let controller = Arc::new(controller);
     let controller_task = tokio::spawn(controller.run(shutdown_rx.clone()));
     let workers = gateway_workers(cfg)?;
     let workers_done = gateway

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use canarygate_metrics::Registry;
 use canarygate_model::alarm::AlarmState;
 use canarygate_model::rollout::{HookExecution, HookStatus, Phase};
-use canarygate_store::Store;
+use canarygate_store::{Fence, Store};
 use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 
@@ -57,6 +57,17 @@ pub struct Controller {
     /// Notification deliveries being attempted now.
     delivering: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
     tick: Duration,
+    /// The controller lease, when several replicas share the store: the loop acts only while it holds
+    /// the lease, and every write it makes is fenced by it. `None`: the only controller.
+    leadership: Option<watch::Receiver<Option<crate::lease::Leadership>>>,
+}
+
+/// The fence of the only controller (a store no other process writes): never checked.
+fn sole() -> Fence {
+    Fence {
+        holder: String::new(),
+        epoch: 0,
+    }
 }
 
 fn hook_id() -> String {
@@ -74,6 +85,25 @@ impl Controller {
             delivering: Arc::default(),
             http,
             tick: Duration::from_millis(100),
+            leadership: None,
+        }
+    }
+
+    /// Runs only while this replica holds the controller lease `leadership` says it holds.
+    pub fn with_leadership(mut self, leadership: watch::Receiver<Option<crate::lease::Leadership>>) -> Controller {
+        self.leadership = Some(leadership);
+        self
+    }
+
+    /// The fence to write under now, if this replica is the controller.
+    fn fence(&self) -> Option<Fence> {
+        match &self.leadership {
+            None => Some(sole()),
+            Some(rx) => rx
+                .borrow()
+                .as_ref()
+                .filter(|l| std::time::Instant::now() < l.until)
+                .map(|l| l.fence.clone()),
         }
     }
 
@@ -88,20 +118,26 @@ impl Controller {
                 _ = every.tick() => {}
                 _ = shutdown.changed() => return,
             }
+            let Some(fence) = self.fence() else {
+                // Not the controller (now): another replica steps the rollouts. Forget what was being
+                // watched, so that taking over later starts from the records (re-calling a pending hook).
+                watches.clear();
+                continue;
+            };
             let now = self.clock.now();
             let now_sec = now.timestamp().max(0) as u64;
             if now_sec > last_alarm_sec {
                 last_alarm_sec = now_sec;
-                self.evaluate_alarms(now, now_sec).await;
+                self.evaluate_alarms(&fence, now, now_sec).await;
             }
-            self.step_rollouts(&mut watches, now, now_sec).await;
-            self.deliver(now);
+            self.step_rollouts(&fence, &mut watches, now, now_sec).await;
+            self.deliver(&fence, now);
         }
     }
 
     /// Starts the notification deliveries that are due (the oldest undelivered one per notification
     /// and rollout, once its retry time has come), each in the background.
-    fn deliver(&self, now: DateTime<Utc>) {
+    fn deliver(&self, fence: &Fence, now: DateTime<Utc>) {
         let state = self.store.current();
         for d in canarygate_model::notification::due(&state.deliveries, now) {
             let Some(n) = state.notifications.get(&d.notification) else {
@@ -110,7 +146,7 @@ impl Controller {
             if !self.delivering.lock().unwrap_or_else(|e| e.into_inner()).insert(d.id.clone()) {
                 continue;
             }
-            let (store, http, delivering) = (self.store.clone(), self.http.clone(), self.delivering.clone());
+            let (store, http, delivering, fence) = (self.store.clone(), self.http.clone(), self.delivering.clone(), fence.clone());
             let (d, url, secret) = (d.clone(), n.url.clone(), n.secret.clone());
             tokio::spawn(async move {
                 let body = serde_json::to_vec(&d.event).unwrap_or_default();
@@ -135,7 +171,7 @@ impl Controller {
                 }
                 let id = d.id.clone();
                 let result = store
-                    .mutate(move |s| {
+                    .mutate_fenced(&fence, move |s| {
                         s.record_delivery(&id, outcome, Utc::now());
                         Ok(())
                     })
@@ -149,7 +185,7 @@ impl Controller {
     }
 
     /// Evaluates every alarm over all its periods; a changed state is stored (with its history).
-    async fn evaluate_alarms(&self, now: DateTime<Utc>, now_sec: u64) {
+    async fn evaluate_alarms(&self, fence: &Fence, now: DateTime<Utc>, now_sec: u64) {
         let state = self.store.current();
         let mut changes = Vec::new();
         for (name, entry) in &state.alarms {
@@ -166,7 +202,7 @@ impl Controller {
         }
         let result = self
             .store
-            .mutate(move |s| {
+            .mutate_fenced(fence, move |s| {
                 for (name, e) in changes {
                     s.record_alarm(&name, e, now);
                 }
@@ -178,7 +214,7 @@ impl Controller {
         }
     }
 
-    async fn step_rollouts(&self, watches: &mut HashMap<String, Watch>, now: DateTime<Utc>, now_sec: u64) {
+    async fn step_rollouts(&self, fence: &Fence, watches: &mut HashMap<String, Watch>, now: DateTime<Utc>, now_sec: u64) {
         let state = self.store.current();
         let active: Vec<_> = state.rollouts.values().filter(|r| r.status.is_active()).cloned().collect();
         watches.retain(|id, _| active.iter().any(|r| &r.id == id));
@@ -244,14 +280,14 @@ impl Controller {
                 // After a restart, a hook that was being called is called again.
                 if let Phase::BeforeAllowTraffic { execution } | Phase::AfterAllowTraffic { execution } = &r.phase {
                     if execution.status == HookStatus::Pending {
-                        self.call_hook(r.id.clone(), execution.clone());
+                        self.call_hook(fence, r.id.clone(), execution.clone());
                     }
                 }
             }
             let id = r.id.clone();
             let result = self
                 .store
-                .mutate(move |s| {
+                .mutate_fenced(fence, move |s| {
                     let mut new_id = hook_id;
                     let mut input = Input {
                         now,
@@ -268,7 +304,7 @@ impl Controller {
             match result {
                 Ok(effects) => {
                     for Effect::CallHook { rollout_id, execution } in effects {
-                        self.call_hook(rollout_id, execution);
+                        self.call_hook(fence, rollout_id, execution);
                     }
                 }
                 Err(e) => tracing::error!(rollout = %r.id, error = %e, "cannot store the rollout's step"),
@@ -313,8 +349,8 @@ impl Controller {
 
     /// Calls a hook in the background and records its reply: 202 waits for the callback, other 2xx
     /// succeed, anything else fails.
-    fn call_hook(&self, rollout_id: String, execution: HookExecution) {
-        let (store, http) = (self.store.clone(), self.http.clone());
+    fn call_hook(&self, fence: &Fence, rollout_id: String, execution: HookExecution) {
+        let (store, http, fence) = (self.store.clone(), self.http.clone(), fence.clone());
         let timeout = (execution.deadline - self.clock.now())
             .to_std()
             .unwrap_or(Duration::ZERO)
@@ -338,7 +374,10 @@ impl Controller {
             };
             tracing::info!(rollout = %rollout_id, hook = %execution.id, ?status, "hook replied");
             let id = execution.id.clone();
-            if let Err(e) = store.mutate(move |s| s.record_hook(&rollout_id, &id, status, message)).await {
+            if let Err(e) = store
+                .mutate_fenced(&fence, move |s| s.record_hook(&rollout_id, &id, status, message))
+                .await
+            {
                 tracing::warn!(error = %e, "hook reply not recorded");
             }
         });

@@ -11,6 +11,7 @@ pub mod alarms;
 pub mod driver;
 pub mod engine;
 mod feed;
+pub mod lease;
 mod notify;
 mod prom;
 

@@ -26,7 +26,7 @@ use canarygate_model::state::{AlarmEntry, ApiState};
 use canarygate_model::{Api, Deployment, Domain, Stage, State};
 use tokio::sync::{watch, Mutex};
 
-pub use postgres::{Listener, PostgresBackend};
+pub use postgres::{ClusterView, Coordinator, Listener, PostgresBackend, ReplicaInfo, ReplicaRow};
 pub use sqlite::SqliteBackend;
 
 /// Why a change could not be made.
@@ -41,6 +41,19 @@ pub enum StoreError {
     /// The stored state moved past the version a change was made against (another writer).
     #[error("the stored state changed under this change; nothing was written")]
     Conflict,
+    /// A controller write by a replica that no longer holds the controller lease at this epoch
+    /// (another replica took over): refused, nothing written.
+    #[error("replica {holder} no longer holds the controller lease at epoch {epoch}; nothing was written")]
+    Fenced { holder: String, epoch: u64 },
+}
+
+/// The controller lease a write is made under: its holder and epoch. A fenced write is refused unless
+/// the lease is still the holder's at that epoch and unexpired (by the database's clock), checked in the
+/// write's own transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    pub holder: String,
+    pub epoch: u64,
 }
 
 impl From<rusqlite::Error> for StoreError {
@@ -93,8 +106,9 @@ pub enum Change {
 pub trait Backend: Send + 'static {
     /// Everything, and the version it is at (inside a transaction: what it sees).
     fn load(&mut self) -> Result<(State, u64), StoreError>;
-    /// Starts a change: the stored version, locked until commit or rollback.
-    fn begin(&mut self) -> Result<u64, StoreError>;
+    /// Starts a change: the stored version, locked until commit or rollback. With a fence, the change
+    /// is refused ([`StoreError::Fenced`]) unless the lease is still held so.
+    fn begin(&mut self, fence: Option<&Fence>) -> Result<u64, StoreError>;
     /// Writes `changes` in the transaction [`Backend::begin`] started, and commits; the new version.
     fn commit(&mut self, changes: &[Change]) -> Result<u64, StoreError>;
     fn rollback(&mut self);
@@ -315,8 +329,25 @@ impl Store {
     /// another replica moved on is loaded first, so `f` always sees the latest state and no change is
     /// lost. A refused or failed change changes nothing.
     pub async fn mutate<T: Send + 'static>(&self, f: impl FnOnce(&mut State) -> canarygate_model::Result<T>) -> Result<T, StoreError> {
+        self.change(None, f).await
+    }
+
+    /// [`Store::mutate`] for the controller: refused unless `fence` still holds the controller lease.
+    pub async fn mutate_fenced<T: Send + 'static>(
+        &self,
+        fence: &Fence,
+        f: impl FnOnce(&mut State) -> canarygate_model::Result<T>,
+    ) -> Result<T, StoreError> {
+        self.change(Some(fence.clone()), f).await
+    }
+
+    async fn change<T: Send + 'static>(
+        &self,
+        fence: Option<Fence>,
+        f: impl FnOnce(&mut State) -> canarygate_model::Result<T>,
+    ) -> Result<T, StoreError> {
         let mut head = self.write.lock().await;
-        let stored = blocking(&self.backend, |b| b.begin()).await?;
+        let stored = blocking(&self.backend, move |b| b.begin(fence.as_ref())).await?;
         if stored != head.version {
             match blocking(&self.backend, |b| b.load()).await {
                 Ok((state, version)) => self.publish(&mut head, Arc::new(state), version, true),

@@ -18,8 +18,10 @@ use postgres::fallible_iterator::FallibleIterator as _;
 use postgres::{Client, NoTls};
 
 use crate::rows::{row_ops, Dialect, Rows, Value, READS};
-use crate::{Backend, Change, StoreError};
+use crate::{Backend, Change, Fence, StoreError};
 
+/// The controller lease's row.
+const LEASE: &str = "controller";
 /// The channel replicas are told of changes on.
 const CHANNEL: &str = "canarygate_changes";
 /// The advisory lock migrations run under (held by their transaction only).
@@ -28,7 +30,8 @@ const MIGRATION_LOCK: i64 = 0x6361_6e61_7279_6761; // "canaryga"
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Migrations, in order; migration `i` brings the schema to version `i + 1`.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE apis (name TEXT PRIMARY KEY, doc TEXT NOT NULL);
 CREATE TABLE deployments (api TEXT NOT NULL, id TEXT NOT NULL, seq BIGINT NOT NULL, doc TEXT NOT NULL, PRIMARY KEY (api, id));
 CREATE TABLE stages (api TEXT NOT NULL, name TEXT NOT NULL, doc TEXT NOT NULL, PRIMARY KEY (api, name));
@@ -41,7 +44,14 @@ CREATE TABLE notifications (name TEXT PRIMARY KEY, doc TEXT NOT NULL);
 CREATE TABLE deliveries (id TEXT PRIMARY KEY, doc TEXT NOT NULL);
 CREATE TABLE canarygate_state (id INTEGER PRIMARY KEY CHECK (id = 1), version BIGINT NOT NULL);
 INSERT INTO canarygate_state (id, version) VALUES (1, 0);
-"#];
+"#,
+    r#"
+CREATE TABLE canarygate_lease (name TEXT PRIMARY KEY, holder TEXT NOT NULL, epoch BIGINT NOT NULL, expires_at TIMESTAMPTZ NOT NULL);
+INSERT INTO canarygate_lease (name, holder, epoch, expires_at) VALUES ('controller', '', 0, 'epoch');
+CREATE TABLE canarygate_replicas (name TEXT PRIMARY KEY, addresses TEXT NOT NULL, binary_version TEXT NOT NULL,
+    config_version BIGINT NOT NULL, started_at TIMESTAMPTZ NOT NULL, heartbeat_at TIMESTAMPTZ NOT NULL, stale_since TIMESTAMPTZ);
+"#,
+];
 
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: usize = MIGRATIONS.len();
@@ -170,16 +180,29 @@ impl Backend for PostgresBackend {
         Ok((rows.into_state()?, version))
     }
 
-    fn begin(&mut self) -> Result<u64, StoreError> {
+    fn begin(&mut self, fence: Option<&Fence>) -> Result<u64, StoreError> {
         if self.in_change {
             self.rollback();
         }
-        let version: i64 = self.with(|c| {
+        let (version, fenced): (i64, bool) = self.with(|c| {
             c.batch_execute("BEGIN")?;
-            Ok(c.query_one("SELECT version FROM canarygate_state WHERE id = 1 FOR UPDATE", &[])?
-                .get(0))
+            let version = c.query_one("SELECT version FROM canarygate_state WHERE id = 1 FOR UPDATE", &[])?.get(0);
+            let Some(f) = fence else { return Ok((version, false)) };
+            // FOR SHARE: a takeover (which updates the row) waits until this change has committed.
+            let held = c.query_opt(
+                "SELECT 1 FROM canarygate_lease WHERE name = $1 AND holder = $2 AND epoch = $3 AND expires_at > clock_timestamp() FOR SHARE",
+                &[&LEASE, &f.holder, &(f.epoch as i64)],
+            )?;
+            Ok((version, held.is_none()))
         })?;
         self.in_change = true;
+        if let (true, Some(f)) = (fenced, fence) {
+            self.rollback();
+            return Err(StoreError::Fenced {
+                holder: f.holder.clone(),
+                epoch: f.epoch,
+            });
+        }
         Ok(version.max(0) as u64)
     }
 
@@ -272,5 +295,180 @@ impl Listener {
             self.client = None;
         }
         Ok(got?)
+    }
+}
+
+/// What a replica says of itself in its heartbeat.
+#[derive(Debug, Clone)]
+pub struct ReplicaInfo {
+    pub name: String,
+    /// Its listeners, as `gateway=http://...,admin=http://...`.
+    pub addresses: String,
+    pub binary_version: String,
+    /// The state version it serves.
+    pub config_version: u64,
+    /// Since when it has been unable to read the database (sent once it can again).
+    pub stale_since: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// One replica as the cluster table has it.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplicaRow {
+    pub name: String,
+    pub addresses: String,
+    pub binary_version: String,
+    pub config_version: u64,
+    pub started_at: chrono::DateTime<chrono::Utc>,
+    pub heartbeat_at: chrono::DateTime<chrono::Utc>,
+    /// Seconds since its last heartbeat, by the database's clock.
+    pub heartbeat_age_seconds: f64,
+    pub stale_since: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// The cluster: replicas, and who holds the controller lease.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterView {
+    pub replicas: Vec<ReplicaRow>,
+    /// The lease holder while the lease runs.
+    pub leader: Option<String>,
+    pub epoch: u64,
+    pub lease_expires_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// A replica's own connection for the controller lease, its heartbeat and the cluster view (never the
+/// connection a change's transaction is open on).
+pub struct Coordinator {
+    url: String,
+    client: Option<Client>,
+    started_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl Coordinator {
+    pub fn new(url: &str) -> Coordinator {
+        Coordinator {
+            url: url.to_string(),
+            client: None,
+            started_at: chrono::Utc::now(),
+        }
+    }
+
+    fn with<T>(&mut self, f: impl FnOnce(&mut Client) -> Result<T, postgres::Error>) -> Result<T, StoreError> {
+        if self.client.as_ref().is_none_or(Client::is_closed) {
+            self.client = Some(connect(&self.url)?);
+        }
+        let client = self.client.as_mut().expect("connected above");
+        let r = f(client);
+        if r.is_err() && client.is_closed() {
+            self.client = None;
+        }
+        Ok(r?)
+    }
+
+    /// Takes the controller lease for `holder` (when it is free or expired) or renews it (when
+    /// `holder` has it), for `ttl` by the database's clock. The epoch held and how long the lease
+    /// runs from now; `None` while another replica holds it. A takeover starts a new epoch; a renewal
+    /// keeps it.
+    pub fn acquire(&mut self, holder: &str, ttl: Duration) -> Result<Option<(u64, Duration)>, StoreError> {
+        let row = self.with(|c| {
+            c.query_opt(
+                "UPDATE canarygate_lease
+                    SET epoch = CASE WHEN holder = $2 AND expires_at > clock_timestamp() THEN epoch ELSE epoch + 1 END,
+                        holder = $2,
+                        expires_at = clock_timestamp() + make_interval(secs => $3)
+                  WHERE name = $1 AND (holder = $2 OR expires_at <= clock_timestamp())
+              RETURNING epoch, EXTRACT(EPOCH FROM (expires_at - clock_timestamp()))::float8",
+                &[&LEASE, &holder, &ttl.as_secs_f64()],
+            )
+        })?;
+        Ok(row.map(|r| {
+            let epoch: i64 = r.get(0);
+            let left: f64 = r.get(1);
+            (epoch.max(0) as u64, Duration::from_secs_f64(left.max(0.0)))
+        }))
+    }
+
+    /// Gives the lease up (at shutdown), so another replica takes over at once.
+    pub fn release(&mut self, holder: &str) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE canarygate_lease SET expires_at = clock_timestamp() WHERE name = $1 AND holder = $2",
+                &[&LEASE, &holder],
+            )
+        })?;
+        Ok(())
+    }
+
+    /// Records this replica's heartbeat.
+    pub fn heartbeat(&mut self, me: &ReplicaInfo) -> Result<(), StoreError> {
+        let started = self.started_at;
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO canarygate_replicas (name, addresses, binary_version, config_version, started_at, heartbeat_at, stale_since)
+                      VALUES ($1, $2, $3, $4, $5, clock_timestamp(), $6)
+                 ON CONFLICT (name) DO UPDATE SET addresses = excluded.addresses, binary_version = excluded.binary_version,
+                      config_version = excluded.config_version, started_at = excluded.started_at,
+                      heartbeat_at = excluded.heartbeat_at, stale_since = excluded.stale_since",
+                &[
+                    &me.name,
+                    &me.addresses,
+                    &me.binary_version,
+                    &(me.config_version as i64),
+                    &started,
+                    &me.stale_since,
+                ],
+            )
+        })?;
+        Ok(())
+    }
+
+    /// The replicas that sent a heartbeat within `live` (by the database's clock), and the lease.
+    pub fn cluster(&mut self, live: Duration) -> Result<ClusterView, StoreError> {
+        self.with(|c| {
+            let rows = c.query(
+                "SELECT name, addresses, binary_version, config_version, started_at, heartbeat_at,
+                        EXTRACT(EPOCH FROM (clock_timestamp() - heartbeat_at))::float8, stale_since
+                   FROM canarygate_replicas
+                  WHERE heartbeat_at > clock_timestamp() - make_interval(secs => $1)
+                  ORDER BY name",
+                &[&live.as_secs_f64()],
+            )?;
+            let lease = c.query_one(
+                "SELECT holder, epoch, expires_at, expires_at > clock_timestamp() FROM canarygate_lease WHERE name = $1",
+                &[&LEASE],
+            )?;
+            let held: bool = lease.get(3);
+            let holder: String = lease.get(0);
+            let epoch: i64 = lease.get(1);
+            Ok(ClusterView {
+                replicas: rows
+                    .iter()
+                    .map(|r| ReplicaRow {
+                        name: r.get(0),
+                        addresses: r.get(1),
+                        binary_version: r.get(2),
+                        config_version: r.get::<_, i64>(3).max(0) as u64,
+                        started_at: r.get(4),
+                        heartbeat_at: r.get(5),
+                        heartbeat_age_seconds: r.get(6),
+                        stale_since: r.get(7),
+                    })
+                    .collect(),
+                leader: held.then_some(holder),
+                epoch: epoch.max(0) as u64,
+                lease_expires_at: lease.get(2),
+            })
+        })
+    }
+}
+
+impl Drop for Coordinator {
+    fn drop(&mut self) {
+        if let Some(c) = self.client.take() {
+            let _ = std::thread::Builder::new()
+                .name("canarygate-pg-close".into())
+                .spawn(move || drop(c));
+        }
     }
 }

@@ -90,8 +90,9 @@ impl Backend for SqliteBackend {
         Ok((rows.into_state()?, self.version))
     }
 
-    fn begin(&mut self) -> Result<u64, StoreError> {
-        // One process owns the file and the store serialises its changes: nothing to lock.
+    fn begin(&mut self, _fence: Option<&crate::Fence>) -> Result<u64, StoreError> {
+        // One process owns the file and the store serialises its changes: nothing to lock, and its
+        // controller is the only one.
         Ok(self.version)
     }
 
