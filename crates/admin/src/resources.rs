@@ -203,6 +203,11 @@ pub async fn cache_stats(State(s): State<AppState>, Path((api, stage)): Path<(St
 
 pub async fn flush_cache(State(s): State<AppState>, Path((api, stage)): Path<(String, String)>) -> Result<StatusCode> {
     s.store.current().stage(&api, &stage)?;
+    // Recorded as a change, so every replica empties its copy of the cache (this one at once).
+    let (a, st) = (api.clone(), stage.clone());
+    s.store
+        .mutate(move |state| state.flush_stage_cache(&a, &st, chrono::Utc::now()))
+        .await?;
     if let Some(c) = &s.caches {
         c.flush(&api, &stage).await;
     }

@@ -70,6 +70,51 @@ async fn a_change_through_one_replica_is_served_by_the_others() {
         assert_eq!(st["canarySettings"]["percentTraffic"], 100.0, "{st}");
         assert_eq!(st["version"].as_u64(), Some(version));
     }
+
+    // The stage cache: on, back to production, filled on B and C; a flush through A empties it on both.
+    ok(
+        &c,
+        &a,
+        "PATCH",
+        "/v1/apis/orders/stages/prod",
+        Some(json!({"patchOperations": [
+            {"op": "replace", "path": "/cache/enabled", "value": "true"},
+            {"op": "replace", "path": "/canarySettings/percentTraffic", "value": "0"},
+        ]})),
+    )
+    .await;
+    let cached = |s: &Server| format!("{}/orders/prod/cached?cc=max-age%3D300", s.gateway);
+    for s in [&b, &cc] {
+        wait_served(&c, s, "production").await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let r = c.get(cached(s)).send().await.unwrap();
+            if r.headers().get("x-canarygate-cache").is_some_and(|v| v == "hit") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{} never answered from its cache", s.gateway);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let r = c
+        .delete(format!("{}/v1/apis/orders/stages/prod/cache", a.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    for s in [&b, &cc] {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let stats = ok(&c, s, "GET", "/v1/apis/orders/stages/prod/cache", None).await;
+            if stats["entries"] == 0 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the flush never reached {}: {stats}", s.gateway);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let r = c.get(cached(s)).send().await.unwrap();
+        assert_eq!(r.headers()["x-canarygate-cache"], "miss", "flushed on {}", s.gateway);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

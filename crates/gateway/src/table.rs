@@ -191,6 +191,8 @@ pub struct StageRoute {
     /// The stage cache, when enabled, and its time to live.
     pub cache: Option<Arc<StageCache>>,
     pub cache_ttl: Duration,
+    /// The stage's last recorded cache flush: a newer one empties the cache.
+    pub cache_flushed_at: Option<chrono::DateTime<chrono::Utc>>,
     /// Mirroring, when the stage has a canary and mirrors a share above 0.
     pub mirror: Option<Box<MirrorRoute>>,
 }
@@ -204,14 +206,15 @@ impl StageRoute {
     }
 }
 
-/// A stage's cache when it has one on: the previous snapshot's while its bounds stay, else a new, empty
-/// one.
+/// A stage's cache when it has one on: the previous snapshot's while its bounds stay and no flush was
+/// recorded since, else a new, empty one.
 fn stage_cache(s: &canarygate_model::Stage, previous: Option<&Arc<StageRoute>>) -> Option<Arc<StageCache>> {
     if !s.cache.enabled {
         return None;
     }
+    let flushed = previous.is_some_and(|p| p.cache_flushed_at != s.cache_flushed_at);
     match previous.and_then(|p| p.cache.as_ref()) {
-        Some(c) if c.max_entries == s.cache.max_entries && c.max_bytes == s.cache.max_bytes => Some(c.clone()),
+        Some(c) if !flushed && c.max_entries == s.cache.max_entries && c.max_bytes == s.cache.max_bytes => Some(c.clone()),
         _ => Some(Arc::new(StageCache::new(s.cache.max_entries, s.cache.max_bytes))),
     }
 }
@@ -287,6 +290,7 @@ fn build_api(api_name: &str, a: &Arc<ApiState>, previous: Option<&ApiRoutes>, me
             routing: s.canary_routing.clone(),
             cache: stage_cache(s, previous.and_then(|p| p.stages.get(sname))),
             cache_ttl: Duration::from_secs(u64::from(s.cache.ttl_seconds)),
+            cache_flushed_at: s.cache_flushed_at,
             mirror,
         };
         stages.insert(sname.clone(), Arc::new(route));

@@ -351,6 +351,7 @@ mod tests {
             created_at: t,
             updated_at: t,
             version: 1,
+            cache_flushed_at: None,
         }
     }
 

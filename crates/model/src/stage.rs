@@ -310,6 +310,10 @@ pub struct Stage {
     /// an answer says which state of the stage it made.
     #[serde(default)]
     pub version: u64,
+    /// When the stage cache was last flushed (`DELETE .../cache`): every replica empties its copy of the
+    /// cache when it sees a newer one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_flushed_at: Option<DateTime<Utc>>,
 }
 
 impl Stage {

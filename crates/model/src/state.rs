@@ -257,6 +257,7 @@ impl State {
             created_at,
             updated_at: now,
             version: existing.map_or(1, |s| s.version + 1),
+            cache_flushed_at: existing.and_then(|s| s.cache_flushed_at),
         };
         a.stages.insert(name.to_string(), stage.clone());
         Ok(stage)
@@ -324,6 +325,14 @@ impl State {
         }
         stage.touch(now);
         Ok(stage.clone())
+    }
+
+    /// Records a flush of the stage's cache (every replica's gateway empties its copy when it sees it).
+    pub fn flush_stage_cache(&mut self, api: &str, name: &str, now: DateTime<Utc>) -> Result<()> {
+        let stage = self.stage_mut(api, name)?;
+        stage.cache_flushed_at = Some(now);
+        stage.touch(now);
+        Ok(())
     }
 
     pub fn delete_stage(&mut self, api: &str, name: &str) -> Result<()> {
