@@ -107,6 +107,36 @@ pub fn stage_text(v: &Value) -> String {
     out
 }
 
+pub async fn cluster(c: &Client) -> Result<()> {
+    let v = c.get("/v1/cluster").await?;
+    c.print(&v, |v| {
+        let leader = v["leader"].as_str().unwrap_or("");
+        let mut lines = vec![format!(
+            "{:<24} {:>8} {:>10} {:<8} {:<7} ADDRESSES",
+            "REPLICA", "VERSION", "HEARTBEAT", "BINARY", "ROLE"
+        )];
+        for r in v["replicas"].as_array().into_iter().flatten() {
+            let name = s(r, "/name");
+            lines.push(format!(
+                "{:<24} {:>8} {:>10} {:<8} {:<7} {}",
+                name,
+                r["configVersion"].as_u64().unwrap_or(0),
+                r["heartbeatAgeSeconds"]
+                    .as_f64()
+                    .map_or("-".to_string(), |a| format!("{a:.1} s ago")),
+                s(r, "/binaryVersion"),
+                if name == leader { "leader" } else { "" },
+                s(r, "/addresses"),
+            ));
+        }
+        if leader.is_empty() {
+            lines.push("no replica holds the controller lease now".into());
+        }
+        lines.join("\n")
+    });
+    Ok(())
+}
+
 pub async fn apis_list(c: &Client) -> Result<()> {
     let v = c.get("/v1/apis").await?;
     c.print(&v, |v| {

@@ -79,6 +79,8 @@ enum Command {
     },
     /// Run a small demo HTTP backend (for the quickstart).
     DemoBackend(backend::BackendArgs),
+    /// The replicas sharing the store, the state version each serves, and which runs the controller.
+    Cluster,
 }
 
 #[derive(Subcommand)]
@@ -184,6 +186,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Alarms {
             cmd: AlarmsCmd::Get { name },
         } => rollout_cli::alarms_get(&c, &name).await,
+        Command::Cluster => client::cluster(&c).await,
         Command::Apis { cmd: ApisCmd::List } => client::apis_list(&c).await,
         Command::Apis { cmd: ApisCmd::Get { api } } => client::apis_get(&c, &api).await,
         Command::Deployments {

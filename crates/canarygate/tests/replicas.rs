@@ -309,6 +309,12 @@ async fn the_cluster_names_its_replicas_and_one_leader_and_a_killed_leader_is_re
     assert_eq!(names, ["r1", "r2", "r3"], "{view}");
     let leader = view["leader"].as_str().unwrap().to_string();
     assert!(names.contains(&leader.as_str()));
+    // The CLI says the same.
+    let (okay, out, err) = cli(&replicas[2].1, &["cluster"]);
+    assert!(okay, "{err}");
+    assert!(["r1", "r2", "r3"].iter().all(|n| out.contains(n)), "{out}");
+    let leader_line = out.lines().find(|l| l.contains("leader")).unwrap_or_default();
+    assert!(leader_line.starts_with(&leader), "{out}");
 
     // A rollout, started through a replica that is not the leader; the leader is killed mid-step.
     let follower = replicas.iter().find(|(n, _)| *n != leader).unwrap().0.clone();
@@ -395,4 +401,84 @@ async fn a_lone_process_on_sqlite_is_its_own_cluster_and_leader() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("server.leaseSeconds: 1"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_fails_no_request_and_replicas_catch_up_after_it() {
+    let pg = OwnPostgres::start();
+    let url = pg.url();
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (start_replica(dir.path(), "a", &url), start_replica(dir.path(), "b", &url));
+    let (prod, canary) = (
+        Backend::start("production", Behaviour::Echo).await,
+        Backend::start("canary", Behaviour::Echo).await,
+    );
+    let c = client();
+    setup_split(&c, &a, prod.addr, canary.addr, 0.0, json!({})).await;
+    wait_served(&c, &b, "production").await;
+    let (load_a, load_b) = (
+        Load::start(&c, &format!("{}/orders/prod/items", a.gateway), 2),
+        Load::start(&c, &format!("{}/orders/prod/items", b.gateway), 2),
+    );
+
+    // PostgreSQL down for 10 s: both replicas stay ready and say since when they are stale.
+    pg.down();
+    let down_at = Instant::now();
+    for s in [&a, &b] {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let r = c.get(format!("{}/readyz", s.admin)).send().await.unwrap();
+            assert_eq!(r.status(), 200, "{} not ready during the outage", s.admin);
+            let body: Value = r.json().await.unwrap();
+            if body["staleSince"].is_string() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{} never reported staleness: {body}", s.admin);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let rest = Duration::from_secs(10).saturating_sub(down_at.elapsed());
+    tokio::time::sleep(rest).await;
+    pg.up();
+
+    // Back: staleness clears, and a change through A is served by B.
+    for s in [&a, &b] {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let body: Value = c.get(format!("{}/readyz", s.admin)).send().await.unwrap().json().await.unwrap();
+            if body.get("staleSince").is_none() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{} still stale: {body}", s.admin);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (status, body) = admin(
+            &c,
+            &a,
+            "PATCH",
+            "/v1/apis/orders/stages/prod",
+            Some(json!({"patchOperations": [{"op": "replace", "path": "/canarySettings/percentTraffic", "value": "100"}]})),
+        )
+        .await;
+        if status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "changes still fail after the outage: {status} {body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    wait_served(&c, &b, "canary").await;
+    wait_served(&c, &a, "canary").await;
+    for (name, load) in [("a", load_a), ("b", load_b)] {
+        let (sent, failures) = load.finish().await;
+        assert!(sent > 0);
+        assert!(
+            failures.is_empty(),
+            "replica {name}: {} of {sent} requests failed: {:?}",
+            failures.len(),
+            &failures[..failures.len().min(5)]
+        );
+    }
 }
