@@ -482,3 +482,113 @@ async fn a_database_outage_fails_no_request_and_replicas_catch_up_after_it() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_leader_past_its_lease_steps_down_and_no_step_is_taken_twice() {
+    let pg = postgres();
+    let url = pg.database();
+    let dir = tempfile::tempdir().unwrap();
+    let replicas: Vec<(String, Server)> = ["p1", "p2"]
+        .iter()
+        .map(|n| (n.to_string(), start_leased(dir.path(), n, &url, 3)))
+        .collect();
+    let (prod, next) = (
+        Backend::start("v1", Behaviour::Echo).await,
+        Backend::start("v2", Behaviour::Echo).await,
+    );
+    let c = client();
+    let a = &replicas[0].1;
+    ok(
+        &c,
+        a,
+        "PUT",
+        "/v1/apis/orders",
+        Some(
+            json!({"routes": [{"path": "/{proxy+}", "integration": {"type": "http", "uri": "http://${stageVariables.backend}/{proxy}"}}]}),
+        ),
+    )
+    .await;
+    let d1 = ok(&c, a, "POST", "/v1/apis/orders/deployments", Some(json!({}))).await;
+    ok(
+        &c,
+        a,
+        "PUT",
+        "/v1/apis/orders/stages/prod",
+        Some(json!({"deploymentId": d1["id"], "variables": {"backend": prod.addr.to_string()}})),
+    )
+    .await;
+    let d2 = ok(&c, a, "POST", "/v1/apis/orders/deployments", Some(json!({}))).await;
+    ok(
+        &c,
+        a,
+        "PUT",
+        "/v1/deployment-configs/Linear3",
+        Some(json!({"type": "TimeBasedLinear", "percentage": 25, "intervalSeconds": 2})),
+    )
+    .await;
+    let view = cluster_of(&c, a, 2).await;
+    let leader = view["leader"].as_str().unwrap().to_string();
+    let (old, other) = if replicas[0].0 == leader {
+        (&replicas[0].1, &replicas[1].1)
+    } else {
+        (&replicas[1].1, &replicas[0].1)
+    };
+    let (status, r) = admin(
+        &c,
+        other,
+        "POST",
+        "/v1/apis/orders/stages/prod/rollouts",
+        Some(
+            json!({"deploymentId": d2["id"], "stageVariableOverrides": {"backend": next.addr.to_string()},
+                    "deploymentConfig": "Linear3"}),
+        ),
+    )
+    .await;
+    assert_eq!(status, 201, "{r}");
+    let id = r["id"].as_str().unwrap().to_string();
+
+    // Pause the leader (SIGSTOP) until the other replica holds the lease, then let it run again.
+    let pid = old.child.id().to_string();
+    assert!(std::process::Command::new("kill").args(["-STOP", &pid]).status().unwrap().success());
+    let stopped_at = Instant::now();
+    loop {
+        let v = ok(&c, other, "GET", "/v1/cluster", None).await;
+        if v["leader"].as_str().is_some_and(|l| l != leader) {
+            break;
+        }
+        assert!(stopped_at.elapsed() < Duration::from_secs(30), "no takeover: {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(std::process::Command::new("kill").args(["-CONT", &pid]).status().unwrap().success());
+
+    let r = wait_rollout(&c, other, &id, Duration::from_secs(60)).await;
+    assert_eq!(r["status"], "Succeeded", "{r}");
+    // No step taken twice: each step of the plan has one event, in order.
+    let steps: Vec<u64> = r["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["status"] == "InProgress")
+        .filter_map(|e| e["step"].as_u64())
+        .collect();
+    assert_eq!(steps, [0, 1, 2, 3], "{r}");
+    let succeeded = r["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["status"] == "Succeeded")
+        .count();
+    assert_eq!(succeeded, 1, "{r}");
+    // The paused replica says it stepped down.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = std::fs::read_to_string(&old.stderr_log).unwrap_or_default();
+        if log.contains("no longer runs the controller") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the paused leader never stepped down:\n{log}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let v = ok(&c, old, "GET", "/v1/cluster", None).await;
+    assert_ne!(v["leader"].as_str(), Some(leader.as_str()), "{v}");
+}
