@@ -34,6 +34,7 @@ impl Server {
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .args(extra)
+            .args(store_args(data_dir, extra))
             .env_remove("CANARYGATE_ADMIN_TOKEN")
             .stdout(Stdio::piped())
             .stderr(stderr);
@@ -77,6 +78,20 @@ impl Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// With `CANARYGATE_TEST_STORE=postgres`, every server a test starts uses the test binary's PostgreSQL
+/// server instead of SQLite (unless the test chose its store): a database per data dir, so a server
+/// restarted on the same data dir finds its state again. scripts/test runs the stage, rule, restart and
+/// rollout tests both ways.
+fn store_args(data_dir: &Path, extra: &[&str]) -> Vec<String> {
+    if std::env::var("CANARYGATE_TEST_STORE").as_deref() != Ok("postgres") || extra.contains(&"--store") {
+        return Vec::new();
+    }
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    data_dir.hash(&mut h);
+    vec!["--store".into(), postgres().database_named(&format!("dir_{:016x}", h.finish()))]
 }
 
 impl Drop for Server {
@@ -841,6 +856,17 @@ impl Postgres {
             .output()
             .expect("createdb");
         assert!(out.status.success(), "createdb: {}", String::from_utf8_lossy(&out.stderr));
+        format!("postgres://postgres@127.0.0.1:{}/{name}", self.port)
+    }
+
+    /// The database `name`, created if it does not exist yet: its URL.
+    pub fn database_named(&self, name: &str) -> String {
+        let out = Command::new(self.bin.join("createdb"))
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "postgres", name])
+            .output()
+            .expect("createdb");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success() || err.contains("already exists"), "createdb: {err}");
         format!("postgres://postgres@127.0.0.1:{}/{name}", self.port)
     }
 
