@@ -40,7 +40,7 @@ import tempfile
 import time
 import urllib.request
 
-GROUPS = ["split", "logs", "latency", "memory", "cache", "reaction", "scale", "protocols"]
+GROUPS = ["split", "logs", "latency", "memory", "cache", "reaction", "scale", "protocols", "cluster"]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -738,7 +738,7 @@ def chart(R, path):
 # ---------------------------------------------------------------- main
 
 
-KEPT_SECTIONS = [("<!-- scale:begin -->", "<!-- scale:end -->"), ("<!-- protocols:begin -->", "<!-- protocols:end -->"), ("<!-- analysis:begin -->", "<!-- analysis:end -->")]
+KEPT_SECTIONS = [("<!-- scale:begin -->", "<!-- scale:end -->"), ("<!-- protocols:begin -->", "<!-- protocols:end -->"), ("<!-- cluster:begin -->", "<!-- cluster:end -->"), ("<!-- analysis:begin -->", "<!-- analysis:end -->")]
 
 
 def with_kept_sections(path, report):
@@ -855,8 +855,19 @@ def main():
                 protocols.write_section(os.path.join(docs, "BENCHMARKS.md"),
                                         protocols.section(res, "bash bench/run --only protocols", environment(args, cmdline)))
                 print("bench: protocols section written to docs/BENCHMARKS.md", flush=True)
-            if all(g in ("scale", "protocols") for g in only):
-                return
+        if "cluster" in only and not args.ab:
+            print("== cluster (3 replicas on PostgreSQL)", flush=True)
+            import cluster
+            res = cluster.run(sys.modules[__name__], args, work)
+            if not args.quick:
+                docs = os.path.join(args.root, "docs")
+                with open(os.path.join(docs, "cluster-benchmark.json"), "w") as f:
+                    json.dump({"env": environment(args, cmdline), "results": res}, f, indent=1)
+                cluster.write_section(os.path.join(docs, "BENCHMARKS.md"),
+                                      cluster.section(res, "bash bench/run --only cluster", environment(args, cmdline)))
+                print("bench: cluster section written to docs/BENCHMARKS.md", flush=True)
+        if all(g in ("scale", "protocols", "cluster") for g in only):
+            return
         lab = Lab(args, work)
         print(f"bench: servers up in {work}", flush=True)
         info = {
