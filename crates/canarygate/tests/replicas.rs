@@ -592,3 +592,111 @@ async fn a_paused_leader_past_its_lease_steps_down_and_no_step_is_taken_twice() 
     let v = ok(&c, old, "GET", "/v1/cluster", None).await;
     assert_ne!(v["leader"].as_str(), Some(leader.as_str()), "{v}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hook_pending_at_a_takeover_is_called_again_with_its_execution_id() {
+    use std::sync::{Arc, Mutex};
+    let pg = postgres();
+    let url = pg.database();
+    let dir = tempfile::tempdir().unwrap();
+    let replicas: Vec<(String, Server)> = ["h1", "h2"]
+        .iter()
+        .map(|n| (n.to_string(), start_leased(dir.path(), n, &url, 3)))
+        .collect();
+    let (prod, next) = (
+        Backend::start("v1", Behaviour::Echo).await,
+        Backend::start("v2", Behaviour::Echo).await,
+    );
+
+    // The hook: the first call is held (its caller is killed meanwhile); later calls succeed at once.
+    let calls: Arc<Mutex<Vec<String>>> = Arc::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook_addr = listener.local_addr().unwrap();
+    let seen = calls.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { return };
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let seen = seen.clone();
+                    async move {
+                        use http_body_util::BodyExt;
+                        let body: Value = serde_json::from_slice(&req.into_body().collect().await.unwrap().to_bytes()).unwrap();
+                        let first = {
+                            let mut s = seen.lock().unwrap();
+                            s.push(body["lifecycleEventHookExecutionId"].as_str().unwrap().to_string());
+                            s.len() == 1
+                        };
+                        if first {
+                            tokio::time::sleep(Duration::from_secs(30)).await;
+                        }
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from("ok"))))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+
+    let c = client();
+    let a = &replicas[0].1;
+    ok(
+        &c,
+        a,
+        "PUT",
+        "/v1/apis/orders",
+        Some(
+            json!({"routes": [{"path": "/{proxy+}", "integration": {"type": "http", "uri": "http://${stageVariables.backend}/{proxy}"}}]}),
+        ),
+    )
+    .await;
+    let d1 = ok(&c, a, "POST", "/v1/apis/orders/deployments", Some(json!({}))).await;
+    ok(
+        &c,
+        a,
+        "PUT",
+        "/v1/apis/orders/stages/prod",
+        Some(json!({"deploymentId": d1["id"], "variables": {"backend": prod.addr.to_string()}})),
+    )
+    .await;
+    let d2 = ok(&c, a, "POST", "/v1/apis/orders/deployments", Some(json!({}))).await;
+    let leader = cluster_of(&c, a, 2).await["leader"].as_str().unwrap().to_string();
+    let (mut old, other) = {
+        let mut it = replicas.into_iter();
+        let (n0, s0) = it.next().unwrap();
+        let (_, s1) = it.next().unwrap();
+        if n0 == leader {
+            (s0, s1)
+        } else {
+            (s1, s0)
+        }
+    };
+    let (status, r) = admin(
+        &c,
+        &other,
+        "POST",
+        "/v1/apis/orders/stages/prod/rollouts",
+        Some(
+            json!({"deploymentId": d2["id"], "stageVariableOverrides": {"backend": next.addr.to_string()},
+                    "deploymentConfig": "AllAtOnce", "hooks": {"beforeAllowTraffic": format!("http://{hook_addr}/before")}}),
+        ),
+    )
+    .await;
+    assert_eq!(status, 201, "{r}");
+    let id = r["id"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while calls.lock().unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "the hook was never called");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The leader dies while the hook is pending; the other replica takes over and calls it again.
+    old.kill();
+    let r = wait_rollout(&c, &other, &id, Duration::from_secs(40)).await;
+    assert_eq!(r["status"], "Succeeded", "{r}");
+    let calls = calls.lock().unwrap().clone();
+    assert_eq!(calls.len(), 2, "{calls:?}");
+    assert_eq!(calls[0], calls[1], "the same execution id both times");
+}
