@@ -259,17 +259,3 @@ def section(res, cmdline, env=None):
             "the leader) and per-request CPU in PostgreSQL mode against SQLite mode — alarms do not read "
             "cluster-wide metrics yet, and the request path does no PostgreSQL work (issue 13).", END]
     return "\n".join(out) + "\n"
-
-
-def write_section(report_path, text):
-    try:
-        old = open(report_path).read()
-    except OSError:
-        old = ""
-    i, j = old.find(BEGIN), old.find(END)
-    if i >= 0 and j > i:
-        new = old[:i] + text.rstrip("\n") + old[j + len(END):]
-    else:
-        new = old.rstrip("\n") + "\n\n" + text
-    with open(report_path, "w") as f:
-        f.write(new)

@@ -24,6 +24,7 @@ docs/benchmarks.png; other runs write the report to a temporary folder.
 """
 
 import argparse
+import importlib
 import datetime
 import http.client
 import json
@@ -741,6 +742,21 @@ def chart(R, path):
 KEPT_SECTIONS = [("<!-- scale:begin -->", "<!-- scale:end -->"), ("<!-- protocols:begin -->", "<!-- protocols:end -->"), ("<!-- cluster:begin -->", "<!-- cluster:end -->"), ("<!-- analysis:begin -->", "<!-- analysis:end -->")]
 
 
+def write_marked_section(report_path, text, begin, end):
+    """Replaces (or appends) the section of the report between the markers `begin` and `end`."""
+    try:
+        old = open(report_path).read()
+    except OSError:
+        old = ""
+    i, j = old.find(begin), old.find(end)
+    if i >= 0 and j > i:
+        new = old[:i] + text.rstrip("\n") + old[j + len(end):]
+    else:
+        new = old.rstrip("\n") + "\n\n" + text
+    with open(report_path, "w") as f:
+        f.write(new)
+
+
 def with_kept_sections(path, report):
     """The scale group and the canary analysis benchmark (bash bench/analysis) write their own marked
     sections of the report; a rewrite of the proxy benchmark keeps them."""
@@ -839,33 +855,27 @@ def main():
                     print("bench: matplotlib missing, no scale chart", flush=True)
                 with open(os.path.join(docs, "scale-benchmark.json"), "w") as f:
                     json.dump({"env": environment(args, cmdline), "rows": rows}, f, indent=1)
-                scale.write_section(os.path.join(docs, "BENCHMARKS.md"),
-                                    scale.section(rows, "bash bench/run --only scale", chart_name, environment(args, cmdline)))
+                write_marked_section(os.path.join(docs, "BENCHMARKS.md"),
+                                     scale.section(rows, "bash bench/run --only scale", chart_name, environment(args, cmdline)),
+                                     scale.SCALE_BEGIN, scale.SCALE_END)
                 print("bench: scale section written to docs/BENCHMARKS.md", flush=True)
             if only == ["scale"]:
                 return
-        if "protocols" in only and not args.ab:
-            print("== protocols (TLS, HTTP/2)", flush=True)
-            import protocols
-            res = protocols.run(sys.modules[__name__], args, work)
+        # Groups that start their own servers and write their own marked section of the report.
+        for group, title in (("protocols", "TLS, HTTP/2"), ("cluster", "3 replicas on PostgreSQL")):
+            if group not in only or args.ab:
+                continue
+            print(f"== {group} ({title})", flush=True)
+            module = importlib.import_module(group)
+            res = module.run(sys.modules[__name__], args, work)
             if not args.quick:
                 docs = os.path.join(args.root, "docs")
-                with open(os.path.join(docs, "protocols-benchmark.json"), "w") as f:
+                with open(os.path.join(docs, f"{group}-benchmark.json"), "w") as f:
                     json.dump({"env": environment(args, cmdline), "results": res}, f, indent=1)
-                protocols.write_section(os.path.join(docs, "BENCHMARKS.md"),
-                                        protocols.section(res, "bash bench/run --only protocols", environment(args, cmdline)))
-                print("bench: protocols section written to docs/BENCHMARKS.md", flush=True)
-        if "cluster" in only and not args.ab:
-            print("== cluster (3 replicas on PostgreSQL)", flush=True)
-            import cluster
-            res = cluster.run(sys.modules[__name__], args, work)
-            if not args.quick:
-                docs = os.path.join(args.root, "docs")
-                with open(os.path.join(docs, "cluster-benchmark.json"), "w") as f:
-                    json.dump({"env": environment(args, cmdline), "results": res}, f, indent=1)
-                cluster.write_section(os.path.join(docs, "BENCHMARKS.md"),
-                                      cluster.section(res, "bash bench/run --only cluster", environment(args, cmdline)))
-                print("bench: cluster section written to docs/BENCHMARKS.md", flush=True)
+                write_marked_section(os.path.join(docs, "BENCHMARKS.md"),
+                                     module.section(res, f"bash bench/run --only {group}", environment(args, cmdline)),
+                                     module.BEGIN, module.END)
+                print(f"bench: {group} section written to docs/BENCHMARKS.md", flush=True)
         if all(g in ("scale", "protocols", "cluster") for g in only):
             return
         lab = Lab(args, work)

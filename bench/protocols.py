@@ -216,17 +216,3 @@ def section(res, cmdline, env=None):
         out += [f"{k}:", "", "```", text.rstrip(), "```", ""]
     out += ["</details>", END]
     return "\n".join(out) + "\n"
-
-
-def write_section(report_path, text):
-    try:
-        old = open(report_path).read()
-    except OSError:
-        old = ""
-    i, j = old.find(BEGIN), old.find(END)
-    if i >= 0 and j > i:
-        new = old[:i] + text.rstrip("\n") + old[j + len(END):]
-    else:
-        new = old.rstrip("\n") + "\n\n" + text
-    with open(report_path, "w") as f:
-        f.write(new)

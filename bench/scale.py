@@ -281,20 +281,6 @@ def chart(rows, path):
     fig.savefig(path, dpi=110)
 
 
-def write_section(report_path, text):
-    """Replaces (or appends) the marked scale section of the report."""
-    try:
-        old = open(report_path).read()
-    except OSError:
-        old = ""
-    i, j = old.find(SCALE_BEGIN), old.find(SCALE_END)
-    if i >= 0 and j > i:
-        new = old[:i] + text.rstrip("\n") + old[j + len(SCALE_END):]
-    else:
-        new = old.rstrip("\n") + "\n\n" + text
-    with open(report_path, "w") as f:
-        f.write(new)
-
 
 def median(xs):
     return statistics.median(xs)

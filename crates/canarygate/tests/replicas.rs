@@ -230,6 +230,31 @@ fn start_leased(dir: &std::path::Path, name: &str, url: &str, lease: u64) -> Ser
     Server::start(&dir.join(name), &["--store", url, "--config", cfg.to_str().unwrap()], &[])
 }
 
+/// API `orders` with a greedy proxy route, stage `prod` on `prod`'s deployment `d1`, and a second
+/// deployment to roll out to: its id.
+async fn rollout_ready(c: &reqwest::Client, s: &Server, prod: &Backend) -> Value {
+    ok(
+        c,
+        s,
+        "PUT",
+        "/v1/apis/orders",
+        Some(
+            json!({"routes": [{"path": "/{proxy+}", "integration": {"type": "http", "uri": "http://${stageVariables.backend}/{proxy}"}}]}),
+        ),
+    )
+    .await;
+    let d1 = ok(c, s, "POST", "/v1/apis/orders/deployments", Some(json!({}))).await;
+    ok(
+        c,
+        s,
+        "PUT",
+        "/v1/apis/orders/stages/prod",
+        Some(json!({"deploymentId": d1["id"], "variables": {"backend": prod.addr.to_string()}})),
+    )
+    .await;
+    ok(c, s, "POST", "/v1/apis/orders/deployments", Some(json!({}))).await
+}
+
 /// `GET /v1/cluster` through `s` once it lists `n` replicas; the document.
 async fn cluster_of(c: &reqwest::Client, s: &Server, n: usize) -> Value {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -258,26 +283,7 @@ async fn the_cluster_names_its_replicas_and_one_leader_and_a_killed_leader_is_re
     );
     let c = client();
     let a = &replicas[0].1;
-    ok(
-        &c,
-        a,
-        "PUT",
-        "/v1/apis/orders",
-        Some(
-            json!({"routes": [{"path": "/{proxy+}", "integration": {"type": "http", "uri": "http://${stageVariables.backend}/{proxy}"}}]}),
-        ),
-    )
-    .await;
-    let d1 = ok(&c, a, "POST", "/v1/apis/orders/deployments", Some(json!({}))).await;
-    ok(
-        &c,
-        a,
-        "PUT",
-        "/v1/apis/orders/stages/prod",
-        Some(json!({"deploymentId": d1["id"], "variables": {"backend": prod.addr.to_string()}})),
-    )
-    .await;
-    let d2 = ok(&c, a, "POST", "/v1/apis/orders/deployments", Some(json!({}))).await;
+    let d2 = rollout_ready(&c, a, &prod).await;
     ok(
         &c,
         a,
@@ -498,26 +504,7 @@ async fn a_paused_leader_past_its_lease_steps_down_and_no_step_is_taken_twice() 
     );
     let c = client();
     let a = &replicas[0].1;
-    ok(
-        &c,
-        a,
-        "PUT",
-        "/v1/apis/orders",
-        Some(
-            json!({"routes": [{"path": "/{proxy+}", "integration": {"type": "http", "uri": "http://${stageVariables.backend}/{proxy}"}}]}),
-        ),
-    )
-    .await;
-    let d1 = ok(&c, a, "POST", "/v1/apis/orders/deployments", Some(json!({}))).await;
-    ok(
-        &c,
-        a,
-        "PUT",
-        "/v1/apis/orders/stages/prod",
-        Some(json!({"deploymentId": d1["id"], "variables": {"backend": prod.addr.to_string()}})),
-    )
-    .await;
-    let d2 = ok(&c, a, "POST", "/v1/apis/orders/deployments", Some(json!({}))).await;
+    let d2 = rollout_ready(&c, a, &prod).await;
     ok(
         &c,
         a,
@@ -643,26 +630,7 @@ async fn a_hook_pending_at_a_takeover_is_called_again_with_its_execution_id() {
 
     let c = client();
     let a = &replicas[0].1;
-    ok(
-        &c,
-        a,
-        "PUT",
-        "/v1/apis/orders",
-        Some(
-            json!({"routes": [{"path": "/{proxy+}", "integration": {"type": "http", "uri": "http://${stageVariables.backend}/{proxy}"}}]}),
-        ),
-    )
-    .await;
-    let d1 = ok(&c, a, "POST", "/v1/apis/orders/deployments", Some(json!({}))).await;
-    ok(
-        &c,
-        a,
-        "PUT",
-        "/v1/apis/orders/stages/prod",
-        Some(json!({"deploymentId": d1["id"], "variables": {"backend": prod.addr.to_string()}})),
-    )
-    .await;
-    let d2 = ok(&c, a, "POST", "/v1/apis/orders/deployments", Some(json!({}))).await;
+    let d2 = rollout_ready(&c, a, &prod).await;
     let leader = cluster_of(&c, a, 2).await["leader"].as_str().unwrap().to_string();
     let (mut old, other) = {
         let mut it = replicas.into_iter();
