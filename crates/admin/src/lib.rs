@@ -58,6 +58,9 @@ pub struct AppState {
     pub cluster: Option<ClusterHook>,
     /// Since when this replica has been unable to read the shared store (it serves its last state).
     pub stale_since: Arc<std::sync::Mutex<Option<chrono::DateTime<chrono::Utc>>>>,
+    /// With several replicas: `GET /v1/metrics` reads every replica's published seconds from here
+    /// (its own connection) rather than this process's `metrics`.
+    pub cluster_metrics: Option<Arc<std::sync::Mutex<canarygate_store::MetricsDb>>>,
 }
 
 /// Answers `GET /v1/cluster` (a JSON document) or says why it cannot.

@@ -8,7 +8,7 @@ use axum::extract::{Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use canarygate_metrics::{Metric, SeriesKey, Statistic, Variant};
+use canarygate_metrics::{ClusterSeconds, Metric, MetricsView, SeriesKey, Statistic, Variant};
 use canarygate_model::alarm::AlarmState;
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
@@ -70,7 +70,25 @@ pub async fn query(State(s): State<AppState>, Query(q): Query<HashMap<String, St
         stage: stage.to_string(),
         variant,
     };
-    let points = s.metrics.query(&key, metric, statistic, period, start_s, end_s);
+    let points = match &s.cluster_metrics {
+        None => s.metrics.query(&key, metric, statistic, period, start_s, end_s),
+        // Several replicas: the sum of what every replica published (this one's too).
+        Some(db) => {
+            let (db, k) = (db.clone(), key.clone());
+            let histograms = canarygate_metrics::needs_histograms(metric);
+            let rows =
+                tokio::task::spawn_blocking(move || db.lock().unwrap_or_else(|e| e.into_inner()).range(&k, start_s, end_s, histograms))
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| r.map_err(|e| e.to_string()))
+                    .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("cannot read the cluster's metrics: {e}")))?;
+            let mut cluster = ClusterSeconds::new();
+            for r in rows {
+                cluster.put(&r.replica, r.key, r.second, r.counts);
+            }
+            cluster.query(&key, metric, statistic, period, start_s, end_s)
+        }
+    };
     let datapoints: Vec<Value> = points
         .iter()
         .map(|p| {

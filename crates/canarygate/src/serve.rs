@@ -1,5 +1,6 @@
 //! `canarygate serve`: wires the store, gateway, metrics ticker and admin API into one process.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -234,6 +235,68 @@ fn follow_changes(store: Arc<Store>, url: String, stale_since: Arc<std::sync::Mu
     });
     if let Err(e) = spawned {
         tracing::error!(error = %e, "cannot start the change listener");
+    }
+}
+
+/// Seconds a replica publishes again when their numbers changed (requests are recorded in the second
+/// they arrived, and finish later): the analysis's re-read window.
+const REPUBLISH_SECS: u64 = canarygate_metrics::JUDGE_SECS - 8;
+
+/// With a shared database: publishes this replica's metrics once a second, just after the second
+/// ends: every recent second of every series whose numbers changed since it was last published, and
+/// that seconds before the current one are complete. On a thread of its own with its own connection;
+/// the request path is not involved (it records into the same lock-free slots as a lone process).
+fn publish_metrics(metrics: Arc<Registry>, url: &str, replica: String, shutdown: tokio::sync::watch::Receiver<bool>) {
+    use canarygate_metrics::{SecondCounts, SeriesKey};
+    let mut db = canarygate_store::MetricsDb::new(url);
+    let spawned = std::thread::Builder::new().name("canarygate-metrics".into()).spawn(move || {
+        let mut sent: HashMap<(SeriesKey, u64), SecondCounts> = HashMap::new();
+        let mut failing = false;
+        loop {
+            let last = *shutdown.borrow();
+            // 50 ms into the next second: requests of the second that ended have been recorded.
+            let since_epoch = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            if !last {
+                let wait = Duration::from_millis(1_050).saturating_sub(Duration::from_nanos(u64::from(since_epoch.subsec_nanos())));
+                std::thread::sleep(wait);
+            }
+            let now_sec = Utc::now().timestamp().max(0) as u64;
+            let from = now_sec.saturating_sub(REPUBLISH_SECS);
+            let mut changed = Vec::new();
+            for key in metrics.keys() {
+                let Some(series) = metrics.get(&key) else { continue };
+                for sec in from..now_sec {
+                    let Some(c) = series.second(sec) else { continue };
+                    if sent.get(&(key.clone(), sec)) != Some(&c) {
+                        changed.push((key.clone(), sec, c));
+                    }
+                }
+            }
+            match db.publish(&replica, &changed, now_sec) {
+                Ok(()) => {
+                    if failing {
+                        tracing::info!("publishing metrics to PostgreSQL again");
+                        failing = false;
+                    }
+                    sent.extend(changed.into_iter().map(|(k, s, c)| ((k, s), c)));
+                }
+                Err(e) => {
+                    if !failing {
+                        tracing::warn!(error = %e, "cannot publish metrics to PostgreSQL; retrying every second");
+                        failing = true;
+                    }
+                }
+            }
+            sent.retain(|(_, s), _| *s >= from);
+            if last {
+                return;
+            }
+        }
+    });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "cannot start the metrics publisher");
     }
 }
 
@@ -473,6 +536,7 @@ pub async fn start(cfg: &ConfigFile, args: &ServeArgs) -> Result<Running> {
         caches: None,
         cluster: None,
         stale_since: stale_since.clone(),
+        cluster_metrics: None,
     };
     let replica_name = cfg
         .server
@@ -489,6 +553,7 @@ pub async fn start(cfg: &ConfigFile, args: &ServeArgs) -> Result<Running> {
             lease_seconds,
         )),
         stale_since: stale_since.clone(),
+        cluster_metrics: postgres.then(|| Arc::new(std::sync::Mutex::new(canarygate_store::MetricsDb::new(&store_kind)))),
         ..state
     };
     let auth = Auth::new(
@@ -516,6 +581,13 @@ pub async fn start(cfg: &ConfigFile, args: &ServeArgs) -> Result<Running> {
             addresses,
             ttl: Duration::from_secs(lease_seconds),
         };
+        publish_metrics(metrics.clone(), &store_kind, replica_name.clone(), shutdown_rx.clone());
+        // A replica is live while its heartbeats are younger than the lease.
+        let live = Duration::from_secs(lease_seconds.max(3));
+        controller = controller.with_cluster_metrics(Arc::new(canarygate_controller::cluster_metrics::ClusterMetrics::new(
+            &store_kind,
+            live,
+        )));
         controller = controller.with_leadership(hold_lease(
             coordinator.clone(),
             me,

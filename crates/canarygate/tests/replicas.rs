@@ -668,3 +668,125 @@ async fn a_hook_pending_at_a_takeover_is_called_again_with_its_execution_id() {
     assert_eq!(calls.len(), 2, "{calls:?}");
     assert_eq!(calls[0], calls[1], "the same execution id both times");
 }
+
+/// The sum of `canarygate_requests_total` lines of a replica's own `/metrics` whose labels contain
+/// every one of `labels`.
+async fn requests_total(c: &reqwest::Client, s: &Server, labels: &[&str]) -> u64 {
+    let text = c.get(format!("{}/metrics", s.admin)).send().await.unwrap().text().await.unwrap();
+    text.lines()
+        .filter(|l| l.starts_with("canarygate_requests_total{") && labels.iter().all(|x| l.contains(x)))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum()
+}
+
+/// `GET /v1/metrics` through `s`: the Sum of `metric` of the stage's `variant` over the last hour.
+async fn cluster_sum(c: &reqwest::Client, s: &Server, variant: &str, metric: &str) -> f64 {
+    let v = ok(
+        c,
+        s,
+        "GET",
+        &format!("/v1/metrics?api=orders&stage=prod&variant={variant}&metric={metric}&statistic=Sum&periodSeconds=3600"),
+        None,
+    )
+    .await;
+    v["datapoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["value"].as_f64().unwrap())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn canary_errors_through_a_replica_that_is_not_the_leader_roll_it_back() {
+    let pg = postgres();
+    let url = pg.database();
+    let dir = tempfile::tempdir().unwrap();
+    let replicas: Vec<(String, Server)> = ["r1", "r2", "r3"]
+        .iter()
+        .map(|n| (n.to_string(), start_leased(dir.path(), n, &url, 3)))
+        .collect();
+    let (prod, broken) = (
+        Backend::start("v1", Behaviour::Echo).await,
+        Backend::start("v2", Behaviour::FailTenths(3)).await,
+    );
+    let c = client();
+    let a = &replicas[0].1;
+    let d2 = rollout_ready(&c, a, &prod).await;
+    ok(
+        &c,
+        a,
+        "PUT",
+        "/v1/deployment-configs/Canary20Percent60Seconds",
+        Some(json!({"type": "TimeBasedCanary", "percentage": 20, "intervalSeconds": 60})),
+    )
+    .await;
+    ok(
+        &c,
+        a,
+        "PUT",
+        "/v1/alarms/canary-5xx",
+        Some(
+            json!({"api": "orders", "stage": "prod", "variant": "canary", "metric": "5XXError", "statistic": "Average",
+                    "periodSeconds": 1, "evaluationPeriods": 3, "datapointsToAlarm": 2,
+                    "comparison": "GreaterThanThreshold", "threshold": 0.05}),
+        ),
+    )
+    .await;
+    let leader = cluster_of(&c, a, 3).await["leader"].as_str().unwrap().to_string();
+    let (c_name, via) = replicas.iter().find(|(n, _)| *n != leader).unwrap();
+    let on_leader = &replicas.iter().find(|(n, _)| *n == leader).unwrap().1;
+    wait_served(&c, via, "production").await;
+
+    // The rollout and every request go through C, a replica that does not run the controller.
+    let (status, r) = admin(
+        &c,
+        via,
+        "POST",
+        "/v1/apis/orders/stages/prod/rollouts",
+        Some(
+            json!({"deploymentId": d2["id"], "stageVariableOverrides": {"backend": broken.addr.to_string()},
+                    "deploymentConfig": "Canary20Percent60Seconds", "alarms": ["canary-5xx"]}),
+        ),
+    )
+    .await;
+    assert_eq!(status, 201, "{r}");
+    let id = r["id"].as_str().unwrap().to_string();
+    let load = Load::start(&c, &format!("{}/orders/prod/items", via.gateway), 4);
+    let r = wait_rollout(&c, via, &id, Duration::from_secs(30)).await;
+    let (sent, failures) = load.finish().await;
+    assert!(failures.is_empty(), "{failures:?}");
+    assert_eq!(r["status"], "RolledBack", "{r}");
+    let last = r["events"].as_array().unwrap().last().unwrap();
+    assert!(last["reason"].as_str().unwrap().contains("canary-5xx"), "{last}");
+    eprintln!("{sent} requests through {c_name}; rolled back by the leader {leader}");
+
+    // The leader's own gateway saw none of the canary's requests: it judged from C's published seconds.
+    let canary = "variant=\"canary\"";
+    assert_eq!(requests_total(&c, on_leader, &[canary]).await, 0);
+    let c_errors = requests_total(&c, via, &[canary, "status_class=\"5xx\""]).await;
+    let c_count = requests_total(&c, via, &[canary]).await;
+    assert!(c_errors > 0 && c_count > c_errors, "{c_errors} of {c_count}");
+    // GET /v1/metrics through any replica counts the whole cluster's requests: exactly C's (its last
+    // second is published within about a second).
+    for (_, s) in &replicas {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (e5, n) = (
+                cluster_sum(&c, s, "canary", "5XXError").await,
+                cluster_sum(&c, s, "canary", "Count").await,
+            );
+            if (e5, n) == (c_errors as f64, c_count as f64) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: {e5} errors of {n}, C counted {c_errors} of {c_count}",
+                s.admin
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let alarm = ok(&c, on_leader, "GET", "/v1/alarms/canary-5xx", None).await;
+    assert!(alarm["history"].as_array().unwrap().iter().any(|h| h["to"] == "ALARM"), "{alarm}");
+}

@@ -1,18 +1,17 @@
-//! Evaluating alarms over the gateway's own per-variant metrics.
+//! Evaluating alarms over the gateway's per-variant metrics: this process's, or the cluster's.
 
-use canarygate_metrics::{Registry, SeriesKey};
+use canarygate_metrics::{MetricsView, SeriesKey};
 use canarygate_model::alarm::{evaluate, Alarm, AlarmState, EvaluatedPoint, Evaluation};
 
 /// The datapoints of the alarm's last `evaluationPeriods` complete periods at `now_sec`; periods that
 /// start before `since` (unix seconds) count as missing.
-pub fn datapoints(alarm: &Alarm, metrics: &Registry, now_sec: u64, since: Option<u64>) -> Vec<EvaluatedPoint> {
+pub fn datapoints(alarm: &Alarm, metrics: &dyn MetricsView, now_sec: u64, since: Option<u64>) -> Vec<EvaluatedPoint> {
     let (first, newest) = alarm.window(now_sec);
     let key = SeriesKey {
         api: alarm.api.clone(),
         stage: alarm.stage.clone(),
         variant: alarm.variant,
     };
-    let series = metrics.get(&key);
     let p = alarm.period_seconds;
     let mut out = Vec::with_capacity(alarm.evaluation_periods as usize);
     let mut ts = first;
@@ -20,8 +19,8 @@ pub fn datapoints(alarm: &Alarm, metrics: &Registry, now_sec: u64, since: Option
         let value = if since.is_some_and(|s| ts < s) {
             None
         } else {
-            match (series.as_ref(), alarm.metric, alarm.statistic) {
-                (Some(s), Some(m), Some(st)) => s.reduce(m, st, ts, ts + p),
+            match (alarm.metric, alarm.statistic) {
+                (Some(m), Some(st)) => metrics.reduce(&key, m, st, ts, ts + p),
                 _ => None,
             }
         };
@@ -32,13 +31,14 @@ pub fn datapoints(alarm: &Alarm, metrics: &Registry, now_sec: u64, since: Option
 }
 
 /// Evaluates an alarm at `now_sec`, from its `current` state.
-pub fn evaluate_alarm(alarm: &Alarm, metrics: &Registry, now_sec: u64, since: Option<u64>, current: AlarmState) -> Evaluation {
+pub fn evaluate_alarm(alarm: &Alarm, metrics: &dyn MetricsView, now_sec: u64, since: Option<u64>, current: AlarmState) -> Evaluation {
     evaluate(alarm, &datapoints(alarm, metrics, now_sec, since), current)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use canarygate_metrics::Registry;
     use canarygate_metrics::{Observation, Variant};
     use canarygate_model::alarm::{Comparison, TreatMissingData};
     use canarygate_model::{Metric, Statistic};

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use canarygate_metrics::Registry;
+use canarygate_metrics::{MetricsView, Registry};
 use canarygate_model::alarm::AlarmState;
 use canarygate_model::rollout::{HookExecution, HookStatus, Phase};
 use canarygate_store::{Fence, Store};
@@ -14,6 +14,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 
 use crate::alarms::evaluate_alarm;
+use crate::cluster_metrics::{ClusterMetrics, Completeness};
 use crate::engine::{step, Effect, Input};
 use crate::feed::Feed;
 use crate::prom::PromSource;
@@ -60,6 +61,8 @@ pub struct Controller {
     /// The controller lease, when several replicas share the store: the loop acts only while it holds
     /// the lease, and every write it makes is fenced by it. `None`: the only controller.
     leadership: Option<watch::Receiver<Option<crate::lease::Leadership>>>,
+    /// With several replicas: alarms and the analysis read the whole cluster's metrics, not `metrics`.
+    cluster: Option<Arc<ClusterMetrics>>,
 }
 
 /// The fence of the only controller (a store no other process writes): never checked.
@@ -86,7 +89,66 @@ impl Controller {
             http,
             tick: Duration::from_millis(100),
             leadership: None,
+            cluster: None,
         }
+    }
+
+    /// Reads alarms' and the analysis's metrics from the whole cluster.
+    pub fn with_cluster_metrics(mut self, cluster: Arc<ClusterMetrics>) -> Controller {
+        self.cluster = Some(cluster);
+        self
+    }
+
+    /// Runs `f` over the metrics alarms and the analysis read.
+    fn with_view<T>(&self, f: impl FnOnce(&dyn MetricsView) -> T) -> T {
+        match &self.cluster {
+            Some(c) => c.read(f),
+            None => f(&*self.metrics),
+        }
+    }
+
+    /// How far the metrics can be read at `now_sec`: this process's up to now; the cluster's as far
+    /// as its replicas have published (brought up to date once a second, and every 200 ms while a
+    /// replica is late).
+    async fn completeness(&self, now_sec: u64, refreshed: &mut Option<(u64, Instant)>) -> Completeness {
+        let Some(cluster) = &self.cluster else {
+            return Completeness {
+                through: now_sec,
+                missing: Vec::new(),
+            };
+        };
+        let before = cluster.completeness(now_sec);
+        let due = match *refreshed {
+            None => true,
+            Some((sec, at)) => sec != now_sec || (before.through < now_sec && at.elapsed() >= Duration::from_millis(200)),
+        };
+        if !due {
+            return before;
+        }
+        *refreshed = Some((now_sec, Instant::now()));
+        let from_sec = now_sec.saturating_sub(self.horizon_secs());
+        let c = cluster.clone();
+        match tokio::task::spawn_blocking(move || c.refresh(now_sec, from_sec)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot read the cluster's metrics; using what was read before"),
+            Err(e) => tracing::warn!(error = %e, "cannot read the cluster's metrics"),
+        }
+        cluster.completeness(now_sec)
+    }
+
+    /// How many recent seconds alarms and the analysis read: the longest alarm window (a period of
+    /// slack), at least the analysis's re-read window.
+    fn horizon_secs(&self) -> u64 {
+        let state = self.store.current();
+        let alarms = state
+            .alarms
+            .values()
+            .filter(|a| a.alarm.prometheus.is_none())
+            .map(|a| (u64::from(a.alarm.evaluation_periods) + 1) * a.alarm.period_seconds);
+        alarms
+            .max()
+            .unwrap_or(0)
+            .clamp(crate::feed::REREAD_SECS + 8, canarygate_metrics::RETENTION_SECS)
     }
 
     /// Runs only while this replica holds the controller lease `leadership` says it holds.
@@ -111,6 +173,7 @@ impl Controller {
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let mut watches: HashMap<String, Watch> = HashMap::new();
         let mut last_alarm_sec = 0u64;
+        let mut refreshed = None;
         let mut every = tokio::time::interval(self.tick);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -126,11 +189,12 @@ impl Controller {
             };
             let now = self.clock.now();
             let now_sec = now.timestamp().max(0) as u64;
-            if now_sec > last_alarm_sec {
-                last_alarm_sec = now_sec;
-                self.evaluate_alarms(&fence, now, now_sec).await;
+            let reading = self.completeness(now_sec, &mut refreshed).await;
+            if reading.through > last_alarm_sec {
+                last_alarm_sec = reading.through;
+                self.evaluate_alarms(&fence, now, &reading).await;
             }
-            self.step_rollouts(&fence, &mut watches, now, now_sec).await;
+            self.step_rollouts(&fence, &mut watches, now, now_sec, &reading).await;
             self.deliver(&fence, now);
         }
     }
@@ -185,18 +249,21 @@ impl Controller {
     }
 
     /// Evaluates every alarm over all its periods; a changed state is stored (with its history).
-    async fn evaluate_alarms(&self, fence: &Fence, now: DateTime<Utc>, now_sec: u64) {
+    async fn evaluate_alarms(&self, fence: &Fence, now: DateTime<Utc>, reading: &Completeness) {
         let state = self.store.current();
-        let mut changes = Vec::new();
-        for (name, entry) in &state.alarms {
-            let e = self.evaluate(&entry.alarm, &state, None, now_sec, None, entry.status.state);
-            // A change of state is stored with its history; without data, so is a new reason for it
-            // (e.g. why a Prometheus query gave nothing), without a history entry.
-            let new_reason = e.state == AlarmState::InsufficientData && e.reason != entry.status.reason;
-            if e.state != entry.status.state || new_reason {
-                changes.push((name.clone(), e));
+        let changes = self.with_view(|view| {
+            let mut changes = Vec::new();
+            for (name, entry) in &state.alarms {
+                let e = self.evaluate(view, reading, &entry.alarm, &state, None, None, entry.status.state);
+                // A change of state is stored with its history; without data, so is a new reason for it
+                // (e.g. why a Prometheus query gave nothing), without a history entry.
+                let new_reason = e.state == AlarmState::InsufficientData && e.reason != entry.status.reason;
+                if e.state != entry.status.state || new_reason {
+                    changes.push((name.clone(), e));
+                }
             }
-        }
+            changes
+        });
         if changes.is_empty() {
             return;
         }
@@ -214,7 +281,14 @@ impl Controller {
         }
     }
 
-    async fn step_rollouts(&self, fence: &Fence, watches: &mut HashMap<String, Watch>, now: DateTime<Utc>, now_sec: u64) {
+    async fn step_rollouts(
+        &self,
+        fence: &Fence,
+        watches: &mut HashMap<String, Watch>,
+        now: DateTime<Utc>,
+        now_sec: u64,
+        reading: &Completeness,
+    ) {
         let state = self.store.current();
         let active: Vec<_> = state.rollouts.values().filter(|r| r.status.is_active()).cloned().collect();
         watches.retain(|id, _| active.iter().any(|r| &r.id == id));
@@ -249,33 +323,36 @@ impl Controller {
 
             let mut batches = Vec::new();
             let mut pairs = Vec::new();
-            if r.analysis_state.is_some() {
-                let weight = state
-                    .apis
-                    .get(&r.api)
-                    .and_then(|a| a.stages.get(&r.stage))
-                    .and_then(|s| s.canary_settings.as_ref())
-                    .map_or(0.0, |c| c.percent_traffic);
-                w.feed.note_weight(now_sec, weight);
-                if now_sec > w.read_at && matches!(r.phase, Phase::Shifting { .. } | Phase::Mirroring { .. }) {
-                    w.read_at = now_sec;
-                    batches = w.feed.batches(&self.metrics, &r.api, &r.stage, now_sec);
-                    pairs = w.feed.pairs(&self.metrics, &r.api, &r.stage, now_sec);
-                }
-            }
-
             let since = r.watch_start.map(|s| s.timestamp().max(0) as u64);
-            let alarms: Vec<_> = r
-                .alarms
-                .iter()
-                .filter_map(|name| {
-                    let entry = state.alarms.get(name)?;
-                    Some((
-                        name.clone(),
-                        self.evaluate(&entry.alarm, &state, Some(&r), now_sec, since, AlarmState::InsufficientData),
-                    ))
-                })
-                .collect();
+            let alarms: Vec<_> = self.with_view(|view| {
+                if r.analysis_state.is_some() {
+                    let weight = state
+                        .apis
+                        .get(&r.api)
+                        .and_then(|a| a.stages.get(&r.stage))
+                        .and_then(|s| s.canary_settings.as_ref())
+                        .map_or(0.0, |c| c.percent_traffic);
+                    w.feed.note_weight(now_sec, weight);
+                    // Seconds are read once complete (with several replicas: once every replica has
+                    // published them, or the grace time has passed).
+                    let through = reading.through;
+                    if through > w.read_at && matches!(r.phase, Phase::Shifting { .. } | Phase::Mirroring { .. }) {
+                        w.read_at = through;
+                        batches = w.feed.batches(view, &r.api, &r.stage, through);
+                        pairs = w.feed.pairs(view, &r.api, &r.stage, through);
+                    }
+                }
+                r.alarms
+                    .iter()
+                    .filter_map(|name| {
+                        let entry = state.alarms.get(name)?;
+                        Some((
+                            name.clone(),
+                            self.evaluate(view, reading, &entry.alarm, &state, Some(&r), since, AlarmState::InsufficientData),
+                        ))
+                    })
+                    .collect()
+            });
             if first_sight {
                 // After a restart, a hook that was being called is called again.
                 if let Phase::BeforeAllowTraffic { execution } | Phase::AfterAllowTraffic { execution } = &r.phase {
@@ -315,17 +392,29 @@ impl Controller {
     /// Evaluates an alarm: over the gateway's metrics, or over its Prometheus query's datapoints. A
     /// Prometheus alarm's placeholders take the watching rollout's api and stage (else the alarm's own),
     /// and the variant's stage variables (the canary's with the rollout's overrides).
+    #[allow(clippy::too_many_arguments)]
     fn evaluate(
         &self,
+        view: &dyn MetricsView,
+        reading: &Completeness,
         alarm: &Alarm,
         state: &State,
         rollout: Option<&Rollout>,
-        now_sec: u64,
         since: Option<u64>,
         current: AlarmState,
     ) -> Evaluation {
+        let now_sec = reading.through;
         let Some(q) = &alarm.prometheus else {
-            return evaluate_alarm(alarm, &self.metrics, now_sec, since, current);
+            let mut e = evaluate_alarm(alarm, view, now_sec, since, current);
+            if !reading.missing.is_empty() {
+                e.reason = format!(
+                    "{} Evaluated without replica {}: it had not published its metrics {}s after the period ended.",
+                    e.reason,
+                    reading.missing.join(", "),
+                    crate::cluster_metrics::GRACE_SECS
+                );
+            }
+            return e;
         };
         let (api, stage) = rollout.map_or((alarm.api.as_str(), alarm.stage.as_str()), |r| (r.api.as_str(), r.stage.as_str()));
         let st = state.apis.get(api).and_then(|a| a.stages.get(stage));

@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use canarygate_metrics::{JudgedSecond, Registry, SeriesKey, Variant, BUCKETS, JUDGE_SECS};
+use canarygate_metrics::{JudgedSecond, MetricsView, SeriesKey, Variant, BUCKETS, JUDGE_SECS};
 use canarygate_model::analysis::{Batch, Pairs, Side};
 
 /// Seconds read again for late arrivals (kept inside the metrics' judge ring).
@@ -68,7 +68,7 @@ impl Feed {
 
     /// The mirror series' new pairs up to (not including) `now_sec`: each recent second less what was
     /// read of it before (a pair is counted when both sides have ended, often a second or more later).
-    pub(crate) fn pairs(&mut self, metrics: &Registry, api: &str, stage: &str, now_sec: u64) -> Vec<Pairs> {
+    pub(crate) fn pairs(&mut self, metrics: &dyn MetricsView, api: &str, stage: &str, now_sec: u64) -> Vec<Pairs> {
         let oldest = now_sec.saturating_sub(REREAD_SECS).max(self.floor);
         self.pairs_read.retain(|s, _| *s >= oldest);
         let key = SeriesKey {
@@ -76,10 +76,9 @@ impl Feed {
             stage: stage.to_string(),
             variant: Variant::Mirror,
         };
-        let Some(mirror) = metrics.get(&key) else { return Vec::new() };
         let mut out = Vec::new();
         for sec in oldest..now_sec {
-            let Some(j) = mirror.judged(sec) else { continue };
+            let Some(j) = metrics.judged(&key, sec) else { continue };
             let now = (j.requests, j.pairs_copy_failed, j.pairs_original_failed);
             let before = self.pairs_read.entry(sec).or_default();
             let p = Pairs {
@@ -97,7 +96,7 @@ impl Feed {
     }
 
     /// The new batches up to (not including) `now_sec`.
-    pub(crate) fn batches(&mut self, metrics: &Registry, api: &str, stage: &str, now_sec: u64) -> Vec<Batch> {
+    pub(crate) fn batches(&mut self, metrics: &dyn MetricsView, api: &str, stage: &str, now_sec: u64) -> Vec<Batch> {
         let oldest = now_sec.saturating_sub(REREAD_SECS).max(self.floor);
         self.weights.retain(|s, _| *s + REREAD_SECS + 2 >= now_sec);
         self.read.retain(|s, _| *s >= oldest);
@@ -107,16 +106,14 @@ impl Feed {
             stage: stage.to_string(),
             variant,
         };
-        let (Some(canary), Some(production)) = (metrics.get(&key(Variant::Canary)), metrics.get(&key(Variant::Production))) else {
-            return Vec::new();
-        };
+        let (canary, production) = (key(Variant::Canary), key(Variant::Production));
         let mut out = Vec::new();
         for sec in oldest..now_sec {
             let Some(&(lo, hi)) = self.weights.get(&sec) else { continue };
             if lo != hi || !(lo > 0.0 && lo < 100.0) {
                 continue;
             }
-            let (c, p) = (canary.judged(sec), production.judged(sec));
+            let (c, p) = (metrics.judged(&canary, sec), metrics.judged(&production, sec));
             if c.is_none() && p.is_none() {
                 continue;
             }
@@ -181,7 +178,7 @@ impl Feed {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use canarygate_metrics::{Observation, Routed};
+    use canarygate_metrics::{Observation, Registry, Routed};
 
     fn obs(status: u16, routed: Routed) -> Observation {
         Observation {

@@ -66,7 +66,7 @@ impl Hist {
 }
 
 /// A histogram summed over several slots, for queries.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HistSum {
     pub buckets: [u64; BUCKETS],
     pub n: u64,
@@ -96,6 +96,17 @@ impl HistSum {
         self.sum_us += h.sum_us.load(Relaxed);
         self.min_us = self.min_us.min(h.min_us.load(Relaxed));
         self.max_us = self.max_us.max(h.max_us.load(Relaxed));
+    }
+
+    /// Adds another sum to this one.
+    pub fn merge(&mut self, o: &HistSum) {
+        for (a, b) in self.buckets.iter_mut().zip(&o.buckets) {
+            *a += b;
+        }
+        self.n += o.n;
+        self.sum_us += o.sum_us;
+        self.min_us = self.min_us.min(o.min_us);
+        self.max_us = self.max_us.max(o.max_us);
     }
 
     /// The p-th percentile in microseconds, interpolated linearly inside its bucket and clamped to the

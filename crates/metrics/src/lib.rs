@@ -5,14 +5,18 @@
 //! request is a handful of relaxed atomic adds: no lock, no allocation. Slots ahead of the clock are
 //! cleared by [`Registry::tick`], which the binary calls every second, so writers never reset a slot on
 //! the request path (they do so only if the ticker is late). Window queries reduce slots into CloudWatch
-//! style datapoints ([`Registry::query`]); [`Registry::render_prometheus`] writes the text exposition.
+//! style datapoints ([`MetricsView::query`], also over the sum of every replica's published seconds,
+//! [`ClusterSeconds`]); [`Registry::render_prometheus`] writes the text exposition.
 #![deny(rust_2018_idioms)]
 #![forbid(unsafe_code)]
 
+mod cluster;
 mod histogram;
 mod prometheus;
+mod second;
 #[cfg(test)]
 mod tests;
+mod view;
 pub use prometheus::escape as escape_label;
 mod series;
 
@@ -22,10 +26,13 @@ use std::sync::Arc;
 pub use canarygate_model::{Metric, Statistic, Variant};
 use std::sync::RwLock;
 
-pub use histogram::{bucket_bounds_us, BUCKETS};
+pub use cluster::ClusterSeconds;
+pub use histogram::{bucket_bounds_us, HistSum, BUCKETS};
+pub use second::{needs_histograms, statistic, SecondCounts, ENCODED_LEN, SCALARS};
 pub use series::{
     CacheResult, JudgedSecond, Observation, OpenConnection, OpenKind, Routed, Series, CHUNK_BYTES, JUDGE_SECS, RETENTION_SECS,
 };
+pub use view::MetricsView;
 
 /// Identifies a series.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -121,15 +128,6 @@ impl Registry {
         let all: Vec<Arc<Series>> = self.read().values().cloned().collect();
         for s in all {
             s.prepare(now_sec);
-        }
-    }
-
-    /// CloudWatch-style datapoints over `[start, end)` (unix seconds), one per period that has samples,
-    /// oldest first. Periods are aligned to multiples of `period` since the epoch.
-    pub fn query(&self, key: &SeriesKey, metric: Metric, stat: Statistic, period: u64, start: u64, end: u64) -> Vec<Datapoint> {
-        match self.get(key) {
-            Some(s) => s.query(metric, stat, period, start, end),
-            None => Vec::new(),
         }
     }
 

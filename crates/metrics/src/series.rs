@@ -7,7 +7,9 @@ use arc_swap::ArcSwapOption;
 
 use canarygate_model::{Metric, Statistic};
 
-use crate::histogram::{Hist, HistSum, BUCKETS};
+use crate::histogram::Hist;
+use crate::histogram::BUCKETS;
+use crate::second::{needs_histograms, statistic, SecondCounts};
 use crate::Datapoint;
 
 /// How long one-second slots are kept: 3 hours, plus a minute of slack for the ticker.
@@ -486,27 +488,19 @@ impl Series {
     /// One second as the canary analysis reads it; `None` when the second has no requests (or is no
     /// longer kept).
     pub fn judged(&self, sec: u64) -> Option<JudgedSecond> {
+        self.second(sec).map(|c| c.judged())
+    }
+
+    /// Everything this series holds of second `sec`; `None` when it had no requests (or is no longer
+    /// kept). A replica publishes these to the cluster.
+    pub fn second(&self, sec: u64) -> Option<SecondCounts> {
         let chunk = self.chunk(sec / CHUNK_SECS)?;
         let slot = &chunk.slots[(sec % CHUNK_SECS) as usize];
         if slot.second.load(Relaxed) != sec {
             return None;
         }
-        let mut latency = [0u64; BUCKETS];
-        for (a, b) in latency.iter_mut().zip(&slot.integration.buckets) {
-            *a = u64::from(b.load(Relaxed));
-        }
-        let mut out = JudgedSecond {
-            requests: slot.count.load(Relaxed),
-            e5: slot.e5.load(Relaxed),
-            latency,
-            forced: 0,
-            forced_e5: 0,
-            forced_timed: 0,
-            sticky_e5: 0,
-            sticky_keys_e5: 0,
-            pairs_copy_failed: 0,
-            pairs_original_failed: 0,
-        };
+        let mut out = SecondCounts::default();
+        add_slot(&mut out, slot, true);
         if let Some(ring) = self.judge.get() {
             let j = &ring[(sec % JUDGE_SECS) as usize];
             if j.second.load(Relaxed) == sec {
@@ -524,26 +518,13 @@ impl Series {
 
     /// Datapoints over `[start, end)`, one per `period`-aligned period with samples, oldest first.
     pub fn query(&self, metric: Metric, stat: Statistic, period: u64, start: u64, end: u64) -> Vec<Datapoint> {
-        let period = period.max(1);
-        let mut out = Vec::new();
-        let mut p = start - start % period;
-        while p < end {
-            let from = p.max(start);
-            let to = (p + period).min(end);
-            if let Some(v) = self.reduce(metric, stat, from, to) {
-                out.push(Datapoint { timestamp: p, value: v });
-            }
-            p += period;
-        }
-        out
+        crate::view::periods(period, start, end, |from, to| self.reduce(metric, stat, from, to))
     }
 
-    /// The statistic of a metric over `[from, to)`, or None when there are no samples.
-    pub fn reduce(&self, metric: Metric, stat: Statistic, from: u64, to: u64) -> Option<f64> {
-        let (mut n, mut e4, mut e5, mut hit, mut miss) = (0u64, 0u64, 0u64, 0u64, 0u64);
-        let mut lat = HistSum::default();
-        let mut integ = HistSum::default();
-        let needs_hist = matches!(metric, Metric::Latency | Metric::IntegrationLatency);
+    /// The counters (and, with `histograms`, the latency histograms) of `[from, to)` added up; the
+    /// analysis's per-second facts are left at zero.
+    pub fn sum(&self, from: u64, to: u64, histograms: bool) -> SecondCounts {
+        let mut out = SecondCounts::default();
         let mut sec = from;
         while sec < to {
             let id = sec / CHUNK_SECS;
@@ -554,58 +535,30 @@ impl Series {
             };
             for s in sec..end {
                 let slot = &chunk.slots[(s % CHUNK_SECS) as usize];
-                if slot.second.load(Relaxed) != s {
-                    continue;
-                }
-                n += slot.count.load(Relaxed);
-                e4 += slot.e4.load(Relaxed);
-                e5 += slot.e5.load(Relaxed);
-                hit += slot.hit.load(Relaxed);
-                miss += slot.miss.load(Relaxed);
-                if needs_hist {
-                    lat.add(&slot.latency);
-                    integ.add(&slot.integration);
+                if slot.second.load(Relaxed) == s {
+                    add_slot(&mut out, slot, histograms);
                 }
             }
             sec = end;
         }
-        let counted = |c: u64, samples: u64| -> Option<f64> {
-            if samples == 0 {
-                return None;
-            }
-            let (c, s) = (c as f64, samples as f64);
-            Some(match stat {
-                Statistic::Sum => c,
-                Statistic::SampleCount => s,
-                Statistic::Average => c / s,
-                Statistic::Minimum => f64::from(u8::from(c >= s)),
-                Statistic::Maximum => f64::from(u8::from(c > 0.0)),
-                Statistic::Percentile(p) => f64::from(u8::from((s - c) / s < p / 100.0)),
-            })
-        };
-        let timed = |h: &HistSum| -> Option<f64> {
-            if h.n == 0 {
-                return None;
-            }
-            let ms = |us: f64| us / 1000.0;
-            Some(match stat {
-                Statistic::Sum => ms(h.sum_us as f64),
-                Statistic::SampleCount => h.n as f64,
-                Statistic::Average => ms(h.sum_us as f64 / h.n as f64),
-                Statistic::Minimum => ms(h.min_us as f64),
-                Statistic::Maximum => ms(h.max_us as f64),
-                Statistic::Percentile(p) => ms(h.percentile_us(p)),
-            })
-        };
-        match metric {
-            Metric::Count => counted(n, n),
-            Metric::Error4xx => counted(e4, n),
-            Metric::Error5xx => counted(e5, n),
-            Metric::CacheHitCount => counted(hit, hit + miss),
-            Metric::CacheMissCount => counted(miss, hit + miss),
-            Metric::Latency => timed(&lat),
-            Metric::IntegrationLatency => timed(&integ),
-        }
+        out
+    }
+
+    /// The statistic of a metric over `[from, to)`, or None when there are no samples.
+    pub fn reduce(&self, metric: Metric, stat: Statistic, from: u64, to: u64) -> Option<f64> {
+        statistic(metric, stat, &self.sum(from, to, needs_histograms(metric)))
+    }
+}
+
+fn add_slot(out: &mut SecondCounts, slot: &Slot, histograms: bool) {
+    out.count += slot.count.load(Relaxed);
+    out.e4 += slot.e4.load(Relaxed);
+    out.e5 += slot.e5.load(Relaxed);
+    out.hit += slot.hit.load(Relaxed);
+    out.miss += slot.miss.load(Relaxed);
+    if histograms {
+        out.latency.add(&slot.latency);
+        out.integration.add(&slot.integration);
     }
 }
 

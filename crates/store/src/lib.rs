@@ -12,6 +12,7 @@
 #![deny(rust_2018_idioms)]
 #![forbid(unsafe_code)]
 
+mod pg_metrics;
 mod postgres;
 mod rows;
 mod sqlite;
@@ -26,6 +27,7 @@ use canarygate_model::state::{AlarmEntry, ApiState};
 use canarygate_model::{Api, Deployment, Domain, Stage, State};
 use tokio::sync::{watch, Mutex};
 
+pub use pg_metrics::{MetricRow, MetricsDb, Reported};
 pub use postgres::{ClusterView, Coordinator, Listener, PostgresBackend, ReplicaInfo, ReplicaRow};
 pub use sqlite::SqliteBackend;
 

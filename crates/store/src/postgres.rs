@@ -51,6 +51,14 @@ INSERT INTO canarygate_lease (name, holder, epoch, expires_at) VALUES ('controll
 CREATE TABLE canarygate_replicas (name TEXT PRIMARY KEY, addresses TEXT NOT NULL, binary_version TEXT NOT NULL,
     config_version BIGINT NOT NULL, started_at TIMESTAMPTZ NOT NULL, heartbeat_at TIMESTAMPTZ NOT NULL, stale_since TIMESTAMPTZ);
 "#,
+    r#"
+CREATE TABLE canarygate_metrics (api TEXT NOT NULL, stage TEXT NOT NULL, variant TEXT NOT NULL, second BIGINT NOT NULL,
+    replica TEXT NOT NULL, counts BIGINT[] NOT NULL, written_at TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (api, stage, variant, second, replica));
+CREATE INDEX canarygate_metrics_written ON canarygate_metrics (written_at);
+CREATE INDEX canarygate_metrics_second ON canarygate_metrics (second);
+ALTER TABLE canarygate_replicas ADD COLUMN metrics_through BIGINT NOT NULL DEFAULT 0;
+"#,
 ];
 
 /// The schema version this build writes.
@@ -62,7 +70,7 @@ impl From<postgres::Error> for StoreError {
     }
 }
 
-fn connect(url: &str) -> Result<Client, StoreError> {
+pub(crate) fn connect(url: &str) -> Result<Client, StoreError> {
     let mut cfg = postgres::Config::from_str(url).map_err(|e| StoreError::Backend(format!("store URL: {e}")))?;
     cfg.connect_timeout(CONNECT_TIMEOUT);
     if cfg.get_application_name().is_none() {
@@ -340,21 +348,26 @@ pub struct ClusterView {
 /// A replica's own connection for the controller lease, its heartbeat and the cluster view (never the
 /// connection a change's transaction is open on).
 pub struct Coordinator {
-    url: String,
-    client: Option<Client>,
+    conn: Conn,
     started_at: chrono::DateTime<chrono::Utc>,
 }
 
-impl Coordinator {
-    pub fn new(url: &str) -> Coordinator {
-        Coordinator {
+/// A connection of its own, made on first use and made again after it was lost.
+pub(crate) struct Conn {
+    url: String,
+    client: Option<Client>,
+}
+
+impl Conn {
+    pub(crate) fn new(url: &str) -> Conn {
+        Conn {
             url: url.to_string(),
             client: None,
-            started_at: chrono::Utc::now(),
         }
     }
 
-    fn with<T>(&mut self, f: impl FnOnce(&mut Client) -> Result<T, postgres::Error>) -> Result<T, StoreError> {
+    /// Runs `f` on the connection; a failure forgets the connection if it was lost.
+    pub(crate) fn with<T>(&mut self, f: impl FnOnce(&mut Client) -> Result<T, postgres::Error>) -> Result<T, StoreError> {
         if self.client.as_ref().is_none_or(Client::is_closed) {
             self.client = Some(connect(&self.url)?);
         }
@@ -364,6 +377,30 @@ impl Coordinator {
             self.client = None;
         }
         Ok(r?)
+    }
+}
+
+impl Drop for Conn {
+    /// Closing the client blocks: never on an async thread.
+    fn drop(&mut self) {
+        if let Some(c) = self.client.take() {
+            let _ = std::thread::Builder::new()
+                .name("canarygate-pg-close".into())
+                .spawn(move || drop(c));
+        }
+    }
+}
+
+impl Coordinator {
+    pub fn new(url: &str) -> Coordinator {
+        Coordinator {
+            conn: Conn::new(url),
+            started_at: chrono::Utc::now(),
+        }
+    }
+
+    fn with<T>(&mut self, f: impl FnOnce(&mut Client) -> Result<T, postgres::Error>) -> Result<T, StoreError> {
+        self.conn.with(f)
     }
 
     /// Takes the controller lease for `holder` (when it is free or expired) or renews it (when
@@ -460,15 +497,5 @@ impl Coordinator {
                 lease_expires_at: lease.get(2),
             })
         })
-    }
-}
-
-impl Drop for Coordinator {
-    fn drop(&mut self) {
-        if let Some(c) = self.client.take() {
-            let _ = std::thread::Builder::new()
-                .name("canarygate-pg-close".into())
-                .spawn(move || drop(c));
-        }
     }
 }
