@@ -9,10 +9,15 @@ when run as root), each with one gateway worker, to an nginx backend:
   failover     a rollout (TimeBasedLinear 10% every 2 s) under way; the leader is SIGKILLed; the time to
                the lease held by another replica (GET /v1/cluster) and to the rollout's record written
                by the new leader; leaseSeconds 3 and 10, 3 runs each
+  reaction     bench/src/bin/reaction-time.rs with REACTION_STORE: three replicas (leaseSeconds 3), load
+               and a rollout to a canary failing 3 of 10 requests sent through a replica that is not the
+               leader; from the canary's first failing request until that replica's stage has no canary
+  cpu          CPU per request of one replica on PostgreSQL (the only replica, so also the leader: it
+               publishes its metrics every second and reads the cluster's back) against one process on
+               SQLite, same config and backend, canary at 10%, one gateway worker each; wrk, interleaved
 
 Imported by harness.py; results go into a marked section of docs/BENCHMARKS.md (kept by full runs of
-the other groups). Rollback reaction time with 3 replicas and PostgreSQL-mode CPU per request are not
-measured yet (cluster-wide metrics are not built: issue 13).
+the other groups).
 """
 
 import glob
@@ -200,6 +205,53 @@ def failover(h, args, work, prod, canary, lease, env, run):
         pg.stop()
 
 
+def reaction(h, args, work, env):
+    pg = Postgres(h, os.path.join(work, "reaction"))
+    try:
+        renv = dict(env, CANARYGATE_BIN=args.bin, REACTION_RUNS=str(2 if args.quick else 10), REACTION_STORE=pg.url)
+        p = subprocess.run([args.reaction_bin], env=renv, capture_output=True, text=True)
+        if p.returncode != 0:
+            raise RuntimeError(f"reaction-time (3 replicas) failed:\n{p.stdout}\n{p.stderr}")
+        print("\n".join("  " + line for line in p.stdout.splitlines() if not line.startswith("{")), flush=True)
+        return json.loads([line for line in p.stdout.splitlines() if line.startswith("{")][-1])["reaction_ms"]
+    finally:
+        pg.stop()
+
+
+def cpu(h, args, work, pg_replica, prod, canary, env):
+    """The PostgreSQL replica (alone) against a SQLite process: CPU per request, interleaved."""
+    port, admin_port = h.free_port(), h.free_port()
+    conf = h.write(f"{work}/sqlite.yaml", f"""server:
+  listen: 127.0.0.1:{port}
+  adminListen: 127.0.0.1:{admin_port}
+  dataDir: {work}/sqlite-data
+  workers: 1
+  accessLog: {{enabled: false}}
+""")
+    svc = h.Service("sqlite", [args.bin, "serve", "--config", conf], work, env=env)
+    try:
+        admin = f"http://127.0.0.1:{admin_port}"
+        deadline = time.time() + 30
+        while True:
+            try:
+                call(f"{admin}/readyz")
+                break
+            except OSError:
+                if time.time() > deadline:
+                    raise
+                time.sleep(0.05)
+        setup(admin, prod, canary)
+        for a in (admin, pg_replica.admin):
+            call(f"{a}/v1/apis/bench/stages/prod", "PATCH", {"patchOperations": [
+                {"op": "replace", "path": "/canarySettings/percentTraffic", "value": "10"}]})
+        targets = [h.Target("sqlite", "canarygate, SQLite store", svc, f"http://127.0.0.1:{port}/bench/prod/x"),
+                   h.Target("postgres", "canarygate, PostgreSQL store (sole replica)", pg_replica.service,
+                            f"{pg_replica.gateway}/bench/prod/x")]
+        return h.interleaved(targets, args.reps, args.duration, args.warmup, args.conns, lambda t: t.url)
+    finally:
+        svc.stop()
+
+
 def run(h, args, work):
     services = []
     env = dict(os.environ, CANARYGATE_WORKER_THREADS="1", CANARYGATE_LOG="warn")
@@ -219,8 +271,14 @@ def run(h, args, work):
         delays = propagation(replicas, n)
         print(f"  propagation over {n} changes: p50 {statistics.median(delays) * 1000:.1f} ms, "
               f"p99 {sorted(delays)[int(0.99 * (len(delays) - 1))] * 1000:.1f} ms, max {max(delays) * 1000:.1f} ms", flush=True)
-        for r in replicas:
+        # The CPU comparison on replica 1 alone (it becomes the leader once the others stop).
+        for r in replicas[1:]:
             r.service.stop()
+        while call(f"{replicas[0].admin}/v1/cluster").get("leader") != replicas[0].name:
+            time.sleep(0.1)
+        cpu_runs = cpu(h, args, work, replicas[0], prod, canary, env)
+        replicas[0].service.stop()
+        reaction_ms = reaction(h, args, work, env)
         runs = []
         for lease in ((3,) if args.quick else (3, 10)):
             for i in range(1 if args.quick else 3):
@@ -228,7 +286,7 @@ def run(h, args, work):
                 print(f"  failover, leaseSeconds {lease}, run {i + 1}: lease taken over after {f['takeover_s']:.2f} s, "
                       f"the rollout's record written by the new leader after {f['first_write_s']:.2f} s", flush=True)
                 runs.append(f)
-        return {"propagation_s": delays, "failover": runs}
+        return {"propagation_s": delays, "failover": runs, "reaction_ms": reaction_ms, "cpu": cpu_runs}
     finally:
         for s in reversed(services):
             s.stop()
@@ -255,7 +313,26 @@ def section(res, cmdline, env=None):
         target = f["lease"] + 2
         out.append(f"| {f['lease']} | {i % 3 + 1} | {f['takeover_s']:.2f} s | {f['first_write_s']:.2f} s | "
                    f"{'met' if f['first_write_s'] <= target else 'MISSED'} |")
-    out += ["", "Not measured yet: rollback reaction time with 3 replicas (errors through a replica that is not "
-            "the leader) and per-request CPU in PostgreSQL mode against SQLite mode — alarms do not read "
-            "cluster-wide metrics yet, and the request path does no PostgreSQL work (issue 13).", END]
+    r = sorted(res["reaction_ms"])
+    out += ["", "*Rollback reaction with 3 replicas*: `reaction-time` (as in the reaction group) on three "
+            "replicas (leaseSeconds 3); the load and the rollout go through a replica that is not the leader, "
+            "so the leader sees the canary's errors only in the seconds that replica publishes (once a "
+            "second); timed from the canary's first failing request until that replica serves no canary.", "",
+            "| runs | median | min | max | target |", "|---|---|---|---|---|",
+            f"| {len(r)} | {statistics.median(r):.0f} ms | {r[0]:.0f} ms | {r[-1]:.0f} ms | ≤ 3 s — "
+            f"{'met' if r[-1] <= 3000 else 'MISSED'} |", ""]
+    c = res["cpu"]
+    sq = statistics.median(x["cpu_us"] for x in c["sqlite"])
+    pq = statistics.median(x["cpu_us"] for x in c["postgres"])
+    ratios = [p["cpu_us"] / s["cpu_us"] for s, p in zip(c["sqlite"], c["postgres"])]
+    out += ["*CPU per request, PostgreSQL mode against SQLite mode*: one replica on PostgreSQL (alone, so "
+            "it is also the leader: it publishes its seconds and reads the cluster's back every second) and "
+            "one process on SQLite, same routes, canary at 10%, one gateway worker each, wrk "
+            f"({len(c['sqlite'])} interleaved rounds).", "",
+            "| store | CPU µs/request (median) | requests/s (median) |", "|---|---|---|",
+            f"| SQLite | {sq:.1f} | {statistics.median(x['rps'] for x in c['sqlite']):,.0f} |",
+            f"| PostgreSQL | {pq:.1f} | {statistics.median(x['rps'] for x in c['postgres']):,.0f} |", "",
+            f"PostgreSQL/SQLite per round: {', '.join(f'{x:.3f}' for x in ratios)}; median "
+            f"{statistics.median(ratios):.3f} (target within 5% — "
+            f"{'met' if statistics.median(ratios) <= 1.05 else 'MISSED'}).", END]
     return "\n".join(out) + "\n"

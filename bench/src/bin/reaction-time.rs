@@ -6,7 +6,13 @@
 //! and measures the time from v2's first 500 to the moment the stage's canary is gone (polled every
 //! 5 ms). Repeats `REACTION_RUNS` times (default 10) and reports every run, the median, min and max.
 //!
-//! Usage: `bash bench/run --only reaction` (builds, then runs this).
+//! With `REACTION_STORE=postgres://...` it starts three replicas on that database instead (each with one
+//! gateway worker, `leaseSeconds` 3) and sends the load and the rollout through a replica that is not
+//! the leader, so the leader judges the canary only from the seconds the others publish; the canary is
+//! "gone" when that replica's stage has none.
+//!
+//! Usage: `bash bench/run --only reaction` (builds, then runs this); `bash bench/run --only cluster`
+//! runs it with three replicas.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -68,13 +74,12 @@ async fn call(c: &reqwest::Client, method: reqwest::Method, url: String, body: O
     Ok(v)
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
-    let exe = std::env::var("CANARYGATE_BIN").context("set CANARYGATE_BIN to the canarygate binary (bench/run does)")?;
-    let dir = std::env::temp_dir().join(format!("canarygate-reaction-{}", std::process::id()));
-    let mut child = Command::new(&exe)
+/// Starts `canarygate serve` with `extra` arguments; the process and its gateway and admin URLs.
+fn start(exe: &str, dir: &std::path::Path, extra: &[&str]) -> Result<(std::process::Child, String, String)> {
+    let mut child = Command::new(exe)
         .args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--data-dir"])
-        .arg(&dir)
+        .arg(dir)
+        .args(extra)
         .env("CANARYGATE_LOG", "warn")
         .stdout(Stdio::piped())
         .spawn()?;
@@ -89,9 +94,53 @@ async fn main() -> Result<()> {
         }
     }
     std::thread::spawn(move || for _ in lines {});
-    let result = run(&gw, &admin).await;
-    let _ = child.kill();
-    let _ = child.wait();
+    Ok((child, gw, admin))
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let exe = std::env::var("CANARYGATE_BIN").context("set CANARYGATE_BIN to the canarygate binary (bench/run does)")?;
+    let dir = std::env::temp_dir().join(format!("canarygate-reaction-{}", std::process::id()));
+    let store = std::env::var("REACTION_STORE").ok().filter(|s| !s.is_empty());
+    let mut children = Vec::new();
+    let result = async {
+        let Some(url) = &store else {
+            let (child, gw, admin) = start(&exe, &dir, &[])?;
+            children.push(child);
+            return run(&gw, &admin).await;
+        };
+        let mut replicas = Vec::new();
+        for i in 1..=3 {
+            let d = dir.join(format!("r{i}"));
+            std::fs::create_dir_all(&d)?;
+            let cfg = d.join("config.yaml");
+            std::fs::write(&cfg, format!("server:\n  replicaName: r{i}\n  leaseSeconds: 3\n"))?;
+            let (child, gw, admin) = start(&exe, &d, &["--store", url, "--config", cfg.to_str().unwrap_or_default()])?;
+            children.push(child);
+            replicas.push((format!("r{i}"), gw, admin));
+        }
+        // Through a replica that is not the leader.
+        let c = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let leader = loop {
+            let v = call(&c, reqwest::Method::GET, format!("{}/v1/cluster", replicas[0].2), None).await?;
+            if let (Some(l), Some(3)) = (v["leader"].as_str(), v["replicas"].as_array().map(Vec::len)) {
+                break l.to_string();
+            }
+            if Instant::now() > deadline {
+                bail!("the three replicas did not elect a leader within 30 s: {v}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let (name, gw, admin) = replicas.iter().find(|r| r.0 != leader).context("no follower")?;
+        println!("three replicas on PostgreSQL; leader {leader}, load and rollouts through {name}");
+        run(gw, admin).await
+    }
+    .await;
+    for mut child in children {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
     let _ = std::fs::remove_dir_all(&dir);
     result
 }
