@@ -251,6 +251,10 @@ fn publish_metrics(metrics: Arc<Registry>, url: &str, replica: String, shutdown:
     let mut db = canarygate_store::MetricsDb::new(url);
     let spawned = std::thread::Builder::new().name("canarygate-metrics".into()).spawn(move || {
         let mut sent: HashMap<(SeriesKey, u64), SecondCounts> = HashMap::new();
+        // Per series: its activity when last looked at, and how many more rounds to look at its
+        // seconds (two after any change: a request being recorded while its slot was read is picked
+        // up by the next round). An idle series costs one read.
+        let mut seen: HashMap<SeriesKey, (u64, u8)> = HashMap::new();
         let mut failing = false;
         loop {
             let last = *shutdown.borrow();
@@ -265,8 +269,19 @@ fn publish_metrics(metrics: Arc<Registry>, url: &str, replica: String, shutdown:
             let now_sec = Utc::now().timestamp().max(0) as u64;
             let from = now_sec.saturating_sub(REPUBLISH_SECS);
             let mut changed = Vec::new();
-            for key in metrics.keys() {
+            let keys = metrics.keys();
+            seen.retain(|k, _| keys.binary_search(k).is_ok());
+            for key in keys {
                 let Some(series) = metrics.get(&key) else { continue };
+                let activity = series.activity();
+                let (last, rounds) = seen.entry(key.clone()).or_insert((u64::MAX, 0));
+                if *last != activity {
+                    (*last, *rounds) = (activity, 2);
+                }
+                if *rounds == 0 {
+                    continue;
+                }
+                *rounds -= 1;
                 for sec in from..now_sec {
                     let Some(c) = series.second(sec) else { continue };
                     if sent.get(&(key.clone(), sec)) != Some(&c) {
@@ -287,6 +302,8 @@ fn publish_metrics(metrics: Arc<Registry>, url: &str, replica: String, shutdown:
                         tracing::warn!(error = %e, "cannot publish metrics to PostgreSQL; retrying every second");
                         failing = true;
                     }
+                    // Every series is looked at again next round.
+                    seen.clear();
                 }
             }
             sent.retain(|(_, s), _| *s >= from);

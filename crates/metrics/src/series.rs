@@ -434,6 +434,15 @@ impl Series {
         self.totals.mirror_skipped.fetch_add(1, Relaxed);
     }
 
+    /// A number that grows whenever a request or a mirrored pair is recorded (the cumulative totals
+    /// added up): a reader that saw it unchanged knows no second changed in between.
+    pub fn activity(&self) -> u64 {
+        let t = &self.totals;
+        t.by_class.iter().map(|c| c.load(Relaxed)).sum::<u64>()
+            + t.pairs_copy_failed.load(Relaxed)
+            + t.pairs_original_failed.load(Relaxed)
+    }
+
     /// (dropped, skipped) copies so far.
     pub fn mirror_counts(&self) -> (u64, u64) {
         (self.totals.mirror_dropped.load(Relaxed), self.totals.mirror_skipped.load(Relaxed))
