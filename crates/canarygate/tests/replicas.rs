@@ -376,6 +376,21 @@ async fn the_cluster_names_its_replicas_and_one_leader_and_a_killed_leader_is_re
         .filter(|e| e["status"] == "Succeeded")
         .count();
     assert_eq!(succeeded, 1, "{r}");
+    // The step's wait counted only watched time: the new leader noted the gap (the lease running out),
+    // and the step moved on only after the rest of its 6 s had been watched after that.
+    let events = r["events"].as_array().unwrap();
+    let resumed = events
+        .iter()
+        .position(|e| e["reason"].as_str().unwrap().contains("resumed after a gap"))
+        .unwrap_or_else(|| panic!("no gap event: {r}"));
+    let gap = &events[resumed];
+    assert!(gap["observed"]["gapMs"].as_i64().unwrap() > 2000, "{gap}");
+    let watched = gap["observed"]["watchedMs"].as_i64().unwrap();
+    assert!(watched < 6000, "{gap}");
+    let moved = events[resumed..].iter().find(|e| e["weight"] == 100.0).unwrap_or_else(|| panic!("{r}"));
+    let at = |e: &Value| chrono::DateTime::parse_from_rfc3339(e["time"].as_str().unwrap()).unwrap();
+    let after = (at(moved) - at(gap)).num_milliseconds();
+    assert!(after >= 6000 - watched - 100, "moved on {after} ms after resuming with {watched} ms watched: {r}");
     for (_, s) in &replicas {
         let st = ok(&c, s, "GET", "/v1/apis/orders/stages/prod", None).await;
         assert_eq!(st["deploymentId"], d2["id"], "{st}");
