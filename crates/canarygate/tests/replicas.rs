@@ -1,7 +1,11 @@
 //! Several replicas on one real PostgreSQL server (PRODUCT.md §10), started by the test harness with
 //! `initdb`/`postgres` on a free port: a change through one replica is served by the others, concurrent
 //! changes through two replicas lose nothing, replicas started at once migrate the database once, and a
-//! binary older than the database's schema refuses to start naming both versions.
+//! binary older than the database's schema refuses to start naming both versions; one leader runs the
+//! controller (a killed one is replaced mid-rollout, a paused one steps down, a deposed one's late
+//! write is refused, a pending hook is called again with its id); canary errors sent only through a
+//! replica that is not the leader roll the rollout back (cluster-wide metrics); a database outage
+//! fails no request.
 
 mod common;
 
@@ -387,10 +391,16 @@ async fn the_cluster_names_its_replicas_and_one_leader_and_a_killed_leader_is_re
     assert!(gap["observed"]["gapMs"].as_i64().unwrap() > 2000, "{gap}");
     let watched = gap["observed"]["watchedMs"].as_i64().unwrap();
     assert!(watched < 6000, "{gap}");
-    let moved = events[resumed..].iter().find(|e| e["weight"] == 100.0).unwrap_or_else(|| panic!("{r}"));
+    let moved = events[resumed..]
+        .iter()
+        .find(|e| e["weight"] == 100.0)
+        .unwrap_or_else(|| panic!("{r}"));
     let at = |e: &Value| chrono::DateTime::parse_from_rfc3339(e["time"].as_str().unwrap()).unwrap();
     let after = (at(moved) - at(gap)).num_milliseconds();
-    assert!(after >= 6000 - watched - 100, "moved on {after} ms after resuming with {watched} ms watched: {r}");
+    assert!(
+        after >= 6000 - watched - 100,
+        "moved on {after} ms after resuming with {watched} ms watched: {r}"
+    );
     for (_, s) in &replicas {
         let st = ok(&c, s, "GET", "/v1/apis/orders/stages/prod", None).await;
         assert_eq!(st["deploymentId"], d2["id"], "{st}");
@@ -682,6 +692,18 @@ async fn a_hook_pending_at_a_takeover_is_called_again_with_its_execution_id() {
     let calls = calls.lock().unwrap().clone();
     assert_eq!(calls.len(), 2, "{calls:?}");
     assert_eq!(calls[0], calls[1], "the same execution id both times");
+    // The execution completed once: one success in the record, and the rollout's hook is that id.
+    let events = r["events"].as_array().unwrap();
+    let succeeded = events.iter().filter(|e| e["reason"] == "BeforeAllowTraffic hook succeeded").count();
+    assert_eq!(succeeded, 1, "{r}");
+    let called = events
+        .iter()
+        .filter(|e| e["reason"].as_str().unwrap().contains("hook") && e["reason"].as_str().unwrap().ends_with("called"))
+        .count();
+    assert_eq!(
+        called, 1,
+        "one execution in the record, called again by the new leader without a new id: {r}"
+    );
 }
 
 /// The sum of `canarygate_requests_total` lines of a replica's own `/metrics` whose labels contain
@@ -804,4 +826,70 @@ async fn canary_errors_through_a_replica_that_is_not_the_leader_roll_it_back() {
     }
     let alarm = ok(&c, on_leader, "GET", "/v1/alarms/canary-5xx", None).await;
     assert!(alarm["history"].as_array().unwrap().iter().any(|h| h["to"] == "ALARM"), "{alarm}");
+}
+
+/// Opens the store two replicas would, on the shared database (off the async threads: it blocks).
+async fn open_store(url: &str) -> std::sync::Arc<canarygate_store::Store> {
+    let url = url.to_string();
+    tokio::task::spawn_blocking(move || {
+        let backend = canarygate_store::PostgresBackend::open(&url).unwrap();
+        std::sync::Arc::new(canarygate_store::Store::open(Box::new(backend), Box::new(|_| {})).unwrap())
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deposed_leaders_late_write_is_refused_and_changes_nothing() {
+    use canarygate_store::{Coordinator, Fence, StoreError};
+    let pg = postgres();
+    let url = pg.database();
+    let (a, b) = (open_store(&url).await, open_store(&url).await);
+    let lease = |c: &mut Coordinator, who: &str| c.acquire(who, Duration::from_secs(2)).unwrap();
+    let (u1, u2) = (url.clone(), url.clone());
+    let (mut ca, mut cb) = tokio::task::spawn_blocking(move || (Coordinator::new(&u1), Coordinator::new(&u2)))
+        .await
+        .unwrap();
+    let put = |name: &'static str| move |s: &mut canarygate_model::State| s.put_api(name, Vec::new(), chrono::Utc::now());
+
+    // Replica a leads (epoch e) and writes under its fence.
+    let (epoch, _) = tokio::task::block_in_place(|| lease(&mut ca, "a")).expect("a takes the free lease");
+    let fence_a = Fence { holder: "a".into(), epoch };
+    a.mutate_fenced(&fence_a, put("by-a")).await.unwrap();
+    assert_eq!(tokio::task::block_in_place(|| lease(&mut cb, "b")), None, "held by a");
+
+    // a stops renewing (paused); once the lease has run out, b takes it over with a new epoch.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (epoch_b, _) = loop {
+        if let Some(held) = tokio::task::block_in_place(|| lease(&mut cb, "b")) {
+            break held;
+        }
+        assert!(Instant::now() < deadline, "b never took the lease over");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(epoch_b, epoch + 1);
+
+    // a's late write, under its old fence, is refused and changes nothing; b's goes through.
+    let version = {
+        b.sync().await.unwrap();
+        b.version().await
+    };
+    let late = a.mutate_fenced(&fence_a, put("late-by-a")).await;
+    assert!(
+        matches!(&late, Err(StoreError::Fenced { holder, epoch: e }) if holder == "a" && *e == epoch),
+        "{late:?}"
+    );
+    b.sync().await.unwrap();
+    assert_eq!(b.version().await, version, "nothing was written");
+    assert!(!b.current().apis.contains_key("late-by-a"));
+    let fence_b = Fence {
+        holder: "b".into(),
+        epoch: epoch_b,
+    };
+    b.mutate_fenced(&fence_b, put("by-b")).await.unwrap();
+    a.sync().await.unwrap();
+    assert!(a.current().apis.contains_key("by-a") && a.current().apis.contains_key("by-b"));
+    assert!(!a.current().apis.contains_key("late-by-a"));
+    // The Coordinators' connections are closed off the async threads (their Drop does so).
+    drop((ca, cb));
 }

@@ -438,9 +438,7 @@ impl Series {
     /// added up): a reader that saw it unchanged knows no second changed in between.
     pub fn activity(&self) -> u64 {
         let t = &self.totals;
-        t.by_class.iter().map(|c| c.load(Relaxed)).sum::<u64>()
-            + t.pairs_copy_failed.load(Relaxed)
-            + t.pairs_original_failed.load(Relaxed)
+        t.by_class.iter().map(|c| c.load(Relaxed)).sum::<u64>() + t.pairs_copy_failed.load(Relaxed) + t.pairs_original_failed.load(Relaxed)
     }
 
     /// (dropped, skipped) copies so far.
