@@ -893,3 +893,84 @@ async fn a_deposed_leaders_late_write_is_refused_and_changes_nothing() {
     // The Coordinators' connections are closed off the async threads (their Drop does so).
     drop((ca, cb));
 }
+
+/// `canarygate serve` on `url` that is expected to fail to start: its stderr.
+fn refused_to_start(dir: &std::path::Path, url: &str) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_canarygate"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--store",
+            url,
+            "--data-dir",
+        ])
+        .arg(dir)
+        .env("CANARYGATE_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "started on {url}");
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    eprintln!("refused: {}", err.lines().last().unwrap_or_default());
+    err
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_reaches_postgresql_over_verified_tls_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new(dir.path());
+    let (cert, key) = ca.issue("db", "localhost");
+    let pg = OwnPostgres::start_tls(&cert, &key);
+    let base = format!("postgres://postgres@localhost:{}/canarygate", pg.port);
+
+    // This server rejects plain TCP: a URL without sslmode does not start.
+    let err = refused_to_start(&dir.path().join("plain"), &base);
+    assert!(err.contains("no encryption") || err.contains("pg_hba"), "{err}");
+    // A CA that did not sign the server's certificate: refused, the certificate named as the reason.
+    let other = tempfile::tempdir().unwrap();
+    Ca::new(other.path());
+    let wrong = format!("{base}?sslmode=verify-full&sslrootcert={}", other.path().join("ca.pem").display());
+    let err = refused_to_start(&dir.path().join("wrong"), &wrong);
+    assert!(err.to_lowercase().contains("certificate"), "{err}");
+    // The right CA, but a name the certificate is not for: refused too (verify-full).
+    let ca_pem = dir.path().join("ca.pem");
+    let by_ip = format!(
+        "postgres://postgres@127.0.0.1:{}/canarygate?sslmode=verify-full&sslrootcert={}",
+        pg.port,
+        ca_pem.display()
+    );
+    let err = refused_to_start(&dir.path().join("by-ip"), &by_ip);
+    assert!(err.to_lowercase().contains("certificate"), "{err}");
+
+    // The right CA and name: the replica serves, and every connection it holds to the database is TLS.
+    let url = format!("{base}?sslmode=verify-full&sslrootcert={}", ca_pem.display());
+    let s = start_replica(dir.path(), "tls", &url);
+    let c = client();
+    ok(
+        &c,
+        &s,
+        "PUT",
+        "/v1/apis/orders",
+        Some(json!({"routes": [{"path": "/{proxy+}", "integration": {"type": "mock", "status": 200}}]})),
+    )
+    .await;
+    assert_eq!(ok(&c, &s, "GET", "/v1/cluster", None).await["store"], "postgres");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let counts = pg.psql(
+            "SELECT count(*) FILTER (WHERE s.ssl), count(*) FILTER (WHERE NOT s.ssl)
+               FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid) WHERE a.application_name = 'canarygate'",
+        );
+        let (tls, plain) = counts.split_once('|').unwrap();
+        assert_eq!(plain, "0", "{counts}");
+        // Changes, LISTEN, lease and heartbeat, metrics publisher (and the leader's metrics reader).
+        if tls.parse::<u32>().unwrap() >= 4 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{counts}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(pg.psql("SELECT count(*) FROM apis WHERE name = 'orders'"), "1");
+}

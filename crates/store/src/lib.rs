@@ -13,6 +13,7 @@
 #![forbid(unsafe_code)]
 
 mod pg_metrics;
+mod pg_tls;
 mod postgres;
 mod rows;
 mod sqlite;

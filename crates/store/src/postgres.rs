@@ -10,13 +10,13 @@
 //! advisory lock, so replicas started at once migrate the database once; a binary whose schema is older
 //! than the database's refuses to start, naming both versions.
 
-use std::str::FromStr as _;
 use std::time::Duration;
 
 use canarygate_model::State;
 use postgres::fallible_iterator::FallibleIterator as _;
-use postgres::{Client, NoTls};
+use postgres::Client;
 
+use crate::pg_tls::connect;
 use crate::rows::{row_ops, Dialect, Rows, Value, READS};
 use crate::{Backend, Change, Fence, StoreError};
 
@@ -26,8 +26,6 @@ const LEASE: &str = "controller";
 const CHANNEL: &str = "canarygate_changes";
 /// The advisory lock migrations run under (held by their transaction only).
 const MIGRATION_LOCK: i64 = 0x6361_6e61_7279_6761; // "canaryga"
-/// Connecting gives up after this long.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Migrations, in order; migration `i` brings the schema to version `i + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -65,18 +63,20 @@ ALTER TABLE canarygate_replicas ADD COLUMN metrics_through BIGINT NOT NULL DEFAU
 pub const SCHEMA_VERSION: usize = MIGRATIONS.len();
 
 impl From<postgres::Error> for StoreError {
+    /// With the server's message (a bare `db error` says nothing) or the causes (a TLS handshake's
+    /// certificate problem).
     fn from(e: postgres::Error) -> Self {
-        StoreError::Backend(format!("PostgreSQL: {e}"))
+        if let Some(db) = e.as_db_error() {
+            return StoreError::Backend(format!("PostgreSQL: {} ({})", db.message(), db.code().code()));
+        }
+        let mut msg = format!("PostgreSQL: {e}");
+        let mut cause = std::error::Error::source(&e);
+        while let Some(c) = cause {
+            msg.push_str(&format!(": {c}"));
+            cause = c.source();
+        }
+        StoreError::Backend(msg)
     }
-}
-
-pub(crate) fn connect(url: &str) -> Result<Client, StoreError> {
-    let mut cfg = postgres::Config::from_str(url).map_err(|e| StoreError::Backend(format!("store URL: {e}")))?;
-    cfg.connect_timeout(CONNECT_TIMEOUT);
-    if cfg.get_application_name().is_none() {
-        cfg.application_name("canarygate");
-    }
-    Ok(cfg.connect(NoTls)?)
 }
 
 /// Brings the database's schema to this build's version, once, whoever else is starting.

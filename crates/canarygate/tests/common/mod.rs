@@ -872,13 +872,17 @@ impl Postgres {
 
     /// Runs SQL on a database (psql), returning its unaligned output.
     pub fn psql(&self, url: &str, sql: &str) -> String {
-        let out = Command::new(self.bin.join("psql"))
-            .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d", url, "-c", sql])
-            .output()
-            .expect("psql");
-        assert!(out.status.success(), "psql {sql}: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
+        psql_with(&self.bin, url, sql)
     }
+}
+
+fn psql_with(bin: &Path, url: &str, sql: &str) -> String {
+    let out = Command::new(bin.join("psql"))
+        .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d", url, "-c", sql])
+        .output()
+        .expect("psql");
+    assert!(out.status.success(), "psql {sql}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 /// A PostgreSQL server of a test's own (for a test that stops and starts it), run with `pg_ctl`;
@@ -891,6 +895,34 @@ pub struct OwnPostgres {
 
 impl OwnPostgres {
     pub fn start() -> OwnPostgres {
+        Self::start_with(|_| {})
+    }
+
+    /// A server that accepts only TLS connections over TCP (`hostssl`; plain ones are rejected),
+    /// serving `cert` and `key`.
+    pub fn start_tls(cert: &Path, key: &Path) -> OwnPostgres {
+        Self::start_with(|data| {
+            std::fs::copy(cert, data.join("server.crt")).unwrap();
+            std::fs::copy(key, data.join("server.key")).unwrap();
+            let _ = Command::new("chown")
+                .args(["postgres:postgres"])
+                .arg(data.join("server.crt"))
+                .arg(data.join("server.key"))
+                .status();
+            let _ = Command::new("chmod").arg("600").arg(data.join("server.key")).status();
+            let mut conf = std::fs::read_to_string(data.join("postgresql.conf")).unwrap();
+            conf.push_str("\nssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n");
+            std::fs::write(data.join("postgresql.conf"), conf).unwrap();
+            std::fs::write(
+                data.join("pg_hba.conf"),
+                "local all all trust\nhostssl all all 127.0.0.1/32 trust\nhostnossl all all 127.0.0.1/32 reject\n",
+            )
+            .unwrap();
+        })
+    }
+
+    /// Runs `setup` on the data directory after `initdb`, before the server starts.
+    fn start_with(setup: impl FnOnce(&Path)) -> OwnPostgres {
         let bin = postgres_bin();
         let dir = tempfile::Builder::new().prefix("canarygate-pg-own-").tempdir().unwrap().keep();
         let _ = Command::new("chown").args(["-R", "postgres:postgres"]).arg(&dir).status();
@@ -901,6 +933,7 @@ impl OwnPostgres {
             .output()
             .expect("initdb");
         assert!(out.status.success(), "initdb failed: {}", String::from_utf8_lossy(&out.stderr));
+        setup(&dir.join("data"));
         let pg = OwnPostgres {
             port: closed_port().port(),
             bin,
@@ -908,6 +941,7 @@ impl OwnPostgres {
         };
         pg.up();
         let out = Command::new(pg.bin.join("createdb"))
+            .env("PGSSLMODE", "prefer")
             .args(["-h", "127.0.0.1", "-p", &pg.port.to_string(), "-U", "postgres", "canarygate"])
             .output()
             .expect("createdb");
@@ -917,6 +951,11 @@ impl OwnPostgres {
 
     pub fn url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}/canarygate", self.port)
+    }
+
+    /// Runs SQL on its database (psql, over TLS when the server offers it).
+    pub fn psql(&self, sql: &str) -> String {
+        psql_with(&self.bin, &format!("{}?sslmode=prefer", self.url()), sql)
     }
 
     fn pg_ctl(&self, args: &[&str]) -> std::process::Output {
