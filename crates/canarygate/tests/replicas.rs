@@ -974,3 +974,62 @@ async fn a_replica_reaches_postgresql_over_verified_tls_only() {
     }
     assert_eq!(pg.psql("SELECT count(*) FROM apis WHERE name = 'orders'"), "1");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alarm_evaluated_without_a_silent_replica_names_it() {
+    let pg = postgres();
+    let url = pg.database();
+    let dir = tempfile::tempdir().unwrap();
+    // leaseSeconds 10: a replica stays live (in the cluster) for 10 s after its last heartbeat.
+    let replicas: Vec<(String, Server)> = ["q1", "q2", "q3"]
+        .iter()
+        .map(|n| (n.to_string(), start_leased(dir.path(), n, &url, 10)))
+        .collect();
+    let prod = Backend::start("v1", Behaviour::Echo).await;
+    let c = client();
+    let a = &replicas[0].1;
+    rollout_ready(&c, a, &prod).await;
+    ok(
+        &c,
+        a,
+        "PUT",
+        "/v1/alarms/prod-count",
+        Some(
+            json!({"api": "orders", "stage": "prod", "variant": "production", "metric": "Count", "statistic": "Sum",
+                    "periodSeconds": 1, "evaluationPeriods": 1, "datapointsToAlarm": 1,
+                    "comparison": "GreaterThanThreshold", "threshold": 1000}),
+        ),
+    )
+    .await;
+    let leader = cluster_of(&c, a, 3).await["leader"].as_str().unwrap().to_string();
+    let (silent, s) = replicas.iter().find(|(n, _)| *n != leader).unwrap();
+    let on_leader = &replicas.iter().find(|(n, _)| *n == leader).unwrap().1;
+    let note = format!("Evaluated without replica {silent}");
+    let alarm = ok(&c, on_leader, "GET", "/v1/alarms/prod-count", None).await;
+    assert!(!alarm.to_string().contains(&note), "{alarm}");
+
+    // The replica stops publishing (paused) but is still live: after 2 s the leader evaluates
+    // without it and says so.
+    let pid = s.child.id().to_string();
+    assert!(std::process::Command::new("kill").args(["-STOP", &pid]).status().unwrap().success());
+    let deadline = Instant::now() + Duration::from_secs(8);
+    loop {
+        let alarm = ok(&c, on_leader, "GET", "/v1/alarms/prod-count", None).await;
+        if alarm.to_string().contains(&note) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the reason never named {silent}: {alarm}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(std::process::Command::new("kill").args(["-CONT", &pid]).status().unwrap().success());
+    // Publishing again, it is no longer missing.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let alarm = ok(&c, on_leader, "GET", "/v1/alarms/prod-count", None).await;
+        if !alarm.to_string().contains(&note) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{silent} still named after it resumed: {alarm}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
