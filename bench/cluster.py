@@ -74,6 +74,19 @@ def call(url, method="GET", body=None):
         return json.loads(r.read() or b"null")
 
 
+def wait_ready(admin):
+    """Waits (up to 30 s) until the admin listener answers /readyz."""
+    deadline = time.time() + 30
+    while True:
+        try:
+            call(f"{admin}/readyz")
+            return
+        except OSError:
+            if time.time() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 class Replica:
     def __init__(self, h, args, work, pg, name, lease, env):
         self.name = name
@@ -91,15 +104,7 @@ class Replica:
         self.service = h.Service(name, [args.bin, "serve", "--config", conf], work, env=env)
         self.admin = f"http://127.0.0.1:{self.admin_port}"
         self.gateway = f"http://127.0.0.1:{self.port}"
-        deadline = time.time() + 30
-        while True:
-            try:
-                call(f"{self.admin}/readyz")
-                break
-            except OSError:
-                if time.time() > deadline:
-                    raise
-                time.sleep(0.05)
+        wait_ready(self.admin)
 
 
 def setup(admin, prod, canary=None):
@@ -231,15 +236,7 @@ def cpu(h, args, work, pg_replica, prod, canary, env):
     svc = h.Service("sqlite", [args.bin, "serve", "--config", conf], work, env=env)
     try:
         admin = f"http://127.0.0.1:{admin_port}"
-        deadline = time.time() + 30
-        while True:
-            try:
-                call(f"{admin}/readyz")
-                break
-            except OSError:
-                if time.time() > deadline:
-                    raise
-                time.sleep(0.05)
+        wait_ready(admin)
         setup(admin, prod, canary)
         for a in (admin, pg_replica.admin):
             call(f"{a}/v1/apis/bench/stages/prod", "PATCH", {"patchOperations": [

@@ -416,26 +416,7 @@ async fn a_rollout_rolls_back_a_failing_grpc_canary() {
     let c = client();
     setup(&c, &s, &dir.path().join("ca.pem"), v1.addr, None, plain.addr).await;
     let d2 = ok(&c, &s, "POST", "/v1/apis/orders/deployments", Some(json!({"description": "v2"}))).await;
-    ok(
-        &c,
-        &s,
-        "PUT",
-        "/v1/deployment-configs/Canary20Percent30Seconds",
-        Some(json!({"type": "TimeBasedCanary", "percentage": 20, "intervalSeconds": 30})),
-    )
-    .await;
-    ok(
-        &c,
-        &s,
-        "PUT",
-        "/v1/alarms/canary-5xx",
-        Some(
-            json!({"api": "orders", "stage": "prod", "variant": "canary", "metric": "5XXError", "statistic": "Average",
-                    "periodSeconds": 1, "evaluationPeriods": 3, "datapointsToAlarm": 2,
-                    "comparison": "GreaterThanThreshold", "threshold": 0.05}),
-        ),
-    )
-    .await;
+    canary_plan_and_alarm(&c, &s, "Canary20Percent30Seconds", 30).await;
 
     // Steady gRPC load: production answers; the canary fails every call with UNAVAILABLE.
     let stop = Arc::new(AtomicBool::new(false));

@@ -125,11 +125,7 @@ async fn setup_and_start(c: &reqwest::Client, s: &Server, production: &Backend, 
     let d2 = ok(c, s, "POST", "/v1/apis/orders/deployments", Some(json!({}))).await;
     let stage = json!({"deploymentId": d1["id"], "variables": {"backend": production.addr.to_string()}});
     ok(c, s, "PUT", "/v1/apis/orders/stages/prod", Some(stage)).await;
-    let plan = json!({"type": "TimeBasedCanary", "percentage": 20, "intervalSeconds": 30});
-    ok(c, s, "PUT", "/v1/deployment-configs/Canary20Percent30Seconds", Some(plan)).await;
-    let alarm = json!({"api": "orders", "stage": "prod", "variant": "canary", "metric": "5XXError", "statistic": "Average",
-        "periodSeconds": 1, "evaluationPeriods": 3, "datapointsToAlarm": 2, "comparison": "GreaterThanThreshold", "threshold": 0.05});
-    ok(c, s, "PUT", "/v1/alarms/canary-5xx", Some(alarm)).await;
+    canary_plan_and_alarm(c, s, "Canary20Percent30Seconds", 30).await;
     // A bad secret is refused, naming the field and not echoing it.
     let (status, e) = admin(
         c,

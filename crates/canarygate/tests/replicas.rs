@@ -272,6 +272,16 @@ async fn cluster_of(c: &reqwest::Client, s: &Server, n: usize) -> Value {
     }
 }
 
+/// The replica that leads (once `GET /v1/cluster` lists them all) and one that does not.
+async fn leader_and_follower<'a>(c: &reqwest::Client, replicas: &'a [(String, Server)]) -> (&'a (String, Server), &'a (String, Server)) {
+    let leader = cluster_of(c, &replicas[0].1, replicas.len()).await["leader"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let pick = |lead: bool| replicas.iter().find(|(n, _)| (*n == leader) == lead).unwrap();
+    (pick(true), pick(false))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cluster_names_its_replicas_and_one_leader_and_a_killed_leader_is_replaced_mid_rollout() {
     let pg = postgres();
@@ -418,8 +428,16 @@ async fn a_lone_process_on_sqlite_is_its_own_cluster_and_leader() {
     assert_eq!(v["store"], "sqlite", "{v}");
     assert_eq!(v["leader"], "solo");
     assert_eq!(v["replicas"][0]["name"], "solo");
-    let r = c.get(format!("{}/readyz", s.admin)).send().await.unwrap();
-    assert_eq!(r.status(), 200);
+    // Ready once its workers run (the listeners are printed a moment before).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let r = loop {
+        let r = c.get(format!("{}/readyz", s.admin)).send().await.unwrap();
+        if r.status() == 200 {
+            break r;
+        }
+        assert!(Instant::now() < deadline, "never ready: {}", r.status());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     let body: Value = r.json().await.unwrap();
     assert!(body.get("staleSince").is_none(), "{body}");
     // A bad lease length is refused naming the field.
@@ -750,29 +768,8 @@ async fn canary_errors_through_a_replica_that_is_not_the_leader_roll_it_back() {
     let c = client();
     let a = &replicas[0].1;
     let d2 = rollout_ready(&c, a, &prod).await;
-    ok(
-        &c,
-        a,
-        "PUT",
-        "/v1/deployment-configs/Canary20Percent60Seconds",
-        Some(json!({"type": "TimeBasedCanary", "percentage": 20, "intervalSeconds": 60})),
-    )
-    .await;
-    ok(
-        &c,
-        a,
-        "PUT",
-        "/v1/alarms/canary-5xx",
-        Some(
-            json!({"api": "orders", "stage": "prod", "variant": "canary", "metric": "5XXError", "statistic": "Average",
-                    "periodSeconds": 1, "evaluationPeriods": 3, "datapointsToAlarm": 2,
-                    "comparison": "GreaterThanThreshold", "threshold": 0.05}),
-        ),
-    )
-    .await;
-    let leader = cluster_of(&c, a, 3).await["leader"].as_str().unwrap().to_string();
-    let (c_name, via) = replicas.iter().find(|(n, _)| *n != leader).unwrap();
-    let on_leader = &replicas.iter().find(|(n, _)| *n == leader).unwrap().1;
+    canary_plan_and_alarm(&c, a, "Canary20Percent60Seconds", 60).await;
+    let ((leader, on_leader), (c_name, via)) = leader_and_follower(&c, &replicas).await;
     wait_served(&c, via, "production").await;
 
     // The rollout and every request go through C, a replica that does not run the controller.
@@ -1001,9 +998,7 @@ async fn an_alarm_evaluated_without_a_silent_replica_names_it() {
         ),
     )
     .await;
-    let leader = cluster_of(&c, a, 3).await["leader"].as_str().unwrap().to_string();
-    let (silent, s) = replicas.iter().find(|(n, _)| *n != leader).unwrap();
-    let on_leader = &replicas.iter().find(|(n, _)| *n == leader).unwrap().1;
+    let ((_, on_leader), (silent, s)) = leader_and_follower(&c, &replicas).await;
     let note = format!("Evaluated without replica {silent}");
     let alarm = ok(&c, on_leader, "GET", "/v1/alarms/prod-count", None).await;
     assert!(!alarm.to_string().contains(&note), "{alarm}");

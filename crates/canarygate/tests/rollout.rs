@@ -31,26 +31,7 @@ async fn setup(c: &reqwest::Client, s: &Server, production: &Backend, seconds: u
         Some(json!({"deploymentId": d1, "variables": {"backend": production.addr.to_string(), "version": "1"}})),
     )
     .await;
-    ok(
-        c,
-        s,
-        "PUT",
-        "/v1/deployment-configs/Canary20Percent30Seconds",
-        Some(json!({"type": "TimeBasedCanary", "percentage": 20, "intervalSeconds": seconds})),
-    )
-    .await;
-    ok(
-        c,
-        s,
-        "PUT",
-        "/v1/alarms/canary-5xx",
-        Some(
-            json!({"api": "orders", "stage": "prod", "variant": "canary", "metric": "5XXError", "statistic": "Average",
-                    "periodSeconds": 1, "evaluationPeriods": 3, "datapointsToAlarm": 2,
-                    "comparison": "GreaterThanThreshold", "threshold": 0.05}),
-        ),
-    )
-    .await;
+    canary_plan_and_alarm(c, s, "Canary20Percent30Seconds", seconds).await;
     (d1, d2)
 }
 

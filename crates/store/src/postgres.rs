@@ -106,53 +106,30 @@ fn migrate(client: &mut Client) -> Result<(), StoreError> {
 }
 
 pub struct PostgresBackend {
-    url: String,
-    /// `None` after the connection was lost: the next call connects again.
-    client: Option<Client>,
-    /// A change's transaction is open.
+    /// Made again on the next call after it was lost.
+    conn: Conn,
+    /// A change's transaction is open (on the connection: lost with it).
     in_change: bool,
 }
 
 impl PostgresBackend {
     /// Connects to `url` (`postgres://user:password@host:port/database`) and migrates the schema.
     pub fn open(url: &str) -> Result<PostgresBackend, StoreError> {
-        let mut client = connect(url)?;
-        migrate(&mut client)?;
-        Ok(PostgresBackend {
-            url: url.to_string(),
-            client: Some(client),
-            in_change: false,
-        })
+        let mut conn = Conn::new(url);
+        migrate(conn.client()?)?;
+        Ok(PostgresBackend { conn, in_change: false })
     }
 
-    fn client(&mut self) -> Result<&mut Client, StoreError> {
-        if self.client.as_ref().is_none_or(Client::is_closed) {
-            self.in_change = false;
-            self.client = Some(connect(&self.url)?);
-        }
-        Ok(self.client.as_mut().expect("connected above"))
-    }
-
-    /// Runs `f` on the connection; a failure forgets the connection if it was lost.
+    /// Runs `f` on the connection; a change's transaction does not survive a lost one.
     fn with<T>(&mut self, f: impl FnOnce(&mut Client) -> Result<T, postgres::Error>) -> Result<T, StoreError> {
-        let client = self.client()?;
-        let r = f(client);
-        if r.is_err() && client.is_closed() {
-            self.client = None;
+        if !self.conn.connected() {
             self.in_change = false;
         }
-        Ok(r?)
-    }
-}
-
-impl Drop for PostgresBackend {
-    /// Closing the client blocks: never on an async thread (the store may be dropped on one).
-    fn drop(&mut self) {
-        if let Some(c) = self.client.take() {
-            let _ = std::thread::Builder::new()
-                .name("canarygate-pg-close".into())
-                .spawn(move || drop(c));
+        let r = self.conn.with(f);
+        if !self.conn.connected() {
+            self.in_change = false;
         }
+        r
     }
 }
 
@@ -251,10 +228,8 @@ impl Backend for PostgresBackend {
     fn rollback(&mut self) {
         if self.in_change {
             self.in_change = false;
-            if let Some(c) = self.client.as_mut() {
-                if c.batch_execute("ROLLBACK").is_err() {
-                    self.client = None;
-                }
+            if self.conn.connected() && self.conn.with(|c| c.batch_execute("ROLLBACK")).is_err() {
+                self.conn.forget();
             }
         }
     }
@@ -366,12 +341,29 @@ impl Conn {
         }
     }
 
-    /// Runs `f` on the connection; a failure forgets the connection if it was lost.
-    pub(crate) fn with<T>(&mut self, f: impl FnOnce(&mut Client) -> Result<T, postgres::Error>) -> Result<T, StoreError> {
+    /// The connection, made now if there is none (or it was closed).
+    pub(crate) fn client(&mut self) -> Result<&mut Client, StoreError> {
         if self.client.as_ref().is_none_or(Client::is_closed) {
             self.client = Some(connect(&self.url)?);
         }
-        let client = self.client.as_mut().expect("connected above");
+        Ok(self.client.as_mut().expect("connected above"))
+    }
+
+    /// Whether a connection is held (and not known to be closed).
+    pub(crate) fn connected(&self) -> bool {
+        self.client.as_ref().is_some_and(|c| !c.is_closed())
+    }
+
+    /// Drops the connection (closed off this thread): the next call connects again.
+    pub(crate) fn forget(&mut self) {
+        if let Some(c) = self.client.take() {
+            close_elsewhere(c);
+        }
+    }
+
+    /// Runs `f` on the connection; a failure forgets the connection if it was lost.
+    pub(crate) fn with<T>(&mut self, f: impl FnOnce(&mut Client) -> Result<T, postgres::Error>) -> Result<T, StoreError> {
+        let client = self.client()?;
         let r = f(client);
         if r.is_err() && client.is_closed() {
             self.client = None;
@@ -380,14 +372,16 @@ impl Conn {
     }
 }
 
+/// Closing a client blocks: never on an async thread (a store may be dropped on one).
+fn close_elsewhere(c: Client) {
+    let _ = std::thread::Builder::new()
+        .name("canarygate-pg-close".into())
+        .spawn(move || drop(c));
+}
+
 impl Drop for Conn {
-    /// Closing the client blocks: never on an async thread.
     fn drop(&mut self) {
-        if let Some(c) = self.client.take() {
-            let _ = std::thread::Builder::new()
-                .name("canarygate-pg-close".into())
-                .spawn(move || drop(c));
-        }
+        self.forget();
     }
 }
 

@@ -538,6 +538,16 @@ impl Load {
     }
 }
 
+/// Declares the plan most rollout tests use, `name` (TimeBasedCanary: 20% for `seconds`), and alarm
+/// `canary-5xx` on stage orders/prod: the canary's 5XXError Average above 0.05 over 1 s periods, 2 of 3.
+pub async fn canary_plan_and_alarm(c: &reqwest::Client, s: &Server, name: &str, seconds: u64) {
+    let plan = json!({"type": "TimeBasedCanary", "percentage": 20, "intervalSeconds": seconds});
+    ok(c, s, "PUT", &format!("/v1/deployment-configs/{name}"), Some(plan)).await;
+    let alarm = json!({"api": "orders", "stage": "prod", "variant": "canary", "metric": "5XXError", "statistic": "Average",
+        "periodSeconds": 1, "evaluationPeriods": 3, "datapointsToAlarm": 2, "comparison": "GreaterThanThreshold", "threshold": 0.05});
+    ok(c, s, "PUT", "/v1/alarms/canary-5xx", Some(alarm)).await;
+}
+
 /// Polls a rollout until it has ended; the guard only turns a hang into a failure.
 pub async fn wait_rollout(c: &reqwest::Client, s: &Server, id: &str, guard: Duration) -> Value {
     let deadline = std::time::Instant::now() + guard;
