@@ -234,6 +234,11 @@ fn start_leased(dir: &std::path::Path, name: &str, url: &str, lease: u64) -> Ser
     Server::start(&dir.join(name), &["--store", url, "--config", cfg.to_str().unwrap()], &[])
 }
 
+/// Replicas by these names, each with `leaseSeconds: lease`.
+fn leased_replicas(dir: &std::path::Path, url: &str, names: &[&str], lease: u64) -> Vec<(String, Server)> {
+    names.iter().map(|n| (n.to_string(), start_leased(dir, n, url, lease))).collect()
+}
+
 /// API `orders` with a greedy proxy route, stage `prod` on `prod`'s deployment `d1`, and a second
 /// deployment to roll out to: its id.
 async fn rollout_ready(c: &reqwest::Client, s: &Server, prod: &Backend) -> Value {
@@ -287,10 +292,7 @@ async fn the_cluster_names_its_replicas_and_one_leader_and_a_killed_leader_is_re
     let pg = postgres();
     let url = pg.database();
     let dir = tempfile::tempdir().unwrap();
-    let mut replicas: Vec<(String, Server)> = ["r1", "r2", "r3"]
-        .iter()
-        .map(|n| (n.to_string(), start_leased(dir.path(), n, &url, 3)))
-        .collect();
+    let mut replicas = leased_replicas(dir.path(), &url, &["r1", "r2", "r3"], 3);
     let (prod, next) = (
         Backend::start("v1", Behaviour::Echo).await,
         Backend::start("v2", Behaviour::Echo).await,
@@ -537,10 +539,7 @@ async fn a_paused_leader_past_its_lease_steps_down_and_no_step_is_taken_twice() 
     let pg = postgres();
     let url = pg.database();
     let dir = tempfile::tempdir().unwrap();
-    let replicas: Vec<(String, Server)> = ["p1", "p2"]
-        .iter()
-        .map(|n| (n.to_string(), start_leased(dir.path(), n, &url, 3)))
-        .collect();
+    let replicas = leased_replicas(dir.path(), &url, &["p1", "p2"], 3);
     let (prod, next) = (
         Backend::start("v1", Behaviour::Echo).await,
         Backend::start("v2", Behaviour::Echo).await,
@@ -629,10 +628,7 @@ async fn a_hook_pending_at_a_takeover_is_called_again_with_its_execution_id() {
     let pg = postgres();
     let url = pg.database();
     let dir = tempfile::tempdir().unwrap();
-    let replicas: Vec<(String, Server)> = ["h1", "h2"]
-        .iter()
-        .map(|n| (n.to_string(), start_leased(dir.path(), n, &url, 3)))
-        .collect();
+    let replicas = leased_replicas(dir.path(), &url, &["h1", "h2"], 3);
     let (prod, next) = (
         Backend::start("v1", Behaviour::Echo).await,
         Backend::start("v2", Behaviour::Echo).await,
@@ -757,10 +753,7 @@ async fn canary_errors_through_a_replica_that_is_not_the_leader_roll_it_back() {
     let pg = postgres();
     let url = pg.database();
     let dir = tempfile::tempdir().unwrap();
-    let replicas: Vec<(String, Server)> = ["r1", "r2", "r3"]
-        .iter()
-        .map(|n| (n.to_string(), start_leased(dir.path(), n, &url, 3)))
-        .collect();
+    let replicas = leased_replicas(dir.path(), &url, &["r1", "r2", "r3"], 3);
     let (prod, broken) = (
         Backend::start("v1", Behaviour::Echo).await,
         Backend::start("v2", Behaviour::FailTenths(3)).await,
@@ -978,10 +971,7 @@ async fn an_alarm_evaluated_without_a_silent_replica_names_it() {
     let url = pg.database();
     let dir = tempfile::tempdir().unwrap();
     // leaseSeconds 10: a replica stays live (in the cluster) for 10 s after its last heartbeat.
-    let replicas: Vec<(String, Server)> = ["q1", "q2", "q3"]
-        .iter()
-        .map(|n| (n.to_string(), start_leased(dir.path(), n, &url, 10)))
-        .collect();
+    let replicas = leased_replicas(dir.path(), &url, &["q1", "q2", "q3"], 10);
     let prod = Backend::start("v1", Behaviour::Echo).await;
     let c = client();
     let a = &replicas[0].1;
