@@ -528,6 +528,7 @@ pub async fn start(cfg: &ConfigFile, args: &ServeArgs) -> Result<Running> {
     });
 
     let gw_for_prom = gateway.clone();
+    let store_for_prom = store.clone();
     let state = AppState {
         store: store.clone(),
         metrics: metrics.clone(),
@@ -549,6 +550,11 @@ pub async fn start(cfg: &ConfigFile, args: &ServeArgs) -> Result<Running> {
             if let Some(t) = gw_for_prom.tracer() {
                 t.render_prometheus(out);
             }
+            let caught = store_for_prom.catch_ups();
+            out.push_str("# HELP canarygate_store_catch_ups_total Times this replica brought its state up to what other replicas wrote: by applying their logged changes, or by loading everything.\n");
+            out.push_str("# TYPE canarygate_store_catch_ups_total counter\n");
+            let _ = writeln!(out, "canarygate_store_catch_ups_total{{how=\"applied\"}} {}", caught.applied);
+            let _ = writeln!(out, "canarygate_store_catch_ups_total{{how=\"loaded\"}} {}", caught.loaded);
         })),
         caches: None,
         cluster: None,

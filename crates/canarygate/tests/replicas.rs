@@ -73,6 +73,9 @@ async fn a_change_through_one_replica_is_served_by_the_others() {
         let st = ok(&c, s, "GET", "/v1/apis/orders/stages/prod", None).await;
         assert_eq!(st["canarySettings"]["percentTraffic"], 100.0, "{st}");
         assert_eq!(st["version"].as_u64(), Some(version));
+        // They applied A's logged changes; none had to load everything.
+        assert!(metric_value(&c, s, "canarygate_store_catch_ups_total{how=\"applied\"}").await >= 1);
+        assert_eq!(metric_value(&c, s, "canarygate_store_catch_ups_total{how=\"loaded\"}").await, 0);
     }
 
     // The stage cache: on, back to production, filled on B and C; a flush through A empties it on both.
@@ -193,6 +196,18 @@ async fn concurrent_changes_through_two_replicas_lose_nothing() {
         "`last` is the applied PATCH with the highest version"
     );
     eprintln!("{} of 100 applied, {} answered 409", applied.len(), 100 - applied.len());
+    // What the replicas built by applying each other's changes is what a replica loading everything
+    // finds in the database.
+    let fresh = start_replica(dir.path(), "fresh", &url);
+    for path in ["/v1/apis/orders", "/v1/apis/orders/stages/prod", "/v1/apis/orders/deployments"] {
+        let loaded = ok(&c, &fresh, "GET", path, None).await;
+        for s in [&a, &b] {
+            assert_eq!(ok(&c, s, "GET", path, None).await, loaded, "{path} through {}", s.admin);
+        }
+    }
+    for s in [&a, &b] {
+        assert_eq!(metric_value(&c, s, "canarygate_store_catch_ups_total{how=\"loaded\"}").await, 0);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -720,14 +735,24 @@ async fn a_hook_pending_at_a_takeover_is_called_again_with_its_execution_id() {
     );
 }
 
-/// The sum of `canarygate_requests_total` lines of a replica's own `/metrics` whose labels contain
-/// every one of `labels`.
-async fn requests_total(c: &reqwest::Client, s: &Server, labels: &[&str]) -> u64 {
+/// The sum of the lines of a replica's own `/metrics` that start with `prefix` and contain every one
+/// of `labels`.
+async fn metric_sum(c: &reqwest::Client, s: &Server, prefix: &str, labels: &[&str]) -> u64 {
     let text = c.get(format!("{}/metrics", s.admin)).send().await.unwrap().text().await.unwrap();
     text.lines()
-        .filter(|l| l.starts_with("canarygate_requests_total{") && labels.iter().all(|x| l.contains(x)))
+        .filter(|l| l.starts_with(prefix) && labels.iter().all(|x| l.contains(x)))
         .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
         .sum()
+}
+
+/// `canarygate_requests_total` of a replica, summed over the series whose labels contain `labels`.
+async fn requests_total(c: &reqwest::Client, s: &Server, labels: &[&str]) -> u64 {
+    metric_sum(c, s, "canarygate_requests_total{", labels).await
+}
+
+/// The value of one series of a replica's `/metrics` (its name and labels exactly).
+async fn metric_value(c: &reqwest::Client, s: &Server, series: &str) -> u64 {
+    metric_sum(c, s, &format!("{series} "), &[]).await
 }
 
 /// `GET /v1/metrics` through `s`: the Sum of `metric` of the stage's `variant` over the last hour.

@@ -12,6 +12,7 @@
 #![deny(rust_2018_idioms)]
 #![forbid(unsafe_code)]
 
+mod apply;
 mod pg_metrics;
 mod pg_tls;
 mod postgres;
@@ -28,6 +29,7 @@ use canarygate_model::state::{AlarmEntry, ApiState};
 use canarygate_model::{Api, Deployment, Domain, Stage, State};
 use tokio::sync::{watch, Mutex};
 
+pub use apply::apply;
 pub use pg_metrics::{MetricRow, MetricsDb, Reported};
 pub use postgres::{ClusterView, Coordinator, Listener, PostgresBackend, ReplicaInfo, ReplicaRow};
 pub use sqlite::SqliteBackend;
@@ -71,8 +73,9 @@ impl From<serde_json::Error> for StoreError {
     }
 }
 
-/// One row-level change, as the backend persists it.
-#[derive(Debug, Clone, PartialEq)]
+/// One row-level change, as the backend persists it (and, with a shared database, logs it for the
+/// other replicas to apply).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Change {
     PutApi(Api),
     /// Deletes the API with its deployments and stages.
@@ -120,6 +123,12 @@ pub trait Backend: Send + 'static {
     fn stored_version(&mut self) -> Result<Option<u64>, StoreError> {
         Ok(None)
     }
+    /// The changes that took the stored state from `version` to the version returned (inside a
+    /// change's transaction: to the version it locked), when the backend still has all of them;
+    /// `None` otherwise (the caller loads everything).
+    fn changes_since(&mut self, _version: u64) -> Result<Option<(Vec<Change>, u64)>, StoreError> {
+        Ok(None)
+    }
 }
 
 /// The changes that turn `old` into `new`.
@@ -134,7 +143,13 @@ pub fn diff(old: &State, new: &State) -> Vec<Change> {
         if o.is_some_and(|o| std::sync::Arc::ptr_eq(o, a)) {
             continue;
         }
-        let o: Option<&ApiState> = o.map(|o| &**o);
+        let mut o: Option<&ApiState> = o.map(|o| &**o);
+        if o.is_some_and(|o| o.deployments.len() > a.deployments.len()) {
+            // Deleted and created again in one change (deployments are only ever added otherwise):
+            // all of it anew, so that no row of the old one is left behind.
+            out.push(Change::DeleteApi(name.clone()));
+            o = None;
+        }
         if o.map(|o| &o.api) != Some(&a.api) {
             out.push(Change::PutApi(a.api.clone()));
         }
@@ -240,6 +255,16 @@ pub struct Store {
     write: Mutex<Head>,
     current: watch::Sender<Arc<State>>,
     on_change: OnChange,
+    /// How often this process caught up with another replica's writes: by applying the logged
+    /// changes, and by loading everything.
+    caught_up: [std::sync::atomic::AtomicU64; 2],
+}
+
+/// How a replica caught up with what others wrote (see [`Store::catch_ups`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CatchUps {
+    pub applied: u64,
+    pub loaded: u64,
 }
 
 /// Runs `f` on the backend on a blocking thread (both backends' clients block).
@@ -291,7 +316,18 @@ impl Store {
             write: Mutex::new(Head { state, version }),
             current,
             on_change,
+            caught_up: Default::default(),
         })
+    }
+
+    /// How often this process caught up with other replicas' writes, by applying their changes or by
+    /// loading everything.
+    pub fn catch_ups(&self) -> CatchUps {
+        use std::sync::atomic::Ordering::Relaxed;
+        CatchUps {
+            applied: self.caught_up[0].load(Relaxed),
+            loaded: self.caught_up[1].load(Relaxed),
+        }
     }
 
     /// The current state (cheap: an `Arc`).
@@ -352,12 +388,9 @@ impl Store {
         let mut head = self.write.lock().await;
         let stored = blocking(&self.backend, move |b| b.begin(fence.as_ref())).await?;
         if stored != head.version {
-            match blocking(&self.backend, |b| b.load()).await {
-                Ok((state, version)) => self.publish(&mut head, Arc::new(state), version, true),
-                Err(e) => {
-                    let _ = self.rollback().await;
-                    return Err(e);
-                }
+            if let Err(e) = self.catch_up(&mut head).await {
+                let _ = self.rollback().await;
+                return Err(e);
             }
         }
         let mut next = State::clone(&head.state);
@@ -396,9 +429,31 @@ impl Store {
         if stored == head.version {
             return Ok(false);
         }
-        let (state, version) = blocking(&self.backend, |b| b.load()).await?;
-        self.publish(&mut head, Arc::new(state), version, true);
+        self.catch_up(&mut head).await?;
         Ok(true)
+    }
+
+    /// Brings `head` up to the stored state and publishes it: by applying the changes logged since
+    /// its version when the backend has them all (cheap, and the gateway rebuilds only what they
+    /// touch), else by loading everything.
+    async fn catch_up(&self, head: &mut Head) -> Result<(), StoreError> {
+        let from = head.version;
+        if let Some((changes, version)) = blocking(&self.backend, move |b| b.changes_since(from)).await? {
+            let mut next = State::clone(&head.state);
+            match apply(&mut next, &changes) {
+                Ok(()) => {
+                    let routing = routes(&changes);
+                    self.publish(head, Arc::new(next), version, routing);
+                    self.caught_up[0].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    return Ok(());
+                }
+                Err(e) => tracing::warn!(error = %e, "logged changes do not fit this replica's state; loading everything"),
+            }
+        }
+        let (state, version) = blocking(&self.backend, |b| b.load()).await?;
+        self.publish(head, Arc::new(state), version, true);
+        self.caught_up[1].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
     }
 }
 
@@ -418,6 +473,68 @@ mod tests {
         s.create_deployment("orders", || "d-one".into(), "x".into(), now()).unwrap();
         s.put_stage("orders", "prod", StageInput::default(), now()).unwrap();
         s
+    }
+
+    #[test]
+    fn applying_a_diff_gives_the_new_state_and_keeps_untouched_apis() {
+        let routes = || serde_json::from_value(serde_json::json!([{"path": "/h", "integration": {"type": "mock"}}])).unwrap();
+        let mut steps: Vec<Box<dyn Fn(&mut State)>> = vec![
+            Box::new(|s| {
+                s.put_api("billing", routes(), now()).unwrap();
+            }),
+            Box::new(|s| {
+                s.create_deployment("billing", || "d-two".into(), "y".into(), now()).unwrap();
+                s.create_deployment("billing", || "d-three".into(), "z".into(), now()).unwrap();
+            }),
+            Box::new(|s| {
+                s.put_stage("billing", "prod", StageInput::default(), now()).unwrap();
+                s.put_stage("billing", "beta", StageInput::default(), now()).unwrap();
+            }),
+            Box::new(|s| {
+                let op: canarygate_model::PatchOperation =
+                    serde_json::from_value(serde_json::json!({"op": "replace", "path": "/variables/x", "value": "1"})).unwrap();
+                s.patch_stage("billing", "prod", &[op], now()).unwrap();
+                s.delete_stage("billing", "beta").unwrap();
+            }),
+            Box::new(|s| {
+                s.put_domain("api.example.com", Vec::new(), None).unwrap();
+            }),
+            Box::new(|s| {
+                s.delete_api("billing").unwrap();
+                s.put_api("billing", routes(), now()).unwrap();
+            }),
+            Box::new(|s| {
+                s.delete_api("orders").unwrap();
+            }),
+        ];
+        let mut old = sample();
+        for (i, step) in steps.drain(..).enumerate() {
+            let mut new = old.clone();
+            step(&mut new);
+            let changes = diff(&old, &new);
+            assert!(!changes.is_empty(), "step {i}");
+            // As another replica gets them: through the log's JSON.
+            let logged: Vec<Change> = serde_json::from_str(&serde_json::to_string(&changes).unwrap()).unwrap();
+            let mut applied = old.clone();
+            apply(&mut applied, &logged).unwrap();
+            assert_eq!(applied, new, "step {i}: {changes:?}");
+            for (name, a) in &applied.apis {
+                if old.apis.get(name).is_some_and(|o| Arc::ptr_eq(o, &new.apis[name])) {
+                    assert!(Arc::ptr_eq(a, &old.apis[name]), "step {i}: {name} untouched, yet copied");
+                }
+            }
+            old = new;
+        }
+        // A change that does not fit is refused.
+        let mut s = State::default();
+        let e = apply(
+            &mut s,
+            &[
+                Change::DeleteApi("x".into()),
+                Change::PutStage(Box::new(sample().apis["orders"].stages["prod"].clone())),
+            ],
+        );
+        assert!(e.unwrap_err().contains("unknown API"));
     }
 
     #[test]

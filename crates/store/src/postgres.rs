@@ -57,7 +57,13 @@ CREATE INDEX canarygate_metrics_written ON canarygate_metrics (written_at);
 CREATE INDEX canarygate_metrics_second ON canarygate_metrics (second);
 ALTER TABLE canarygate_replicas ADD COLUMN metrics_through BIGINT NOT NULL DEFAULT 0;
 "#,
+    r#"
+CREATE TABLE canarygate_changelog (version BIGINT PRIMARY KEY, changes TEXT NOT NULL);
+"#,
 ];
+
+/// How many versions of changes the log keeps: a replica further behind loads everything.
+const CHANGELOG_KEEP: i64 = 1_000;
 
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: usize = MIGRATIONS.len();
@@ -199,6 +205,7 @@ impl Backend for PostgresBackend {
         for c in changes {
             ops.extend(row_ops(c)?);
         }
+        let logged = serde_json::to_string(changes)?;
         let version: i64 = self.with(|c| {
             for op in &ops {
                 let values: Vec<&(dyn postgres::types::ToSql + Sync)> = op
@@ -217,6 +224,14 @@ impl Backend for PostgresBackend {
                     &[],
                 )?
                 .get(0);
+            // The change, for the other replicas to apply rather than load everything.
+            c.execute(
+                "INSERT INTO canarygate_changelog (version, changes) VALUES ($1, $2)",
+                &[&v, &logged],
+            )?;
+            if v % 100 == 0 {
+                c.execute("DELETE FROM canarygate_changelog WHERE version <= $1", &[&(v - CHANGELOG_KEEP)])?;
+            }
             c.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &v.to_string()])?;
             c.batch_execute("COMMIT")?;
             Ok(v)
@@ -232,6 +247,39 @@ impl Backend for PostgresBackend {
                 self.conn.forget();
             }
         }
+    }
+
+    fn changes_since(&mut self, version: u64) -> Result<Option<(Vec<Change>, u64)>, StoreError> {
+        let in_change = self.in_change;
+        let read = |c: &mut Client| -> Result<(i64, Vec<(i64, String)>), postgres::Error> {
+            let stored: i64 = c.query_one("SELECT version FROM canarygate_state WHERE id = 1", &[])?.get(0);
+            let rows = c.query(
+                "SELECT version, changes FROM canarygate_changelog WHERE version > $1 AND version <= $2 ORDER BY version",
+                &[&(version as i64), &stored],
+            )?;
+            Ok((stored, rows.iter().map(|r| (r.get(0), r.get(1))).collect()))
+        };
+        let (stored, logged) = self.with(|c| {
+            if in_change {
+                return read(c);
+            }
+            // The version and the log as of one moment.
+            c.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")?;
+            let r = read(c);
+            c.batch_execute(if r.is_ok() { "COMMIT" } else { "ROLLBACK" })?;
+            r
+        })?;
+        // Every version in between, or nothing (pruned, or written before the log existed).
+        let complete = logged.len() as i64 == stored - version as i64
+            && logged.iter().enumerate().all(|(i, (v, _))| *v == version as i64 + 1 + i as i64);
+        if !complete {
+            return Ok(None);
+        }
+        let mut changes = Vec::new();
+        for (_, text) in logged {
+            changes.extend(serde_json::from_str::<Vec<Change>>(&text)?);
+        }
+        Ok(Some((changes, stored.max(0) as u64)))
     }
 
     fn stored_version(&mut self) -> Result<Option<u64>, StoreError> {
