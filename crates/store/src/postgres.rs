@@ -155,19 +155,27 @@ fn read_rows(client: &mut Client) -> Result<(Rows, u64), postgres::Error> {
     Ok((rows, version.max(0) as u64))
 }
 
-impl Backend for PostgresBackend {
-    fn load(&mut self) -> Result<(State, u64), StoreError> {
+impl PostgresBackend {
+    /// Runs `read` as of one moment: inside the change's transaction when one is open, else in a
+    /// read-only repeatable-read transaction of its own.
+    fn snapshot<T>(&mut self, read: impl FnOnce(&mut Client) -> Result<T, postgres::Error>) -> Result<T, StoreError> {
         let in_change = self.in_change;
-        let (rows, version) = self.with(|c| {
+        self.with(|c| {
             if in_change {
-                return read_rows(c);
+                return read(c);
             }
-            // One snapshot for every table and the version.
             c.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")?;
-            let r = read_rows(c);
+            let r = read(c);
             c.batch_execute(if r.is_ok() { "COMMIT" } else { "ROLLBACK" })?;
             r
-        })?;
+        })
+    }
+}
+
+impl Backend for PostgresBackend {
+    fn load(&mut self) -> Result<(State, u64), StoreError> {
+        // One snapshot for every table and the version.
+        let (rows, version) = self.snapshot(read_rows)?;
         Ok((rows.into_state()?, version))
     }
 
@@ -250,7 +258,6 @@ impl Backend for PostgresBackend {
     }
 
     fn changes_since(&mut self, version: u64) -> Result<Option<(Vec<Change>, u64)>, StoreError> {
-        let in_change = self.in_change;
         let read = |c: &mut Client| -> Result<(i64, Vec<(i64, String)>), postgres::Error> {
             let stored: i64 = c.query_one("SELECT version FROM canarygate_state WHERE id = 1", &[])?.get(0);
             let rows = c.query(
@@ -259,16 +266,8 @@ impl Backend for PostgresBackend {
             )?;
             Ok((stored, rows.iter().map(|r| (r.get(0), r.get(1))).collect()))
         };
-        let (stored, logged) = self.with(|c| {
-            if in_change {
-                return read(c);
-            }
-            // The version and the log as of one moment.
-            c.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")?;
-            let r = read(c);
-            c.batch_execute(if r.is_ok() { "COMMIT" } else { "ROLLBACK" })?;
-            r
-        })?;
+        // The version and the log as of one moment.
+        let (stored, logged) = self.snapshot(read)?;
         // Every version in between, or nothing (pruned, or written before the log existed).
         let complete = logged.len() as i64 == stored - version as i64
             && logged.iter().enumerate().all(|(i, (v, _))| *v == version as i64 + 1 + i as i64);
