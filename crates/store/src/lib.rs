@@ -477,38 +477,40 @@ mod tests {
 
     #[test]
     fn applying_a_diff_gives_the_new_state_and_keeps_untouched_apis() {
-        let routes = || serde_json::from_value(serde_json::json!([{"path": "/h", "integration": {"type": "mock"}}])).unwrap();
-        let mut steps: Vec<Box<dyn Fn(&mut State)>> = vec![
-            Box::new(|s| {
+        fn routes() -> Vec<canarygate_model::Route> {
+            serde_json::from_value(serde_json::json!([{"path": "/h", "integration": {"type": "mock"}}])).unwrap()
+        }
+        let steps: Vec<fn(&mut State)> = vec![
+            |s| {
                 s.put_api("billing", routes(), now()).unwrap();
-            }),
-            Box::new(|s| {
+            },
+            |s| {
                 s.create_deployment("billing", || "d-two".into(), "y".into(), now()).unwrap();
                 s.create_deployment("billing", || "d-three".into(), "z".into(), now()).unwrap();
-            }),
-            Box::new(|s| {
+            },
+            |s| {
                 s.put_stage("billing", "prod", StageInput::default(), now()).unwrap();
                 s.put_stage("billing", "beta", StageInput::default(), now()).unwrap();
-            }),
-            Box::new(|s| {
+            },
+            |s| {
                 let op: canarygate_model::PatchOperation =
                     serde_json::from_value(serde_json::json!({"op": "replace", "path": "/variables/x", "value": "1"})).unwrap();
                 s.patch_stage("billing", "prod", &[op], now()).unwrap();
                 s.delete_stage("billing", "beta").unwrap();
-            }),
-            Box::new(|s| {
+            },
+            |s| {
                 s.put_domain("api.example.com", Vec::new(), None).unwrap();
-            }),
-            Box::new(|s| {
+            },
+            |s| {
                 s.delete_api("billing").unwrap();
                 s.put_api("billing", routes(), now()).unwrap();
-            }),
-            Box::new(|s| {
+            },
+            |s| {
                 s.delete_api("orders").unwrap();
-            }),
+            },
         ];
         let mut old = sample();
-        for (i, step) in steps.drain(..).enumerate() {
+        for (i, step) in steps.into_iter().enumerate() {
             let mut new = old.clone();
             step(&mut new);
             let changes = diff(&old, &new);
