@@ -22,6 +22,8 @@ const PRUNE_EVERY_SECS: u64 = 60;
 /// How far the cluster's metrics can be read at a moment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Completeness {
+    /// The current second (what is read from elsewhere, such as Prometheus, is read as of it).
+    pub now: u64,
     /// Seconds before this one are read (it is at most the current second).
     pub through: u64,
     /// Live replicas that have not published every second before `through`, by name.
@@ -35,6 +37,7 @@ pub fn complete_through(now_sec: u64, live: &[Reported]) -> Completeness {
     let oldest = live.iter().map(|r| r.through).min().unwrap_or(floor);
     let through = oldest.max(floor).min(now_sec);
     Completeness {
+        now: now_sec,
         through,
         missing: live.iter().filter(|r| r.through < through).map(|r| r.name.clone()).collect(),
     }
@@ -137,6 +140,7 @@ mod tests {
         assert_eq!(
             complete_through(now, &all),
             Completeness {
+                now,
                 through: 1_000,
                 missing: vec![]
             }
@@ -146,6 +150,7 @@ mod tests {
         assert_eq!(
             complete_through(now, &late),
             Completeness {
+                now,
                 through: 999,
                 missing: vec![]
             }
@@ -155,6 +160,7 @@ mod tests {
         assert_eq!(
             complete_through(now, &silent),
             Completeness {
+                now,
                 through: 998,
                 missing: vec!["b".into()]
             }

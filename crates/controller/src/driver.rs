@@ -113,6 +113,7 @@ impl Controller {
     async fn completeness(&self, now_sec: u64, refreshed: &mut Option<(u64, Instant)>) -> Completeness {
         let Some(cluster) = &self.cluster else {
             return Completeness {
+                now: now_sec,
                 through: now_sec,
                 missing: Vec::new(),
             };
@@ -403,9 +404,9 @@ impl Controller {
         since: Option<u64>,
         current: AlarmState,
     ) -> Evaluation {
-        let now_sec = reading.through;
         let Some(q) = &alarm.prometheus else {
-            let mut e = evaluate_alarm(alarm, view, now_sec, since, current);
+            // The gateway's metrics: as far as they are complete.
+            let mut e = evaluate_alarm(alarm, view, reading.through, since, current);
             if !reading.missing.is_empty() {
                 e.reason = format!(
                     "{} Evaluated without replica {}: it had not published its metrics {}s after the period ended.",
@@ -428,7 +429,7 @@ impl Controller {
             vars.extend(overrides.into_iter().flatten().map(|(k, v)| (k.clone(), v.clone())));
         }
         let rendered = q.render(api, stage, alarm.variant, &vars);
-        let (points, why) = self.prom.datapoints(alarm, q, &rendered, now_sec, since);
+        let (points, why) = self.prom.datapoints(alarm, q, &rendered, reading.now, since);
         let mut e = evaluate(alarm, &points, current);
         if let Some(why) = why {
             e.reason = format!("{} Prometheus: {why}", e.reason);
