@@ -793,20 +793,27 @@ fn as_postgres(program: &Path) -> Command {
     }
 }
 
+/// A fresh database cluster (`initdb`, owned by the postgres user) in a new temporary directory with
+/// this `prefix`: the directory (its `data` inside).
+fn initdb(bin: &Path, prefix: &str) -> PathBuf {
+    let dir = tempfile::Builder::new().prefix(prefix).tempdir().unwrap().keep();
+    let _ = Command::new("chown").args(["-R", "postgres:postgres"]).arg(&dir).status();
+    let out = as_postgres(&bin.join("initdb"))
+        .arg("-D")
+        .arg(dir.join("data"))
+        .args(["-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync"])
+        .output()
+        .expect("initdb");
+    assert!(out.status.success(), "initdb failed: {}", String::from_utf8_lossy(&out.stderr));
+    dir
+}
+
 /// The test binary's PostgreSQL server, started on first use.
 pub fn postgres() -> &'static Postgres {
     POSTGRES.get_or_init(|| {
         let bin = postgres_bin();
-        let dir = tempfile::Builder::new().prefix("canarygate-pg-").tempdir().unwrap().keep();
-        let _ = Command::new("chown").args(["-R", "postgres:postgres"]).arg(&dir).status();
+        let dir = initdb(&bin, "canarygate-pg-");
         let data = dir.join("data");
-        let out = as_postgres(&bin.join("initdb"))
-            .args(["-D"])
-            .arg(&data)
-            .args(["-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync"])
-            .output()
-            .expect("initdb");
-        assert!(out.status.success(), "initdb failed: {}", String::from_utf8_lossy(&out.stderr));
         let port = closed_port().port();
         // The server stops when this test process does: a shell watches our pid (through /proc: as another
         // user it may not signal us).
@@ -934,15 +941,7 @@ impl OwnPostgres {
     /// Runs `setup` on the data directory after `initdb`, before the server starts.
     fn start_with(setup: impl FnOnce(&Path)) -> OwnPostgres {
         let bin = postgres_bin();
-        let dir = tempfile::Builder::new().prefix("canarygate-pg-own-").tempdir().unwrap().keep();
-        let _ = Command::new("chown").args(["-R", "postgres:postgres"]).arg(&dir).status();
-        let out = as_postgres(&bin.join("initdb"))
-            .arg("-D")
-            .arg(dir.join("data"))
-            .args(["-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync"])
-            .output()
-            .expect("initdb");
-        assert!(out.status.success(), "initdb failed: {}", String::from_utf8_lossy(&out.stderr));
+        let dir = initdb(&bin, "canarygate-pg-own-");
         setup(&dir.join("data"));
         let pg = OwnPostgres {
             port: closed_port().port(),
