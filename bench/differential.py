@@ -582,7 +582,7 @@ def write_report(path, rows, flags, configs):
     L.append("")
     L.append("## Configurations")
     for k, v in configs.items():
-        L.append(f"\n{k}:\n\n```\n{v.strip()}\n```")
+        L.append(f"\n{k}:\n\n```text\n{v.strip()}\n```")
     with open(path, "w") as f:
         f.write("\n".join(L) + "\n")
 

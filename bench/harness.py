@@ -672,7 +672,7 @@ def build_report(info, R):
         L.append("![requests/s, CPU per request and p99 latency of each proxy](benchmarks.png)\n")
     L.append("## Configurations\n")
     for name, text in info["configs"].items():
-        L.append(f"<details><summary>{name}</summary>\n\n```\n{text.strip()}\n```\n</details>\n")
+        L.append(f"<details><summary>{name}</summary>\n\n```text\n{text.strip()}\n```\n</details>\n")
     notes = os.path.join(info["root"], "bench", "notes.md")
     if os.path.exists(notes):
         L.append(open(notes).read().strip() + "\n")

@@ -213,6 +213,6 @@ def section(res, cmdline, env=None):
         out.append(f"| {label} | " + " | ".join(cells) + f" | {ratio:.2f} |")
     out += ["", "<details><summary>Configurations of this group</summary>", ""]
     for k, text in res["configs"].items():
-        out += [f"{k}:", "", "```", text.rstrip(), "```", ""]
+        out += [f"{k}:", "", "```text", text.rstrip(), "```", ""]
     out += ["</details>", END]
     return "\n".join(out) + "\n"

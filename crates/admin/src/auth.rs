@@ -42,6 +42,9 @@ pub struct Auth {
     pub read_requires_token: bool,
     /// Extra `Host` names (with or without a port) accepted when no token is configured.
     admin_hosts: Vec<String>,
+    /// Web origins (`https://ops.example`) besides the admin API's own whose pages may change state
+    /// (`server.adminOrigins`).
+    admin_origins: Vec<String>,
 }
 
 impl std::fmt::Debug for Auth {
@@ -65,6 +68,59 @@ impl Auth {
             tokens: tokens.into_iter().filter(|t| !t.token.is_empty()).collect(),
             read_requires_token,
             admin_hosts: admin_hosts.into_iter().map(|h| h.to_ascii_lowercase()).collect(),
+            admin_origins: Vec::new(),
+        }
+    }
+
+    /// Web origins besides the admin API's own whose pages may make state-changing calls.
+    pub fn with_origins(mut self, origins: Vec<String>) -> Auth {
+        self.admin_origins = origins.into_iter().map(|o| o.trim_end_matches('/').to_ascii_lowercase()).collect();
+        self
+    }
+
+    /// Refuses a state-changing call a web page could have made on another site's behalf (cross-site
+    /// request forgery), tokens or not: one whose `Sec-Fetch-Site` says another site sent it, one with
+    /// an `Origin` that is neither the admin API's own nor listed in `server.adminOrigins`, and one
+    /// with a body that is not `application/json` (the only body type a page on another site cannot
+    /// send without the browser asking first). Reads are not checked: a page cannot read the answers.
+    pub fn check_cross_site(&self, method: &Method, headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
+        use axum::http::header;
+        if matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
+            return Ok(());
+        }
+        let text = |name: &header::HeaderName| headers.get(name).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+        let origin = text(&header::ORIGIN).map(|o| o.trim().to_ascii_lowercase());
+        let listed = origin.as_ref().is_some_and(|o| self.admin_origins.iter().any(|a| a == o));
+        if let Some(o) = &origin {
+            let host = text(&header::HOST).map(|h| h.to_ascii_lowercase());
+            let own = host.is_some_and(|h| o.strip_prefix("http://").or_else(|| o.strip_prefix("https://")) == Some(h.as_str()));
+            if !own && !listed {
+                return Err(forbidden(format!(
+                    "a state-changing call from the web page at origin {} is refused: it is not the admin API's own origin and not in server.adminOrigins",
+                    quote(o)
+                )));
+            }
+        }
+        if let Some(site) = text(&header::HeaderName::from_static("sec-fetch-site")) {
+            let site = site.trim().to_ascii_lowercase();
+            if (site == "cross-site" || site == "same-site") && !listed {
+                return Err(forbidden(format!(
+                    "a state-changing call sent by a page of another site (Sec-Fetch-Site: {}) is refused",
+                    quote(&site)
+                )));
+            }
+        }
+        let content_type = text(&header::CONTENT_TYPE);
+        let has_body = headers.contains_key(header::TRANSFER_ENCODING) || text(&header::CONTENT_LENGTH).is_some_and(|l| l.trim() != "0");
+        match content_type {
+            Some(ct) if !is_json(&ct) => Err(forbidden(format!(
+                "a state-changing call needs Content-Type: application/json, not {} (a web page on another site can send that type without the browser asking)",
+                quote(&ct)
+            ))),
+            None if has_body => Err(forbidden(
+                "a state-changing call with a body needs Content-Type: application/json",
+            )),
+            _ => Ok(()),
         }
     }
 
@@ -156,6 +212,21 @@ impl Auth {
     }
 }
 
+/// `application/json` or `application/<something>+json`, with any parameters.
+fn is_json(content_type: &str) -> bool {
+    let essence = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+fn forbidden(message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::FORBIDDEN, message)
+}
+
+/// A value from a request, quoted for an error message and cut to 200 bytes.
+fn quote(value: &str) -> String {
+    crate::error::quote_value(value)
+}
+
 /// `GET /v1/auth`: what the presented token may do, so the dashboard offers actions only to an admin
 /// token. Behind the same check as every read.
 pub async fn whoami(State(auth): State<Auth>, headers: axum::http::HeaderMap) -> axum::Json<serde_json::Value> {
@@ -171,10 +242,12 @@ pub async fn whoami(State(auth): State<Auth>, headers: axum::http::HeaderMap) ->
     }))
 }
 
-/// The `Host` check of every admin request (see [`Auth::check_host`]).
+/// The `Host` check of every admin request (see [`Auth::check_host`]) and the cross-site check of
+/// every state-changing one (see [`Auth::check_cross_site`]).
 pub async fn host_middleware(State(auth): State<Auth>, req: Request, next: Next) -> Result<Response, ApiError> {
     let host = req.headers().get(axum::http::header::HOST).and_then(|v| v.to_str().ok());
     auth.check_host(host)?;
+    auth.check_cross_site(req.method(), req.headers())?;
     Ok(next.run(req).await)
 }
 
@@ -247,5 +320,60 @@ mod tests {
         // With tokens the token decides, whatever the host.
         let t = Auth::new(vec![tok("adm", Role::Admin)], true, vec![]);
         assert!(t.check_host(Some("evil.example")).is_ok());
+    }
+
+    fn headers(fields: &[(&'static str, &str)]) -> axum::http::HeaderMap {
+        let mut h = axum::http::HeaderMap::new();
+        for (k, v) in fields {
+            h.append(*k, v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn cross_site_writes_are_refused_tokens_or_not() {
+        for a in [
+            Auth::new(vec![], false, vec![]).with_origins(vec!["https://ops.example/".into()]),
+            Auth::new(vec![tok("adm", Role::Admin)], true, vec![]).with_origins(vec!["https://ops.example".into()]),
+        ] {
+            let json = ("content-type", "application/json");
+            let host = ("host", "127.0.0.1:9090");
+            // What the CLI and the dashboard send.
+            for ok in [
+                vec![host, json, ("content-length", "2")],
+                vec![host, ("content-length", "0")],
+                vec![host],
+                vec![host, ("content-type", "application/json; charset=utf-8"), ("content-length", "2")],
+                vec![host, json, ("origin", "http://127.0.0.1:9090"), ("sec-fetch-site", "same-origin")],
+                vec![host, json, ("origin", "https://ops.example"), ("sec-fetch-site", "cross-site")],
+                vec![host, ("content-type", "application/merge-patch+json"), ("content-length", "2")],
+            ] {
+                assert!(a.check_cross_site(&Method::POST, &headers(&ok)).is_ok(), "{ok:?}");
+            }
+            for bad in [
+                vec![host, ("content-type", "text/plain"), ("content-length", "20")],
+                vec![host, ("content-type", "application/x-www-form-urlencoded"), ("content-length", "0")],
+                vec![host, ("content-type", "multipart/form-data; boundary=x")],
+                vec![host, ("content-length", "20")],
+                vec![host, ("transfer-encoding", "chunked")],
+                vec![host, json, ("origin", "http://evil.example")],
+                vec![host, json, ("origin", "null")],
+                vec![host, json, ("origin", "http://127.0.0.1:9091")],
+                vec![host, json, ("sec-fetch-site", "cross-site")],
+                vec![host, json, ("sec-fetch-site", "same-site")],
+            ] {
+                let e = a.check_cross_site(&Method::POST, &headers(&bad)).unwrap_err();
+                assert_eq!(e.status, StatusCode::FORBIDDEN, "{bad:?}");
+                for m in [Method::PUT, Method::PATCH, Method::DELETE] {
+                    assert!(a.check_cross_site(&m, &headers(&bad)).is_err(), "{m} {bad:?}");
+                }
+                // Reads are not checked: a page cannot read another origin's answers.
+                assert!(a.check_cross_site(&Method::GET, &headers(&bad)).is_ok());
+            }
+        }
+        let e = Auth::default()
+            .check_cross_site(&Method::POST, &headers(&[("content-type", &"x".repeat(5000))]))
+            .unwrap_err();
+        assert!(e.message.len() < 500, "the bad value is quoted only in part: {}", e.message);
     }
 }

@@ -32,7 +32,8 @@ impl ApiError {
 
     pub fn code(&self) -> &'static str {
         match self.status {
-            StatusCode::BAD_REQUEST | StatusCode::PAYLOAD_TOO_LARGE | StatusCode::UNSUPPORTED_MEDIA_TYPE => "BadRequest",
+            StatusCode::PAYLOAD_TOO_LARGE => "PayloadTooLarge",
+            StatusCode::BAD_REQUEST | StatusCode::UNSUPPORTED_MEDIA_TYPE => "BadRequest",
             StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED => "NotFound",
             StatusCode::CONFLICT => "Conflict",
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => "Unauthorized",
@@ -42,9 +43,38 @@ impl ApiError {
     }
 }
 
+/// The longest error message sent: a message that quotes a huge invalid value is cut, so a client
+/// cannot make the API echo megabytes back.
+const MAX_MESSAGE_BYTES: usize = 1024;
+
+/// A value quoted for an error message (as `{:?}` does), cut to about 200 bytes with how long it was.
+pub fn quote_value(value: &str) -> String {
+    const KEEP: usize = 200;
+    if value.len() <= KEEP {
+        return format!("{value:?}");
+    }
+    let mut end = KEEP;
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{:?}… ({} bytes)", &value[..end], value.len())
+}
+
+/// `message` cut to [`MAX_MESSAGE_BYTES`] on a character boundary, saying how long it was.
+fn bounded(message: String) -> String {
+    if message.len() <= MAX_MESSAGE_BYTES {
+        return message;
+    }
+    let mut end = MAX_MESSAGE_BYTES;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… (message cut: {} bytes)", &message[..end], message.len())
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({"error": {"code": self.code(), "message": self.message}});
+        let body = serde_json::json!({"error": {"code": self.code(), "message": bounded(self.message)}});
         let mut r = (self.status, axum::Json(body)).into_response();
         if self.status == StatusCode::UNAUTHORIZED {
             r.headers_mut()
@@ -82,5 +112,21 @@ impl From<StoreError> for ApiError {
             // Only controller writes are fenced; an API call never is.
             e @ StoreError::Fenced { .. } => ApiError::new(StatusCode::CONFLICT, e.to_string()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoted_values_and_messages_are_bounded() {
+        assert_eq!(quote_value("ab\"c"), "\"ab\\\"c\"");
+        let q = quote_value(&"é".repeat(1000));
+        assert!(q.len() < 260 && q.ends_with("(2000 bytes)"), "{q}");
+        let m = bounded("x".repeat(2_000_000));
+        assert!(m.len() < 1100 && m.ends_with("(message cut: 2000000 bytes)"));
+        assert_eq!(bounded("short".into()), "short");
+        assert_eq!(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "x").code(), "PayloadTooLarge");
     }
 }

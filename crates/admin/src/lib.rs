@@ -9,6 +9,7 @@
 pub mod auth;
 mod body;
 pub mod error;
+pub mod listener;
 mod metrics;
 mod resources;
 pub mod rollouts;

@@ -84,6 +84,15 @@ pub struct ServerSection {
     /// on the same machine).
     #[serde(default)]
     pub admin_hosts: Vec<String>,
+    /// Web origins (`https://ops.example`) besides the admin API's own whose pages may make
+    /// state-changing calls; every other cross-site write is refused (tokens or not).
+    #[serde(default)]
+    pub admin_origins: Vec<String>,
+    /// Client connections open at once; past it a new one takes the place of the oldest idle one, or
+    /// is closed at once (default: half the open-file limit left after 256).
+    pub max_connections: Option<usize>,
+    /// Connections the admin listener serves at once; a new one past it is closed (default 256).
+    pub admin_max_connections: Option<usize>,
     /// Largest request body the gateway accepts, bytes (default 10 MiB).
     pub max_body_bytes: Option<u64>,
     /// Largest request head, bytes (default 64 KiB).
@@ -124,6 +133,15 @@ pub struct Http2Section {
     pub stream_window_bytes: Option<u32>,
     /// The connection's flow-control window, bytes (default 1048576).
     pub connection_window_bytes: Option<u32>,
+    /// Response bytes a stream may hold waiting for the client's window (default 65536).
+    pub send_buffer_bytes: Option<u32>,
+    /// Seconds a connection may have no open stream before it is closed with GOAWAY (default 60).
+    pub idle_timeout_seconds: Option<u64>,
+    /// Seconds a header block (HEADERS and CONTINUATION) may take (default: headerReadTimeoutSeconds).
+    pub head_timeout_seconds: Option<u64>,
+    /// Seconds a stream may get no window from its client, or have no bytes taken, before it is reset
+    /// (default 60).
+    pub send_timeout_seconds: Option<u64>,
 }
 
 /// Tracing: where spans go (OTLP/HTTP) and which requests are sampled.

@@ -229,12 +229,10 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     let v3 = backend("v3", 0.0, Duration::ZERO).await?;
     let cfg = config(v1, &data_dir)?;
     let serve_args = ServeArgs {
-        config: None,
         listen: Some(args.listen),
-        tls_listen: None,
         admin_listen: Some(args.admin_listen),
         data_dir: Some(data_dir.clone()),
-        store: None,
+        ..ServeArgs::default()
     };
     let running = crate::serve::start(&cfg, &serve_args).await?;
     println!();

@@ -5,9 +5,12 @@
 #![forbid(unsafe_code)]
 
 mod backend;
+mod check;
 mod client;
 mod config;
 mod demo;
+#[cfg(test)]
+mod docs_tests;
 mod rollout_cli;
 mod serve;
 
@@ -21,7 +24,7 @@ use reqwest::Method;
 #[derive(Parser)]
 #[command(
     name = "canarygate",
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("CANARYGATE_COMMIT"), ")"),
     about = "Canary releases for any HTTP service: gateway, rollouts, admin API."
 )]
 struct Cli {
@@ -44,6 +47,12 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Run the gateway, controller and admin API.
     Serve(serve::ServeArgs),
+    /// Check a config file as `serve` and `apply` would, without starting anything or touching a
+    /// store: exit 0, or 1 naming each problem (file, field, and line where the parser knows it).
+    Check {
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+    },
     /// Make the server's APIs, stages and domains match a file.
     Apply {
         #[arg(short = 'f', long = "file")]
@@ -81,6 +90,22 @@ enum Command {
     DemoBackend(backend::BackendArgs),
     /// The replicas sharing the store, the state version each serves, and which runs the controller.
     Cluster,
+    /// Copy the SQLite state database (`<dataDir>/state.db`) to a new file while the server runs, with
+    /// SQLite's online backup: a consistent copy as of one moment. Restore: stop the server, put the
+    /// copy at `<dataDir>/state.db`, start it.
+    Backup {
+        /// The running server's data directory.
+        #[arg(long, default_value = "./canarygate-data")]
+        data_dir: PathBuf,
+        /// The new file to write.
+        #[arg(long)]
+        to: PathBuf,
+    },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to standard output.
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page (roff) to standard output.
+    #[command(hide = true)]
+    Man,
 }
 
 #[derive(Subcommand)]
@@ -171,6 +196,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let c = Client::new(&cli.server, cli.token.clone(), cli.output);
     match cli.command {
         Command::Serve(args) => serve::run(args).await,
+        Command::Check { file } => check::run(&file, &serve::ServeArgs::default()),
+        Command::Backup { data_dir, to } => {
+            let version = canarygate_store::backup_sqlite(&data_dir.join("state.db"), &to)?;
+            println!(
+                "backed up {} to {} (schema version {version})",
+                data_dir.join("state.db").display(),
+                to.display()
+            );
+            Ok(())
+        }
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "canarygate", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man => {
+            use clap::CommandFactory;
+            clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
+            Ok(())
+        }
         Command::Demo(args) => demo::run(args).await,
         Command::DemoBackend(args) => backend::run(args).await,
         Command::Apply { file, dry_run } => client::apply(&c, &file, dry_run).await,
@@ -231,6 +276,8 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("CANARYGATE_LOG").unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
+        // Colour only on a terminal: a log written to a file or a pipe has no escape codes.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     // CANARYGATE_WORKER_THREADS sets the control-plane runtime's threads (default: one per core); the
     // data plane has its own single-threaded workers (server.workers).

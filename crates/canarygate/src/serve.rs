@@ -23,7 +23,7 @@ use tokio::net::TcpListener;
 use crate::config::{ConfigFile, TokenSpec};
 
 /// Flags of `serve`; each overrides the config file's `server` key.
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Default, clap::Args)]
 pub struct ServeArgs {
     /// Config file (YAML): `server` settings and resources to seed.
     #[arg(long, short = 'c')]
@@ -43,6 +43,9 @@ pub struct ServeArgs {
     /// `sqlite` or a PostgreSQL URL [default: sqlite]
     #[arg(long)]
     pub store: Option<String>,
+    /// Check the config file (and these flags) as `serve` would, then exit: 0, or 1 naming each problem.
+    #[arg(long)]
+    pub check: bool,
 }
 
 fn tokens(cfg: &ConfigFile) -> Vec<Token> {
@@ -364,6 +367,12 @@ impl Running {
 
 /// `canarygate serve`: runs until SIGTERM or Ctrl-C.
 pub async fn run(args: ServeArgs) -> Result<()> {
+    if args.check {
+        let Some(path) = &args.config else {
+            bail!("serve --check needs --config FILE");
+        };
+        return crate::check::run(path, &args);
+    }
     let cfg = match &args.config {
         Some(p) => crate::config::load(p)?,
         None => ConfigFile::default(),
@@ -376,34 +385,19 @@ pub async fn run(args: ServeArgs) -> Result<()> {
 
 /// Starts the gateway, the controller and the admin API with `cfg`, flags in `args` winning.
 pub async fn start(cfg: &ConfigFile, args: &ServeArgs) -> Result<Running> {
-    let listen = args
-        .listen
-        .or(cfg.server.listen)
-        .unwrap_or_else(|| "127.0.0.1:8080".parse().expect("valid"));
-    let admin_listen = args
-        .admin_listen
-        .or(cfg.server.admin_listen)
-        .unwrap_or_else(|| "127.0.0.1:9090".parse().expect("valid"));
-    let data_dir = args
-        .data_dir
-        .clone()
-        .or(cfg.server.data_dir.clone())
-        .unwrap_or_else(|| PathBuf::from("./canarygate-data"));
-    let store_kind = args.store.clone().or(cfg.server.store.clone()).unwrap_or_else(|| "sqlite".into());
-    let tokens = tokens(cfg);
-    if tokens.is_empty() && !admin_listen.ip().is_loopback() {
-        bail!(
-            "refusing to start: the admin listener {admin_listen} is not a loopback address and no admin token is configured; \
-             set CANARYGATE_ADMIN_TOKEN or server.adminTokens, or listen on 127.0.0.1"
-        );
-    }
-    let postgres = store_kind.starts_with("postgres://") || store_kind.starts_with("postgresql://");
-    if store_kind != "sqlite" && !postgres {
-        bail!(
-            "server.store {:?}: not a store (use sqlite, or a postgres://user:password@host:port/database URL)",
-            redact(&store_kind)
-        );
-    }
+    let Settings {
+        listen,
+        admin_listen,
+        tls_listen,
+        data_dir,
+        store_kind,
+        postgres,
+        tokens,
+        limits,
+        admin_limits,
+        lease_seconds,
+    } = settings(cfg, args, raise_open_files())?;
+    tracing::info!(max_connections = limits.max_connections, "client connections");
     std::fs::create_dir_all(&data_dir).with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
 
     let metrics = Arc::new(Registry::new());
@@ -418,27 +412,6 @@ pub async fn start(cfg: &ConfigFile, args: &ServeArgs) -> Result<Running> {
     } else {
         AccessLog::disabled()
     };
-    let defaults = Limits::default();
-    let limits = Limits {
-        max_header_bytes: cfg.server.max_header_bytes.unwrap_or(defaults.max_header_bytes),
-        max_request_line: cfg.server.max_request_line_bytes.unwrap_or(defaults.max_request_line),
-        max_field_bytes: cfg.server.max_header_field_bytes.unwrap_or(defaults.max_field_bytes),
-        max_body_bytes: cfg.server.max_body_bytes.unwrap_or(defaults.max_body_bytes),
-        header_read_timeout: cfg
-            .server
-            .header_read_timeout_seconds
-            .map_or(defaults.header_read_timeout, Duration::from_secs),
-        body_read_timeout: cfg
-            .server
-            .body_read_timeout_seconds
-            .map_or(defaults.body_read_timeout, Duration::from_secs),
-        http2: http2_limits(&cfg.server.http2)?,
-        upgrade_idle_timeout: match cfg.server.upgrade_idle_timeout_seconds {
-            None => defaults.upgrade_idle_timeout,
-            Some(s @ 1..=86_400) => Duration::from_secs(s),
-            Some(s) => bail!("server.upgradeIdleTimeoutSeconds: {s} is not a number of seconds from 1 to 86400"),
-        },
-    };
     let mut gateway = Gateway::new(metrics.clone(), log, limits);
     if let Some(endpoint) = &cfg.server.telemetry.otlp_endpoint {
         let t = &cfg.server.telemetry;
@@ -452,12 +425,7 @@ pub async fn start(cfg: &ConfigFile, args: &ServeArgs) -> Result<Running> {
         tracing::info!(endpoint = %tracing_cfg.traces_url()?, ratio = tracing_cfg.sample_ratio, "tracing on");
         gateway = gateway.with_tracer(tracer);
     }
-    let tls_listen = args.tls_listen.or(cfg.server.tls_listen);
-    if let Some(addr) = tls_listen {
-        let Some(files) = &cfg.server.tls else {
-            bail!("server.tlsListen {addr}: needs server.tls {{certFile, keyFile}}, the certificate served by default");
-        };
-        files.check("server.tls").map_err(|e| anyhow::anyhow!("{e}"))?;
+    if let (Some(_), Some(files)) = (tls_listen, &cfg.server.tls) {
         let certs = canarygate_gateway::tls::Certificates::new(canarygate_gateway::tls::PairFiles {
             cert_file: files.cert_file.clone().into(),
             key_file: files.key_file.clone().into(),
@@ -482,11 +450,6 @@ pub async fn start(cfg: &ConfigFile, args: &ServeArgs) -> Result<Running> {
     if postgres {
         follow_changes(store.clone(), store_kind.clone(), stale_since.clone());
     }
-    let lease_seconds = match cfg.server.lease_seconds {
-        None => 10,
-        Some(s @ 2..=300) => s,
-        Some(s) => bail!("server.leaseSeconds: {s} is not a number of seconds from 2 to 300"),
-    };
     seed(&store, plan(&store.current(), &cfg.resources(), PlanMode::CreateOnly)).await?;
 
     // Bound by tokio (backlog 1024, SO_REUSEADDR), then handed to the data-plane workers.
@@ -550,6 +513,22 @@ pub async fn start(cfg: &ConfigFile, args: &ServeArgs) -> Result<Running> {
             if let Some(t) = gw_for_prom.tracer() {
                 t.render_prometheus(out);
             }
+            let conns = gw_for_prom.connections();
+            out.push_str("# HELP canarygate_client_connections Client connections open on the gateway's listeners.\n");
+            out.push_str("# TYPE canarygate_client_connections gauge\n");
+            let _ = writeln!(out, "canarygate_client_connections {}", conns.open());
+            out.push_str("# HELP canarygate_client_connections_closed_total Client connections closed for want of room (server.maxConnections): evicted (an idle one closed for a new one) or refused (a new one closed at once).\n");
+            out.push_str("# TYPE canarygate_client_connections_closed_total counter\n");
+            let _ = writeln!(
+                out,
+                "canarygate_client_connections_closed_total{{why=\"evicted\"}} {}",
+                conns.evicted()
+            );
+            let _ = writeln!(
+                out,
+                "canarygate_client_connections_closed_total{{why=\"refused\"}} {}",
+                conns.refused()
+            );
             let caught = store_for_prom.catch_ups();
             out.push_str("# HELP canarygate_store_catch_ups_total Times this replica brought its state up to what other replicas wrote: by applying their logged changes, or by loading everything.\n");
             out.push_str("# TYPE canarygate_store_catch_ups_total counter\n");
@@ -583,18 +562,12 @@ pub async fn start(cfg: &ConfigFile, args: &ServeArgs) -> Result<Running> {
         tokens,
         cfg.server.read_requires_token.unwrap_or(true),
         cfg.server.admin_hosts.clone(),
-    );
+    )
+    .with_origins(cfg.server.admin_origins.clone());
     let app = canarygate_admin::router(state, auth);
-    let mut admin_shutdown = shutdown_rx.clone();
+    let admin_shutdown = shutdown_rx.clone();
     let admin = tokio::spawn(async move {
-        let served = axum::serve(admin_listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = admin_shutdown.changed().await;
-            })
-            .await;
-        if let Err(e) = served {
-            tracing::error!(error = %e, "admin listener failed");
-        }
+        canarygate_admin::listener::serve(admin_listener, app, admin_limits, admin_shutdown).await;
     });
     let mut controller = Controller::new(store.clone(), metrics.clone(), Arc::new(SystemClock));
     if let Some(coordinator) = &coordinator {
@@ -729,9 +702,170 @@ pub async fn shutdown_signal() {
     }
 }
 
+/// What a config file and the flags make of the process, checked: no file, socket or store is
+/// touched (`serve` starts from it; `check` stops at it).
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub tls_listen: Option<SocketAddr>,
+    pub data_dir: PathBuf,
+    pub store_kind: String,
+    pub postgres: bool,
+    pub tokens: Vec<Token>,
+    pub limits: Limits,
+    pub admin_limits: canarygate_admin::listener::ListenerLimits,
+    pub lease_seconds: u64,
+}
+
+/// The settings of `cfg` with `args` winning, for a process allowed `open_files` descriptors; an error
+/// names the field and value at fault.
+pub fn settings(cfg: &ConfigFile, args: &ServeArgs, open_files: u64) -> Result<Settings> {
+    let listen = args
+        .listen
+        .or(cfg.server.listen)
+        .unwrap_or_else(|| "127.0.0.1:8080".parse().expect("valid"));
+    let admin_listen = args
+        .admin_listen
+        .or(cfg.server.admin_listen)
+        .unwrap_or_else(|| "127.0.0.1:9090".parse().expect("valid"));
+    let data_dir = args
+        .data_dir
+        .clone()
+        .or(cfg.server.data_dir.clone())
+        .unwrap_or_else(|| PathBuf::from("./canarygate-data"));
+    let store_kind = args.store.clone().or(cfg.server.store.clone()).unwrap_or_else(|| "sqlite".into());
+    let tokens = tokens(cfg);
+    if tokens.is_empty() && !admin_listen.ip().is_loopback() {
+        bail!(
+            "refusing to start: the admin listener {admin_listen} is not a loopback address and no admin token is configured; \
+             set CANARYGATE_ADMIN_TOKEN or server.adminTokens, or listen on 127.0.0.1"
+        );
+    }
+    let postgres = store_kind.starts_with("postgres://") || store_kind.starts_with("postgresql://");
+    if store_kind != "sqlite" && !postgres {
+        bail!(
+            "server.store {:?}: not a store (use sqlite, or a postgres://user:password@host:port/database URL)",
+            redact(&store_kind)
+        );
+    }
+    let max_connections = match cfg.server.max_connections {
+        None => connections_for(open_files),
+        Some(n) if n >= 1 => n,
+        Some(n) => bail!("server.maxConnections: {n} must be at least 1"),
+    };
+    let defaults = Limits::default();
+    let limits = Limits {
+        max_connections,
+        max_header_bytes: cfg.server.max_header_bytes.unwrap_or(defaults.max_header_bytes),
+        max_request_line: cfg.server.max_request_line_bytes.unwrap_or(defaults.max_request_line),
+        max_field_bytes: cfg.server.max_header_field_bytes.unwrap_or(defaults.max_field_bytes),
+        max_body_bytes: cfg.server.max_body_bytes.unwrap_or(defaults.max_body_bytes),
+        header_read_timeout: cfg
+            .server
+            .header_read_timeout_seconds
+            .map_or(defaults.header_read_timeout, Duration::from_secs),
+        body_read_timeout: cfg
+            .server
+            .body_read_timeout_seconds
+            .map_or(defaults.body_read_timeout, Duration::from_secs),
+        http2: http2_limits(
+            &cfg.server.http2,
+            cfg.server
+                .header_read_timeout_seconds
+                .map_or(defaults.header_read_timeout, Duration::from_secs),
+        )?,
+        upgrade_idle_timeout: match cfg.server.upgrade_idle_timeout_seconds {
+            None => defaults.upgrade_idle_timeout,
+            Some(s @ 1..=86_400) => Duration::from_secs(s),
+            Some(s) => bail!("server.upgradeIdleTimeoutSeconds: {s} is not a number of seconds from 1 to 86400"),
+        },
+    };
+    let lease_seconds = match cfg.server.lease_seconds {
+        None => 10,
+        Some(s @ 2..=300) => s,
+        Some(s) => bail!("server.leaseSeconds: {s} is not a number of seconds from 2 to 300"),
+    };
+    let admin_limits = canarygate_admin::listener::ListenerLimits {
+        head_timeout: limits.header_read_timeout,
+        body_timeout: limits.body_read_timeout,
+        max_connections: match cfg.server.admin_max_connections {
+            None => canarygate_admin::listener::ListenerLimits::default().max_connections,
+            Some(n) if n >= 1 => n,
+            Some(n) => bail!("server.adminMaxConnections: {n} must be at least 1"),
+        },
+    };
+    let tls_listen = args.tls_listen.or(cfg.server.tls_listen);
+    if let Some(addr) = tls_listen {
+        let Some(files) = &cfg.server.tls else {
+            bail!("server.tlsListen {addr}: needs server.tls {{certFile, keyFile}}, the certificate served by default");
+        };
+        files.check("server.tls").map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    Ok(Settings {
+        listen,
+        admin_listen,
+        tls_listen,
+        data_dir,
+        store_kind,
+        postgres,
+        tokens,
+        limits,
+        admin_limits,
+        lease_seconds,
+    })
+}
+
+/// Raises the open-file soft limit to the hard limit (at most what the kernel allows a process,
+/// `fs.nr_open`), logging both; returns the limit now in force.
+fn raise_open_files() -> u64 {
+    let (soft, hard) = match rlimit::Resource::NOFILE.get() {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the open-file limit; assuming 1024");
+            return 1024;
+        }
+    };
+    let kernel = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(1 << 20);
+    match rlimit::increase_nofile_limit(hard.min(kernel)) {
+        Ok(now) => {
+            tracing::info!(soft_before = soft, hard, now, "open-file limit");
+            now
+        }
+        Err(e) => {
+            tracing::warn!(soft, hard, error = %e, "cannot raise the open-file limit");
+            soft
+        }
+    }
+}
+
+/// Descriptors kept for everything but client connections: the store, the admin API, access logs,
+/// certificates, the upstream pools' idle connections.
+const RESERVED_FILES: u64 = 256;
+
+/// The default `server.maxConnections` for an open-file limit: each client connection may hold an
+/// upstream connection too, so half of what is left after [`RESERVED_FILES`], at least 64.
+fn connections_for(open_files: u64) -> usize {
+    (open_files.saturating_sub(RESERVED_FILES) / 2).max(64) as usize
+}
+
 /// `server.http2`, checked against what HTTP/2 allows (RFC 9113 §6.5.2, §6.9.2).
-fn http2_limits(h: &crate::config::Http2Section) -> Result<canarygate_gateway::Http2Limits> {
+fn http2_limits(h: &crate::config::Http2Section, head_timeout: Duration) -> Result<canarygate_gateway::Http2Limits> {
     let d = canarygate_gateway::Http2Limits::default();
+    let seconds = |field: &str, v: Option<u64>, default: Duration| -> Result<Duration> {
+        match v {
+            None => Ok(default),
+            Some(n @ 1..=86_400) => Ok(Duration::from_secs(n)),
+            Some(n) => bail!("server.http2.{field}: {n} is not a number of seconds from 1 to 86400"),
+        }
+    };
+    let send_buffer = match h.send_buffer_bytes {
+        None => d.send_buffer_bytes,
+        Some(n @ 1024..=16_777_216) => n,
+        Some(n) => bail!("server.http2.sendBufferBytes: {n} is not from 1024 to 16777216"),
+    };
     let window = |field: &str, v: Option<u32>, default: u32| -> Result<u32> {
         match v {
             None => Ok(default),
@@ -754,5 +888,9 @@ fn http2_limits(h: &crate::config::Http2Section) -> Result<canarygate_gateway::H
         max_header_list_bytes: header_list,
         stream_window: window("streamWindowBytes", h.stream_window_bytes, d.stream_window)?,
         connection_window: window("connectionWindowBytes", h.connection_window_bytes, d.connection_window)?,
+        send_buffer_bytes: send_buffer,
+        idle_timeout: seconds("idleTimeoutSeconds", h.idle_timeout_seconds, d.idle_timeout)?,
+        head_timeout: seconds("headTimeoutSeconds", h.head_timeout_seconds, head_timeout)?,
+        send_timeout: seconds("sendTimeoutSeconds", h.send_timeout_seconds, d.send_timeout)?,
     })
 }

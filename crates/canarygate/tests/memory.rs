@@ -9,16 +9,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::json;
 
-/// The resident set of a process, in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS in /proc/<pid>/status")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_500_stages_with_traffic_gives_their_memory_back() {
     let dir = tempfile::tempdir().unwrap();

@@ -195,7 +195,13 @@ async fn remove_canary_and_resources() {
         "refused create changed nothing"
     );
     // Invalid JSON names the problem.
-    let r = c.put(format!("{}/v1/apis/x", s.admin)).body("{not json").send().await.unwrap();
+    let r = c
+        .put(format!("{}/v1/apis/x", s.admin))
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
 
     // Deployments are listed newest first.

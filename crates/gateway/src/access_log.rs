@@ -240,7 +240,10 @@ impl Writer {
                     self.files.insert(key.clone(), f);
                 }
                 Err(e) => {
-                    tracing::warn!(path = %path.display(), error = %e, "cannot open access log");
+                    static CANNOT_OPEN: crate::log_every::Every = crate::log_every::Every::second();
+                    if let Some(left_out) = CANNOT_OPEN.check() {
+                        tracing::warn!(path = %path.display(), error = %e, left_out, "cannot open access log");
+                    }
                     return;
                 }
             }
@@ -256,7 +259,10 @@ impl Writer {
                     self.files.insert(key.clone(), f);
                 }
                 Err(e) => {
-                    tracing::warn!(path = %path.display(), error = %e, "cannot reopen access log");
+                    static CANNOT_REOPEN: crate::log_every::Every = crate::log_every::Every::second();
+                    if let Some(left_out) = CANNOT_REOPEN.check() {
+                        tracing::warn!(path = %path.display(), error = %e, left_out, "cannot reopen access log");
+                    }
                     return;
                 }
             }

@@ -1,37 +1,58 @@
-//! HTTP/2 on the client side, on hyper's HTTP/2 server (over the `h2` crate): over TLS when ALPN chose
-//! `h2`, and in cleartext with prior knowledge on the plain listener (a connection that opens with the
-//! HTTP/2 preface). Every stream is a request of its own through [`crate::request::handle`]: its own
-//! variant choice, metrics, access log line and span. The stream's response body tells the request's
-//! `Finish` how it ended: read to its end, failed by the upstream, or reset by the client (the client's).
+//! HTTP/2 on the client side, on the `h2` crate directly: over TLS when ALPN chose `h2`, and in
+//! cleartext with prior knowledge on the plain listener (a connection that opens with the HTTP/2
+//! preface). Every stream is a request of its own through [`crate::request::handle`]: its own variant
+//! choice, metrics, access log line and span.
 //!
 //! The `h2` crate keeps HTTP/2's framing rules: a `content-length` that disagrees with the DATA frames,
 //! connection-specific fields (`transfer-encoding`, `connection`, ...) and malformed pseudo-headers are
 //! stream or connection errors, never forwarded; field values cannot hold CR, LF or NUL.
+//!
+//! Bounded under abuse (what nginx and HAProxy do for the same frames):
+//! - A stream's work is tied to the stream: a client's `RST_STREAM` drops its request at once, the
+//!   upstream call with it (its connection is closed), and it is recorded as the client's (status 499).
+//!   At most `maxConcurrentStreams` requests of a connection are at work at any moment, whatever the
+//!   client resets: a stream waits for the slot of a reset one to be given back.
+//! - A connection whose client resets more than [`Http2Limits::reset_budget`] streams in
+//!   [`RESET_WINDOW`] is sent GOAWAY `ENHANCE_YOUR_CALM` and closed (the "rapid reset" attack, CVE-2023-44487).
+//! - Deadlines, each with a GOAWAY: `idle` (no open stream), `head` (a HEADERS frame whose header block
+//!   has not ended: CONTINUATION never comes), `send` (a stream that gets no flow-control window, or
+//!   whose bytes the client does not take, is reset with `CANCEL` and its upstream call ends).
+//! - Memory: each stream holds at most `sendBufferBytes` of response waiting for the client's window,
+//!   plus the one upstream read in hand.
 
-use std::convert::Infallible;
+use std::future::{poll_fn, Future};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::task::AtomicWaker;
+use h2::server::SendResponse;
+use h2::{Reason, RecvStream, SendStream};
 use http::{header, HeaderValue, Method, Request, Response};
 use http_body::{Body as HttpBody, Frame, SizeHint};
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::Semaphore;
+use tokio::time::{Instant, Sleep};
 
 use crate::body::{Body, BoxError};
+use crate::connections::ConnCtl;
 use crate::exchange::{Ending, Peer};
 use crate::request::{self, Finish};
-use crate::server::ConnCtl;
 use crate::Gateway;
 
 /// The HTTP/2 connection preface a client sends first (RFC 9113 §3.4).
 pub(crate) const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
+/// The window over which a connection's client resets are counted.
+pub const RESET_WINDOW: Duration = Duration::from_secs(10);
+
 /// Limits of an HTTP/2 connection (`server.http2`).
 #[derive(Debug, Clone, Copy)]
 pub struct Http2Limits {
-    /// Streams a client may have open at once.
+    /// Streams a client may have open at once, and requests of a connection at work at once.
     pub max_concurrent_streams: u32,
     /// Largest header list a client may send (RFC 9113 §6.5.2, uncompressed), bytes.
     pub max_header_list_bytes: u32,
@@ -39,6 +60,14 @@ pub struct Http2Limits {
     pub stream_window: u32,
     /// Flow-control window of the connection, bytes.
     pub connection_window: u32,
+    /// Response bytes a stream may hold waiting for the client's window, bytes.
+    pub send_buffer_bytes: u32,
+    /// A connection with no open stream for this long is closed (GOAWAY).
+    pub idle_timeout: Duration,
+    /// A header block (HEADERS and its CONTINUATIONs) must end within this long.
+    pub head_timeout: Duration,
+    /// A stream whose client gives no window or takes no bytes for this long is reset.
+    pub send_timeout: Duration,
 }
 
 impl Default for Http2Limits {
@@ -48,45 +77,221 @@ impl Default for Http2Limits {
             max_header_list_bytes: 64 * 1024,
             stream_window: 256 * 1024,
             connection_window: 1024 * 1024,
+            send_buffer_bytes: 64 * 1024,
+            idle_timeout: Duration::from_secs(60),
+            head_timeout: Duration::from_secs(10),
+            send_timeout: Duration::from_secs(60),
         }
     }
 }
 
-/// Serves an HTTP/2 connection until it closes (or the worker shuts down: then it stops taking new
-/// streams and lets the open ones finish).
-pub(crate) async fn serve<S>(gw: Arc<Gateway>, io: S, peer: Peer, ctl: Arc<ConnCtl>)
+impl Http2Limits {
+    /// Streams a client may reset within [`RESET_WINDOW`] before its connection is closed with
+    /// `ENHANCE_YOUR_CALM`: twice the concurrent streams, at least 100 (a gRPC client cancelling calls
+    /// now and then never comes near it).
+    pub fn reset_budget(&self) -> u32 {
+        self.max_concurrent_streams.saturating_mul(2).max(100)
+    }
+}
+
+/// What a connection's streams and its reader tell the connection's task.
+struct Shared {
+    /// Streams accepted and not yet finished.
+    open: AtomicUsize,
+    /// Streams the client reset before their response ended, in the connection's life.
+    resets: AtomicU32,
+    /// A header block has begun and not ended (seen by [`HeadWatch`] as frames are read).
+    head_open: AtomicBool,
+    /// The connection's task, to wake when a stream ends or is reset.
+    task: AtomicWaker,
+    /// Requests at work: one permit each.
+    slots: Arc<Semaphore>,
+}
+
+impl Shared {
+    fn stream_ended(&self) {
+        if self.open.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.task.wake();
+        }
+    }
+
+    fn client_reset(&self) {
+        self.resets.fetch_add(1, Ordering::Relaxed);
+        self.task.wake();
+    }
+}
+
+/// Why a connection's accept loop stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    /// The client closed it, or it failed.
+    Closed,
+    Idle,
+    Head,
+    /// Too many resets: GOAWAY ENHANCE_YOUR_CALM.
+    Calm,
+    /// The worker is shutting down, or the connection was evicted.
+    Closing,
+}
+
+/// Serves an HTTP/2 connection until it closes, times out, or the worker shuts down (then it stops
+/// taking new streams and lets the open ones finish). `read` is what was already read from `io` (a
+/// plain connection's preface and what followed it).
+pub(crate) async fn serve<S>(gw: Arc<Gateway>, io: S, read: Bytes, peer: Peer, ctl: Arc<ConnCtl>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let limits = gw.limits.http2;
-    let svc_gw = gw.clone();
-    let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-        let (gw, peer) = (svc_gw.clone(), peer.clone());
-        async move { Ok::<_, Infallible>(stream(gw, req, peer).await) }
+    let shared = Arc::new(Shared {
+        open: AtomicUsize::new(0),
+        resets: AtomicU32::new(0),
+        head_open: AtomicBool::new(false),
+        task: AtomicWaker::new(),
+        slots: Arc::new(Semaphore::new(limits.max_concurrent_streams as usize)),
     });
-    let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+    let mut builder = h2::server::Builder::new();
+    builder
         .max_concurrent_streams(limits.max_concurrent_streams)
         .max_header_list_size(limits.max_header_list_bytes)
-        .initial_stream_window_size(limits.stream_window)
+        .initial_window_size(limits.stream_window)
         .initial_connection_window_size(limits.connection_window)
-        .serve_connection(TokioIo::new(io), svc);
-    tokio::pin!(conn);
-    let closing = std::future::poll_fn(|cx| ctl.poll_closing(cx));
-    tokio::select! {
-        r = conn.as_mut() => {
-            if let Err(e) = r {
-                tracing::debug!(error = %e, "HTTP/2 connection ended with an error");
+        .max_send_buffer_size(limits.send_buffer_bytes as usize);
+    let io = HeadWatch::new(read, io, shared.clone());
+    let mut conn = match tokio::time::timeout(limits.head_timeout, builder.handshake::<_, Bytes>(io)).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => return tracing::debug!(peer = %peer.addr, error = %e, "HTTP/2 handshake failed"),
+        Err(_) => return tracing::debug!(peer = %peer.addr, "HTTP/2 handshake timed out"),
+    };
+    let start = |req, respond| {
+        shared.open.fetch_add(1, Ordering::AcqRel);
+        tokio::spawn(stream(gw.clone(), req, respond, peer.clone(), shared.clone()));
+    };
+    let mut watch = Deadlines::new(limits);
+    let stop = poll_fn(|cx| {
+        loop {
+            match conn.poll_accept(cx) {
+                Poll::Ready(Some(Ok((req, respond)))) => start(req, respond),
+                Poll::Ready(Some(Err(e))) => {
+                    tracing::debug!(peer = %peer.addr, error = %e, "HTTP/2 connection ended with an error");
+                    return Poll::Ready(Stop::Closed);
+                }
+                Poll::Ready(None) => return Poll::Ready(Stop::Closed),
+                Poll::Pending => break,
             }
         }
-        () = closing => {
-            conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
+        if ctl.poll_closing(cx).is_ready() {
+            return Poll::Ready(Stop::Closing);
+        }
+        ctl.set_idle(shared.open.load(Ordering::Acquire) == 0);
+        shared.task.register(cx.waker());
+        watch.poll(cx, &shared)
+    })
+    .await;
+    let grace = match stop {
+        Stop::Closed => return,
+        Stop::Calm => {
+            static CALM: crate::log_every::Every = crate::log_every::Every::second();
+            if let Some(left_out) = CALM.check() {
+                let resets = shared.resets.load(Ordering::Relaxed);
+                tracing::warn!(peer = %peer.addr, resets, left_out, "HTTP/2 client reset too many streams: GOAWAY ENHANCE_YOUR_CALM");
+            }
+            conn.abrupt_shutdown(Reason::ENHANCE_YOUR_CALM);
+            limits.head_timeout
+        }
+        Stop::Idle | Stop::Head => {
+            tracing::debug!(peer = %peer.addr, why = ?stop, "HTTP/2 connection timed out: GOAWAY");
+            conn.graceful_shutdown();
+            limits.head_timeout
+        }
+        Stop::Closing if ctl.evicted() => {
+            // Closed to make room for a new connection: it had no open stream, nothing to wait for.
+            conn.abrupt_shutdown(Reason::NO_ERROR);
+            limits.head_timeout
+        }
+        Stop::Closing => {
+            conn.graceful_shutdown();
+            // The worker's drain time bounds this.
+            Duration::MAX
+        }
+    };
+    // The GOAWAY goes out; streams the client opened before it are still served, the open ones end.
+    let drained = poll_fn(|cx| loop {
+        match conn.poll_accept(cx) {
+            Poll::Ready(Some(Ok((req, respond)))) => start(req, respond),
+            Poll::Ready(Some(Err(_)) | None) => return Poll::Ready(()),
+            Poll::Pending => return Poll::Pending,
+        }
+    });
+    let _ = tokio::time::timeout(grace, drained).await;
+}
+
+/// The connection's deadlines (idle, head) and its reset budget, checked each time its task is woken.
+struct Deadlines {
+    limits: Http2Limits,
+    timer: Pin<Box<Sleep>>,
+    idle_since: Option<Instant>,
+    head_since: Option<Instant>,
+    window_start: Instant,
+    window_base: u32,
+}
+
+impl Deadlines {
+    fn new(limits: Http2Limits) -> Deadlines {
+        let now = Instant::now();
+        Deadlines {
+            limits,
+            timer: Box::pin(tokio::time::sleep_until(now + limits.idle_timeout)),
+            idle_since: None,
+            head_since: None,
+            window_start: now,
+            window_base: 0,
+        }
+    }
+
+    fn poll(&mut self, cx: &mut Context<'_>, shared: &Shared) -> Poll<Stop> {
+        let resets = shared.resets.load(Ordering::Relaxed);
+        if resets != self.window_base {
+            let now = Instant::now();
+            if now.duration_since(self.window_start) >= RESET_WINDOW {
+                self.window_start = now;
+                self.window_base = resets;
+            } else if resets - self.window_base > self.limits.reset_budget() {
+                return Poll::Ready(Stop::Calm);
+            }
+        }
+        let head_open = shared.head_open.load(Ordering::Acquire);
+        if head_open != self.head_since.is_some() {
+            self.head_since = head_open.then(Instant::now);
+        }
+        let idle = shared.open.load(Ordering::Acquire) == 0;
+        if idle != self.idle_since.is_some() {
+            self.idle_since = idle.then(Instant::now);
+        }
+        let due = match (self.head_since, self.idle_since) {
+            (Some(at), _) => (at + self.limits.head_timeout, Stop::Head),
+            (None, Some(at)) => (at + self.limits.idle_timeout, Stop::Idle),
+            (None, None) => return Poll::Pending,
+        };
+        if self.timer.deadline() != due.0 {
+            self.timer.as_mut().reset(due.0);
+        }
+        match self.timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(due.1),
+            Poll::Pending => Poll::Pending,
         }
     }
 }
 
-/// One stream: the request through the handler, its response with a body that reports its end.
-async fn stream(gw: Arc<Gateway>, mut req: Request<hyper::body::Incoming>, peer: Peer) -> Response<FinishBody> {
+/// One stream: the request through the handler (dropped if the client resets the stream first), then
+/// its response sent as the client's window allows.
+async fn stream(gw: Arc<Gateway>, mut req: Request<RecvStream>, mut respond: SendResponse<Bytes>, peer: Peer, shared: Arc<Shared>) {
+    struct Open<'a>(&'a Shared);
+    impl Drop for Open<'_> {
+        fn drop(&mut self) {
+            self.0.stream_ended();
+        }
+    }
+    let _open = Open(&shared);
     // HTTP/2 carries the host in `:authority` (the URI); the handler and upstreams read `Host`.
     if !req.headers().contains_key(header::HOST) {
         if let Some(a) = req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
@@ -94,154 +299,341 @@ async fn stream(gw: Arc<Gateway>, mut req: Request<hyper::body::Incoming>, peer:
         }
     }
     let head = req.method() == Method::HEAD;
-    // The request runs in its own task: a client that resets the stream before the answer (a gRPC
-    // deadline, a cancelled call) drops this future, but the request still ends and is recorded — as
-    // the client's doing, like a client that goes away mid-answer.
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let g = gw.clone();
-    tokio::spawn(async move {
-        let answer = request::handle(&g, req.map(Incoming), &peer).await;
-        if let Err((resp, finish)) = tx.send(answer) {
-            drop(resp);
-            finish.done(g.access_log(), Ending::ClientGone);
-        }
+    let length = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let req = req.map(|rx| Incoming {
+        rx,
+        length,
+        data_done: false,
     });
-    let Ok((resp, finish)) = rx.await else {
-        // The request's task panicked: nothing to record it with.
-        let mut r = Response::new(FinishBody {
-            inner: crate::body::empty(),
-            finish: None,
-            gw,
-            head,
-        });
-        *r.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
-        return r;
+    let work = async {
+        // A slot of the connection's, given back when this stream's work is dropped.
+        let _slot = shared.slots.clone().acquire_owned().await;
+        request::handle(&gw, req, &peer).await
     };
-    let (parts, body) = resp.into_parts();
-    Response::from_parts(
-        parts,
-        FinishBody {
-            inner: body,
-            finish: Some(finish),
-            gw,
-            head,
-        },
-    )
+    let answered = until_reset(&mut respond, work).await;
+    let Some((resp, finish)) = answered else {
+        // Reset before the answer: the request's work is dropped; the handler recorded it.
+        return shared.client_reset();
+    };
+    let sent = respond_with(resp, finish, &mut respond, head, &gw).await;
+    if sent == Sent::Reset {
+        shared.client_reset();
+    }
 }
 
-/// A client's HTTP/2 request body, as the handler takes it.
-pub(crate) struct Incoming(hyper::body::Incoming);
+/// Runs `work` unless the client resets the stream first (then `None`, and `work` is dropped).
+async fn until_reset<F: Future>(respond: &mut SendResponse<Bytes>, work: F) -> Option<F::Output> {
+    let mut work = std::pin::pin!(work);
+    poll_fn(|cx| {
+        if let Poll::Ready(out) = work.as_mut().poll(cx) {
+            return Poll::Ready(Some(out));
+        }
+        match respond.poll_reset(cx) {
+            Poll::Ready(_) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    })
+    .await
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Sent {
+    Done,
+    /// The client reset the stream (or its connection ended) before the response's end.
+    Reset,
+}
+
+/// Fields HTTP/2 forbids (RFC 9113 §8.2.2); the `h2` crate refuses a response that has them.
+const CONNECTION_SPECIFIC: [header::HeaderName; 5] = [
+    header::CONNECTION,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::TE,
+    header::HeaderName::from_static("keep-alive"),
+];
+
+/// Sends the response head and body, and records how it ended.
+async fn respond_with(resp: Response<Body>, mut finish: Finish, respond: &mut SendResponse<Bytes>, head: bool, gw: &Gateway) -> Sent {
+    let (mut parts, mut body) = resp.into_parts();
+    for name in &CONNECTION_SPECIFIC {
+        parts.headers.remove(name);
+    }
+    parts.headers.remove("proxy-connection");
+    if !parts.headers.contains_key(header::DATE) {
+        parts.headers.insert(header::DATE, crate::h1::response::date_value());
+    }
+    let end = head || body.is_end_stream();
+    if !end && !parts.headers.contains_key(header::CONTENT_LENGTH) {
+        if let Some(n) = body.size_hint().exact() {
+            parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+        }
+    }
+    let mut tx = match respond.send_response(Response::from_parts(parts, ()), end) {
+        Ok(tx) => tx,
+        Err(e) => {
+            tracing::debug!(error = %e, "HTTP/2 response head not sent");
+            finish.done(gw.access_log(), Ending::ClientGone);
+            return Sent::Reset;
+        }
+    };
+    if end {
+        finish.done(gw.access_log(), Ending::Complete);
+        return Sent::Done;
+    }
+    let ending = send_body(&mut body, &mut tx, &mut finish, gw.limits.http2.send_timeout).await;
+    let sent = if matches!(ending, Ending::ClientGone) {
+        Sent::Reset
+    } else {
+        Sent::Done
+    };
+    finish.done(gw.access_log(), ending);
+    sent
+}
+
+/// Sends a response body as the client's window allows: each piece once the stream has capacity for it
+/// (so at most `sendBufferBytes` wait per stream), the trailers, the end. A client that gives no
+/// capacity for `send_timeout` gets its stream reset (CANCEL).
+async fn send_body(body: &mut Body, tx: &mut SendStream<Bytes>, finish: &mut Finish, send_timeout: Duration) -> Ending {
+    loop {
+        let frame = poll_fn(|cx| {
+            if tx.poll_reset(cx).is_ready() {
+                return Poll::Ready(Err(()));
+            }
+            Pin::new(&mut *body).poll_frame(cx).map(Ok)
+        })
+        .await;
+        let frame = match frame {
+            Err(()) => return Ending::ClientGone,
+            Ok(None) => {
+                return match tx.send_data(Bytes::new(), true) {
+                    Ok(()) => Ending::Complete,
+                    Err(_) => Ending::ClientGone,
+                }
+            }
+            Ok(Some(Err(e))) => {
+                tx.send_reset(Reason::INTERNAL_ERROR);
+                return Ending::Failed(e.to_string());
+            }
+            Ok(Some(Ok(frame))) => frame,
+        };
+        let mut data = match frame.into_data() {
+            Ok(data) => data,
+            Err(frame) => {
+                let Ok(trailers) = frame.into_trailers() else { continue };
+                // A gRPC call's status comes in the trailers.
+                finish.trailers(&trailers);
+                return match tx.send_trailers(trailers) {
+                    Ok(()) => Ending::Complete,
+                    Err(_) => Ending::ClientGone,
+                };
+            }
+        };
+        let last = body.is_end_stream();
+        if data.is_empty() {
+            if last {
+                return match tx.send_data(data, true) {
+                    Ok(()) => Ending::Complete,
+                    Err(_) => Ending::ClientGone,
+                };
+            }
+            continue;
+        }
+        while !data.is_empty() {
+            tx.reserve_capacity(data.len());
+            let granted = match tx.capacity() {
+                0 => match wait_capacity(tx, send_timeout).await {
+                    Some(n) => n,
+                    None => {
+                        tx.send_reset(Reason::CANCEL);
+                        return Ending::ClientGone;
+                    }
+                },
+                n => n,
+            };
+            let piece = data.split_to(granted.min(data.len()));
+            if tx.send_data(piece, last && data.is_empty()).is_err() {
+                return Ending::ClientGone;
+            }
+        }
+        if last {
+            return Ending::Complete;
+        }
+    }
+}
+
+/// Waits for send capacity on the stream: `None` when none came within `timeout`, or the stream was
+/// reset or its connection ended.
+async fn wait_capacity(tx: &mut SendStream<Bytes>, timeout: Duration) -> Option<usize> {
+    let waited = tokio::time::timeout(
+        timeout,
+        poll_fn(|cx| loop {
+            if tx.poll_reset(cx).is_ready() {
+                return Poll::Ready(None);
+            }
+            match tx.poll_capacity(cx) {
+                Poll::Ready(Some(Ok(0))) => continue,
+                Poll::Ready(Some(Ok(n))) => return Poll::Ready(Some(n)),
+                Poll::Ready(Some(Err(_)) | None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            }
+        }),
+    )
+    .await;
+    waited.ok().flatten()
+}
+
+/// A client's HTTP/2 request body, as the handler takes it: flow-control window given back as the
+/// handler reads, trailers after the data.
+pub(crate) struct Incoming {
+    rx: RecvStream,
+    /// The request's `content-length` (the `h2` crate holds the DATA frames to it).
+    length: Option<u64>,
+    data_done: bool,
+}
+
+fn client_stream_error(e: h2::Error) -> BoxError {
+    crate::error::ClientBodyError::Io(std::io::Error::other(format!("the client's HTTP/2 stream failed: {e}"))).into()
+}
 
 impl HttpBody for Incoming {
     type Data = Bytes;
     type Error = BoxError;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        Pin::new(&mut self.0)
-            .poll_frame(cx)
-            .map_err(|e| crate::error::ClientBodyError::Io(std::io::Error::other(format!("the client's HTTP/2 stream failed: {e}"))).into())
+        let this = &mut *self;
+        if !this.data_done {
+            match this.rx.poll_data(cx) {
+                Poll::Ready(Some(Ok(data))) => {
+                    let _ = this.rx.flow_control().release_capacity(data.len());
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(client_stream_error(e)))),
+                Poll::Ready(None) => this.data_done = true,
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        match this.rx.poll_trailers(cx) {
+            Poll::Ready(Ok(Some(t))) => Poll::Ready(Some(Ok(Frame::trailers(t)))),
+            Poll::Ready(Ok(None)) => Poll::Ready(None),
+            Poll::Ready(Err(e)) => Poll::Ready(Some(Err(client_stream_error(e)))),
+            Poll::Pending => Poll::Pending,
+        }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.0.is_end_stream()
+        self.rx.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.0.size_hint()
-    }
-}
-
-/// A response body that tells the request's `Finish` how it ended.
-pub(crate) struct FinishBody {
-    inner: Body,
-    finish: Option<Finish>,
-    gw: Arc<Gateway>,
-    /// A HEAD's response: hyper sends no body, so an unread one is not a client going away.
-    head: bool,
-}
-
-impl FinishBody {
-    fn end(&mut self, ending: Ending) {
-        if let Some(f) = self.finish.take() {
-            f.done(self.gw.access_log(), ending);
+        match self.length {
+            Some(n) => SizeHint::with_exact(n),
+            None => SizeHint::default(),
         }
     }
 }
 
-impl HttpBody for FinishBody {
-    type Data = Bytes;
-    type Error = BoxError;
+/// A client connection's bytes as the `h2` crate reads them: first those already read from it (the
+/// preface a plain connection opened with, and what followed), then the stream's. Watches the frames
+/// for a header block that has begun and not ended (HEADERS or PUSH_PROMISE without END_HEADERS, until
+/// a CONTINUATION with it), for the head deadline; reads pass through untouched, only the 9-byte frame
+/// headers are looked at.
+struct HeadWatch<S> {
+    prefix: Bytes,
+    inner: S,
+    shared: Arc<Shared>,
+    frames: FrameScan,
+}
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let r = Pin::new(&mut self.inner).poll_frame(cx);
-        match &r {
-            Poll::Ready(None) => self.end(Ending::Complete),
-            Poll::Ready(Some(Err(e))) => {
-                let cause = e.to_string();
-                self.end(Ending::Failed(cause));
-            }
-            Poll::Ready(Some(Ok(frame))) => {
-                // A gRPC call's status comes in the trailers.
-                if let (Some(t), Some(f)) = (frame.trailers_ref(), self.finish.as_mut()) {
-                    f.trailers(t);
+impl<S> HeadWatch<S> {
+    fn new(prefix: Bytes, inner: S, shared: Arc<Shared>) -> HeadWatch<S> {
+        HeadWatch {
+            prefix,
+            inner,
+            shared,
+            frames: FrameScan::default(),
+        }
+    }
+}
+
+/// Follows frame boundaries in the bytes a client sends (after the connection preface).
+#[derive(Default)]
+struct FrameScan {
+    /// Preface bytes still to pass.
+    preface_seen: usize,
+    header: [u8; 9],
+    header_len: usize,
+    payload_left: usize,
+    /// The frame whose payload is arriving is part of a header block.
+    in_head_frame: bool,
+    head_open: bool,
+}
+
+const HEADERS: u8 = 0x1;
+const PUSH_PROMISE: u8 = 0x5;
+const CONTINUATION: u8 = 0x9;
+const END_HEADERS: u8 = 0x4;
+
+impl FrameScan {
+    /// Takes the next bytes read; whether a header block is open after them (begun and not ended, or
+    /// one of its frames not all here).
+    fn scan(&mut self, mut bytes: &[u8]) -> bool {
+        while !bytes.is_empty() {
+            if self.preface_seen < PREFACE.len() {
+                let n = (PREFACE.len() - self.preface_seen).min(bytes.len());
+                self.preface_seen += n;
+                bytes = &bytes[n..];
+            } else if self.payload_left > 0 {
+                let n = self.payload_left.min(bytes.len());
+                self.payload_left -= n;
+                bytes = &bytes[n..];
+            } else {
+                let n = (9 - self.header_len).min(bytes.len());
+                self.header[self.header_len..self.header_len + n].copy_from_slice(&bytes[..n]);
+                self.header_len += n;
+                bytes = &bytes[n..];
+                if self.header_len == 9 {
+                    self.header_len = 0;
+                    let h = self.header;
+                    self.payload_left = u32::from_be_bytes([0, h[0], h[1], h[2]]) as usize;
+                    let (kind, flags) = (h[3], h[4]);
+                    self.in_head_frame = matches!(kind, HEADERS | PUSH_PROMISE | CONTINUATION);
+                    match kind {
+                        HEADERS | PUSH_PROMISE => self.head_open = flags & END_HEADERS == 0,
+                        CONTINUATION if flags & END_HEADERS != 0 => self.head_open = false,
+                        _ => {}
+                    }
                 }
-                // The last frame: hyper may not ask again once the body says it has ended.
-                if self.inner.is_end_stream() {
-                    self.end(Ending::Complete);
-                }
             }
-            Poll::Pending => {}
+        }
+        // A frame header cut between reads may be a header block's too.
+        self.head_open || self.header_len > 0 || (self.in_head_frame && self.payload_left > 0)
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for HeadWatch<S> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let this = &mut *self;
+        let r = if this.prefix.is_empty() {
+            Pin::new(&mut this.inner).poll_read(cx, buf)
+        } else {
+            let n = this.prefix.len().min(buf.remaining());
+            buf.put_slice(&this.prefix.split_to(n));
+            Poll::Ready(Ok(()))
+        };
+        if let Poll::Ready(Ok(())) = r {
+            let open = this.frames.scan(&buf.filled()[before..]);
+            this.shared.head_open.store(open, Ordering::Release);
         }
         r
     }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
 }
 
-impl Drop for FinishBody {
-    fn drop(&mut self) {
-        // Dropped before its end: the client reset the stream or went away (its doing), unless nothing
-        // was to be sent.
-        let ending = if self.head || self.inner.is_end_stream() {
-            Ending::Complete
-        } else {
-            Ending::ClientGone
-        };
-        self.end(ending);
-    }
-}
-
-/// A stream with bytes already read from it put back in front (the preface and what followed it).
-pub(crate) struct Rewind<S> {
-    prefix: Bytes,
-    inner: S,
-}
-
-impl<S> Rewind<S> {
-    pub(crate) fn new(prefix: Bytes, inner: S) -> Rewind<S> {
-        Rewind { prefix, inner }
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
-        if !self.prefix.is_empty() {
-            let n = self.prefix.len().min(buf.remaining());
-            let chunk = self.prefix.split_to(n);
-            buf.put_slice(&chunk);
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
+impl<S: AsyncWrite + Unpin> AsyncWrite for HeadWatch<S> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
@@ -260,5 +652,115 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
 
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(kind: u8, flags: u8, payload: usize) -> Vec<u8> {
+        let mut f = (payload as u32).to_be_bytes()[1..].to_vec();
+        f.extend_from_slice(&[kind, flags, 0, 0, 0, 1]);
+        f.extend(std::iter::repeat_n(0xAB, payload));
+        f
+    }
+
+    #[test]
+    fn a_header_block_is_open_from_headers_to_end_headers() {
+        let mut wire = PREFACE.to_vec();
+        wire.extend(frame(0x4, 0, 12)); // SETTINGS
+        let mut s = FrameScan::default();
+        assert!(!s.scan(&wire));
+        // HEADERS without END_HEADERS: open, through a PING and a CONTINUATION without it.
+        assert!(s.scan(&frame(HEADERS, 0x1, 30)));
+        assert!(s.scan(&frame(CONTINUATION, 0, 5)));
+        assert!(!s.scan(&frame(CONTINUATION, END_HEADERS, 5)));
+        // A whole block in one frame never opens; DATA whose bytes look like frame headers is skipped.
+        assert!(!s.scan(&frame(HEADERS, END_HEADERS | 0x1, 3)));
+        let mut data = frame(0x0, 0, 9);
+        data[9..18].copy_from_slice(&[0, 0, 1, HEADERS, 0, 0, 0, 0, 3]);
+        assert!(!s.scan(&data));
+        // A header frame whose payload has not all come is open too, even with END_HEADERS.
+        let f = frame(HEADERS, END_HEADERS, 40);
+        assert!(s.scan(&f[..20]));
+        assert!(!s.scan(&f[20..]));
+        // Byte by byte, split anywhere.
+        let mut s = FrameScan::default();
+        let mut all = PREFACE.to_vec();
+        all.extend(frame(HEADERS, 0, 7));
+        let mut open = false;
+        for b in &all {
+            open = s.scan(std::slice::from_ref(b));
+        }
+        assert!(open);
+        for b in frame(CONTINUATION, END_HEADERS, 3) {
+            open = s.scan(&[b]);
+        }
+        assert!(!open);
+    }
+
+    #[test]
+    fn the_reset_budget_is_twice_the_streams_and_at_least_100() {
+        let mut l = Http2Limits::default();
+        assert_eq!(l.reset_budget(), 256);
+        l.max_concurrent_streams = 4;
+        assert_eq!(l.reset_budget(), 100);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn deadlines_follow_idle_head_and_resets() {
+        let limits = Http2Limits {
+            idle_timeout: Duration::from_secs(60),
+            head_timeout: Duration::from_secs(10),
+            max_concurrent_streams: 4,
+            ..Http2Limits::default()
+        };
+        let shared = Shared {
+            open: AtomicUsize::new(0),
+            resets: AtomicU32::new(0),
+            head_open: AtomicBool::new(false),
+            task: AtomicWaker::new(),
+            slots: Arc::new(Semaphore::new(4)),
+        };
+        let poll = |d: &mut Deadlines| {
+            let waker = futures_util::task::noop_waker();
+            d.poll(&mut Context::from_waker(&waker), &shared)
+        };
+        // Idle: due 60 s after the last stream ended, not before.
+        let mut d = Deadlines::new(limits);
+        assert_eq!(poll(&mut d), Poll::Pending);
+        tokio::time::advance(Duration::from_secs(59)).await;
+        assert_eq!(poll(&mut d), Poll::Pending);
+        shared.open.store(1, Ordering::Release);
+        assert_eq!(poll(&mut d), Poll::Pending);
+        tokio::time::advance(Duration::from_secs(120)).await;
+        assert_eq!(poll(&mut d), Poll::Pending, "a stream is open");
+        shared.open.store(0, Ordering::Release);
+        assert_eq!(poll(&mut d), Poll::Pending);
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert_eq!(poll(&mut d), Poll::Ready(Stop::Idle));
+        // Head: an unfinished header block is due after 10 s even with a stream open.
+        let mut d = Deadlines::new(limits);
+        shared.open.store(1, Ordering::Release);
+        shared.head_open.store(true, Ordering::Release);
+        assert_eq!(poll(&mut d), Poll::Pending);
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert_eq!(poll(&mut d), Poll::Ready(Stop::Head));
+        shared.head_open.store(false, Ordering::Release);
+        // Resets: 100 in a window pass, the 101st is too many; a new window starts afresh.
+        let mut d = Deadlines::new(limits);
+        shared.resets.store(100, Ordering::Relaxed);
+        assert_eq!(poll(&mut d), Poll::Pending);
+        shared.resets.store(101, Ordering::Relaxed);
+        assert_eq!(poll(&mut d), Poll::Ready(Stop::Calm));
+        let mut d = Deadlines::new(limits);
+        shared.resets.store(100, Ordering::Relaxed);
+        tokio::time::advance(RESET_WINDOW).await;
+        assert_eq!(poll(&mut d), Poll::Pending);
+        shared.resets.store(200, Ordering::Relaxed);
+        assert_eq!(poll(&mut d), Poll::Pending, "100 in the new window");
+        shared.resets.store(201, Ordering::Relaxed);
+        assert_eq!(poll(&mut d), Poll::Ready(Stop::Calm));
     }
 }

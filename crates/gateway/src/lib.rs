@@ -17,12 +17,14 @@ mod body;
 mod body_read;
 mod cache;
 mod choose;
+mod connections;
 mod error;
 mod exchange;
 #[doc(hidden)]
 pub mod fuzz;
 mod h1;
 mod h2;
+mod log_every;
 mod mirror;
 mod path;
 mod proxy;
@@ -46,6 +48,7 @@ use tokio::sync::watch;
 
 pub use access_log::{AccessLog, AccessLogConfig};
 pub use cache::StageCache;
+pub use connections::ConnectionStats;
 pub use h2::Http2Limits;
 pub use table::RoutingTable;
 
@@ -70,6 +73,9 @@ pub struct Limits {
     /// A connection switched to another protocol (WebSocket) with nothing moving either way for this
     /// long is closed.
     pub upgrade_idle_timeout: Duration,
+    /// Client connections open at once (plain and TLS, across the workers); past it a new one takes an
+    /// idle one's place or is closed at once ([`connections`]).
+    pub max_connections: usize,
 }
 
 impl Default for Limits {
@@ -83,6 +89,7 @@ impl Default for Limits {
             body_read_timeout: Duration::from_secs(60),
             http2: Http2Limits::default(),
             upgrade_idle_timeout: Duration::from_secs(300),
+            max_connections: 10_000,
         }
     }
 }
@@ -99,6 +106,7 @@ pub struct Gateway {
     tracer: Option<Arc<canarygate_telemetry::Tracer>>,
     /// With a TLS listener: the certificates it serves.
     tls: Option<Arc<tls::Certificates>>,
+    connections: Arc<ConnectionStats>,
 }
 
 impl Gateway {
@@ -111,7 +119,13 @@ impl Gateway {
             publishes: std::sync::atomic::AtomicU64::new(0),
             tracer: None,
             tls: None,
+            connections: Arc::default(),
         }
+    }
+
+    /// The client connections: open, refused and evicted.
+    pub fn connections(&self) -> &ConnectionStats {
+        &self.connections
     }
 
     /// Terminates TLS on the listener given to [`Gateway::start_workers`] as `tls_listener`, with these
@@ -250,7 +264,7 @@ impl Gateway {
         mut shutdown: watch::Receiver<bool>,
         drain: Duration,
     ) {
-        let mut conns = server::Conns::default();
+        let mut conns = connections::Conns::new(self.connections.clone());
         // This thread's upstream pool: close connections idle too long.
         tokio::spawn(async move {
             let mut every = tokio::time::interval(Duration::from_secs(10));
@@ -259,43 +273,49 @@ impl Gateway {
                 upstream::sweep();
             }
         });
+        let mut backoff = connections::Backoff::default();
         loop {
-            tokio::select! {
-                accepted = listener.accept() => {
-                    let (stream, peer) = match accepted {
-                        Ok(x) => x,
-                        // Another worker took the connection first.
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                        Err(e) => {
-                            // Out of file descriptors and the like: back off instead of spinning.
-                            tracing::warn!(error = %e, "accept failed");
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                            continue;
-                        }
-                    };
-                    let _ = stream.set_nodelay(true);
-                    let ctl = conns.add();
-                    tokio::spawn(server::serve_connection(self.clone(), stream, exchange::Peer::new(peer), ctl));
+            let (accepted, over_tls) = tokio::select! {
+                accepted = listener.accept() => (accepted, false),
+                accepted = accept_tls(&tls) => (accepted, true),
+                _ = shutdown.changed() => break,
+            };
+            let (stream, peer) = match accepted {
+                Ok(x) => x,
+                // Another worker took the connection first.
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    static ACCEPT_FAILED: log_every::Every = log_every::Every::second();
+                    if let Some(left_out) = ACCEPT_FAILED.check() {
+                        tracing::warn!(error = %e, left_out, "accept failed");
+                    }
+                    tokio::time::sleep(backoff.failed()).await;
+                    continue;
                 }
-                accepted = accept_tls(&tls) => {
-                    let (stream, peer) = match accepted {
-                        Ok(x) => x,
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "accept failed");
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                            continue;
-                        }
-                    };
-                    let _ = stream.set_nodelay(true);
-                    let ctl = conns.add();
-                    let (gw, acceptor) = (self.clone(), tls.as_ref().map(|(_, a)| a.clone()));
+            };
+            backoff.succeeded();
+            let Some(ctl) = conns.admit(self.limits.max_connections) else {
+                static REFUSED: log_every::Every = log_every::Every::second();
+                if let Some(left_out) = REFUSED.check() {
+                    tracing::warn!(
+                        %peer,
+                        max_connections = self.limits.max_connections,
+                        left_out,
+                        "connection refused: server.maxConnections open and none idle"
+                    );
+                }
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            match (over_tls, &tls) {
+                (true, Some((_, acceptor))) => {
+                    let (gw, acceptor) = (self.clone(), acceptor.clone());
                     tokio::spawn(async move {
-                        let Some(acceptor) = acceptor else { return };
                         // The handshake has the head's time limit; a client that stalls in it is dropped.
                         match tokio::time::timeout(gw.limits.header_read_timeout, acceptor.accept(stream)).await {
                             Ok(Ok(tls)) if tls.get_ref().1.alpn_protocol() == Some(b"h2") => {
-                                h2::serve(gw, tls, exchange::Peer::new_tls(peer), ctl).await
+                                h2::serve(gw, tls, bytes::Bytes::new(), exchange::Peer::new_tls(peer), ctl).await
                             }
                             Ok(Ok(tls)) => server::serve_connection(gw, tls, exchange::Peer::new_tls(peer), ctl).await,
                             Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
@@ -303,7 +323,9 @@ impl Gateway {
                         }
                     });
                 }
-                _ = shutdown.changed() => break,
+                _ => {
+                    tokio::spawn(server::serve_connection(self.clone(), stream, exchange::Peer::new(peer), ctl));
+                }
             }
         }
         drop(listener);

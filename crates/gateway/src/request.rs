@@ -220,7 +220,28 @@ where
 
     // One body type whether or not the request is mirrored (one `serve` on the request path).
     let body = TeeBody::new(Limited::new(body, gw.limits.max_body_bytes as usize), tee);
+    // Until `serve` returns, this request's work can be dropped (an HTTP/2 client resets its stream):
+    // then it is recorded as the client's.
+    let mut abandoned = Abandoned {
+        gw,
+        stage,
+        vr,
+        sec,
+        start,
+        wall,
+        routed,
+        method: parts.method.clone(),
+        path: &path,
+        rid: &rid,
+        peer,
+        user_agent: user_agent.as_deref(),
+        trace_id: trace_id.as_deref(),
+        pair: pair.as_ref(),
+        armed: true,
+    };
     let outcome = serve(gw, stage, vr, &mut parts, body, rest, host.as_deref(), peer, &rid, trace.as_ref()).await;
+    abandoned.armed = false;
+    drop(abandoned);
     let mut error = None;
     // A gateway failure answered to a gRPC client as a gRPC error counts by its HTTP status.
     let mut counted = None;
@@ -317,6 +338,71 @@ where
         grpc: grpc_call,
     };
     (response, finish)
+}
+
+/// A request whose work was dropped before its answer (an HTTP/2 stream the client reset): recorded
+/// as the client's doing with status 499 (nginx's "client closed request"), a 4XXError of its variant.
+struct Abandoned<'a> {
+    gw: &'a Gateway,
+    stage: &'a StageRoute,
+    vr: &'a VariantRoute,
+    sec: u64,
+    start: Instant,
+    wall: SystemTime,
+    routed: Routed,
+    method: http::Method,
+    path: &'a str,
+    rid: &'a HeaderValue,
+    peer: &'a Peer,
+    user_agent: Option<&'a str>,
+    trace_id: Option<&'a str>,
+    pair: Option<&'a Arc<Pair>>,
+    armed: bool,
+}
+
+/// The status an abandoned request is recorded with.
+pub(crate) const CLIENT_CLOSED: u16 = 499;
+
+impl Drop for Abandoned<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let latency_us = self.start.elapsed().as_micros() as u64;
+        let obs = Observation {
+            status: CLIENT_CLOSED,
+            latency_us,
+            integration_us: None,
+            cache: None,
+            routed: self.routed,
+        };
+        self.vr.series.record(self.sec, &obs);
+        if let Some(pair) = self.pair {
+            pair.original_ended(CLIENT_CLOSED);
+        }
+        if self.gw.log.enabled() {
+            self.gw.log.send(Record {
+                request_id: self.rid.clone(),
+                time: self.wall.into(),
+                ip: self.peer.addr.ip(),
+                method: self.method.clone(),
+                path: self.path.to_string(),
+                status: CLIENT_CLOSED,
+                latency_ms: latency_us as f64 / 1000.0,
+                integration_latency_ms: None,
+                variant: self.vr.variant,
+                deployment_id: self.vr.deployment_id.clone(),
+                cache: None,
+                user_agent: self.user_agent.map(str::to_string),
+                trace_id: self.trace_id.map(str::to_string),
+                error_source: Some(Source::Client.as_str()),
+                error: Some("the client reset the stream before the response".into()),
+                grpc_status: None,
+                api: self.stage.api.clone(),
+                stage: self.stage.stage.clone(),
+            });
+        }
+    }
 }
 
 /// A sampled request's server span, begun (with tracing on).

@@ -26,13 +26,11 @@
 use std::future::{poll_fn, Future as _};
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use futures_util::task::AtomicWaker;
 use futures_util::FutureExt as _;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
@@ -46,6 +44,7 @@ use tokio::time::{Instant, Sleep};
 
 use crate::body::{Body, BoxError};
 use crate::body_read::{BodyRead, ReadError};
+use crate::connections::ConnCtl;
 use crate::error::{json_error, ClientBodyError};
 use crate::exchange::{Ending, Peer, UpgradeRequest, Upgraded};
 use crate::h1::request::{parse_request_head, request_line_too_long, BadHead, FieldAt, RequestHead};
@@ -72,61 +71,6 @@ const MIN_READ: usize = 1024;
 const COPY_LIMIT: usize = 8 * 1024;
 /// A write buffer grown past this (by many small pieces at once) is given back afterwards.
 const KEEP_WRITE_BUF: usize = 16 * 1024;
-
-/// A worker's handle on one of its connections, for graceful shutdown.
-#[derive(Default)]
-pub(crate) struct ConnCtl {
-    closing: AtomicBool,
-    /// Woken when `closing` turns true; registered while the connection waits for a request.
-    idle: AtomicWaker,
-}
-
-impl ConnCtl {
-    fn closing(&self) -> bool {
-        self.closing.load(Ordering::Acquire)
-    }
-
-    /// Ready once the worker is shutting down (registers the waker to be told).
-    pub(crate) fn poll_closing(&self, cx: &mut Context<'_>) -> Poll<()> {
-        self.idle.register(cx.waker());
-        if self.closing() {
-            Poll::Ready(())
-        } else {
-            Poll::Pending
-        }
-    }
-}
-
-/// A worker's live connections.
-#[derive(Default)]
-pub(crate) struct Conns {
-    all: Vec<Weak<ConnCtl>>,
-    accepted: usize,
-}
-
-impl Conns {
-    pub(crate) fn add(&mut self) -> Arc<ConnCtl> {
-        let ctl = Arc::new(ConnCtl::default());
-        self.accepted += 1;
-        if self.accepted & 1023 == 0 {
-            self.all.retain(|w| w.strong_count() > 0);
-        }
-        self.all.push(Arc::downgrade(&ctl));
-        ctl
-    }
-
-    /// Closes idle connections now and busy ones after their current request.
-    pub(crate) fn close_all(&self) {
-        for ctl in self.all.iter().filter_map(Weak::upgrade) {
-            ctl.closing.store(true, Ordering::Release);
-            ctl.idle.wake();
-        }
-    }
-
-    pub(crate) fn live(&self) -> usize {
-        self.all.iter().filter(|w| w.strong_count() > 0).count()
-    }
-}
 
 /// Why no request head came.
 enum HeadError {
@@ -210,7 +154,7 @@ pub(crate) async fn serve_connection<S: Split>(gw: Arc<Gateway>, stream: S, peer
                 let Some(stream) = rd.and_then(|rd| S::unsplit(rd, wr)) else {
                     return;
                 };
-                return crate::h2::serve(gw.clone(), crate::h2::Rewind::new(buf.freeze(), stream), peer, ctl).await;
+                return crate::h2::serve(gw.clone(), stream, buf.freeze(), peer, ctl).await;
             }
             Err(HeadError::Bad(status, msg)) => {
                 tracing::debug!(peer = %peer.addr, %status, error = %msg, "bad request head");
@@ -344,7 +288,8 @@ impl<R: AsyncRead + Unpin + Send + 'static, W: AsyncWrite + Unpin> Conn<R, W> {
                     return Poll::Ready(Some(r));
                 }
                 if waiting_idle || (first && buf.is_empty()) {
-                    ctl.idle.register(cx.waker());
+                    ctl.register(cx);
+                    ctl.set_idle(true);
                     if ctl.closing() {
                         return Poll::Ready(None);
                     }
@@ -357,7 +302,7 @@ impl<R: AsyncRead + Unpin + Send + 'static, W: AsyncWrite + Unpin> Conn<R, W> {
             })
             .await;
             match read {
-                Some(Ok(n)) if n > 0 => {}
+                Some(Ok(n)) if n > 0 => ctl.set_idle(false),
                 // Closed by the client, failed, timed out, or shutting down.
                 _ => return Err(HeadError::Gone),
             }
@@ -738,8 +683,10 @@ fn head_error(status: StatusCode, message: &str) -> Response<Body> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::connections::Conns;
     use crate::{AccessLog, Limits};
     use canarygate_metrics::Registry;
+    use std::sync::atomic::Ordering;
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
     static PANICKED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
@@ -756,7 +703,7 @@ mod tests {
         let gw = Arc::new(Gateway::new(Arc::new(Registry::new()), AccessLog::disabled(), limits));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let conns = Arc::new(std::sync::Mutex::new(Conns::default()));
+        let conns = Arc::new(std::sync::Mutex::new(Conns::new(Default::default())));
         let c = conns.clone();
         let (ended_tx, ended) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(async move {

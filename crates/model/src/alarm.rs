@@ -98,11 +98,7 @@ pub struct Alarm {
 
 impl Alarm {
     pub fn validate(&self) -> Result<()> {
-        let ok_name =
-            !self.name.is_empty() && self.name.len() <= 255 && self.name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
-        if !ok_name {
-            return Err(Error::invalid("name", &self.name, "must be [A-Za-z0-9-_.]{1,255}"));
-        }
+        crate::check_dotted_name("name", &self.name, 255)?;
         crate::validate_api_name(&self.api).map_err(|_| Error::invalid("api", &self.api, "must match [a-z0-9-]{1,64}"))?;
         crate::validate_stage_name(&self.stage).map_err(|_| Error::invalid("stage", &self.stage, "must match [A-Za-z0-9_-]{1,128}"))?;
         match (&self.prometheus, self.metric, self.statistic) {

@@ -95,11 +95,7 @@ impl DeploymentConfig {
 
     /// Validates a custom configuration; `field` prefixes error fields.
     pub fn validate(&self) -> Result<()> {
-        let valid_name =
-            !self.name.is_empty() && self.name.len() <= 100 && self.name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
-        if !valid_name {
-            return Err(Error::invalid("name", &self.name, "must be [A-Za-z0-9-_.]{1,100}"));
-        }
+        crate::check_dotted_name("name", &self.name, 100)?;
         if Self::find_predefined(&self.name).is_some() || self.name.starts_with("CodeDeployDefault.") {
             return Err(Error::invalid("name", &self.name, "is a predefined configuration name"));
         }

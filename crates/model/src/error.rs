@@ -16,11 +16,30 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// The longest part of an invalid value an error quotes, bytes.
+pub const MAX_QUOTED_BYTES: usize = 200;
+
+fn shortened(mut value: String) -> String {
+    if value.len() <= MAX_QUOTED_BYTES {
+        return value;
+    }
+    let len = value.len();
+    let mut end = MAX_QUOTED_BYTES;
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    value.truncate(end);
+    value.push_str(&format!("… ({len} bytes)"));
+    value
+}
+
 impl Error {
+    /// A refused value; a value longer than [`MAX_QUOTED_BYTES`] is kept only in part (with its length),
+    /// so an error never echoes a huge input back.
     pub fn invalid(field: impl Into<String>, value: impl Into<String>, reason: impl Into<String>) -> Self {
         Error::Invalid {
             field: field.into(),
-            value: value.into(),
+            value: shortened(value.into()),
             reason: reason.into(),
         }
     }

@@ -77,6 +77,24 @@ pub(crate) fn check_name(field: &str, value: &str, max: usize, allow: fn(char) -
     Ok(())
 }
 
+/// Validates the name of a named resource (alarm, deployment config, notification, analysis):
+/// `[A-Za-z0-9-_.]{1,max}`, and neither `.` nor `..` (a name is a path segment of the admin API).
+pub(crate) fn check_dotted_name(field: &str, value: &str, max: usize) -> Result<()> {
+    let ok = !value.is_empty()
+        && value.len() <= max
+        && value != "."
+        && value != ".."
+        && value.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    if !ok {
+        return Err(Error::invalid(
+            field,
+            value,
+            format!("must be [A-Za-z0-9-_.]{{1,{max}}}, and not . or .."),
+        ));
+    }
+    Ok(())
+}
+
 /// Validates an API name: `[a-z0-9-]{1,64}`.
 pub fn validate_api_name(name: &str) -> Result<()> {
     check_name(
@@ -97,4 +115,22 @@ pub fn validate_stage_name(name: &str) -> Result<()> {
         |c| c.is_ascii_alphanumeric() || c == '_' || c == '-',
         "[A-Za-z0-9_-]{1,128}",
     )
+}
+
+#[cfg(test)]
+mod name_tests {
+    use super::*;
+
+    #[test]
+    fn resource_names_are_path_segments_and_errors_quote_them_in_part() {
+        for ok in ["a", "high-5xx", "v1.2_x", "...", ".a", "a.."] {
+            assert!(check_dotted_name("name", ok, 100).is_ok(), "{ok}");
+        }
+        for bad in [".", "..", "", "a/b", "a b", &"a".repeat(101)] {
+            let e = check_dotted_name("name", bad, 100).unwrap_err().to_string();
+            assert!(e.contains("name") && e.contains("not . or .."), "{e}");
+        }
+        let e = check_dotted_name("name", &"é/".repeat(800_000), 100).unwrap_err().to_string();
+        assert!(e.len() < 400 && e.contains("(2400000 bytes)"), "{}", &e[..e.len().min(500)]);
+    }
 }

@@ -70,11 +70,7 @@ pub fn secret_key(secret: &str) -> Option<Vec<u8>> {
 
 impl Notification {
     pub fn validate(&self) -> Result<()> {
-        let name_ok =
-            !self.name.is_empty() && self.name.len() <= 100 && self.name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
-        if !name_ok {
-            return Err(Error::invalid("name", &self.name, "must be [A-Za-z0-9-_.]{1,100}"));
-        }
+        crate::check_dotted_name("name", &self.name, 100)?;
         let url_ok = (self.url.starts_with("http://") || self.url.starts_with("https://"))
             && self.url.len() <= 2048
             && !self.url.contains(char::is_whitespace)

@@ -290,10 +290,7 @@ impl State {
 
     /// Creates or replaces a stored analysis (rollouts already started keep their copy).
     pub fn put_analysis(&mut self, name: &str, mut analysis: AnalysisSpec) -> Result<AnalysisSpec> {
-        let name_ok = !name.is_empty() && name.len() <= 100 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
-        if !name_ok {
-            return Err(Error::invalid("name", name, "must be [A-Za-z0-9-_.]{1,100}"));
-        }
+        crate::check_dotted_name("name", name, 100)?;
         analysis.name = Some(name.to_string());
         analysis.validate("analysis")?;
         self.analyses.insert(name.to_string(), analysis.clone());

@@ -32,7 +32,7 @@ use tokio::sync::{watch, Mutex};
 pub use apply::apply;
 pub use pg_metrics::{MetricRow, MetricsDb, Reported};
 pub use postgres::{ClusterView, Coordinator, Listener, PostgresBackend, ReplicaInfo, ReplicaRow};
-pub use sqlite::SqliteBackend;
+pub use sqlite::{backup as backup_sqlite, SqliteBackend};
 
 /// Why a change could not be made.
 #[derive(Debug, thiserror::Error)]

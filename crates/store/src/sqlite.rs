@@ -64,6 +64,62 @@ impl SqliteBackend {
     }
 }
 
+/// Copies the database at `from` to a new file `to` with SQLite's online backup, while other connections
+/// (a serving canarygate) keep reading and writing it: the copy is consistent, as of one moment. `to`
+/// must not exist yet. Returns the copy's schema version.
+pub fn backup(from: &Path, to: &Path) -> Result<u32, StoreError> {
+    if to.exists() {
+        return Err(StoreError::Backend(format!(
+            "{} exists already; the backup is written to a new file",
+            to.display()
+        )));
+    }
+    let copied = copy_online(from, to);
+    if copied.is_err() && to.is_file() {
+        // Nothing half-written is left behind.
+        let _ = std::fs::remove_file(to);
+    }
+    copied
+}
+
+fn copy_online(from: &Path, to: &Path) -> Result<u32, StoreError> {
+    if !from.is_file() {
+        return Err(StoreError::Backend(format!("no state database at {}", from.display())));
+    }
+    if to.exists() {
+        return Err(StoreError::Backend(format!(
+            "{} exists already; the backup is written to a new file",
+            to.display()
+        )));
+    }
+    let src = Connection::open_with_flags(from, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    src.busy_timeout(std::time::Duration::from_secs(5))?;
+    let mut dst = Connection::open(to)?;
+    {
+        let b = rusqlite::backup::Backup::new(&src, &mut dst)?;
+        // Every page in one step, inside one read transaction: a consistent snapshot, which WAL mode
+        // takes without blocking the server's writes (a copy in several steps would start again after
+        // each of them).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            match b.step(-1)? {
+                rusqlite::backup::StepResult::Done => break,
+                // Busy or locked (a checkpoint in progress): try again shortly.
+                _ if std::time::Instant::now() < deadline => std::thread::sleep(std::time::Duration::from_millis(10)),
+                _ => {
+                    return Err(StoreError::Backend(
+                        "the state database stayed busy for 30 s; no backup taken".into(),
+                    ))
+                }
+            }
+        }
+    }
+    // The copy needs no WAL of its own: one file to move around.
+    dst.pragma_update(None, "journal_mode", "DELETE")?;
+    let version: i64 = dst.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    Ok(u32::try_from(version).unwrap_or(0))
+}
+
 impl Backend for SqliteBackend {
     fn load(&mut self) -> Result<(State, u64), StoreError> {
         let mut rows = Rows::default();

@@ -28,9 +28,27 @@ pub struct Server {
 impl Server {
     /// Starts the binary with its own data dir, on free ports, and waits until both listeners are up.
     pub fn start(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
+        Server::start_with_open_files(data_dir, extra, env, None)
+    }
+
+    /// As [`Server::start`], with the open-file limit (soft and hard) set to `open_files` first, as
+    /// `ulimit -n` would (through util-linux's `prlimit`).
+    pub fn start_with_open_files(data_dir: &Path, extra: &[&str], env: &[(&str, &str)], open_files: Option<u64>) -> Server {
+        Server::launch(Path::new(env!("CARGO_BIN_EXE_canarygate")), data_dir, extra, env, open_files)
+    }
+
+    /// As [`Server::start`], with this binary (a packaged one, say).
+    pub fn launch(bin: &Path, data_dir: &Path, extra: &[&str], env: &[(&str, &str)], open_files: Option<u64>) -> Server {
         let stderr_log = data_dir.with_extension("stderr.log");
         let stderr = std::fs::File::create(&stderr_log).expect("stderr log");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_canarygate"));
+        let mut cmd = match open_files {
+            None => Command::new(bin),
+            Some(n) => {
+                let mut c = Command::new("prlimit");
+                c.arg(format!("--nofile={n}:{n}")).arg("--").arg(bin);
+                c
+            }
+        };
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .args(extra)
@@ -78,6 +96,13 @@ impl Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Starts the binary with this config file (written into `dir`) and its data in `dir/data`.
+pub fn start_with_config(dir: &Path, yaml: &str) -> Server {
+    let cfg = dir.join("canarygate.yaml");
+    std::fs::write(&cfg, yaml).unwrap();
+    Server::start(&dir.join("data"), &["--config", cfg.to_str().unwrap()], &[])
 }
 
 /// With `CANARYGATE_TEST_STORE=postgres`, every server a test starts uses the test binary's PostgreSQL
@@ -1001,4 +1026,14 @@ impl Drop for OwnPostgres {
         let _ = self.pg_ctl(&["-m", "immediate", "stop"]);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// The resident set of a process, in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/<pid>/status")
 }

@@ -4,7 +4,7 @@
 
 use std::mem::MaybeUninit;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Uri, Version};
 
@@ -146,8 +146,19 @@ pub(crate) fn parse_request_head(buf: &mut BytesMut, limits: &Limits, at: &mut V
     // Frozen, so the URI and the header values are slices of it rather than copies.
     let bytes = buf.split_to(len).freeze();
     let target = bytes.slice(path_at.0..path_at.0 + path_at.1);
-    let uri = Uri::from_maybe_shared(target.clone())
-        .map_err(|_| bad(format!("invalid request target {:?}", String::from_utf8_lossy(&target))))?;
+    let (target, uri) = match Uri::from_maybe_shared(target.clone()) {
+        Ok(uri) => (target, uri),
+        // Bytes real clients send unencoded (`"`, `<`, `|`, `\`, ...), which nginx takes: forwarded
+        // percent-encoded, which means the same to the backend and cannot re-frame anything. (What the
+        // URI type takes raw, as `{` in a query or UTF-8, goes on as it came.)
+        Err(_) => {
+            let encoded = Bytes::from(percent_encode_target(&target));
+            match Uri::from_maybe_shared(encoded.clone()) {
+                Ok(uri) => (encoded, uri),
+                Err(_) => return Err(bad(format!("invalid request target {}", quoted(&target)))),
+            }
+        }
+    };
     // Room for the forwarding headers the proxy adds, so they do not grow the map.
     let mut headers = HeaderMap::with_capacity(at.len() + 5);
     let mut connection = super::ConnectionOptions::default();
@@ -157,7 +168,7 @@ pub(crate) fn parse_request_head(buf: &mut BytesMut, limits: &Limits, at: &mut V
     let mut hosts = 0;
     for &(ns, nl, vs, vl) in at.iter() {
         let name = &bytes[ns..ns + nl];
-        let name = HeaderName::from_bytes(name).map_err(|_| bad(format!("invalid header name {:?}", String::from_utf8_lossy(name))))?;
+        let name = HeaderName::from_bytes(name).map_err(|_| bad(format!("invalid header name {}", quoted(name))))?;
         let value = HeaderValue::from_maybe_shared(bytes.slice(vs..vs + vl)).map_err(|_| bad(format!("invalid value of header {name}")))?;
         if name == header::CONNECTION {
             connection.add(&value);
@@ -165,18 +176,19 @@ pub(crate) fn parse_request_head(buf: &mut BytesMut, limits: &Limits, at: &mut V
             expect_continue = value.as_bytes().eq_ignore_ascii_case(b"100-continue");
         } else if name == header::TRANSFER_ENCODING {
             transfer_encoding = true;
-        } else if name == header::UPGRADE && super::connection_tokens(value.as_bytes()).any(|t| t.eq_ignore_ascii_case(b"h2c")) {
-            // An HTTP/2 cleartext upgrade through a proxy is a known smuggling path (RFC 9113 §3.1
-            // removed it): refused, never forwarded. HTTP/2 in cleartext is spoken with prior knowledge.
-            return Err(bad(
-                "Upgrade: h2c is refused (speak HTTP/2 with prior knowledge, or over TLS)".into()
-            ));
+        } else if (name == header::UPGRADE && super::connection_tokens(value.as_bytes()).any(|t| t.eq_ignore_ascii_case(b"h2c")))
+            || name == HTTP2_SETTINGS
+        {
+            // An HTTP/2 cleartext upgrade (RFC 9113 §3.1 removed it; `curl --http2` still offers it) is
+            // ignored, as nginx and HAProxy do: the request is served over HTTP/1.1, and neither field
+            // is forwarded (an h2c upgrade through a proxy is a known smuggling path).
+            continue;
         } else if name == header::UPGRADE {
             upgrade_field = true;
         } else if name == header::HOST {
             hosts += 1;
             if !value.is_empty() && !valid_authority(value.as_bytes()) {
-                return Err(bad(format!("invalid host {:?}", String::from_utf8_lossy(value.as_bytes()))));
+                return Err(bad(format!("invalid host {}", quoted(value.as_bytes()))));
             }
         }
         headers.append(name, value);
@@ -195,7 +207,7 @@ pub(crate) fn parse_request_head(buf: &mut BytesMut, limits: &Limits, at: &mut V
             let host = HeaderValue::from_str(authority.as_str()).map_err(|_| bad("invalid request target".into()))?;
             headers.insert(header::HOST, host);
         }
-        _ => return Err(bad(format!("invalid request target {:?}", String::from_utf8_lossy(&target)))),
+        _ => return Err(bad(format!("invalid request target {}", quoted(&target)))),
     }
     let framing = request_framing(&headers, transfer_encoding, version).map_err(|(status, msg)| BadHead(status, msg))?;
     Ok(Some(RequestHead {
@@ -228,13 +240,16 @@ pub(crate) fn request_framing(headers: &HeaderMap, transfer_encoding: bool, vers
             _ => Err((
                 StatusCode::NOT_IMPLEMENTED,
                 format!(
-                    "unsupported transfer-encoding {:?} (only chunked)",
-                    headers
-                        .get_all(header::TRANSFER_ENCODING)
-                        .iter()
-                        .map(|v| String::from_utf8_lossy(v.as_bytes()))
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    "unsupported transfer-encoding {} (only chunked)",
+                    quoted(
+                        headers
+                            .get_all(header::TRANSFER_ENCODING)
+                            .iter()
+                            .map(|v| String::from_utf8_lossy(v.as_bytes()))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                            .as_bytes()
+                    )
                 ),
             )),
         };
@@ -248,10 +263,39 @@ pub(crate) fn request_framing(headers: &HeaderMap, transfer_encoding: bool, vers
                     .iter()
                     .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
                     .collect();
-                bad(format!("invalid content-length {:?}", v.join(", ")))
+                bad(format!("invalid content-length {}", quoted(v.join(", ").as_bytes())))
             });
     }
     Ok(Framing::Empty)
+}
+
+/// A value from a request quoted for an error message: at most 200 bytes of it, with its length when
+/// it was longer (an answer never echoes a large input back).
+fn quoted(value: &[u8]) -> String {
+    const KEEP: usize = 200;
+    if value.len() <= KEEP {
+        return format!("{:?}", String::from_utf8_lossy(value));
+    }
+    format!("{:?}… ({} bytes)", String::from_utf8_lossy(&value[..KEEP]), value.len())
+}
+
+/// `http2-settings`, which only an h2c upgrade carries.
+static HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
+
+/// A request target with the bytes a URI may not hold raw (RFC 3986: `"`, `<`, `>`, `\`, `^`, `` ` ``,
+/// `{`, `|`, `}` and every byte above 0x7F) percent-encoded; the rest as it came. httparse has already
+/// refused control bytes and spaces.
+fn percent_encode_target(target: &[u8]) -> Vec<u8> {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let mut out = Vec::with_capacity(target.len() + 16);
+    for &b in target {
+        if b"\"<>\\^`{|}".contains(&b) {
+            out.extend_from_slice(&[b'%', HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]);
+        } else {
+            out.push(b);
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -311,22 +355,63 @@ mod tests {
     }
 
     #[test]
-    fn an_h2c_upgrade_is_refused() {
+    fn an_h2c_upgrade_is_ignored_and_not_forwarded() {
         let limits = Limits::default();
         let mut at = Vec::new();
         for head in [
-            "GET / HTTP/1.1\r\nhost: x\r\nconnection: upgrade, http2-settings\r\nupgrade: h2c\r\nhttp2-settings: AAMAAABkAAQAAP__\r\n\r\n",
-            "GET / HTTP/1.1\r\nhost: x\r\nupgrade: websocket, H2C\r\n\r\n",
+            "GET / HTTP/1.1\r\nhost: x\r\nconnection: Upgrade, HTTP2-Settings\r\nupgrade: h2c\r\nhttp2-settings: AAMAAABkAAQAAP__\r\n\r\n",
+            "GET / HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: websocket, H2C\r\n\r\n",
         ] {
             let mut buf = BytesMut::from(head);
-            let Err(BadHead(status, msg)) = parse_request_head(&mut buf, &limits, &mut at) else {
-                panic!("accepted: {head:?}")
-            };
-            assert_eq!(status, StatusCode::BAD_REQUEST);
-            assert!(msg.contains("h2c"), "{msg}");
+            let h = parse_request_head(&mut buf, &limits, &mut at).unwrap().unwrap();
+            assert!(!h.upgrade, "{head:?}");
+            assert!(
+                h.headers.get(header::UPGRADE).is_none() && h.headers.get("http2-settings").is_none(),
+                "{head:?}"
+            );
         }
-        let mut buf = BytesMut::from("GET / HTTP/1.1\r\nhost: x\r\nupgrade: websocket\r\n\r\n");
-        assert!(parse_request_head(&mut buf, &limits, &mut at).unwrap().is_some());
+        let mut buf = BytesMut::from("GET / HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n");
+        assert!(parse_request_head(&mut buf, &limits, &mut at).unwrap().unwrap().upgrade);
+    }
+
+    #[test]
+    fn errors_quote_a_request_value_only_in_part() {
+        let limits = Limits::default();
+        let mut at = Vec::new();
+        let host = "h".repeat(5000) + "/";
+        let mut buf = BytesMut::from(format!("GET / HTTP/1.1\r\nhost: {host}\r\n\r\n").as_str());
+        let Err(BadHead(status, msg)) = parse_request_head(&mut buf, &limits, &mut at) else {
+            panic!("accepted")
+        };
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(msg.len() < 300 && msg.ends_with("(5001 bytes)"), "{msg}");
+        assert_eq!(quoted(b"ab"), "\"ab\"");
+    }
+
+    #[test]
+    fn raw_bytes_nginx_takes_in_a_target_are_percent_encoded() {
+        let limits = Limits::default();
+        let mut at = Vec::new();
+        let mut target = |line: &[u8]| {
+            let mut head = b"GET ".to_vec();
+            head.extend_from_slice(line);
+            head.extend_from_slice(b" HTTP/1.1\r\nhost: x\r\n\r\n");
+            let mut buf = BytesMut::from(&head[..]);
+            parse_request_head(&mut buf, &limits, &mut at).map(|h| h.unwrap().uri.to_string())
+        };
+        assert_eq!(target(b"/a?q=\"x\"").unwrap(), "/a?q=%22x%22");
+        assert_eq!(target(b"/a?q={1}|<2>").unwrap(), "/a?q=%7B1%7D%7C%3C2%3E");
+        assert_eq!(target(b"/a\\b^c`").unwrap(), "/a%5Cb%5Ec%60");
+        // UTF-8 is taken as it came (as the URI type does), also beside a byte that is encoded.
+        assert_eq!(target("/caf\u{e9}".as_bytes()).unwrap(), "/caf\u{e9}");
+        assert_eq!(target("/caf\u{e9}?\"".as_bytes()).unwrap(), "/caf\u{e9}?%22");
+        // What the URI type takes raw (a `{` in a query) goes on as it came.
+        assert_eq!(target(b"/a?{x}").unwrap(), "/a?{x}");
+        // What was valid stays byte for byte, percent signs included.
+        assert_eq!(target(b"/a%2Fb?x=%7B&y=~!$'()*+,;=:@").unwrap(), "/a%2Fb?x=%7B&y=~!$'()*+,;=:@");
+        // Control bytes and spaces are still refused (httparse), as is a target not starting with /.
+        assert!(target(b"/a\x01b").is_err());
+        assert!(target(b"a{b}").is_err());
     }
 
     #[test]

@@ -126,6 +126,13 @@ fn http_date(out: &mut Vec<u8>) {
     });
 }
 
+/// The current time as an HTTP date field value (for HTTP/2 responses).
+pub(crate) fn date_value() -> http::HeaderValue {
+    let mut v = Vec::with_capacity(29);
+    http_date(&mut v);
+    http::HeaderValue::from_bytes(&v).expect("an HTTP date is a valid field value")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
