@@ -99,13 +99,37 @@ async function refresh(fresh) {
 function crumbs(html) { $("#crumbs").innerHTML = html; }
 const fmtPct = (v) => (v == null ? "–" : (Math.round(v * 10) / 10) + "%");
 const time = (iso) => new Date(iso).toLocaleTimeString();
+// Numbers as the evidence line prints them (the analysis's own text): 6.6e-5, 1.2e4, 42, 0.153.
+const num = (x) => (x == null ? "–" : x >= 1e4 || (x > 0 && x < 1e-3) ? x.toExponential(1).replace("e+", "e") : x >= 10 ? x.toFixed(0) : x.toFixed(3));
+const fixed = (x, digits) => (x == null ? "-" : x.toFixed(digits));
+const fmtSeconds = (s) => (s == null ? "–" : s >= 3600 ? `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min` : s >= 60 ? `${Math.floor(s / 60)} min ${s % 60} s` : `${s} s`);
+// A target deployment and its stage variable overrides, as a name and key = value lines.
+function target(deploymentId, overrides) {
+  const o = Object.entries(overrides || {});
+  return `<span class="dep">${esc(deploymentId)}</span>` + (o.length
+    ? `<dl class="overrides">${o.map(([k, v]) => `<dt>${esc(k)}</dt><dd>${esc(v)}</dd>`).join("")}</dl>`
+    : ` <span class="muted">no overrides</span>`);
+}
+// Where a rollout is: "step 2 of 4 (30%)", or its phase.
+function stepText(r) {
+  if (r.currentStep != null) return `step ${r.currentStep + 1} of ${r.steps.length} (${r.steps[r.currentStep].weight}%)`;
+  return r.status === "InProgress" ? "before traffic" : r.status === "Created" ? "waiting to start" : "–";
+}
+// The analysis in one cell: each judgement's e-value against its rejection bar.
+function evidenceText(ev) {
+  if (!ev) return "no analysis";
+  const parts = [];
+  if (ev.errorRate) parts.push(`errors e ${num(ev.errorRate.eValue)} / ${num(1 / ev.errorRate.alpha)}${ev.errorRate.rejected ? " rejected" : ""}`);
+  if (ev.latency) parts.push(`latency e ${num(ev.latency.eValue)} / ${num(1 / ev.latency.alpha)}${ev.latency.rejected ? " rejected" : ""}`);
+  return parts.join(", ") || "no judgements";
+}
 
 // === overview ===
 async function overview() {
   crumbs("overview");
-  const apis = (await api("GET", "/v1/apis")).items;
+  const [apis, recent] = await Promise.all([api("GET", "/v1/apis"), api("GET", "/v1/rollouts?limit=20")]);
   const rows = [];
-  for (const a of apis) {
+  for (const a of apis.items) {
     const stages = (await api("GET", `/v1/apis/${encodeURIComponent(a.name)}/stages`)).items;
     for (const s of stages) {
       const c = s.canarySettings;
@@ -113,14 +137,33 @@ async function overview() {
         <td><a href="#/stage/${encodeURIComponent(a.name)}/${encodeURIComponent(s.name)}">${esc(a.name)} / ${esc(s.name)}</a></td>
         <td>${esc(s.deploymentId)}</td>
         <td data-weight="${esc(a.name)}/${esc(s.name)}">${c ? fmtPct(c.percentTraffic) : "no canary"}</td>
-        <td>${c ? esc(c.deploymentId) + " " + esc(JSON.stringify(c.stageVariableOverrides)) : ""}</td>
+        <td>${c ? target(c.deploymentId, c.stageVariableOverrides) : ""}</td>
         <td>${s.activeRollout ? `<a href="#/rollout/${encodeURIComponent(s.activeRollout)}">${esc(s.activeRollout)}</a>` : "–"}</td>
       </tr>`);
     }
   }
-  $("#view").innerHTML = `<h1>APIs and stages</h1>
+  const active = recent.items.filter((r) => r.status === "InProgress" || r.status === "Created");
+  const activeRows = active.map((r) => `<tr data-rollout="${esc(r.id)}">
+      <td><a href="#/rollout/${encodeURIComponent(r.id)}">${esc(r.id)}</a> <span class="pill ${esc(r.status)}">${esc(r.status)}</span></td>
+      <td><a href="#/stage/${encodeURIComponent(r.api)}/${encodeURIComponent(r.stage)}">${esc(r.api)} / ${esc(r.stage)}</a></td>
+      <td class="step">${esc(stepText(r))}</td>
+      <td class="weight">${fmtPct(r.weight)}</td>
+      <td>${r.timeLeftSeconds == null ? (r.waitingFor ? esc(r.waitingFor) : "–") : fmtSeconds(r.timeLeftSeconds)}</td>
+      <td class="evidence">${esc(evidenceText(r.evidence))}</td></tr>`);
+  const events = recent.items
+    .flatMap((r) => r.events.map((e, i) => ({ ...e, rollout: r, i })))
+    .sort((p, q) => Date.parse(q.time) - Date.parse(p.time) || (p.rollout === q.rollout ? q.i - p.i : 0))
+    .slice(0, 12);
+  $("#view").innerHTML = `<h1>Active rollouts</h1>
+    <table id="active-rollouts"><thead><tr><th>ROLLOUT</th><th>STAGE</th><th>STEP</th><th>WEIGHT</th><th>TIME LEFT</th><th>EVIDENCE</th></tr></thead>
+    <tbody>${activeRows.join("") || "<tr><td colspan=6 class=muted>No rollout is running.</td></tr>"}</tbody></table>
+    <h1>APIs and stages</h1>
     <table><thead><tr><th>STAGE</th><th>DEPLOYMENT</th><th>CANARY WEIGHT</th><th>CANARY</th><th>ACTIVE ROLLOUT</th></tr></thead>
-    <tbody>${rows.join("") || "<tr><td colspan=5 class=muted>No stages yet.</td></tr>"}</tbody></table>`;
+    <tbody>${rows.join("") || "<tr><td colspan=5 class=muted>No stages yet.</td></tr>"}</tbody></table>
+    <h2>Last events</h2>
+    <ul class="timeline" id="last-events">${events.map((e) => `<li><span class="t">${time(e.time)}</span><span class="pill ${esc(e.status)}">${esc(e.status)}</span>
+      <a href="#/rollout/${encodeURIComponent(e.rollout.id)}">${esc(e.rollout.id)}</a> ${esc(e.rollout.api)}/${esc(e.rollout.stage)} · ${fmtPct(e.weight)} · ${esc(e.reason)}</li>`).join("")
+      || "<li class=muted>No events yet.</li>"}</ul>`;
 }
 
 // === stage ===
@@ -132,16 +175,37 @@ async function metric(a, s, variant, m, stat, start, end) {
   return out;
 }
 
-function chart(id, title, series, xs, ys) {
+// Points with no neighbour (a value between two gaps) draw no line: draw them as dots.
+function isolated(u, si, show) {
+  if (show) return null;
+  const ys = u.data[si];
+  const idx = [];
+  for (let i = 0; i < ys.length; i++) {
+    if (ys[i] != null && (i === 0 || ys[i - 1] == null) && (i === ys.length - 1 || ys[i + 1] == null)) idx.push(i);
+  }
+  return idx.length ? idx : null;
+}
+
+// A chart over xs (unix seconds); `range` fixes the time axis ([from, to]) instead of the data's extent.
+function chart(id, title, series, xs, ys, range) {
   const el = document.getElementById(id);
   const points = ys.map((y) => y.filter((v) => v != null).length);
   el.dataset.points = series.map((s, i) => `${s.key}:${points[i]}`).join(",");
   const data = [xs, ...ys];
-  if (charts[id]) { charts[id].setData(data); return; }
+  const x = range ? { time: true, range: () => range } : { time: true };
+  if (charts[id]) {
+    if (range) charts[id].scales.x.range = () => range;
+    charts[id].setData(data);
+    return;
+  }
   const width = Math.max(300, el.clientWidth - 10);
   charts[id] = new uPlot({
-    title, width, height: 200, scales: { x: { time: true } },
-    series: [{}, ...series.map((s) => ({ label: s.label, stroke: s.color, width: 2, spanGaps: false, points: { show: s.points || false, size: 7, fill: s.color }, paths: s.points ? () => null : undefined }))],
+    title, width, height: 200, scales: { x },
+    series: [{}, ...series.map((s) => ({
+      label: s.label, stroke: s.color, width: 2, spanGaps: false,
+      points: { show: s.points || false, size: 7, fill: s.color, filter: s.points ? null : isolated },
+      paths: s.points ? () => null : undefined,
+    }))],
     axes: [{}, { size: 60 }],
   }, data, el);
 }
@@ -204,7 +268,7 @@ async function stagePage(a, s) {
   $("#stage-head").innerHTML = `<h1>${esc(a)} / ${esc(s)}</h1><div class="facts">
     <div class="fact"><div class="k">deployment</div><div class="v">${esc(stage.deploymentId)}</div></div>
     <div class="fact"><div class="k">canary weight</div><div class="v" id="weight">${c ? fmtPct(c.percentTraffic) : "no canary"}</div></div>
-    <div class="fact"><div class="k">canary</div><div class="v">${c ? esc(c.deploymentId) + " " + esc(JSON.stringify(c.stageVariableOverrides)) : "–"}</div></div>
+    <div class="fact"><div class="k">canary</div><div class="v">${c ? target(c.deploymentId, c.stageVariableOverrides) : "–"}</div></div>
     <div class="fact"><div class="k">active rollout</div><div class="v">${active ? `<a href="#/rollout/${encodeURIComponent(active.id)}">${esc(active.id)}</a> <span class="pill ${active.status}">${active.status}</span>` : "–"}</div></div>
   </div>`;
   $("#actions").hidden = !canAct();
@@ -240,7 +304,6 @@ async function stagePage(a, s) {
 }
 
 // === rollout ===
-const num = (x) => (x == null ? "–" : x >= 1e4 ? x.toExponential(1) : String(Math.round(x * 1000) / 1000));
 
 async function rolloutPage(id) {
   const r = await api("GET", `/v1/rollouts/${encodeURIComponent(id)}`);
@@ -257,8 +320,9 @@ async function rolloutPage(id) {
     <div class="facts">
       <div class="fact"><div class="k">weight</div><div class="v">${fmtPct(r.weight)}</div></div>
       <div class="fact"><div class="k">config</div><div class="v">${esc(r.deploymentConfig.name)}</div></div>
-      <div class="fact"><div class="k">to</div><div class="v">${esc(r.deploymentId)} ${esc(JSON.stringify(r.stageVariableOverrides))}</div></div>
-      <div class="fact"><div class="k">time left</div><div class="v">${r.timeLeftSeconds == null ? "–" : r.timeLeftSeconds + " s"}</div></div>
+      <div class="fact"><div class="k">step</div><div class="v" id="rollout-step">${esc(stepText(r))}</div></div>
+      <div class="fact"><div class="k">target</div><div class="v" id="rollout-target">${target(r.deploymentId, r.stageVariableOverrides)}</div></div>
+      <div class="fact"><div class="k">time left</div><div class="v">${fmtSeconds(r.timeLeftSeconds)}</div></div>
       <div class="fact"><div class="k">alarms</div><div class="v">${esc(r.alarms.join(", ") || "none")}</div></div>
     </div>${r.waitingFor ? `<p class="pill Created" id="waiting-for">${esc(r.waitingFor)}</p>` : ""}`;
   const awaiting = r.status === "InProgress" && (r.waitingFor || "").startsWith("waiting for an approval");
@@ -272,25 +336,31 @@ async function rolloutPage(id) {
   }).join("");
   $("#events").innerHTML = r.events.map((e) => `<li><span class="t">${time(e.time)}</span><span class="pill ${esc(e.status)}">${esc(e.status)}</span>
       step ${e.step ?? "–"} · ${fmtPct(e.weight)} · ${esc(e.reason)}</li>`).join("");
-  evidence(r.evidence);
+  // The rollout's own time: from its creation to its last event once it has ended, else to now.
+  const from = Date.parse(r.createdAt) / 1000;
+  const ended = !(r.status === "InProgress" || r.status === "Created");
+  const last = r.events.length ? Date.parse(r.events[r.events.length - 1].time) / 1000 : from;
+  const to = Math.max(from + 1, ended ? Math.max(last, Date.parse(r.updatedAt) / 1000) : Date.now() / 1000);
+  evidence(r.evidence, [from, to]);
 }
 
 // The analysis's evidence: e-values against their rejection line (log10), and the numbers behind them.
-function evidence(ev) {
+function evidence(ev, range) {
   $("#analysis").hidden = !ev;
   if (!ev) return;
   $("#evidence-line").textContent = ev.line || "no batches judged yet";
   const rows = [];
   const e = ev.errorRate, l = ev.latency;
   if (e) rows.push(`<tr><td>error rate</td><td>${num(e.eValue)}</td><td>${num(1 / e.alpha)}</td><td>${num(e.pValue)}</td>
-    <td>canary ${e.canaryErrors}/${e.canaryRequests}, production ${e.productionErrors}/${e.productionRequests}; ratio ${num(e.ratio)} [${num(e.ratioLow)}, ${num(e.ratioHigh)}]</td>
+    <td>canary ${e.canaryErrors}/${e.canaryRequests}, production ${e.productionErrors}/${e.productionRequests}; ratio ${fixed(e.ratio, 2)} [${fixed(e.ratioLow, 2)}, ${fixed(e.ratioHigh, 2)}]</td>
     <td><span class="pill ${e.rejected ? "ALARM" : "OK"}">${e.rejected ? "rejected" : "no evidence against"}</span></td></tr>`);
   if (l) rows.push(`<tr><td>latency</td><td>${num(l.eValue)}</td><td>${num(1 / l.alpha)}</td><td>${num(l.pValue)}</td>
-    <td>p50 ${num(l.canaryP50Ms)} vs ${num(l.productionP50Ms)} ms, p99 ${num(l.canaryP99Ms)} vs ${num(l.productionP99Ms)} ms</td>
+    <td>p50 ${fixed(l.canaryP50Ms, 1)} vs ${fixed(l.productionP50Ms, 1)} ms, p99 ${fixed(l.canaryP99Ms, 1)} vs ${fixed(l.productionP99Ms, 1)} ms</td>
     <td><span class="pill ${l.rejected ? "ALARM" : "OK"}">${l.rejected ? "rejected" : "no evidence against"}</span></td></tr>`);
   $("#evidence-table").innerHTML = `<table><thead><tr><th>JUDGEMENT</th><th>E-VALUE</th><th>REJECTS AT</th><th>ANYTIME P</th><th>OBSERVED</th><th></th></tr></thead>
     <tbody>${rows.join("")}</tbody></table>`;
-  const h = ev.history || [];
+  // Points outside the rollout's time (a clock step) are left out rather than stretching the axis.
+  const h = (ev.history || []).filter((p) => p.second >= Math.floor(range[0]) && p.second <= range[1]);
   const xs = h.map((p) => p.second);
   const series = [], ys = [];
   if (e) { series.push({ key: "errors", label: "error rate log10 e", color: "#dc2626" }); ys.push(h.map((p) => p.errors ?? null)); }
@@ -298,7 +368,7 @@ function evidence(ev) {
   const alpha = Math.min(e ? e.alpha : 1, l ? l.alpha : 1);
   series.push({ key: "reject", label: "rejection line log10(1/alpha)", color: "#6b7280" });
   ys.push(xs.map(() => Math.log10(1 / alpha)));
-  chart("c-evidence", "evidence against the canary (log10 e-value)", series, xs, ys);
+  chart("c-evidence", "evidence against the canary (log10 e-value)", series, xs, ys, range);
 }
 
 refresh(true);

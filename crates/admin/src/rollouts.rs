@@ -91,9 +91,19 @@ pub async fn list(State(s): State<AppState>, Query(q): Query<HashMap<String, Str
         None => None,
         Some(v) => Some(RolloutStatus::ALL.into_iter().find(|st| st.as_str() == v).ok_or_else(|| {
             ApiError::bad_request(format!(
-                "invalid value {v:?} for status: must be one of Created, InProgress, Succeeded, Failed, Stopped, RolledBack"
+                "invalid value {} for status: must be one of Created, InProgress, Succeeded, Failed, Stopped, RolledBack",
+                crate::error::quote_value(v)
             ))
         })?),
+    };
+    let limit = match q.get("limit") {
+        None => usize::MAX,
+        Some(v) => v.parse::<usize>().ok().filter(|n| (1..=1000).contains(n)).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "invalid value {} for limit: must be a whole number from 1 to 1000",
+                crate::error::quote_value(v)
+            ))
+        })?,
     };
     let st = s.store.current();
     let mut items: Vec<&Rollout> = st
@@ -104,7 +114,9 @@ pub async fn list(State(s): State<AppState>, Query(q): Query<HashMap<String, Str
         .filter(|r| status.is_none_or(|x| r.status == x))
         .collect();
     items.sort_by_key(|r| std::cmp::Reverse(r.created_at));
-    Ok(Json(json!({"items": items.into_iter().map(rollout_view).collect::<Vec<_>>()})))
+    Ok(Json(
+        json!({"items": items.into_iter().take(limit).map(rollout_view).collect::<Vec<_>>()}),
+    ))
 }
 
 pub async fn get(State(s): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>> {

@@ -288,11 +288,45 @@ async fn the_dashboard_shows_live_state_and_acts_only_with_a_token() {
         .await
         .unwrap();
     assert!(line.as_str().unwrap().contains("errors: canary"), "{line}");
+    // The table shows the same numbers as the line: e-value, rejection bar and anytime p.
+    let cells = b
+        .execute(
+            "return [...document.querySelectorAll('#evidence-table tbody tr')].map(r => [...r.cells].slice(1, 4).map(c => c.textContent))",
+            vec![],
+        )
+        .await
+        .unwrap();
+    for row in cells.as_array().unwrap() {
+        let (e, bar, p) = (row[0].as_str().unwrap(), row[1].as_str().unwrap(), row[2].as_str().unwrap());
+        let said = format!("e {e} (reject at {bar}), p {p}");
+        assert!(line.as_str().unwrap().contains(&said), "{said:?} not in {line}");
+    }
     let drawn = b
         .execute("return document.querySelectorAll('#c-evidence canvas').length", vec![])
         .await
         .unwrap();
     assert!(drawn.as_u64().unwrap() >= 1, "{drawn}");
+    // The chart's time axis is the rollout's own time: from its creation to its last event.
+    let r = ok(&c, &s, "GET", &format!("/v1/rollouts/{id}"), None).await;
+    let secs = |v: &Value| chrono::DateTime::parse_from_rfc3339(v.as_str().unwrap()).unwrap().timestamp() as f64;
+    let (from, to) = (
+        secs(&r["createdAt"]),
+        secs(&r["updatedAt"]).max(r["events"].as_array().unwrap().iter().map(|e| secs(&e["time"])).fold(0.0, f64::max)),
+    );
+    let x = b
+        .execute("const u = charts['c-evidence']; return [u.scales.x.min, u.scales.x.max]", vec![])
+        .await
+        .unwrap();
+    let (min, max) = (x[0].as_f64().unwrap(), x[1].as_f64().unwrap());
+    assert!(
+        min >= from - 1.0 && max <= to + 1.0 && min < max,
+        "x range {min}..{max}, rollout {from}..{to}"
+    );
+    // The latest judged point is drawn: the history ends at the analysis's last second.
+    let last = r["evidence"]["history"].as_array().unwrap().last().unwrap()["second"]
+        .as_f64()
+        .unwrap();
+    assert!(last >= from - 1.0 && last <= to + 1.0, "{last} outside {from}..{to}");
     screenshot(&b, "rollout").await;
     b.goto(&format!("{}/ui/", s.admin)).await.unwrap();
     eventually(
@@ -398,5 +432,132 @@ async fn an_approval_step_waits_on_the_rollout_page_and_is_approved_there_with_a
     assert!(events.as_str().unwrap().contains("step approved by carol"), "{events}");
     let r = admin_with_token(&c, &s, "GET", &format!("/v1/rollouts/{id}"), None, t).await.1;
     assert!(!r.to_string().contains("carols-secret"));
+    b.close().await.unwrap();
+}
+
+/// Counts the pixels of `color` (r, g, b) that chart `id` drew above its y value `above`, and how many of
+/// series `series`'s values stand alone between gaps.
+fn drawn_above(id: &str, series: usize, above: f64, color: (u8, u8, u8)) -> String {
+    format!(
+        "const u = charts['{id}']; if (!u) return null;
+         const ys = u.data[{series}];
+         let alone = 0;
+         for (let i = 0; i < ys.length; i++) if (ys[i] != null && ys[i] > {above} && ys[i - 1] == null && ys[i + 1] == null) alone++;
+         const cv = u.ctx.canvas, line = Math.floor(u.valToPos({above}, 'y', true)) - 2;
+         const px = u.ctx.getImageData(0, 0, cv.width, Math.max(1, line)).data;
+         let n = 0;
+         for (let i = 0; i < px.length; i += 4)
+           if (Math.abs(px[i] - {}) < 40 && Math.abs(px[i + 1] - {}) < 40 && Math.abs(px[i + 2] - {}) < 60 && px[i + 3] > 128) n++;
+         return {{alone, drawn: n}};",
+        color.0, color.1, color.2
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_overview_lists_active_rollouts_and_a_brief_canary_failure_is_drawn() {
+    // All traffic on the canary, and only a request every 4 s: with 2 s buckets every point of the
+    // canary's series stands alone between gaps, as on a quiet stage.
+    let f = fixture(100.0, json!({})).await;
+    let (c, s) = (&f.c, &f.s);
+    // A second stage with a rollout at its first step, for the overview.
+    ok(
+        c,
+        s,
+        "PUT",
+        "/v1/apis/orders/stages/beta",
+        Some(json!({"deploymentId": f.deployment, "variables": {"backend": f.prod.addr.to_string()}})),
+    )
+    .await;
+    let d2 = ok(c, s, "POST", "/v1/apis/orders/deployments", Some(json!({"description": "v2"}))).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    ok(
+        c,
+        s,
+        "PUT",
+        "/v1/deployment-configs/Canary30Percent10Minutes",
+        Some(json!({"type": "TimeBasedCanary", "percentage": 30, "intervalSeconds": 600})),
+    )
+    .await;
+    let body = json!({"deploymentId": d2, "stageVariableOverrides": {"backend": f.canary.addr.to_string()},
+        "deploymentConfig": "Canary30Percent10Minutes", "analysis": {"errorRate": {"alpha": 1e-4}}});
+    let (status, r) = admin(c, s, "POST", "/v1/apis/orders/stages/beta/rollouts", Some(body)).await;
+    assert_eq!(status, 201, "{r}");
+    let id = r["id"].as_str().unwrap().to_string();
+
+    // Healthy, then 5xx for 3 s, then healthy again.
+    let url = format!("{}/orders/prod/items", s.gateway);
+    let start = tokio::time::Instant::now();
+    let mut statuses = Vec::new();
+    for k in 0..5u32 {
+        tokio::time::sleep_until(start + Duration::from_secs(4 * u64::from(k))).await;
+        if k == 2 {
+            f.canary.fail_per_10k.store(10_000, std::sync::atomic::Ordering::SeqCst);
+        }
+        let resp = c.get(&url).send().await.unwrap();
+        assert_eq!(resp.headers()["x-canarygate-variant"], "canary");
+        statuses.push(resp.status().as_u16());
+        if k == 2 {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            f.canary.fail_per_10k.store(0, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+    assert_eq!(statuses, [200, 200, 500, 200, 200]);
+
+    let (_driver, b) = browser().await;
+    b.goto(&format!("{}/ui/#/stage/orders/prod", s.admin)).await.unwrap();
+    // The canary's 5xx series (series 2, #f59e0b) draws its lone 100% point above the zero line.
+    let v = eventually(
+        &b,
+        &drawn_above("c-5xx", 2, 50.0, (0xf5, 0x9e, 0x0b)),
+        |v| v["alone"].as_u64() >= Some(1) && v["drawn"].as_u64() > Some(0),
+        "the canary's 5xx drawn",
+    )
+    .await;
+    assert!(v["drawn"].as_u64().unwrap() >= 10, "{v}");
+    screenshot(&b, "stage-brief-failure").await;
+
+    // The overview: the active rollout with its stage, step, weight, time left and evidence, and its events.
+    b.goto(&format!("{}/ui/", s.admin)).await.unwrap();
+    let row = format!("#active-rollouts tr[data-rollout=\"{id}\"]");
+    let shown = eventually(
+        &b,
+        &format!("const r = document.querySelector('{row}'); return r && [...r.cells].map(c => c.textContent.trim())"),
+        |v| v.is_array(),
+        "the active rollout on the overview",
+    )
+    .await;
+    let cells: Vec<&str> = shown.as_array().unwrap().iter().map(|c| c.as_str().unwrap()).collect();
+    assert!(cells[0].contains(&id) && cells[1] == "orders / beta", "{cells:?}");
+    assert_eq!(cells[2], "step 1 of 2 (30%)");
+    assert_eq!(cells[3], "30%");
+    assert!(cells[4].ends_with(" s") && cells[4].contains("min"), "time left: {cells:?}");
+    assert!(
+        cells[5].starts_with("errors e ") && cells[5].contains("/ 1.0e4"),
+        "evidence: {cells:?}"
+    );
+    let events = b
+        .execute("return document.getElementById('last-events').textContent", vec![])
+        .await
+        .unwrap();
+    assert!(events.as_str().unwrap().contains(&id), "{events}");
+    screenshot(&b, "overview-active").await;
+
+    // The rollout page: the target readably (deployment, then each override), not as JSON.
+    b.goto(&format!("{}/ui/#/rollout/{id}", s.admin)).await.unwrap();
+    let t = eventually(
+        &b,
+        "const e = document.getElementById('rollout-target'); return e && e.innerText",
+        |v| v.is_string(),
+        "the rollout's target",
+    )
+    .await;
+    let t = t.as_str().unwrap();
+    assert!(
+        t.contains(&d2) && t.contains("backend") && t.contains(&f.canary.addr.to_string()),
+        "{t}"
+    );
+    assert!(!t.contains('{') && !t.contains('"'), "{t}");
     b.close().await.unwrap();
 }

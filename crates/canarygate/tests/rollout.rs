@@ -233,6 +233,13 @@ async fn a_variables_only_rollout_moves_the_stage_to_the_new_backend() {
     assert_eq!(list["items"].as_array().unwrap().len(), 1);
     assert_eq!(ok(&c, &s, "GET", "/v1/rollouts?status=Failed", None).await["items"], json!([]));
     assert_eq!(admin(&c, &s, "GET", "/v1/rollouts?status=Bogus", None).await.0, 400);
+    assert_eq!(ok(&c, &s, "GET", "/v1/rollouts?limit=1", None).await["items"][0]["id"], id.as_str());
+    for bad in ["0", "1001", "ten"] {
+        let (status, v) = admin(&c, &s, "GET", &format!("/v1/rollouts?limit={bad}"), None).await;
+        assert_eq!(status, 400);
+        let m = v["error"]["message"].as_str().unwrap();
+        assert!(m.contains("limit") && m.contains(bad), "{m}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -569,6 +569,10 @@ pub struct AnalysisState {
     pub history: Vec<EvidencePoint>,
     /// Seconds between history points (doubles when the history is thinned).
     pub history_every: u64,
+    /// The last history point is the latest judged second, off the history's grid: the next batch
+    /// replaces it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub history_tail: bool,
 }
 
 /// The two judgements' evidence, as the API and events show it.
@@ -601,6 +605,7 @@ impl AnalysisState {
             last_second: None,
             history: Vec::new(),
             history_every: 5,
+            history_tail: false,
         }
     }
 
@@ -626,21 +631,35 @@ impl AnalysisState {
         if let Some(j) = &mut self.latency {
             j.feed(b);
         }
-        let due = self.history.last().is_none_or(|p| b.second >= p.second + self.history_every);
-        if due {
-            let log10 = |l: f64| (l / std::f64::consts::LN_10 * 1000.0).round() / 1000.0;
-            self.history.push(EvidencePoint {
-                second: b.second,
-                errors: self.errors.as_ref().map(|j| log10(j.log_e())),
-                latency: self.latency.as_ref().map(|j| log10(j.log_e())),
-            });
-            if self.history.len() > HISTORY_POINTS {
-                let kept: Vec<_> = self.history.iter().step_by(2).cloned().collect();
-                self.history = kept;
-                self.history_every *= 2;
-            }
-        }
+        self.record_history(b.second);
         true
+    }
+
+    /// Keeps the evidence history: a point every `history_every` seconds, and always the latest judged
+    /// point (the one that decided, when one did) as a tail that the next batch replaces.
+    fn record_history(&mut self, second: u64) {
+        let log10 = |l: f64| (l / std::f64::consts::LN_10 * 1000.0).round() / 1000.0;
+        let point = EvidencePoint {
+            second,
+            errors: self.errors.as_ref().map(|j| log10(j.log_e())),
+            latency: self.latency.as_ref().map(|j| log10(j.log_e())),
+        };
+        if self.history_tail {
+            self.history.pop();
+        }
+        let due = self.history.last().is_none_or(|p| second >= p.second + self.history_every);
+        self.history.push(point);
+        self.history_tail = !due;
+        if self.history.len() > HISTORY_POINTS {
+            // Thinning keeps every other point of the grid, and the latest point.
+            let latest = self.history.pop().expect("a point was just pushed");
+            let mut kept: Vec<_> = self.history.iter().step_by(2).cloned().collect();
+            self.history_every *= 2;
+            let due = kept.last().is_none_or(|p| latest.second >= p.second + self.history_every);
+            kept.push(latest);
+            self.history_tail = !due;
+            self.history = kept;
+        }
     }
 
     /// Folds in one second of mirrored pairs. Judged only when the analysis has `errorRate` (at its
@@ -923,16 +942,19 @@ mod tests {
         assert_eq!((a.batches, a.excluded_batches, a.step_canary_requests), (1, 6, 1000));
     }
 
-    #[test]
-    fn history_stays_bounded() {
-        let spec = AnalysisSpec {
+    fn errors_only(alpha: f64) -> AnalysisSpec {
+        AnalysisSpec {
             name: None,
-            error_rate: Some(JudgementSpec { alpha: 0.01 }),
+            error_rate: Some(JudgementSpec { alpha }),
             latency: None,
             warmup_seconds: 0,
             min_canary_requests: 0,
-        };
-        let mut a = AnalysisState::new(&spec);
+        }
+    }
+
+    #[test]
+    fn history_stays_bounded() {
+        let mut a = AnalysisState::new(&errors_only(0.01));
         let mut b = batch(0.1, 1, 9);
         for s in 0..100_000 {
             b.second = s;
@@ -941,6 +963,38 @@ mod tests {
         assert!(a.history.len() <= HISTORY_POINTS);
         assert!(a.history.windows(2).all(|w| w[0].second < w[1].second));
         assert!(a.history_every > 5);
+        assert_eq!(a.history.last().unwrap().second, 99_999, "the latest second is kept");
+    }
+
+    #[test]
+    fn history_keeps_the_deciding_point() {
+        // A canary failing from the start: rejected within seconds, between two grid points.
+        let mut a = AnalysisState::new(&errors_only(0.01));
+        let mut healthy = batch(0.1, 0, 0);
+        healthy.second = 1_000;
+        a.feed(&healthy);
+        let mut b = batch(0.1, 20, 0);
+        b.second = 1_001;
+        let mut decided = None;
+        while decided.is_none() {
+            assert!(a.feed(&b));
+            decided = a.rejection().map(|_| b.second);
+            b.second += 1;
+        }
+        let decided = decided.unwrap();
+        assert_ne!((decided - 1_000) % 5, 0, "the test needs a decision off the 5 s grid: {decided}");
+        let last = a.history.last().unwrap();
+        assert_eq!(last.second, decided);
+        assert!(last.errors.unwrap() >= 2.0, "{last:?}");
+        // Grid points stay 5 s apart; only the tail is closer.
+        let n = a.history.len();
+        assert!(a.history[..n - 1].windows(2).all(|w| w[1].second - w[0].second >= 5));
+        // The tail moves with the next second instead of piling up.
+        let mut b2 = batch(0.1, 20, 0);
+        b2.second = decided + 1;
+        a.feed(&b2);
+        assert_eq!(a.history.len(), n + usize::from(decided + 1 >= a.history[n - 2].second + 5));
+        assert_eq!(a.history.last().unwrap().second, decided + 1);
     }
 
     #[test]
