@@ -2,11 +2,13 @@
 //! deployments, stages with patch/promote/remove, custom domains, rollouts, alarms, metric queries,
 //! the dashboard (`/ui/`), Prometheus `/metrics`,
 //! `/healthz` and `/readyz`, behind bearer-token auth. Handlers translate HTTP into model transitions run
-//! by the [`Store`], which persists each change before the call returns.
+//! by the [`Store`], which persists each change before the call returns. Beside it, on a listener of
+//! their own, the AWS-compatible endpoints ([`aws`]) over the same store and model.
 #![deny(rust_2018_idioms)]
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod aws;
 mod body;
 pub mod error;
 pub mod listener;

@@ -119,6 +119,33 @@ pub struct ServerSection {
     /// HTTP/2 connections' limits.
     #[serde(default)]
     pub http2: Http2Section,
+    /// The AWS-compatible endpoints' listener (API Gateway, CodeDeploy, CloudWatch); off unless set.
+    pub aws_listen: Option<SocketAddr>,
+    /// The region AWS clients sign for (default `us-east-1`).
+    pub aws_region: Option<String>,
+    /// The keys that may sign AWS calls (Signature Version 4).
+    #[serde(default)]
+    pub aws_credentials: Vec<AwsCredentialSpec>,
+}
+
+/// One AWS key: its id, where its secret is read from, and what it may do.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AwsCredentialSpec {
+    pub name: String,
+    pub access_key_id: String,
+    /// The environment variable holding the secret access key.
+    pub secret_access_key_env: Option<String>,
+    /// A file holding the secret access key (one line).
+    pub secret_access_key_file: Option<PathBuf>,
+    pub role: AwsRole,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AwsRole {
+    Admin,
+    Read,
 }
 
 /// HTTP/2 limits (client side); each has a default.

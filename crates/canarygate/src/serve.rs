@@ -396,6 +396,7 @@ pub async fn start(cfg: &ConfigFile, args: &ServeArgs) -> Result<Running> {
         limits,
         admin_limits,
         lease_seconds,
+        aws,
     } = settings(cfg, args, raise_open_files())?;
     tracing::info!(max_connections = limits.max_connections, "client connections");
     std::fs::create_dir_all(&data_dir).with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
@@ -474,6 +475,14 @@ pub async fn start(cfg: &ConfigFile, args: &ServeArgs) -> Result<Running> {
     if let Some(l) = &tls_listener {
         println!("canarygate: gateway (TLS) listening on https://{}", l.local_addr()?);
     }
+    let aws = match aws {
+        Some((addr, config)) => {
+            let l = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+            println!("canarygate: AWS endpoints listening on http://{}", l.local_addr()?);
+            Some((l, config))
+        }
+        None => None,
+    };
     println!("canarygate: admin listening on http://{admin_addr}");
     println!("canarygate: data dir {}", data_dir.display());
 
@@ -564,6 +573,14 @@ pub async fn start(cfg: &ConfigFile, args: &ServeArgs) -> Result<Running> {
         cfg.server.admin_hosts.clone(),
     )
     .with_origins(cfg.server.admin_origins.clone());
+    let mut tasks = Vec::new();
+    if let Some((listener, config)) = aws {
+        let app = canarygate_admin::aws::router(state.clone(), Arc::new(config));
+        let aws_shutdown = shutdown_rx.clone();
+        tasks.push(tokio::spawn(async move {
+            canarygate_admin::listener::serve(listener, app, admin_limits, aws_shutdown).await;
+        }));
+    }
     let app = canarygate_admin::router(state, auth);
     let admin_shutdown = shutdown_rx.clone();
     let admin = tokio::spawn(async move {
@@ -631,7 +648,10 @@ pub async fn start(cfg: &ConfigFile, args: &ServeArgs) -> Result<Running> {
         metrics,
         gateway,
         shutdown: shutdown_tx,
-        tasks: vec![controller_task, gateway_task, admin],
+        tasks: {
+            tasks.extend([controller_task, gateway_task, admin]);
+            tasks
+        },
     })
 }
 
@@ -715,6 +735,62 @@ pub struct Settings {
     pub limits: Limits,
     pub admin_limits: canarygate_admin::listener::ListenerLimits,
     pub lease_seconds: u64,
+    /// The AWS endpoints' listener and settings, when `server.awsListen` is set.
+    pub aws: Option<(SocketAddr, canarygate_admin::aws::AwsConfig)>,
+}
+
+/// The AWS endpoints' settings, secrets read: every problem names its field.
+fn aws_settings(cfg: &ConfigFile) -> Result<Option<(SocketAddr, canarygate_admin::aws::AwsConfig)>> {
+    use crate::config::AwsRole;
+    let Some(listen) = cfg.server.aws_listen else {
+        if !cfg.server.aws_credentials.is_empty() {
+            bail!("server.awsCredentials: set server.awsListen too (the AWS endpoints are off without it)");
+        }
+        return Ok(None);
+    };
+    if cfg.server.aws_credentials.is_empty() {
+        bail!("server.awsListen {listen}: needs server.awsCredentials (every AWS call is signed with one of them)");
+    }
+    let region = cfg.server.aws_region.clone().unwrap_or_else(|| "us-east-1".into());
+    if region.is_empty() || region.len() > 32 || !region.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+        bail!("server.awsRegion {region:?}: not a region name (lowercase letters, digits and -, as us-east-1)");
+    }
+    let mut credentials = Vec::new();
+    for (i, c) in cfg.server.aws_credentials.iter().enumerate() {
+        let at = format!("server.awsCredentials[{i}]");
+        if c.access_key_id.len() < 4 || c.access_key_id.len() > 128 || !c.access_key_id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            bail!("{at}.accessKeyId {:?}: must be 4 to 128 letters and digits", c.access_key_id);
+        }
+        if credentials
+            .iter()
+            .any(|x: &canarygate_admin::aws::Credential| x.access_key_id == c.access_key_id)
+        {
+            bail!("{at}.accessKeyId {:?}: declared twice", c.access_key_id);
+        }
+        let secret = match (&c.secret_access_key_env, &c.secret_access_key_file) {
+            (Some(var), None) => {
+                std::env::var(var).map_err(|_| anyhow::anyhow!("{at}.secretAccessKeyEnv: the environment variable {var} is not set"))?
+            }
+            (None, Some(file)) => std::fs::read_to_string(file)
+                .with_context(|| format!("{at}.secretAccessKeyFile: cannot read {}", file.display()))?
+                .trim()
+                .to_string(),
+            _ => bail!("{at}: give exactly one of secretAccessKeyEnv and secretAccessKeyFile"),
+        };
+        if secret.len() < 8 {
+            bail!("{at}: the secret access key is shorter than 8 characters");
+        }
+        credentials.push(canarygate_admin::aws::Credential {
+            name: c.name.clone(),
+            access_key_id: c.access_key_id.clone(),
+            secret,
+            role: match c.role {
+                AwsRole::Admin => Role::Admin,
+                AwsRole::Read => Role::ReadOnly,
+            },
+        });
+    }
+    Ok(Some((listen, canarygate_admin::aws::AwsConfig { region, credentials })))
 }
 
 /// The settings of `cfg` with `args` winning, for a process allowed `open_files` descriptors; an error
@@ -801,6 +877,7 @@ pub fn settings(cfg: &ConfigFile, args: &ServeArgs, open_files: u64) -> Result<S
         };
         files.check("server.tls").map_err(|e| anyhow::anyhow!("{e}"))?;
     }
+    let aws = aws_settings(cfg)?;
     Ok(Settings {
         listen,
         admin_listen,
@@ -812,6 +889,7 @@ pub fn settings(cfg: &ConfigFile, args: &ServeArgs, open_files: u64) -> Result<S
         limits,
         admin_limits,
         lease_seconds,
+        aws,
     })
 }
 

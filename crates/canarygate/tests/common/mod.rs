@@ -19,6 +19,8 @@ pub struct Server {
     /// The TLS listener (`https://...`), when the config has one.
     pub tls: Option<String>,
     pub admin: String,
+    /// The AWS endpoints (`http://...`), when the config has `server.awsListen`.
+    pub aws: Option<String>,
     pub data_dir: PathBuf,
     pub stderr_log: PathBuf,
     /// The admin token it was started with (`CANARYGATE_ADMIN_TOKEN`), which [`admin`] presents.
@@ -62,7 +64,7 @@ impl Server {
         let mut child = cmd.spawn().expect("start canarygate");
         let stdout = child.stdout.take().expect("stdout");
         let mut lines = BufReader::new(stdout).lines();
-        let (mut gateway, mut admin, mut tls) = (None, None, None);
+        let (mut gateway, mut admin, mut tls, mut aws) = (None, None, None, None);
         while gateway.is_none() || admin.is_none() {
             let Some(Ok(line)) = lines.next() else {
                 let err = std::fs::read_to_string(&stderr_log).unwrap_or_default();
@@ -72,6 +74,8 @@ impl Server {
                 tls = Some(a.to_string());
             } else if let Some(a) = line.strip_prefix("canarygate: gateway listening on ") {
                 gateway = Some(a.to_string());
+            } else if let Some(a) = line.strip_prefix("canarygate: AWS endpoints listening on ") {
+                aws = Some(a.to_string());
             } else if let Some(a) = line.strip_prefix("canarygate: admin listening on ") {
                 admin = Some(a.to_string());
             }
@@ -83,6 +87,7 @@ impl Server {
             gateway: gateway.unwrap(),
             tls,
             admin: admin.unwrap(),
+            aws,
             data_dir: data_dir.to_path_buf(),
             stderr_log,
             token: env

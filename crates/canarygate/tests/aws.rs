@@ -1,0 +1,440 @@
+//! The AWS-compatible endpoints driven by the real AWS CLI and boto3 (PyPI, in the virtualenv
+//! scripts/test makes): API Gateway's canary guide step by step against a real split, the refusals with
+//! AWS's messages, and Signature Version 4 refusals (wrong secret, unknown key, a request 20 minutes
+//! old, a read key writing) that change nothing.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use common::*;
+use serde_json::{json, Value};
+
+const ADMIN_KEY: &str = "AKIAPIPELINE0001";
+const ADMIN_SECRET: &str = "pipeline-secret-0123456789";
+const READ_KEY: &str = "AKIAVIEWER000001";
+const READ_SECRET: &str = "viewer-secret-0123456789";
+
+fn venv() -> PathBuf {
+    let dir = std::env::var_os("CANARYGATE_AWS_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/canarygate/aws-venv"));
+    assert!(
+        dir.join("bin/aws").exists(),
+        "no AWS CLI in {}: the test command (scripts/test) installs awscli and boto3 there",
+        dir.display()
+    );
+    dir
+}
+
+/// Runs `aws ARGS` with only the environment a pipeline would set: keys, region and the endpoint.
+fn aws(endpoint: &str, key: &str, secret: &str, args: &[&str]) -> (bool, String, String) {
+    let home = tempfile::tempdir().unwrap();
+    let out = Command::new(venv().join("bin/aws"))
+        .args(args)
+        .args(["--output", "json"])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", home.path())
+        .env("AWS_ACCESS_KEY_ID", key)
+        .env("AWS_SECRET_ACCESS_KEY", secret)
+        .env("AWS_DEFAULT_REGION", "us-east-1")
+        .env("AWS_ENDPOINT_URL_API_GATEWAY", endpoint)
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_MAX_ATTEMPTS", "1")
+        .output()
+        .expect("run aws");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn aws_ok(endpoint: &str, args: &[&str]) -> Value {
+    let (ok, out, err) = aws(endpoint, ADMIN_KEY, ADMIN_SECRET, args);
+    assert!(ok, "aws {args:?} failed: {err}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("aws {args:?}: {e}: {out}"))
+}
+
+/// `update-stage` of orders/prod with these patch operations (shorthand or JSON).
+fn update_stage(endpoint: &str, ops: &str) -> Value {
+    aws_ok(
+        endpoint,
+        &[
+            "apigateway",
+            "update-stage",
+            "--rest-api-id",
+            "orders",
+            "--stage-name",
+            "prod",
+            "--patch-operations",
+            ops,
+        ],
+    )
+}
+
+fn get_stage(endpoint: &str) -> Value {
+    aws_ok(
+        endpoint,
+        &["apigateway", "get-stage", "--rest-api-id", "orders", "--stage-name", "prod"],
+    )
+}
+
+fn aws_err(endpoint: &str, key: &str, secret: &str, args: &[&str]) -> String {
+    let (ok, out, err) = aws(endpoint, key, secret, args);
+    assert!(!ok, "aws {args:?} should have been refused: {out}");
+    err
+}
+
+fn start() -> (tempfile::TempDir, Server) {
+    let dir = tempfile::tempdir().unwrap();
+    let secret_file = dir.path().join("viewer.key");
+    std::fs::write(&secret_file, format!("{READ_SECRET}\n")).unwrap();
+    let cfg = dir.path().join("c.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "server:\n  awsListen: 127.0.0.1:0\n  awsRegion: us-east-1\n  awsCredentials:\n    - {{name: pipeline, accessKeyId: {ADMIN_KEY}, secretAccessKeyEnv: PIPELINE_SECRET, role: admin}}\n    - {{name: viewer, accessKeyId: {READ_KEY}, secretAccessKeyFile: {}, role: read}}\n",
+            secret_file.display()
+        ),
+    )
+    .unwrap();
+    let s = Server::start(
+        &dir.path().join("data"),
+        &["--config", cfg.to_str().unwrap()],
+        &[("PIPELINE_SECRET", ADMIN_SECRET)],
+    );
+    assert!(s.aws.is_some(), "the AWS listener did not start");
+    (dir, s)
+}
+
+/// Within 4 binomial standard deviations of n·p.
+fn within_4_sigma(k: usize, n: usize, p: f64) {
+    let (mean, sd) = (n as f64 * p, (n as f64 * p * (1.0 - p)).sqrt());
+    assert!(
+        (k as f64 - mean).abs() <= 4.0 * sd,
+        "{k} of {n} on the canary, expected {mean} ± {}",
+        4.0 * sd
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_gateway_canary_guide_runs_unchanged_with_the_aws_cli() {
+    let (_dir, s) = start();
+    let ep = s.aws.clone().unwrap();
+    let c = client();
+    let (prod, canary) = (
+        Backend::start("production", Behaviour::Echo).await,
+        Backend::start("canary", Behaviour::Echo).await,
+    );
+    // The API itself is canarygate's (routes are not API Gateway resources here).
+    let routes = json!({"routes": [
+        {"path": "/{proxy+}", "integration": {"type": "http", "uri": "http://${stageVariables.backend}/{proxy}"}},
+        {"method": "GET", "path": "/version", "integration": {"type": "mock", "body": "${stageVariables.version}"}}]});
+    ok(&c, &s, "PUT", "/v1/apis/orders", Some(routes)).await;
+
+    // get-rest-apis: the API's name is its id.
+    let apis = aws_ok(&ep, &["apigateway", "get-rest-apis"]);
+    assert_eq!(apis["items"][0]["id"], "orders", "{apis}");
+    assert_eq!(
+        aws_ok(&ep, &["apigateway", "get-rest-api", "--rest-api-id", "orders"])["name"],
+        "orders"
+    );
+
+    // A first deployment creates the stage with its variables.
+    let prod_addr = prod.addr.to_string();
+    let d1 = aws_ok(
+        &ep,
+        &[
+            "apigateway",
+            "create-deployment",
+            "--rest-api-id",
+            "orders",
+            "--stage-name",
+            "prod",
+            "--variables",
+            &format!("backend={prod_addr},version=1"),
+        ],
+    );
+    let d1 = d1["id"].as_str().unwrap().to_string();
+    let st = get_stage(&ep);
+    assert_eq!(st["deploymentId"], d1.as_str());
+    assert_eq!(st["variables"], json!({"backend": prod_addr, "version": "1"}));
+    assert!(st.get("canarySettings").is_none(), "{st}");
+
+    // The canary: a new deployment with canary settings at 10%; the stage keeps its deployment.
+    let canary_addr = canary.addr.to_string();
+    let settings =
+        format!("{{\"percentTraffic\": 10, \"useStageCache\": false, \"stageVariableOverrides\": {{\"backend\": \"{canary_addr}\"}}}}");
+    let d2 = aws_ok(
+        &ep,
+        &[
+            "apigateway",
+            "create-deployment",
+            "--rest-api-id",
+            "orders",
+            "--stage-name",
+            "prod",
+            "--canary-settings",
+            &settings,
+        ],
+    )["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let st = get_stage(&ep);
+    assert_eq!(st["deploymentId"], d1.as_str());
+    assert_eq!(
+        st["canarySettings"],
+        json!({"deploymentId": d2, "percentTraffic": 10.0, "stageVariableOverrides": {"backend": canary_addr}, "useStageCache": false})
+    );
+    assert_eq!(st["cacheClusterStatus"], "NOT_AVAILABLE");
+    assert!(st["createdDate"].is_number() && st["lastUpdatedDate"].is_number(), "{st}");
+    let url = format!("{}/orders/prod/items", s.gateway);
+    within_4_sigma(count_canary(&c, &url, 1000, 8).await, 1000, 0.10);
+
+    // update-stage to 50% (a string, as AWS takes it).
+    let st = update_stage(&ep, "op=replace,path=/canarySettings/percentTraffic,value=50.000000");
+    assert_eq!(st["canarySettings"]["percentTraffic"], 50.0);
+    within_4_sigma(count_canary(&c, &url, 400, 8).await, 400, 0.50);
+    // /v1 shows what the AWS call changed, and the other way round.
+    let v1 = ok(&c, &s, "GET", "/v1/apis/orders/stages/prod", None).await;
+    assert_eq!(v1["canarySettings"]["percentTraffic"], 50.0);
+    set_percent(&c, &s, 20.0).await;
+    let st = get_stage(&ep);
+    assert_eq!(st["canarySettings"]["percentTraffic"], 20.0);
+
+    // A stage variable overridden for the canary only.
+    let st = update_stage(&ep, "op=replace,path=/canarySettings/stageVariableOverrides/version,value=2");
+    assert_eq!(st["canarySettings"]["stageVariableOverrides"]["version"], "2");
+    assert_eq!(st["variables"]["version"], "1");
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..60 {
+        let r = c.get(format!("{}/orders/prod/version", s.gateway)).send().await.unwrap();
+        let variant = r.headers()["x-canarygate-variant"].to_str().unwrap().to_string();
+        seen.insert((variant, r.text().await.unwrap()));
+    }
+    assert_eq!(
+        seen.into_iter().collect::<Vec<_>>(),
+        [("canary".to_string(), "2".to_string()), ("production".to_string(), "1".to_string())]
+    );
+
+    // Three refusals, with API Gateway's messages, changing nothing.
+    let before = get_stage(&ep);
+    for (ops, message) in [
+        (
+            "op=add,path=/canarySettings/deploymentId,value=x",
+            "An error occurred (BadRequestException) when calling the UpdateStage operation: Invalid add operation with path: /canarySettings/deploymentId",
+        ),
+        (
+            "op=remove,path=/canarySettings/badPath",
+            "An error occurred (BadRequestException) when calling the UpdateStage operation: Cannot remove method setting canarySettings/badPath because there is no method setting for this method",
+        ),
+        (
+            "op=replace,path=/canarySettings/badPath,value=x",
+            "An error occurred (BadRequestException) when calling the UpdateStage operation: Invalid method setting path: /canarySettings/badPath. Must be one of: [/deploymentId, /description, /cacheClusterEnabled,",
+        ),
+    ] {
+        let err = aws_err(
+            &ep,
+            ADMIN_KEY,
+            ADMIN_SECRET,
+            &["apigateway", "update-stage", "--rest-api-id", "orders", "--stage-name", "prod", "--patch-operations", ops],
+        );
+        assert!(err.contains(message), "{ops}: {err}");
+    }
+    let err = aws_err(
+        &ep,
+        ADMIN_KEY,
+        ADMIN_SECRET,
+        &[
+            "apigateway",
+            "create-deployment",
+            "--rest-api-id",
+            "orders",
+            "--stage-name",
+            "nope",
+            "--canary-settings",
+            "percentTraffic=5",
+        ],
+    );
+    assert!(
+        err.contains("(BadRequestException) when calling the CreateDeployment operation: Invalid deployment content specified.Stage nope must already be created before making a canary release deployment"),
+        "{err}"
+    );
+    let err = aws_err(
+        &ep,
+        ADMIN_KEY,
+        ADMIN_SECRET,
+        &["apigateway", "get-stage", "--rest-api-id", "orders", "--stage-name", "nope"],
+    );
+    assert!(
+        err.contains("(NotFoundException) when calling the GetStage operation: Invalid Stage identifier specified"),
+        "{err}"
+    );
+    assert_eq!(get_stage(&ep), before);
+    let deployments = aws_ok(&ep, &["apigateway", "get-deployments", "--rest-api-id", "orders"]);
+    assert_eq!(
+        deployments["items"].as_array().unwrap().len(),
+        2,
+        "a refused call made no deployment: {deployments}"
+    );
+    assert_eq!(
+        aws_ok(
+            &ep,
+            &["apigateway", "get-deployment", "--rest-api-id", "orders", "--deployment-id", &d2]
+        )["id"],
+        d2.as_str()
+    );
+
+    // Promotion as the guide does it: weight 0, then the two copies.
+    let promote = r#"[{"op": "replace", "path": "/canarySettings/percentTraffic", "value": "0.0"},
+        {"op": "copy", "from": "/canarySettings/deploymentId", "path": "/deploymentId"},
+        {"op": "copy", "from": "/canarySettings/stageVariableOverrides", "path": "/variables"}]"#;
+    let st = update_stage(&ep, promote);
+    assert_eq!(st["deploymentId"], d2.as_str());
+    assert_eq!(st["variables"], json!({"backend": canary_addr, "version": "2"}));
+    assert_eq!(st["canarySettings"]["percentTraffic"], 0.0);
+    // Then the canary goes.
+    let st = update_stage(&ep, "op=remove,path=/canarySettings");
+    assert!(st.get("canarySettings").is_none(), "{st}");
+    let r = c.get(&url).send().await.unwrap();
+    assert_eq!(r.headers()["x-canarygate-variant"], "production");
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["backend"],
+        "canary",
+        "the promoted deployment serves"
+    );
+    let v1 = ok(&c, &s, "GET", "/v1/apis/orders/stages/prod", None).await;
+    assert_eq!(v1["deploymentId"], d2.as_str());
+    assert!(v1["canarySettings"].is_null(), "{v1}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signatures_are_checked_and_a_refused_call_changes_nothing() {
+    let (_dir, s) = start();
+    let ep = s.aws.clone().unwrap();
+    let c = client();
+    ok(
+        &c,
+        &s,
+        "PUT",
+        "/v1/apis/orders",
+        Some(json!({"routes": [{"path": "/", "integration": {"type": "mock", "body": "x"}}]})),
+    )
+    .await;
+    let d = ok(&c, &s, "POST", "/v1/apis/orders/deployments", Some(json!({}))).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    ok(&c, &s, "PUT", "/v1/apis/orders/stages/prod", Some(json!({"deploymentId": d}))).await;
+    let before = ok(&c, &s, "GET", "/v1/apis/orders/stages/prod", None).await;
+    let update = [
+        "apigateway",
+        "update-stage",
+        "--rest-api-id",
+        "orders",
+        "--stage-name",
+        "prod",
+        "--patch-operations",
+        "op=replace,path=/canarySettings/percentTraffic,value=50",
+    ];
+
+    let err = aws_err(&ep, ADMIN_KEY, "not-the-secret-at-all", &update);
+    assert!(
+        err.contains("(InvalidSignatureException)") && err.contains("The request signature we calculated does not match"),
+        "{err}"
+    );
+    let err = aws_err(&ep, "AKIAUNKNOWN00000", ADMIN_SECRET, &update);
+    assert!(
+        err.contains("(UnrecognizedClientException)") && err.contains("The security token included in the request is invalid."),
+        "{err}"
+    );
+    let err = aws_err(&ep, READ_KEY, READ_SECRET, &update);
+    assert!(
+        err.contains("(AccessDeniedException)")
+            && err.contains("User: arn:aws:iam::000000000000:user/viewer is not authorized to perform: apigateway:PATCH"),
+        "{err}"
+    );
+    // A read key reads.
+    let (ok_read, out, err) = aws(
+        &ep,
+        READ_KEY,
+        READ_SECRET,
+        &["apigateway", "get-stage", "--rest-api-id", "orders", "--stage-name", "prod"],
+    );
+    assert!(ok_read, "{err}");
+    assert!(out.contains("\"deploymentId\""), "{out}");
+
+    // A request signed 20 minutes ago (botocore's own signer, its clock moved back), and one not signed.
+    let script = format!(
+        r#"
+import datetime, json, sys, urllib.request, urllib.error
+import botocore.auth
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
+now = botocore.auth.get_current_datetime
+botocore.auth.get_current_datetime = lambda *a, **k: now(*a, **k) - datetime.timedelta(minutes=20)
+def send(signed):
+    body = json.dumps({{"patchOperations": [{{"op": "replace", "path": "/canarySettings/percentTraffic", "value": "50"}}]}})
+    req = AWSRequest(method="PATCH", url="{ep}/restapis/orders/stages/prod", data=body, headers={{"content-type": "application/json"}})
+    if signed:
+        SigV4Auth(Credentials("{ADMIN_KEY}", "{ADMIN_SECRET}"), "apigateway", "us-east-1").add_auth(req)
+    prepared = req.prepare()
+    r = urllib.request.Request(prepared.url, data=body.encode(), method="PATCH", headers=dict(prepared.headers))
+    try:
+        urllib.request.urlopen(r)
+        return "accepted"
+    except urllib.error.HTTPError as e:
+        return "%d %s %s" % (e.code, e.headers.get("x-amzn-errortype"), json.loads(e.read())["message"])
+print(send(True))
+print(send(False))
+"#
+    );
+    let out = Command::new(venv().join("bin/python")).arg("-c").arg(&script).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(
+        lines[0].starts_with("403 InvalidSignatureException Signature expired: ") && lines[0].contains(" - 15 min.)"),
+        "{text}"
+    );
+    assert_eq!(lines[1], "403 MissingAuthenticationTokenException Missing Authentication Token");
+
+    // Nothing changed.
+    assert_eq!(ok(&c, &s, "GET", "/v1/apis/orders/stages/prod", None).await, before);
+}
+
+#[test]
+fn check_names_the_aws_setting_at_fault() {
+    let dir = tempfile::tempdir().unwrap();
+    for (yaml, says) in [
+        (
+            "server:\n  awsListen: 127.0.0.1:0\n  awsCredentials:\n    - {name: p, accessKeyId: AKIA0001, secretAccessKeyEnv: CANARYGATE_TEST_NO_SUCH_VAR, role: admin}\n",
+            "server.awsCredentials[0].secretAccessKeyEnv: the environment variable CANARYGATE_TEST_NO_SUCH_VAR is not set",
+        ),
+        ("server:\n  awsListen: 127.0.0.1:0\n", "server.awsListen 127.0.0.1:0: needs server.awsCredentials"),
+        (
+            "server:\n  awsListen: 127.0.0.1:0\n  awsCredentials:\n    - {name: p, accessKeyId: AKIA0001, role: admin}\n",
+            "server.awsCredentials[0]: give exactly one of secretAccessKeyEnv and secretAccessKeyFile",
+        ),
+        (
+            "server:\n  awsListen: 127.0.0.1:0\n  awsCredentials:\n    - {name: p, accessKeyId: AKIA0001, secretAccessKeyFile: /nonexistent, role: writer}\n",
+            "role",
+        ),
+    ] {
+        let f = dir.path().join("c.yaml");
+        std::fs::write(&f, yaml).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_canarygate"))
+            .args(["check", "-f", f.to_str().unwrap()])
+            .env_remove("CANARYGATE_TEST_NO_SUCH_VAR")
+            .output()
+            .unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert_eq!(out.status.code(), Some(1), "{yaml}: {text}");
+        assert!(text.contains(says), "{yaml}: {text}");
+    }
+}
