@@ -1,7 +1,8 @@
 //! The AWS-compatible endpoints driven by the real AWS CLI and boto3 (PyPI, in the virtualenv
 //! scripts/test makes): API Gateway's canary guide step by step against a real split, the refusals with
-//! AWS's messages, and Signature Version 4 refusals (wrong secret, unknown key, a request 20 minutes
-//! old, a read key writing) that change nothing.
+//! AWS's messages, CloudWatch alarms in all three of its protocols (the CLI's CBOR, JSON 1.0 and query,
+//! the last two as raw requests signed by botocore's signer), and Signature Version 4 refusals (wrong
+//! secret, unknown key, a request 20 minutes old, a read key writing) that change nothing.
 
 mod common;
 
@@ -41,6 +42,8 @@ fn aws(endpoint: &str, key: &str, secret: &str, args: &[&str]) -> (bool, String,
         .env("AWS_SECRET_ACCESS_KEY", secret)
         .env("AWS_DEFAULT_REGION", "us-east-1")
         .env("AWS_ENDPOINT_URL_API_GATEWAY", endpoint)
+        .env("AWS_ENDPOINT_URL_CLOUDWATCH", endpoint)
+        .env("AWS_ENDPOINT_URL_CODEDEPLOY", endpoint)
         .env("AWS_EC2_METADATA_DISABLED", "true")
         .env("AWS_MAX_ATTEMPTS", "1")
         .output()
@@ -369,34 +372,15 @@ async fn signatures_are_checked_and_a_refused_call_changes_nothing() {
     assert!(out.contains("\"deploymentId\""), "{out}");
 
     // A request signed 20 minutes ago (botocore's own signer, its clock moved back), and one not signed.
-    let script = format!(
+    let text = python(&format!(
         r#"
-import datetime, json, sys, urllib.request, urllib.error
-import botocore.auth
-from botocore.auth import SigV4Auth
-from botocore.awsrequest import AWSRequest
-from botocore.credentials import Credentials
-now = botocore.auth.get_current_datetime
-botocore.auth.get_current_datetime = lambda *a, **k: now(*a, **k) - datetime.timedelta(minutes=20)
-def send(signed):
-    body = json.dumps({{"patchOperations": [{{"op": "replace", "path": "/canarySettings/percentTraffic", "value": "50"}}]}})
-    req = AWSRequest(method="PATCH", url="{ep}/restapis/orders/stages/prod", data=body, headers={{"content-type": "application/json"}})
-    if signed:
-        SigV4Auth(Credentials("{ADMIN_KEY}", "{ADMIN_SECRET}"), "apigateway", "us-east-1").add_auth(req)
-    prepared = req.prepare()
-    r = urllib.request.Request(prepared.url, data=body.encode(), method="PATCH", headers=dict(prepared.headers))
-    try:
-        urllib.request.urlopen(r)
-        return "accepted"
-    except urllib.error.HTTPError as e:
-        return "%d %s %s" % (e.code, e.headers.get("x-amzn-errortype"), json.loads(e.read())["message"])
-print(send(True))
-print(send(False))
+body = json.dumps({{"patchOperations": [{{"op": "replace", "path": "/canarySettings/percentTraffic", "value": "50"}}]}})
+for signed in [True, False]:
+    status, headers, answer = sign("PATCH", "apigateway", "{ep}/restapis/orders/stages/prod", body, {{"content-type": "application/json"}},
+        minutes_ago=20, signed=signed)
+    print(status, headers.get("x-amzn-errortype"), json.loads(answer)["message"])
 "#
-    );
-    let out = Command::new(venv().join("bin/python")).arg("-c").arg(&script).output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    ));
     let lines: Vec<&str> = text.lines().collect();
     assert!(
         lines[0].starts_with("403 InvalidSignatureException Signature expired: ") && lines[0].contains(" - 15 min.)"),
@@ -437,4 +421,224 @@ fn check_names_the_aws_setting_at_fault() {
         assert_eq!(out.status.code(), Some(1), "{yaml}: {text}");
         assert!(text.contains(says), "{yaml}: {text}");
     }
+}
+
+/// Runs a Python script with the virtualenv's botocore; `sign(method, service, url, body, headers,
+/// minutes_ago=0, signed=True)` is defined for it (botocore's own SigV4 signer with the admin key, its
+/// clock moved back `minutes_ago`) and returns (status, headers, body).
+fn python(script: &str) -> String {
+    let prelude = format!(
+        r#"
+import json, urllib.request, urllib.error
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
+import datetime, botocore.auth
+clock = botocore.auth.get_current_datetime
+def sign(method, service, url, body, headers, minutes_ago=0, signed=True):
+    req = AWSRequest(method=method, url=url, data=body, headers=headers)
+    botocore.auth.get_current_datetime = lambda *a, **k: clock(*a, **k) - datetime.timedelta(minutes=minutes_ago)
+    if signed:
+        SigV4Auth(Credentials("{ADMIN_KEY}", "{ADMIN_SECRET}"), service, "us-east-1").add_auth(req)
+    botocore.auth.get_current_datetime = clock
+    p = req.prepare()
+    r = urllib.request.Request(p.url, data=body.encode(), method=method, headers=dict(p.headers))
+    try:
+        with urllib.request.urlopen(r) as resp:
+            return resp.status, dict(resp.headers), resp.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, dict(e.headers), e.read().decode()
+"#
+    );
+    let out = Command::new(venv().join("bin/python"))
+        .arg("-c")
+        .arg(format!("{prelude}\n{script}"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cloudwatch_alarms_in_cbor_json_and_query_are_canarygate_alarms() {
+    let (_dir, s) = start();
+    let ep = s.aws.clone().unwrap();
+    let c = client();
+    ok(
+        &c,
+        &s,
+        "PUT",
+        "/v1/apis/orders",
+        Some(json!({"routes": [{"path": "/", "integration": {"type": "mock", "body": "x"}}]})),
+    )
+    .await;
+
+    // The CLI as it is today (Smithy RPC v2 CBOR).
+    let (done, _, err) = aws(
+        &ep,
+        ADMIN_KEY,
+        ADMIN_SECRET,
+        &[
+            "cloudwatch",
+            "put-metric-alarm",
+            "--alarm-name",
+            "canary-5xx",
+            "--namespace",
+            "AWS/ApiGateway",
+            "--metric-name",
+            "5XXError",
+            "--dimensions",
+            "Name=ApiName,Value=orders",
+            "Name=Stage,Value=prod/Canary",
+            "--statistic",
+            "Average",
+            "--period",
+            "10",
+            "--evaluation-periods",
+            "3",
+            "--datapoints-to-alarm",
+            "2",
+            "--threshold",
+            "0.05",
+            "--comparison-operator",
+            "GreaterThanThreshold",
+            "--treat-missing-data",
+            "notBreaching",
+        ],
+    );
+    assert!(done, "{err}");
+    let v1 = ok(&c, &s, "GET", "/v1/alarms/canary-5xx", None).await;
+    assert_eq!(
+        (
+            &v1["api"],
+            &v1["stage"],
+            &v1["variant"],
+            &v1["metric"],
+            &v1["statistic"],
+            &v1["periodSeconds"],
+            &v1["datapointsToAlarm"]
+        ),
+        (
+            &json!("orders"),
+            &json!("prod"),
+            &json!("canary"),
+            &json!("5XXError"),
+            &json!("Average"),
+            &json!(10),
+            &json!(2)
+        )
+    );
+    // One made through /v1 is described too.
+    let alarm = json!({"api": "orders", "stage": "prod", "variant": "production", "metric": "Latency", "statistic": "p99",
+        "periodSeconds": 60, "evaluationPeriods": 1, "datapointsToAlarm": 1, "comparison": "GreaterThanThreshold", "threshold": 500});
+    ok(&c, &s, "PUT", "/v1/alarms/prod-latency", Some(alarm)).await;
+    let d = aws_ok(&ep, &["cloudwatch", "describe-alarms"]);
+    let alarms = d["MetricAlarms"].as_array().unwrap();
+    assert_eq!(alarms.len(), 2, "{d}");
+    let a = &alarms[0];
+    assert_eq!(a["AlarmName"], "canary-5xx");
+    assert_eq!(a["Namespace"], "AWS/ApiGateway");
+    assert_eq!(
+        a["Dimensions"],
+        json!([{"Name": "ApiName", "Value": "orders"}, {"Name": "Stage", "Value": "prod/Canary"}])
+    );
+    assert_eq!(
+        (&a["Statistic"], &a["Period"], &a["Threshold"]),
+        (&json!("Average"), &json!(10), &json!(0.05))
+    );
+    assert!(
+        ["OK", "ALARM", "INSUFFICIENT_DATA"].contains(&a["StateValue"].as_str().unwrap()),
+        "{a}"
+    );
+    assert_eq!(alarms[1]["ExtendedStatistic"], "p99");
+    let one = aws_ok(&ep, &["cloudwatch", "describe-alarms", "--alarm-names", "prod-latency"]);
+    assert_eq!(one["MetricAlarms"].as_array().unwrap().len(), 1);
+    // Refusals name what is wrong; nothing is made.
+    let err = aws_err(
+        &ep,
+        ADMIN_KEY,
+        ADMIN_SECRET,
+        &[
+            "cloudwatch",
+            "put-metric-alarm",
+            "--alarm-name",
+            "ec2",
+            "--namespace",
+            "AWS/EC2",
+            "--metric-name",
+            "CPUUtilization",
+            "--statistic",
+            "Average",
+            "--period",
+            "60",
+            "--evaluation-periods",
+            "1",
+            "--threshold",
+            "1",
+            "--comparison-operator",
+            "GreaterThanThreshold",
+        ],
+    );
+    assert!(
+        err.contains("(InvalidParameterValue)") && err.contains("AWS/ApiGateway namespace only"),
+        "{err}"
+    );
+    let err = aws_err(
+        &ep,
+        READ_KEY,
+        READ_SECRET,
+        &["cloudwatch", "delete-alarms", "--alarm-names", "canary-5xx"],
+    );
+    assert!(err.contains("AccessDenied"), "{err}");
+
+    // JSON 1.0 (the SDKs before CBOR) and the query protocol (the oldest), signed by botocore.
+    let out = python(&format!(
+        r#"
+status, headers, body = sign("POST", "monitoring", "{ep}/", json.dumps({{"AlarmNames": ["canary-5xx"]}}),
+    {{"X-Amz-Target": "GraniteServiceVersion20100801.DescribeAlarms", "Content-Type": "application/x-amz-json-1.0"}})
+print(status, json.loads(body)["MetricAlarms"][0]["Dimensions"][1]["Value"])
+form = "Action=PutMetricAlarm&Version=2010-08-01&AlarmName=old-sdk&Namespace=AWS%2FApiGateway&MetricName=Count&Statistic=Sum"     "&Dimensions.member.1.Name=ApiName&Dimensions.member.1.Value=orders&Dimensions.member.2.Name=Stage&Dimensions.member.2.Value=prod"     "&Period=60&EvaluationPeriods=2&Threshold=1&ComparisonOperator=LessThanThreshold"
+status, headers, body = sign("POST", "monitoring", "{ep}/", form, {{"Content-Type": "application/x-www-form-urlencoded; charset=utf-8"}})
+print(status, "PutMetricAlarmResponse" in body)
+status, headers, body = sign("POST", "monitoring", "{ep}/", "Action=DescribeAlarms&Version=2010-08-01&AlarmNames.member.1=old-sdk",
+    {{"Content-Type": "application/x-www-form-urlencoded; charset=utf-8"}})
+import xml.etree.ElementTree as ET
+ns = {{"cw": "http://monitoring.amazonaws.com/doc/2010-08-01/"}}
+root = ET.fromstring(body)
+print(status, root.find(".//cw:MetricAlarms/cw:member/cw:ComparisonOperator", ns).text, root.find(".//cw:MetricAlarms/cw:member/cw:EvaluationPeriods", ns).text)
+status, headers, body = sign("POST", "monitoring", "{ep}/", "Action=DescribeAlarms&Version=2010-08-01&StateValue=MAYBE",
+    {{"Content-Type": "application/x-www-form-urlencoded; charset=utf-8"}})
+print(status, ET.fromstring(body).find(".//cw:Code", ns).text)
+status, headers, body = sign("POST", "monitoring", "{ep}/", json.dumps({{"AlarmNames": ["old-sdk", "nope"]}}),
+    {{"X-Amz-Target": "GraniteServiceVersion20100801.DeleteAlarms", "Content-Type": "application/x-amz-json-1.0"}})
+print(status, json.loads(body)["__type"])
+status, headers, body = sign("POST", "monitoring", "{ep}/", json.dumps({{"AlarmNames": ["old-sdk"]}}),
+    {{"X-Amz-Target": "GraniteServiceVersion20100801.DeleteAlarms", "Content-Type": "application/x-amz-json-1.0"}})
+print(status)
+"#
+    ));
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "200 prod/Canary",
+            "200 True",
+            "200 LessThanThreshold 2",
+            "400 InvalidParameterValue",
+            "404 ResourceNotFound",
+            "200"
+        ],
+        "{out}"
+    );
+    assert_eq!(admin(&c, &s, "GET", "/v1/alarms/old-sdk", None).await.0, 404);
+
+    // The CLI deletes; /v1 sees it gone.
+    let (done, _, err) = aws(
+        &ep,
+        ADMIN_KEY,
+        ADMIN_SECRET,
+        &["cloudwatch", "delete-alarms", "--alarm-names", "canary-5xx"],
+    );
+    assert!(done, "{err}");
+    assert_eq!(admin(&c, &s, "GET", "/v1/alarms/canary-5xx", None).await.0, 404);
 }

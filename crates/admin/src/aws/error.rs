@@ -30,6 +30,11 @@ impl AwsError {
         AwsError::new(StatusCode::BAD_REQUEST, "BadRequestException", message)
     }
 
+    /// A body that does not parse in the request's protocol.
+    pub fn serialization(message: impl Into<String>) -> Self {
+        AwsError::new(StatusCode::BAD_REQUEST, "SerializationException", message)
+    }
+
     pub fn not_found(message: impl Into<String>) -> Self {
         AwsError::new(StatusCode::NOT_FOUND, "NotFoundException", message)
     }
@@ -108,6 +113,7 @@ impl AwsError {
     /// The answer in `protocol`'s shape.
     pub fn render(&self, protocol: Protocol, request_id: &str) -> Response {
         let mut r = match protocol {
+            Protocol::Cbor(_) => super::rpc::cbor_error(self),
             Protocol::RestJson => {
                 let mut r = (self.status, axum::Json(serde_json::json!({"message": self.message}))).into_response();
                 r.headers_mut().insert("x-amzn-errortype", header(self.code));

@@ -4,12 +4,16 @@
 //!
 //! Every request is verified with Signature Version 4 ([`sigv4`]) against `server.awsCredentials`
 //! before anything is read or changed; a read key may only read. The service is told apart by the
-//! protocol: `X-Amz-Target: CodeDeploy_20141006.*` is CodeDeploy (JSON 1.1),
-//! `X-Amz-Target: GraniteServiceVersion20100801.*` is CloudWatch (JSON 1.0), a form `POST /` is
-//! CloudWatch's query protocol, and everything else is API Gateway's REST API (rest-json).
+//! protocol: `smithy-protocol: rpc-v2-cbor` with `/service/{Service}/operation/{Operation}` is
+//! CloudWatch or CodeDeploy as current CLIs and SDKs call them, `X-Amz-Target:
+//! CodeDeploy_20141006.*` is CodeDeploy (JSON 1.1), `X-Amz-Target: GraniteServiceVersion20100801.*` is
+//! CloudWatch (JSON 1.0), a form `POST /` is CloudWatch's query protocol, and everything else is API
+//! Gateway's REST API (rest-json).
 
 mod apigateway;
+mod cloudwatch;
 pub mod error;
+pub mod rpc;
 pub mod sigv4;
 
 use std::sync::Arc;
@@ -37,9 +41,29 @@ pub struct AwsConfig {
     pub credentials: Vec<Credential>,
 }
 
+/// An RPC service, by the name its protocol gives it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Service {
+    CloudWatch,
+    CodeDeploy,
+    Unknown,
+}
+
+impl Service {
+    fn named(name: &str) -> Service {
+        match name {
+            "GraniteServiceVersion20100801" => Service::CloudWatch,
+            "CodeDeploy_20141006" => Service::CodeDeploy,
+            _ => Service::Unknown,
+        }
+    }
+}
+
 /// The wire protocol of a request (and so of its answer).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {
+    /// Smithy RPC v2 CBOR: CloudWatch and CodeDeploy from current CLIs and SDKs.
+    Cbor(Service),
     /// API Gateway's REST API.
     RestJson,
     /// CodeDeploy.
@@ -53,7 +77,11 @@ pub enum Protocol {
 impl Protocol {
     fn of(parts: &Parts) -> Protocol {
         let target = parts.headers.get("x-amz-target").and_then(|v| v.to_str().ok()).unwrap_or("");
-        if target.starts_with("CodeDeploy_20141006.") {
+        let smithy = parts.headers.get("smithy-protocol").and_then(|v| v.to_str().ok());
+        if smithy == Some("rpc-v2-cbor") {
+            let service = rpc_path(parts.uri.path()).map_or(Service::Unknown, |(s, _)| Service::named(s));
+            Protocol::Cbor(service)
+        } else if target.starts_with("CodeDeploy_20141006.") {
             Protocol::Json11
         } else if target.starts_with("GraniteServiceVersion20100801.") {
             Protocol::Json10
@@ -75,10 +103,18 @@ impl Protocol {
     fn service(self) -> &'static str {
         match self {
             Protocol::RestJson => "apigateway",
-            Protocol::Json11 => "codedeploy",
-            Protocol::Json10 | Protocol::Query => "monitoring",
+            Protocol::Json11 | Protocol::Cbor(Service::CodeDeploy) => "codedeploy",
+            Protocol::Json10 | Protocol::Query | Protocol::Cbor(Service::CloudWatch) => "monitoring",
+            Protocol::Cbor(Service::Unknown) => "unknown",
         }
     }
+}
+
+/// `/service/{Service}/operation/{Operation}`'s two names.
+fn rpc_path(path: &str) -> Option<(&str, &str)> {
+    let rest = path.strip_prefix("/service/")?;
+    let (service, op) = rest.split_once("/operation/")?;
+    (!service.contains('/') && !op.contains('/') && !op.is_empty()).then_some((service, op))
 }
 
 /// What a handler knows of a verified call.
@@ -157,22 +193,7 @@ async fn handle(State((state, config)): State<(AppState, Arc<AwsConfig>)>, req: 
     };
     let answer = match protocol {
         Protocol::RestJson => apigateway::handle(&call).await,
-        Protocol::Json11 | Protocol::Json10 => {
-            let op = parts
-                .headers
-                .get("x-amz-target")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|t| t.split_once('.'))
-                .map_or("", |(_, op)| op);
-            Err(AwsError::unknown_operation(protocol, op))
-        }
-        Protocol::Query => {
-            let action = form_urlencoded::parse(&body)
-                .find(|(k, _)| k == "Action")
-                .map(|(_, v)| v.into_owned())
-                .unwrap_or_default();
-            Err(AwsError::unknown_operation(protocol, &action))
-        }
+        _ => rpc_call(&call, protocol, &id).await,
     };
     let mut r = match answer {
         Ok(r) => r,
@@ -182,4 +203,45 @@ async fn handle(State((state, config)): State<(AppState, Arc<AwsConfig>)>, req: 
         r.headers_mut().insert("x-amzn-requestid", v);
     }
     r
+}
+
+/// An RPC call (CBOR, JSON or query): the operation's input read, answered, and written back.
+async fn rpc_call(call: &Call<'_>, protocol: Protocol, request_id: &str) -> Result<Response, AwsError> {
+    let parts = call.parts;
+    let (service, operation) = match protocol {
+        Protocol::Cbor(service) => (service, rpc_path(parts.uri.path()).map_or("", |(_, op)| op).to_string()),
+        Protocol::Json10 | Protocol::Json11 => {
+            let target = parts.headers.get("x-amz-target").and_then(|v| v.to_str().ok()).unwrap_or("");
+            let (service, op) = target.split_once('.').unwrap_or((target, ""));
+            (Service::named(service), op.to_string())
+        }
+        Protocol::Query => {
+            let action = form_urlencoded::parse(call.body)
+                .find(|(k, _)| k == "Action")
+                .map(|(_, v)| v.into_owned())
+                .unwrap_or_default();
+            (Service::CloudWatch, action)
+        }
+        Protocol::RestJson => unreachable!("rest-json is API Gateway's"),
+    };
+    let input = match protocol {
+        Protocol::Cbor(_) => rpc::cbor_to_json(call.body)?,
+        Protocol::Query => rpc::form_to_json(call.body)?,
+        _ if call.body.iter().all(u8::is_ascii_whitespace) => serde_json::json!({}),
+        _ => serde_json::from_slice(call.body).map_err(|e| AwsError::serialization(format!("the JSON body does not parse: {e}")))?,
+    };
+    if !input.is_object() {
+        return Err(AwsError::serialization("the body is not an object"));
+    }
+    let output = match service {
+        Service::CloudWatch => cloudwatch::handle(call, protocol, &operation, input).await?,
+        Service::CodeDeploy | Service::Unknown => return Err(AwsError::unknown_operation(protocol, &operation)),
+    };
+    Ok(match protocol {
+        Protocol::Cbor(_) => rpc::cbor_response(&output),
+        Protocol::Json10 => rpc::json_response(&output, "1.0"),
+        Protocol::Json11 => rpc::json_response(&output, "1.1"),
+        Protocol::Query => rpc::query_response(&operation, &output, request_id),
+        Protocol::RestJson => unreachable!("rest-json is API Gateway's"),
+    })
 }
