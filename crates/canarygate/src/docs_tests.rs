@@ -4,7 +4,8 @@
 //!   untagged block) or one that is never closed;
 //! - a relative link to a file that does not exist, or to an anchor that no heading of that file makes
 //!   (GitHub's rule: lower-case, punctuation dropped, spaces to `-`, `-1`, `-2` for repeats);
-//! - a YAML example that does not parse as a config file with the real parser (`config::parse`), and a
+//! - a YAML example that does not parse as a config file with the real parser (`config::parse`), or as
+//!   a CodeDeploy AppSpec (fence `yaml appspec`) with the AWS endpoints' parser, and a
 //!   JSON example that does not parse as the body it shows (a rollout, its analysis, a stage).
 //!
 //! `examples/*.yaml` are parsed as config files too.
@@ -32,9 +33,11 @@ fn markdown_files(root: &Path) -> Vec<PathBuf> {
     files
 }
 
-/// A fenced code block: its language, text and the line it opens on.
+/// A fenced code block: its language (with what the info string says it is, as `yaml appspec`), text
+/// and the line it opens on.
 struct Block {
     lang: String,
+    kind: String,
     text: String,
     line: usize,
 }
@@ -72,6 +75,7 @@ fn read(text: &str) -> Doc {
         match event {
             Event::Start(Tag::CodeBlock(CodeBlockKind::Fenced(info))) => {
                 let lang = info.split_whitespace().next().unwrap_or("").to_string();
+                let kind = info.split_whitespace().nth(1).unwrap_or("").to_string();
                 let line = line_of(range.start);
                 if lang.is_empty() {
                     doc.problems.push(format!(
@@ -86,6 +90,7 @@ fn read(text: &str) -> Doc {
                 }
                 block = Some(Block {
                     lang,
+                    kind,
                     text: String::new(),
                     line,
                 });
@@ -176,9 +181,13 @@ fn check(root: &Path) -> Vec<String> {
     problems
 }
 
-/// A YAML example is (part of) a config file; a JSON one is a rollout request, or one of its fields
-/// written as `"field": value` (checked in the smallest request, `{"deploymentConfig": "AllAtOnce"}`).
+/// A YAML example is (part of) a config file, or a CodeDeploy AppSpec when its fence says `yaml
+/// appspec`; a JSON one is a rollout request, or one of its fields written as `"field": value` (checked
+/// in the smallest request, `{"deploymentConfig": "AllAtOnce"}`).
 fn example_parses(b: &Block) -> Result<(), String> {
+    if b.kind == "appspec" {
+        return canarygate_admin::aws::parse_appspec(&b.text).map(drop).map_err(|e| e.message);
+    }
     match b.lang.as_str() {
         "yaml" | "yml" => crate::config::parse(&b.text).map(drop).map_err(|e| format!("{e:#}")),
         "json" => {

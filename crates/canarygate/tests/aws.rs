@@ -642,3 +642,269 @@ print(status)
     assert!(done, "{err}");
     assert_eq!(admin(&c, &s, "GET", "/v1/alarms/canary-5xx", None).await.0, 404);
 }
+
+/// A hook server in Python: a CodeDeploy hook as a pipeline would write it, answering 202 and then
+/// reporting with boto3's `put_lifecycle_event_hook_execution_status`. Prints its port, then one line
+/// per hook it reported.
+const HOOK_SERVER: &str = r#"
+import json, sys, threading, boto3
+from http.server import BaseHTTPRequestHandler, HTTPServer
+cd = boto3.client("codedeploy")
+class Hook(BaseHTTPRequestHandler):
+    def do_POST(self):
+        event = json.loads(self.rfile.read(int(self.headers["content-length"])))
+        self.send_response(202)
+        self.end_headers()
+        def report():
+            cd.put_lifecycle_event_hook_execution_status(deploymentId=event["DeploymentId"],
+                lifecycleEventHookExecutionId=event["LifecycleEventHookExecutionId"], status="Succeeded")
+            print("reported", event["DeploymentId"], event["lifecycleEvent"], flush=True)
+        threading.Thread(target=report).start()
+    def log_message(self, *args):
+        pass
+server = HTTPServer(("127.0.0.1", 0), Hook)
+print(server.server_address[1], flush=True)
+server.serve_forever()
+"#;
+
+/// A child process killed (and reaped) when the test ends, passed or not.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn appspec(current: &str, target: &str, hook: Option<&str>) -> String {
+    let hooks = hook.map_or(String::new(), |h| format!("Hooks:\n  - BeforeAllowTraffic: {h}\n"));
+    let content = format!(
+        "version: 0.0\nResources:\n  - ordersApi:\n      Type: AWS::Lambda::Function\n      Properties:\n        Name: orders\n        Alias: prod\n        CurrentVersion: {current}\n        TargetVersion: {target}\n{hooks}"
+    );
+    json!({"revisionType": "AppSpecContent", "appSpecContent": {"content": content}}).to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_codedeploy_canary_pipeline_with_an_alarm_rolls_back_then_succeeds() {
+    use std::io::BufRead;
+    let (_dir, s) = start();
+    let ep = s.aws.clone().unwrap();
+    let c = client();
+    let (v1, broken, v3) = (
+        Backend::start("v1", Behaviour::Echo).await,
+        Backend::start("v2", Behaviour::FailTenths(10)).await,
+        Backend::start("v3", Behaviour::Echo).await,
+    );
+    // Three versions of the API (as three Lambda versions would be): each deployment's routes point at
+    // its own backend.
+    let mut versions = Vec::new();
+    for b in [&v1, &broken, &v3] {
+        let routes =
+            json!({"routes": [{"path": "/{proxy+}", "integration": {"type": "http", "uri": format!("http://{}/{{proxy}}", b.addr)}}]});
+        ok(&c, &s, "PUT", "/v1/apis/orders", Some(routes)).await;
+        let d = ok(&c, &s, "POST", "/v1/apis/orders/deployments", Some(json!({"description": b.name}))).await;
+        versions.push(d["id"].as_str().unwrap().to_string());
+    }
+    ok(
+        &c,
+        &s,
+        "PUT",
+        "/v1/apis/orders/stages/prod",
+        Some(json!({"deploymentId": versions[0]})),
+    )
+    .await;
+    let load = Load::start(&c, &format!("{}/orders/prod/items", s.gateway), 4);
+
+    // The hook server, reporting through boto3 with the pipeline's environment.
+    let mut hook = Command::new(venv().join("bin/python"))
+        .arg("-c")
+        .arg(HOOK_SERVER)
+        .env("AWS_ACCESS_KEY_ID", ADMIN_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", ADMIN_SECRET)
+        .env("AWS_DEFAULT_REGION", "us-east-1")
+        .env("AWS_ENDPOINT_URL_CODEDEPLOY", &ep)
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut hook_out = std::io::BufReader::new(hook.stdout.take().unwrap()).lines();
+    let _hook = KillOnDrop(hook);
+    let hook_port = hook_out.next().unwrap().unwrap();
+
+    // The pipeline, as it runs against AWS.
+    let cli = |args: &[&str]| {
+        let (done, out, err) = aws(&ep, ADMIN_KEY, ADMIN_SECRET, args);
+        assert!(done, "aws {args:?}: {err}");
+        if out.trim().is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str::<Value>(&out).unwrap()
+        }
+    };
+    cli(&[
+        "cloudwatch",
+        "put-metric-alarm",
+        "--alarm-name",
+        "orders-canary-5xx",
+        "--namespace",
+        "AWS/ApiGateway",
+        "--metric-name",
+        "5XXError",
+        "--dimensions",
+        "Name=ApiName,Value=orders",
+        "Name=Stage,Value=prod/Canary",
+        "--statistic",
+        "Average",
+        "--period",
+        "1",
+        "--evaluation-periods",
+        "3",
+        "--datapoints-to-alarm",
+        "2",
+        "--threshold",
+        "0.05",
+        "--comparison-operator",
+        "GreaterThanThreshold",
+    ]);
+    cli(&[
+        "deploy",
+        "create-deployment-config",
+        "--deployment-config-name",
+        "Canary10Percent1Minute",
+        "--compute-platform",
+        "Lambda",
+        "--traffic-routing-config",
+        "type=TimeBasedCanary,timeBasedCanary={canaryPercentage=10,canaryInterval=1}",
+    ]);
+    let cfg = cli(&[
+        "deploy",
+        "get-deployment-config",
+        "--deployment-config-name",
+        "Canary10Percent1Minute",
+    ]);
+    assert_eq!(
+        cfg["deploymentConfigInfo"]["trafficRoutingConfig"]["timeBasedCanary"],
+        json!({"canaryPercentage": 10, "canaryInterval": 1})
+    );
+    cli(&[
+        "deploy",
+        "create-application",
+        "--application-name",
+        "orders-app",
+        "--compute-platform",
+        "Lambda",
+    ]);
+    cli(&[
+        "deploy",
+        "create-deployment-group",
+        "--application-name",
+        "orders-app",
+        "--deployment-group-name",
+        "prod",
+        "--service-role-arn",
+        "arn:aws:iam::000000000000:role/codedeploy",
+        "--deployment-config-name",
+        "Canary10Percent1Minute",
+        "--alarm-configuration",
+        "enabled=true,alarms=[{name=orders-canary-5xx}]",
+        "--auto-rollback-configuration",
+        "enabled=true,events=DEPLOYMENT_FAILURE,DEPLOYMENT_STOP_ON_ALARM",
+        "--tags",
+        &format!("Key=canarygate:hook:CheckBefore,Value=http://127.0.0.1:{hook_port}/"),
+    ]);
+    let g = cli(&[
+        "deploy",
+        "get-deployment-group",
+        "--application-name",
+        "orders-app",
+        "--deployment-group-name",
+        "prod",
+    ]);
+    assert_eq!(
+        g["deploymentGroupInfo"]["alarmConfiguration"]["alarms"],
+        json!([{"name": "orders-canary-5xx"}])
+    );
+
+    // A broken version: the alarm stops it, it is rolled back, the waiter fails.
+    let bad = cli(&[
+        "deploy",
+        "create-deployment",
+        "--application-name",
+        "orders-app",
+        "--deployment-group-name",
+        "prod",
+        "--revision",
+        &appspec(&versions[0], &versions[1], None),
+    ])["deploymentId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (succeeded, _, err) = aws(
+        &ep,
+        ADMIN_KEY,
+        ADMIN_SECRET,
+        &["deploy", "wait", "deployment-successful", "--deployment-id", &bad],
+    );
+    assert!(!succeeded, "the waiter should fail on a rolled-back deployment");
+    assert!(err.contains("Waiter DeploymentSuccessful failed"), "{err}");
+    let info = &cli(&["deploy", "get-deployment", "--deployment-id", &bad])["deploymentInfo"];
+    assert_eq!(info["status"], "Stopped", "{info}");
+    assert_eq!(info["errorInformation"]["code"], "ALARM_ACTIVE", "{info}");
+    assert!(
+        info["rollbackInfo"]["rollbackMessage"]
+            .as_str()
+            .unwrap()
+            .contains("orders-canary-5xx"),
+        "{info}"
+    );
+    assert_eq!(
+        ok(&c, &s, "GET", &format!("/v1/rollouts/{bad}"), None).await["status"],
+        "RolledBack"
+    );
+    assert_eq!(
+        ok(&c, &s, "GET", "/v1/apis/orders/stages/prod", None).await["deploymentId"],
+        versions[0].as_str()
+    );
+
+    // A healthy version with a BeforeAllowTraffic hook reported through boto3: the waiter succeeds.
+    let good = cli(&[
+        "deploy",
+        "create-deployment",
+        "--application-name",
+        "orders-app",
+        "--deployment-group-name",
+        "prod",
+        "--revision",
+        &appspec(&versions[0], &versions[2], Some("CheckBefore")),
+    ])["deploymentId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (succeeded, _, err) = aws(
+        &ep,
+        ADMIN_KEY,
+        ADMIN_SECRET,
+        &["deploy", "wait", "deployment-successful", "--deployment-id", &good],
+    );
+    assert!(succeeded, "{err}");
+    assert_eq!(hook_out.next().unwrap().unwrap(), format!("reported {good} BeforeAllowTraffic"));
+    let info = &cli(&["deploy", "get-deployment", "--deployment-id", &good])["deploymentInfo"];
+    assert_eq!(info["status"], "Succeeded");
+    assert!(info.get("errorInformation").is_none(), "{info}");
+    assert_eq!(
+        ok(&c, &s, "GET", "/v1/apis/orders/stages/prod", None).await["deploymentId"],
+        versions[2].as_str()
+    );
+    let listed = cli(&[
+        "deploy",
+        "list-deployments",
+        "--application-name",
+        "orders-app",
+        "--deployment-group-name",
+        "prod",
+    ]);
+    assert_eq!(listed["deployments"], json!([good, bad]));
+    let (_, failures) = load.finish().await;
+    assert!(failures.is_empty(), "{failures:?}");
+}

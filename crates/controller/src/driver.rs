@@ -450,6 +450,9 @@ impl Controller {
                 "rolloutId": rollout_id,
                 "lifecycleEventHookExecutionId": execution.id,
                 "lifecycleEvent": execution.lifecycle_event,
+                // As CodeDeploy invokes a Lambda hook: the deployment (the rollout) and the execution.
+                "DeploymentId": rollout_id,
+                "LifecycleEventHookExecutionId": execution.id,
             });
             let reply = http.post(&execution.url).json(&body).timeout(timeout).send().await;
             let (status, message) = match reply {

@@ -12,6 +12,7 @@
 pub mod alarm;
 pub mod analysis;
 mod api;
+pub mod codedeploy;
 pub mod config;
 pub mod deployment_config;
 mod error;

@@ -212,6 +212,10 @@ pub struct Rollout {
     pub alarms: Vec<String>,
     pub hooks: Hooks,
     pub auto_rollback: Vec<AutoRollback>,
+    /// The CodeDeploy application and deployment group, for a rollout made by CodeDeploy's
+    /// `CreateDeployment`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub codedeploy: Option<crate::codedeploy::Origin>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub analysis: Option<AnalysisSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -440,6 +444,7 @@ impl State {
             alarms: req.alarms,
             hooks: req.hooks,
             auto_rollback,
+            codedeploy: None,
             analysis_state: analysis.as_ref().map(AnalysisState::new),
             analysis,
             mirror,

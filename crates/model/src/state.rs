@@ -95,6 +95,8 @@ pub struct State {
     pub deliveries: BTreeMap<String, crate::notification::Delivery>,
     /// Stored canary analyses, by name.
     pub analyses: BTreeMap<String, crate::analysis::AnalysisSpec>,
+    /// CodeDeploy applications (with their deployment groups), by name: the AWS endpoints' own.
+    pub applications: BTreeMap<String, crate::codedeploy::Application>,
 }
 
 impl State {

@@ -96,6 +96,12 @@ pub fn apply(state: &mut State, changes: &[Change]) -> Result<(), String> {
             Change::DeleteDelivery(id) => {
                 state.deliveries.remove(id);
             }
+            Change::PutApplication(a) => {
+                state.applications.insert(a.name.clone(), (**a).clone());
+            }
+            Change::DeleteApplication(name) => {
+                state.applications.remove(name);
+            }
         }
     }
     Ok(())

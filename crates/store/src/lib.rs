@@ -103,6 +103,8 @@ pub enum Change {
     DeleteNotification(String),
     PutDelivery(Box<Delivery>),
     DeleteDelivery(String),
+    PutApplication(Box<canarygate_model::codedeploy::Application>),
+    DeleteApplication(String),
 }
 
 /// Persistence: everything at start, then changes, each a transaction: [`Backend::begin`] takes the
@@ -206,6 +208,14 @@ pub fn diff(old: &State, new: &State) -> Vec<Change> {
             out.push(Change::PutDeploymentConfig(c.clone()));
         }
     }
+    for name in old.applications.keys().filter(|k| !new.applications.contains_key(*k)) {
+        out.push(Change::DeleteApplication(name.clone()));
+    }
+    for (name, a) in &new.applications {
+        if old.applications.get(name) != Some(a) {
+            out.push(Change::PutApplication(Box::new(a.clone())));
+        }
+    }
     for name in old.notifications.keys().filter(|k| !new.notifications.contains_key(*k)) {
         out.push(Change::DeleteNotification(name.clone()));
     }
@@ -298,6 +308,8 @@ fn routes(changes: &[Change]) -> bool {
                 | Change::DeleteNotification(_)
                 | Change::PutDelivery(_)
                 | Change::DeleteDelivery(_)
+                | Change::PutApplication(_)
+                | Change::DeleteApplication(_)
         )
     })
 }

@@ -60,6 +60,9 @@ ALTER TABLE canarygate_replicas ADD COLUMN metrics_through BIGINT NOT NULL DEFAU
     r#"
 CREATE TABLE canarygate_changelog (version BIGINT PRIMARY KEY, changes TEXT NOT NULL);
 "#,
+    r#"
+CREATE TABLE codedeploy_applications (name TEXT PRIMARY KEY, doc TEXT NOT NULL);
+"#,
 ];
 
 /// How many versions of changes the log keeps: a replica further behind loads everything.

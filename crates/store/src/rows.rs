@@ -155,6 +155,8 @@ pub(crate) fn row_ops(c: &Change) -> Result<Vec<RowOp>, StoreError> {
         Change::DeleteNotification(name) => vec![delete("notifications", &["name"], vec![text(name)])],
         Change::PutDelivery(d) => vec![upsert("deliveries", &["id", "doc"], 1, vec![text(&d.id), doc(d)?])],
         Change::DeleteDelivery(id) => vec![delete("deliveries", &["id"], vec![text(id)])],
+        Change::PutApplication(a) => vec![upsert("codedeploy_applications", &["name", "doc"], 1, vec![text(&a.name), doc(a)?])],
+        Change::DeleteApplication(name) => vec![delete("codedeploy_applications", &["name"], vec![text(name)])],
     })
 }
 
@@ -181,6 +183,7 @@ pub(crate) const READS: &[(&str, &str)] = &[
     ("deliveries", "SELECT doc FROM deliveries"),
     ("analyses", "SELECT name, doc FROM analyses"),
     ("deployment_configs", "SELECT doc FROM deployment_configs"),
+    ("codedeploy_applications", "SELECT doc FROM codedeploy_applications"),
 ];
 
 impl Rows {
@@ -240,6 +243,10 @@ impl Rows {
         for d in self.docs("deployment_configs") {
             let c: DeploymentConfig = serde_json::from_str(d)?;
             state.deployment_configs.insert(c.name.clone(), c);
+        }
+        for d in self.docs("codedeploy_applications") {
+            let a: canarygate_model::codedeploy::Application = serde_json::from_str(d)?;
+            state.applications.insert(a.name.clone(), a);
         }
         Ok(state)
     }

@@ -30,6 +30,9 @@ CREATE TABLE analyses (name TEXT PRIMARY KEY, doc TEXT NOT NULL);
 CREATE TABLE notifications (name TEXT PRIMARY KEY, doc TEXT NOT NULL);
 CREATE TABLE deliveries (id TEXT PRIMARY KEY, doc TEXT NOT NULL);
 "#,
+    r#"
+CREATE TABLE codedeploy_applications (name TEXT PRIMARY KEY, doc TEXT NOT NULL);
+"#,
 ];
 
 pub struct SqliteBackend {

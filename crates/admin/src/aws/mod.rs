@@ -12,6 +12,7 @@
 
 mod apigateway;
 mod cloudwatch;
+mod codedeploy;
 pub mod error;
 pub mod rpc;
 pub mod sigv4;
@@ -24,6 +25,7 @@ use axum::response::Response;
 use axum::Router;
 use chrono::Utc;
 
+pub use codedeploy::{parse_appspec, AppSpec};
 pub use error::AwsError;
 pub use sigv4::Credential;
 
@@ -235,7 +237,8 @@ async fn rpc_call(call: &Call<'_>, protocol: Protocol, request_id: &str) -> Resu
     }
     let output = match service {
         Service::CloudWatch => cloudwatch::handle(call, protocol, &operation, input).await?,
-        Service::CodeDeploy | Service::Unknown => return Err(AwsError::unknown_operation(protocol, &operation)),
+        Service::CodeDeploy => codedeploy::handle(call, protocol, &operation, input).await?,
+        Service::Unknown => return Err(AwsError::unknown_operation(protocol, &operation)),
     };
     Ok(match protocol {
         Protocol::Cbor(_) => rpc::cbor_response(&output),
