@@ -70,25 +70,9 @@ pub async fn query(State(s): State<AppState>, Query(q): Query<HashMap<String, St
         stage: stage.to_string(),
         variant,
     };
-    let points = match &s.cluster_metrics {
-        None => s.metrics.query(&key, metric, statistic, period, start_s, end_s),
-        // Several replicas: the sum of what every replica published (this one's too).
-        Some(db) => {
-            let (db, k) = (db.clone(), key.clone());
-            let histograms = canarygate_metrics::needs_histograms(metric);
-            let rows =
-                tokio::task::spawn_blocking(move || db.lock().unwrap_or_else(|e| e.into_inner()).range(&k, start_s, end_s, histograms))
-                    .await
-                    .map_err(|e| e.to_string())
-                    .and_then(|r| r.map_err(|e| e.to_string()))
-                    .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("cannot read the cluster's metrics: {e}")))?;
-            let mut cluster = ClusterSeconds::new();
-            for r in rows {
-                cluster.put(&r.replica, r.key, r.second, r.counts);
-            }
-            cluster.query(&key, metric, statistic, period, start_s, end_s)
-        }
-    };
+    let points = datapoints(&s, key, metric, statistic, period, start_s, end_s)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("cannot read the cluster's metrics: {e}")))?;
     let datapoints: Vec<Value> = points
         .iter()
         .map(|p| {
@@ -102,6 +86,37 @@ pub async fn query(State(s): State<AppState>, Query(q): Query<HashMap<String, St
         "unit": metric.unit(),
         "datapoints": datapoints,
     })))
+}
+
+/// The datapoints of one series over `[start_s, end_s)`: this process's own seconds, or with several
+/// replicas the sum of what every replica published (this one's too). An error says why the shared
+/// store could not be read.
+pub(crate) async fn datapoints(
+    s: &AppState,
+    key: SeriesKey,
+    metric: Metric,
+    statistic: Statistic,
+    period: u64,
+    start_s: u64,
+    end_s: u64,
+) -> Result<Vec<canarygate_metrics::Datapoint>, String> {
+    match &s.cluster_metrics {
+        None => Ok(s.metrics.query(&key, metric, statistic, period, start_s, end_s)),
+        Some(db) => {
+            let (db, k) = (db.clone(), key.clone());
+            let histograms = canarygate_metrics::needs_histograms(metric);
+            let rows =
+                tokio::task::spawn_blocking(move || db.lock().unwrap_or_else(|e| e.into_inner()).range(&k, start_s, end_s, histograms))
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| r.map_err(|e| e.to_string()))?;
+            let mut cluster = ClusterSeconds::new();
+            for r in rows {
+                cluster.put(&r.replica, r.key, r.second, r.counts);
+            }
+            Ok(cluster.query(&key, metric, statistic, period, start_s, end_s))
+        }
+    }
 }
 
 pub async fn prometheus(State(s): State<AppState>) -> Response {

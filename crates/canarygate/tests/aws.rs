@@ -632,6 +632,112 @@ print(status)
     );
     assert_eq!(admin(&c, &s, "GET", "/v1/alarms/old-sdk", None).await.0, 404);
 
+    // Metric reads over the gateway's own seconds: 20 requests counted, in both calls the CLI makes.
+    let d = ok(&c, &s, "POST", "/v1/apis/orders/deployments", Some(json!({}))).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    ok(&c, &s, "PUT", "/v1/apis/orders/stages/prod", Some(json!({"deploymentId": d}))).await;
+    for _ in 0..20 {
+        assert_eq!(c.get(format!("{}/orders/prod/", s.gateway)).send().await.unwrap().status(), 200);
+    }
+    let (from, to) = (
+        (chrono::Utc::now() - chrono::Duration::minutes(5)).to_rfc3339(),
+        (chrono::Utc::now() + chrono::Duration::minutes(1)).to_rfc3339(),
+    );
+    let dims = ["Name=ApiName,Value=orders", "Name=Stage,Value=prod"];
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let st = aws_ok(
+            &ep,
+            &[
+                "cloudwatch",
+                "get-metric-statistics",
+                "--namespace",
+                "AWS/ApiGateway",
+                "--metric-name",
+                "Count",
+                "--dimensions",
+                dims[0],
+                dims[1],
+                "--start-time",
+                &from,
+                "--end-time",
+                &to,
+                "--period",
+                "3600",
+                "--statistics",
+                "Sum",
+                "SampleCount",
+                "--extended-statistics",
+                "p99",
+            ],
+        );
+        let points = st["Datapoints"].as_array().unwrap();
+        let sum: f64 = points.iter().map(|p| p["Sum"].as_f64().unwrap()).sum();
+        if sum == 20.0 {
+            assert_eq!(points[0]["Unit"], "Count", "{st}");
+            assert!(points[0]["ExtendedStatistics"]["p99"].is_number(), "{st}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "Count Sum {sum}: {st}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let queries = json!([{"Id": "requests", "MetricStat": {"Metric": {"Namespace": "AWS/ApiGateway", "MetricName": "Count",
+        "Dimensions": [{"Name": "ApiName", "Value": "orders"}, {"Name": "Stage", "Value": "prod"}]}, "Period": 3600, "Stat": "Sum"}},
+        {"Id": "canary", "MetricStat": {"Metric": {"Namespace": "AWS/ApiGateway", "MetricName": "Count",
+        "Dimensions": [{"Name": "ApiName", "Value": "orders"}, {"Name": "Stage", "Value": "prod/Canary"}]}, "Period": 3600, "Stat": "Sum"}}]);
+    let data = aws_ok(
+        &ep,
+        &[
+            "cloudwatch",
+            "get-metric-data",
+            "--metric-data-queries",
+            &queries.to_string(),
+            "--start-time",
+            &from,
+            "--end-time",
+            &to,
+        ],
+    );
+    let results = data["MetricDataResults"].as_array().unwrap();
+    assert_eq!(results[0]["Id"], "requests");
+    assert_eq!(
+        results[0]["Values"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .sum::<f64>(),
+        20.0,
+        "{data}"
+    );
+    assert_eq!(
+        results[0]["Timestamps"].as_array().unwrap().len(),
+        results[0]["Values"].as_array().unwrap().len()
+    );
+    assert!(
+        results[1]["Values"].as_array().unwrap().iter().all(|v| v.as_f64() == Some(0.0)),
+        "no canary: {data}"
+    );
+
+    // The same in the query protocol (dates in ISO 8601, the p99 as a map entry).
+    let out = python(&format!(
+        r#"
+import urllib.parse, xml.etree.ElementTree as ET
+form = urllib.parse.urlencode({{"Action": "GetMetricStatistics", "Version": "2010-08-01", "Namespace": "AWS/ApiGateway", "MetricName": "Count",
+    "Dimensions.member.1.Name": "ApiName", "Dimensions.member.1.Value": "orders", "Dimensions.member.2.Name": "Stage",
+    "Dimensions.member.2.Value": "prod", "StartTime": "{from}", "EndTime": "{to}", "Period": "3600", "Statistics.member.1": "Sum",
+    "ExtendedStatistics.member.1": "p99"}})
+status, headers, body = sign("POST", "monitoring", "{ep}/", form, {{"Content-Type": "application/x-www-form-urlencoded; charset=utf-8"}})
+ns = {{"cw": "http://monitoring.amazonaws.com/doc/2010-08-01/"}}
+root = ET.fromstring(body)
+print(status, sum(float(e.text) for e in root.iterfind(".//cw:Datapoints/cw:member/cw:Sum", ns)),
+    root.find(".//cw:ExtendedStatistics/cw:entry/cw:key", ns).text)
+"#
+    ));
+    assert_eq!(out.trim(), "200 20.0 p99");
+
     // The CLI deletes; /v1 sees it gone.
     let (done, _, err) = aws(
         &ep,

@@ -280,7 +280,7 @@ async fn create_deployment(call: &Call<'_>, api: String) -> Result<Response> {
 /// One operation of `UpdateStage`'s `patchOperations`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub(crate) struct AwsPatch {
+pub struct AwsPatch {
     pub op: String,
     pub path: String,
     #[serde(default)]
@@ -303,7 +303,7 @@ fn unescape(s: &str) -> String {
 
 /// Translates API Gateway's stage patch operations into the model's, on `stage` as it is now; an
 /// operation API Gateway refuses is refused with its message.
-pub(crate) fn translate(ops: &[AwsPatch], stage: &Stage) -> Result<Vec<PatchOperation>> {
+pub fn translate(ops: &[AwsPatch], stage: &Stage) -> Result<Vec<PatchOperation>> {
     // The canary's overrides as the operations so far leave them (for a copy to /variables).
     let mut overrides: Option<BTreeMap<String, String>> = stage.canary_settings.as_ref().map(|c| c.stage_variable_overrides.clone());
     let mut out = Vec::with_capacity(ops.len());

@@ -1,13 +1,15 @@
-//! CloudWatch's alarm operations over canarygate's alarms: `PutMetricAlarm`, `DescribeAlarms`,
-//! `DeleteAlarms`. An alarm made here is a canarygate alarm (same evaluation, same rollback) and one
+//! CloudWatch's alarm operations over canarygate's alarms (`PutMetricAlarm`, `DescribeAlarms`,
+//! `DeleteAlarms`) and its metric reads over the gateway's per-second series (`GetMetricStatistics`,
+//! `GetMetricData`). An alarm made here is a canarygate alarm (same evaluation, same rollback) and one
 //! made through `/v1` is described here. Metrics are API Gateway's: namespace `AWS/ApiGateway`,
 //! dimensions `ApiName` and `Stage`, the canary's series under `Stage` = `{stage}/Canary` (as API
 //! Gateway publishes a canary's metrics).
 
 use axum::http::StatusCode;
+use canarygate_metrics::SeriesKey;
 use canarygate_model::alarm::Alarm;
 use canarygate_model::state::AlarmEntry;
-use canarygate_model::Variant;
+use canarygate_model::{Metric, Statistic, Variant};
 use serde_json::{json, Map, Value};
 
 use super::error::{bounded, AwsError};
@@ -81,6 +83,8 @@ pub(crate) async fn handle(call: &Call<'_>, protocol: Protocol, operation: &str,
             call.need_write(protocol, "cloudwatch:DeleteAlarms", &alarm_arn(call, "*"))?;
             delete_alarms(call, &input).await
         }
+        "GetMetricStatistics" => get_metric_statistics(call, &input).await,
+        "GetMetricData" => get_metric_data(call, &input).await,
         other => Err(AwsError::unknown_operation(protocol, other)),
     }
 }
@@ -286,6 +290,169 @@ async fn delete_alarms(call: &Call<'_>, input: &Value) -> Result<Value> {
         ));
     }
     Ok(json!({}))
+}
+
+/// The series a metric and its dimensions name.
+fn series(input: &Value) -> Result<(SeriesKey, Metric)> {
+    let namespace = string(input, "Namespace").ok_or_else(|| missing("Namespace"))?;
+    if namespace != NAMESPACE {
+        return Err(invalid(format!(
+            "canarygate serves the {NAMESPACE} namespace only, not {}",
+            bounded(namespace, 100)
+        )));
+    }
+    let metric = string(input, "MetricName").ok_or_else(|| missing("MetricName"))?;
+    let metric = Metric::parse("MetricName", metric).map_err(|e| invalid(e.to_string()))?;
+    let (mut api, mut stage) = (None, None);
+    for d in input.get("Dimensions").and_then(Value::as_array).into_iter().flatten() {
+        match (string(d, "Name"), string(d, "Value")) {
+            (Some("ApiName"), Some(v)) => api = Some(v.to_string()),
+            (Some("Stage"), Some(v)) => stage = Some(v.to_string()),
+            _ => return Err(invalid("the dimensions are ApiName and Stage, each with a Value")),
+        }
+    }
+    let (Some(api), Some(stage)) = (api, stage) else {
+        return Err(invalid("a metric needs the dimensions ApiName and Stage"));
+    };
+    let (stage, variant) = match stage.strip_suffix(CANARY_SUFFIX) {
+        Some(s) => (s.to_string(), Variant::Canary),
+        None => (stage, Variant::Production),
+    };
+    Ok((SeriesKey { api, stage, variant }, metric))
+}
+
+/// A time as the protocols send it: epoch seconds (JSON, CBOR) or ISO 8601 (query).
+fn time(input: &Value, field: &str) -> Result<u64> {
+    let t = match input.get(field) {
+        Some(Value::Number(n)) => n.as_f64().map(|f| f.max(0.0) as u64),
+        Some(Value::String(s)) => chrono::DateTime::parse_from_rfc3339(s)
+            .ok()
+            .map(|t| t.timestamp().max(0) as u64)
+            .or_else(|| s.parse::<f64>().ok().map(|f| f.max(0.0) as u64)),
+        None | Some(Value::Null) => return Err(missing(field)),
+        _ => None,
+    };
+    t.ok_or_else(|| invalid(format!("The parameter {field} must be a time.")))
+}
+
+/// The range and period of a metric query, checked as CloudWatch does (at most 100,800 datapoints).
+fn range(input: &Value, period: Option<u64>) -> Result<(u64, u64, u64)> {
+    let (start, end) = (time(input, "StartTime")?, time(input, "EndTime")?);
+    if start >= end {
+        return Err(invalid("The parameter StartTime must be before EndTime."));
+    }
+    let period = period.ok_or_else(|| missing("Period"))?;
+    if period == 0 || period > 86_400 {
+        return Err(invalid(format!("The parameter Period must be from 1 to 86400, not {period}.")));
+    }
+    if (end - start) / period > 100_800 {
+        return Err(invalid("The query would return more than 100,800 datapoints; use a longer Period."));
+    }
+    Ok((start, end, period))
+}
+
+async fn fetch(
+    call: &Call<'_>,
+    key: SeriesKey,
+    metric: Metric,
+    stat: Statistic,
+    period: u64,
+    start: u64,
+    end: u64,
+) -> Result<Vec<canarygate_metrics::Datapoint>> {
+    crate::metrics::datapoints(call.state, key, metric, stat, period, start, end)
+        .await
+        .map_err(|e| {
+            AwsError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceUnavailable",
+                format!("cannot read the cluster's metrics: {e}"),
+            )
+        })
+}
+
+async fn get_metric_statistics(call: &Call<'_>, input: &Value) -> Result<Value> {
+    let (key, metric) = series(input)?;
+    let (start, end, period) = range(input, whole(input, "Period")?)?;
+    let stats = strings(input, "Statistics");
+    let extended = strings(input, "ExtendedStatistics");
+    if stats.is_empty() && extended.is_empty() {
+        return Err(missing("Statistics"));
+    }
+    let mut by_time: std::collections::BTreeMap<u64, Map<String, Value>> = std::collections::BTreeMap::new();
+    for name in stats.iter().chain(&extended) {
+        let stat = Statistic::parse("Statistics", name).map_err(|e| invalid(e.to_string()))?;
+        let is_extended = extended.contains(name);
+        for p in fetch(call, key.clone(), metric, stat, period, start, end).await? {
+            let point = by_time.entry(p.timestamp).or_default();
+            if is_extended {
+                point
+                    .entry("ExtendedStatistics")
+                    .or_insert_with(|| json!({}))
+                    .as_object_mut()
+                    .expect("an object")
+                    .insert(name.clone(), json!(p.value));
+            } else {
+                point.insert(name.clone(), json!(p.value));
+            }
+        }
+    }
+    let unit = metric.unit();
+    let datapoints: Vec<Value> = by_time
+        .into_iter()
+        .map(|(t, mut p)| {
+            p.insert(
+                "Timestamp".into(),
+                timestamp(chrono::DateTime::from_timestamp(t as i64, 0).unwrap_or_default()),
+            );
+            p.insert("Unit".into(), json!(unit));
+            Value::Object(p)
+        })
+        .collect();
+    Ok(json!({"Label": metric.as_str(), "Datapoints": datapoints}))
+}
+
+async fn get_metric_data(call: &Call<'_>, input: &Value) -> Result<Value> {
+    let queries = input
+        .get("MetricDataQueries")
+        .and_then(Value::as_array)
+        .filter(|q| !q.is_empty())
+        .ok_or_else(|| missing("MetricDataQueries"))?;
+    if queries.len() > 500 {
+        return Err(invalid("At most 500 MetricDataQueries are allowed."));
+    }
+    let descending = string(input, "ScanBy") != Some("TimestampAscending");
+    let mut results = Vec::new();
+    for q in queries {
+        let id = string(q, "Id").ok_or_else(|| missing("MetricDataQueries.member.Id"))?;
+        if q.get("Expression").is_some_and(|e| !e.is_null()) {
+            return Err(invalid(format!(
+                "canarygate does not evaluate metric math (query {})",
+                bounded(id, 100)
+            )));
+        }
+        let stat_spec = q.get("MetricStat").ok_or_else(|| missing("MetricDataQueries.member.MetricStat"))?;
+        let metric_spec = stat_spec.get("Metric").ok_or_else(|| missing("MetricStat.Metric"))?;
+        let (key, metric) = series(metric_spec)?;
+        let (start, end, period) = range(input, whole(stat_spec, "Period")?)?;
+        let stat_name = string(stat_spec, "Stat").ok_or_else(|| missing("MetricStat.Stat"))?;
+        let stat = Statistic::parse("Stat", stat_name).map_err(|e| invalid(e.to_string()))?;
+        let mut points = fetch(call, key, metric, stat, period, start, end).await?;
+        if descending {
+            points.reverse();
+        }
+        if q.get("ReturnData").and_then(Value::as_bool) == Some(false) {
+            continue;
+        }
+        results.push(json!({
+            "Id": id,
+            "Label": string(q, "Label").unwrap_or(metric.as_str()),
+            "Timestamps": points.iter().map(|p| timestamp(chrono::DateTime::from_timestamp(p.timestamp as i64, 0).unwrap_or_default())).collect::<Vec<_>>(),
+            "Values": points.iter().map(|p| p.value).collect::<Vec<_>>(),
+            "StatusCode": "Complete",
+        }));
+    }
+    Ok(json!({"MetricDataResults": results, "Messages": []}))
 }
 
 #[cfg(test)]

@@ -25,6 +25,7 @@ use axum::response::Response;
 use axum::Router;
 use chrono::Utc;
 
+pub use apigateway::{translate as translate_stage_patch, AwsPatch};
 pub use codedeploy::{parse_appspec, AppSpec};
 pub use error::AwsError;
 pub use sigv4::Credential;

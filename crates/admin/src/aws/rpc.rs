@@ -182,6 +182,16 @@ fn to_xml(name: &str, v: &Value, out: &mut String) {
             let t = chrono::DateTime::from_timestamp_millis((secs * 1000.0) as i64).unwrap_or_default();
             out.push_str(&format!("<{name}>{}</{name}>", t.format("%Y-%m-%dT%H:%M:%S%.3fZ")));
         }
+        // A map (the only one in these answers): entries of key and value, as the query protocol writes maps.
+        Value::Object(o) if name == "ExtendedStatistics" => {
+            out.push_str(&format!("<{name}>"));
+            for (k, v) in o {
+                out.push_str(&format!("<entry><key>{}</key>", xml_escape(k)));
+                to_xml("value", v, out);
+                out.push_str("</entry>");
+            }
+            out.push_str(&format!("</{name}>"));
+        }
         Value::Object(o) => {
             out.push_str(&format!("<{name}>"));
             for (k, v) in o {
