@@ -738,6 +738,56 @@ print(status, sum(float(e.text) for e in root.iterfind(".//cw:Datapoints/cw:memb
     ));
     assert_eq!(out.trim(), "200 20.0 p99");
 
+    // SetAlarmState: an alarm set to ALARM by hand stops the rollout that watches it.
+    let d2 = ok(&c, &s, "POST", "/v1/apis/orders/deployments", Some(json!({}))).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let body = json!({"deploymentId": d2, "deploymentConfig": "Canary10Percent10Minutes", "alarms": ["canary-5xx"]});
+    let r = ok(&c, &s, "POST", "/v1/apis/orders/stages/prod/rollouts", Some(body)).await;
+    let id = r["id"].as_str().unwrap().to_string();
+    let (done, _, err) = aws(
+        &ep,
+        ADMIN_KEY,
+        ADMIN_SECRET,
+        &[
+            "cloudwatch",
+            "set-alarm-state",
+            "--alarm-name",
+            "canary-5xx",
+            "--state-value",
+            "ALARM",
+            "--state-reason",
+            "testing the rollback",
+        ],
+    );
+    assert!(done, "{err}");
+    let r = wait_rollout(&c, &s, &id, std::time::Duration::from_secs(30)).await;
+    assert_eq!(r["status"], "RolledBack", "{r}");
+    assert!(r["events"].to_string().contains("testing the rollback"), "{r}");
+    let a = &aws_ok(&ep, &["cloudwatch", "describe-alarms", "--alarm-names", "canary-5xx"])["MetricAlarms"][0];
+    assert_eq!(
+        (&a["StateValue"], &a["StateReason"]),
+        (&json!("ALARM"), &json!("testing the rollback")),
+        "{a}"
+    );
+    let err = aws_err(
+        &ep,
+        ADMIN_KEY,
+        ADMIN_SECRET,
+        &[
+            "cloudwatch",
+            "set-alarm-state",
+            "--alarm-name",
+            "nope",
+            "--state-value",
+            "OK",
+            "--state-reason",
+            "x",
+        ],
+    );
+    assert!(err.contains("(ResourceNotFound)"), "{err}");
+
     // The CLI deletes; /v1 sees it gone.
     let (done, _, err) = aws(
         &ep,

@@ -255,6 +255,9 @@ impl Controller {
         let changes = self.with_view(|view| {
             let mut changes = Vec::new();
             for (name, entry) in &state.alarms {
+                if entry.status.held(now) {
+                    continue;
+                }
                 let e = self.evaluate(view, reading, &entry.alarm, &state, None, None, entry.status.state);
                 // A change of state is stored with its history; without data, so is a new reason for it
                 // (e.g. why a Prometheus query gave nothing), without a history entry.
@@ -347,6 +350,9 @@ impl Controller {
                     .iter()
                     .filter_map(|name| {
                         let entry = state.alarms.get(name)?;
+                        if entry.status.held(now) {
+                            return Some((name.clone(), entry.status.as_evaluation()));
+                        }
                         Some((
                             name.clone(),
                             self.evaluate(view, reading, &entry.alarm, &state, Some(&r), since, AlarmState::InsufficientData),

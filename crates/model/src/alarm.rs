@@ -359,6 +359,10 @@ pub struct AlarmStatus {
     pub datapoints: Vec<EvaluatedPoint>,
     pub updated_at: Option<DateTime<Utc>>,
     pub history: Vec<StateChange>,
+    /// A state set by hand (CloudWatch's `SetAlarmState`) is held until then: evaluations do not
+    /// replace it, and rollouts watching the alarm see it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub set_until: Option<DateTime<Utc>>,
 }
 
 pub const HISTORY: usize = 100;
@@ -382,7 +386,23 @@ impl AlarmStatus {
         self.state = e.state;
         self.reason = e.reason;
         self.datapoints = e.datapoints;
+        self.set_until = None;
         changed
+    }
+
+    /// Whether a state set by hand still holds at `now`.
+    pub fn held(&self, now: DateTime<Utc>) -> bool {
+        self.set_until.is_some_and(|t| now < t)
+    }
+
+    /// The held state as an evaluation (what a rollout watching the alarm sees while it holds).
+    pub fn as_evaluation(&self) -> Evaluation {
+        Evaluation {
+            state: self.state,
+            reason: self.reason.clone(),
+            datapoints: self.datapoints.clone(),
+            breaching: 0,
+        }
     }
 }
 

@@ -341,6 +341,27 @@ impl State {
         self.alarms.remove(name).map(|_| ()).ok_or_else(|| Error::not_found("alarm", name))
     }
 
+    /// Sets an alarm's state by hand (CloudWatch's `SetAlarmState`, for testing what watches it): held
+    /// for one period of the alarm, at least 10 seconds, then evaluated again as usual.
+    pub fn set_alarm_state(&mut self, name: &str, state: crate::alarm::AlarmState, reason: String, now: DateTime<Utc>) -> Result<()> {
+        if reason.len() > 1023 {
+            return Err(Error::invalid("stateReason", reason, "must be at most 1023 characters"));
+        }
+        let entry = self.alarms.get_mut(name).ok_or_else(|| Error::not_found("alarm", name))?;
+        let hold = chrono::Duration::seconds(entry.alarm.period_seconds.max(10) as i64);
+        entry.status.record(
+            crate::alarm::Evaluation {
+                state,
+                reason,
+                datapoints: Vec::new(),
+                breaching: 0,
+            },
+            now,
+        );
+        entry.status.set_until = Some(now + hold);
+        Ok(())
+    }
+
     /// Records an alarm evaluation; true when its state changed.
     pub fn record_alarm(&mut self, name: &str, e: crate::alarm::Evaluation, now: DateTime<Utc>) -> bool {
         match self.alarms.get_mut(name) {

@@ -83,6 +83,14 @@ pub(crate) async fn handle(call: &Call<'_>, protocol: Protocol, operation: &str,
             call.need_write(protocol, "cloudwatch:DeleteAlarms", &alarm_arn(call, "*"))?;
             delete_alarms(call, &input).await
         }
+        "SetAlarmState" => {
+            call.need_write(
+                protocol,
+                "cloudwatch:SetAlarmState",
+                &alarm_arn(call, string(&input, "AlarmName").unwrap_or("")),
+            )?;
+            set_alarm_state(call, &input).await
+        }
         "GetMetricStatistics" => get_metric_statistics(call, &input).await,
         "GetMetricData" => get_metric_data(call, &input).await,
         other => Err(AwsError::unknown_operation(protocol, other)),
@@ -289,6 +297,38 @@ async fn delete_alarms(call: &Call<'_>, input: &Value) -> Result<Value> {
             format!("{} does not exist", bounded(&name, 255)),
         ));
     }
+    Ok(json!({}))
+}
+
+async fn set_alarm_state(call: &Call<'_>, input: &Value) -> Result<Value> {
+    let name = string(input, "AlarmName").ok_or_else(|| missing("AlarmName"))?.to_string();
+    let state = match string(input, "StateValue").ok_or_else(|| missing("StateValue"))? {
+        "OK" => canarygate_model::alarm::AlarmState::Ok,
+        "ALARM" => canarygate_model::alarm::AlarmState::Alarm,
+        "INSUFFICIENT_DATA" => canarygate_model::alarm::AlarmState::InsufficientData,
+        other => {
+            return Err(invalid(format!(
+                "The parameter StateValue must be OK, ALARM or INSUFFICIENT_DATA, not {}.",
+                bounded(other, 40)
+            )))
+        }
+    };
+    let reason = string(input, "StateReason").ok_or_else(|| missing("StateReason"))?.to_string();
+    let now = chrono::Utc::now();
+    let n = name.clone();
+    call.state
+        .store
+        .mutate(move |st| st.set_alarm_state(&n, state, reason, now))
+        .await
+        .map_err(|e| match AwsError::from_store(e) {
+            e if e.status == StatusCode::NOT_FOUND => AwsError::new(
+                StatusCode::NOT_FOUND,
+                "ResourceNotFound",
+                format!("Alarm {} does not exist", bounded(&name, 255)),
+            ),
+            e if e.status == StatusCode::BAD_REQUEST => invalid(e.message),
+            e => e,
+        })?;
     Ok(json!({}))
 }
 
