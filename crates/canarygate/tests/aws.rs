@@ -746,6 +746,23 @@ print(status, sum(float(e.text) for e in root.iterfind(".//cw:Datapoints/cw:memb
     let body = json!({"deploymentId": d2, "deploymentConfig": "Canary10Percent10Minutes", "alarms": ["canary-5xx"]});
     let r = ok(&c, &s, "POST", "/v1/apis/orders/stages/prod/rollouts", Some(body)).await;
     let id = r["id"].as_str().unwrap().to_string();
+    // While it runs, the stage is the rollout's: API Gateway's UpdateStage gets 409 ConflictException.
+    let err = aws_err(
+        &ep,
+        ADMIN_KEY,
+        ADMIN_SECRET,
+        &[
+            "apigateway",
+            "update-stage",
+            "--rest-api-id",
+            "orders",
+            "--stage-name",
+            "prod",
+            "--patch-operations",
+            "op=replace,path=/canarySettings/percentTraffic,value=50",
+        ],
+    );
+    assert!(err.contains("(ConflictException) when calling the UpdateStage operation"), "{err}");
     let (done, _, err) = aws(
         &ep,
         ADMIN_KEY,
