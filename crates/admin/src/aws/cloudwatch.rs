@@ -109,34 +109,7 @@ pub(crate) fn alarm_from(input: &Value) -> Result<Alarm> {
             "canarygate does not support metric math alarms (Metrics); give MetricName, Namespace and Dimensions",
         ));
     }
-    let namespace = string(input, "Namespace").ok_or_else(|| missing("Namespace"))?;
-    if namespace != NAMESPACE {
-        return Err(invalid(format!(
-            "canarygate serves the {NAMESPACE} namespace only, not {}",
-            bounded(namespace, 100)
-        )));
-    }
-    let metric = string(input, "MetricName").ok_or_else(|| missing("MetricName"))?;
-    let (mut api, mut stage) = (None, None);
-    for d in input.get("Dimensions").and_then(Value::as_array).into_iter().flatten() {
-        match (string(d, "Name"), string(d, "Value")) {
-            (Some("ApiName"), Some(v)) => api = Some(v.to_string()),
-            (Some("Stage"), Some(v)) => stage = Some(v.to_string()),
-            (Some(other), _) => {
-                return Err(invalid(format!(
-                    "canarygate's {NAMESPACE} metrics have the dimensions ApiName and Stage, not {}",
-                    bounded(other, 100)
-                )))
-            }
-            _ => return Err(invalid("every dimension needs a Name and a Value")),
-        }
-    }
-    let api = api.ok_or_else(|| invalid("the alarm needs the dimension ApiName (the API)"))?;
-    let stage = stage.ok_or_else(|| invalid("the alarm needs the dimension Stage (the stage, or {stage}/Canary for its canary)"))?;
-    let (stage, variant) = match stage.strip_suffix(CANARY_SUFFIX) {
-        Some(s) => (s.to_string(), Variant::Canary),
-        None => (stage, Variant::Production),
-    };
+    let (key, metric) = series(input)?;
     let statistic = match (string(input, "Statistic"), string(input, "ExtendedStatistic")) {
         (Some(s), None) | (None, Some(s)) => s.to_string(),
         (Some(_), Some(_)) => return Err(invalid("give Statistic or ExtendedStatistic, not both")),
@@ -145,10 +118,10 @@ pub(crate) fn alarm_from(input: &Value) -> Result<Alarm> {
     let evaluation_periods = whole(input, "EvaluationPeriods")?.ok_or_else(|| missing("EvaluationPeriods"))?;
     let alarm = json!({
         "name": name,
-        "api": api,
-        "stage": stage,
-        "variant": variant,
-        "metric": metric,
+        "api": key.api,
+        "stage": key.stage,
+        "variant": key.variant,
+        "metric": metric.as_str(),
         "statistic": statistic,
         "periodSeconds": whole(input, "Period")?.ok_or_else(|| missing("Period"))?,
         "evaluationPeriods": evaluation_periods,
@@ -332,7 +305,7 @@ async fn set_alarm_state(call: &Call<'_>, input: &Value) -> Result<Value> {
     Ok(json!({}))
 }
 
-/// The series a metric and its dimensions name.
+/// The series a metric and its dimensions name (the canary's as `Stage` = `{stage}/Canary`).
 fn series(input: &Value) -> Result<(SeriesKey, Metric)> {
     let namespace = string(input, "Namespace").ok_or_else(|| missing("Namespace"))?;
     if namespace != NAMESPACE {
@@ -348,12 +321,17 @@ fn series(input: &Value) -> Result<(SeriesKey, Metric)> {
         match (string(d, "Name"), string(d, "Value")) {
             (Some("ApiName"), Some(v)) => api = Some(v.to_string()),
             (Some("Stage"), Some(v)) => stage = Some(v.to_string()),
-            _ => return Err(invalid("the dimensions are ApiName and Stage, each with a Value")),
+            (Some(other), _) => {
+                return Err(invalid(format!(
+                    "canarygate's {NAMESPACE} metrics have the dimensions ApiName and Stage, not {}",
+                    bounded(other, 100)
+                )))
+            }
+            _ => return Err(invalid("every dimension needs a Name and a Value")),
         }
     }
-    let (Some(api), Some(stage)) = (api, stage) else {
-        return Err(invalid("a metric needs the dimensions ApiName and Stage"));
-    };
+    let api = api.ok_or_else(|| invalid("the metric needs the dimension ApiName (the API)"))?;
+    let stage = stage.ok_or_else(|| invalid("the metric needs the dimension Stage (the stage, or {stage}/Canary for its canary)"))?;
     let (stage, variant) = match stage.strip_suffix(CANARY_SUFFIX) {
         Some(s) => (s.to_string(), Variant::Canary),
         None => (stage, Variant::Production),
