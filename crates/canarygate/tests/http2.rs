@@ -671,7 +671,7 @@ async fn idle_unfinished_and_unread_http2_connections_meet_their_deadlines() {
 /// Ten connections of 100 streams, each an endless answer, to a client that opens a large window and
 /// never reads: each stream at work holds at most `sendBufferBytes` (64 KiB) waiting for the client
 /// plus 128 KiB (its upstream read buffer, up to 64 KiB, and the piece in hand), so the gateway grows by
-/// at most 192 KiB a stream (docs/configuration.md, `server.http2`). Before the bound: 0.54 MiB a
+/// at most 192 KiB a stream (docs/operations.md), plus a fixed allowance for the connections themselves. Before the bound: 0.54 MiB a
 /// stream, 555 MiB for the same frames. (The connections stop taking new streams once the unread bytes
 /// fill the buffers on the way, so fewer than 1,000 reach the upstream.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -713,7 +713,9 @@ async fn streams_to_a_client_that_never_reads_hold_bounded_memory() {
     let seen = seen.max(up.open());
     let grown_mib = most.saturating_sub(before) / 1024;
     eprintln!("RSS {before} KiB before, at most {most} KiB with {seen} unread streams at work (+{grown_mib} MiB)");
-    let bound_mib = seen as u64 * (64 + 128) / 1024;
+    // Per stream at work, the documented bound; beside it, a fixed 16 MiB for what is not per stream
+    // (the ten connections' own buffers, the allocator's arenas for the threads at work).
+    let bound_mib = seen as u64 * (64 + 128) / 1024 + 16;
     assert!(
         grown_mib < bound_mib,
         "the gateway grew by {grown_mib} MiB holding {seen} unread streams (bound {bound_mib} MiB)"
