@@ -310,7 +310,8 @@ async function rolloutPage(id) {
   crumbs(`<a href="#/">overview</a> / <a href="#/stage/${encodeURIComponent(r.api)}/${encodeURIComponent(r.stage)}">stage ${esc(r.api)}/${esc(r.stage)}</a> / rollout ${esc(id)}`);
   if (!$("#rollout-head")) {
     $("#view").innerHTML = `<div id="rollout-head"></div>
-      <div class="actions can-act-only" id="rollout-actions" hidden><button id="act-approve">Approve this step</button></div>
+      <div class="actions can-act-only" id="rollout-actions" hidden><button id="act-approve">Approve this step</button>
+        <button id="act-pause">Pause</button><button id="act-resume">Resume</button><button id="act-continue">End this step now</button></div>
       <div id="analysis" hidden><h2>Canary analysis</h2><p id="evidence-line" class="muted"></p>
         <div id="evidence-table"></div><div class="card"><div id="c-evidence"></div></div></div>
       <h2>Steps</h2><div class="steps" id="steps"></div>
@@ -324,12 +325,22 @@ async function rolloutPage(id) {
       <div class="fact"><div class="k">target</div><div class="v" id="rollout-target">${target(r.deploymentId, r.stageVariableOverrides)}</div></div>
       <div class="fact"><div class="k">time left</div><div class="v">${fmtSeconds(r.timeLeftSeconds)}</div></div>
       <div class="fact"><div class="k">alarms</div><div class="v">${esc(r.alarms.join(", ") || "none")}</div></div>
-    </div>${r.waitingFor ? `<p class="pill Created" id="waiting-for">${esc(r.waitingFor)}</p>` : ""}`;
+    </div>${r.paused ? `<p class="pill Stopped" id="paused">paused by ${esc(r.paused.by)} since ${time(r.paused.at)}</p>` : ""}${r.waitingFor ? `<p class="pill Created" id="waiting-for">${esc(r.waitingFor)}</p>` : ""}`;
   const awaiting = r.status === "InProgress" && (r.waitingFor || "").startsWith("waiting for an approval");
-  $("#rollout-actions").hidden = !(awaiting && canAct());
-  $("#act-approve").onclick = async () => {
-    try { await api("POST", `/v1/rollouts/${encodeURIComponent(id)}/approve`); toast("Step approved"); refresh(false); } catch (e) { toast("Refused: " + e.message); }
+  const step = r.currentStep != null ? r.steps[r.currentStep] : null;
+  const atStep = r.status === "InProgress" && ((r.phase && r.phase.phase) === "mirroring" || ((r.phase && r.phase.phase) === "shifting" && step && step.weight < 100));
+  $("#act-approve").hidden = !awaiting || !!r.paused;
+  $("#act-pause").hidden = !atStep || !!r.paused;
+  $("#act-resume").hidden = !r.paused;
+  $("#act-continue").hidden = !atStep || !!r.paused || (step && step.approval);
+  $("#rollout-actions").hidden = !(canAct() && (awaiting || atStep || r.paused));
+  const control = (action, done) => async () => {
+    try { await api("POST", `/v1/rollouts/${encodeURIComponent(id)}/${action}`); toast(done); refresh(false); } catch (e) { toast("Refused: " + e.message); }
   };
+  $("#act-approve").onclick = control("approve", "Step approved");
+  $("#act-pause").onclick = control("pause", "Rollout paused");
+  $("#act-resume").onclick = control("resume", "Rollout resumed");
+  $("#act-continue").onclick = control("continue", "The step's wait ends now");
   $("#steps").innerHTML = r.steps.map((s, i) => {
     const cls = r.currentStep === i ? "current" : (r.currentStep != null && i < r.currentStep) || r.status === "Succeeded" ? "done" : "";
     return `<span class="step ${cls}">${s.weight}%${s.approval ? " · approval" : s.waitSeconds ? " · " + s.waitSeconds + " s" : ""}</span>`;

@@ -111,6 +111,9 @@ pub fn router(state: AppState, auth: Auth) -> Router {
         .route("/rollouts/{id}/stop", post(rollouts::stop))
         .route("/rollouts/{id}/promote", post(rollouts::promote))
         .route("/rollouts/{id}/approve", post(rollouts::approve))
+        .route("/rollouts/{id}/pause", post(rollouts::pause))
+        .route("/rollouts/{id}/resume", post(rollouts::resume))
+        .route("/rollouts/{id}/continue", post(rollouts::continue_now))
         .route("/rollouts/{id}/hooks/{execution}", put(rollouts::hook_callback))
         .route("/alarms", get(rollouts::list_alarms))
         .route(

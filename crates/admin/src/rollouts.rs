@@ -146,6 +146,24 @@ pub async fn approve(State(s): State<AppState>, Path(id): Path<String>, Extensio
     Ok(Json(rollout_view(&r)))
 }
 
+/// `POST /v1/rollouts/{id}/pause`: holds the rollout at its step; the event names the caller.
+pub async fn pause(State(s): State<AppState>, Path(id): Path<String>, Extension(caller): Extension<Caller>) -> Result<Json<Value>> {
+    let r = s.store.mutate(move |st| st.pause_rollout(&id, &caller.name, Utc::now())).await?;
+    Ok(Json(rollout_view(&r)))
+}
+
+/// `POST /v1/rollouts/{id}/resume`: the paused step's wait goes on.
+pub async fn resume(State(s): State<AppState>, Path(id): Path<String>, Extension(caller): Extension<Caller>) -> Result<Json<Value>> {
+    let r = s.store.mutate(move |st| st.resume_rollout(&id, &caller.name, Utc::now())).await?;
+    Ok(Json(rollout_view(&r)))
+}
+
+/// `POST /v1/rollouts/{id}/continue`: ends the current step's wait now.
+pub async fn continue_now(State(s): State<AppState>, Path(id): Path<String>, Extension(caller): Extension<Caller>) -> Result<Json<Value>> {
+    let r = s.store.mutate(move |st| st.continue_rollout(&id, &caller.name, Utc::now())).await?;
+    Ok(Json(rollout_view(&r)))
+}
+
 pub async fn promote(State(s): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>> {
     let r = s.store.mutate(move |st| st.request_promote(&id, Utc::now())).await?;
     Ok(Json(rollout_view(&r)))

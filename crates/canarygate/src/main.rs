@@ -133,6 +133,12 @@ enum RolloutCmd {
     Promote { id: String },
     /// Approve the approval step a rollout waits at (a Steps plan's `approval: true`).
     Approve { id: String },
+    /// Hold a rollout at its step: the weight stays, the wait stops; alarms and analysis still act.
+    Pause { id: String },
+    /// Resume a paused rollout: its step's wait goes on with what was left.
+    Resume { id: String },
+    /// End the current step's wait now and go to the next step.
+    Continue { id: String },
 }
 
 #[derive(Subcommand)]
@@ -226,6 +232,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             RolloutCmd::Stop { id, no_rollback } => rollout_cli::stop(&c, &id, no_rollback).await,
             RolloutCmd::Promote { id } => rollout_cli::promote(&c, &id).await,
             RolloutCmd::Approve { id } => rollout_cli::approve(&c, &id).await,
+            RolloutCmd::Pause { id } => rollout_cli::control(&c, &id, "pause", "paused").await,
+            RolloutCmd::Resume { id } => rollout_cli::control(&c, &id, "resume", "resumed").await,
+            RolloutCmd::Continue { id } => rollout_cli::control(&c, &id, "continue", "asked to end the step's wait of").await,
         },
         Command::Alarms { cmd: AlarmsCmd::List } => rollout_cli::alarms_list(&c).await,
         Command::Alarms {

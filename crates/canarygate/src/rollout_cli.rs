@@ -305,6 +305,14 @@ pub fn rollout_text(r: &Value) -> String {
         s(r, "/deploymentId"),
         s(r, "/stageVariableOverrides"),
     );
+    if let Some(p) = r.get("paused").filter(|p| p.is_object()) {
+        out.push_str(&format!(
+            "\n  paused by {} since {}: canarygate rollout resume {}",
+            s(p, "/by"),
+            s(p, "/at"),
+            s(r, "/id")
+        ));
+    }
     if let Some(w) = r["waitingFor"].as_str() {
         out.push_str(&format!("\n  {w}"));
     }
@@ -381,6 +389,13 @@ pub async fn promote(c: &Client, id: &str) -> Result<()> {
 pub async fn approve(c: &Client, id: &str) -> Result<()> {
     let v = c.call(Method::POST, &format!("/v1/rollouts/{id}/approve"), None).await?;
     c.print(&v, |_| format!("approved the step rollout {id} waited at"));
+    Ok(())
+}
+
+/// `rollout pause|resume|continue`: one POST to the rollout's `action`.
+pub async fn control(c: &Client, id: &str, action: &str, done: &str) -> Result<()> {
+    let v = c.call(Method::POST, &format!("/v1/rollouts/{id}/{action}"), None).await?;
+    c.print(&v, |_| format!("{done} rollout {id}"));
     Ok(())
 }
 

@@ -155,11 +155,7 @@ async fn an_approval_step_waits_survives_a_restart_and_continues_when_approved()
     assert_eq!(st["canarySettings"]["percentTraffic"], 5.0, "{st}");
 
     // Approved with the CLI: on to 50%, then promoted; the event names the token's name, never the token.
-    let out = Command::new(env!("CARGO_BIN_EXE_canarygate"))
-        .args(["--server", &s.admin, "--token", TOKEN, "rollout", "approve", &id])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    cli_as_alice(&s, &["rollout", "approve", &id]);
     let r = until(&c, &s, &id, |r| r["status"] == "Succeeded").await;
     let (sent, failures) = load.finish().await;
     let approved = r["events"]
@@ -202,6 +198,9 @@ async fn an_alarm_during_the_wait_for_an_approval_rolls_back() {
     assert_eq!(status, 201, "{r}");
     let id = r["id"].as_str().unwrap().to_string();
     until(&c, &s, &id, waiting_for_approval).await;
+    // Paused as well: a paused rollout is still watched.
+    let (status, r) = admin_with_token(&c, &s, "POST", &format!("/v1/rollouts/{id}/pause"), None, Some(TOKEN)).await;
+    assert_eq!((status, r["paused"]["by"].as_str()), (200, Some("alice")), "{r}");
     // The canary starts failing while the rollout waits for a human.
     next.fail(0.5);
     let r = until(&c, &s, &id, |r| r["status"] != "InProgress").await;
@@ -213,4 +212,94 @@ async fn an_alarm_during_the_wait_for_an_approval_rolls_back() {
         .await
         .1;
     assert!(st["canarySettings"].is_null(), "{st}");
+}
+
+fn cli_as_alice(s: &Server, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_canarygate"))
+        .args(["--server", &s.admin, "--token", TOKEN])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Operator control: `rollout pause` holds a step past its interval (also through a SIGKILL), `resume`
+/// goes on with the rest of it, `continue` ends a ten-minute wait at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_resume_and_continue_a_timed_plan() {
+    let dir = tempfile::tempdir().unwrap();
+    let (prod, next) = (
+        Backend::start("v1", Behaviour::Echo).await,
+        Backend::start("v2", Behaviour::Echo).await,
+    );
+    let (mut s, d2) = setup(dir.path(), &prod).await;
+    let c = client();
+    let plan = json!({"type": "Steps", "steps": [
+        {"percentage": 5, "intervalSeconds": 3}, {"percentage": 20, "intervalSeconds": 600}, {"percentage": 50, "intervalSeconds": 1}]});
+    let (status, e) = admin_with_token(&c, &s, "PUT", "/v1/deployment-configs/Timed", Some(plan), Some(TOKEN)).await;
+    assert_eq!(status, 201, "{e}");
+    let body = json!({"deploymentId": d2, "stageVariableOverrides": {"backend": next.addr.to_string()},
+                      "deploymentConfig": "Timed", "alarms": ["canary-5xx"]});
+    let (status, r) = admin_with_token(&c, &s, "POST", "/v1/apis/orders/stages/prod/rollouts", Some(body), Some(TOKEN)).await;
+    assert_eq!(status, 201, "{r}");
+    let id = r["id"].as_str().unwrap().to_string();
+    until(&c, &s, &id, |r| r["currentStep"] == 0).await;
+
+    // Paused with the CLI; it holds 5% for twice the step's interval.
+    let out = cli_as_alice(&s, &["rollout", "pause", &id]);
+    assert!(out.contains("paused rollout"), "{out}");
+    let held_until = Instant::now() + Duration::from_secs(6);
+    while Instant::now() < held_until {
+        let r = get(&c, &s, &id).await;
+        assert_eq!((r["currentStep"].as_u64(), r["weight"].as_f64()), (Some(0), Some(5.0)), "{r}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // SIGKILL while paused: still paused after the restart, and still at 5%.
+    s.kill();
+    let data = s.data_dir.clone();
+    let cfg = dir.path().join("c.yaml");
+    s = Server::start(&data, &["--config", cfg.to_str().unwrap()], &[]);
+    let r = get(&c, &s, &id).await;
+    assert_eq!(r["paused"]["by"], "alice", "{r}");
+    let status_text = cli_as_alice(&s, &["rollout", "status", &id]);
+    assert!(status_text.contains("paused by alice"), "{status_text}");
+    let left = r["timeLeftSeconds"].as_u64().unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let r = get(&c, &s, &id).await;
+    assert_eq!(
+        r["timeLeftSeconds"].as_u64(),
+        Some(left),
+        "time left stands still while paused: {r}"
+    );
+    assert_eq!((r["currentStep"].as_u64(), r["weight"].as_f64()), (Some(0), Some(5.0)), "{r}");
+    // A second pause and a continue while paused are refused (409), naming why.
+    let (status, e) = admin_with_token(&c, &s, "POST", &format!("/v1/rollouts/{id}/continue"), None, Some(TOKEN)).await;
+    assert_eq!(status, 409, "{e}");
+    assert!(e.to_string().contains("resume it first"), "{e}");
+
+    // Resumed: the rest of the 3 s, then the ten-minute step.
+    cli_as_alice(&s, &["rollout", "resume", &id]);
+    let r = until(&c, &s, &id, |r| r["currentStep"] == 1).await;
+    assert_eq!(r["weight"], 20.0, "{r}");
+    assert!(r["paused"].is_null(), "{r}");
+    // `continue` ends the ten-minute wait at once: 50%, then promoted.
+    cli_as_alice(&s, &["rollout", "continue", &id]);
+    let r = until(&c, &s, &id, |r| r["status"] == "Succeeded").await;
+    let reasons: Vec<&str> = r["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["reason"].as_str())
+        .collect();
+    assert!(reasons.iter().any(|e| e.starts_with("paused by alice")), "{reasons:?}");
+    assert!(reasons.iter().any(|e| e.starts_with("resumed by alice")), "{reasons:?}");
+    assert!(reasons.contains(&"step ended early on request by alice"), "{reasons:?}");
+    assert!(!reasons.iter().any(|e| e.contains("gap")), "a pause is not a gap: {reasons:?}");
+    let created = chrono::DateTime::parse_from_rfc3339(r["createdAt"].as_str().unwrap()).unwrap();
+    let done = chrono::DateTime::parse_from_rfc3339(r["completedAt"].as_str().unwrap()).unwrap();
+    assert!(
+        (done - created).num_seconds() < 300,
+        "the ten-minute step did not run its course: {r}"
+    );
 }

@@ -318,7 +318,8 @@ impl Controller {
             let t = Instant::now();
             if let Some(last) = w.last_tick {
                 let d = t - last;
-                if d <= MAX_TICK_GAP {
+                // A paused rollout's wait does not run (the engine holds its step).
+                if d <= MAX_TICK_GAP && r.paused.is_none() {
                     w.extra_ms += d.as_millis() as u64;
                 }
             }

@@ -139,6 +139,15 @@ impl Machine<'_> {
                     let last = self.r.deployment_config.schedule().len() - 1;
                     return self.enter_step(last, input);
                 }
+                if self.r.paused.is_some() {
+                    return self.hold(Phase::Mirroring {
+                        watched_ms: input.watched_ms,
+                    });
+                }
+                if let Some(by) = self.r.continue_requested_by.take() {
+                    self.end_mirroring(format!("mirroring ended on request by {by}"));
+                    return self.enter_step(0, input);
+                }
                 if input.watched_ms >= m.seconds * 1000 {
                     self.end_mirroring(format!("mirroring ended after {} s without an alarm or a rejection", m.seconds));
                     self.enter_step(0, input);
@@ -155,6 +164,17 @@ impl Machine<'_> {
                     self.r.promote_requested = false;
                     self.event(Some(step), "promote requested: skipping to 100%".into(), None);
                     return self.enter_step(schedule.len() - 1, input);
+                }
+                if self.r.paused.is_some() {
+                    return self.hold(Phase::Shifting {
+                        step,
+                        watched_ms: input.watched_ms,
+                    });
+                }
+                if let Some(by) = self.r.continue_requested_by.take() {
+                    let observed = json!({"continuedBy": by, "watchedMs": input.watched_ms});
+                    self.event(Some(step), format!("step ended early on request by {by}"), Some(observed));
+                    return self.enter_step(step + 1, input);
                 }
                 let wait_ms = schedule.get(step).map_or(0, |s| s.wait_seconds * 1000);
                 if schedule.get(step).is_some_and(|s| s.approval) {
@@ -201,6 +221,18 @@ impl Machine<'_> {
                 None => {}
             },
             Phase::Done => {}
+        }
+    }
+
+    /// A paused rollout holds its step: the watched time reached when the pause began is recorded
+    /// (the driver counts no more while paused), and the checkpoint keeps moving so a restart sees no
+    /// gap.
+    fn hold(&mut self, at: Phase) {
+        if self.r.phase != at {
+            self.r.phase = at;
+            self.r.checkpoint_at = self.now;
+        } else if (self.now - self.r.checkpoint_at).num_milliseconds() >= CHECKPOINT_MS as i64 {
+            self.r.checkpoint_at = self.now;
         }
     }
 

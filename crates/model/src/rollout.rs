@@ -184,6 +184,14 @@ pub struct PreviousStage {
     pub mirror: Option<crate::stage::MirrorSettings>,
 }
 
+/// Who paused a rollout, and when.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Pause {
+    pub by: String,
+    pub at: DateTime<Utc>,
+}
+
 /// One entry of a rollout's history.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -244,6 +252,13 @@ pub struct Rollout {
     /// An approval of the current approval step, by this caller, carried out by the next step.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approved_by: Option<String>,
+    /// Paused by an operator: the weight holds and the step's watched time stops; alarms and the
+    /// analysis keep watching and still roll back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused: Option<Pause>,
+    /// "End the current wait now", by this caller, carried out by the next step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub continue_requested_by: Option<String>,
     pub events: Vec<RolloutEvent>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -485,6 +500,8 @@ impl State {
             stop_requested: None,
             promote_requested: false,
             approved_by: None,
+            paused: None,
+            continue_requested_by: None,
             events: vec![RolloutEvent {
                 time: now,
                 status: RolloutStatus::Created,
@@ -554,6 +571,62 @@ impl State {
         Ok(r.clone())
     }
 
+    /// Pauses a rollout at a timed or approval step, or in its mirroring phase; `by` names the caller.
+    pub fn pause_rollout(&mut self, id: &str, by: &str, now: DateTime<Utc>) -> Result<Rollout> {
+        let r = self.active_rollout_mut(id)?;
+        if let Some(p) = &r.paused {
+            return Err(Error::Conflict(format!("rollout {id} is already paused (by {})", p.by)));
+        }
+        if !matches!(r.phase, Phase::Shifting { .. } | Phase::Mirroring { .. }) || r.promoted {
+            return Err(Error::Conflict(format!(
+                "rollout {id} is not at a step (it is {}); only a step's wait can be paused",
+                phase_name(&r.phase)
+            )));
+        }
+        r.paused = Some(Pause {
+            by: by.to_string(),
+            at: now,
+        });
+        let reason = format!("paused by {by}: the weight holds and the step's wait stops; alarms and the analysis keep watching");
+        push_event(r, now, reason, serde_json::json!({"pausedBy": by}));
+        Ok(r.clone())
+    }
+
+    /// Resumes a paused rollout: its step's wait goes on with what was left of it.
+    pub fn resume_rollout(&mut self, id: &str, by: &str, now: DateTime<Utc>) -> Result<Rollout> {
+        let r = self.active_rollout_mut(id)?;
+        let Some(p) = r.paused.take() else {
+            return Err(Error::Conflict(format!("rollout {id} is not paused")));
+        };
+        let held = (now - p.at).num_milliseconds().max(0) as f64 / 1000.0;
+        let reason = format!("resumed by {by} after {held:.1} s paused");
+        push_event(r, now, reason, serde_json::json!({"resumedBy": by, "pausedSeconds": held}));
+        Ok(r.clone())
+    }
+
+    /// Ends the current step's wait (or the mirroring phase) now: the next step comes on the
+    /// controller's next tick, without waiting for the rest of the wait or `minCanaryRequests`.
+    pub fn continue_rollout(&mut self, id: &str, by: &str, now: DateTime<Utc>) -> Result<Rollout> {
+        let r = self.active_rollout_mut(id)?;
+        if r.paused.is_some() {
+            return Err(Error::Conflict(format!("rollout {id} is paused; resume it first")));
+        }
+        let at_wait = match r.phase {
+            Phase::Shifting { step, .. } => !r.promoted && r.deployment_config.schedule().get(step).is_some_and(|s| !s.approval),
+            Phase::Mirroring { .. } => true,
+            _ => false,
+        };
+        if !at_wait {
+            return Err(Error::Conflict(format!(
+                "rollout {id} is not waiting at a timed step (it is {}); an approval step is approved instead",
+                phase_name(&r.phase)
+            )));
+        }
+        r.continue_requested_by = Some(by.to_string());
+        r.updated_at = now;
+        Ok(r.clone())
+    }
+
     /// Records a hook's outcome (its callback, or its HTTP reply).
     pub fn record_hook(&mut self, id: &str, execution_id: &str, status: HookStatus, message: Option<String>) -> Result<Rollout> {
         let r = self.active_rollout_mut(id)?;
@@ -571,6 +644,29 @@ impl State {
         exec.message = message;
         Ok(r.clone())
     }
+}
+
+fn phase_name(p: &Phase) -> &'static str {
+    match p {
+        Phase::Created => "not started",
+        Phase::BeforeAllowTraffic { .. } => "waiting for its BeforeAllowTraffic hook",
+        Phase::Mirroring { .. } => "mirroring",
+        Phase::Shifting { .. } => "at a step",
+        Phase::AfterAllowTraffic { .. } => "waiting for its AfterAllowTraffic hook",
+        Phase::Done => "done",
+    }
+}
+
+fn push_event(r: &mut Rollout, now: DateTime<Utc>, reason: String, observed: serde_json::Value) {
+    r.events.push(RolloutEvent {
+        time: now,
+        status: r.status,
+        step: r.step_index(),
+        weight: r.weight,
+        reason,
+        observed: Some(observed),
+    });
+    r.updated_at = now;
 }
 
 /// The status of an alarm as the API shows it.
