@@ -354,7 +354,14 @@ impl Machine<'_> {
             stage_variable_overrides: self.r.stage_variable_overrides.clone(),
             use_stage_cache: false,
         };
-        self.with_stage(|s| s.canary_settings = Some(canary));
+        let salt = (!self.r.salt.is_empty()).then(|| self.r.salt.clone());
+        self.with_stage(|s| {
+            s.canary_settings = Some(canary);
+            // The stage keeps the rollout's salt afterwards (a pinned one stays in its routing).
+            if salt.is_some() && s.canary_routing.salt.is_none() {
+                s.sticky_salt = salt;
+            }
+        });
         self.event(
             None,
             format!("rollout started with {}: canary ready at 0%", self.r.deployment_config.name),

@@ -9,7 +9,7 @@ use std::time::Duration;
 use canarygate_metrics::{Registry, Series};
 use canarygate_model::state::ApiState;
 use canarygate_model::template::{self, PathSegment, Template};
-use canarygate_model::{CanaryRouting, Deployment, Integration, Method, State, Variant};
+use canarygate_model::{Deployment, Integration, Method, State, Variant};
 use http::{HeaderName, HeaderValue};
 
 use crate::cache::{fingerprint, StageCache};
@@ -187,7 +187,7 @@ pub struct StageRoute {
     /// A request goes to the canary when a uniform `u64` (random or a sticky hash) is below this.
     pub canary_threshold: u64,
     pub canary_always: bool,
-    pub routing: CanaryRouting,
+    pub routing: crate::choose::Routing,
     /// The stage cache, when enabled, and its time to live.
     pub cache: Option<Arc<StageCache>>,
     pub cache_ttl: Duration,
@@ -287,7 +287,7 @@ fn build_api(api_name: &str, a: &Arc<ApiState>, previous: Option<&ApiRoutes>, me
             canary,
             canary_threshold,
             canary_always,
-            routing: s.canary_routing.clone(),
+            routing: crate::choose::Routing::compile(&s.canary_routing, &s.sticky_salt()),
             cache: stage_cache(s, previous.and_then(|p| p.stages.get(sname))),
             cache_ttl: Duration::from_secs(u64::from(s.cache.ttl_seconds)),
             cache_flushed_at: s.cache_flushed_at,

@@ -460,6 +460,15 @@ fn stage_ops(cur: &crate::Stage, want: &StageInput) -> Vec<PatchOperation> {
     if cr.stickiness != wr.stickiness {
         ops.push(PatchOperation::replace("/canaryRouting/stickiness", wr.stickiness.to_string()));
     }
+    // The rest of the routing (trust, salt, cohorts) as one object.
+    if (&cr.header_from, &cr.header_token, &cr.salt, &cr.cohorts) != (&wr.header_from, &wr.header_token, &wr.salt, &wr.cohorts) {
+        let mut whole = wr.clone();
+        let _ = whole.validate();
+        ops.push(PatchOperation::replace(
+            "/canaryRouting",
+            serde_json::to_string(&whole).expect("canary routing serializes"),
+        ));
+    }
     if let Some(wc) = &want.canary_settings {
         let cc = cur.canary_settings.as_ref();
         if let Some(id) = &wc.deployment_id {

@@ -12,7 +12,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::stage::{parse_percent, valid_token, validate_variable, CanarySettings, MirrorSettings, Stickiness};
+use crate::stage::{parse_percent, valid_token, validate_variable, CanaryRouting, CanarySettings, MirrorSettings, Stickiness};
 use crate::{Error, Result, Stage};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -151,6 +151,11 @@ pub(crate) fn apply(stage: &mut Stage, op: &PatchOperation, index: usize, deploy
                 .ok_or_else(|| Error::invalid(&field, "", format!("{path} needs a value")))?;
             if path == "/canarySettings" || path == "/mirror" {
                 None
+            } else if path == "/canaryRouting" {
+                Some(match v {
+                    serde_json::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                })
             } else {
                 Some(value_string(v).ok_or_else(|| Error::invalid(&field, v.to_string(), "must be a string"))?)
             }
@@ -292,6 +297,16 @@ pub(crate) fn apply(stage: &mut Stage, op: &PatchOperation, index: usize, deploy
                 stage.canary_routing.cookie = v;
             }
         }
+        "/canaryRouting/salt" => {
+            stage.canary_routing.salt = value.clone();
+            stage.canary_routing.validate()?;
+        }
+        "/canaryRouting" => {
+            let v = need(&value)?;
+            let mut r: CanaryRouting = serde_json::from_str(&v).map_err(|e| Error::invalid(path, &v, format!("must be canary routing JSON: {e}")))?;
+            r.validate()?;
+            stage.canary_routing = r;
+        }
         "/canaryRouting/stickiness" => {
             stage.canary_routing.stickiness = match &value {
                 Some(v) => Stickiness::parse(path, v)?,
@@ -334,7 +349,7 @@ pub(crate) fn apply(stage: &mut Stage, op: &PatchOperation, index: usize, deploy
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{CacheSettings, CanaryRouting};
+    use crate::CacheSettings;
 
     fn stage() -> Stage {
         let t = chrono::DateTime::from_timestamp(0, 0).unwrap();
@@ -346,6 +361,7 @@ mod tests {
             cache: CacheSettings::default(),
             canary_settings: None,
             canary_routing: CanaryRouting::default(),
+            sticky_salt: None,
             mirror: None,
             active_rollout: None,
             created_at: t,

@@ -220,6 +220,10 @@ pub struct Rollout {
     pub alarms: Vec<String>,
     pub hooks: Hooks,
     pub auto_rollback: Vec<AutoRollback>,
+    /// The sticky hash's salt while this rollout runs: its own (its id), or the stage's pinned
+    /// `canaryRouting.salt`. Within the rollout a key on the canary stays on it as the weight grows.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub salt: String,
     /// The CodeDeploy application and deployment group, for a rollout made by CodeDeploy's
     /// `CreateDeployment`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -480,6 +484,7 @@ impl State {
             alarms: req.alarms,
             hooks: req.hooks,
             auto_rollback,
+            salt: st.canary_routing.salt.clone().unwrap_or_else(|| id.clone()),
             codedeploy: None,
             analysis_state: analysis.as_ref().map(AnalysisState::new),
             analysis,

@@ -256,10 +256,29 @@ pub struct CanaryRouting {
     pub cookie: Option<String>,
     #[serde(default)]
     pub stickiness: Stickiness,
+    /// The addresses (CIDRs) whose requests may force a variant with the header; default loopback
+    /// only, so a public client cannot opt itself into a canary.
+    #[serde(default = "default_header_from")]
+    pub header_from: Vec<String>,
+    /// When set, a request from any address may force a variant with the header if its value carries
+    /// this token: `canary; token=<headerToken>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header_token: Option<String>,
+    /// Pins the sticky hash's salt: the same keys land on the canary in every rollout. Default: each
+    /// rollout draws its own (the stage keeps the last one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub salt: Option<String>,
+    /// Requests matching one of these go to its variant before the weighted draw (counted as forced).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cohorts: Vec<Cohort>,
 }
 
 fn default_variant_header() -> Option<String> {
     Some("x-canarygate-variant".into())
+}
+
+fn default_header_from() -> Vec<String> {
+    vec!["127.0.0.0/8".into(), "::1/128".into()]
 }
 
 impl Default for CanaryRouting {
@@ -268,7 +287,113 @@ impl Default for CanaryRouting {
             header: default_variant_header(),
             cookie: None,
             stickiness: Stickiness::None,
+            header_from: default_header_from(),
+            header_token: None,
+            salt: None,
+            cohorts: Vec::new(),
         }
+    }
+}
+
+/// The most cohorts a stage may have, and the most values one may list.
+pub const MAX_COHORTS: usize = 64;
+pub const MAX_COHORT_VALUES: usize = 1000;
+
+/// A cohort rule: requests whose header, cookie or query parameter matches (equal to a value, one of a
+/// list, or starting with a prefix), or whose source address is in one of the CIDRs, go to `variant`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Cohort {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cookie: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_cidrs: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub equals: Option<String>,
+    #[serde(default, rename = "in", skip_serializing_if = "Option::is_none")]
+    pub one_of: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// `canary` (default) or `production`.
+    #[serde(default = "canary_variant")]
+    pub variant: crate::Variant,
+}
+
+fn canary_variant() -> crate::Variant {
+    crate::Variant::Canary
+}
+
+/// Parses a CIDR (`10.0.0.0/8`, `2001:db8::/32`, or one address): the network and its prefix length.
+pub fn parse_cidr(field: &str, s: &str) -> Result<(std::net::IpAddr, u8)> {
+    let bad = || Error::invalid(field, s, "must be a CIDR such as 10.0.0.0/8 or 2001:db8::/32, or an address");
+    let (addr, len) = match s.split_once('/') {
+        Some((a, l)) => (a, Some(l)),
+        None => (s, None),
+    };
+    let addr: std::net::IpAddr = addr.trim().parse().map_err(|_| bad())?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    let len = match len {
+        Some(l) => l.trim().parse::<u8>().ok().filter(|l| *l <= max).ok_or_else(bad)?,
+        None => max,
+    };
+    Ok((addr, len))
+}
+
+impl Cohort {
+    fn validate(&self, field: &str) -> Result<()> {
+        let sources = [self.header.is_some(), self.cookie.is_some(), self.query.is_some(), self.source_cidrs.is_some()];
+        if sources.iter().filter(|x| **x).count() != 1 {
+            return Err(Error::invalid(
+                field,
+                serde_json::to_string(self).unwrap_or_default(),
+                "needs exactly one of header, cookie, query or sourceCidrs",
+            ));
+        }
+        if self.variant == crate::Variant::Mirror {
+            return Err(Error::invalid(format!("{field}.variant"), "mirror", "must be canary or production"));
+        }
+        let matches = [self.equals.is_some(), self.one_of.is_some(), self.prefix.is_some()];
+        let n = matches.iter().filter(|x| **x).count();
+        if let Some(cidrs) = &self.source_cidrs {
+            if n != 0 {
+                return Err(Error::invalid(field, "sourceCidrs", "takes no equals, in or prefix"));
+            }
+            if cidrs.is_empty() || cidrs.len() > MAX_COHORT_VALUES {
+                return Err(Error::invalid(format!("{field}.sourceCidrs"), cidrs.len().to_string(), "must list 1 to 1000 CIDRs"));
+            }
+            for (i, c) in cidrs.iter().enumerate() {
+                parse_cidr(&format!("{field}.sourceCidrs[{i}]"), c)?;
+            }
+            return Ok(());
+        }
+        if let Some(h) = &self.header {
+            if !valid_token(h) {
+                return Err(Error::invalid(format!("{field}.header"), h, "is not a valid header name"));
+            }
+        }
+        for (name, v) in [("cookie", &self.cookie), ("query", &self.query)] {
+            if let Some(v) = v {
+                if v.is_empty() || v.len() > 256 {
+                    return Err(Error::invalid(format!("{field}.{name}"), v, "must be 1 to 256 characters"));
+                }
+            }
+        }
+        if n != 1 {
+            return Err(Error::invalid(field, serde_json::to_string(self).unwrap_or_default(), "needs exactly one of equals, in or prefix"));
+        }
+        if let Some(list) = &self.one_of {
+            if list.is_empty() || list.len() > MAX_COHORT_VALUES {
+                return Err(Error::invalid(format!("{field}.in"), list.len().to_string(), "must list 1 to 1000 values"));
+            }
+        }
+        if self.prefix.as_deref() == Some("") {
+            return Err(Error::invalid(format!("{field}.prefix"), "", "must not be empty"));
+        }
+        Ok(())
     }
 }
 
@@ -285,6 +410,28 @@ impl CanaryRouting {
                 return Err(Error::invalid("canaryRouting.cookie", c.as_str(), "is not a valid cookie name"));
             }
         }
+        if self.header_from.len() > MAX_COHORT_VALUES {
+            return Err(Error::invalid("canaryRouting.headerFrom", self.header_from.len().to_string(), "must list at most 1000 CIDRs"));
+        }
+        for (i, c) in self.header_from.iter().enumerate() {
+            parse_cidr(&format!("canaryRouting.headerFrom[{i}]"), c)?;
+        }
+        if let Some(t) = &self.header_token {
+            if t.len() < 16 || t.len() > 256 || !t.bytes().all(|b| b.is_ascii_graphic() && b != b';') {
+                return Err(Error::invalid("canaryRouting.headerToken", "(hidden)", "must be 16 to 256 visible characters without ;"));
+            }
+        }
+        if let Some(salt) = &self.salt {
+            if salt.is_empty() || salt.len() > 256 {
+                return Err(Error::invalid("canaryRouting.salt", salt, "must be 1 to 256 characters"));
+            }
+        }
+        if self.cohorts.len() > MAX_COHORTS {
+            return Err(Error::invalid("canaryRouting.cohorts", self.cohorts.len().to_string(), "must list at most 64 cohorts"));
+        }
+        for (i, c) in self.cohorts.iter().enumerate() {
+            c.validate(&format!("canaryRouting.cohorts[{i}]"))?;
+        }
         Ok(())
     }
 }
@@ -300,6 +447,10 @@ pub struct Stage {
     pub cache: CacheSettings,
     pub canary_settings: Option<CanarySettings>,
     pub canary_routing: CanaryRouting,
+    /// The sticky hash's salt the last rollout drew (kept between rollouts); `canaryRouting.salt`
+    /// pins one instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sticky_salt: Option<String>,
     /// Copies of production requests to the canary; they go only while the stage has a canary.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mirror: Option<MirrorSettings>,
@@ -321,6 +472,15 @@ impl Stage {
     pub fn touch(&mut self, now: DateTime<Utc>) {
         self.updated_at = now;
         self.version += 1;
+    }
+
+    /// The salt of the sticky hash: the pinned one, else the last rollout's, else the stage's name (so
+    /// two stages never share one).
+    pub fn sticky_salt(&self) -> String {
+        match (&self.canary_routing.salt, &self.sticky_salt) {
+            (Some(s), _) | (None, Some(s)) => s.clone(),
+            (None, None) => format!("{}/{}", self.api, self.name),
+        }
     }
 
     /// The canary's effective variables: the stage's overlaid with the overrides.

@@ -254,6 +254,7 @@ impl State {
             cache: input.cache,
             canary_settings: canary,
             canary_routing: routing,
+            sticky_salt: existing.and_then(|s| s.sticky_salt.clone()),
             mirror,
             active_rollout: None,
             created_at,
