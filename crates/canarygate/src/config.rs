@@ -119,6 +119,9 @@ pub struct ServerSection {
     /// HTTP/2 connections' limits.
     #[serde(default)]
     pub http2: Http2Section,
+    /// The admin API's address as users reach it (`https://canarygate.example.com`): chat
+    /// notifications link to the dashboard there.
+    pub public_url: Option<String>,
     /// The AWS-compatible endpoints' listener (API Gateway, CodeDeploy, CloudWatch); off unless set.
     pub aws_listen: Option<SocketAddr>,
     /// The region AWS clients sign for (default `us-east-1`).

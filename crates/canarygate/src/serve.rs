@@ -586,7 +586,8 @@ pub async fn start(cfg: &ConfigFile, args: &ServeArgs) -> Result<Running> {
     let admin = tokio::spawn(async move {
         canarygate_admin::listener::serve(admin_listener, app, admin_limits, admin_shutdown).await;
     });
-    let mut controller = Controller::new(store.clone(), metrics.clone(), Arc::new(SystemClock));
+    let mut controller =
+        Controller::new(store.clone(), metrics.clone(), Arc::new(SystemClock)).with_public_url(cfg.server.public_url.clone());
     if let Some(coordinator) = &coordinator {
         let addresses = format!("gateway=http://{gateway_addr},admin=http://{admin_addr}");
         let me = Replica {
@@ -856,6 +857,12 @@ pub fn settings(cfg: &ConfigFile, args: &ServeArgs, open_files: u64) -> Result<S
             Some(s) => bail!("server.upgradeIdleTimeoutSeconds: {s} is not a number of seconds from 1 to 86400"),
         },
     };
+    if let Some(u) = &cfg.server.public_url {
+        let ok = (u.starts_with("http://") || u.starts_with("https://")) && u.len() <= 2048 && !u.contains(char::is_whitespace);
+        if !ok {
+            bail!("server.publicUrl {u:?}: not an http:// or https:// URL (the admin API's address as users reach it)");
+        }
+    }
     let lease_seconds = match cfg.server.lease_seconds {
         None => 10,
         Some(s @ 2..=300) => s,

@@ -391,16 +391,25 @@ async fn a_failing_cohort_alone_is_not_the_random_canarys_errors() {
     // The backend answers 500 to `fail`: every cohort request fails, on the canary only.
     let cohort = Load::start(&f.c, &format!("{}/orders/prod/items?beta=1&fail=1", f.s.gateway), 2);
     let id = start(&f, 8, json!({"errorRate": {"alpha": 0.01}})).await;
-    let r = until(&f, &id, Duration::from_secs(60), |r| r["status"] != "InProgress" && r["status"] != "Created").await;
+    let r = until(&f, &id, Duration::from_secs(60), |r| {
+        r["status"] != "InProgress" && r["status"] != "Created"
+    })
+    .await;
     let (_, cohort_failures) = cohort.finish().await;
     let (sent, failures) = random.finish().await;
     assert_eq!(r["status"], "Succeeded", "{}", last_event(&r));
     assert!(failures.is_empty(), "{} of {sent} random requests failed", failures.len());
     // The cohort's requests did reach the canary and fail there.
     assert!(f.next.calls() > 0);
-    assert!(cohort_failures.is_empty(), "the backend's own 500s are answers, not failures: {cohort_failures:?}");
+    assert!(
+        cohort_failures.is_empty(),
+        "the backend's own 500s are answers, not failures: {cohort_failures:?}"
+    );
     let canary_errors = v1_sum(&f.c, &f.s, "canary", "5XXError").await;
-    assert!(canary_errors >= 10.0, "the cohort's errors are in the canary's metrics ({canary_errors})");
+    assert!(
+        canary_errors >= 10.0,
+        "the cohort's errors are in the canary's metrics ({canary_errors})"
+    );
     let judged = &r["evidence"]["errorRate"];
     assert_eq!(judged["canaryErrors"].as_u64(), Some(0), "{judged}");
 }

@@ -238,3 +238,154 @@ async fn pending_deliveries_survive_a_sigkill() {
     assert_eq!(rx.types(), WANT);
     drop(s);
 }
+
+/// Checks a Slack incoming-webhook message against the limits Slack documents for Block Kit: a
+/// fallback `text`; at most 50 blocks; a header's plain_text at most 150 characters; a section's text
+/// at most 3,000 or at most 10 fields of at most 2,000; a button's text at most 75 and its URL at most
+/// 3,000 characters.
+fn check_slack(m: &Value) {
+    assert!(m["text"].as_str().is_some_and(|t| !t.is_empty()), "{m}");
+    let blocks = m["blocks"].as_array().expect("blocks");
+    assert!(!blocks.is_empty() && blocks.len() <= 50, "{m}");
+    let text_len = |t: &Value, kinds: &[&str], max: usize| {
+        assert!(kinds.contains(&t["type"].as_str().unwrap()), "{t}");
+        let s = t["text"].as_str().expect("text");
+        assert!(!s.is_empty() && s.chars().count() <= max, "{t}");
+    };
+    for b in blocks {
+        match b["type"].as_str().unwrap() {
+            "header" => text_len(&b["text"], &["plain_text"], 150),
+            "section" => match b.get("fields") {
+                Some(fields) => {
+                    let fields = fields.as_array().unwrap();
+                    assert!(!fields.is_empty() && fields.len() <= 10, "{b}");
+                    fields.iter().for_each(|f| text_len(f, &["mrkdwn", "plain_text"], 2000));
+                }
+                None => text_len(&b["text"], &["mrkdwn", "plain_text"], 3000),
+            },
+            "context" => b["elements"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .for_each(|e| text_len(e, &["mrkdwn", "plain_text"], 3000)),
+            "actions" => {
+                for e in b["elements"].as_array().unwrap() {
+                    assert_eq!(e["type"], "button");
+                    text_len(&e["text"], &["plain_text"], 75);
+                    assert!(
+                        e["url"].as_str().is_some_and(|u| u.len() <= 3000 && u.starts_with("https://")),
+                        "{e}"
+                    );
+                }
+            }
+            other => panic!("block type {other} is not one canarygate sends: {b}"),
+        }
+    }
+}
+
+/// Checks a Teams Workflows message: a `message` with one adaptive card attachment (AdaptiveCard with
+/// a version, a body of TextBlocks with text and FactSets of title/value pairs, OpenUrl actions).
+fn check_teams(m: &Value) {
+    assert_eq!(m["type"], "message", "{m}");
+    let a = &m["attachments"][0];
+    assert_eq!(a["contentType"], "application/vnd.microsoft.card.adaptive", "{m}");
+    let card = &a["content"];
+    assert_eq!(card["type"], "AdaptiveCard");
+    assert_eq!(card["$schema"], "http://adaptivecards.io/schemas/adaptive-card.json");
+    assert!(card["version"].as_str().is_some_and(|v| v.starts_with("1.")), "{card}");
+    for item in card["body"].as_array().expect("body") {
+        match item["type"].as_str().unwrap() {
+            "TextBlock" => assert!(item["text"].as_str().is_some_and(|t| !t.is_empty()), "{item}"),
+            "FactSet" => {
+                for f in item["facts"].as_array().unwrap() {
+                    assert!(f["title"].is_string() && f["value"].is_string(), "{f}");
+                }
+            }
+            other => panic!("element {other} is not one canarygate sends: {item}"),
+        }
+    }
+    for action in card["actions"].as_array().expect("actions with a publicUrl") {
+        assert_eq!(action["type"], "Action.OpenUrl");
+        assert!(action["title"].is_string() && action["url"].is_string(), "{action}");
+    }
+}
+
+/// A rolled-back rollout notified in Slack's and Teams' formats, each a readable message with the
+/// stage, step, weight, the evidence line and a link to the rollout's dashboard page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slack_and_teams_get_their_own_shapes_for_a_rolled_back_rollout() {
+    let (slack, teams) = (Receiver::start(true).await, Receiver::start(true).await);
+    let (prod, next) = (
+        Backend::start("v1", Behaviour::Echo).await,
+        Backend::start("v2", Behaviour::FailTenths(5)).await,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.yaml");
+    std::fs::write(&cfg, "server:\n  publicUrl: https://canarygate.example.com/\n").unwrap();
+    let s = Server::start(&dir.path().join("data"), &["--config", cfg.to_str().unwrap()], &[]);
+    let c = client();
+    for (name, format, rx) in [("slack", "slack", &slack), ("teams", "teams", &teams)] {
+        let n = json!({"url": format!("http://{}/hook", rx.addr), "format": format, "events": ["RolledBack"]});
+        let v = ok(&c, &s, "PUT", &format!("/v1/notifications/{name}"), Some(n)).await;
+        assert_eq!(v["format"], format);
+    }
+    let (status, e) = admin(
+        &c,
+        &s,
+        "PUT",
+        "/v1/notifications/x",
+        Some(json!({"url": "http://h/x", "format": "discord"})),
+    )
+    .await;
+    assert_eq!(status, 400, "{e}");
+    assert!(e.to_string().contains("discord"), "{e}");
+
+    let routes =
+        json!({"routes": [{"path": "/{proxy+}", "integration": {"type": "http", "uri": "http://${stageVariables.backend}/{proxy}"}}]});
+    ok(&c, &s, "PUT", "/v1/apis/orders", Some(routes)).await;
+    let d1 = ok(&c, &s, "POST", "/v1/apis/orders/deployments", Some(json!({}))).await;
+    let stage = json!({"deploymentId": d1["id"], "variables": {"backend": prod.addr.to_string()}});
+    ok(&c, &s, "PUT", "/v1/apis/orders/stages/prod", Some(stage)).await;
+    canary_plan_and_alarm(&c, &s, "Canary20Percent30Seconds", 30).await;
+    let load = Load::start(&c, &format!("{}/orders/prod/items", s.gateway), 4);
+    let body = json!({"stageVariableOverrides": {"backend": next.addr.to_string()}, "deploymentConfig": "Canary20Percent30Seconds",
+                      "alarms": ["canary-5xx"], "analysis": {"errorRate": {"alpha": 0.01}}});
+    let r = ok(&c, &s, "POST", "/v1/apis/orders/stages/prod/rollouts", Some(body)).await;
+    let id = r["id"].as_str().unwrap().to_string();
+    assert_eq!(wait_rollout(&c, &s, &id, Duration::from_secs(30)).await["status"], "RolledBack");
+    load.finish().await;
+
+    let received = |rx: &Receiver| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some((h, body)) = rx.got.lock().unwrap().first().cloned() {
+                assert_eq!(h["content-type"], "application/json");
+                return serde_json::from_slice::<Value>(&body).unwrap();
+            }
+            assert!(Instant::now() < deadline, "nothing received");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let link = format!("https://canarygate.example.com/ui/#/rollout/{id}");
+    let m = received(&slack);
+    check_slack(&m);
+    let text = m.to_string();
+    assert!(text.contains(&format!("Rollout {id} on orders/prod: rolled back")), "{m}");
+    assert!(
+        text.contains("*Weight*") && text.contains("errors: canary"),
+        "the weight and the evidence line: {m}"
+    );
+    assert!(text.contains(&link), "{m}");
+    let m = received(&teams);
+    check_teams(&m);
+    let card = &m["attachments"][0]["content"];
+    let facts: Vec<&str> = card["body"][2]["facts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["title"].as_str().unwrap())
+        .collect();
+    assert_eq!(facts, ["Stage", "Status", "Step", "Weight", "Deployment"]);
+    assert!(card.to_string().contains("errors: canary"), "{card}");
+    assert_eq!(card["actions"][0]["url"], link.as_str());
+}

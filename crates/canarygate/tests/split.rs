@@ -233,8 +233,22 @@ async fn stop(c: &reqwest::Client, s: &Server, id: &str) {
 /// the canary as the weight grows, and a pinned `canaryRouting.salt` gives the same set every time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_rollout_salts_the_sticky_keys_and_a_pinned_salt_repeats_them() {
-    let Fixture { s, prod: _prod, canary, c, dir: _dir, .. } = fixture(0.0, json!({"stickiness": "header:x-user"})).await;
-    ok(&c, &s, "PATCH", "/v1/apis/orders/stages/prod", Some(json!({"patchOperations": [{"op": "remove", "path": "/canarySettings"}]}))).await;
+    let Fixture {
+        s,
+        prod: _prod,
+        canary,
+        c,
+        dir: _dir,
+        ..
+    } = fixture(0.0, json!({"stickiness": "header:x-user"})).await;
+    ok(
+        &c,
+        &s,
+        "PATCH",
+        "/v1/apis/orders/stages/prod",
+        Some(json!({"patchOperations": [{"op": "remove", "path": "/canarySettings"}]})),
+    )
+    .await;
     let plan = json!({"type": "Steps", "steps": [{"percentage": 20, "approval": true}, {"percentage": 50, "approval": true}]});
     ok(&c, &s, "PUT", "/v1/deployment-configs/Gates", Some(plan)).await;
     let url = format!("{}/orders/prod/x", s.gateway);
@@ -247,14 +261,22 @@ async fn each_rollout_salts_the_sticky_keys_and_a_pinned_salt_repeats_them() {
     at_weight(&c, &s, &first, 50.0).await;
     let b1 = canary_keys(&c, &url, n).await;
     within_4_sigma(b1.len(), n, 50.0);
-    assert!(a1.is_subset(&b1), "keys left the canary as the weight grew: {:?}", a1.difference(&b1).collect::<Vec<_>>());
+    assert!(
+        a1.is_subset(&b1),
+        "keys left the canary as the weight grew: {:?}",
+        a1.difference(&b1).collect::<Vec<_>>()
+    );
     stop(&c, &s, &first).await;
 
     let second = gated_rollout(&c, &s, &canary).await;
     let a2 = canary_keys(&c, &url, n).await;
     within_4_sigma(a2.len(), n, 20.0);
     let both = a1.intersection(&a2).count();
-    eprintln!("rollouts {first} and {second}: {} and {} keys on the canary, {both} on both", a1.len(), a2.len());
+    eprintln!(
+        "rollouts {first} and {second}: {} and {} keys on the canary, {both} on both",
+        a1.len(),
+        a2.len()
+    );
     // Independent salts: about 20% of 20% (40 of 1,000), far from the 200 one salt would give.
     within_4_sigma(both, n, 4.0);
     // The stage keeps the last rollout's salt after it ends.
@@ -282,7 +304,14 @@ async fn each_rollout_salts_the_sticky_keys_and_a_pinned_salt_repeats_them() {
 async fn cohorts_win_over_the_weight_and_untrusted_clients_cannot_force_the_canary() {
     let routing = json!({"headerFrom": ["10.0.0.0/8"], "headerToken": "qa-token-0123456789",
         "cohorts": [{"header": "x-tenant", "in": ["a", "b", "c"]}, {"query": "beta", "equals": "1"}]});
-    let Fixture { s, prod: _prod, canary: _canary, c, dir: _dir, .. } = fixture(0.0, routing).await;
+    let Fixture {
+        s,
+        prod: _prod,
+        canary: _canary,
+        c,
+        dir: _dir,
+        ..
+    } = fixture(0.0, routing).await;
     let url = format!("{}/orders/prod/items", s.gateway);
     let side = |r: reqwest::Response| r.headers()["x-canarygate-variant"].to_str().unwrap().to_string();
     for tenant in ["a", "b", "c"] {
@@ -300,9 +329,19 @@ async fn cohorts_win_over_the_weight_and_untrusted_clients_cannot_force_the_cana
         let r = c.get(&url).header("x-canarygate-variant", "canary").send().await.unwrap();
         assert_eq!(side(r), "production", "an untrusted client forced the canary");
     }
-    let r = c.get(&url).header("x-canarygate-variant", "canary; token=qa-token-0123456789").send().await.unwrap();
+    let r = c
+        .get(&url)
+        .header("x-canarygate-variant", "canary; token=qa-token-0123456789")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(side(r), "canary");
-    let r = c.get(&url).header("x-canarygate-variant", "canary; token=wrong-token-0123456").send().await.unwrap();
+    let r = c
+        .get(&url)
+        .header("x-canarygate-variant", "canary; token=wrong-token-0123456")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(side(r), "production");
 
     // At 30%: the cohort still always, the rest within 4 sigma.

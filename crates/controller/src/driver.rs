@@ -63,6 +63,8 @@ pub struct Controller {
     leadership: Option<watch::Receiver<Option<crate::lease::Leadership>>>,
     /// With several replicas: alarms and the analysis read the whole cluster's metrics, not `metrics`.
     cluster: Option<Arc<ClusterMetrics>>,
+    /// The admin API's address as users reach it: chat notifications link to the dashboard there.
+    public_url: Option<String>,
 }
 
 /// The fence of the only controller (a store no other process writes): never checked.
@@ -90,7 +92,14 @@ impl Controller {
             tick: Duration::from_millis(100),
             leadership: None,
             cluster: None,
+            public_url: None,
         }
+    }
+
+    /// Links chat notifications to the dashboard at `url` (`server.publicUrl`).
+    pub fn with_public_url(mut self, url: Option<String>) -> Controller {
+        self.public_url = url;
+        self
     }
 
     /// Reads alarms' and the analysis's metrics from the whole cluster.
@@ -212,12 +221,13 @@ impl Controller {
                 continue;
             }
             let (store, http, delivering, fence) = (self.store.clone(), self.http.clone(), self.delivering.clone(), fence.clone());
-            let (d, url, secret) = (d.clone(), n.url.clone(), n.secret.clone());
+            let (d, url, secret, format) = (d.clone(), n.url.clone(), n.secret.clone(), n.format);
+            let body = canarygate_model::notification::render(format, &d.event, self.public_url.as_deref());
             tokio::spawn(async move {
-                let body = serde_json::to_vec(&d.event).unwrap_or_default();
+                let body = serde_json::to_vec(&body).unwrap_or_default();
                 let mut req = http
                     .post(&url)
-                    .header("content-type", "application/cloudevents+json")
+                    .header("content-type", format.content_type())
                     .timeout(Duration::from_secs(10));
                 if let Some(key) = secret.as_deref().and_then(canarygate_model::notification::secret_key) {
                     let ts = Utc::now().timestamp();

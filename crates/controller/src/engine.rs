@@ -512,8 +512,9 @@ impl Machine<'_> {
     /// Queues the newest event for the notifications subscribed to `kind` (in the same change).
     fn notify(&mut self, kind: EventKind, sub: u8) {
         let seq = self.r.events.len().saturating_sub(1);
+        let evidence = self.r.analysis_state.as_ref().map(|a| a.evidence(bucket_bounds_us()).line());
         if let Some(e) = self.r.events.last() {
-            self.state.notify(&self.r, kind, seq, sub, e);
+            self.state.notify(&self.r, kind, seq, sub, e, evidence);
         }
     }
 

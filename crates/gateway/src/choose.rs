@@ -270,7 +270,10 @@ mod tests {
         let r = routing(serde_json::json!({"headerFrom": ["203.0.113.0/24"], "headerToken": "0123456789abcdef-qa"}));
         assert_eq!(r.forced_by_header("production", public), Some(Variant::Production));
         assert_eq!(r.forced_by_header("canary", local), None);
-        assert_eq!(r.forced_by_header("canary; token=0123456789abcdef-qa", local), Some(Variant::Canary));
+        assert_eq!(
+            r.forced_by_header("canary; token=0123456789abcdef-qa", local),
+            Some(Variant::Canary)
+        );
         assert_eq!(r.forced_by_header("canary; token=0123456789abcdef-qb", local), None);
         assert_eq!(r.forced_by_header("canary;token=0123456789abcdef-qa", local), Some(Variant::Canary));
     }
@@ -293,11 +296,23 @@ mod tests {
         assert_eq!(r.cohort(&with("x-tenant", "b"), None, peer), Some(Variant::Canary));
         assert_eq!(r.cohort(&with("x-tenant", "d"), None, peer), None);
         assert_eq!(r.cohort(&with("x-beta", "1"), None, peer), Some(Variant::Canary));
-        assert_eq!(r.cohort(&with("cookie", "sid=1; plan=beta-gold"), None, peer), Some(Variant::Canary));
+        assert_eq!(
+            r.cohort(&with("cookie", "sid=1; plan=beta-gold"), None, peer),
+            Some(Variant::Canary)
+        );
         assert_eq!(r.cohort(&with("cookie", "plan=gold"), None, peer), None);
-        assert_eq!(r.cohort(&HeaderMap::new(), Some("x=1&tenant=internal"), peer), Some(Variant::Production));
-        assert_eq!(r.cohort(&HeaderMap::new(), None, "10.1.2.3".parse().unwrap()), Some(Variant::Canary));
-        assert_eq!(r.cohort(&HeaderMap::new(), None, "2001:db8::1".parse().unwrap()), Some(Variant::Canary));
+        assert_eq!(
+            r.cohort(&HeaderMap::new(), Some("x=1&tenant=internal"), peer),
+            Some(Variant::Production)
+        );
+        assert_eq!(
+            r.cohort(&HeaderMap::new(), None, "10.1.2.3".parse().unwrap()),
+            Some(Variant::Canary)
+        );
+        assert_eq!(
+            r.cohort(&HeaderMap::new(), None, "2001:db8::1".parse().unwrap()),
+            Some(Variant::Canary)
+        );
         assert_eq!(r.cohort(&HeaderMap::new(), None, "10.2.0.1".parse().unwrap()), None);
     }
 
@@ -349,18 +364,30 @@ mod tests {
             .iter()
             .filter(|k| sticky_on_canary(k.as_bytes(), "r-a", t) && sticky_on_canary(k.as_bytes(), "r-b", t))
             .count();
-        assert!((both as f64 - 400.0).abs() < 4.0 * (10_000.0f64 * 0.04 * 0.96).sqrt(), "{both} keys on both canaries");
+        assert!(
+            (both as f64 - 400.0).abs() < 4.0 * (10_000.0f64 * 0.04 * 0.96).sqrt(),
+            "{both} keys on both canaries"
+        );
     }
 
     #[test]
     fn bad_cohorts_are_refused_naming_the_field() {
         for (json, field) in [
-            (serde_json::json!({"cohorts": [{"header": "x-a", "cookie": "b", "equals": "1"}]}), "canaryRouting.cohorts[0]"),
+            (
+                serde_json::json!({"cohorts": [{"header": "x-a", "cookie": "b", "equals": "1"}]}),
+                "canaryRouting.cohorts[0]",
+            ),
             (serde_json::json!({"cohorts": [{"header": "x-a"}]}), "canaryRouting.cohorts[0]"),
-            (serde_json::json!({"cohorts": [{"sourceCidrs": ["10.0.0.0/33"]}]}), "canaryRouting.cohorts[0].sourceCidrs[0]"),
+            (
+                serde_json::json!({"cohorts": [{"sourceCidrs": ["10.0.0.0/33"]}]}),
+                "canaryRouting.cohorts[0].sourceCidrs[0]",
+            ),
             (serde_json::json!({"headerFrom": ["nowhere"]}), "canaryRouting.headerFrom[0]"),
             (serde_json::json!({"headerToken": "short"}), "canaryRouting.headerToken"),
-            (serde_json::json!({"cohorts": [{"header": "x-a", "equals": "1", "variant": "mirror"}]}), "canaryRouting.cohorts[0].variant"),
+            (
+                serde_json::json!({"cohorts": [{"header": "x-a", "equals": "1", "variant": "mirror"}]}),
+                "canaryRouting.cohorts[0].variant",
+            ),
         ] {
             let mut r: CanaryRouting = serde_json::from_value(json.clone()).unwrap();
             let e = r.validate().unwrap_err().to_string();

@@ -178,7 +178,7 @@ pub enum Action {
     CreateStage {
         api: String,
         stage: String,
-        input: StageInput,
+        input: Box<StageInput>,
     },
     PatchStage {
         api: String,
@@ -278,7 +278,7 @@ impl Action {
         match self {
             Action::PutApi { api, routes, .. } => state.put_api(&api, routes, now).map(|_| ()),
             Action::CreateDeployment { api, description } => state.create_deployment(&api, new_id, description, now).map(|_| ()),
-            Action::CreateStage { api, stage, input } => state.put_stage(&api, &stage, input, now).map(|_| ()),
+            Action::CreateStage { api, stage, input } => state.put_stage(&api, &stage, *input, now).map(|_| ()),
             Action::PatchStage { api, stage, ops } => state.patch_stage(&api, &stage, &ops, now).map(|_| ()),
             Action::PutDomain { domain, mappings, tls } => state.put_domain(&domain, mappings, tls).map(|_| ()),
             Action::PutDeploymentConfig(c) => state.put_deployment_config(&c.name.clone(), c).map(|_| ()),
@@ -349,7 +349,7 @@ pub fn plan(state: &State, desired: &Resources, mode: PlanMode) -> Vec<Action> {
                 None => out.push(Action::CreateStage {
                     api: spec.name.clone(),
                     stage: st.name.clone(),
-                    input: st.input(),
+                    input: Box::new(st.input()),
                 }),
                 Some(cur) if mode == PlanMode::Converge => {
                     let ops = stage_ops(cur, &st.input());
@@ -569,7 +569,7 @@ mod tests {
                     state.create_deployment(api, || id.clone(), description.clone(), now).unwrap();
                 }
                 Action::CreateStage { api, stage, input } => {
-                    state.put_stage(api, stage, input.clone(), now).unwrap();
+                    state.put_stage(api, stage, (**input).clone(), now).unwrap();
                 }
                 Action::PatchStage { api, stage, ops } => {
                     state.patch_stage(api, stage, ops, now).unwrap();

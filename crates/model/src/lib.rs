@@ -30,7 +30,9 @@ pub use api::{Api, Deployment, Integration, Method, Route};
 pub use error::{Error, Result};
 pub use metric::{Metric, Statistic};
 pub use patch::{PatchOp, PatchOperation};
-pub use stage::{parse_cidr, CacheSettings, CanaryInput, CanaryRouting, CanarySettings, Cohort, MirrorSettings, Stage, StageInput, Stickiness};
+pub use stage::{
+    parse_cidr, CacheSettings, CanaryInput, CanaryRouting, CanarySettings, Cohort, MirrorSettings, Stage, StageInput, Stickiness,
+};
 pub use state::{BasePathMapping, Domain, State};
 
 /// Which side of a stage served a request; `Mirror` is a copy of a production request sent to the

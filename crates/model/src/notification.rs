@@ -54,6 +54,117 @@ pub struct Notification {
     /// signed with it. Never shown by the API.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret: Option<String>,
+    /// What is POSTed: the CloudEvent (default), a Slack incoming-webhook message, or a Teams
+    /// Workflows adaptive card.
+    #[serde(default)]
+    pub format: Format,
+}
+
+/// The shape of a notification's body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    #[default]
+    Cloudevents,
+    Slack,
+    Teams,
+}
+
+impl Format {
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::Cloudevents => "application/cloudevents+json",
+            Format::Slack | Format::Teams => "application/json",
+        }
+    }
+}
+
+/// The body to POST for a delivery's CloudEvent in `format`; `public_url` (the admin API's address as
+/// users reach it, `server.publicUrl`) adds a link to the rollout's dashboard page.
+pub fn render(format: Format, event: &serde_json::Value, public_url: Option<&str>) -> serde_json::Value {
+    if format == Format::Cloudevents {
+        return event.clone();
+    }
+    let d = &event["data"];
+    let text = |k: &str| d[k].as_str().unwrap_or_default().to_string();
+    let (id, api, stage) = (text("rolloutId"), text("api"), text("stage"));
+    let kind = event["type"].as_str().unwrap_or_default().trim_start_matches("dev.canarygate.");
+    let what = match kind {
+        "rolloutstarted" => "started",
+        "stepchanged" => "changed step",
+        "alarmfired" => "alarm fired",
+        "rolledback" => "rolled back",
+        "succeeded" => "succeeded",
+        "failed" => "failed",
+        "stopped" => "stopped",
+        other => other,
+    };
+    let title = clip(&format!("Rollout {id} on {api}/{stage}: {what}"), 150);
+    let step = d["step"].as_u64().map_or("–".to_string(), |s| s.to_string());
+    let weight = d["weight"].as_f64().map_or("–".to_string(), |w| format!("{w}%"));
+    let reason = clip(&text("reason"), 2000);
+    let evidence = d["evidence"].as_str().map(|e| clip(e, 2000));
+    let link = public_url.map(|u| format!("{}/ui/#/rollout/{id}", u.trim_end_matches('/')));
+    let facts = [
+        ("Stage", format!("{api}/{stage}")),
+        ("Status", text("status")),
+        ("Step", step),
+        ("Weight", weight),
+        ("Deployment", text("deploymentId")),
+    ];
+    match format {
+        Format::Slack => {
+            let mut blocks = vec![
+                serde_json::json!({"type": "header", "text": {"type": "plain_text", "text": title, "emoji": false}}),
+                serde_json::json!({"type": "section", "text": {"type": "mrkdwn", "text": slack_escape(&reason)}}),
+                serde_json::json!({"type": "section", "fields": facts.iter().map(|(k, v)| serde_json::json!({
+                    "type": "mrkdwn", "text": format!("*{k}*\n{}", slack_escape(v))})).collect::<Vec<_>>()}),
+            ];
+            if let Some(e) = &evidence {
+                blocks.push(serde_json::json!({"type": "context", "elements": [{"type": "mrkdwn", "text": slack_escape(e)}]}));
+            }
+            if let Some(l) = &link {
+                blocks.push(serde_json::json!({"type": "actions", "elements": [{"type": "button",
+                    "text": {"type": "plain_text", "text": "Open in canarygate"}, "url": l}]}));
+            }
+            serde_json::json!({"text": format!("{title}: {reason}"), "blocks": blocks})
+        }
+        Format::Teams => {
+            let mut body = vec![
+                serde_json::json!({"type": "TextBlock", "text": title, "weight": "Bolder", "size": "Medium", "wrap": true}),
+                serde_json::json!({"type": "TextBlock", "text": reason, "wrap": true}),
+                serde_json::json!({"type": "FactSet", "facts": facts.iter().map(|(k, v)| serde_json::json!({"title": k, "value": v})).collect::<Vec<_>>()}),
+            ];
+            if let Some(e) = &evidence {
+                body.push(serde_json::json!({"type": "TextBlock", "text": e, "wrap": true, "isSubtle": true, "fontType": "Monospace"}));
+            }
+            let mut card = serde_json::json!({
+                "$schema": "http://adaptivecards.io/schemas/adaptive-card.json",
+                "type": "AdaptiveCard", "version": "1.4", "body": body,
+            });
+            if let Some(l) = &link {
+                card["actions"] = serde_json::json!([{"type": "Action.OpenUrl", "title": "Open in canarygate", "url": l}]);
+            }
+            serde_json::json!({"type": "message", "attachments": [
+                {"contentType": "application/vnd.microsoft.card.adaptive", "contentUrl": null, "content": card}]})
+        }
+        Format::Cloudevents => unreachable!("returned above"),
+    }
+}
+
+/// Slack's mrkdwn needs `&`, `<` and `>` escaped.
+fn slack_escape(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+}
+
+/// At most `max` characters, with an ellipsis when cut.
+fn clip(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        return s.to_string();
+    }
+    let mut out: String = s.chars().take(max - 1).collect();
+    out.push('…');
+    out
 }
 
 fn all_events() -> Vec<EventKind> {
@@ -182,7 +293,8 @@ impl State {
     }
 
     /// Queues the rollout's event for every notification subscribed to `kind`.
-    pub fn notify(&mut self, r: &Rollout, kind: EventKind, seq: usize, sub: u8, e: &RolloutEvent) {
+    /// `evidence` is the analysis's evidence line, if the rollout has an analysis.
+    pub fn notify(&mut self, r: &Rollout, kind: EventKind, seq: usize, sub: u8, e: &RolloutEvent, evidence: Option<String>) {
         let subscribed: Vec<String> = self
             .notifications
             .values()
@@ -202,6 +314,7 @@ impl State {
                 "data": {
                     "rolloutId": r.id, "api": r.api, "stage": r.stage, "deploymentId": r.deployment_id,
                     "status": e.status, "step": e.step, "weight": e.weight, "reason": e.reason, "observed": e.observed,
+                    "evidence": evidence,
                 },
             });
             self.deliveries.insert(
@@ -306,6 +419,7 @@ mod tests {
             url: url.into(),
             events: all_events(),
             secret: secret.map(str::to_string),
+            format: Format::Cloudevents,
         };
         n("http://hooks.local/x", None).validate().unwrap();
         n("https://h/x", Some("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")).validate().unwrap();

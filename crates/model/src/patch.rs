@@ -303,7 +303,8 @@ pub(crate) fn apply(stage: &mut Stage, op: &PatchOperation, index: usize, deploy
         }
         "/canaryRouting" => {
             let v = need(&value)?;
-            let mut r: CanaryRouting = serde_json::from_str(&v).map_err(|e| Error::invalid(path, &v, format!("must be canary routing JSON: {e}")))?;
+            let mut r: CanaryRouting =
+                serde_json::from_str(&v).map_err(|e| Error::invalid(path, &v, format!("must be canary routing JSON: {e}")))?;
             r.validate()?;
             stage.canary_routing = r;
         }

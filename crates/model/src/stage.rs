@@ -345,7 +345,12 @@ pub fn parse_cidr(field: &str, s: &str) -> Result<(std::net::IpAddr, u8)> {
 
 impl Cohort {
     fn validate(&self, field: &str) -> Result<()> {
-        let sources = [self.header.is_some(), self.cookie.is_some(), self.query.is_some(), self.source_cidrs.is_some()];
+        let sources = [
+            self.header.is_some(),
+            self.cookie.is_some(),
+            self.query.is_some(),
+            self.source_cidrs.is_some(),
+        ];
         if sources.iter().filter(|x| **x).count() != 1 {
             return Err(Error::invalid(
                 field,
@@ -363,7 +368,11 @@ impl Cohort {
                 return Err(Error::invalid(field, "sourceCidrs", "takes no equals, in or prefix"));
             }
             if cidrs.is_empty() || cidrs.len() > MAX_COHORT_VALUES {
-                return Err(Error::invalid(format!("{field}.sourceCidrs"), cidrs.len().to_string(), "must list 1 to 1000 CIDRs"));
+                return Err(Error::invalid(
+                    format!("{field}.sourceCidrs"),
+                    cidrs.len().to_string(),
+                    "must list 1 to 1000 CIDRs",
+                ));
             }
             for (i, c) in cidrs.iter().enumerate() {
                 parse_cidr(&format!("{field}.sourceCidrs[{i}]"), c)?;
@@ -383,11 +392,19 @@ impl Cohort {
             }
         }
         if n != 1 {
-            return Err(Error::invalid(field, serde_json::to_string(self).unwrap_or_default(), "needs exactly one of equals, in or prefix"));
+            return Err(Error::invalid(
+                field,
+                serde_json::to_string(self).unwrap_or_default(),
+                "needs exactly one of equals, in or prefix",
+            ));
         }
         if let Some(list) = &self.one_of {
             if list.is_empty() || list.len() > MAX_COHORT_VALUES {
-                return Err(Error::invalid(format!("{field}.in"), list.len().to_string(), "must list 1 to 1000 values"));
+                return Err(Error::invalid(
+                    format!("{field}.in"),
+                    list.len().to_string(),
+                    "must list 1 to 1000 values",
+                ));
             }
         }
         if self.prefix.as_deref() == Some("") {
@@ -411,14 +428,22 @@ impl CanaryRouting {
             }
         }
         if self.header_from.len() > MAX_COHORT_VALUES {
-            return Err(Error::invalid("canaryRouting.headerFrom", self.header_from.len().to_string(), "must list at most 1000 CIDRs"));
+            return Err(Error::invalid(
+                "canaryRouting.headerFrom",
+                self.header_from.len().to_string(),
+                "must list at most 1000 CIDRs",
+            ));
         }
         for (i, c) in self.header_from.iter().enumerate() {
             parse_cidr(&format!("canaryRouting.headerFrom[{i}]"), c)?;
         }
         if let Some(t) = &self.header_token {
             if t.len() < 16 || t.len() > 256 || !t.bytes().all(|b| b.is_ascii_graphic() && b != b';') {
-                return Err(Error::invalid("canaryRouting.headerToken", "(hidden)", "must be 16 to 256 visible characters without ;"));
+                return Err(Error::invalid(
+                    "canaryRouting.headerToken",
+                    "(hidden)",
+                    "must be 16 to 256 visible characters without ;",
+                ));
             }
         }
         if let Some(salt) = &self.salt {
@@ -427,7 +452,11 @@ impl CanaryRouting {
             }
         }
         if self.cohorts.len() > MAX_COHORTS {
-            return Err(Error::invalid("canaryRouting.cohorts", self.cohorts.len().to_string(), "must list at most 64 cohorts"));
+            return Err(Error::invalid(
+                "canaryRouting.cohorts",
+                self.cohorts.len().to_string(),
+                "must list at most 64 cohorts",
+            ));
         }
         for (i, c) in self.cohorts.iter().enumerate() {
             c.validate(&format!("canaryRouting.cohorts[{i}]"))?;
