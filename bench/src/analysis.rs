@@ -307,6 +307,7 @@ fn threshold_alarm(threshold: f64) -> Alarm {
         comparison: Comparison::GreaterThanThreshold,
         threshold,
         treat_missing_data: TreatMissingData::Missing,
+        dry_run: false,
     }
 }
 

@@ -294,7 +294,7 @@ async function stagePage(a, s) {
 
   $("#alarms").innerHTML = alarms.length ? `<table><thead><tr><th>ALARM</th><th>RULE</th><th>STATE</th><th>OBSERVED</th><th>THRESHOLD</th><th>REASON</th></tr></thead><tbody>${alarms.map((x) => {
     const last = (x.datapoints || []).filter((p) => p.value != null).slice(-1)[0];
-    return `<tr><td>${esc(x.name)}</td><td>${esc(x.variant)} ${esc(x.statistic)} ${esc(x.metric)} ${esc(x.comparison)}</td>
+    return `<tr><td>${esc(x.name)}${x.dryRun ? ` <span class="muted">(dry run)</span>` : ""}</td><td>${esc(x.variant)} ${esc(x.statistic)} ${esc(x.metric)} ${esc(x.comparison)}</td>
       <td><span class="pill ${esc(x.state)}" data-alarm="${esc(x.name)}">${esc(x.state)}</span></td>
       <td>${last ? esc(Math.round(last.value * 1000) / 1000) : "–"}</td><td>${esc(x.threshold)}</td><td class="muted">${esc(x.stateReason)}</td></tr>`;
   }).join("")}</tbody></table>` : "<p class='muted'>No alarms on this stage.</p>";
@@ -325,7 +325,8 @@ async function rolloutPage(id) {
       <div class="fact"><div class="k">target</div><div class="v" id="rollout-target">${target(r.deploymentId, r.stageVariableOverrides)}</div></div>
       <div class="fact"><div class="k">time left</div><div class="v">${fmtSeconds(r.timeLeftSeconds)}</div></div>
       <div class="fact"><div class="k">alarms</div><div class="v">${esc(r.alarms.join(", ") || "none")}</div></div>
-    </div>${r.paused ? `<p class="pill Stopped" id="paused">paused by ${esc(r.paused.by)} since ${time(r.paused.at)}</p>` : ""}${r.waitingFor ? `<p class="pill Created" id="waiting-for">${esc(r.waitingFor)}</p>` : ""}`;
+    </div>${r.paused ? `<p class="pill Stopped" id="paused">paused by ${esc(r.paused.by)} since ${time(r.paused.at)}</p>` : ""}${r.waitingFor ? `<p class="pill Created" id="waiting-for">${esc(r.waitingFor)}</p>` : ""}${(r.wouldHaveRolledBack || []).length ? `<div id="dry-run"><h2>Dry run</h2><ul class="timeline">${r.wouldHaveRolledBack.map((w) =>
+      `<li><span class="t">${time(w.at)}</span><span class="pill RolledBack">would have rolled back</span> ${esc(w.by)} at step ${w.step ?? "–"} · ${fmtPct(w.weight)} · <span class="muted">${esc(w.reason)}</span></li>`).join("")}</ul></div>` : ""}`;
   const awaiting = r.status === "InProgress" && (r.waitingFor || "").startsWith("waiting for an approval");
   const step = r.currentStep != null ? r.steps[r.currentStep] : null;
   const atStep = r.status === "InProgress" && ((r.phase && r.phase.phase) === "mirroring" || ((r.phase && r.phase.phase) === "shifting" && step && step.weight < 100));

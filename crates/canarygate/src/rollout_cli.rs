@@ -316,6 +316,16 @@ pub fn rollout_text(r: &Value) -> String {
     if let Some(w) = r["waitingFor"].as_str() {
         out.push_str(&format!("\n  {w}"));
     }
+    for w in r["wouldHaveRolledBack"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "\n  dry run: {} would have rolled back at {} (step {}, {}%): {}",
+            s(w, "/by"),
+            s(w, "/at"),
+            s(w, "/step"),
+            s(w, "/weight"),
+            s(w, "/reason")
+        ));
+    }
     if let Some(line) = r.pointer("/evidence/line").and_then(Value::as_str) {
         out.push_str(&format!("\n  evidence: {line}"));
     }

@@ -413,3 +413,47 @@ async fn a_failing_cohort_alone_is_not_the_random_canarys_errors() {
     let judged = &r["evidence"]["errorRate"];
     assert_eq!(judged["canaryErrors"].as_u64(), Some(0), "{judged}");
 }
+
+/// A dry-run analysis judges and records, never acts: a canary with five times production's errors is
+/// rejected on paper ("would have rolled back at ..." in the record and in `rollout status`), and the
+/// rollout still succeeds. A dry-run alarm on the same errors is noted the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dry_run_analysis_records_what_it_would_have_done_and_the_rollout_succeeds() {
+    let f = fx(8, json!({})).await;
+    f.prod.fail(0.01);
+    f.next.fail(0.05);
+    let alarm = json!({"api": "orders", "stage": "prod", "variant": "canary", "metric": "5XXError", "statistic": "Average",
+        "periodSeconds": 1, "evaluationPeriods": 3, "datapointsToAlarm": 2, "comparison": "GreaterThanThreshold", "threshold": 0.02,
+        "dryRun": true});
+    let a = ok(&f.c, &f.s, "PUT", "/v1/alarms/trial-5xx", Some(alarm)).await;
+    assert_eq!(a["dryRun"], true, "{a}");
+    let load = Load::start(&f.c, &format!("{}/orders/prod/items", f.s.gateway), 4);
+    let body = json!({"deploymentId": f.d2, "stageVariableOverrides": {"backend": f.next.addr.to_string()},
+                      "deploymentConfig": "Canary20Percent8Seconds", "alarms": ["trial-5xx"],
+                      "analysis": {"errorRate": {"alpha": 0.05}, "minCanaryRequests": 100000000, "dryRun": true}});
+    let r = ok(&f.c, &f.s, "POST", "/v1/apis/orders/stages/prod/rollouts", Some(body)).await;
+    let id = r["id"].as_str().unwrap().to_string();
+    let r = until(&f, &id, Duration::from_secs(60), |r| {
+        r["status"] != "InProgress" && r["status"] != "Created"
+    })
+    .await;
+    load.finish().await;
+    assert_eq!(r["status"], "Succeeded", "{}", last_event(&r));
+    let moments = r["wouldHaveRolledBack"]
+        .as_array()
+        .unwrap_or_else(|| panic!("nothing recorded: {r}"));
+    let by: Vec<&str> = moments.iter().map(|w| w["by"].as_str().unwrap()).collect();
+    assert!(by.contains(&"analysis (errorRate)"), "{by:?}");
+    assert!(by.contains(&"alarm trial-5xx"), "{by:?}");
+    let text = String::from_utf8(
+        Command::new(env!("CARGO_BIN_EXE_canarygate"))
+            .args(["--server", &f.s.admin, "rollout", "status", &id])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    assert!(text.contains("dry run: analysis (errorRate) would have rolled back at"), "{text}");
+    let st = ok(&f.c, &f.s, "GET", "/v1/apis/orders/stages/prod", None).await;
+    assert_eq!(st["deploymentId"], f.d2.as_str(), "promoted: {st}");
+}

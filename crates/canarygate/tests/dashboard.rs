@@ -417,6 +417,24 @@ async fn an_approval_step_waits_on_the_rollout_page_and_is_approved_there_with_a
     )
     .await;
     screenshot(&b, "rollout-approval").await;
+    // Paused and resumed from the page: the pause names the token, and hides the approve button.
+    b.find(Locator::Id("act-pause")).await.unwrap().click().await.unwrap();
+    eventually(
+        &b,
+        "const e = document.getElementById('paused'); return e && e.textContent",
+        |v| v.as_str().is_some_and(|t| t.starts_with("paused by carol")),
+        "the pause shown",
+    )
+    .await;
+    assert!(!b.find(Locator::Id("act-approve")).await.unwrap().is_displayed().await.unwrap());
+    b.find(Locator::Id("act-resume")).await.unwrap().click().await.unwrap();
+    eventually(
+        &b,
+        "const e = document.getElementById('act-approve'); return !document.getElementById('paused') && !!e && e.offsetParent !== null",
+        |v| v == true,
+        "resumed: the approve button again",
+    )
+    .await;
     b.find(Locator::Id("act-approve")).await.unwrap().click().await.unwrap();
     eventually(
         &b,
@@ -429,7 +447,12 @@ async fn an_approval_step_waits_on_the_rollout_page_and_is_approved_there_with_a
         .execute("return document.getElementById('events').textContent", vec![])
         .await
         .unwrap();
-    assert!(events.as_str().unwrap().contains("step approved by carol"), "{events}");
+    let events = events.as_str().unwrap();
+    assert!(events.contains("step approved by carol"), "{events}");
+    assert!(
+        events.contains("paused by carol") && events.contains("resumed by carol"),
+        "{events}"
+    );
     let r = admin_with_token(&c, &s, "GET", &format!("/v1/rollouts/{id}"), None, t).await.1;
     assert!(!r.to_string().contains("carols-secret"));
     b.close().await.unwrap();
@@ -559,5 +582,45 @@ async fn the_overview_lists_active_rollouts_and_a_brief_canary_failure_is_drawn(
         "{t}"
     );
     assert!(!t.contains('{') && !t.contains('"'), "{t}");
+    b.close().await.unwrap();
+}
+
+/// A dry-run analysis's verdict on the rollout page: the moment it would have rolled back, though the
+/// rollout succeeded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rollout_page_shows_when_a_dry_run_would_have_rolled_back() {
+    let f = fixture(0.0, json!({})).await;
+    let (c, s) = (&f.c, &f.s);
+    let remove = json!({"patchOperations": [{"op": "remove", "path": "/canarySettings"}]});
+    ok(c, s, "PATCH", "/v1/apis/orders/stages/prod", Some(remove)).await;
+    let plan = json!({"type": "TimeBasedCanary", "percentage": 50, "intervalSeconds": 6});
+    ok(c, s, "PUT", "/v1/deployment-configs/Canary50Percent6Seconds", Some(plan)).await;
+    f.canary.fail(0.3);
+    let load = Load::start(c, &format!("{}/orders/prod/items", s.gateway), 4);
+    let body = json!({"stageVariableOverrides": {"backend": f.canary.addr.to_string()}, "deploymentConfig": "Canary50Percent6Seconds",
+        "analysis": {"errorRate": {"alpha": 0.05}, "dryRun": true}});
+    let id = ok(c, s, "POST", "/v1/apis/orders/stages/prod/rollouts", Some(body)).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = wait_rollout(c, s, &id, Duration::from_secs(60)).await;
+    load.finish().await;
+    assert_eq!(r["status"], "Succeeded", "{r}");
+
+    let (_driver, b) = browser().await;
+    b.goto(&format!("{}/ui/#/rollout/{id}", s.admin)).await.unwrap();
+    let shown = eventually(
+        &b,
+        "const e = document.getElementById('dry-run'); return e && e.textContent",
+        |v| v.is_string(),
+        "the dry run's verdict",
+    )
+    .await;
+    let text = shown.as_str().unwrap();
+    assert!(
+        text.contains("would have rolled back") && text.contains("analysis (errorRate)"),
+        "{text}"
+    );
+    assert!(text.contains("errors: canary"), "the evidence line: {text}");
     b.close().await.unwrap();
 }

@@ -76,6 +76,7 @@ mod tests {
             comparison: Comparison::GreaterThanThreshold,
             threshold: 0.0,
             treat_missing_data: TreatMissingData::Missing,
+            dry_run: false,
         };
         let value = |metric: Metric, statistic: Statistic| {
             let a = Alarm {
@@ -147,6 +148,7 @@ mod tests {
             comparison: Comparison::GreaterThanThreshold,
             threshold: 0.05,
             treat_missing_data: TreatMissingData::Missing,
+            dry_run: false,
         };
         let e = evaluate_alarm(&alarm, &reg, t0 + 3, None, AlarmState::InsufficientData);
         assert_eq!(e.state, AlarmState::Alarm, "{}", e.reason);

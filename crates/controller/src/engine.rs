@@ -100,7 +100,9 @@ impl Machine<'_> {
             return self.end(status, rollback, reason.into(), None);
         }
         if self.watching() {
-            if let Some((name, e)) = input.alarms.iter().find(|(_, e)| e.state == AlarmState::Alarm) {
+            self.note_dry_run_alarms(input.alarms);
+            let acting = |name: &String| !self.state.alarms.get(name).is_some_and(|a| a.alarm.dry_run);
+            if let Some((name, e)) = input.alarms.iter().find(|(n, e)| e.state == AlarmState::Alarm && acting(n)) {
                 let threshold = self.state.alarms.get(name).map(|a| a.alarm.threshold);
                 let observed = json!({"alarm": name, "datapoints": e.datapoints, "threshold": threshold, "reason": e.reason});
                 let rollback = self.r.rolls_back_on(AutoRollback::DeploymentStopOnAlarm);
@@ -249,6 +251,13 @@ impl Machine<'_> {
         let evidence = a.evidence(bucket_bounds_us());
         let line = evidence.line();
         let observed = serde_json::to_value(&evidence).ok();
+        if self.r.analysis.as_ref().is_some_and(|a| a.dry_run) {
+            let by = format!("analysis ({which})");
+            if !self.r.would_have_rolled_back.iter().any(|w| w.by == by) {
+                self.would_have(by, line, observed);
+            }
+            return false;
+        }
         let rollback = self.r.rolls_back_on(AutoRollback::DeploymentStopOnAlarm);
         let (status, what) = if rollback {
             (RolloutStatus::RolledBack, "rolled back")
@@ -264,10 +273,46 @@ impl Machine<'_> {
         true
     }
 
+    /// Dry-run alarms: entering ALARM is noted as a moment the rollout would have rolled back (and
+    /// leaving it as an event); nothing else happens.
+    fn note_dry_run_alarms(&mut self, alarms: &[(String, Evaluation)]) {
+        for (name, e) in alarms {
+            if !self.state.alarms.get(name).is_some_and(|a| a.alarm.dry_run) {
+                continue;
+            }
+            let firing = e.state == AlarmState::Alarm;
+            let was = self.r.dry_run_firing.contains(name);
+            if firing && !was {
+                self.r.dry_run_firing.push(name.clone());
+                let threshold = self.state.alarms.get(name).map(|a| a.alarm.threshold);
+                let observed =
+                    json!({"alarm": name, "datapoints": e.datapoints, "threshold": threshold, "reason": e.reason, "dryRun": true});
+                self.would_have(format!("alarm {name}"), e.reason.clone(), Some(observed));
+            } else if !firing && was {
+                self.r.dry_run_firing.retain(|n| n != name);
+                let step = self.r.step_index();
+                self.event(step, format!("dry run: alarm {name} left ALARM ({})", e.state.as_str()), None);
+            }
+        }
+    }
+
+    /// Notes a moment a dry-run judgement would have rolled the rollout back, as an event too.
+    fn would_have(&mut self, by: String, reason: String, observed: Option<serde_json::Value>) {
+        let step = self.r.step_index();
+        self.event(step, format!("dry run: {by} would have rolled back here. {reason}"), observed);
+        self.r.would_have_rolled_back.push(canarygate_model::rollout::WouldHave {
+            at: self.now,
+            by,
+            reason,
+            step,
+            weight: self.r.weight,
+        });
+    }
+
     /// `minCanaryRequests`: a step ends only once the canary has served that many judged requests in
-    /// it. Says so (once) while it waits.
+    /// it (not for a dry-run analysis). Says so (once) while it waits.
     fn enough_canary_traffic(&mut self, step: usize) -> bool {
-        let need = self.r.analysis.as_ref().map_or(0, |a| a.min_canary_requests);
+        let need = self.r.analysis.as_ref().filter(|a| !a.dry_run).map_or(0, |a| a.min_canary_requests);
         let have = self.r.analysis_state.as_ref().map_or(0, |a| a.step_canary_requests);
         if have >= need {
             return true;

@@ -41,6 +41,7 @@ fn state() -> State {
         comparison: Comparison::GreaterThanThreshold,
         threshold: 0.05,
         treat_missing_data: TreatMissingData::Missing,
+        dry_run: false,
     };
     s.put_alarm("errors", alarm).unwrap();
     s
@@ -758,4 +759,54 @@ fn continue_ends_a_long_wait_at_once() {
     assert!(err.contains("BeforeAllowTraffic"), "{err}");
     let err = sim.s.pause_rollout("r-1", "carol", sim.now).unwrap_err().to_string();
     assert!(err.contains("only a step's wait"), "{err}");
+}
+
+#[test]
+fn a_dry_run_analysis_records_when_it_would_have_rolled_back_and_the_rollout_goes_on() {
+    let mut sim = Sim::start(
+        "Canary10Percent5Minutes",
+        json!({"alarms": [], "analysis": {"errorRate": {"alpha": 0.01}, "minCanaryRequests": 1000000, "dryRun": true}}),
+    );
+    sim.tick(0);
+    while sim.rollout().status.is_active() {
+        sim.batches = vec![second_of(&sim, 1000, 0.03, 0.01)];
+        sim.tick(1000);
+    }
+    let r = sim.rollout();
+    // Neither the rejection nor minCanaryRequests held or ended it.
+    assert_eq!(r.status, RolloutStatus::Succeeded);
+    assert_eq!((sim.now - t0()).num_seconds(), 300);
+    assert_eq!(r.would_have_rolled_back.len(), 1, "noted once: {:?}", r.would_have_rolled_back);
+    let w = &r.would_have_rolled_back[0];
+    assert_eq!((w.by.as_str(), w.step, w.weight), ("analysis (errorRate)", Some(0), 10.0));
+    assert!(w.reason.starts_with("errors: canary"), "{}", w.reason);
+    assert!(w.at < t0() + Duration::seconds(120), "rejected early, at {}", w.at);
+    let e = r
+        .events
+        .iter()
+        .find(|e| e.reason.starts_with("dry run: analysis (errorRate) would have rolled back here"))
+        .unwrap();
+    assert!(e.observed.as_ref().unwrap()["errorRate"]["rejected"].as_bool().unwrap());
+}
+
+#[test]
+fn a_dry_run_alarm_is_noted_each_time_it_enters_alarm_and_never_acts() {
+    let mut s = state();
+    s.alarms.get_mut("errors").unwrap().alarm.dry_run = true;
+    let mut sim = Sim::start_in(s, "Canary10Percent5Minutes", json!({}));
+    sim.tick(0);
+    sim.tick_with(1000, AlarmState::Alarm, false);
+    sim.tick_with(1000, AlarmState::Alarm, false);
+    sim.tick_with(1000, AlarmState::Ok, false);
+    sim.tick_with(1000, AlarmState::Alarm, false);
+    assert_eq!(sim.rollout().status, RolloutStatus::InProgress);
+    assert_eq!(sim.rollout().would_have_rolled_back.len(), 2);
+    assert!(sim
+        .rollout()
+        .events
+        .iter()
+        .any(|e| e.reason == "dry run: alarm errors left ALARM (OK)"));
+    sim.run_to_end();
+    assert_eq!(sim.rollout().status, RolloutStatus::Succeeded);
+    assert_eq!(sim.rollout().would_have_rolled_back[0].by, "alarm errors");
 }

@@ -94,6 +94,10 @@ pub struct Alarm {
     pub threshold: f64,
     #[serde(default)]
     pub treat_missing_data: TreatMissingData,
+    /// Evaluated and recorded, never acted on: a rollout watching it notes when it would have rolled
+    /// back, and goes on.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
 }
 
 impl Alarm {
@@ -465,6 +469,7 @@ mod tests {
             comparison: cmp,
             threshold: 0.05,
             treat_missing_data: missing,
+            dry_run: false,
         }
     }
 

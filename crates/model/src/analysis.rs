@@ -64,6 +64,10 @@ pub struct AnalysisSpec {
     /// A step does not end before the canary has served this many requests in it.
     #[serde(default)]
     pub min_canary_requests: u64,
+    /// Judged and recorded, never acted on: a rejection is noted as the moment the rollout would have
+    /// rolled back, and neither a rejection nor `minCanaryRequests` holds or ends the rollout.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
 }
 
 impl AnalysisSpec {
@@ -927,6 +931,7 @@ mod tests {
             latency: None,
             warmup_seconds: 3,
             min_canary_requests: 0,
+            dry_run: false,
         };
         let mut a = AnalysisState::new(&spec);
         a.weight_changed(100, spec.warmup_seconds);
@@ -949,6 +954,7 @@ mod tests {
             latency: None,
             warmup_seconds: 0,
             min_canary_requests: 0,
+            dry_run: false,
         }
     }
 
@@ -1005,6 +1011,7 @@ mod tests {
             latency: None,
             warmup_seconds: 0,
             min_canary_requests: 0,
+            dry_run: false,
         };
         let e = bad.validate("analysis").unwrap_err().to_string();
         assert!(e.contains("analysis.errorRate.alpha") && e.contains("0.5"), "{e}");
@@ -1014,6 +1021,7 @@ mod tests {
             latency: None,
             warmup_seconds: 0,
             min_canary_requests: 0,
+            dry_run: false,
         };
         assert!(none.validate("analysis").is_err());
     }
@@ -1026,6 +1034,7 @@ mod tests {
             latency: None,
             warmup_seconds: 0,
             min_canary_requests: 0,
+            dry_run: false,
         };
         // Fair: discordant pairs split evenly between the copy and the original.
         let mut fair = AnalysisState::new(&spec);

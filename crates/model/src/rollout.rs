@@ -184,6 +184,19 @@ pub struct PreviousStage {
     pub mirror: Option<crate::stage::MirrorSettings>,
 }
 
+/// A moment a dry-run judgement would have rolled the rollout back.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WouldHave {
+    pub at: DateTime<Utc>,
+    /// `alarm <name>` or `analysis (<judgement>)`.
+    pub by: String,
+    pub reason: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<usize>,
+    pub weight: f64,
+}
+
 /// Who paused a rollout, and when.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -260,6 +273,12 @@ pub struct Rollout {
     /// analysis keep watching and still roll back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub paused: Option<Pause>,
+    /// When dry-run alarms and a dry-run analysis would have rolled this rollout back.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub would_have_rolled_back: Vec<WouldHave>,
+    /// The dry-run alarms in ALARM now (a moment is noted when one enters it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dry_run_firing: Vec<String>,
     /// "End the current wait now", by this caller, carried out by the next step.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub continue_requested_by: Option<String>,
@@ -506,6 +525,8 @@ impl State {
             promote_requested: false,
             approved_by: None,
             paused: None,
+            would_have_rolled_back: Vec::new(),
+            dry_run_firing: Vec::new(),
             continue_requested_by: None,
             events: vec![RolloutEvent {
                 time: now,
