@@ -739,7 +739,7 @@ def chart(R, path):
 # ---------------------------------------------------------------- main
 
 
-KEPT_SECTIONS = [("<!-- scale:begin -->", "<!-- scale:end -->"), ("<!-- protocols:begin -->", "<!-- protocols:end -->"), ("<!-- cluster:begin -->", "<!-- cluster:end -->"), ("<!-- analysis:begin -->", "<!-- analysis:end -->")]
+KEPT_SECTIONS = [("<!-- sticky:begin -->", "<!-- sticky:end -->"), ("<!-- scale:begin -->", "<!-- scale:end -->"), ("<!-- protocols:begin -->", "<!-- protocols:end -->"), ("<!-- cluster:begin -->", "<!-- cluster:end -->"), ("<!-- analysis:begin -->", "<!-- analysis:end -->")]
 
 
 def write_marked_section(report_path, text, begin, end):
