@@ -211,9 +211,14 @@ backend cached
 """
 
 
-def canarygate_conf(w, name, port, admin, prod, canary, log, mirror=None, tracing=None):
+def canarygate_conf(w, name, port, admin, prod, canary, log, mirror=None, tracing=None, cohorts=False):
     # With `mirror`, the split stage also mirrors that share of its production requests to the canary.
     mirror_line = f"\n        mirror: {{percentTraffic: {mirror}}}" if mirror is not None else ""
+    # With `cohorts`, the split stage has four cohort rules no benchmark request matches (each is
+    # evaluated on every request before the weighted draw).
+    if cohorts:
+        mirror_line += ("\n        canaryRouting: {cohorts: [{header: x-tenant, in: [acme, globex, initech]}, "
+                        "{cookie: plan, prefix: beta-}, {query: preview, equals: \"1\"}, {sourceCidr: 10.20.0.0/16}]}")
     # With `tracing` (sink port, sample ratio), spans are exported to the benchmark's OTLP sink.
     tracing_line = (f"\n  telemetry: {{otlpEndpoint: \"http://127.0.0.1:{tracing[0]}\", sampleRatio: {tracing[1]}}}"
                     if tracing is not None else "")
@@ -293,7 +298,8 @@ class Lab:
             port, admin = free_port(), free_port()
             mirror = args.mirror if not log else None
             conf = write(f"{work}/canarygate{tag}.yaml",
-                         canarygate_conf(work, f"canarygate{tag}", port, admin, prod, canary, log, mirror, None if log else tracing))
+                         canarygate_conf(work, f"canarygate{tag}", port, admin, prod, canary, log, mirror, None if log else tracing,
+                                         cohorts=bool(args.cohorts) and not log))
             self.admins[f"canarygate{sfx}"] = f"http://127.0.0.1:{admin}"
             self.configs[f"canarygate{sfx}"] = open(conf).read()
             env = dict(os.environ, CANARYGATE_WORKER_THREADS="1", CANARYGATE_LOG="warn")
@@ -434,6 +440,8 @@ def ab_compare(lab, args):
     for k in keys:
         check_split(lab.targets[k])
     mirroring = f" (this build mirroring {args.mirror}% of production requests)" if args.mirror is not None else ""
+    if args.cohorts:
+        mirroring += " (this build's stage with four cohort rules no request matches)"
     if args.tracing is not None:
         mirroring += f" (this build tracing at sampleRatio {args.tracing}, exporting to an OTLP sink)"
     print(f"== A/B: this build{mirroring} vs {args.ab}, {args.reps} interleaved rounds of {args.duration} s", flush=True)
@@ -805,6 +813,8 @@ def main():
                                                     "ratio (the cost of tracing)")
     ap.add_argument("--mirror", type=float, help="with --ab: this build's split stage also mirrors this percentage of its "
                                                    "production requests to the canary (the cost of mirroring)")
+    ap.add_argument("--cohorts", action="store_true", help="with --ab: this build's split stage has four cohort rules "
+                                                          "that no request matches (the cost of evaluating them)")
     args = ap.parse_args()
     if args.tracing is not None and not args.ab:
         ap.error("--tracing: only with --ab (it changes this build's config, not the report's)")

@@ -302,7 +302,7 @@ async fn each_rollout_salts_the_sticky_keys_and_a_pinned_salt_repeats_them() {
 /// honoured with the stage's token.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cohorts_win_over_the_weight_and_untrusted_clients_cannot_force_the_canary() {
-    let routing = json!({"headerFrom": ["10.0.0.0/8"], "headerToken": "qa-token-0123456789",
+    let routing = json!({"trustedSources": ["10.0.0.0/8"], "headerToken": "qa-token-0123456789",
         "cohorts": [{"header": "x-tenant", "in": ["a", "b", "c"]}, {"query": "beta", "equals": "1"}]});
     let Fixture {
         s,
@@ -324,7 +324,7 @@ async fn cohorts_win_over_the_weight_and_untrusted_clients_cannot_force_the_cana
     assert_eq!(side(r), "production");
     let r = c.get(format!("{url}?x=2&beta=1")).send().await.unwrap();
     assert_eq!(side(r), "canary", "the query cohort");
-    // From 127.0.0.1, which is not in headerFrom: the header is ignored; with the token it is honoured.
+    // From 127.0.0.1, which is not in trustedSources: the header is ignored; with the token it is honoured.
     for _ in 0..50 {
         let r = c.get(&url).header("x-canarygate-variant", "canary").send().await.unwrap();
         assert_eq!(side(r), "production", "an untrusted client forced the canary");
@@ -354,7 +354,7 @@ async fn cohorts_win_over_the_weight_and_untrusted_clients_cannot_force_the_cana
 
     // A source-address rule, listed first: everything from loopback goes to production, tenant a of the
     // canary cohort after it too (the first matching cohort decides).
-    let routing = json!({"cohorts": [{"sourceCidrs": ["127.0.0.1/32"], "variant": "production"}, {"header": "x-tenant", "in": ["a"]}]});
+    let routing = json!({"cohorts": [{"sourceCidr": "127.0.0.1/32", "variant": "production"}, {"header": "x-tenant", "in": ["a"]}]});
     let patch = json!({"patchOperations": [{"op": "replace", "path": "/canaryRouting", "value": routing.to_string()}]});
     ok(&c, &s, "PATCH", "/v1/apis/orders/stages/prod", Some(patch)).await;
     assert_eq!(count_canary(&c, &url, 300, 8).await, 0);
@@ -368,5 +368,5 @@ async fn cohorts_win_over_the_weight_and_untrusted_clients_cannot_force_the_cana
     assert_eq!(status, 400, "{e}");
     assert!(e.to_string().contains("canaryRouting.cohorts[0]"), "{e}");
     let st = ok(&c, &s, "GET", "/v1/apis/orders/stages/prod", None).await;
-    assert_eq!(st["canaryRouting"]["cohorts"][0]["sourceCidrs"][0], "127.0.0.1/32", "{st}");
+    assert_eq!(st["canaryRouting"]["cohorts"][0]["sourceCidr"], "127.0.0.1/32", "{st}");
 }

@@ -22,7 +22,8 @@ pub struct Routing {
     header: Option<HeaderName>,
     cookie: Option<Box<str>>,
     stickiness: Stickiness,
-    header_from: Vec<IpNet>,
+    /// `None`: the header is honoured from any client.
+    trusted_sources: Option<Vec<IpNet>>,
     header_token: Option<Box<str>>,
     /// Seed of the sticky hash, from the stage's salt.
     seed: u64,
@@ -80,7 +81,7 @@ impl Routing {
                 } else if let Some(q) = &c.query {
                     Source::Query(q.as_str().into())
                 } else {
-                    Source::Address(nets(c.source_cidrs.as_deref().unwrap_or_default()))
+                    Source::Address(nets(c.source_cidr.as_ref().map_or(&[][..], |c| c.as_slice())))
                 };
                 let test = if let Some(v) = &c.equals {
                     Some(Match::Equals(v.as_str().into()))
@@ -100,22 +101,23 @@ impl Routing {
             header: r.header.as_deref().and_then(|h| HeaderName::from_bytes(h.as_bytes()).ok()),
             cookie: r.cookie.as_deref().map(Into::into),
             stickiness: r.stickiness.clone(),
-            header_from: nets(&r.header_from),
+            trusted_sources: r.trusted_sources.as_deref().map(nets),
             header_token: r.header_token.as_deref().map(Into::into),
             seed: xxh3_64(salt.as_bytes()),
             cohorts,
         }
     }
 
-    /// The variant a header value forces, if the client may force one: from a trusted address, or
-    /// carrying the stage's token (`canary; token=...`).
+    /// The variant a header value forces, if the client may force one: any client when the stage
+    /// lists no trusted sources, else one from a trusted address, or one carrying the stage's token
+    /// (`canary; token=...`).
     fn forced_by_header(&self, value: &str, peer: IpAddr) -> Option<Variant> {
         let (v, token) = match value.split_once(';') {
             Some((v, rest)) => (v.trim(), rest.trim().strip_prefix("token=")),
             None => (value, None),
         };
         let v = forced(v)?;
-        let trusted = self.header_from.iter().any(|n| n.contains(&peer))
+        let trusted = self.trusted_sources.as_ref().is_none_or(|t| t.iter().any(|n| n.contains(&peer)))
             || matches!((&self.header_token, token), (Some(want), Some(got)) if same(want.as_bytes(), got.as_bytes()));
         trusted.then_some(v)
     }
@@ -263,11 +265,14 @@ mod tests {
     fn the_header_is_honoured_from_trusted_addresses_or_with_the_token() {
         let local: IpAddr = "127.0.0.1".parse().unwrap();
         let public: IpAddr = "203.0.113.9".parse().unwrap();
+        // Without trusted sources: any client (the contract's default).
         let r = routing(serde_json::json!({}));
+        assert_eq!(r.forced_by_header("canary", public), Some(Variant::Canary));
+        let r = routing(serde_json::json!({"trustedSources": ["127.0.0.0/8", "::1"]}));
         assert_eq!(r.forced_by_header("canary", local), Some(Variant::Canary));
         assert_eq!(r.forced_by_header("canary", public), None);
         assert_eq!(r.forced_by_header("canary", "::1".parse().unwrap()), Some(Variant::Canary));
-        let r = routing(serde_json::json!({"headerFrom": ["203.0.113.0/24"], "headerToken": "0123456789abcdef-qa"}));
+        let r = routing(serde_json::json!({"trustedSources": ["203.0.113.0/24"], "headerToken": "0123456789abcdef-qa"}));
         assert_eq!(r.forced_by_header("production", public), Some(Variant::Production));
         assert_eq!(r.forced_by_header("canary", local), None);
         assert_eq!(
@@ -285,9 +290,10 @@ mod tests {
             {"header": "x-beta", "equals": "1"},
             {"cookie": "plan", "prefix": "beta-"},
             {"query": "tenant", "equals": "internal", "variant": "production"},
-            {"sourceCidrs": ["10.1.0.0/16", "2001:db8::/32"]}
+            {"sourceCidr": ["10.1.0.0/16", "2001:db8::/32"]},
+            {"sourceCidr": "192.0.2.0/25", "variant": "production"}
         ]}));
-        let peer: IpAddr = "192.0.2.1".parse().unwrap();
+        let peer: IpAddr = "198.51.100.1".parse().unwrap();
         let with = |name: &str, value: &str| {
             let mut h = HeaderMap::new();
             h.insert(HeaderName::from_bytes(name.as_bytes()).unwrap(), value.parse().unwrap());
@@ -314,6 +320,11 @@ mod tests {
             Some(Variant::Canary)
         );
         assert_eq!(r.cohort(&HeaderMap::new(), None, "10.2.0.1".parse().unwrap()), None);
+        assert_eq!(
+            r.cohort(&HeaderMap::new(), None, "192.0.2.1".parse().unwrap()),
+            Some(Variant::Production)
+        );
+        assert_eq!(r.cohort(&HeaderMap::new(), None, peer), None);
     }
 
     /// The sticky share of keys and of requests against `percentTraffic`, over 1,000 salts (one per
@@ -379,10 +390,17 @@ mod tests {
             ),
             (serde_json::json!({"cohorts": [{"header": "x-a"}]}), "canaryRouting.cohorts[0]"),
             (
-                serde_json::json!({"cohorts": [{"sourceCidrs": ["10.0.0.0/33"]}]}),
-                "canaryRouting.cohorts[0].sourceCidrs[0]",
+                serde_json::json!({"cohorts": [{"sourceCidr": ["10.0.0.0/33"]}]}),
+                "canaryRouting.cohorts[0].sourceCidr[0]",
             ),
-            (serde_json::json!({"headerFrom": ["nowhere"]}), "canaryRouting.headerFrom[0]"),
+            (
+                serde_json::json!({"cohorts": [{"sourceCidr": "10.0.0.0/8", "equals": "x"}]}),
+                "canaryRouting.cohorts[0]",
+            ),
+            (
+                serde_json::json!({"trustedSources": ["nowhere"]}),
+                "canaryRouting.trustedSources[0]",
+            ),
             (serde_json::json!({"headerToken": "short"}), "canaryRouting.headerToken"),
             (
                 serde_json::json!({"cohorts": [{"header": "x-a", "equals": "1", "variant": "mirror"}]}),

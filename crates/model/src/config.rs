@@ -461,7 +461,7 @@ fn stage_ops(cur: &crate::Stage, want: &StageInput) -> Vec<PatchOperation> {
         ops.push(PatchOperation::replace("/canaryRouting/stickiness", wr.stickiness.to_string()));
     }
     // The rest of the routing (trust, salt, cohorts) as one object.
-    if (&cr.header_from, &cr.header_token, &cr.salt, &cr.cohorts) != (&wr.header_from, &wr.header_token, &wr.salt, &wr.cohorts) {
+    if (&cr.trusted_sources, &cr.header_token, &cr.salt, &cr.cohorts) != (&wr.trusted_sources, &wr.header_token, &wr.salt, &wr.cohorts) {
         let mut whole = wr.clone();
         let _ = whole.validate();
         ops.push(PatchOperation::replace(

@@ -31,7 +31,7 @@ pub use error::{Error, Result};
 pub use metric::{Metric, Statistic};
 pub use patch::{PatchOp, PatchOperation};
 pub use stage::{
-    parse_cidr, CacheSettings, CanaryInput, CanaryRouting, CanarySettings, Cohort, MirrorSettings, Stage, StageInput, Stickiness,
+    parse_cidr, CacheSettings, CanaryInput, CanaryRouting, CanarySettings, Cidrs, Cohort, MirrorSettings, Stage, StageInput, Stickiness,
 };
 pub use state::{BasePathMapping, Domain, State};
 

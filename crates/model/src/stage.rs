@@ -256,10 +256,10 @@ pub struct CanaryRouting {
     pub cookie: Option<String>,
     #[serde(default)]
     pub stickiness: Stickiness,
-    /// The addresses (CIDRs) whose requests may force a variant with the header; default loopback
-    /// only, so a public client cannot opt itself into a canary.
-    #[serde(default = "default_header_from")]
-    pub header_from: Vec<String>,
+    /// The addresses (CIDRs) whose requests may force a variant with the header; unset: any client.
+    /// Set it (or `headerToken`) on a stage public clients reach, so they cannot opt into a canary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trusted_sources: Option<Vec<String>>,
     /// When set, a request from any address may force a variant with the header if its value carries
     /// this token: `canary; token=<headerToken>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -277,17 +277,13 @@ fn default_variant_header() -> Option<String> {
     Some("x-canarygate-variant".into())
 }
 
-fn default_header_from() -> Vec<String> {
-    vec!["127.0.0.0/8".into(), "::1/128".into()]
-}
-
 impl Default for CanaryRouting {
     fn default() -> Self {
         CanaryRouting {
             header: default_variant_header(),
             cookie: None,
             stickiness: Stickiness::None,
-            header_from: default_header_from(),
+            trusted_sources: None,
             header_token: None,
             salt: None,
             cohorts: Vec::new(),
@@ -310,8 +306,9 @@ pub struct Cohort {
     pub cookie: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub query: Option<String>,
+    /// One CIDR or a list of them: the connection's source address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub source_cidrs: Option<Vec<String>>,
+    pub source_cidr: Option<Cidrs>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub equals: Option<String>,
     #[serde(default, rename = "in", skip_serializing_if = "Option::is_none")]
@@ -321,6 +318,23 @@ pub struct Cohort {
     /// `canary` (default) or `production`.
     #[serde(default = "canary_variant")]
     pub variant: crate::Variant,
+}
+
+/// One CIDR (`10.0.0.0/8`) or a list of them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Cidrs {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Cidrs {
+    pub fn as_slice(&self) -> &[String] {
+        match self {
+            Cidrs::One(c) => std::slice::from_ref(c),
+            Cidrs::Many(v) => v,
+        }
+    }
 }
 
 fn canary_variant() -> crate::Variant {
@@ -349,13 +363,13 @@ impl Cohort {
             self.header.is_some(),
             self.cookie.is_some(),
             self.query.is_some(),
-            self.source_cidrs.is_some(),
+            self.source_cidr.is_some(),
         ];
         if sources.iter().filter(|x| **x).count() != 1 {
             return Err(Error::invalid(
                 field,
                 serde_json::to_string(self).unwrap_or_default(),
-                "needs exactly one of header, cookie, query or sourceCidrs",
+                "needs exactly one of header, cookie, query or sourceCidr",
             ));
         }
         if self.variant == crate::Variant::Mirror {
@@ -363,19 +377,26 @@ impl Cohort {
         }
         let matches = [self.equals.is_some(), self.one_of.is_some(), self.prefix.is_some()];
         let n = matches.iter().filter(|x| **x).count();
-        if let Some(cidrs) = &self.source_cidrs {
+        if let Some(cidrs) = &self.source_cidr {
             if n != 0 {
-                return Err(Error::invalid(field, "sourceCidrs", "takes no equals, in or prefix"));
+                return Err(Error::invalid(field, "sourceCidr", "takes no equals, in or prefix"));
             }
-            if cidrs.is_empty() || cidrs.len() > MAX_COHORT_VALUES {
-                return Err(Error::invalid(
-                    format!("{field}.sourceCidrs"),
-                    cidrs.len().to_string(),
-                    "must list 1 to 1000 CIDRs",
-                ));
-            }
-            for (i, c) in cidrs.iter().enumerate() {
-                parse_cidr(&format!("{field}.sourceCidrs[{i}]"), c)?;
+            match cidrs {
+                Cidrs::One(c) => {
+                    parse_cidr(&format!("{field}.sourceCidr"), c)?;
+                }
+                Cidrs::Many(list) => {
+                    if list.is_empty() || list.len() > MAX_COHORT_VALUES {
+                        return Err(Error::invalid(
+                            format!("{field}.sourceCidr"),
+                            list.len().to_string(),
+                            "must list 1 to 1000 CIDRs",
+                        ));
+                    }
+                    for (i, c) in list.iter().enumerate() {
+                        parse_cidr(&format!("{field}.sourceCidr[{i}]"), c)?;
+                    }
+                }
             }
             return Ok(());
         }
@@ -427,15 +448,17 @@ impl CanaryRouting {
                 return Err(Error::invalid("canaryRouting.cookie", c.as_str(), "is not a valid cookie name"));
             }
         }
-        if self.header_from.len() > MAX_COHORT_VALUES {
-            return Err(Error::invalid(
-                "canaryRouting.headerFrom",
-                self.header_from.len().to_string(),
-                "must list at most 1000 CIDRs",
-            ));
-        }
-        for (i, c) in self.header_from.iter().enumerate() {
-            parse_cidr(&format!("canaryRouting.headerFrom[{i}]"), c)?;
+        if let Some(list) = &self.trusted_sources {
+            if list.len() > MAX_COHORT_VALUES {
+                return Err(Error::invalid(
+                    "canaryRouting.trustedSources",
+                    list.len().to_string(),
+                    "must list at most 1000 CIDRs",
+                ));
+            }
+            for (i, c) in list.iter().enumerate() {
+                parse_cidr(&format!("canaryRouting.trustedSources[{i}]"), c)?;
+            }
         }
         if let Some(t) = &self.header_token {
             if t.len() < 16 || t.len() > 256 || !t.bytes().all(|b| b.is_ascii_graphic() && b != b';') {
