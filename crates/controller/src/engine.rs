@@ -378,7 +378,8 @@ impl Machine<'_> {
     fn note_resume(&mut self) {
         let gap = (self.now - self.r.checkpoint_at).num_milliseconds();
         if let Phase::Shifting { step, watched_ms } = self.r.phase {
-            if gap > 2_000 {
+            // A paused rollout's wait does not run: a controller down meanwhile cost it nothing.
+            if gap > 2_000 && self.r.paused.is_none() {
                 let reason = format!(
                     "controller resumed after a gap: not running for about {:.1} s since {}; the step's wait counts only watched time ({:.1} s done)",
                     gap as f64 / 1000.0,

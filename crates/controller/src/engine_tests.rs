@@ -728,6 +728,8 @@ fn a_paused_rollout_survives_a_restart_without_a_gap() {
     // The record as stored, read by a new controller.
     let stored: canarygate_model::rollout::Rollout = serde_json::from_value(serde_json::to_value(sim.rollout()).unwrap()).unwrap();
     assert!(stored.paused.is_some());
+    // The controller was down for 30 s (its last checkpoint is older still).
+    sim.now += Duration::seconds(30);
     sim.tick_with(1000, AlarmState::Ok, true);
     assert!(sim.rollout().paused.is_some());
     assert!(
@@ -735,6 +737,14 @@ fn a_paused_rollout_survives_a_restart_without_a_gap() {
         "no gap while paused"
     );
     assert_eq!(weight(&sim), Some(10.0));
+    // Resumed before a restarted controller first saw it: still no gap.
+    sim.now += Duration::seconds(30);
+    sim.s.resume_rollout("r-1", "alice", sim.now).unwrap();
+    sim.tick_with(100, AlarmState::Ok, true);
+    assert!(
+        !sim.rollout().events.iter().any(|e| e.reason.contains("gap")),
+        "no gap after the resume"
+    );
 }
 
 #[test]

@@ -625,6 +625,8 @@ impl State {
             return Err(Error::Conflict(format!("rollout {id} is not paused")));
         };
         let held = (now - p.at).num_milliseconds().max(0) as f64 / 1000.0;
+        // No watched time ran while paused: a controller that was down meanwhile missed none of it.
+        r.checkpoint_at = now;
         let reason = format!("resumed by {by} after {held:.1} s paused");
         push_event(r, now, reason, serde_json::json!({"resumedBy": by, "pausedSeconds": held}));
         Ok(r.clone())
