@@ -1,52 +1,51 @@
 //! The thin async loop that runs the state machines: every tick it evaluates alarms (once per second),
 //! steps every active rollout through the store (one durable transaction per change), and makes the
-//! hook calls the steps ask for. The wall clock is injected, so the loop can be driven in tests.
+//! hook calls the steps ask for and the notification deliveries that are due, as tasks it owns
+//! (cancelled when it stops). It decides nothing itself: watched time is [`crate::watched`]'s, every
+//! step and hook reply the engine's. Time comes only from the injected [`Clock`], so tests drive the
+//! loop tick by tick with a fake one.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tokio::task::JoinSet;
+
 use canarygate_metrics::{MetricsView, Registry};
 use canarygate_model::alarm::AlarmState;
-use canarygate_model::rollout::{HookExecution, HookStatus, Phase};
+use canarygate_model::rollout::{HookExecution, Phase};
 use canarygate_store::{Fence, Store};
 use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 
 use crate::alarms::evaluate_alarm;
+use crate::clock::Clock;
 use crate::cluster_metrics::{ClusterMetrics, Completeness};
-use crate::engine::{step, Effect, Input};
+use crate::engine::{hook_status, step, Effect, Input};
 use crate::feed::Feed;
 use crate::prom::PromSource;
+use crate::watched::WatchedTime;
 use canarygate_model::alarm::{evaluate, Alarm, Evaluation};
 use canarygate_model::rollout::Rollout;
 use canarygate_model::{State, Variant};
 
-/// The wall clock.
-pub trait Clock: Send + Sync {
-    fn now(&self) -> DateTime<Utc>;
-}
-
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now(&self) -> DateTime<Utc> {
-        Utc::now()
-    }
-}
-
-/// A gap between ticks longer than this is not counted as watched time.
-const MAX_TICK_GAP: Duration = Duration::from_secs(2);
-
-/// Per-rollout bookkeeping: watched time not yet written to the record, and the analysis's reading.
+/// What the loop keeps about one rollout between ticks: its watched time not yet in the record, and
+/// the analysis's reading of the metrics.
 struct Watch {
-    /// The record's (step, watchedMs) the extra time counts on top of.
-    base: Option<(std::mem::Discriminant<Phase>, Option<usize>, u64)>,
-    extra_ms: u64,
-    last_tick: Option<Instant>,
+    watched: WatchedTime,
     feed: Feed,
     /// The last second the analysis's batches were read at.
     read_at: u64,
+}
+
+/// What the loop keeps between ticks. A controller that starts (or takes over) starts from nothing:
+/// everything it needs is in the records.
+#[derive(Default)]
+pub(crate) struct Ticks {
+    watches: HashMap<String, Watch>,
+    last_alarm_sec: u64,
+    /// When the cluster's metrics were last read: (second, at).
+    refreshed: Option<(u64, Instant)>,
 }
 
 pub struct Controller {
@@ -57,6 +56,8 @@ pub struct Controller {
     prom: PromSource,
     /// Notification deliveries being attempted now.
     delivering: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    /// Hook calls and notification deliveries under way: aborted when the loop stops.
+    tasks: std::sync::Mutex<JoinSet<()>>,
     tick: Duration,
     /// The controller lease, when several replicas share the store: the loop acts only while it holds
     /// the lease, and every write it makes is fenced by it. `None`: the only controller.
@@ -88,6 +89,7 @@ impl Controller {
             clock,
             prom: PromSource::new(http.clone()),
             delivering: Arc::default(),
+            tasks: std::sync::Mutex::new(JoinSet::new()),
             http,
             tick: Duration::from_millis(100),
             leadership: None,
@@ -130,12 +132,15 @@ impl Controller {
         let before = cluster.completeness(now_sec);
         let due = match *refreshed {
             None => true,
-            Some((sec, at)) => sec != now_sec || (before.through < now_sec && at.elapsed() >= Duration::from_millis(200)),
+            Some((sec, at)) => {
+                sec != now_sec
+                    || (before.through < now_sec && self.clock.instant().saturating_duration_since(at) >= Duration::from_millis(200))
+            }
         };
         if !due {
             return before;
         }
-        *refreshed = Some((now_sec, Instant::now()));
+        *refreshed = Some((now_sec, self.clock.instant()));
         let from_sec = now_sec.saturating_sub(self.horizon_secs());
         let c = cluster.clone();
         match tokio::task::spawn_blocking(move || c.refresh(now_sec, from_sec)).await {
@@ -174,38 +179,67 @@ impl Controller {
             Some(rx) => rx
                 .borrow()
                 .as_ref()
-                .filter(|l| std::time::Instant::now() < l.until)
+                .filter(|l| self.clock.instant() < l.until)
                 .map(|l| l.fence.clone()),
         }
     }
 
-    /// Runs until `shutdown` turns true.
+    /// Runs until `shutdown` turns true; then the hook calls and deliveries under way are cancelled
+    /// (a hook is called again by the next controller; a delivery is retried).
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
-        let mut watches: HashMap<String, Watch> = HashMap::new();
-        let mut last_alarm_sec = 0u64;
-        let mut refreshed = None;
+        let mut ticks = Ticks::default();
         let mut every = tokio::time::interval(self.tick);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = every.tick() => {}
-                _ = shutdown.changed() => return,
+                _ = shutdown.changed() => break,
             }
-            let Some(fence) = self.fence() else {
-                // Not the controller (now): another replica steps the rollouts. Forget what was being
-                // watched, so that taking over later starts from the records (re-calling a pending hook).
-                watches.clear();
-                continue;
-            };
-            let now = self.clock.now();
-            let now_sec = now.timestamp().max(0) as u64;
-            let reading = self.completeness(now_sec, &mut refreshed).await;
-            if reading.through > last_alarm_sec {
-                last_alarm_sec = reading.through;
-                self.evaluate_alarms(&fence, now, &reading).await;
+            self.tick(&mut ticks).await;
+        }
+        self.lock_tasks().abort_all();
+    }
+
+    /// One tick: alarms once a second, every active rollout stepped, deliveries started.
+    pub(crate) async fn tick(&self, ticks: &mut Ticks) {
+        while self.lock_tasks().try_join_next().is_some() {}
+        let Some(fence) = self.fence() else {
+            // Not the controller (now): another replica steps the rollouts. Forget what was being
+            // watched, so that taking over later starts from the records.
+            ticks.watches.clear();
+            return;
+        };
+        let now = self.clock.now();
+        let now_sec = now.timestamp().max(0) as u64;
+        let reading = self.completeness(now_sec, &mut ticks.refreshed).await;
+        if reading.through > ticks.last_alarm_sec {
+            ticks.last_alarm_sec = reading.through;
+            self.evaluate_alarms(&fence, now, &reading).await;
+        }
+        self.step_rollouts(&fence, &mut ticks.watches, now, now_sec, &reading).await;
+        self.deliver(&fence, now);
+    }
+
+    fn lock_tasks(&self) -> std::sync::MutexGuard<'_, JoinSet<()>> {
+        self.tasks.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Hook calls and notification deliveries under way.
+    pub fn tasks_in_flight(&self) -> usize {
+        self.lock_tasks().len()
+    }
+
+    /// Waits until the hook calls and deliveries under way (and any they lead to) have ended.
+    #[cfg(test)]
+    pub(crate) async fn settle(&self) {
+        loop {
+            let mut set = std::mem::take(&mut *self.lock_tasks());
+            if set.is_empty() {
+                return;
             }
-            self.step_rollouts(&fence, &mut watches, now, now_sec, &reading).await;
-            self.deliver(&fence, now);
+            while let Some(done) = set.join_next().await {
+                done.expect("a controller task panicked");
+            }
         }
     }
 
@@ -223,14 +257,15 @@ impl Controller {
             let (store, http, delivering, fence) = (self.store.clone(), self.http.clone(), self.delivering.clone(), fence.clone());
             let (d, url, secret, format) = (d.clone(), n.url.clone(), n.secret.clone(), n.format);
             let body = canarygate_model::notification::render(format, &d.event, self.public_url.as_deref());
-            tokio::spawn(async move {
+            let clock = self.clock.clone();
+            self.lock_tasks().spawn(async move {
                 let body = serde_json::to_vec(&body).unwrap_or_default();
                 let mut req = http
                     .post(&url)
                     .header("content-type", format.content_type())
                     .timeout(Duration::from_secs(10));
                 if let Some(key) = secret.as_deref().and_then(canarygate_model::notification::secret_key) {
-                    let ts = Utc::now().timestamp();
+                    let ts = clock.now().timestamp();
                     req = req
                         .header("webhook-id", &d.id)
                         .header("webhook-timestamp", ts.to_string())
@@ -247,7 +282,7 @@ impl Controller {
                 let id = d.id.clone();
                 let result = store
                     .mutate_fenced(&fence, move |s| {
-                        s.record_delivery(&id, outcome, Utc::now());
+                        s.record_delivery(&id, outcome, clock.now());
                         Ok(())
                     })
                     .await;
@@ -307,34 +342,13 @@ impl Controller {
         let active: Vec<_> = state.rollouts.values().filter(|r| r.status.is_active()).cloned().collect();
         watches.retain(|id, _| active.iter().any(|r| &r.id == id));
         for r in active {
-            let first_sight = !watches.contains_key(&r.id);
             let w = watches.entry(r.id.clone()).or_insert_with(|| Watch {
-                base: None,
-                extra_ms: 0,
-                last_tick: None,
+                watched: WatchedTime::default(),
                 // After a restart, the seconds already judged are not read again.
                 feed: Feed::new(r.analysis_state.as_ref().and_then(|a| a.last_second).map_or(0, |s| s + 1)),
                 read_at: 0,
             });
-            let base = match r.phase {
-                Phase::Shifting { step, watched_ms } => (std::mem::discriminant(&r.phase), Some(step), watched_ms),
-                Phase::Mirroring { watched_ms } => (std::mem::discriminant(&r.phase), None, watched_ms),
-                _ => (std::mem::discriminant(&r.phase), None, 0),
-            };
-            if w.base != Some(base) {
-                w.base = Some(base);
-                w.extra_ms = 0;
-            }
-            let t = Instant::now();
-            if let Some(last) = w.last_tick {
-                let d = t - last;
-                // A paused rollout's wait does not run (the engine holds its step).
-                if d <= MAX_TICK_GAP && r.paused.is_none() {
-                    w.extra_ms += d.as_millis() as u64;
-                }
-            }
-            w.last_tick = Some(t);
-            let watched_ms = base.2 + w.extra_ms;
+            let observed = w.watched.observe(&r, self.clock.instant());
 
             let mut batches = Vec::new();
             let mut pairs = Vec::new();
@@ -371,38 +385,35 @@ impl Controller {
                     })
                     .collect()
             });
-            if first_sight {
-                // After a restart, a hook that was being called is called again.
-                if let Phase::BeforeAllowTraffic { execution } | Phase::AfterAllowTraffic { execution } = &r.phase {
-                    if execution.status == HookStatus::Pending {
-                        self.call_hook(fence, r.id.clone(), execution.clone());
-                    }
-                }
-            }
             let id = r.id.clone();
-            let result = self
-                .store
-                .mutate_fenced(fence, move |s| {
-                    let mut new_id = hook_id;
-                    let mut input = Input {
-                        now,
-                        watched_ms,
-                        alarms: &alarms,
-                        batches: &batches,
-                        pairs: &pairs,
-                        resumed: first_sight,
-                        new_id: &mut new_id,
-                    };
-                    Ok(step(s, &id, &mut input))
-                })
-                .await;
+            let stepped = id.clone();
+            let take_step = move |s: &mut State| {
+                let mut new_id = hook_id;
+                let mut input = Input {
+                    now,
+                    watched_ms: observed.watched_ms,
+                    alarms: &alarms,
+                    batches: &batches,
+                    pairs: &pairs,
+                    resumed: observed.resumed,
+                    new_id: &mut new_id,
+                };
+                step(s, &stepped, &mut input)
+            };
+            // Most ticks change nothing: the step is tried on the current state first, and stored
+            // (in one transaction, on the latest stored state) only when it changes something.
+            let mut trial = State::clone(&state);
+            if take_step.clone()(&mut trial).is_empty() && canarygate_store::diff(&state, &trial).is_empty() {
+                continue;
+            }
+            let result = self.store.mutate_fenced(fence, move |s| Ok(take_step(s))).await;
             match result {
                 Ok(effects) => {
                     for Effect::CallHook { rollout_id, execution } in effects {
                         self.call_hook(fence, rollout_id, execution);
                     }
                 }
-                Err(e) => tracing::error!(rollout = %r.id, error = %e, "cannot store the rollout's step"),
+                Err(e) => tracing::error!(rollout = %id, error = %e, "cannot store the rollout's step"),
             }
         }
     }
@@ -454,15 +465,14 @@ impl Controller {
         e
     }
 
-    /// Calls a hook in the background and records its reply: 202 waits for the callback, other 2xx
-    /// succeed, anything else fails.
+    /// Calls a hook in the background and records its reply as the engine maps it.
     fn call_hook(&self, fence: &Fence, rollout_id: String, execution: HookExecution) {
         let (store, http, fence) = (self.store.clone(), self.http.clone(), fence.clone());
         let timeout = (execution.deadline - self.clock.now())
             .to_std()
             .unwrap_or(Duration::ZERO)
             .max(Duration::from_millis(1));
-        tokio::spawn(async move {
+        self.lock_tasks().spawn(async move {
             let body = serde_json::json!({
                 "rolloutId": rollout_id,
                 "lifecycleEventHookExecutionId": execution.id,
@@ -471,17 +481,20 @@ impl Controller {
                 "DeploymentId": rollout_id,
                 "LifecycleEventHookExecutionId": execution.id,
             });
-            let reply = http.post(&execution.url).json(&body).timeout(timeout).send().await;
-            let (status, message) = match reply {
-                Ok(r) if r.status().as_u16() == 202 => (HookStatus::Waiting, Some("202 Accepted: waiting for the callback".to_string())),
-                Ok(r) if r.status().is_success() => (HookStatus::Succeeded, Some(format!("HTTP {}", r.status().as_u16()))),
+            let reply = match http.post(&execution.url).json(&body).timeout(timeout).send().await {
                 Ok(r) => {
                     let code = r.status().as_u16();
-                    let text: String = r.text().await.unwrap_or_default().chars().take(200).collect();
-                    (HookStatus::Failed, Some(format!("HTTP {code}: {text}")))
+                    let text = if r.status().is_success() {
+                        String::new()
+                    } else {
+                        r.text().await.unwrap_or_default()
+                    };
+                    Ok((code, text))
                 }
-                Err(e) => (HookStatus::Failed, Some(format!("call failed: {e}"))),
+                Err(e) => Err(e.to_string()),
             };
+            let (status, message) = hook_status(&reply);
+            let message = Some(message);
             tracing::info!(rollout = %rollout_id, hook = %execution.id, ?status, "hook replied");
             let id = execution.id.clone();
             if let Err(e) = store

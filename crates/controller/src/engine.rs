@@ -2,9 +2,10 @@
 //!
 //! It reads the rollout and its stage from the model `State`, decides, and writes the new rollout and
 //! the stage change into the same `State`, so the store persists both in one transaction before traffic
-//! sees the change. The only effects it returns are hook calls to make. Time comes in through
-//! [`Input`]: the wall clock (for hook deadlines and events) and the *watched* time of the current step
-//! (time during which the controller ran and evaluated the alarms), which is what a step's wait counts.
+//! sees the change. The only effects it returns are hook calls to make (a new one, or one a restarted
+//! controller makes again). Time comes in through [`Input`]: the wall clock (for hook deadlines and
+//! events) and the *watched* time of the current step (counted by [`crate::watched`]), which is what a
+//! step's wait counts.
 
 use chrono::{DateTime, Utc};
 use serde_json::json;
@@ -33,7 +34,8 @@ pub struct Input<'a> {
     pub batches: &'a [Batch],
     /// New seconds of mirrored pairs for the paired judgement.
     pub pairs: &'a [Pairs],
-    /// The controller has just (re)started and sees this rollout for the first time.
+    /// The controller has just (re)started or taken over and sees this rollout for the first time: a
+    /// gap since the record's checkpoint is reported, and a pending hook is called again.
     pub resumed: bool,
     /// Makes a fresh hook execution id.
     pub new_id: &'a mut dyn FnMut() -> String,
@@ -43,6 +45,24 @@ pub struct Input<'a> {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Effect {
     CallHook { rollout_id: String, execution: HookExecution },
+}
+
+/// What a hook's endpoint answered: an HTTP status and the start of its body, or why it could not be
+/// called.
+pub type HookReply = Result<(u16, String), String>;
+
+/// Maps a hook's reply to the execution's status: 202 waits for the callback, another 2xx succeeds,
+/// anything else fails (with the status and up to 200 characters of the body).
+pub fn hook_status(reply: &HookReply) -> (HookStatus, String) {
+    match reply {
+        Ok((202, _)) => (HookStatus::Waiting, "202 Accepted: waiting for the callback".into()),
+        Ok((code, _)) if (200..300).contains(code) => (HookStatus::Succeeded, format!("HTTP {code}")),
+        Ok((code, body)) => {
+            let body: String = body.chars().take(200).collect();
+            (HookStatus::Failed, format!("HTTP {code}: {body}"))
+        }
+        Err(e) => (HookStatus::Failed, format!("call failed: {e}")),
+    }
 }
 
 /// Takes one step of rollout `id`. Does nothing for an ended or unknown rollout.
@@ -390,6 +410,15 @@ impl Machine<'_> {
             }
         }
         self.r.checkpoint_at = self.now;
+        // A hook call the last controller made may never have been answered: it is made again.
+        if let Phase::BeforeAllowTraffic { execution } | Phase::AfterAllowTraffic { execution } = &self.r.phase {
+            if execution.status == HookStatus::Pending {
+                self.effects.push(Effect::CallHook {
+                    rollout_id: self.r.id.clone(),
+                    execution: execution.clone(),
+                });
+            }
+        }
     }
 
     fn start(&mut self, input: &mut Input<'_>) {

@@ -73,10 +73,11 @@ impl LeaseView {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::Clock;
 
     #[test]
     fn held_until_a_margin_before_expiry_and_lost_when_taken() {
-        let t0 = Instant::now();
+        let t0 = crate::clock::SystemClock.instant();
         let s = Duration::from_secs;
         let mut v = LeaseView::new("a", s(1));
         assert!(v.leadership(t0).is_none());
