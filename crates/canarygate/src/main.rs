@@ -11,6 +11,8 @@ mod config;
 mod demo;
 #[cfg(test)]
 mod docs_tests;
+#[cfg(test)]
+mod module_tests;
 mod rollout_cli;
 mod serve;
 
@@ -201,6 +203,10 @@ enum StagesCmd {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let c = Client::new(&cli.server, cli.token.clone(), cli.output);
     match cli.command {
+        Command::Serve(args) if args.check => match &args.config {
+            Some(path) => check::run(path, &args),
+            None => anyhow::bail!("serve --check needs --config FILE"),
+        },
         Command::Serve(args) => serve::run(args).await,
         Command::Check { file } => check::run(&file, &serve::ServeArgs::default()),
         Command::Backup { data_dir, to } => {

@@ -367,12 +367,6 @@ impl Running {
 
 /// `canarygate serve`: runs until SIGTERM or Ctrl-C.
 pub async fn run(args: ServeArgs) -> Result<()> {
-    if args.check {
-        let Some(path) = &args.config else {
-            bail!("serve --check needs --config FILE");
-        };
-        return crate::check::run(path, &args);
-    }
     let cfg = match &args.config {
         Some(p) => crate::config::load(p)?,
         None => ConfigFile::default(),

@@ -15,8 +15,6 @@ use http::{HeaderMap, HeaderName};
 use ipnet::IpNet;
 use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 
-use crate::table::StageRoute;
-
 /// A stage's canary routing, compiled for the request path.
 pub struct Routing {
     header: Option<HeaderName>,
@@ -28,6 +26,11 @@ pub struct Routing {
     /// Seed of the sticky hash, from the stage's salt.
     seed: u64,
     cohorts: Vec<Cohort>,
+    /// The stage has a canary.
+    canary: bool,
+    /// A request goes to the canary when a uniform `u64` (random or a sticky hash) is below this.
+    canary_threshold: u64,
+    canary_always: bool,
 }
 
 enum Source {
@@ -69,7 +72,9 @@ fn nets(cidrs: &[String]) -> Vec<IpNet> {
 
 impl Routing {
     /// Compiles validated routing settings with the stage's effective salt.
-    pub fn compile(r: &CanaryRouting, salt: &str) -> Routing {
+    /// `canary_percent`: the canary's weight, `None` for a stage without a canary.
+    pub fn compile(r: &CanaryRouting, salt: &str, canary_percent: Option<f64>) -> Routing {
+        let (canary_threshold, canary_always) = threshold(canary_percent.unwrap_or(0.0));
         let cohorts = r
             .cohorts
             .iter()
@@ -105,6 +110,9 @@ impl Routing {
             header_token: r.header_token.as_deref().map(Into::into),
             seed: xxh3_64(salt.as_bytes()),
             cohorts,
+            canary: canary_percent.is_some(),
+            canary_threshold,
+            canary_always,
         }
     }
 
@@ -178,12 +186,22 @@ fn forced(value: &str) -> Option<Variant> {
     }
 }
 
+/// Maps `percentTraffic` onto a threshold over the whole `u64` range, so 0.1% is exactly 1 in 1000.
+pub fn threshold(percent: f64) -> (u64, bool) {
+    if percent >= 100.0 {
+        (u64::MAX, true)
+    } else if percent <= 0.0 || percent.is_nan() {
+        (0, false)
+    } else {
+        ((percent / 100.0 * 18_446_744_073_709_551_616.0) as u64, false)
+    }
+}
+
 /// Chooses the variant of one request, and says how.
-pub fn choose(route: &StageRoute, headers: &HeaderMap, query: Option<&str>, peer: IpAddr) -> (Variant, Routed) {
-    if route.canary.is_none() {
+pub fn choose(r: &Routing, headers: &HeaderMap, query: Option<&str>, peer: IpAddr) -> (Variant, Routed) {
+    if !r.canary {
         return (Variant::Production, Routed::Random);
     }
-    let r = &route.routing;
     if let Some(v) = r
         .header
         .as_ref()
@@ -202,10 +220,10 @@ pub fn choose(route: &StageRoute, headers: &HeaderMap, query: Option<&str>, peer
             return (v, Routed::Forced);
         }
     }
-    if route.canary_always {
+    if r.canary_always {
         return (Variant::Canary, Routed::Random);
     }
-    if route.canary_threshold == 0 {
+    if r.canary_threshold == 0 {
         return (Variant::Production, Routed::Random);
     }
     let sticky = match &r.stickiness {
@@ -220,7 +238,7 @@ pub fn choose(route: &StageRoute, headers: &HeaderMap, query: Option<&str>, peer
         }
         None => (fastrand::u64(..), Routed::Random),
     };
-    let variant = if draw < route.canary_threshold {
+    let variant = if draw < r.canary_threshold {
         Variant::Canary
     } else {
         Variant::Production
@@ -258,7 +276,7 @@ mod tests {
     fn routing(json: serde_json::Value) -> Routing {
         let mut r: CanaryRouting = serde_json::from_value(json).unwrap();
         r.validate().unwrap();
-        Routing::compile(&r, "s")
+        Routing::compile(&r, "s", Some(10.0))
     }
 
     #[test]
@@ -344,7 +362,7 @@ mod tests {
         println!("| percentTraffic | population | mean | p5 | median | p95 |");
         println!("|---|---|---|---|---|---|");
         for percent in [1.0, 10.0, 50.0] {
-            let (t, _) = crate::table::threshold(percent);
+            let (t, _) = threshold(percent);
             let (mut users, mut few, mut requests) = (Vec::new(), Vec::new(), Vec::new());
             for salt in 0..1000 {
                 let salt = format!("r-{salt:08x}");
@@ -370,7 +388,7 @@ mod tests {
             }
         }
         // Two salts share about p² of the keys, not all of them.
-        let (t, _) = crate::table::threshold(20.0);
+        let (t, _) = threshold(20.0);
         let both = keys
             .iter()
             .filter(|k| sticky_on_canary(k.as_bytes(), "r-a", t) && sticky_on_canary(k.as_bytes(), "r-b", t))

@@ -13,6 +13,7 @@ use canarygate_model::{Deployment, Integration, Method, State, Variant};
 use http::{HeaderName, HeaderValue};
 
 use crate::cache::{fingerprint, StageCache};
+use crate::choose::threshold;
 
 /// A compiled integration.
 pub enum CompiledIntegration {
@@ -184,9 +185,7 @@ pub struct StageRoute {
     pub stage: Arc<str>,
     pub production: VariantRoute,
     pub canary: Option<VariantRoute>,
-    /// A request goes to the canary when a uniform `u64` (random or a sticky hash) is below this.
-    pub canary_threshold: u64,
-    pub canary_always: bool,
+    /// How a request's variant is chosen (with the canary's weight).
     pub routing: crate::choose::Routing,
     /// The stage cache, when enabled, and its time to live.
     pub cache: Option<Arc<StageCache>>,
@@ -279,15 +278,13 @@ fn build_api(api_name: &str, a: &Arc<ApiState>, previous: Option<&ApiRoutes>, me
             _ => None,
         };
         let percent = s.canary_settings.as_ref().map_or(0.0, |c| c.percent_traffic);
-        let (canary_threshold, canary_always) = threshold(percent);
+        let routing = crate::choose::Routing::compile(&s.canary_routing, &s.sticky_salt(), canary.as_ref().map(|_| percent));
         let route = StageRoute {
             api: Arc::from(api_name),
             stage: Arc::from(sname.as_str()),
             production,
             canary,
-            canary_threshold,
-            canary_always,
-            routing: crate::choose::Routing::compile(&s.canary_routing, &s.sticky_salt()),
+            routing,
             cache: stage_cache(s, previous.and_then(|p| p.stages.get(sname))),
             cache_ttl: Duration::from_secs(u64::from(s.cache.ttl_seconds)),
             cache_flushed_at: s.cache_flushed_at,
@@ -299,17 +296,6 @@ fn build_api(api_name: &str, a: &Arc<ApiState>, previous: Option<&ApiRoutes>, me
         name: Arc::from(api_name),
         stages,
         compiled,
-    }
-}
-
-/// Maps `percentTraffic` onto a threshold over the whole `u64` range, so 0.1% is exactly 1 in 1000.
-pub fn threshold(percent: f64) -> (u64, bool) {
-    if percent >= 100.0 {
-        (u64::MAX, true)
-    } else if percent <= 0.0 || percent.is_nan() {
-        (0, false)
-    } else {
-        ((percent / 100.0 * 18_446_744_073_709_551_616.0) as u64, false)
     }
 }
 

@@ -6,7 +6,28 @@
 use canarygate_model::{Metric, Statistic};
 
 use crate::histogram::{HistSum, BUCKETS};
-use crate::series::JudgedSecond;
+use crate::Datapoint;
+
+/// What the canary analysis reads of one second of one variant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JudgedSecond {
+    pub requests: u64,
+    pub e5: u64,
+    /// IntegrationLatency histogram.
+    pub latency: [u64; BUCKETS],
+    /// Requests routed by the variant header or cookie (included in the counts above).
+    pub forced: u64,
+    pub forced_e5: u64,
+    /// Forced requests counted in `latency`.
+    pub forced_timed: u64,
+    /// 5xx of sticky-routed requests, and how many distinct sticky keys they came from.
+    pub sticky_e5: u64,
+    pub sticky_keys_e5: u64,
+    /// Mirror series: discordant pairs (exactly one of a production request and its copy failed),
+    /// by which one failed. The paired analysis of a mirroring phase reads these.
+    pub pairs_copy_failed: u64,
+    pub pairs_original_failed: u64,
+}
 
 /// The numbers of one second of one series, or a sum of several.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -180,4 +201,18 @@ pub fn statistic(metric: Metric, stat: Statistic, c: &SecondCounts) -> Option<f6
         Metric::Latency => timed(&c.latency),
         Metric::IntegrationLatency => timed(&c.integration),
     }
+}
+
+/// One datapoint per `period`-aligned period of `[start, end)` that `value` has a value for.
+pub(crate) fn periods(period: u64, start: u64, end: u64, mut value: impl FnMut(u64, u64) -> Option<f64>) -> Vec<Datapoint> {
+    let period = period.max(1);
+    let mut out = Vec::new();
+    let mut p = start - start % period;
+    while p < end {
+        if let Some(v) = value(p.max(start), (p + period).min(end)) {
+            out.push(Datapoint { timestamp: p, value: v });
+        }
+        p += period;
+    }
+    out
 }

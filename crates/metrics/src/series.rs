@@ -9,7 +9,7 @@ use canarygate_model::{Metric, Statistic};
 
 use crate::histogram::Hist;
 use crate::histogram::BUCKETS;
-use crate::second::{needs_histograms, statistic, SecondCounts};
+use crate::second::{needs_histograms, periods, statistic, JudgedSecond, SecondCounts};
 use crate::Datapoint;
 
 /// How long one-second slots are kept: 3 hours, plus a minute of slack for the ticker.
@@ -125,27 +125,6 @@ impl JudgeSlot {
             w.store(0, Relaxed);
         }
     }
-}
-
-/// What the canary analysis reads of one second of one variant.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct JudgedSecond {
-    pub requests: u64,
-    pub e5: u64,
-    /// IntegrationLatency histogram.
-    pub latency: [u64; BUCKETS],
-    /// Requests routed by the variant header or cookie (included in the counts above).
-    pub forced: u64,
-    pub forced_e5: u64,
-    /// Forced requests counted in `latency`.
-    pub forced_timed: u64,
-    /// 5xx of sticky-routed requests, and how many distinct sticky keys they came from.
-    pub sticky_e5: u64,
-    pub sticky_keys_e5: u64,
-    /// Mirror series: discordant pairs (exactly one of a production request and its copy failed),
-    /// by which one failed. The paired analysis of a mirroring phase reads these.
-    pub pairs_copy_failed: u64,
-    pub pairs_original_failed: u64,
 }
 
 struct Slot {
@@ -525,7 +504,7 @@ impl Series {
 
     /// Datapoints over `[start, end)`, one per `period`-aligned period with samples, oldest first.
     pub fn query(&self, metric: Metric, stat: Statistic, period: u64, start: u64, end: u64) -> Vec<Datapoint> {
-        crate::view::periods(period, start, end, |from, to| self.reduce(metric, stat, from, to))
+        periods(period, start, end, |from, to| self.reduce(metric, stat, from, to))
     }
 
     /// The counters (and, with `histograms`, the latency histograms) of `[from, to)` added up; the

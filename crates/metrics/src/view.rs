@@ -4,8 +4,7 @@
 
 use canarygate_model::{Metric, Statistic};
 
-use crate::second::{needs_histograms, statistic, SecondCounts};
-use crate::series::JudgedSecond;
+use crate::second::{needs_histograms, periods, statistic, JudgedSecond, SecondCounts};
 use crate::{Datapoint, Registry, SeriesKey};
 
 /// Per-second metrics of series, wherever they come from.
@@ -31,20 +30,6 @@ pub trait MetricsView {
     fn query(&self, key: &SeriesKey, metric: Metric, stat: Statistic, period: u64, start: u64, end: u64) -> Vec<Datapoint> {
         periods(period, start, end, |from, to| self.reduce(key, metric, stat, from, to))
     }
-}
-
-/// One datapoint per `period`-aligned period of `[start, end)` that `value` has a value for.
-pub(crate) fn periods(period: u64, start: u64, end: u64, mut value: impl FnMut(u64, u64) -> Option<f64>) -> Vec<Datapoint> {
-    let period = period.max(1);
-    let mut out = Vec::new();
-    let mut p = start - start % period;
-    while p < end {
-        if let Some(v) = value(p.max(start), (p + period).min(end)) {
-            out.push(Datapoint { timestamp: p, value: v });
-        }
-        p += period;
-    }
-    out
 }
 
 impl MetricsView for Registry {

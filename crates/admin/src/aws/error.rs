@@ -2,8 +2,7 @@
 //! body `{"message"}`), JSON 1.0/1.1 (CodeDeploy, CloudWatch: `{"__type", "message"}`), and the query
 //! protocol (CloudWatch: `<ErrorResponse>` XML).
 
-use axum::http::{HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::http::StatusCode;
 use canarygate_store::StoreError;
 
 use super::sigv4::SigError;
@@ -109,46 +108,6 @@ impl AwsError {
             }
         }
     }
-
-    /// The answer in `protocol`'s shape.
-    pub fn render(&self, protocol: Protocol, request_id: &str) -> Response {
-        let mut r = match protocol {
-            Protocol::Cbor(_) => super::rpc::cbor_error(self),
-            Protocol::RestJson => {
-                let mut r = (self.status, axum::Json(serde_json::json!({"message": self.message}))).into_response();
-                r.headers_mut().insert("x-amzn-errortype", header(self.code));
-                r
-            }
-            Protocol::Json10 | Protocol::Json11 => {
-                let content_type = if protocol == Protocol::Json10 {
-                    "application/x-amz-json-1.0"
-                } else {
-                    "application/x-amz-json-1.1"
-                };
-                let body = serde_json::json!({"__type": self.code, "message": self.message}).to_string();
-                let mut r = (self.status, body).into_response();
-                r.headers_mut().insert("content-type", header(content_type));
-                r
-            }
-            Protocol::Query => {
-                let kind = if self.status.is_server_error() { "Receiver" } else { "Sender" };
-                let body = format!(
-                    "<ErrorResponse xmlns=\"http://monitoring.amazonaws.com/doc/2010-08-01/\"><Error><Type>{kind}</Type><Code>{}</Code><Message>{}</Message></Error><RequestId>{request_id}</RequestId></ErrorResponse>",
-                    xml_escape(self.code),
-                    xml_escape(&self.message)
-                );
-                let mut r = (self.status, body).into_response();
-                r.headers_mut().insert("content-type", header("text/xml"));
-                r
-            }
-        };
-        r.headers_mut().insert("x-amzn-requestid", header(request_id));
-        r
-    }
-}
-
-fn header(v: &str) -> HeaderValue {
-    HeaderValue::from_str(v).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
 }
 
 /// A value cut to about `max` bytes for a message.

@@ -165,12 +165,12 @@ async fn handle(State((state, config)): State<(AppState, Arc<AwsConfig>)>, req: 
     let body = match axum::body::to_bytes(body, MAX_BODY).await {
         Ok(b) => b,
         Err(_) => {
-            return AwsError::new(
+            let e = AwsError::new(
                 axum::http::StatusCode::PAYLOAD_TOO_LARGE,
                 "RequestEntityTooLargeException",
                 format!("Request body is larger than {MAX_BODY} bytes"),
-            )
-            .render(protocol, &id)
+            );
+            return rpc::error_response(&e, protocol, &id);
         }
     };
     let signed = sigv4::SignedRequest {
@@ -184,7 +184,7 @@ async fn handle(State((state, config)): State<(AppState, Arc<AwsConfig>)>, req: 
         Ok(c) => c,
         Err(e) => {
             tracing::info!(error = %e, service = protocol.service(), "AWS endpoint: signature refused");
-            return AwsError::signature(&e, protocol).render(protocol, &id);
+            return rpc::error_response(&AwsError::signature(&e, protocol), protocol, &id);
         }
     };
     let call = Call {
@@ -200,7 +200,7 @@ async fn handle(State((state, config)): State<(AppState, Arc<AwsConfig>)>, req: 
     };
     let mut r = match answer {
         Ok(r) => r,
-        Err(e) => e.render(protocol, &id),
+        Err(e) => rpc::error_response(&e, protocol, &id),
     };
     if let Ok(v) = axum::http::HeaderValue::from_str(&id) {
         r.headers_mut().insert("x-amzn-requestid", v);

@@ -17,6 +17,7 @@ use ciborium::Value as Cbor;
 use serde_json::{Map, Number, Value};
 
 use super::error::{xml_escape, AwsError};
+use super::Protocol;
 
 /// Marks a timestamp in an operation's answer.
 pub const TIMESTAMP: &str = "$timestamp";
@@ -113,6 +114,46 @@ pub fn cbor_response(v: &Value) -> Response {
     header(&mut r, "content-type", "application/cbor");
     header(&mut r, "smithy-protocol", "rpc-v2-cbor");
     r
+}
+
+/// An error's answer in `protocol`'s shape.
+pub fn error_response(e: &AwsError, protocol: Protocol, request_id: &str) -> Response {
+    let mut r = match protocol {
+        Protocol::Cbor(_) => cbor_error(e),
+        Protocol::RestJson => {
+            let mut r = (e.status, axum::Json(serde_json::json!({"message": e.message}))).into_response();
+            r.headers_mut().insert("x-amzn-errortype", header_value(e.code));
+            r
+        }
+        Protocol::Json10 | Protocol::Json11 => {
+            let content_type = if protocol == Protocol::Json10 {
+                "application/x-amz-json-1.0"
+            } else {
+                "application/x-amz-json-1.1"
+            };
+            let body = serde_json::json!({"__type": e.code, "message": e.message}).to_string();
+            let mut r = (e.status, body).into_response();
+            r.headers_mut().insert("content-type", header_value(content_type));
+            r
+        }
+        Protocol::Query => {
+            let kind = if e.status.is_server_error() { "Receiver" } else { "Sender" };
+            let body = format!(
+                "<ErrorResponse xmlns=\"http://monitoring.amazonaws.com/doc/2010-08-01/\"><Error><Type>{kind}</Type><Code>{}</Code><Message>{}</Message></Error><RequestId>{request_id}</RequestId></ErrorResponse>",
+                xml_escape(e.code),
+                xml_escape(&e.message)
+            );
+            let mut r = (e.status, body).into_response();
+            r.headers_mut().insert("content-type", header_value("text/xml"));
+            r
+        }
+    };
+    r.headers_mut().insert("x-amzn-requestid", header_value(request_id));
+    r
+}
+
+fn header_value(v: &str) -> HeaderValue {
+    HeaderValue::from_str(v).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
 }
 
 /// An error in Smithy RPC v2 CBOR.

@@ -10,6 +10,12 @@ use crate::api::{validate_deployment_id, validate_routes};
 use crate::stage::{validate_percent, validate_variables, CanarySettings, StageInput};
 use crate::{validate_api_name, validate_stage_name, Api, Deployment, Error, PatchOperation, Result, Route, Stage};
 
+mod codedeploy;
+mod notifications;
+mod rollouts;
+
+pub use rollouts::alarm_view;
+
 /// One API with its deployments (oldest first) and stages.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ApiState {
