@@ -26,11 +26,6 @@ pub struct Routing {
     /// Seed of the sticky hash, from the stage's salt.
     seed: u64,
     cohorts: Vec<Cohort>,
-    /// The stage has a canary.
-    canary: bool,
-    /// A request goes to the canary when a uniform `u64` (random or a sticky hash) is below this.
-    canary_threshold: u64,
-    canary_always: bool,
 }
 
 enum Source {
@@ -72,9 +67,7 @@ fn nets(cidrs: &[String]) -> Vec<IpNet> {
 
 impl Routing {
     /// Compiles validated routing settings with the stage's effective salt.
-    /// `canary_percent`: the canary's weight, `None` for a stage without a canary.
-    pub fn compile(r: &CanaryRouting, salt: &str, canary_percent: Option<f64>) -> Routing {
-        let (canary_threshold, canary_always) = threshold(canary_percent.unwrap_or(0.0));
+    pub fn compile(r: &CanaryRouting, salt: &str) -> Routing {
         let cohorts = r
             .cohorts
             .iter()
@@ -110,9 +103,6 @@ impl Routing {
             header_token: r.header_token.as_deref().map(Into::into),
             seed: xxh3_64(salt.as_bytes()),
             cohorts,
-            canary: canary_percent.is_some(),
-            canary_threshold,
-            canary_always,
         }
     }
 
@@ -197,11 +187,27 @@ pub fn threshold(percent: f64) -> (u64, bool) {
     }
 }
 
-/// Chooses the variant of one request, and says how.
-pub fn choose(r: &Routing, headers: &HeaderMap, query: Option<&str>, peer: IpAddr) -> (Variant, Routed) {
-    if !r.canary {
-        return (Variant::Production, Routed::Random);
+/// A stage's canary share: a request goes to the canary when a uniform `u64` (random or a sticky
+/// hash) is below `threshold`; to it always at 100%.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Split {
+    pub threshold: u64,
+    pub always: bool,
+}
+
+impl Split {
+    pub fn of(percent: f64) -> Split {
+        let (threshold, always) = threshold(percent);
+        Split { threshold, always }
     }
+}
+
+/// Chooses the variant of one request, and says how. `split`: the canary's share, `None` for a stage
+/// without a canary.
+pub fn choose(r: &Routing, split: Option<Split>, headers: &HeaderMap, query: Option<&str>, peer: IpAddr) -> (Variant, Routed) {
+    let Some(split) = split else {
+        return (Variant::Production, Routed::Random);
+    };
     if let Some(v) = r
         .header
         .as_ref()
@@ -220,10 +226,10 @@ pub fn choose(r: &Routing, headers: &HeaderMap, query: Option<&str>, peer: IpAdd
             return (v, Routed::Forced);
         }
     }
-    if r.canary_always {
+    if split.always {
         return (Variant::Canary, Routed::Random);
     }
-    if r.canary_threshold == 0 {
+    if split.threshold == 0 {
         return (Variant::Production, Routed::Random);
     }
     let sticky = match &r.stickiness {
@@ -238,7 +244,7 @@ pub fn choose(r: &Routing, headers: &HeaderMap, query: Option<&str>, peer: IpAdd
         }
         None => (fastrand::u64(..), Routed::Random),
     };
-    let variant = if draw < r.canary_threshold {
+    let variant = if draw < split.threshold {
         Variant::Canary
     } else {
         Variant::Production
@@ -276,7 +282,7 @@ mod tests {
     fn routing(json: serde_json::Value) -> Routing {
         let mut r: CanaryRouting = serde_json::from_value(json).unwrap();
         r.validate().unwrap();
-        Routing::compile(&r, "s", Some(10.0))
+        Routing::compile(&r, "s")
     }
 
     #[test]

@@ -190,7 +190,7 @@ where
             },
         );
     };
-    let (variant, routed) = choose(&stage.routing, &parts.headers, parts.uri.query(), peer.addr.ip());
+    let (variant, routed) = choose(&stage.routing, stage.split, &parts.headers, parts.uri.query(), peer.addr.ip());
     let vr = stage.variant(variant);
     let (tee, pair) = match stage.mirror.as_deref() {
         // A WebSocket handshake is not copied: the copy could not be relayed.

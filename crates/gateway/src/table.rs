@@ -185,7 +185,8 @@ pub struct StageRoute {
     pub stage: Arc<str>,
     pub production: VariantRoute,
     pub canary: Option<VariantRoute>,
-    /// How a request's variant is chosen (with the canary's weight).
+    /// The canary's share (with `canary`).
+    pub split: Option<crate::choose::Split>,
     pub routing: crate::choose::Routing,
     /// The stage cache, when enabled, and its time to live.
     pub cache: Option<Arc<StageCache>>,
@@ -278,13 +279,14 @@ fn build_api(api_name: &str, a: &Arc<ApiState>, previous: Option<&ApiRoutes>, me
             _ => None,
         };
         let percent = s.canary_settings.as_ref().map_or(0.0, |c| c.percent_traffic);
-        let routing = crate::choose::Routing::compile(&s.canary_routing, &s.sticky_salt(), canary.as_ref().map(|_| percent));
+        let split = canary.as_ref().map(|_| crate::choose::Split::of(percent));
         let route = StageRoute {
             api: Arc::from(api_name),
             stage: Arc::from(sname.as_str()),
             production,
             canary,
-            routing,
+            split,
+            routing: crate::choose::Routing::compile(&s.canary_routing, &s.sticky_salt()),
             cache: stage_cache(s, previous.and_then(|p| p.stages.get(sname))),
             cache_ttl: Duration::from_secs(u64::from(s.cache.ttl_seconds)),
             cache_flushed_at: s.cache_flushed_at,
