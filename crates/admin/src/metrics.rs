@@ -1,14 +1,13 @@
 //! `GET /v1/metrics` (CloudWatch-style datapoints), `/metrics` (Prometheus text) and `/readyz`.
 
 use std::collections::HashMap;
-use std::fmt::Write;
 use std::sync::atomic::Ordering;
 
 use axum::extract::{Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use canarygate_metrics::{ClusterSeconds, Metric, MetricsView, SeriesKey, Statistic, Variant};
+use canarygate_metrics::{ClusterSeconds, Family, Metric, MetricsView, SeriesKey, Statistic, Variant};
 use canarygate_model::alarm::AlarmState;
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
@@ -119,40 +118,31 @@ pub(crate) async fn datapoints(
     }
 }
 
+const CANARY_PERCENT: Family = Family::gauge("canarygate_canary_percent", "Share of a stage's requests sent to its canary.");
+const ROLLOUTS: Family = Family::gauge("canarygate_rollouts", "Rollouts by status.");
+const ALARM_STATE: Family = Family::gauge("canarygate_alarm_state", "1 for an alarm's current state, 0 for the others.");
+
 pub async fn prometheus(State(s): State<AppState>) -> Response {
     let mut out = String::with_capacity(16 * 1024);
     s.metrics.render_prometheus(&mut out);
-    out.push_str("# HELP canarygate_canary_percent Share of a stage's requests sent to its canary.\n");
-    out.push_str("# TYPE canarygate_canary_percent gauge\n");
+    CANARY_PERCENT.header(&mut out);
     let st = s.store.current();
     for a in st.apis.values() {
         for stage in a.stages.values() {
             let p = stage.canary_settings.as_ref().map_or(0.0, |c| c.percent_traffic);
-            let _ = writeln!(
-                out,
-                "canarygate_canary_percent{{api=\"{}\",stage=\"{}\"}} {p}",
-                canarygate_metrics::escape_label(&a.api.name),
-                canarygate_metrics::escape_label(&stage.name)
-            );
+            CANARY_PERCENT.sample(&mut out, &[("api", &a.api.name), ("stage", &stage.name)], p);
         }
     }
-    out.push_str("# HELP canarygate_rollouts Rollouts by status.\n");
-    out.push_str("# TYPE canarygate_rollouts gauge\n");
+    ROLLOUTS.header(&mut out);
     for status in canarygate_model::rollout::RolloutStatus::ALL {
         let n = st.rollouts.values().filter(|r| r.status == status).count();
-        let _ = writeln!(out, "canarygate_rollouts{{status=\"{}\"}} {n}", status.as_str());
+        ROLLOUTS.sample(&mut out, &[("status", status.as_str())], n);
     }
-    out.push_str("# HELP canarygate_alarm_state 1 for an alarm's current state, 0 for the others.\n");
-    out.push_str("# TYPE canarygate_alarm_state gauge\n");
+    ALARM_STATE.header(&mut out);
     for (name, a) in &st.alarms {
         for state in [AlarmState::Ok, AlarmState::Alarm, AlarmState::InsufficientData] {
             let v = u8::from(a.status.state == state);
-            let _ = writeln!(
-                out,
-                "canarygate_alarm_state{{alarm=\"{}\",state=\"{}\"}} {v}",
-                canarygate_metrics::escape_label(name),
-                state.as_str()
-            );
+            ALARM_STATE.sample(&mut out, &[("alarm", name), ("state", state.as_str())], v);
         }
     }
     if let Some(extra) = &s.prometheus_extra {

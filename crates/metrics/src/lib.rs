@@ -17,7 +17,7 @@ mod second;
 #[cfg(test)]
 mod tests;
 mod view;
-pub use prometheus::escape as escape_label;
+pub use prometheus::{escape as escape_label, Family};
 mod series;
 
 use std::collections::BTreeMap;

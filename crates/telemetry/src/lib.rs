@@ -210,25 +210,17 @@ impl Tracer {
 
     /// The Prometheus text of the counters.
     pub fn render_prometheus(&self, out: &mut String) {
-        use std::fmt::Write;
+        use canarygate_metrics::Family;
         let c = self.counts();
-        out.push_str("# HELP canarygate_trace_spans_exported_total Spans the OTLP collector accepted.\n");
-        out.push_str("# TYPE canarygate_trace_spans_exported_total counter\n");
-        let _ = writeln!(out, "canarygate_trace_spans_exported_total {}", c.exported);
-        out.push_str(
-            "# HELP canarygate_trace_spans_dropped_total Spans dropped: the export queue was full, or the collector did not take their batch.\n",
+        const EXPORTED: Family = Family::counter("canarygate_trace_spans_exported_total", "Spans the OTLP collector accepted.");
+        const DROPPED: Family = Family::counter(
+            "canarygate_trace_spans_dropped_total",
+            "Spans dropped: the export queue was full, or the collector did not take their batch.",
         );
-        out.push_str("# TYPE canarygate_trace_spans_dropped_total counter\n");
-        let _ = writeln!(
-            out,
-            "canarygate_trace_spans_dropped_total{{reason=\"queue_full\"}} {}",
-            c.queue_full
-        );
-        let _ = writeln!(
-            out,
-            "canarygate_trace_spans_dropped_total{{reason=\"export_failed\"}} {}",
-            c.export_failed
-        );
+        EXPORTED.single(out, c.exported);
+        DROPPED.header(out);
+        DROPPED.sample(out, &[("reason", "queue_full")], c.queue_full);
+        DROPPED.sample(out, &[("reason", "export_failed")], c.export_failed);
     }
 }
 
