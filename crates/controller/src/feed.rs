@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use canarygate_metrics::{JudgedSecond, MetricsView, SeriesKey, Variant, BUCKETS, JUDGE_SECS};
+use canarygate_metrics::{MetricsView, SecondCounts, SeriesKey, Variant, JUDGE_SECS};
 use canarygate_model::analysis::{Batch, Pairs, Side};
 
 /// Seconds read again for late arrivals (kept inside the metrics' judge ring).
@@ -78,8 +78,8 @@ impl Feed {
         };
         let mut out = Vec::new();
         for sec in oldest..now_sec {
-            let Some(j) = metrics.judged(&key, sec) else { continue };
-            let now = (j.requests, j.pairs_copy_failed, j.pairs_original_failed);
+            let Some(j) = metrics.second(&key, sec) else { continue };
+            let now = (j.count, j.pairs_copy_failed, j.pairs_original_failed);
             let before = self.pairs_read.entry(sec).or_default();
             let p = Pairs {
                 second: sec,
@@ -113,38 +113,32 @@ impl Feed {
             if lo != hi || !(lo > 0.0 && lo < 100.0) {
                 continue;
             }
-            let (c, p) = (metrics.judged(&canary, sec), metrics.judged(&production, sec));
+            let (c, p) = (metrics.second(&canary, sec), metrics.second(&production, sec));
             if c.is_none() && p.is_none() {
                 continue;
             }
-            let empty = || JudgedSecond {
-                requests: 0,
-                e5: 0,
-                latency: [0; BUCKETS],
-                forced: 0,
-                forced_e5: 0,
-                forced_timed: 0,
-                sticky_e5: 0,
-                sticky_keys_e5: 0,
-                pairs_copy_failed: 0,
-                pairs_original_failed: 0,
-            };
-            let (c, p) = (c.unwrap_or_else(empty), p.unwrap_or_else(empty));
+            let (c, p) = (c.unwrap_or_default(), p.unwrap_or_default());
             if c.forced_timed > 0 || p.forced_timed > 0 {
                 self.latency_off.insert(sec);
             }
             let latency_on = !self.latency_off.contains(&sec);
             let before = self.read.entry(sec).or_default();
-            let side = |j: &JudgedSecond, before: &mut Read| -> Side {
-                let requests = j.requests.saturating_sub(j.forced);
+            // Of a second: its requests and 5xx, and the IntegrationLatency histogram.
+            let side = |j: &SecondCounts, before: &mut Read| -> Side {
+                let requests = j.count.saturating_sub(j.forced);
                 let errors = j.e5.saturating_sub(j.forced_e5).saturating_sub(j.sticky_e5) + j.sticky_keys_e5;
                 let latency = if latency_on {
                     let delta: Vec<u64> = if before.latency.is_empty() {
-                        j.latency.to_vec()
+                        j.integration.buckets.to_vec()
                     } else {
-                        j.latency.iter().zip(&before.latency).map(|(a, b)| a.saturating_sub(*b)).collect()
+                        j.integration
+                            .buckets
+                            .iter()
+                            .zip(&before.latency)
+                            .map(|(a, b)| a.saturating_sub(*b))
+                            .collect()
                     };
-                    before.latency = j.latency.to_vec();
+                    before.latency = j.integration.buckets.to_vec();
                     delta
                 } else {
                     Vec::new()

@@ -342,7 +342,7 @@ mod tests {
                 routed: Routed::Random,
             },
         );
-        let j = s.judged(1_000).unwrap();
+        let j = s.second(1_000).unwrap();
         (j.pairs_copy_failed, j.pairs_original_failed)
     }
 

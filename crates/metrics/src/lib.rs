@@ -28,7 +28,7 @@ use std::sync::RwLock;
 
 pub use cluster::ClusterSeconds;
 pub use histogram::{bucket_bounds_us, HistSum, BUCKETS};
-pub use second::{needs_histograms, statistic, JudgedSecond, SecondCounts, ENCODED_LEN, SCALARS};
+pub use second::{needs_histograms, statistic, SecondCounts, ENCODED_LEN, SCALARS};
 pub use series::{CacheResult, Observation, OpenConnection, OpenKind, Routed, Series, CHUNK_BYTES, JUDGE_SECS, RETENTION_SECS};
 pub use view::MetricsView;
 

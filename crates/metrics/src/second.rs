@@ -8,27 +8,6 @@ use canarygate_model::{Metric, Statistic};
 use crate::histogram::{HistSum, BUCKETS};
 use crate::Datapoint;
 
-/// What the canary analysis reads of one second of one variant.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct JudgedSecond {
-    pub requests: u64,
-    pub e5: u64,
-    /// IntegrationLatency histogram.
-    pub latency: [u64; BUCKETS],
-    /// Requests routed by the variant header or cookie (included in the counts above).
-    pub forced: u64,
-    pub forced_e5: u64,
-    /// Forced requests counted in `latency`.
-    pub forced_timed: u64,
-    /// 5xx of sticky-routed requests, and how many distinct sticky keys they came from.
-    pub sticky_e5: u64,
-    pub sticky_keys_e5: u64,
-    /// Mirror series: discordant pairs (exactly one of a production request and its copy failed),
-    /// by which one failed. The paired analysis of a mirroring phase reads these.
-    pub pairs_copy_failed: u64,
-    pub pairs_original_failed: u64,
-}
-
 /// The numbers of one second of one series, or a sum of several.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct SecondCounts {
@@ -41,7 +20,11 @@ pub struct SecondCounts {
     pub latency: HistSum,
     /// Time spent in the integration.
     pub integration: HistSum,
-    /// The canary analysis's facts (see [`JudgedSecond`]).
+    /// The canary analysis's facts of the second (kept for about a minute): requests routed by the
+    /// variant header or cookie (included in the counts above), their 5xx and how many of them were
+    /// timed in `integration`; 5xx of sticky-routed requests and how many distinct sticky keys they came
+    /// from; for a mirror series, discordant pairs (exactly one of a production request and its copy
+    /// failed), by which one failed.
     pub forced: u64,
     pub forced_e5: u64,
     pub forced_timed: u64,
@@ -75,22 +58,6 @@ impl SecondCounts {
         self.sticky_keys_e5 += o.sticky_keys_e5;
         self.pairs_copy_failed += o.pairs_copy_failed;
         self.pairs_original_failed += o.pairs_original_failed;
-    }
-
-    /// What the canary analysis reads of it.
-    pub fn judged(&self) -> JudgedSecond {
-        JudgedSecond {
-            requests: self.count,
-            e5: self.e5,
-            latency: self.integration.buckets,
-            forced: self.forced,
-            forced_e5: self.forced_e5,
-            forced_timed: self.forced_timed,
-            sticky_e5: self.sticky_e5,
-            sticky_keys_e5: self.sticky_keys_e5,
-            pairs_copy_failed: self.pairs_copy_failed,
-            pairs_original_failed: self.pairs_original_failed,
-        }
     }
 
     /// A fixed layout of [`ENCODED_LEN`] numbers (as PostgreSQL's `bigint[]` holds them): the

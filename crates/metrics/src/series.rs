@@ -9,7 +9,7 @@ use canarygate_model::{Metric, Statistic};
 
 use crate::histogram::Hist;
 use crate::histogram::BUCKETS;
-use crate::second::{needs_histograms, periods, statistic, JudgedSecond, SecondCounts};
+use crate::second::{needs_histograms, periods, statistic, SecondCounts};
 use crate::Datapoint;
 
 /// How long one-second slots are kept: 3 hours, plus a minute of slack for the ticker.
@@ -471,12 +471,6 @@ impl Series {
         }
     }
 
-    /// One second as the canary analysis reads it; `None` when the second has no requests (or is no
-    /// longer kept).
-    pub fn judged(&self, sec: u64) -> Option<JudgedSecond> {
-        self.second(sec).map(|c| c.judged())
-    }
-
     /// Everything this series holds of second `sec`; `None` when it had no requests (or is no longer
     /// kept). A replica publishes these to the cluster.
     pub fn second(&self, sec: u64) -> Option<SecondCounts> {
@@ -688,7 +682,7 @@ mod tests {
     fn judged_seconds_separate_forced_and_sticky_requests() {
         let s = Series::new();
         let t = 1_800_000_000u64;
-        assert_eq!(s.judged(t), None);
+        assert_eq!(s.second(t), None);
         s.record(t, &obs(200, 10));
         s.record(t, &obs(500, 10));
         let forced = Observation {
@@ -720,15 +714,15 @@ mod tests {
                 ..obs(200, 10)
             },
         );
-        let j = s.judged(t).unwrap();
-        assert_eq!((j.requests, j.e5), (10, 8));
+        let j = s.second(t).unwrap();
+        assert_eq!((j.count, j.e5), (10, 8));
         assert_eq!((j.forced, j.forced_e5, j.forced_timed), (1, 1, 1));
         assert_eq!((j.sticky_e5, j.sticky_keys_e5), (6, 2));
-        assert_eq!(j.latency.iter().sum::<u64>(), 10);
+        assert_eq!(j.integration.buckets.iter().sum::<u64>(), 10);
         // The ring is reused a little over a minute later; the old second is not read from it.
         let later = t + JUDGE_SECS;
         s.record(later, &forced);
-        assert_eq!(s.judged(later).unwrap().forced, 1);
-        assert_eq!(s.judged(t).unwrap().forced, 0);
+        assert_eq!(s.second(later).unwrap().forced, 1);
+        assert_eq!(s.second(t).unwrap().forced, 0);
     }
 }

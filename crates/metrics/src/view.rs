@@ -4,7 +4,7 @@
 
 use canarygate_model::{Metric, Statistic};
 
-use crate::second::{needs_histograms, periods, statistic, JudgedSecond, SecondCounts};
+use crate::second::{needs_histograms, periods, statistic, SecondCounts};
 use crate::{Datapoint, Registry, SeriesKey};
 
 /// Per-second metrics of series, wherever they come from.
@@ -14,11 +14,6 @@ pub trait MetricsView {
 
     /// Everything of one second (with the analysis's facts); `None` when it had no requests.
     fn second(&self, key: &SeriesKey, sec: u64) -> Option<SecondCounts>;
-
-    /// One second as the canary analysis reads it.
-    fn judged(&self, key: &SeriesKey, sec: u64) -> Option<JudgedSecond> {
-        self.second(key, sec).map(|c| c.judged())
-    }
 
     /// The statistic of a metric over `[from, to)`, or None when there are no samples.
     fn reduce(&self, key: &SeriesKey, metric: Metric, stat: Statistic, from: u64, to: u64) -> Option<f64> {
