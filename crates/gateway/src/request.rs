@@ -132,7 +132,7 @@ impl Finish {
 
 /// Serves one request: the response, and what to record once it has been written.
 ///
-/// Generic over the request body: the connection drivers (HTTP/1.1 over TCP or TLS, and later HTTP/2)
+/// Generic over the request body: the connection drivers (HTTP/1.1 and HTTP/2, over TCP or TLS)
 /// each hand over their own.
 pub(crate) async fn handle<B>(gw: &Arc<Gateway>, req: Request<B>, peer: &Peer) -> (Response<Body>, Finish)
 where

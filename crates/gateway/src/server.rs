@@ -89,7 +89,7 @@ impl From<BadHead> for HeadError {
     }
 }
 
-/// A client connection's byte stream (plain TCP; TLS to come), split into a read half and a write half
+/// A client connection's byte stream (plain TCP or TLS), split into a read half and a write half
 /// that two owners can use at once: the connection keeps the write half, and lends the read half to a
 /// request body that is still arriving.
 pub(crate) trait Split: AsyncRead + AsyncWrite + Unpin + Send + Sized + 'static {

@@ -56,7 +56,7 @@ const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 /// The first read of a response: room for a usual head and a small body. It grows as needed.
 const FIRST_READ: usize = 4096;
 
-/// An upstream connection as the driver uses it: any byte stream (plain TCP; TLS to come) that can say
+/// An upstream connection as the driver uses it: any byte stream (plain TCP or TLS) that can say
 /// whether it is still open while idle, and go back to this worker's pool.
 pub(crate) trait Connection: AsyncRead + AsyncWrite + Unpin + Send + Sized + 'static {
     /// Whether an idle connection is still open: nothing to read (no end-of-file, no stray bytes).
