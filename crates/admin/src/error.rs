@@ -88,7 +88,7 @@ impl From<canarygate_model::Error> for ApiError {
     fn from(e: canarygate_model::Error) -> Self {
         use canarygate_model::Error as E;
         let status = match &e {
-            E::Invalid { .. } => StatusCode::BAD_REQUEST,
+            E::Invalid { .. } | E::Unreadable { .. } => StatusCode::BAD_REQUEST,
             E::NotFound { .. } => StatusCode::NOT_FOUND,
             E::Conflict(_) => StatusCode::CONFLICT,
         };

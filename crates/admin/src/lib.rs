@@ -13,6 +13,7 @@ mod body;
 pub mod error;
 pub mod listener;
 mod metrics;
+mod named;
 mod resources;
 pub mod rollouts;
 pub mod ui;
@@ -98,13 +99,6 @@ pub fn router(state: AppState, auth: Auth) -> Router {
             get(resources::cache_stats).delete(resources::flush_cache),
         )
         .route("/apis/{api}/stages/{stage}/canary/promote", post(resources::promote_canary))
-        .route("/domains", get(resources::list_domains))
-        .route(
-            "/domains/{domain}",
-            put(resources::put_domain)
-                .get(resources::get_domain)
-                .delete(resources::delete_domain),
-        )
         .route("/apis/{api}/stages/{stage}/rollouts", post(rollouts::start))
         .route("/rollouts", get(rollouts::list))
         .route("/rollouts/{id}", get(rollouts::get))
@@ -115,33 +109,10 @@ pub fn router(state: AppState, auth: Auth) -> Router {
         .route("/rollouts/{id}/resume", post(rollouts::resume))
         .route("/rollouts/{id}/continue", post(rollouts::continue_now))
         .route("/rollouts/{id}/hooks/{execution}", put(rollouts::hook_callback))
-        .route("/alarms", get(rollouts::list_alarms))
-        .route(
-            "/alarms/{name}",
-            get(rollouts::get_alarm).put(rollouts::put_alarm).delete(rollouts::delete_alarm),
-        )
-        .route("/deployment-configs", get(rollouts::list_configs))
-        .route(
-            "/deployment-configs/{name}",
-            get(rollouts::get_config).put(rollouts::put_config).delete(rollouts::delete_config),
-        )
         .route("/apply", post(resources::apply))
-        .route("/notifications", get(rollouts::list_notifications))
-        .route(
-            "/notifications/{name}",
-            get(rollouts::get_notification)
-                .put(rollouts::put_notification)
-                .delete(rollouts::delete_notification),
-        )
         .route("/notifications/{name}/deliveries", get(rollouts::list_deliveries))
-        .route("/analyses", get(rollouts::list_analyses))
-        .route(
-            "/analyses/{name}",
-            get(rollouts::get_analysis)
-                .put(rollouts::put_analysis)
-                .delete(rollouts::delete_analysis),
-        )
         .route("/metrics", get(metrics::query))
+        .merge(named::routes())
         .route("/auth", get(auth::whoami).with_state(auth.clone()))
         .fallback(|| async { ApiError::not_found("no such admin API resource") })
         .layer(axum::middleware::from_fn_with_state(auth.clone(), auth::middleware));

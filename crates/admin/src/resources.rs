@@ -1,11 +1,11 @@
-//! Handlers for APIs, deployments, stages and domains.
+//! Handlers for APIs, deployments and stages, the stage cache, and `apply`.
 
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use canarygate_model::state::ApiState;
-use canarygate_model::{BasePathMapping, Deployment, PatchOperation, Route, StageInput};
+use canarygate_model::{Deployment, PatchOperation, Route, StageInput};
 use chrono::Utc;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -152,38 +152,6 @@ pub async fn remove_canary(State(s): State<AppState>, Path((api, stage)): Path<(
     Ok(Json(st).into_response())
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PutDomain {
-    mappings: Vec<BasePathMapping>,
-    #[serde(default)]
-    tls: Option<canarygate_model::state::TlsFiles>,
-}
-
-pub async fn list_domains(State(s): State<AppState>) -> Json<Value> {
-    items(s.store.current().domains.values().cloned().collect())
-}
-
-pub async fn put_domain(State(s): State<AppState>, Path(domain): Path<String>, JsonBody(body): JsonBody<PutDomain>) -> Result<Response> {
-    let existed = s.store.current().domains.contains_key(&domain.to_ascii_lowercase());
-    let d = s.store.mutate(move |st| st.put_domain(&domain, body.mappings, body.tls)).await?;
-    Ok(created_or_ok(!existed, d))
-}
-
-pub async fn get_domain(State(s): State<AppState>, Path(domain): Path<String>) -> Result<Response> {
-    let st = s.store.current();
-    let d = st
-        .domains
-        .get(&domain.to_ascii_lowercase())
-        .ok_or_else(|| ApiError::not_found(format!("domain {domain:?} not found")))?;
-    Ok(Json(d.clone()).into_response())
-}
-
-pub async fn delete_domain(State(s): State<AppState>, Path(domain): Path<String>) -> Result<StatusCode> {
-    s.store.mutate(move |st| st.delete_domain(&domain)).await?;
-    Ok(StatusCode::NO_CONTENT)
-}
-
 pub async fn cache_stats(State(s): State<AppState>, Path((api, stage)): Path<(String, String)>) -> Result<Json<Value>> {
     let st = s.store.current();
     let settings = st.stage(&api, &stage)?.cache.clone();
@@ -229,7 +197,7 @@ pub async fn apply(
     JsonBody(desired): JsonBody<canarygate_model::config::Resources>,
 ) -> Result<Json<Value>> {
     use canarygate_model::config::{apply_all, plan, PlanMode};
-    desired.check_unique()?;
+    desired.check()?;
     let changes = if q.dry_run {
         plan(&s.store.current(), &desired, PlanMode::Converge)
             .iter()

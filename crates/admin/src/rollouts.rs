@@ -1,4 +1,4 @@
-//! Handlers for rollouts, hook callbacks, alarms and deployment configurations.
+//! Handlers for rollouts and hook callbacks, and a notification's deliveries.
 
 use std::collections::HashMap;
 
@@ -6,12 +6,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use canarygate_model::alarm::Alarm;
-use canarygate_model::analysis::AnalysisSpec;
-use canarygate_model::deployment_config::DeploymentConfig;
-use canarygate_model::notification::Notification;
 use canarygate_model::rollout::{HookStatus, Phase, Rollout, RolloutRequest, RolloutStatus};
-use canarygate_model::state::alarm_view;
 use chrono::Utc;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -193,133 +188,6 @@ pub async fn hook_callback(
     let msg = Some(format!("callback reported {}", body.status));
     let r = s.store.mutate(move |st| st.record_hook(&id, &execution, status, msg)).await?;
     Ok(Json(rollout_view(&r)))
-}
-
-pub async fn list_alarms(State(s): State<AppState>) -> Json<Value> {
-    Json(json!({"items": s.store.current().alarms.values().map(alarm_view).collect::<Vec<_>>()}))
-}
-
-pub async fn get_alarm(State(s): State<AppState>, Path(name): Path<String>) -> Result<Json<Value>> {
-    let st = s.store.current();
-    let a = st
-        .alarms
-        .get(&name)
-        .ok_or_else(|| ApiError::not_found(format!("alarm {name:?} not found")))?;
-    Ok(Json(alarm_view(a)))
-}
-
-pub async fn put_alarm(State(s): State<AppState>, Path(name): Path<String>, JsonBody(alarm): JsonBody<Alarm>) -> Result<Response> {
-    let existed = s.store.current().alarms.contains_key(&name);
-    let a = s.store.mutate(move |st| st.put_alarm(&name, alarm)).await?;
-    let status = if existed { StatusCode::OK } else { StatusCode::CREATED };
-    Ok((status, Json(alarm_view(&a))).into_response())
-}
-
-pub async fn delete_alarm(State(s): State<AppState>, Path(name): Path<String>) -> Result<StatusCode> {
-    s.store.mutate(move |st| st.delete_alarm(&name)).await?;
-    Ok(StatusCode::NO_CONTENT)
-}
-
-pub async fn list_configs(State(s): State<AppState>) -> Json<Value> {
-    let mut items = DeploymentConfig::predefined();
-    items.extend(s.store.current().deployment_configs.values().cloned());
-    Json(json!({ "items": items }))
-}
-
-pub async fn get_config(State(s): State<AppState>, Path(name): Path<String>) -> Result<Json<DeploymentConfig>> {
-    s.store
-        .current()
-        .deployment_config(&name)
-        .map(Json)
-        .ok_or_else(|| ApiError::not_found(format!("deployment config {name:?} not found")))
-}
-
-pub async fn put_config(State(s): State<AppState>, Path(name): Path<String>, JsonBody(c): JsonBody<DeploymentConfig>) -> Result<Response> {
-    let existed = s.store.current().deployment_configs.contains_key(&name);
-    let c = s.store.mutate(move |st| st.put_deployment_config(&name, c)).await?;
-    let status = if existed { StatusCode::OK } else { StatusCode::CREATED };
-    Ok((status, Json(c)).into_response())
-}
-
-pub async fn delete_config(State(s): State<AppState>, Path(name): Path<String>) -> Result<StatusCode> {
-    s.store.mutate(move |st| st.delete_deployment_config(&name)).await?;
-    Ok(StatusCode::NO_CONTENT)
-}
-
-pub async fn list_analyses(State(s): State<AppState>) -> Json<Value> {
-    Json(json!({"items": s.store.current().analyses.values().cloned().collect::<Vec<_>>()}))
-}
-
-pub async fn get_analysis(State(s): State<AppState>, Path(name): Path<String>) -> Result<Json<AnalysisSpec>> {
-    s.store
-        .current()
-        .analyses
-        .get(&name)
-        .cloned()
-        .map(Json)
-        .ok_or_else(|| ApiError::not_found(format!("analysis {name:?} not found")))
-}
-
-pub async fn put_analysis(State(s): State<AppState>, Path(name): Path<String>, JsonBody(a): JsonBody<AnalysisSpec>) -> Result<Response> {
-    let existed = s.store.current().analyses.contains_key(&name);
-    let a = s.store.mutate(move |st| st.put_analysis(&name, a)).await?;
-    let status = if existed { StatusCode::OK } else { StatusCode::CREATED };
-    Ok((status, Json(a)).into_response())
-}
-
-pub async fn delete_analysis(State(s): State<AppState>, Path(name): Path<String>) -> Result<StatusCode> {
-    s.store.mutate(move |st| st.delete_analysis(&name)).await?;
-    Ok(StatusCode::NO_CONTENT)
-}
-
-/// A notification as the API shows it: the definition (secret hidden) and its delivery state.
-fn notification_view(st: &canarygate_model::State, n: &Notification) -> Value {
-    let mine: Vec<_> = st.deliveries.values().filter(|d| d.notification == n.name).collect();
-    let pending = mine.iter().filter(|d| d.delivered_at.is_none()).count();
-    let delivered = mine.len() - pending;
-    let last_error = mine
-        .iter()
-        .filter(|d| d.delivered_at.is_none())
-        .filter_map(|d| d.last_error.as_ref().map(|e| (d.next_attempt_at, e)))
-        .max_by_key(|(t, _)| *t)
-        .map(|(_, e)| e.clone());
-    let mut v = n.view();
-    if let Some(o) = v.as_object_mut() {
-        o.insert("pending".into(), json!(pending));
-        o.insert("delivered".into(), json!(delivered));
-        o.insert("lastError".into(), json!(last_error));
-    }
-    v
-}
-
-pub async fn list_notifications(State(s): State<AppState>) -> Json<Value> {
-    let st = s.store.current();
-    Json(json!({"items": st.notifications.values().map(|n| notification_view(&st, n)).collect::<Vec<_>>()}))
-}
-
-pub async fn get_notification(State(s): State<AppState>, Path(name): Path<String>) -> Result<Json<Value>> {
-    let st = s.store.current();
-    let n = st
-        .notifications
-        .get(&name)
-        .ok_or_else(|| ApiError::not_found(format!("notification {name:?} not found")))?;
-    Ok(Json(notification_view(&st, n)))
-}
-
-pub async fn put_notification(
-    State(s): State<AppState>,
-    Path(name): Path<String>,
-    JsonBody(n): JsonBody<Notification>,
-) -> Result<Response> {
-    let existed = s.store.current().notifications.contains_key(&name);
-    let n = s.store.mutate(move |st| st.put_notification(&name, n)).await?;
-    let status = if existed { StatusCode::OK } else { StatusCode::CREATED };
-    Ok((status, Json(notification_view(&s.store.current(), &n))).into_response())
-}
-
-pub async fn delete_notification(State(s): State<AppState>, Path(name): Path<String>) -> Result<StatusCode> {
-    s.store.mutate(move |st| st.delete_notification(&name)).await?;
-    Ok(StatusCode::NO_CONTENT)
 }
 
 /// The notification's deliveries, oldest first: each event's id, type, attempts, next attempt, when it

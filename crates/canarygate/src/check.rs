@@ -26,8 +26,8 @@ pub fn problems(path: &Path, args: &ServeArgs) -> Vec<String> {
         problems.push(format!("{file}: {e:#}"));
     }
     let pairs = cfg.server.tls.iter().map(|t| ("server.tls".to_string(), t.clone())).chain(
-        cfg.domains
-            .iter()
+        cfg.domains()
+            .into_iter()
             .enumerate()
             .filter_map(|(i, d)| d.tls.clone().map(|t| (format!("domains[{i}].tls"), t))),
     );

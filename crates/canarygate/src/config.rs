@@ -1,12 +1,11 @@
 //! The config file: a `server` section (each key also a flag of `serve`) and the declared resources.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use canarygate_model::alarm::Alarm;
 use canarygate_model::config::{ApiSpec, DomainSpec, Resources};
-use canarygate_model::deployment_config::DeploymentConfig;
 use serde::Deserialize;
 
 /// An admin token: a plain string is an admin token; `{name, token, readOnly: true}` may only read.
@@ -187,37 +186,34 @@ pub struct TelemetrySection {
     pub service_name: Option<String>,
 }
 
-/// The whole file. The resource fields repeat `Resources`' on purpose: with `#[serde(flatten)]` serde
-/// ignores `deny_unknown_fields`, and a misspelt top-level key would pass silently.
+/// The whole file: `server`, `apis`, and the entries of every declared kind of named record (`domains`,
+/// `deploymentConfigs`, `alarms`, `notifications`, `analyses`: the keys come from the model's registry).
+/// Those are gathered by `flatten`, which makes serde ignore `deny_unknown_fields`; [`parse`] refuses a
+/// key that is no kind (a misspelt `sever:` too), naming it.
 #[derive(Debug, Clone, Deserialize, Default)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct ConfigFile {
     #[serde(default)]
     pub server: ServerSection,
     #[serde(default)]
     pub apis: Vec<ApiSpec>,
-    #[serde(default)]
-    pub domains: Vec<DomainSpec>,
-    #[serde(default)]
-    pub alarms: Vec<Alarm>,
-    #[serde(default)]
-    pub deployment_configs: Vec<DeploymentConfig>,
-    #[serde(default)]
-    pub analyses: Vec<canarygate_model::analysis::AnalysisSpec>,
-    #[serde(default)]
-    pub notifications: Vec<canarygate_model::notification::Notification>,
+    #[serde(flatten)]
+    pub named: BTreeMap<String, serde_json::Value>,
 }
 
 impl ConfigFile {
     pub fn resources(&self) -> Resources {
         Resources {
             apis: self.apis.clone(),
-            domains: self.domains.clone(),
-            alarms: self.alarms.clone(),
-            deployment_configs: self.deployment_configs.clone(),
-            analyses: self.analyses.clone(),
-            notifications: self.notifications.clone(),
+            named: self.named.clone(),
         }
+    }
+
+    /// The declared domains (for their certificates).
+    pub fn domains(&self) -> Vec<DomainSpec> {
+        let domains = self.named.get("domains").cloned().unwrap_or_default();
+        // Read by `parse` already, as `Resources::check` reads them.
+        serde_json::from_value(domains).unwrap_or_default()
     }
 }
 
@@ -235,7 +231,7 @@ pub fn parse(text: &str) -> Result<ConfigFile> {
             bail!("{path}: {}", e.into_inner())
         }
     };
-    cfg.resources().check_unique()?;
+    cfg.resources().check()?;
     Ok(cfg)
 }
 
@@ -268,5 +264,16 @@ mod tests {
         assert!(e.contains("varibles"), "{e}");
         let e = parse("bogus: 1\n").unwrap_err().to_string();
         assert!(e.contains("bogus"), "{e}");
+        let e = parse("sever:\n  listen: 127.0.0.1:1\n").unwrap_err().to_string();
+        assert!(e.starts_with("sever: is no kind of resource"), "{e}");
+        // An entry of a named kind: read on its own, the field named under its place in the file.
+        let e = parse("alarms:\n  - name: a\n    threshhold: 1\n").unwrap_err().to_string();
+        assert!(e.starts_with("alarms[0].threshhold: unknown field `threshhold`"), "{e}");
+        let e = parse("deploymentConfigs:\n  - name: a\n    percentage: lots\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("deploymentConfigs[0].percentage: invalid type"), "{e}");
+        let e = parse("analyses: {}\n").unwrap_err().to_string();
+        assert!(e.starts_with("analyses: must be a list"), "{e}");
     }
 }

@@ -403,7 +403,7 @@ impl Controller {
             // Most ticks change nothing: the step is tried on the current state first, and stored
             // (in one transaction, on the latest stored state) only when it changes something.
             let mut trial = State::clone(&state);
-            if take_step.clone()(&mut trial).is_empty() && canarygate_store::diff(&state, &trial).is_empty() {
+            if take_step.clone()(&mut trial).is_empty() && canarygate_store::diff(&state, &trial).is_ok_and(|c| c.is_empty()) {
                 continue;
             }
             let result = self.store.mutate_fenced(fence, move |s| Ok(take_step(s))).await;

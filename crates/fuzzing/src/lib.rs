@@ -91,7 +91,7 @@ pub fn config(data: &[u8]) {
         return;
     };
     // A file that declares something twice is refused, as `apply -f` and `serve --config` refuse it.
-    if desired.check_unique().is_err() {
+    if desired.check().is_err() {
         return;
     }
     let mut state = State::default();

@@ -1,4 +1,4 @@
-//! Declared resources (the `apis` and `domains` of a config file) and the plan that makes a state match
+//! Declared resources (the `apis` and named records of a config file) and the plan that makes a state match
 //! them. `canarygate apply -f` executes the full plan through the admin API; `serve` seeds the store with
 //! the creating half only, so a restart never undoes a change made through the API.
 
@@ -7,10 +7,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::alarm::Alarm;
-use crate::deployment_config::DeploymentConfig;
 use crate::stage::StageInput;
-use crate::state::BasePathMapping;
+use crate::state::NamedPut;
 use crate::{PatchOperation, Route, State};
 
 /// A declared API with its routes and stages.
@@ -58,109 +56,55 @@ impl StageSpec {
     }
 }
 
-/// A declared custom domain.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct DomainSpec {
-    pub domain: String,
-    #[serde(default)]
-    pub mappings: Vec<BasePathMapping>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tls: Option<crate::state::TlsFiles>,
-}
+/// A declared custom domain (kept under this name: it is the domain's input, see [`crate::state::kinds`]).
+pub use crate::state::DomainSpec;
 
-/// The resource part of a config file.
+/// The resource part of a config file: its APIs, and the entries of every declared kind of named record
+/// (`domains`, `deploymentConfigs`, `alarms`, `notifications`, `analyses`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct Resources {
     #[serde(default)]
     pub apis: Vec<ApiSpec>,
-    #[serde(default)]
-    pub domains: Vec<DomainSpec>,
-    #[serde(default)]
-    pub alarms: Vec<Alarm>,
-    #[serde(default)]
-    pub deployment_configs: Vec<DeploymentConfig>,
-    /// Stored canary analyses (each with its `name`).
-    #[serde(default)]
-    pub analyses: Vec<crate::analysis::AnalysisSpec>,
-    /// Notification targets.
-    #[serde(default)]
-    pub notifications: Vec<crate::notification::Notification>,
+    /// Every other key: a declared kind's config file key ([`DeclaredKind::field`]) and its entries,
+    /// read by [`Resources::check`] (which refuses a key that is no kind).
+    #[serde(flatten)]
+    pub named: BTreeMap<String, serde_json::Value>,
 }
 
 impl Resources {
-    /// Refuses a file that declares one resource twice (an API, a stage of an API, a domain, an alarm
-    /// or a deployment config): which of the two would win is not what anyone meant, and a second
-    /// `apply` would flip it back.
-    pub fn check_unique(&self) -> crate::Result<()> {
-        // Domains are case-insensitive; the other names are not.
-        fn unique<'a>(kind: &str, names: impl Iterator<Item = (String, &'a str)>) -> crate::Result<()> {
-            let mut seen = std::collections::BTreeSet::new();
-            for (field, name) in names {
-                let key = if kind == "domain" {
-                    name.to_ascii_lowercase()
-                } else {
-                    name.to_string()
-                };
-                if !seen.insert(key) {
-                    return Err(crate::Error::invalid(
-                        field,
-                        name,
-                        format!("declares {kind} {name:?} a second time"),
-                    ));
+    /// Refuses what cannot be carried out as meant: a key that is no kind of resource, an entry that
+    /// cannot be read, a resource declared twice (an API, a stage of an API, or a named record: which of
+    /// the two would win is not what anyone meant, and a second `apply` would flip it back).
+    pub fn check(&self) -> crate::Result<()> {
+        let mut apis = std::collections::BTreeSet::new();
+        for (i, a) in self.apis.iter().enumerate() {
+            if !apis.insert(a.name.as_str()) {
+                return Err(twice(format!("apis[{i}].name"), "API", &a.name));
+            }
+            let mut stages = std::collections::BTreeSet::new();
+            for (j, st) in a.stages.iter().enumerate() {
+                if !stages.insert(st.name.as_str()) {
+                    return Err(twice(format!("apis[{i}].stages[{j}].name"), "stage", &st.name));
                 }
             }
-            Ok(())
         }
-        unique(
-            "API",
-            self.apis
-                .iter()
-                .enumerate()
-                .map(|(i, a)| (format!("apis[{i}].name"), a.name.as_str())),
-        )?;
-        for (i, a) in self.apis.iter().enumerate() {
-            let stages = a.stages.iter().enumerate();
-            unique(
-                "stage",
-                stages.map(|(j, s)| (format!("apis[{i}].stages[{j}].name"), s.name.as_str())),
-            )?;
+        for (field, entries) in &self.named {
+            let Some(kind) = crate::state::kinds::DECLARED.iter().find(|k| k.field() == *field) else {
+                let known: Vec<String> = crate::state::kinds::DECLARED.iter().map(|k| k.field()).collect();
+                return Err(crate::Error::Unreadable {
+                    field: field.clone(),
+                    reason: format!("is no kind of resource (expected apis, {})", known.join(", ")),
+                });
+            };
+            kind.check(entries)?;
         }
-        unique(
-            "domain",
-            self.domains
-                .iter()
-                .enumerate()
-                .map(|(i, d)| (format!("domains[{i}].domain"), d.domain.as_str())),
-        )?;
-        unique(
-            "alarm",
-            self.alarms
-                .iter()
-                .enumerate()
-                .map(|(i, a)| (format!("alarms[{i}].name"), a.name.as_str())),
-        )?;
-        let configs = self.deployment_configs.iter().enumerate();
-        unique(
-            "deployment config",
-            configs.map(|(i, c)| (format!("deploymentConfigs[{i}].name"), c.name.as_str())),
-        )?;
-        for (i, a) in self.analyses.iter().enumerate() {
-            if a.name.as_deref().is_none_or(str::is_empty) {
-                return Err(crate::Error::invalid(
-                    format!("analyses[{i}].name"),
-                    "",
-                    "every analysis needs a name",
-                ));
-            }
-        }
-        let analyses = self.analyses.iter().enumerate();
-        unique(
-            "analysis",
-            analyses.map(|(i, a)| (format!("analyses[{i}].name"), a.name.as_deref().unwrap_or(""))),
-        )
+        Ok(())
     }
+}
+
+fn twice(field: String, kind: &str, name: &str) -> crate::Error {
+    crate::Error::invalid(field, name, format!("declares {kind} {name:?} a second time"))
 }
 
 /// One change of a plan, in the order it must be carried out.
@@ -185,15 +129,8 @@ pub enum Action {
         stage: String,
         ops: Vec<PatchOperation>,
     },
-    PutDomain {
-        domain: String,
-        mappings: Vec<BasePathMapping>,
-        tls: Option<crate::state::TlsFiles>,
-    },
-    PutDeploymentConfig(DeploymentConfig),
-    PutAlarm(Alarm),
-    PutAnalysis(crate::analysis::AnalysisSpec),
-    PutNotification(crate::notification::Notification),
+    /// Creates or replaces a named record of a declared kind.
+    Put(NamedPut),
 }
 
 impl fmt::Display for Action {
@@ -222,42 +159,7 @@ impl fmt::Display for Action {
                 }
                 Ok(())
             }
-            Action::PutDomain { domain, mappings, .. } => {
-                write!(f, "put domain {domain} ({} mappings)", mappings.len())
-            }
-            Action::PutDeploymentConfig(c) => {
-                write!(
-                    f,
-                    "put deployment config {} ({:?} {}% every {} s)",
-                    c.name, c.kind, c.percentage, c.interval_seconds
-                )
-            }
-            Action::PutNotification(n) => write!(f, "put notification {} ({} events to {})", n.name, n.events.len(), n.url),
-            Action::PutAnalysis(a) => write!(
-                f,
-                "put analysis {} ({})",
-                a.name.as_deref().unwrap_or(""),
-                [
-                    a.error_rate.map(|j| format!("errorRate alpha {}", j.alpha)),
-                    a.latency.map(|j| format!("latency alpha {}", j.alpha))
-                ]
-                .into_iter()
-                .flatten()
-                .collect::<Vec<_>>()
-                .join(", ")
-            ),
-            Action::PutAlarm(a) => {
-                let what = match (&a.prometheus, a.metric, a.statistic) {
-                    (Some(q), _, _) => format!("PromQL {:?} for {}", q.query, a.variant),
-                    (None, Some(m), Some(s)) => format!("{s} of {} {}", a.variant, m.as_str()),
-                    _ => String::new(),
-                };
-                write!(
-                    f,
-                    "put alarm {} ({what} on {}/{}, {} s periods, {:?} {})",
-                    a.name, a.api, a.stage, a.period_seconds, a.comparison, a.threshold
-                )
-            }
+            Action::Put(p) => f.write_str(&p.text),
         }
     }
 }
@@ -280,11 +182,10 @@ impl Action {
             Action::CreateDeployment { api, description } => state.create_deployment(&api, new_id, description, now).map(|_| ()),
             Action::CreateStage { api, stage, input } => state.put_stage(&api, &stage, *input, now).map(|_| ()),
             Action::PatchStage { api, stage, ops } => state.patch_stage(&api, &stage, &ops, now).map(|_| ()),
-            Action::PutDomain { domain, mappings, tls } => state.put_domain(&domain, mappings, tls).map(|_| ()),
-            Action::PutDeploymentConfig(c) => state.put_deployment_config(&c.name.clone(), c).map(|_| ()),
-            Action::PutAlarm(a) => state.put_alarm(&a.name.clone(), a).map(|_| ()),
-            Action::PutNotification(n) => state.put_notification(&n.name.clone(), n).map(|_| ()),
-            Action::PutAnalysis(a) => state.put_analysis(&a.name.clone().unwrap_or_default(), a).map(|_| ()),
+            Action::Put(p) => {
+                let kind = crate::state::declared(p.kind).ok_or_else(|| crate::Error::not_found("kind of resource", p.kind))?;
+                kind.put(state, &p.name, &p.input).map(|_| ())
+            }
         }
     }
 }
@@ -365,53 +266,10 @@ pub fn plan(state: &State, desired: &Resources, mode: PlanMode) -> Vec<Action> {
             }
         }
     }
-    for d in &desired.domains {
-        let mut want = d.mappings.clone();
-        for m in &mut want {
-            m.base_path = m.base_path.trim_matches('/').to_string();
-        }
-        match state.domains.get(&d.domain.to_ascii_lowercase()) {
-            None => out.push(Action::PutDomain {
-                domain: d.domain.clone(),
-                mappings: d.mappings.clone(),
-                tls: d.tls.clone(),
-            }),
-            Some(cur) if mode == PlanMode::Converge && (cur.mappings != want || cur.tls != d.tls) => out.push(Action::PutDomain {
-                domain: d.domain.clone(),
-                mappings: d.mappings.clone(),
-                tls: d.tls.clone(),
-            }),
-            Some(_) => {}
-        }
-    }
-    for c in &desired.deployment_configs {
-        let mut want = c.clone();
-        want.predefined = false;
-        match state.deployment_configs.get(&c.name) {
-            Some(cur) if mode == PlanMode::CreateOnly || *cur == want => {}
-            _ => out.push(Action::PutDeploymentConfig(want)),
-        }
-    }
-    for a in &desired.alarms {
-        match state.alarms.get(&a.name) {
-            Some(cur) if mode == PlanMode::CreateOnly || cur.alarm == *a => {}
-            _ => out.push(Action::PutAlarm(a.clone())),
-        }
-    }
-    for n in &desired.notifications {
-        let mut want = n.clone();
-        want.events.sort();
-        want.events.dedup();
-        match state.notifications.get(&n.name) {
-            Some(cur) if mode == PlanMode::CreateOnly || *cur == want => {}
-            _ => out.push(Action::PutNotification(want)),
-        }
-    }
-    for a in &desired.analyses {
-        let name = a.name.clone().unwrap_or_default();
-        match state.analyses.get(&name) {
-            Some(cur) if mode == PlanMode::CreateOnly || cur == a => {}
-            _ => out.push(Action::PutAnalysis(a.clone())),
+    for kind in crate::state::kinds::DECLARED {
+        if let Some(entries) = desired.named.get(&kind.field()) {
+            let puts = kind.plan(state, entries, mode == PlanMode::CreateOnly);
+            out.extend(puts.into_iter().map(Action::Put));
         }
     }
     out
@@ -520,7 +378,7 @@ mod tests {
 
     #[test]
     fn a_resource_declared_twice_is_refused_naming_the_second() {
-        let twice = |v: serde_json::Value| serde_json::from_value::<Resources>(v).unwrap().check_unique();
+        let twice = |v: serde_json::Value| serde_json::from_value::<Resources>(v).unwrap().check();
         let api = serde_json::json!({"name": "orders", "routes": []});
         let e = twice(serde_json::json!({"apis": [api, api]})).unwrap_err().to_string();
         assert!(
@@ -536,7 +394,7 @@ mod tests {
             .to_string();
         assert!(e.contains("domains[1].domain"), "{e}");
         twice(serde_json::json!({"apis": [{"name": "a", "stages": [{"name": "Prod"}, {"name": "prod"}]}]})).unwrap();
-        resources("1").check_unique().unwrap();
+        resources("1").check().unwrap();
     }
 
     fn resources(version: &str) -> Resources {
@@ -574,20 +432,8 @@ mod tests {
                 Action::PatchStage { api, stage, ops } => {
                     state.patch_stage(api, stage, ops, now).unwrap();
                 }
-                Action::PutDomain { domain, mappings, tls } => {
-                    state.put_domain(domain, mappings.clone(), tls.clone()).unwrap();
-                }
-                Action::PutDeploymentConfig(c) => {
-                    state.put_deployment_config(&c.name, c.clone()).unwrap();
-                }
-                Action::PutAlarm(a) => {
-                    state.put_alarm(&a.name, a.clone()).unwrap();
-                }
-                Action::PutAnalysis(a) => {
-                    state.put_analysis(a.name.as_deref().unwrap(), a.clone()).unwrap();
-                }
-                Action::PutNotification(n) => {
-                    state.put_notification(&n.name, n.clone()).unwrap();
+                Action::Put(p) => {
+                    crate::state::declared(p.kind).unwrap().put(state, &p.name, &p.input).unwrap();
                 }
             }
         }

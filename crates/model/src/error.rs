@@ -6,6 +6,9 @@ pub enum Error {
     /// A field has a value that is not allowed (400).
     #[error("invalid value {value:?} for {field}: {reason}")]
     Invalid { field: String, value: String, reason: String },
+    /// A request body or a file's entry cannot be read as what it should be (400).
+    #[error("{field}: {reason}")]
+    Unreadable { field: String, reason: String },
     /// A referenced resource does not exist (404 when it is the resource addressed, 400 otherwise).
     #[error("{kind} {name:?} not found")]
     NotFound { kind: &'static str, name: String },
@@ -62,6 +65,10 @@ impl Error {
                 format!("no such {kind} (while applying \"{what}\"; nothing was changed)"),
             ),
             Error::Conflict(m) => Error::Conflict(format!("{m} (while applying \"{what}\"; nothing was changed)")),
+            Error::Unreadable { field, reason } => Error::Unreadable {
+                field,
+                reason: format!("{reason} (while applying \"{what}\"; nothing was changed)"),
+            },
         }
     }
 

@@ -2,11 +2,11 @@
 //! state up to date with what another replica wrote (the changes it logged) instead of loading
 //! everything. `apply(old, diff(old, new))` is `new`; untouched APIs keep their `Arc` (the gateway's
 //! routing snapshot reuses what it built for them). A change that does not fit the state (a stage of
-//! an API it does not have, a deployment out of order) is refused: the caller loads everything.
+//! an API it does not have, a deployment out of order) is refused (and a record of a kind this build does not know): the caller loads everything.
 
 use std::sync::Arc;
 
-use canarygate_model::state::ApiState;
+use canarygate_model::state::{kind, ApiState};
 use canarygate_model::State;
 
 use crate::Change;
@@ -57,50 +57,15 @@ pub fn apply(state: &mut State, changes: &[Change]) -> Result<(), String> {
                     Arc::make_mut(a).stages.remove(stage);
                 }
             }
-            Change::PutDomain(d) => {
-                state.domains.insert(d.domain.clone(), d.clone());
-            }
-            Change::DeleteDomain(d) => {
-                state.domains.remove(d);
-            }
             Change::PutRollout(r) => {
                 state.rollouts.insert(r.id.clone(), (**r).clone());
             }
-            Change::PutAlarm(a) => {
-                state.alarms.insert(a.alarm.name.clone(), (**a).clone());
+            Change::Put { kind: k, key, doc } => {
+                let k = kind(k).ok_or_else(|| format!("a record of unknown kind {k:?}"))?;
+                k.load(state, doc).map_err(|e| format!("{} {key:?}: {e}", k.name()))?;
             }
-            Change::DeleteAlarm(name) => {
-                state.alarms.remove(name);
-            }
-            Change::PutDeploymentConfig(c) => {
-                state.deployment_configs.insert(c.name.clone(), c.clone());
-            }
-            Change::DeleteDeploymentConfig(name) => {
-                state.deployment_configs.remove(name);
-            }
-            Change::PutAnalysis(a) => {
-                state.analyses.insert(a.name.clone().unwrap_or_default(), a.clone());
-            }
-            Change::DeleteAnalysis(name) => {
-                state.analyses.remove(name);
-            }
-            Change::PutNotification(n) => {
-                state.notifications.insert(n.name.clone(), n.clone());
-            }
-            Change::DeleteNotification(name) => {
-                state.notifications.remove(name);
-            }
-            Change::PutDelivery(d) => {
-                state.deliveries.insert(d.id.clone(), (**d).clone());
-            }
-            Change::DeleteDelivery(id) => {
-                state.deliveries.remove(id);
-            }
-            Change::PutApplication(a) => {
-                state.applications.insert(a.name.clone(), (**a).clone());
-            }
-            Change::DeleteApplication(name) => {
-                state.applications.remove(name);
+            Change::Delete { kind: k, key } => {
+                kind(k).ok_or_else(|| format!("a record of unknown kind {k:?}"))?.remove(state, key);
             }
         }
     }

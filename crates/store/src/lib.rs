@@ -21,12 +21,9 @@ mod sqlite;
 
 use std::sync::Arc;
 
-use canarygate_model::analysis::AnalysisSpec;
-use canarygate_model::deployment_config::DeploymentConfig;
-use canarygate_model::notification::{Delivery, Notification};
 use canarygate_model::rollout::Rollout;
-use canarygate_model::state::{AlarmEntry, ApiState};
-use canarygate_model::{Api, Deployment, Domain, Stage, State};
+use canarygate_model::state::{kind, kinds, ApiState};
+use canarygate_model::{Api, Deployment, Stage, State};
 use tokio::sync::{watch, Mutex};
 
 pub use apply::apply;
@@ -90,21 +87,19 @@ pub enum Change {
         api: String,
         stage: String,
     },
-    PutDomain(Domain),
-    DeleteDomain(String),
     PutRollout(Box<Rollout>),
-    PutAlarm(Box<AlarmEntry>),
-    DeleteAlarm(String),
-    PutDeploymentConfig(DeploymentConfig),
-    DeleteDeploymentConfig(String),
-    PutAnalysis(AnalysisSpec),
-    DeleteAnalysis(String),
-    PutNotification(Notification),
-    DeleteNotification(String),
-    PutDelivery(Box<Delivery>),
-    DeleteDelivery(String),
-    PutApplication(Box<canarygate_model::codedeploy::Application>),
-    DeleteApplication(String),
+    /// A named record of a kind in the model's registry ([`canarygate_model::state::kinds`]) put: its
+    /// kind (`alarms`), key and JSON document.
+    Put {
+        kind: String,
+        key: String,
+        doc: String,
+    },
+    /// A named record deleted.
+    Delete {
+        kind: String,
+        key: String,
+    },
 }
 
 /// Persistence: everything at start, then changes, each a transaction: [`Backend::begin`] takes the
@@ -134,7 +129,7 @@ pub trait Backend: Send + 'static {
 }
 
 /// The changes that turn `old` into `new`.
-pub fn diff(old: &State, new: &State) -> Vec<Change> {
+pub fn diff(old: &State, new: &State) -> Result<Vec<Change>, StoreError> {
     let mut out = Vec::new();
     for name in old.apis.keys().filter(|k| !new.apis.contains_key(*k)) {
         out.push(Change::DeleteApi(name.clone()));
@@ -178,69 +173,22 @@ pub fn diff(old: &State, new: &State) -> Vec<Change> {
             }
         }
     }
-    for d in old.domains.keys().filter(|k| !new.domains.contains_key(*k)) {
-        out.push(Change::DeleteDomain(d.clone()));
-    }
-    for (name, d) in &new.domains {
-        if old.domains.get(name) != Some(d) {
-            out.push(Change::PutDomain(d.clone()));
-        }
-    }
     // Rollouts are never deleted.
     for (id, r) in &new.rollouts {
         if old.rollouts.get(id) != Some(r) {
             out.push(Change::PutRollout(Box::new(r.clone())));
         }
     }
-    for name in old.alarms.keys().filter(|k| !new.alarms.contains_key(*k)) {
-        out.push(Change::DeleteAlarm(name.clone()));
-    }
-    for (name, a) in &new.alarms {
-        if old.alarms.get(name) != Some(a) {
-            out.push(Change::PutAlarm(Box::new(a.clone())));
+    for kind in kinds() {
+        for c in kind.diff(old, new)? {
+            let (kind, key) = (kind.name().to_string(), c.key);
+            out.push(match c.doc {
+                Some(doc) => Change::Put { kind, key, doc },
+                None => Change::Delete { kind, key },
+            });
         }
     }
-    for name in old.deployment_configs.keys().filter(|k| !new.deployment_configs.contains_key(*k)) {
-        out.push(Change::DeleteDeploymentConfig(name.clone()));
-    }
-    for (name, c) in &new.deployment_configs {
-        if old.deployment_configs.get(name) != Some(c) {
-            out.push(Change::PutDeploymentConfig(c.clone()));
-        }
-    }
-    for name in old.applications.keys().filter(|k| !new.applications.contains_key(*k)) {
-        out.push(Change::DeleteApplication(name.clone()));
-    }
-    for (name, a) in &new.applications {
-        if old.applications.get(name) != Some(a) {
-            out.push(Change::PutApplication(Box::new(a.clone())));
-        }
-    }
-    for name in old.notifications.keys().filter(|k| !new.notifications.contains_key(*k)) {
-        out.push(Change::DeleteNotification(name.clone()));
-    }
-    for (name, n) in &new.notifications {
-        if old.notifications.get(name) != Some(n) {
-            out.push(Change::PutNotification(n.clone()));
-        }
-    }
-    for id in old.deliveries.keys().filter(|k| !new.deliveries.contains_key(*k)) {
-        out.push(Change::DeleteDelivery(id.clone()));
-    }
-    for (id, d) in &new.deliveries {
-        if old.deliveries.get(id) != Some(d) {
-            out.push(Change::PutDelivery(Box::new(d.clone())));
-        }
-    }
-    for name in old.analyses.keys().filter(|k| !new.analyses.contains_key(*k)) {
-        out.push(Change::DeleteAnalysis(name.clone()));
-    }
-    for (name, a) in &new.analyses {
-        if old.analyses.get(name) != Some(a) {
-            out.push(Change::PutAnalysis(a.clone()));
-        }
-    }
-    out
+    Ok(out)
 }
 
 /// A fresh deployment id: `d-` and five random base-36 characters, as API Gateway's are ten.
@@ -293,24 +241,14 @@ async fn blocking<T: Send + 'static>(
     .map_err(|e| StoreError::Backend(format!("storage task failed: {e}")))?
 }
 
-/// Whether a batch touches routing (anything but rollout, alarm, analysis and notification records,
-/// which the controller checkpoints every second and which do not rebuild the gateway's snapshot).
+/// Whether a batch touches routing: APIs, deployments, stages and the kinds of named record the gateway
+/// routes by (domains), not rollouts and the rest, which the controller checkpoints every second and
+/// which do not rebuild the gateway's snapshot.
 fn routes(changes: &[Change]) -> bool {
-    changes.iter().any(|c| {
-        !matches!(
-            c,
-            Change::PutRollout(_)
-                | Change::PutAlarm(_)
-                | Change::DeleteAlarm(_)
-                | Change::PutAnalysis(_)
-                | Change::DeleteAnalysis(_)
-                | Change::PutNotification(_)
-                | Change::DeleteNotification(_)
-                | Change::PutDelivery(_)
-                | Change::DeleteDelivery(_)
-                | Change::PutApplication(_)
-                | Change::DeleteApplication(_)
-        )
+    changes.iter().any(|c| match c {
+        Change::PutRollout(_) => false,
+        Change::Put { kind: k, .. } | Change::Delete { kind: k, .. } => kind(k).is_none_or(|k| k.routing()),
+        _ => true,
     })
 }
 
@@ -413,7 +351,13 @@ impl Store {
                 return Err(e.into());
             }
         };
-        let changes = diff(&head.state, &next);
+        let changes = match diff(&head.state, &next) {
+            Ok(c) => c,
+            Err(e) => {
+                self.rollback().await?;
+                return Err(e);
+            }
+        };
         if changes.is_empty() {
             self.rollback().await?;
             return Ok(out);
@@ -518,6 +462,24 @@ mod tests {
                 s.put_api("billing", routes(), now()).unwrap();
             },
             |s| {
+                let alarm = serde_json::json!({"name": "errors", "api": "billing", "stage": "prod", "variant": "canary",
+                    "metric": "5XXError", "statistic": "Average", "periodSeconds": 1, "evaluationPeriods": 3,
+                    "datapointsToAlarm": 2, "comparison": "GreaterThanThreshold", "threshold": 0.05});
+                let config = serde_json::json!({"name": "Fast", "type": "TimeBasedCanary", "percentage": 20, "intervalSeconds": 30});
+                let notification = serde_json::json!({"name": "chat", "url": "http://127.0.0.1:9/hook", "events": ["RolloutStarted"]});
+                for (kind, name, input) in [
+                    ("alarms", "errors", alarm),
+                    ("deployment_configs", "Fast", config),
+                    ("notifications", "chat", notification),
+                ] {
+                    canarygate_model::state::declared(kind).unwrap().put(s, name, &input).unwrap();
+                }
+            },
+            |s| {
+                s.delete_alarm("errors").unwrap();
+                s.delete_domain("api.example.com").unwrap();
+            },
+            |s| {
                 s.delete_api("orders").unwrap();
             },
         ];
@@ -525,7 +487,7 @@ mod tests {
         for (i, step) in steps.into_iter().enumerate() {
             let mut new = old.clone();
             step(&mut new);
-            let changes = diff(&old, &new);
+            let changes = diff(&old, &new).unwrap();
             assert!(!changes.is_empty(), "step {i}");
             // As another replica gets them: through the log's JSON.
             let logged: Vec<Change> = serde_json::from_str(&serde_json::to_string(&changes).unwrap()).unwrap();
@@ -549,16 +511,50 @@ mod tests {
             ],
         );
         assert!(e.unwrap_err().contains("unknown API"));
+        // So is a record of a kind this build does not know (written by a newer one).
+        let unknown = Change::Put {
+            kind: "hook_targets".into(),
+            key: "x".into(),
+            doc: "{}".into(),
+        };
+        assert!(apply(&mut State::default(), &[unknown]).unwrap_err().contains("unknown kind"));
+    }
+
+    #[test]
+    fn a_named_record_is_a_row_of_its_kinds_table() {
+        let mut old = sample();
+        old.put_domain("api.example.com", Vec::new(), None).unwrap();
+        let mut new = old.clone();
+        new.delete_domain("api.example.com").unwrap();
+        canarygate_model::state::declared("analyses")
+            .unwrap()
+            .put(&mut new, "quick", &serde_json::json!({"errorRate": {"alpha": 0.05}}))
+            .unwrap();
+        let changes = diff(&old, &new).unwrap();
+        let sql: Vec<String> = changes
+            .iter()
+            .flat_map(|c| rows::row_ops(c).unwrap())
+            .map(|op| op.sql(rows::Dialect::Postgres))
+            .collect();
+        assert_eq!(
+            sql,
+            [
+                "DELETE FROM domains WHERE domain = $1",
+                "INSERT INTO analyses (name, doc) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET doc = excluded.doc"
+            ]
+        );
+        // Domains are routing; analyses are not.
+        assert!(routes(&changes[..1]) && !routes(&changes[1..]));
     }
 
     #[test]
     fn diff_of_equal_states_is_empty() {
         let s = sample();
-        assert!(diff(&s, &s).is_empty());
-        assert_eq!(diff(&State::default(), &s).len(), 3);
+        assert!(diff(&s, &s).unwrap().is_empty());
+        assert_eq!(diff(&State::default(), &s).unwrap().len(), 3);
         let mut t = s.clone();
         t.delete_api("orders").unwrap();
-        assert_eq!(diff(&s, &t), vec![Change::DeleteApi("orders".into())]);
+        assert_eq!(diff(&s, &t).unwrap(), vec![Change::DeleteApi("orders".into())]);
     }
 
     #[tokio::test]

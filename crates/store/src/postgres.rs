@@ -17,7 +17,7 @@ use postgres::fallible_iterator::FallibleIterator as _;
 use postgres::Client;
 
 use crate::pg_tls::connect;
-use crate::rows::{row_ops, Dialect, Rows, Value, READS};
+use crate::rows::{create_record_tables, reads, row_ops, Dialect, Rows, Value};
 use crate::{Backend, Change, Fence, StoreError};
 
 /// The controller lease's row.
@@ -63,6 +63,12 @@ CREATE TABLE canarygate_changelog (version BIGINT PRIMARY KEY, changes TEXT NOT 
     r#"
 CREATE TABLE codedeploy_applications (name TEXT PRIMARY KEY, doc TEXT NOT NULL);
 "#,
+    // The log's named records became `Put`/`Delete` of a kind: entries in the format before are
+    // dropped (a replica behind them loads everything), and a replica still on the build before
+    // cannot read the new ones (its catch-ups fail until it is upgraded, as after any migration).
+    r#"
+DELETE FROM canarygate_changelog;
+"#,
 ];
 
 /// How many versions of changes the log keeps: a replica further behind loads everything.
@@ -106,6 +112,7 @@ fn migrate(client: &mut Client) -> Result<(), StoreError> {
         tx.batch_execute(m)?;
         tracing::info!(version = i + 1, "migrated the PostgreSQL schema");
     }
+    tx.batch_execute(&create_record_tables())?;
     tx.execute(
         "INSERT INTO canarygate_schema (id, version) VALUES (1, $1) ON CONFLICT (id) DO UPDATE SET version = excluded.version",
         &[&(SCHEMA_VERSION.max(stored) as i32)],
@@ -145,11 +152,10 @@ impl PostgresBackend {
 fn read_rows(client: &mut Client) -> Result<(Rows, u64), postgres::Error> {
     let version: i64 = client.query_one("SELECT version FROM canarygate_state WHERE id = 1", &[])?.get(0);
     let mut rows = Rows::default();
-    for (table, query) in READS {
-        let result = client.query(*query, &[])?;
-        match *table {
+    for (table, query) in reads() {
+        let result = client.query(&query, &[])?;
+        match table {
             "deployments" => rows.deployments = result.iter().map(|r| (r.get(0), r.get(1))).collect(),
-            "analyses" => rows.analyses = result.iter().map(|r| (r.get(0), r.get(1))).collect(),
             _ => {
                 rows.docs.insert(table, result.iter().map(|r| r.get(0)).collect());
             }
@@ -278,8 +284,15 @@ impl Backend for PostgresBackend {
             return Ok(None);
         }
         let mut changes = Vec::new();
-        for (_, text) in logged {
-            changes.extend(serde_json::from_str::<Vec<Change>>(&text)?);
+        for (v, text) in logged {
+            match serde_json::from_str::<Vec<Change>>(&text) {
+                Ok(c) => changes.extend(c),
+                // Written by another build (a changed log format): load everything instead.
+                Err(e) => {
+                    tracing::warn!(version = v, error = %e, "a logged change this build cannot read; loading everything");
+                    return Ok(None);
+                }
+            }
         }
         Ok(Some((changes, stored.max(0) as u64)))
     }

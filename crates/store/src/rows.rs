@@ -5,11 +5,9 @@
 
 use std::sync::Arc;
 
-use canarygate_model::deployment_config::DeploymentConfig;
-use canarygate_model::notification::{Delivery, Notification};
 use canarygate_model::rollout::Rollout;
-use canarygate_model::state::{AlarmEntry, ApiState};
-use canarygate_model::{Api, Deployment, Domain, Stage, State};
+use canarygate_model::state::{kind, kinds, ApiState, Kind};
+use canarygate_model::{Api, Deployment, Stage, State};
 
 use crate::{Change, StoreError};
 
@@ -26,14 +24,14 @@ pub(crate) enum RowOp {
     /// Insert or replace: `columns` (the key columns are the first `keys`), with `values` in order.
     Upsert {
         table: &'static str,
-        columns: &'static [&'static str],
+        columns: Vec<&'static str>,
         keys: usize,
         values: Vec<Value>,
     },
     /// Delete the rows whose `columns` equal `values`.
     Delete {
         table: &'static str,
-        columns: &'static [&'static str],
+        columns: Vec<&'static str>,
         values: Vec<Value>,
     },
 }
@@ -97,17 +95,21 @@ fn doc<T: serde::Serialize>(v: &T) -> Result<Value, StoreError> {
     Ok(Value::Text(serde_json::to_string(v)?))
 }
 
-fn upsert(table: &'static str, columns: &'static [&'static str], keys: usize, values: Vec<Value>) -> RowOp {
+fn upsert(table: &'static str, columns: &[&'static str], keys: usize, values: Vec<Value>) -> RowOp {
     RowOp::Upsert {
         table,
-        columns,
+        columns: columns.to_vec(),
         keys,
         values,
     }
 }
 
-fn delete(table: &'static str, columns: &'static [&'static str], values: Vec<Value>) -> RowOp {
-    RowOp::Delete { table, columns, values }
+fn delete(table: &'static str, columns: &[&'static str], values: Vec<Value>) -> RowOp {
+    RowOp::Delete {
+        table,
+        columns: columns.to_vec(),
+        values,
+    }
 }
 
 /// The rows a change writes or deletes.
@@ -132,59 +134,65 @@ pub(crate) fn row_ops(c: &Change) -> Result<Vec<RowOp>, StoreError> {
             vec![text(&s.api), text(&s.name), doc(s)?],
         )],
         Change::DeleteStage { api, stage } => vec![delete("stages", &["api", "name"], vec![text(api), text(stage)])],
-        Change::PutDomain(d) => vec![upsert("domains", &["domain", "doc"], 1, vec![text(&d.domain), doc(d)?])],
-        Change::DeleteDomain(d) => vec![delete("domains", &["domain"], vec![text(d)])],
         Change::PutRollout(r) => vec![upsert(
             "rollouts",
             &["id", "api", "stage", "doc"],
             1,
             vec![text(&r.id), text(&r.api), text(&r.stage), doc(r)?],
         )],
-        Change::PutAlarm(a) => vec![upsert("alarms", &["name", "doc"], 1, vec![text(&a.alarm.name), doc(a)?])],
-        Change::DeleteAlarm(name) => vec![delete("alarms", &["name"], vec![text(name)])],
-        Change::PutDeploymentConfig(c) => vec![upsert("deployment_configs", &["name", "doc"], 1, vec![text(&c.name), doc(c)?])],
-        Change::DeleteDeploymentConfig(name) => vec![delete("deployment_configs", &["name"], vec![text(name)])],
-        Change::PutAnalysis(a) => vec![upsert(
-            "analyses",
-            &["name", "doc"],
-            1,
-            vec![text(a.name.as_deref().unwrap_or_default()), doc(a)?],
-        )],
-        Change::DeleteAnalysis(name) => vec![delete("analyses", &["name"], vec![text(name)])],
-        Change::PutNotification(n) => vec![upsert("notifications", &["name", "doc"], 1, vec![text(&n.name), doc(n)?])],
-        Change::DeleteNotification(name) => vec![delete("notifications", &["name"], vec![text(name)])],
-        Change::PutDelivery(d) => vec![upsert("deliveries", &["id", "doc"], 1, vec![text(&d.id), doc(d)?])],
-        Change::DeleteDelivery(id) => vec![delete("deliveries", &["id"], vec![text(id)])],
-        Change::PutApplication(a) => vec![upsert("codedeploy_applications", &["name", "doc"], 1, vec![text(&a.name), doc(a)?])],
-        Change::DeleteApplication(name) => vec![delete("codedeploy_applications", &["name"], vec![text(name)])],
+        Change::Put { kind: k, key, doc } => {
+            let k = known(k)?;
+            vec![upsert(k.table(), &[k.key_column(), "doc"], 1, vec![text(key), text(doc)])]
+        }
+        Change::Delete { kind: k, key } => {
+            let k = known(k)?;
+            vec![delete(k.table(), &[k.key_column()], vec![text(key)])]
+        }
     })
 }
 
-/// What a backend reads back: each table's rows, as the queries of [`READS`] return them.
+fn known(name: &str) -> Result<&'static dyn Kind, StoreError> {
+    kind(name).ok_or_else(|| StoreError::Backend(format!("a record of unknown kind {name:?}")))
+}
+
+/// What a backend reads back: each table's rows, as the queries of [`reads`] return them.
 #[derive(Default)]
 pub(crate) struct Rows {
     /// (api, doc), ordered by api then seq.
     pub(crate) deployments: Vec<(String, String)>,
-    /// (name, doc) of analyses; the doc of every other table.
-    pub(crate) analyses: Vec<(String, String)>,
+    /// The doc of every other table.
     pub(crate) docs: std::collections::HashMap<&'static str, Vec<String>>,
 }
 
 /// The queries that read the state back: (table, SELECT), each returning its `doc` only, except
-/// `deployments` (api, doc) and `analyses` (name, doc).
-pub(crate) const READS: &[(&str, &str)] = &[
-    ("apis", "SELECT doc FROM apis"),
-    ("deployments", "SELECT api, doc FROM deployments ORDER BY api, seq"),
-    ("stages", "SELECT doc FROM stages"),
-    ("domains", "SELECT doc FROM domains"),
-    ("rollouts", "SELECT doc FROM rollouts"),
-    ("alarms", "SELECT doc FROM alarms"),
-    ("notifications", "SELECT doc FROM notifications"),
-    ("deliveries", "SELECT doc FROM deliveries"),
-    ("analyses", "SELECT name, doc FROM analyses"),
-    ("deployment_configs", "SELECT doc FROM deployment_configs"),
-    ("codedeploy_applications", "SELECT doc FROM codedeploy_applications"),
-];
+/// `deployments` (api, doc).
+pub(crate) fn reads() -> Vec<(&'static str, String)> {
+    let mut out: Vec<(&'static str, String)> = [
+        ("apis", "SELECT doc FROM apis"),
+        ("deployments", "SELECT api, doc FROM deployments ORDER BY api, seq"),
+        ("stages", "SELECT doc FROM stages"),
+        ("rollouts", "SELECT doc FROM rollouts"),
+    ]
+    .into_iter()
+    .map(|(t, q)| (t, q.to_string()))
+    .collect();
+    out.extend(kinds().map(|k| (k.table(), format!("SELECT doc FROM {}", k.table()))));
+    out
+}
+
+/// The tables of the kinds of named record, each `(key TEXT PRIMARY KEY, doc TEXT NOT NULL)`, created
+/// when missing (a kind added since the database was made): in both dialects.
+pub(crate) fn create_record_tables() -> String {
+    kinds()
+        .map(|k| {
+            format!(
+                "CREATE TABLE IF NOT EXISTS {} ({} TEXT PRIMARY KEY, doc TEXT NOT NULL);\n",
+                k.table(),
+                k.key_column()
+            )
+        })
+        .collect()
+}
 
 impl Rows {
     fn docs(&self, table: &str) -> &[String] {
@@ -217,36 +225,14 @@ impl Rows {
                 a.stages.insert(s.name.clone(), s);
             }
         }
-        for d in self.docs("domains") {
-            let d: Domain = serde_json::from_str(d)?;
-            state.domains.insert(d.domain.clone(), d);
-        }
         for d in self.docs("rollouts") {
             let r: Rollout = serde_json::from_str(d)?;
             state.rollouts.insert(r.id.clone(), r);
         }
-        for d in self.docs("alarms") {
-            let a: AlarmEntry = serde_json::from_str(d)?;
-            state.alarms.insert(a.alarm.name.clone(), a);
-        }
-        for d in self.docs("notifications") {
-            let n: Notification = serde_json::from_str(d)?;
-            state.notifications.insert(n.name.clone(), n);
-        }
-        for d in self.docs("deliveries") {
-            let d: Delivery = serde_json::from_str(d)?;
-            state.deliveries.insert(d.id.clone(), d);
-        }
-        for (name, d) in &self.analyses {
-            state.analyses.insert(name.clone(), serde_json::from_str(d)?);
-        }
-        for d in self.docs("deployment_configs") {
-            let c: DeploymentConfig = serde_json::from_str(d)?;
-            state.deployment_configs.insert(c.name.clone(), c);
-        }
-        for d in self.docs("codedeploy_applications") {
-            let a: canarygate_model::codedeploy::Application = serde_json::from_str(d)?;
-            state.applications.insert(a.name.clone(), a);
+        for k in kinds() {
+            for d in self.docs(k.table()) {
+                k.load(&mut state, d)?;
+            }
         }
         Ok(state)
     }

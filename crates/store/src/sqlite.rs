@@ -6,7 +6,7 @@ use std::path::Path;
 use canarygate_model::State;
 use rusqlite::Connection;
 
-use crate::rows::{row_ops, Dialect, Rows, Value, READS};
+use crate::rows::{create_record_tables, reads, row_ops, Dialect, Rows, Value};
 use crate::{Backend, Change, StoreError};
 
 /// Migrations, in order; migration `i` brings the schema to version `i + 1`.
@@ -63,6 +63,7 @@ impl SqliteBackend {
             tx.commit()?;
             tracing::info!(version = i + 1, "migrated state database");
         }
+        conn.execute_batch(&create_record_tables())?;
         Ok(SqliteBackend { conn, version: 0 })
     }
 }
@@ -126,18 +127,13 @@ fn copy_online(from: &Path, to: &Path) -> Result<u32, StoreError> {
 impl Backend for SqliteBackend {
     fn load(&mut self) -> Result<(State, u64), StoreError> {
         let mut rows = Rows::default();
-        for (table, query) in READS {
-            let mut stmt = self.conn.prepare(query)?;
-            match *table {
-                "deployments" | "analyses" => {
-                    let pairs = stmt
+        for (table, query) in reads() {
+            let mut stmt = self.conn.prepare(&query)?;
+            match table {
+                "deployments" => {
+                    rows.deployments = stmt
                         .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
                         .collect::<Result<Vec<_>, _>>()?;
-                    if *table == "deployments" {
-                        rows.deployments = pairs;
-                    } else {
-                        rows.analyses = pairs;
-                    }
                 }
                 _ => {
                     let docs = stmt.query_map([], |r| r.get::<_, String>(0))?.collect::<Result<Vec<_>, _>>()?;

@@ -11,9 +11,13 @@ use crate::stage::{validate_percent, validate_variables, CanarySettings, StageIn
 use crate::{validate_api_name, validate_stage_name, Api, Deployment, Error, PatchOperation, Result, Route, Stage};
 
 mod codedeploy;
+pub mod kinds;
 mod notifications;
+pub mod record;
 mod rollouts;
 
+pub use kinds::{declared, kind, kinds};
+pub use record::{Declared, DeclaredKind, Kind, NamedPut, Record, RecordChange};
 pub use rollouts::alarm_view;
 
 /// One API with its deployments (oldest first) and stages.
@@ -51,6 +55,19 @@ pub struct Domain {
     pub domain: String,
     pub mappings: Vec<BasePathMapping>,
     /// The certificate served to clients that ask for this domain by SNI (on `server.tlsListen`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsFiles>,
+}
+
+/// A custom domain as a client declares it: the admin API's `PUT /v1/domains/{domain}` body (where
+/// `domain` may be left out), a config file's entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DomainSpec {
+    #[serde(default)]
+    pub domain: String,
+    #[serde(default)]
+    pub mappings: Vec<BasePathMapping>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsFiles>,
 }
