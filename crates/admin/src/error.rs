@@ -88,7 +88,9 @@ impl From<canarygate_model::Error> for ApiError {
     fn from(e: canarygate_model::Error) -> Self {
         use canarygate_model::Error as E;
         let status = match &e {
-            E::Invalid { .. } | E::Unreadable { .. } => StatusCode::BAD_REQUEST,
+            E::Invalid { .. } => StatusCode::BAD_REQUEST,
+            // As the body extractor says it (`crate::body`).
+            E::Unreadable { .. } => return ApiError::bad_request(format!("invalid request body: {e}")),
             E::NotFound { .. } => StatusCode::NOT_FOUND,
             E::Conflict(_) => StatusCode::CONFLICT,
         };

@@ -202,6 +202,28 @@ async fn remove_canary_and_resources() {
         .unwrap();
     assert_eq!(r.status(), 400);
 
+    // Every kind of named record: a body that cannot be read names the field, and changes nothing.
+    for (path, body, field) in [
+        ("/v1/alarms/e", json!({"threshhold": 1}), "threshhold"),
+        ("/v1/deployment-configs/c", json!({"percentage": "lots"}), "percentage"),
+        ("/v1/notifications/n", json!({"url": 7}), "url"),
+        ("/v1/analyses/a", json!({"errorRate": {"alpha": "x"}}), "errorRate.alpha"),
+        ("/v1/domains/d.example", json!({"mappings": {}}), "mappings"),
+    ] {
+        let (status, v) = admin(&c, &s, "PUT", path, Some(body)).await;
+        let message = v["error"]["message"].as_str().unwrap_or_default();
+        assert_eq!(status, 400, "{path}: {v}");
+        assert!(message.starts_with(&format!("invalid request body: {field}: ")), "{path}: {v}");
+        assert_eq!(admin(&c, &s, "GET", path, None).await.0, 404, "{path}: nothing stored");
+    }
+    // A file's key that is no kind of resource is refused by apply, naming it.
+    let (status, v) = admin(&c, &s, "POST", "/v1/apply", Some(json!({"alarm": []}))).await;
+    assert_eq!(status, 400, "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("alarm: is no kind of resource"),
+        "{v}"
+    );
+
     // Deployments are listed newest first.
     let d2 = ok(
         &c,
