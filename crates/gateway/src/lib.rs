@@ -18,6 +18,7 @@ mod body_read;
 mod cache;
 mod choose;
 mod connections;
+mod ctx;
 mod error;
 mod exchange;
 #[doc(hidden)]

@@ -24,6 +24,7 @@ use tokio::sync::oneshot;
 
 use crate::access_log::Record;
 use crate::body::{empty, full, BoxError};
+use crate::ctx::Ctx;
 use crate::exchange::Peer;
 use crate::proxy::serve;
 use crate::table::{MirrorRoute, StageRoute};
@@ -144,17 +145,12 @@ where
 /// Starts a copy of a production request (whose head is `parts`) to the stage's mirror: returns the
 /// [`Tee`] its body must stream through, if it has one, and the [`Pair`] its end must be told to. `None`
 /// when the copy is dropped (too many on their way) or skipped (body too large), counted.
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn start(
-    gw: &Arc<Gateway>,
+    ctx: &Ctx<'_>,
     stage: &Arc<StageRoute>,
     m: &MirrorRoute,
     parts: &http::request::Parts,
     rest: &str,
-    host: Option<&str>,
-    peer: &Peer,
-    rid: &HeaderValue,
-    sec: u64,
 ) -> Option<(Option<Tee>, Arc<Pair>)> {
     let series = &m.route.series;
     let declared = parts
@@ -184,7 +180,7 @@ pub(crate) fn start(
     };
     let pair = Arc::new(Pair {
         state: AtomicU8::new(0),
-        sec,
+        sec: ctx.sec,
         series: series.clone(),
     });
     let mut head = http::Request::new(());
@@ -193,14 +189,14 @@ pub(crate) fn start(
     *head.headers_mut() = parts.headers.clone();
     head.headers_mut().insert(MIRROR_HEADER.clone(), HeaderValue::from_static("1"));
     let copy = Copy {
-        gw: gw.clone(),
+        gw: ctx.gw.clone(),
         stage: stage.clone(),
         head: head.into_parts().0,
         rest: rest.to_string(),
-        host: host.map(str::to_string),
-        peer: peer.clone(),
-        rid: rid.clone(),
-        sec,
+        host: ctx.host.clone(),
+        peer: ctx.peer.clone(),
+        rid: ctx.rid.clone(),
+        sec: ctx.sec,
         pair: pair.clone(),
     };
     tokio::spawn(async move {
@@ -238,47 +234,33 @@ impl Copy {
                 }
             },
         };
-        let start = Instant::now();
         let wall = SystemTime::now();
-        let (method, path) = (self.head.method.clone(), self.head.uri.path().to_string());
+        let ctx = Ctx {
+            gw: &self.gw,
+            peer: &self.peer,
+            start: Instant::now(),
+            wall,
+            // Counted in the original's second, beside it.
+            sec: self.sec,
+            rid: self.rid.clone(),
+            trace: None,
+            host: self.host.take(),
+            path: self.head.uri.path().to_string(),
+            grpc: false,
+        };
+        let method = self.head.method.clone();
         let user_agent = self
             .head
             .headers
             .get(http::header::USER_AGENT)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        let outcome = serve(
-            &self.gw,
-            &self.stage,
-            vr,
-            &mut self.head,
-            body,
-            &self.rest,
-            self.host.as_deref(),
-            &self.peer,
-            &self.rid,
-            None,
-        )
-        .await;
+        let outcome = serve(&ctx, &self.stage, vr, &mut self.head, body, &self.rest).await;
         let (status, error) = match outcome.result {
-            Ok(resp) => {
-                let status = resp.status().as_u16();
-                let mut body = resp.into_body();
-                let mut failed = None;
-                while let Some(frame) = body.frame().await {
-                    if let Err(e) = frame {
-                        failed = Some(e.to_string());
-                        break;
-                    }
-                }
-                match failed {
-                    None => (status, None),
-                    Some(e) => (502, Some((crate::error::Source::Upstream, e))),
-                }
-            }
+            Ok(resp) => drain(resp).await,
             Err(e) => (e.response().status().as_u16(), Some((e.source(), e.to_string()))),
         };
-        let latency_us = start.elapsed().as_micros() as u64;
+        let latency_us = ctx.elapsed_us();
         vr.series.record(
             self.sec,
             &Observation {
@@ -293,11 +275,11 @@ impl Copy {
         let log = self.gw.access_log();
         if log.enabled() {
             log.send(Record {
-                request_id: self.rid,
+                request_id: ctx.rid,
                 time: wall.into(),
                 ip: self.peer.addr.ip(),
                 method,
-                path,
+                path: ctx.path,
                 status,
                 latency_ms: latency_us as f64 / 1000.0,
                 integration_latency_ms: outcome.integration_us.map(|u| u as f64 / 1000.0),
@@ -314,6 +296,19 @@ impl Copy {
             });
         }
     }
+}
+
+/// Reads a copy's response to its end: its status, or 502 and the upstream's failure when the body
+/// failed on the way.
+async fn drain(resp: http::Response<crate::body::Body>) -> (u16, Option<(crate::error::Source, String)>) {
+    let status = resp.status().as_u16();
+    let mut body = resp.into_body();
+    while let Some(frame) = body.frame().await {
+        if let Err(e) = frame {
+            return (502, Some((crate::error::Source::Upstream, e.to_string())));
+        }
+    }
+    (status, None)
 }
 
 #[cfg(test)]

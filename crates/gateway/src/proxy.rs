@@ -15,14 +15,14 @@ use http_body_util::BodyExt;
 
 use crate::body::{empty, full, Body, BoxError};
 use crate::cache::{hit_response, storable, vary_hash, CacheKey, StageCache};
+use crate::ctx::{Ctx, REQUEST_ID};
 use crate::error::{ClientBodyError, ProxyError};
-use crate::exchange::{GrpcRequest, Peer, UpgradeRequest};
+use crate::exchange::{GrpcRequest, UpgradeRequest};
 use crate::table::{CompiledIntegration, StageRoute, VariantRoute};
 use crate::trace::{ClientCall, TRACEPARENT};
 use crate::upstream::{self, SendError, Timeouts};
 use crate::Gateway;
 
-pub(crate) static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -226,20 +226,17 @@ fn stream_response(mut resp: Response<Body>) -> Response<Body> {
     resp
 }
 
-/// Serves a request as variant `vr` of `stage`. The body is limited to the request body limit already
-/// (by the caller: for a client's request, as it arrives).
-#[allow(clippy::too_many_arguments)]
+/// Serves a request as variant `vr` of `stage`, its path in the stage `rest`. The body is limited to the
+/// request body limit already (by the caller: for a client's request, as it arrives). The phases: match
+/// the route, answer a mock, render the upstream URI, check the request, the upstream request's head,
+/// and send it — through the stage cache for GET/HEAD where the variant uses it.
 pub(crate) async fn serve<B>(
-    gw: &Gateway,
+    ctx: &Ctx<'_>,
     stage: &StageRoute,
     vr: &VariantRoute,
     parts: &mut http::request::Parts,
     body: B,
     rest: &str,
-    host: Option<&str>,
-    peer: &Peer,
-    rid: &HeaderValue,
-    trace: Option<&TraceCtx>,
 ) -> Outcome
 where
     B: http_body::Body<Data = Bytes, Error = BoxError> + Send + 'static,
@@ -252,7 +249,7 @@ where
         return Outcome::error(ProxyError::NoRoute);
     };
     // Taken only for a sampled request's span.
-    let route = trace.filter(|t| t.sampled).map(|_| matched.value.route.clone());
+    let route = ctx.trace.filter(|t| t.sampled).map(|_| matched.value.route.clone());
     let Some(integration) = matched.value.find(&parts.method).cloned() else {
         return Outcome {
             route,
@@ -260,57 +257,119 @@ where
         };
     };
     let var = |n: &str| vr.variables.get(n).map(String::as_str);
-    let params = matched.params;
-    let param = |n: &str| params.get(n);
     let (uri, timeouts, tls, http2) = match &*integration {
-        CompiledIntegration::Mock {
-            status,
-            headers,
-            body: template,
-        } => {
-            let t0 = Instant::now();
-            let mut text = String::new();
-            template.render_into(&mut text, var, |_| None);
-            let mut r = Response::new(full(text));
-            *r.status_mut() = *status;
-            for (k, v) in headers {
-                r.headers_mut().insert(k.clone(), v.clone());
-            }
+        CompiledIntegration::Mock { status, headers, body } => {
             return Outcome {
-                result: Ok(r),
-                integration_us: Some(t0.elapsed().as_micros() as u64),
-                cache: None,
                 route,
-            };
+                ..mock(*status, headers, body, var)
+            }
         }
         CompiledIntegration::Http { uri, timeouts, tls, http2 } => (uri, *timeouts, tls.clone(), *http2),
     };
-    let mut target = String::with_capacity(128);
-    uri.render_into(&mut target, var, param);
-    if let Some(q) = parts.uri.query() {
-        target.push(if target.contains('?') { '&' } else { '?' });
-        target.push_str(q);
-    }
-    let upstream_uri: http::Uri = match target.parse() {
+    let params = matched.params;
+    let checked =
+        upstream_uri(uri, var, |n| params.get(n), parts.uri.query()).and_then(|uri| check(ctx.gw, parts, &uri, http2).map(|()| uri));
+    let upstream_uri = match checked {
         Ok(u) => u,
-        Err(_) => {
+        Err(e) => {
             return Outcome {
                 route,
-                ..Outcome::error(ProxyError::BadIntegrationUri(target))
+                ..Outcome::error(e)
             }
         }
     };
-    if upstream_uri.host().is_none() {
-        return Outcome {
-            route,
-            ..Outcome::error(ProxyError::BadIntegrationUri(target))
-        };
+    let upgrade = parts.extensions.get::<UpgradeRequest>().copied();
+    let call = UpstreamCall {
+        method: parts.method.clone(),
+        uri: upstream_uri,
+        headers: upstream_headers(ctx, std::mem::take(&mut parts.headers), upgrade, http2),
+        timeouts,
+        variant: vr.variant,
+        trace: ctx.trace,
+        tls,
+        upgrade,
+        // An upgrade (WebSocket) is an HTTP/1.1 exchange: it goes over HTTP/1.1 whatever the integration says.
+        http2: http2 && upgrade.is_none(),
+    };
+    let cacheable_method = (parts.method == http::Method::GET || parts.method == http::Method::HEAD) && upgrade.is_none();
+    let outcome = match stage.cache.as_ref().filter(|_| vr.use_cache && cacheable_method) {
+        Some(cache) => {
+            let key = cache_key(parts, route_path, vr);
+            // Boxed: the cache path's future (moka's included) is large, and every connection's task
+            // would otherwise carry it inline.
+            Box::pin(cached(ctx.gw, cache, key, &call, stage.cache_ttl)).await
+        }
+        None => forward(ctx.gw, call, body.boxed_unsync()).await,
+    };
+    Outcome { route, ..outcome }
+}
+
+/// Sends the request upstream with the client's body streaming through, and streams the answer back.
+async fn forward(gw: &Gateway, call: UpstreamCall, body: Body) -> Outcome {
+    let (timeouts, variant, tls, http2) = (call.timeouts, call.variant, call.tls.clone(), call.http2);
+    let (req, span) = call.into_request(body);
+    let to = Upstream {
+        timeouts,
+        tls: tls.as_ref(),
+        http2,
+    };
+    let (res, us) = send(gw, req, span, variant, to, gw.limits.max_body_bytes).await;
+    Outcome {
+        result: res.map(stream_response),
+        integration_us: Some(us),
+        cache: None,
+        route: None,
     }
+}
+
+/// A mock integration's answer: its status, headers and rendered body.
+fn mock<'v>(
+    status: http::StatusCode,
+    headers: &[(HeaderName, HeaderValue)],
+    template: &canarygate_model::template::Template,
+    var: impl Fn(&str) -> Option<&'v str>,
+) -> Outcome {
+    let t0 = Instant::now();
+    let mut text = String::new();
+    template.render_into(&mut text, var, |_| None);
+    let mut r = Response::new(full(text));
+    *r.status_mut() = status;
+    for (k, v) in headers {
+        r.headers_mut().insert(k.clone(), v.clone());
+    }
+    Outcome {
+        result: Ok(r),
+        integration_us: Some(t0.elapsed().as_micros() as u64),
+        cache: None,
+        route: None,
+    }
+}
+
+/// The upstream's URI: the integration's template rendered with the stage variables and path
+/// parameters, the request's query appended.
+fn upstream_uri<'v>(
+    template: &canarygate_model::template::Template,
+    var: impl Fn(&str) -> Option<&'v str>,
+    param: impl Fn(&str) -> Option<&'v str>,
+    query: Option<&str>,
+) -> Result<http::Uri, ProxyError> {
+    let mut target = String::with_capacity(128);
+    template.render_into(&mut target, var, param);
+    if let Some(q) = query {
+        target.push(if target.contains('?') { '&' } else { '?' });
+        target.push_str(q);
+    }
+    match target.parse::<http::Uri>() {
+        Ok(u) if u.host().is_some() => Ok(u),
+        _ => Err(ProxyError::BadIntegrationUri(target)),
+    }
+}
+
+/// Refuses what the upstream call cannot carry: a gRPC call to an HTTP/1.1 upstream, a body declared
+/// larger than the limit.
+fn check(gw: &Gateway, parts: &http::request::Parts, uri: &http::Uri, http2: bool) -> Result<(), ProxyError> {
     if !http2 && parts.extensions.get::<GrpcRequest>().is_some() {
-        return Outcome {
-            route,
-            ..Outcome::error(ProxyError::GrpcNeedsHttp2(target))
-        };
+        return Err(ProxyError::GrpcNeedsHttp2(uri.to_string()));
     }
     let max = gw.limits.max_body_bytes;
     let declared = parts
@@ -319,13 +378,15 @@ where
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > max) {
-        return Outcome {
-            route,
-            ..Outcome::error(ProxyError::BodyTooLarge(max))
-        };
+        return Err(ProxyError::BodyTooLarge(max));
     }
-    let mut headers = std::mem::take(&mut parts.headers);
-    let upgrade = parts.extensions.get::<UpgradeRequest>().copied();
+    Ok(())
+}
+
+/// The upstream request's header fields: the client's without hop-by-hop fields (but an upgrade's
+/// protocol and an HTTP/2 upstream's `te: trailers`), with `x-forwarded-for`, `-proto`, `-host` and
+/// the request id.
+fn upstream_headers(ctx: &Ctx<'_>, mut headers: HeaderMap, upgrade: Option<UpgradeRequest>, http2: bool) -> HeaderMap {
     let protocol = upgrade.and_then(|_| headers.get(header::UPGRADE).cloned());
     // `te: trailers` is the one TE an HTTP/2 request may carry (gRPC servers ask for it).
     let te_trailers = http2
@@ -343,6 +404,7 @@ where
     if te_trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
+    let peer = ctx.peer;
     let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(prev) => HeaderValue::try_from(format!("{prev}, {}", peer.addr.ip())).ok(),
         None => Some(peer.ip.clone()),
@@ -351,60 +413,28 @@ where
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(peer.scheme()));
-    if let Some(h) = host.and_then(|h| HeaderValue::try_from(h).ok()) {
+    if let Some(h) = ctx.host.as_deref().and_then(|h| HeaderValue::try_from(h).ok()) {
         headers.insert(X_FORWARDED_HOST.clone(), h);
     }
-    headers.insert(REQUEST_ID.clone(), rid.clone());
-    let call = UpstreamCall {
-        method: parts.method.clone(),
-        uri: upstream_uri,
-        headers,
-        timeouts,
-        variant: vr.variant,
-        trace: trace.copied(),
-        tls,
-        upgrade,
-        // An upgrade (WebSocket) is an HTTP/1.1 exchange: it goes over HTTP/1.1 whatever the integration says.
-        http2: http2 && upgrade.is_none(),
-    };
+    headers.insert(REQUEST_ID.clone(), ctx.rid.clone());
+    headers
+}
 
-    let cacheable_method = (parts.method == http::Method::GET || parts.method == http::Method::HEAD) && upgrade.is_none();
-    let outcome = match stage.cache.as_ref().filter(|_| vr.use_cache && cacheable_method) {
-        Some(cache) => {
-            let mut path_and_query = String::with_capacity(route_path.len() + 32);
-            path_and_query.push_str(route_path);
-            if let Some(q) = parts.uri.query() {
-                path_and_query.push('?');
-                path_and_query.push_str(q);
-            }
-            let key = CacheKey {
-                method: parts.method.clone(),
-                path_and_query,
-                fingerprint: vr.fingerprint,
-                vary: 0,
-            };
-            // Boxed: the cache path's future (moka's included) is large, and every connection's task
-            // would otherwise carry it inline.
-            Box::pin(cached(gw, cache, key, &call, stage.cache_ttl)).await
-        }
-        None => {
-            let (timeouts, variant, tls, http2) = (call.timeouts, call.variant, call.tls.clone(), call.http2);
-            let (req, span) = call.into_request(body.boxed_unsync());
-            let to = Upstream {
-                timeouts,
-                tls: tls.as_ref(),
-                http2,
-            };
-            let (res, us) = send(gw, req, span, variant, to, max).await;
-            Outcome {
-                result: res.map(stream_response),
-                integration_us: Some(us),
-                cache: None,
-                route: None,
-            }
-        }
-    };
-    Outcome { route, ..outcome }
+/// The stage cache's key of a GET/HEAD: method, path in the stage with the query, the variant's
+/// fingerprint (no vary hash yet).
+fn cache_key(parts: &http::request::Parts, route_path: &str, vr: &VariantRoute) -> CacheKey {
+    let mut path_and_query = String::with_capacity(route_path.len() + 32);
+    path_and_query.push_str(route_path);
+    if let Some(q) = parts.uri.query() {
+        path_and_query.push('?');
+        path_and_query.push_str(q);
+    }
+    CacheKey {
+        method: parts.method.clone(),
+        path_and_query,
+        fingerprint: vr.fingerprint,
+        vary: 0,
+    }
 }
 
 /// The initiator's own answer when it could not (or must not) be stored.
@@ -425,83 +455,35 @@ async fn cached(gw: &Gateway, cache: &StageCache, resource: CacheKey, call: &Ups
             (key, Some(resource))
         }
     };
-    let hit = |entry: &crate::cache::CachedResponse, age| Outcome {
-        result: Ok(hit_response(entry, &call.method, age).map(full)),
-        integration_us: None,
-        cache: Some(CacheResult::Hit),
-        route: None,
-    };
     if let Some(entry) = cache.entries.get(&key).await {
         if let Some(age) = entry.answers(&call.headers, now) {
-            return hit(&entry, age);
+            return hit(&entry, &call.method, age);
         }
         // Stale, or not for this request's `Vary` values: fetched anew and replaced.
         cache.entries.invalidate(&key).await;
     }
-    // Filled only if this request's own init ran: then it called the upstream itself.
-    let mut own: Option<Result<Response<Body>, ProxyError>> = None;
-    let mut fetched_us: Option<u64> = None;
-    let init = async {
-        let (res, us) = call.send(gw, empty(), gw.limits.max_body_bytes).await;
-        fetched_us = Some(us);
-        let resp = match res {
-            Ok(r) => r,
-            Err(e) => {
-                own = Some(Err(e));
-                return Err(NotStored);
-            }
-        };
-        let Some(storable) = storable(&call.method, &call.headers, resp.status(), resp.headers(), ttl, SystemTime::now()) else {
-            own = Some(Ok(stream_response(resp)));
-            return Err(NotStored);
-        };
-        match buffer(resp, cache.max_entry_bytes).await {
-            Buffered::Whole(parts, body) => {
-                let mut headers = parts.headers;
-                strip_hop_by_hop(&mut headers);
-                Ok(Arc::new(storable.into_entry(parts.status, headers, body)))
-            }
-            Buffered::TooLarge(r) => {
-                own = Some(Ok(r));
-                Err(NotStored)
-            }
-            Buffered::Failed(e) => {
-                own = Some(Err(e));
-                Err(NotStored)
-            }
-        }
-    };
-    let waited = tokio::time::timeout(call.timeouts.head, cache.entries.try_get_with(key.clone(), init)).await;
-    match (waited, own) {
+    // Filled only if this request's own fill ran: then it called the upstream itself.
+    let mut own = Own::default();
+    let fill = fill(gw, cache, call, ttl, &mut own);
+    let waited = tokio::time::timeout(call.timeouts.head, cache.entries.try_get_with(key.clone(), fill)).await;
+    match (waited, own.result) {
         // This request fetched and stored it: a miss. Filed under the key of the fields it varies on.
-        (Ok(Ok(entry)), _) if fetched_us.is_some() => {
-            let names: Arc<[HeaderName]> = entry.vary_names().cloned().collect();
-            let resource = resource.unwrap_or_else(|| key.clone());
-            if names.is_empty() {
-                cache.vary.invalidate(&resource).await;
-            } else {
-                let right = vary_hash(&call.headers, names.iter());
-                cache.vary.insert(resource.clone(), names).await;
-                if right != key.vary {
-                    cache.entries.insert(CacheKey { vary: right, ..resource }, entry.clone()).await;
-                    cache.entries.invalidate(&key).await;
-                }
-            }
+        (Ok(Ok(entry)), _) if own.fetched_us.is_some() => {
+            file_under_vary(cache, &key, resource, &entry, &call.headers).await;
             Outcome {
                 result: Ok(hit_response(&entry, &call.method, entry.age(SystemTime::now())).map(full)),
-                integration_us: fetched_us,
+                integration_us: own.fetched_us,
                 cache: Some(CacheResult::Miss),
                 route: None,
             }
         }
         // Another request fetched it: ours only if it answers this request too.
         (Ok(Ok(entry)), _) if entry.answers(&call.headers, SystemTime::now()).is_some() => {
-            let age = entry.age(SystemTime::now());
-            hit(&entry, age)
+            hit(&entry, &call.method, entry.age(SystemTime::now()))
         }
         (_, Some(result)) => Outcome {
             result,
-            integration_us: fetched_us,
+            integration_us: own.fetched_us,
             cache: Some(CacheResult::Miss),
             route: None,
         },
@@ -516,6 +498,85 @@ async fn cached(gw: &Gateway, cache: &StageCache, resource: CacheKey, call: &Ups
                 route: None,
             }
         }
+    }
+}
+
+/// A stored answer to this request.
+fn hit(entry: &crate::cache::CachedResponse, method: &http::Method, age: Duration) -> Outcome {
+    Outcome {
+        result: Ok(hit_response(entry, method, age).map(full)),
+        integration_us: None,
+        cache: Some(CacheResult::Hit),
+        route: None,
+    }
+}
+
+/// What this request's own fill did: how long its upstream call took, and its own answer when that
+/// was not stored.
+#[derive(Default)]
+struct Own {
+    fetched_us: Option<u64>,
+    result: Option<Result<Response<Body>, ProxyError>>,
+}
+
+/// Fetches the resource to store it (the cache runs one fill per key at a time).
+async fn fill(
+    gw: &Gateway,
+    cache: &StageCache,
+    call: &UpstreamCall,
+    ttl: Duration,
+    own: &mut Own,
+) -> Result<Arc<crate::cache::CachedResponse>, NotStored> {
+    let (res, us) = call.send(gw, empty(), gw.limits.max_body_bytes).await;
+    own.fetched_us = Some(us);
+    let resp = match res {
+        Ok(r) => r,
+        Err(e) => {
+            own.result = Some(Err(e));
+            return Err(NotStored);
+        }
+    };
+    let Some(storable) = storable(&call.method, &call.headers, resp.status(), resp.headers(), ttl, SystemTime::now()) else {
+        own.result = Some(Ok(stream_response(resp)));
+        return Err(NotStored);
+    };
+    match buffer(resp, cache.max_entry_bytes).await {
+        Buffered::Whole(parts, body) => {
+            let mut headers = parts.headers;
+            strip_hop_by_hop(&mut headers);
+            Ok(Arc::new(storable.into_entry(parts.status, headers, body)))
+        }
+        Buffered::TooLarge(r) => {
+            own.result = Some(Ok(r));
+            Err(NotStored)
+        }
+        Buffered::Failed(e) => {
+            own.result = Some(Err(e));
+            Err(NotStored)
+        }
+    }
+}
+
+/// Files a fetched entry under the key of the fields its response varies on (and remembers those
+/// fields for the resource), moving it when this request's key was made with other fields.
+async fn file_under_vary(
+    cache: &StageCache,
+    key: &CacheKey,
+    resource: Option<CacheKey>,
+    entry: &Arc<crate::cache::CachedResponse>,
+    headers: &HeaderMap,
+) {
+    let names: Arc<[HeaderName]> = entry.vary_names().cloned().collect();
+    let resource = resource.unwrap_or_else(|| key.clone());
+    if names.is_empty() {
+        cache.vary.invalidate(&resource).await;
+        return;
+    }
+    let right = vary_hash(headers, names.iter());
+    cache.vary.insert(resource.clone(), names).await;
+    if right != key.vary {
+        cache.entries.insert(CacheKey { vary: right, ..resource }, entry.clone()).await;
+        cache.entries.invalidate(key).await;
     }
 }
 

@@ -4,11 +4,9 @@
 //! ([`Finish`]).
 
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
 
 use canarygate_metrics::{CacheResult, Observation, Routed, Series, Variant};
 use canarygate_model::grpc;
-use canarygate_telemetry::TraceCtx;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response};
 use http_body_util::Limited;
@@ -16,32 +14,18 @@ use http_body_util::Limited;
 use crate::access_log::{AccessLog, Record};
 use crate::body::{Body, BoxError};
 use crate::choose::choose;
+use crate::ctx::{Ctx, REQUEST_ID};
 use crate::error::{ProxyError, Source};
-use crate::exchange::{Ending, GrpcRequest, Peer, UpgradeRequest};
+use crate::exchange::{Ending, Peer, UpgradeRequest};
 use crate::mirror::{Pair, TeeBody};
-use crate::proxy::{serve, REQUEST_ID};
+use crate::proxy::serve;
 use crate::table::{StageRoute, VariantRoute};
-use crate::trace::{Served, ServerSpan};
+use crate::trace::ServerSpan;
 use crate::Gateway;
 
 static VARIANT_HEADER: HeaderName = HeaderName::from_static("x-canarygate-variant");
 static CACHE_HEADER: HeaderName = HeaderName::from_static("x-canarygate-cache");
 static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
-
-fn request_id(headers: &HeaderMap) -> HeaderValue {
-    if let Some(v) = headers.get(&REQUEST_ID) {
-        if !v.is_empty() && v.len() <= 200 && v.as_bytes().iter().all(|b| b.is_ascii_graphic()) {
-            return v.clone();
-        }
-    }
-    let mut hex = [0u8; 32];
-    let mut n = fastrand::u128(..);
-    for b in hex.iter_mut().rev() {
-        *b = b"0123456789abcdef"[(n & 15) as usize];
-        n >>= 4;
-    }
-    HeaderValue::from_bytes(&hex).expect("hex is a valid header value")
-}
 
 /// What is left to do for a request once its response has ended: record its metrics and its access
 /// log line, which depend on how the response body ended.
@@ -133,123 +117,144 @@ impl Finish {
 /// Serves one request: the response, and what to record once it has been written.
 ///
 /// Generic over the request body: the connection drivers (HTTP/1.1 and HTTP/2, over TCP or TLS)
-/// each hand over their own.
+/// each hand over their own. The phases: the request's facts ([`Ctx::begin`]), resolve the stage,
+/// choose the variant, start a mirrored copy, serve it ([`serve`]: match the route, render the
+/// integration, the upstream request, the cache), answer (a failure as the client's protocol says
+/// it), mark the response, and what to record at its end ([`finish`]).
 pub(crate) async fn handle<B>(gw: &Arc<Gateway>, req: Request<B>, peer: &Peer) -> (Response<Body>, Finish)
 where
     B: http_body::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
     B::Error: Into<BoxError>,
 {
-    let start = Instant::now();
-    let wall = SystemTime::now();
     let table = gw.table.load_full();
     let (mut parts, body) = req.into_parts();
-    let grpc =
-        parts.version == http::Version::HTTP_2 && parts.headers.get(header::CONTENT_TYPE).is_some_and(|v| grpc::is_grpc(v.as_bytes()));
-    if grpc {
-        parts.extensions.insert(GrpcRequest);
-    }
-    let rid = request_id(&parts.headers);
-    let trace = gw.tracer.as_deref().map(|t| crate::trace::begin(t, &mut parts.headers));
-
-    let host = parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()).map(|h| {
-        let h = h
-            .rsplit_once(':')
-            .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
-            .map_or(h, |(h, _)| h);
-        h.to_ascii_lowercase()
-    });
-    let domain = if table.domains.is_empty() { None } else { host.as_deref() };
-    let path = parts.uri.path().to_owned();
-    let sec = wall.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let Some((stage, rest)) = table.resolve(domain, &path) else {
-        let mut r = if grpc {
-            ProxyError::NoStage.grpc_response()
-        } else {
-            ProxyError::NoStage.response()
-        };
-        let span = server_span(gw, trace, wall, &parts, &path, host.as_deref(), peer, &rid, None, None, None);
-        r.headers_mut().insert(REQUEST_ID.clone(), rid);
-        let obs = Observation {
-            status: 404,
-            latency_us: 0,
-            integration_us: None,
-            cache: None,
-            routed: Routed::Random,
-        };
-        return (
-            r,
-            Finish {
-                series: None,
-                sec,
-                obs,
-                record: None,
-                pair: None,
-                span,
-                error: Some((Source::Client.as_str(), ProxyError::NoStage.to_string())),
-                grpc: None,
-            },
-        );
+    let ctx = Ctx::begin(gw, peer, &mut parts);
+    let domain = if table.domains.is_empty() { None } else { ctx.host.as_deref() };
+    let Some((stage, rest)) = table.resolve(domain, &ctx.path) else {
+        return no_stage(&ctx, &parts);
     };
     let (variant, routed) = choose(&stage.routing, stage.split, &parts.headers, parts.uri.query(), peer.addr.ip());
     let vr = stage.variant(variant);
-    let (tee, pair) = match stage.mirror.as_deref() {
-        // A WebSocket handshake is not copied: the copy could not be relayed.
-        Some(m) if variant == Variant::Production && m.wants(&parts.method) && parts.extensions.get::<UpgradeRequest>().is_none() => {
-            match crate::mirror::start(gw, stage, m, &parts, rest, host.as_deref(), peer, &rid, sec) {
-                Some((tee, pair)) => (tee, Some(pair)),
-                None => (None, None),
-            }
-        }
-        _ => (None, None),
-    };
+    let (tee, pair) = mirror(&ctx, stage, variant, &parts, rest);
     // Taken before the headers move to the upstream request, and only when there is a log to write.
-    let (user_agent, trace_id) = if gw.log.enabled() {
-        let ua = parts
+    let logged = gw.log.enabled().then(|| Logged {
+        user_agent: parts
             .headers
             .get(header::USER_AGENT)
             .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        let trace_id = match &trace {
-            Some(t) => Some(t.trace_id_hex()),
-            None => crate::trace::incoming_trace_id(&parts.headers),
-        };
-        (ua, trace_id)
-    } else {
-        (None, None)
-    };
-
+            .map(str::to_string),
+        trace_id: ctx.trace_id(&parts.headers),
+    });
     // One body type whether or not the request is mirrored (one `serve` on the request path).
     let body = TeeBody::new(Limited::new(body, gw.limits.max_body_bytes as usize), tee);
     // Until `serve` returns, this request's work can be dropped (an HTTP/2 client resets its stream):
     // then it is recorded as the client's.
     let mut abandoned = Abandoned {
-        gw,
+        ctx: &ctx,
         stage,
         vr,
-        sec,
-        start,
-        wall,
         routed,
         method: parts.method.clone(),
-        path: &path,
-        rid: &rid,
-        peer,
-        user_agent: user_agent.as_deref(),
-        trace_id: trace_id.as_deref(),
+        logged: logged.as_ref(),
         pair: pair.as_ref(),
         armed: true,
     };
-    let outcome = serve(gw, stage, vr, &mut parts, body, rest, host.as_deref(), peer, &rid, trace.as_ref()).await;
+    let outcome = serve(&ctx, stage, vr, &mut parts, body, rest).await;
     abandoned.armed = false;
     drop(abandoned);
-    let mut error = None;
-    // A gateway failure answered to a gRPC client as a gRPC error counts by its HTTP status.
-    let mut counted = None;
-    let mut grpc_call = None;
-    let mut response = match outcome.result {
+    let (mut response, answered) = answer(&ctx, stage, variant, outcome.result);
+    let cache_label = outcome.cache.map(|c| match c {
+        CacheResult::Hit => "hit",
+        CacheResult::Miss => "miss",
+    });
+    mark(response.headers_mut(), variant, &ctx.rid, cache_label);
+    let served = Served {
+        stage,
+        vr,
+        routed,
+        status: response.status().as_u16(),
+        integration_us: outcome.integration_us,
+        cache: outcome.cache,
+        cache_label,
+        route: outcome.route,
+    };
+    let finish = finish(ctx, &parts, served, answered, logged, pair);
+    (response, finish)
+}
+
+/// What an access log line needs from the request's head, taken before the head moves upstream.
+struct Logged {
+    user_agent: Option<String>,
+    trace_id: Option<String>,
+}
+
+/// No stage serves the request's host and path: 404 (a gRPC error to a gRPC client), the client's
+/// mistake, nothing counted.
+fn no_stage(ctx: &Ctx<'_>, parts: &http::request::Parts) -> (Response<Body>, Finish) {
+    let mut r = if ctx.grpc {
+        ProxyError::NoStage.grpc_response()
+    } else {
+        ProxyError::NoStage.response()
+    };
+    r.headers_mut().insert(REQUEST_ID.clone(), ctx.rid.clone());
+    let finish = Finish {
+        series: None,
+        sec: ctx.sec,
+        obs: Observation {
+            status: 404,
+            latency_us: 0,
+            integration_us: None,
+            cache: None,
+            routed: Routed::Random,
+        },
+        record: None,
+        pair: None,
+        span: server_span(ctx, parts, None, None, None),
+        error: Some((Source::Client.as_str(), ProxyError::NoStage.to_string())),
+        grpc: None,
+    };
+    (r, finish)
+}
+
+/// Starts a copy of a production request to the stage's mirror, if it has one that wants it: the
+/// tee the body must stream through, and the pair the original's end is told to.
+fn mirror(
+    ctx: &Ctx<'_>,
+    stage: &Arc<StageRoute>,
+    variant: Variant,
+    parts: &http::request::Parts,
+    rest: &str,
+) -> (Option<crate::mirror::Tee>, Option<Arc<Pair>>) {
+    match stage.mirror.as_deref() {
+        // A WebSocket handshake is not copied: the copy could not be relayed.
+        Some(m) if variant == Variant::Production && m.wants(&parts.method) && parts.extensions.get::<UpgradeRequest>().is_none() => {
+            match crate::mirror::start(ctx, stage, m, parts, rest) {
+                Some((tee, pair)) => (tee, Some(pair)),
+                None => (None, None),
+            }
+        }
+        _ => (None, None),
+    }
+}
+
+/// How the request was answered, beyond its response: the failure and whose it was, the status it
+/// counts by when that is not the response's, and a gRPC call's status as far as known.
+#[derive(Default)]
+struct Answered {
+    error: Option<(&'static str, String)>,
+    /// A gateway failure answered to a gRPC client as a gRPC error counts by its HTTP status.
+    counted: Option<u16>,
+    grpc: Option<GrpcCall>,
+}
+
+/// The response to send: the upstream's (or the mock's, or the cache's), or the failure said the way
+/// the client's protocol says it.
+fn answer(ctx: &Ctx<'_>, stage: &StageRoute, variant: Variant, result: Result<Response<Body>, ProxyError>) -> (Response<Body>, Answered) {
+    let mut answered = Answered::default();
+    let response = match result {
         Ok(r) => {
-            if grpc {
-                grpc_call = Some(GrpcCall {
+            if ctx.grpc {
+                answered.grpc = Some(GrpcCall {
                     from_upstream: true,
                     status: r.headers().get(&GRPC_STATUS).and_then(|v| grpc::parse_status(v.as_bytes())),
                 });
@@ -258,9 +263,9 @@ where
         }
         Err(e) => {
             tracing::debug!(error = %e, api = %stage.api, stage = %stage.stage, %variant, "request failed");
-            let r = if grpc {
-                counted = Some(e.status().as_u16());
-                grpc_call = Some(GrpcCall {
+            let r = if ctx.grpc {
+                answered.counted = Some(e.status().as_u16());
+                answered.grpc = Some(GrpcCall {
                     from_upstream: false,
                     status: Some(e.grpc_code()),
                 });
@@ -268,52 +273,62 @@ where
             } else {
                 e.response()
             };
-            error = Some((e.source().as_str(), e.to_string()));
+            answered.error = Some((e.source().as_str(), e.to_string()));
             r
         }
     };
-    let h = response.headers_mut();
+    (response, answered)
+}
+
+/// The response's marks: the variant that served it, the request id, the cache's result.
+fn mark(h: &mut HeaderMap, variant: Variant, rid: &HeaderValue, cache: Option<&'static str>) {
     h.insert(VARIANT_HEADER.clone(), HeaderValue::from_static(variant.as_str()));
     h.insert(REQUEST_ID.clone(), rid.clone());
-    let cache_label = outcome.cache.map(|c| match c {
-        CacheResult::Hit => "hit",
-        CacheResult::Miss => "miss",
-    });
-    if let Some(label) = cache_label {
+    if let Some(label) = cache {
         h.insert(CACHE_HEADER.clone(), HeaderValue::from_static(label));
     }
+}
 
-    let latency_us = start.elapsed().as_micros() as u64;
-    let status = response.status().as_u16();
-    let integration_us = outcome.integration_us;
-    let span = server_span(
-        gw,
-        trace,
-        wall,
-        &parts,
-        &path,
-        host.as_deref(),
-        peer,
-        &rid,
-        Some((stage, vr)),
-        outcome.route,
-        cache_label,
-    );
-    let record = gw.log.enabled().then(|| {
+/// What serving the request as a stage's variant gave, for [`finish`].
+struct Served<'t> {
+    stage: &'t StageRoute,
+    vr: &'t VariantRoute,
+    routed: Routed,
+    status: u16,
+    integration_us: Option<u64>,
+    cache: Option<CacheResult>,
+    cache_label: Option<&'static str>,
+    route: Option<Arc<str>>,
+}
+
+/// What to record once the response has been written: the observation, the access log line, the
+/// server span, the mirrored pair.
+fn finish(
+    ctx: Ctx<'_>,
+    parts: &http::request::Parts,
+    served: Served<'_>,
+    answered: Answered,
+    logged: Option<Logged>,
+    pair: Option<Arc<Pair>>,
+) -> Finish {
+    let latency_us = ctx.elapsed_us();
+    let (stage, vr) = (served.stage, served.vr);
+    let span = server_span(&ctx, parts, Some((stage, vr)), served.route, served.cache_label);
+    let record = logged.map(|l| {
         Box::new(Record {
-            request_id: rid,
-            time: wall.into(),
-            ip: peer.addr.ip(),
+            request_id: ctx.rid,
+            time: ctx.wall.into(),
+            ip: ctx.peer.addr.ip(),
             method: parts.method.clone(),
-            path,
-            status,
+            path: ctx.path,
+            status: served.status,
             latency_ms: latency_us as f64 / 1000.0,
-            integration_latency_ms: integration_us.map(|u| u as f64 / 1000.0),
-            variant,
+            integration_latency_ms: served.integration_us.map(|u| u as f64 / 1000.0),
+            variant: vr.variant,
             deployment_id: vr.deployment_id.clone(),
-            cache: cache_label,
-            user_agent,
-            trace_id,
+            cache: served.cache_label,
+            user_agent: l.user_agent,
+            trace_id: l.trace_id,
             error_source: None,
             error: None,
             grpc_status: None,
@@ -321,41 +336,33 @@ where
             stage: stage.stage.clone(),
         })
     });
-    let finish = Finish {
+    Finish {
         series: Some(vr.series.clone()),
-        sec,
+        sec: ctx.sec,
         obs: Observation {
-            status: counted.unwrap_or(status),
+            status: answered.counted.unwrap_or(served.status),
             latency_us,
-            integration_us,
-            cache: outcome.cache,
-            routed,
+            integration_us: served.integration_us,
+            cache: served.cache,
+            routed: served.routed,
         },
         record,
         pair,
         span,
-        error,
-        grpc: grpc_call,
-    };
-    (response, finish)
+        error: answered.error,
+        grpc: answered.grpc,
+    }
 }
 
 /// A request whose work was dropped before its answer (an HTTP/2 stream the client reset): recorded
 /// as the client's doing with status 499 (nginx's "client closed request"), a 4XXError of its variant.
 struct Abandoned<'a> {
-    gw: &'a Gateway,
+    ctx: &'a Ctx<'a>,
     stage: &'a StageRoute,
     vr: &'a VariantRoute,
-    sec: u64,
-    start: Instant,
-    wall: SystemTime,
     routed: Routed,
     method: http::Method,
-    path: &'a str,
-    rid: &'a HeaderValue,
-    peer: &'a Peer,
-    user_agent: Option<&'a str>,
-    trace_id: Option<&'a str>,
+    logged: Option<&'a Logged>,
     pair: Option<&'a Arc<Pair>>,
     armed: bool,
 }
@@ -368,7 +375,8 @@ impl Drop for Abandoned<'_> {
         if !self.armed {
             return;
         }
-        let latency_us = self.start.elapsed().as_micros() as u64;
+        let ctx = self.ctx;
+        let latency_us = ctx.elapsed_us();
         let obs = Observation {
             status: CLIENT_CLOSED,
             latency_us,
@@ -376,25 +384,25 @@ impl Drop for Abandoned<'_> {
             cache: None,
             routed: self.routed,
         };
-        self.vr.series.record(self.sec, &obs);
+        self.vr.series.record(ctx.sec, &obs);
         if let Some(pair) = self.pair {
             pair.original_ended(CLIENT_CLOSED);
         }
-        if self.gw.log.enabled() {
-            self.gw.log.send(Record {
-                request_id: self.rid.clone(),
-                time: self.wall.into(),
-                ip: self.peer.addr.ip(),
+        if let Some(l) = self.logged {
+            ctx.gw.log.send(Record {
+                request_id: ctx.rid.clone(),
+                time: ctx.wall.into(),
+                ip: ctx.peer.addr.ip(),
                 method: self.method.clone(),
-                path: self.path.to_string(),
+                path: ctx.path.clone(),
                 status: CLIENT_CLOSED,
                 latency_ms: latency_us as f64 / 1000.0,
                 integration_latency_ms: None,
                 variant: self.vr.variant,
                 deployment_id: self.vr.deployment_id.clone(),
                 cache: None,
-                user_agent: self.user_agent.map(str::to_string),
-                trace_id: self.trace_id.map(str::to_string),
+                user_agent: l.user_agent.clone(),
+                trace_id: l.trace_id.clone(),
                 error_source: Some(Source::Client.as_str()),
                 error: Some("the client reset the stream before the response".into()),
                 grpc_status: None,
@@ -406,31 +414,24 @@ impl Drop for Abandoned<'_> {
 }
 
 /// A sampled request's server span, begun (with tracing on).
-#[allow(clippy::too_many_arguments)]
 fn server_span(
-    gw: &Gateway,
-    trace: Option<TraceCtx>,
-    start: SystemTime,
+    ctx: &Ctx<'_>,
     parts: &http::request::Parts,
-    path: &str,
-    host: Option<&str>,
-    peer: &Peer,
-    rid: &HeaderValue,
     stage: Option<(&StageRoute, &VariantRoute)>,
     route: Option<Arc<str>>,
     cache: Option<&'static str>,
 ) -> Option<Box<ServerSpan>> {
-    let ctx = trace.filter(|t| t.sampled)?;
-    let served = Served {
+    let trace = ctx.trace.filter(|t| t.sampled)?;
+    let served = crate::trace::Served {
         method: &parts.method,
         version: parts.version,
-        path,
-        host,
-        peer,
-        request_id: rid,
+        path: &ctx.path,
+        host: ctx.host.as_deref(),
+        peer: ctx.peer,
+        request_id: &ctx.rid,
         stage,
         route,
         cache,
     };
-    Some(Box::new(ServerSpan::new(gw.tracer.clone()?, ctx, start, served)))
+    Some(Box::new(ServerSpan::new(ctx.gw.tracer.clone()?, trace, ctx.wall, served)))
 }

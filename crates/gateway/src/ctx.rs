@@ -1,0 +1,130 @@
+//! One request's facts, made once when its head has been read and passed by reference through the
+//! phases of [`crate::request`] and [`crate::proxy`] (what Pingora's `CTX` is): who asked, when, for
+//! which host and path, under which request id and trace. What a phase finds out later (the stage,
+//! the variant, the route, the outcome) is its return value, not a field set on the way.
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use canarygate_model::grpc;
+use canarygate_telemetry::TraceCtx;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+use crate::exchange::{GrpcRequest, Peer};
+use crate::Gateway;
+
+pub(crate) static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+pub(crate) struct Ctx<'a> {
+    pub(crate) gw: &'a Arc<Gateway>,
+    pub(crate) peer: &'a Peer,
+    /// When the head was read: latency counts from here.
+    pub(crate) start: Instant,
+    pub(crate) wall: SystemTime,
+    /// The Unix second the request is counted in.
+    pub(crate) sec: u64,
+    /// `x-request-id`: the client's when it is fit to pass on, else a new one.
+    pub(crate) rid: HeaderValue,
+    /// With tracing on: the request's trace (continued from `traceparent`, or new).
+    pub(crate) trace: Option<TraceCtx>,
+    /// The `Host` without its port, in lower case.
+    pub(crate) host: Option<String>,
+    /// The request's path as it came (before any stage or base path is taken off).
+    pub(crate) path: String,
+    /// A gRPC call (HTTP/2 with a gRPC content type).
+    pub(crate) grpc: bool,
+}
+
+impl<'a> Ctx<'a> {
+    /// The facts of a request whose head is `parts`; marks a gRPC call's head ([`GrpcRequest`]) and
+    /// takes the trace headers a traced request replaces.
+    pub(crate) fn begin(gw: &'a Arc<Gateway>, peer: &'a Peer, parts: &mut http::request::Parts) -> Ctx<'a> {
+        let start = Instant::now();
+        let wall = SystemTime::now();
+        let grpc =
+            parts.version == http::Version::HTTP_2 && parts.headers.get(header::CONTENT_TYPE).is_some_and(|v| grpc::is_grpc(v.as_bytes()));
+        if grpc {
+            parts.extensions.insert(GrpcRequest);
+        }
+        let trace = gw.tracer.as_deref().map(|t| crate::trace::begin(t, &mut parts.headers));
+        Ctx {
+            gw,
+            peer,
+            start,
+            wall,
+            sec: wall.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+            rid: request_id(&parts.headers),
+            trace,
+            host: host(&parts.headers),
+            path: parts.uri.path().to_owned(),
+            grpc,
+        }
+    }
+
+    /// Microseconds since the head was read.
+    pub(crate) fn elapsed_us(&self) -> u64 {
+        self.start.elapsed().as_micros() as u64
+    }
+
+    /// The trace id an access log line names: this request's trace, or the one it came with.
+    pub(crate) fn trace_id(&self, headers: &HeaderMap) -> Option<String> {
+        match &self.trace {
+            Some(t) => Some(t.trace_id_hex()),
+            None => crate::trace::incoming_trace_id(headers),
+        }
+    }
+}
+
+/// The `Host` field without its port, in lower case.
+fn host(headers: &HeaderMap) -> Option<String> {
+    let h = headers.get(header::HOST)?.to_str().ok()?;
+    let h = h
+        .rsplit_once(':')
+        .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
+        .map_or(h, |(h, _)| h);
+    Some(h.to_ascii_lowercase())
+}
+
+/// The client's `x-request-id` when it is fit to pass on (1–200 visible ASCII characters), else 32
+/// random hex digits.
+fn request_id(headers: &HeaderMap) -> HeaderValue {
+    if let Some(v) = headers.get(&REQUEST_ID) {
+        if !v.is_empty() && v.len() <= 200 && v.as_bytes().iter().all(|b| b.is_ascii_graphic()) {
+            return v.clone();
+        }
+    }
+    let mut hex = [0u8; 32];
+    let mut n = fastrand::u128(..);
+    for b in hex.iter_mut().rev() {
+        *b = b"0123456789abcdef"[(n & 15) as usize];
+        n >>= 4;
+    }
+    HeaderValue::from_bytes(&hex).expect("hex is a valid header value")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_loses_its_port_and_case() {
+        let mut h = HeaderMap::new();
+        assert_eq!(host(&h), None);
+        h.insert(header::HOST, HeaderValue::from_static("API.Example.com:8080"));
+        assert_eq!(host(&h).as_deref(), Some("api.example.com"));
+        h.insert(header::HOST, HeaderValue::from_static("[::1]:80"));
+        assert_eq!(host(&h).as_deref(), Some("[::1]"));
+    }
+
+    #[test]
+    fn a_request_id_is_kept_when_fit_and_made_otherwise() {
+        let mut h = HeaderMap::new();
+        h.insert(&REQUEST_ID, HeaderValue::from_static("abc-123"));
+        assert_eq!(request_id(&h), "abc-123");
+        h.insert(&REQUEST_ID, HeaderValue::from_static("has space"));
+        let made = request_id(&h);
+        assert_eq!(made.len(), 32);
+        assert!(made.as_bytes().iter().all(u8::is_ascii_hexdigit));
+        assert_ne!(request_id(&HeaderMap::new()), made);
+    }
+}
