@@ -9,8 +9,8 @@ use http::header::{self, HeaderValue};
 use http::{Response, StatusCode};
 
 use crate::body::{full, Body};
-use crate::body_read::ReadError;
-use crate::h1;
+use crate::protocols::body_read::ReadError;
+use crate::protocols::h1;
 
 /// Who a failure came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

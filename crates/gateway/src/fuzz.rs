@@ -6,8 +6,8 @@ use bytes::BytesMut;
 use http::header::{self, HeaderValue};
 use http::Method;
 
-use crate::h1::request::{parse_request_head, valid_authority, BadHead};
-use crate::h1::{self, Decoded, Decoder, Framing};
+use crate::protocols::h1::request::{parse_request_head, valid_authority, BadHead};
+use crate::protocols::h1::{self, Decoded, Decoder, Framing};
 use crate::Limits;
 
 /// A request head: parsed with the default limits; a parsed head keeps what it promises, and the body
@@ -44,7 +44,7 @@ pub fn request_head(data: &[u8]) {
     if let Some(host) = head.headers.get(header::HOST).filter(|h| !h.is_empty()) {
         assert!(valid_authority(host.as_bytes()), "{host:?}");
     }
-    if let Ok(path) = crate::path::resolve_dot_segments(head.uri.path()) {
+    if let Ok(path) = crate::routing::path::resolve_dot_segments(head.uri.path()) {
         assert!(path.is_empty() || path.starts_with('/') || path == "*", "{path}");
         assert!(!path.split('/').any(|s| s == "." || s == ".."), "{path}");
     }

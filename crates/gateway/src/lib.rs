@@ -1,42 +1,46 @@
 //! The data plane of canarygate.
 //!
-//! It owns the gateway listener (HTTP/1.1 with keep-alive and pipelining, limits on header size,
-//! header read time and body size: [`server`]), the routing snapshot ([`table::RoutingTable`], swapped atomically through
-//! an `ArcSwap` on every control-plane change and loaded once per request), the variant choice
-//! ([`choose`]), the proxy to upstreams over pooled keep-alive connections, the access log writer, and
-//! (with tracing on) the W3C trace context forwarded upstream and the spans of each request.
+//! Its folders are its architecture, from the socket in:
+//! - [`server`]: the client connections — the accept loop's connection registry and cap
+//!   (`server::connections`), the HTTP/1.1 connection driver (keep-alive, pipelining, head and body
+//!   deadlines, the protocol switch) and the HTTP/2 one (`server::h2`), each handing every request to
+//!   the proxy;
+//! - [`proxy`]: one request's life in named phases over one context (`proxy::ctx`): resolve the stage,
+//!   choose the variant, mirror, match the route, render the integration, the upstream request, the
+//!   response, and what to record at its end (`proxy::request`), the mirrored copy (`proxy::mirror`);
+//! - [`routing`]: the routing snapshot ([`routing::table::RoutingTable`], swapped atomically through an
+//!   `ArcSwap` on every control-plane change and loaded once per request), the variant choice
+//!   (`routing::choose`), path normalisation (`routing::path`);
+//! - [`upstream`]: calls to upstreams over pooled keep-alive connections (HTTP/1.1, plain or TLS), and
+//!   HTTP/2 (`upstream::h2`);
+//! - [`protocols`]: the wire — the HTTP/1.1 codec of both directions (`protocols::h1`), reading a body
+//!   off a connection (`protocols::body_read`), TLS (`protocols::tls`), relaying an upgraded connection
+//!   (`protocols::tunnel`);
+//! - beside them: the stage cache ([`cache`]), the access log writer, (with tracing on) the W3C trace
+//!   context and spans ([`trace`]), and the shared types (`body`, `error`, `exchange`).
+//!
 //! Every request is recorded in its variant's metrics series without taking a lock.
 #![deny(rust_2018_idioms)]
 #![forbid(unsafe_code)]
 
-// Dependencies point one way: the drivers (`server`, `upstream`) over the per-request flow (`request`,
-// then `proxy`, `mirror`, `cache`) over the codec (`h1`) and the shared types (`body`, `error`,
-// `exchange`, `table`).
+// Dependencies point one way (the test suite checks it): `server` over `proxy` over `routing`,
+// `upstream`, `cache` and `trace`; `upstream` and `server` over `protocols`; all over the shared types.
 mod access_log;
 mod body;
-mod body_read;
 mod cache;
-mod choose;
-mod connections;
-mod ctx;
 mod error;
 mod exchange;
 #[doc(hidden)]
 pub mod fuzz;
-mod h1;
-mod h2;
 mod log_every;
-mod mirror;
-mod path;
+mod protocols;
 mod proxy;
-mod request;
+mod routing;
 mod server;
-mod table;
-pub mod tls;
 mod trace;
-mod tunnel;
 mod upstream;
-mod upstream_h2;
+
+pub use protocols::tls;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -49,9 +53,9 @@ use tokio::sync::watch;
 
 pub use access_log::{AccessLog, AccessLogConfig};
 pub use cache::StageCache;
-pub use connections::ConnectionStats;
-pub use h2::Http2Limits;
-pub use table::RoutingTable;
+pub use routing::table::RoutingTable;
+pub use server::connections::ConnectionStats;
+pub use server::h2::Http2Limits;
 
 /// Request limits of the gateway listener.
 #[derive(Debug, Clone)]
@@ -265,7 +269,7 @@ impl Gateway {
         mut shutdown: watch::Receiver<bool>,
         drain: Duration,
     ) {
-        let mut conns = connections::Conns::new(self.connections.clone());
+        let mut conns = server::connections::Conns::new(self.connections.clone());
         // This thread's upstream pool: close connections idle too long.
         tokio::spawn(async move {
             let mut every = tokio::time::interval(Duration::from_secs(10));
@@ -274,7 +278,7 @@ impl Gateway {
                 upstream::sweep();
             }
         });
-        let mut backoff = connections::Backoff::default();
+        let mut backoff = server::connections::Backoff::default();
         loop {
             let (accepted, over_tls) = tokio::select! {
                 accepted = listener.accept() => (accepted, false),
@@ -316,7 +320,7 @@ impl Gateway {
                         // The handshake has the head's time limit; a client that stalls in it is dropped.
                         match tokio::time::timeout(gw.limits.header_read_timeout, acceptor.accept(stream)).await {
                             Ok(Ok(tls)) if tls.get_ref().1.alpn_protocol() == Some(b"h2") => {
-                                h2::serve(gw, tls, bytes::Bytes::new(), exchange::Peer::new_tls(peer), ctl).await
+                                server::h2::serve(gw, tls, bytes::Bytes::new(), exchange::Peer::new_tls(peer), ctl).await
                             }
                             Ok(Ok(tls)) => server::serve_connection(gw, tls, exchange::Peer::new_tls(peer), ctl).await,
                             Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),

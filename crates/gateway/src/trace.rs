@@ -13,7 +13,7 @@ use http::{Method, Uri, Version};
 
 use crate::error::ProxyError;
 use crate::exchange::Peer;
-use crate::table::{StageRoute, VariantRoute};
+use crate::routing::table::{StageRoute, VariantRoute};
 
 pub(crate) static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");

@@ -283,8 +283,7 @@ async fn the_debian_package_installs_a_service_that_starts() {
     assert!(version.starts_with("canarygate ") && version.contains("commit"), "{version}");
     let config = fs.join("etc/canarygate/canarygate.yaml");
     let s = Server::launch(&bin, &dir.path().join("data"), &["--config", config.to_str().unwrap()], &[], None);
-    let r = client().get(format!("{}/readyz", s.admin)).send().await.unwrap();
-    assert_eq!(r.status(), 200);
+    assert_eq!(s.ready().await.status(), 200);
 }
 
 /// `canarygate backup` takes a consistent copy of the SQLite state while the server serves traffic and

@@ -444,16 +444,7 @@ async fn a_lone_process_on_sqlite_is_its_own_cluster_and_leader() {
     assert_eq!(v["leader"], "solo");
     assert_eq!(v["replicas"][0]["name"], "solo");
     // Ready once its workers run (the listeners are printed a moment before).
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let r = loop {
-        let r = c.get(format!("{}/readyz", s.admin)).send().await.unwrap();
-        if r.status() == 200 {
-            break r;
-        }
-        assert!(Instant::now() < deadline, "never ready: {}", r.status());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    let body: Value = r.json().await.unwrap();
+    let body: Value = s.ready().await.json().await.unwrap();
     assert!(body.get("staleSince").is_none(), "{body}");
     // A bad lease length is refused naming the field.
     std::fs::write(&cfg, "server:\n  leaseSeconds: 1\n").unwrap();

@@ -94,6 +94,20 @@ impl Server {
         }
     }
 
+    /// Waits until `/readyz` answers 200 (its workers run a moment after the listeners are printed):
+    /// the answer.
+    pub async fn ready(&self) -> reqwest::Response {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let r = client().get(format!("{}/readyz", self.admin)).send().await.unwrap();
+            if r.status() == 200 {
+                return r;
+            }
+            assert!(std::time::Instant::now() < deadline, "never ready: {}", r.status());
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

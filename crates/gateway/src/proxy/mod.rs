@@ -2,6 +2,10 @@
 //! mock or call the upstream — through the stage cache for GET/HEAD where it is on — with the
 //! forwarding headers, the trace context and a client span; failures say whose fault they were.
 
+pub(crate) mod ctx;
+pub(crate) mod mirror;
+pub(crate) mod request;
+
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -15,10 +19,10 @@ use http_body_util::BodyExt;
 
 use crate::body::{empty, full, Body, BoxError};
 use crate::cache::{hit_response, storable, vary_hash, CacheKey, StageCache};
-use crate::ctx::{Ctx, REQUEST_ID};
 use crate::error::{ClientBodyError, ProxyError};
 use crate::exchange::{GrpcRequest, UpgradeRequest};
-use crate::table::{CompiledIntegration, StageRoute, VariantRoute};
+use crate::proxy::ctx::{Ctx, REQUEST_ID};
+use crate::routing::table::{CompiledIntegration, StageRoute, VariantRoute};
 use crate::trace::{ClientCall, TRACEPARENT};
 use crate::upstream::{self, SendError, Timeouts};
 use crate::Gateway;
@@ -57,7 +61,7 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
     let named: Vec<HeaderName> = h
         .get_all(header::CONNECTION)
         .iter()
-        .flat_map(|v| crate::h1::connection_tokens(v.as_bytes()))
+        .flat_map(|v| crate::protocols::h1::connection_tokens(v.as_bytes()))
         .filter(|t| !t.eq_ignore_ascii_case(b"keep-alive") && !t.eq_ignore_ascii_case(b"close"))
         .filter_map(|t| HeaderName::from_bytes(t).ok())
         .collect();
@@ -176,7 +180,7 @@ async fn send(
         _ => None,
     };
     let res = if to.http2 {
-        crate::upstream_h2::send(req, to.timeouts, to.tls).await
+        crate::upstream::h2::send(req, to.timeouts, to.tls).await
     } else {
         upstream::send(req, to.timeouts, to.tls).await
     };
@@ -227,9 +231,10 @@ fn stream_response(mut resp: Response<Body>) -> Response<Body> {
 }
 
 /// Serves a request as variant `vr` of `stage`, its path in the stage `rest`. The body is limited to the
-/// request body limit already (by the caller: for a client's request, as it arrives). The phases: match
-/// the route, answer a mock, render the upstream URI, check the request, the upstream request's head,
-/// and send it — through the stage cache for GET/HEAD where the variant uses it.
+/// request body limit already (by the caller: for a client's request, as it arrives). The phases: the
+/// upstream call ([`prepare`]: match the route, answer a mock, render the upstream URI, check the
+/// request, the upstream request's head), then send it — through the stage cache for GET/HEAD where
+/// the variant uses it.
 pub(crate) async fn serve<B>(
     ctx: &Ctx<'_>,
     stage: &StageRoute,
@@ -241,44 +246,95 @@ pub(crate) async fn serve<B>(
 where
     B: http_body::Body<Data = Bytes, Error = BoxError> + Send + 'static,
 {
-    let Ok(route_path) = crate::path::resolve_dot_segments(rest) else {
-        return Outcome::error(ProxyError::AboveRoot(rest.to_string()));
+    let (call, cache_key, route) = match prepare(ctx, stage, vr, parts, rest) {
+        Prepared::Call { call, cache_key, route } => (call, cache_key, route),
+        Prepared::Answered(outcome) => return outcome,
+    };
+    let outcome = match (stage.cache.as_ref(), cache_key) {
+        // Boxed: the cache path's future (moka's included) is large, and every connection's task
+        // would otherwise carry it inline.
+        (Some(cache), Some(key)) => Box::pin(cached(ctx.gw, cache, key, &call, stage.cache_ttl)).await,
+        // Sent from here (not from a function of its own): the upstream call's future is large, and
+        // each level of `async fn` around it is one more copy of it per request.
+        _ => {
+            let (timeouts, variant, tls, http2) = (call.timeouts, call.variant, call.tls.clone(), call.http2);
+            let (req, span) = call.into_request(body.boxed_unsync());
+            let to = Upstream {
+                timeouts,
+                tls: tls.as_ref(),
+                http2,
+            };
+            let (res, us) = send(ctx.gw, req, span, variant, to, ctx.gw.limits.max_body_bytes).await;
+            Outcome {
+                result: res.map(stream_response),
+                integration_us: Some(us),
+                cache: None,
+                route: None,
+            }
+        }
+    };
+    Outcome { route, ..outcome }
+}
+
+/// What [`prepare`] gives: the upstream call to make, or the answer when there is none to make (a
+/// mock's, or a refusal).
+enum Prepared {
+    /// The call, its stage cache key when the cache may answer it, and the matched route (for a
+    /// sampled request's span).
+    Call {
+        call: UpstreamCall,
+        cache_key: Option<CacheKey>,
+        route: Option<Arc<str>>,
+    },
+    Answered(Outcome),
+}
+
+/// Matches the route and makes the upstream call.
+fn prepare(
+    ctx: &Ctx<'_>,
+    stage: &StageRoute,
+    vr: &VariantRoute,
+    parts: &mut http::request::Parts,
+    rest: &str,
+) -> Prepared {
+    let Ok(route_path) = crate::routing::path::resolve_dot_segments(rest) else {
+        return Prepared::Answered(Outcome::error(ProxyError::AboveRoot(rest.to_string())));
     };
     let route_path = if route_path.is_empty() { "/" } else { &route_path };
     let Ok(matched) = vr.deployment.router.at(route_path) else {
-        return Outcome::error(ProxyError::NoRoute);
+        return Prepared::Answered(Outcome::error(ProxyError::NoRoute));
     };
     // Taken only for a sampled request's span.
     let route = ctx.trace.filter(|t| t.sampled).map(|_| matched.value.route.clone());
-    let Some(integration) = matched.value.find(&parts.method).cloned() else {
-        return Outcome {
-            route,
-            ..Outcome::error(ProxyError::MethodNotAllowed)
-        };
+    let refused = |e| {
+        Prepared::Answered(Outcome {
+            route: route.clone(),
+            ..Outcome::error(e)
+        })
+    };
+    let Some(integration) = matched.value.find(&parts.method) else {
+        return refused(ProxyError::MethodNotAllowed);
     };
     let var = |n: &str| vr.variables.get(n).map(String::as_str);
-    let (uri, timeouts, tls, http2) = match &*integration {
+    let (uri, timeouts, tls, http2) = match &**integration {
         CompiledIntegration::Mock { status, headers, body } => {
-            return Outcome {
+            return Prepared::Answered(Outcome {
                 route,
                 ..mock(*status, headers, body, var)
-            }
+            })
         }
         CompiledIntegration::Http { uri, timeouts, tls, http2 } => (uri, *timeouts, tls.clone(), *http2),
     };
-    let params = matched.params;
-    let checked =
-        upstream_uri(uri, var, |n| params.get(n), parts.uri.query()).and_then(|uri| check(ctx.gw, parts, &uri, http2).map(|()| uri));
+    let params = &matched.params;
+    let checked = upstream_uri(uri, var, |n| params.get(n), parts.uri.query())
+        .and_then(|uri| check(ctx.gw, parts, &uri, http2).map(|()| uri));
     let upstream_uri = match checked {
-        Ok(u) => u,
-        Err(e) => {
-            return Outcome {
-                route,
-                ..Outcome::error(e)
-            }
-        }
+        Ok(uri) => uri,
+        Err(e) => return refused(e),
     };
     let upgrade = parts.extensions.get::<UpgradeRequest>().copied();
+    let cacheable = (parts.method == http::Method::GET || parts.method == http::Method::HEAD) && upgrade.is_none();
+    let cache_key = (stage.cache.is_some() && vr.use_cache && cacheable).then(|| cache_key(parts, route_path, vr));
     let call = UpstreamCall {
         method: parts.method.clone(),
         uri: upstream_uri,
@@ -291,35 +347,7 @@ where
         // An upgrade (WebSocket) is an HTTP/1.1 exchange: it goes over HTTP/1.1 whatever the integration says.
         http2: http2 && upgrade.is_none(),
     };
-    let cacheable_method = (parts.method == http::Method::GET || parts.method == http::Method::HEAD) && upgrade.is_none();
-    let outcome = match stage.cache.as_ref().filter(|_| vr.use_cache && cacheable_method) {
-        Some(cache) => {
-            let key = cache_key(parts, route_path, vr);
-            // Boxed: the cache path's future (moka's included) is large, and every connection's task
-            // would otherwise carry it inline.
-            Box::pin(cached(ctx.gw, cache, key, &call, stage.cache_ttl)).await
-        }
-        None => forward(ctx.gw, call, body.boxed_unsync()).await,
-    };
-    Outcome { route, ..outcome }
-}
-
-/// Sends the request upstream with the client's body streaming through, and streams the answer back.
-async fn forward(gw: &Gateway, call: UpstreamCall, body: Body) -> Outcome {
-    let (timeouts, variant, tls, http2) = (call.timeouts, call.variant, call.tls.clone(), call.http2);
-    let (req, span) = call.into_request(body);
-    let to = Upstream {
-        timeouts,
-        tls: tls.as_ref(),
-        http2,
-    };
-    let (res, us) = send(gw, req, span, variant, to, gw.limits.max_body_bytes).await;
-    Outcome {
-        result: res.map(stream_response),
-        integration_us: Some(us),
-        cache: None,
-        route: None,
-    }
+    Prepared::Call { call, cache_key, route }
 }
 
 /// A mock integration's answer: its status, headers and rendered body.
@@ -393,8 +421,8 @@ fn upstream_headers(ctx: &Ctx<'_>, mut headers: HeaderMap, upgrade: Option<Upgra
         && headers
             .get_all(header::TE)
             .iter()
-            .any(|v| crate::h1::connection_tokens(v.as_bytes()).any(|t| t.eq_ignore_ascii_case(b"trailers")));
-    // The client's Host is not forwarded: the upstream request head writes the upstream's (h1/mod.rs).
+            .any(|v| crate::protocols::h1::connection_tokens(v.as_bytes()).any(|t| t.eq_ignore_ascii_case(b"trailers")));
+    // The client's Host is not forwarded: the upstream request head writes the upstream's (`protocols/h1/mod.rs`).
     strip_hop_by_hop(&mut headers);
     if let Some(p) = protocol {
         // The one hop-by-hop field forwarded: the protocol an upgrade request asks for (the request

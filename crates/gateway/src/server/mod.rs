@@ -23,6 +23,9 @@
 //! Graceful shutdown: the worker marks every connection as closing; an idle one closes at once, a busy
 //! one answers its request with `connection: close` and closes.
 
+pub(crate) mod connections;
+pub(crate) mod h2;
+
 use std::future::{poll_fn, Future as _};
 use std::io;
 use std::pin::Pin;
@@ -43,14 +46,14 @@ use tokio::sync::oneshot;
 use tokio::time::{Instant, Sleep};
 
 use crate::body::{Body, BoxError};
-use crate::body_read::{BodyRead, ReadError};
-use crate::connections::ConnCtl;
 use crate::error::{json_error, ClientBodyError};
 use crate::exchange::{Ending, Peer, UpgradeRequest, Upgraded};
-use crate::h1::request::{parse_request_head, request_line_too_long, BadHead, FieldAt, RequestHead};
-use crate::h1::response::{encode_response_head, encode_switching_head, ResponseFraming};
-use crate::h1::{self, Decoded, Decoder};
-use crate::request;
+use crate::protocols::body_read::{BodyRead, ReadError};
+use crate::protocols::h1::request::{parse_request_head, request_line_too_long, BadHead, FieldAt, RequestHead};
+use crate::protocols::h1::response::{encode_response_head, encode_switching_head, ResponseFraming};
+use crate::protocols::h1::{self, Decoded, Decoder};
+use crate::proxy::request;
+use crate::server::connections::ConnCtl;
 use crate::{Gateway, Limits};
 use canarygate_metrics::OpenKind;
 
@@ -154,7 +157,7 @@ pub(crate) async fn serve_connection<S: Split>(gw: Arc<Gateway>, stream: S, peer
                 let Some(stream) = rd.and_then(|rd| S::unsplit(rd, wr)) else {
                     return;
                 };
-                return crate::h2::serve(gw.clone(), stream, buf.freeze(), peer, ctl).await;
+                return crate::server::h2::serve(gw.clone(), stream, buf.freeze(), peer, ctl).await;
             }
             Err(HeadError::Bad(status, msg)) => {
                 tracing::debug!(peer = %peer.addr, %status, error = %msg, "bad request head");
@@ -254,9 +257,10 @@ impl<R: AsyncRead + Unpin + Send + 'static, W: AsyncWrite + Unpin> Conn<R, W> {
         let mut deadline: Option<(Instant, bool)> = None;
         loop {
             // A first request that starts like the HTTP/2 preface waits for all of it.
-            let preface =
-                first && !self.buf.is_empty() && crate::h2::PREFACE.starts_with(&self.buf[..self.buf.len().min(crate::h2::PREFACE.len())]);
-            if preface && self.buf.len() >= crate::h2::PREFACE.len() {
+            let preface = first
+                && !self.buf.is_empty()
+                && crate::server::h2::PREFACE.starts_with(&self.buf[..self.buf.len().min(crate::server::h2::PREFACE.len())]);
+            if preface && self.buf.len() >= crate::server::h2::PREFACE.len() {
                 return Err(HeadError::Http2);
             }
             if !self.buf.is_empty() && !preface {
@@ -382,13 +386,13 @@ impl<R: AsyncRead + Unpin + Send + 'static, W: AsyncWrite + Unpin> Conn<R, W> {
         }
         let Conn { rd, wr, buf, .. } = self;
         let Some(rd) = rd else { return };
-        let closed = crate::tunnel::relay(rd, wr, buf.freeze(), upstream, early, gw.limits.upgrade_idle_timeout).await;
+        let closed = crate::protocols::tunnel::relay(rd, wr, buf.freeze(), upstream, early, gw.limits.upgrade_idle_timeout).await;
         match closed {
-            crate::tunnel::Closed::Both(up, down) => {
+            crate::protocols::tunnel::Closed::Both(up, down) => {
                 tracing::debug!(?kind, bytes_up = up, bytes_down = down, "relayed connection closed by both sides")
             }
-            crate::tunnel::Closed::Idle => tracing::debug!(?kind, "relayed connection closed after the idle timeout"),
-            crate::tunnel::Closed::Failed(e) => tracing::debug!(?kind, error = %e, "relayed connection failed"),
+            crate::protocols::tunnel::Closed::Idle => tracing::debug!(?kind, "relayed connection closed after the idle timeout"),
+            crate::protocols::tunnel::Closed::Failed(e) => tracing::debug!(?kind, error = %e, "relayed connection failed"),
         }
         drop(open);
     }
@@ -683,7 +687,7 @@ fn head_error(status: StatusCode, message: &str) -> Response<Body> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::connections::Conns;
+    use crate::server::connections::Conns;
     use crate::{AccessLog, Limits};
     use canarygate_metrics::Registry;
     use std::sync::atomic::Ordering;

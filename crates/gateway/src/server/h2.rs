@@ -1,6 +1,6 @@
 //! HTTP/2 on the client side, on the `h2` crate directly: over TLS when ALPN chose `h2`, and in
 //! cleartext with prior knowledge on the plain listener (a connection that opens with the HTTP/2
-//! preface). Every stream is a request of its own through [`crate::request::handle`]: its own variant
+//! preface). Every stream is a request of its own through [`crate::proxy::request::handle`]: its own variant
 //! choice, metrics, access log line and span.
 //!
 //! The `h2` crate keeps HTTP/2's framing rules: a `content-length` that disagrees with the DATA frames,
@@ -38,9 +38,9 @@ use tokio::sync::Semaphore;
 use tokio::time::{Instant, Sleep};
 
 use crate::body::{Body, BoxError};
-use crate::connections::ConnCtl;
 use crate::exchange::{Ending, Peer};
-use crate::request::{self, Finish};
+use crate::proxy::request::{self, Finish};
+use crate::server::connections::ConnCtl;
 use crate::Gateway;
 
 /// The HTTP/2 connection preface a client sends first (RFC 9113 §3.4).
@@ -364,7 +364,7 @@ async fn respond_with(resp: Response<Body>, mut finish: Finish, respond: &mut Se
     }
     parts.headers.remove("proxy-connection");
     if !parts.headers.contains_key(header::DATE) {
-        parts.headers.insert(header::DATE, crate::h1::response::date_value());
+        parts.headers.insert(header::DATE, crate::protocols::h1::response::date_value());
     }
     let end = head || body.is_end_stream();
     if !end && !parts.headers.contains_key(header::CONTENT_LENGTH) {

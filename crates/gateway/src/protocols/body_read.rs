@@ -13,7 +13,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncRead;
 use tokio::time::{Instant, Sleep};
 
-use crate::h1::{Decoded, Decoder, ProtocolError};
+use crate::protocols::h1::{Decoded, Decoder, ProtocolError};
 
 /// Why a body could not be read to its end.
 #[derive(Debug, thiserror::Error)]

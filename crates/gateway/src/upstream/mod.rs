@@ -5,7 +5,7 @@
 //! runtime, so a request and its upstream connection live on that thread). The hot path takes no lock
 //! and there is no connection task: a request writes its head (and a body that is already there) in
 //! one write, reads the response head into a small buffer and parses it with `httparse` (see
-//! [`crate::h1`]). A response whose body came with its head — the usual small response — gives its
+//! [`crate::protocols::h1`]). A response whose body came with its head — the usual small response — gives its
 //! connection back at once; a longer one streams from the socket and gives it back when read to the
 //! end. An idle connection holds its socket and nothing else.
 //!
@@ -21,6 +21,8 @@
 //! `readTimeoutMs` between pieces (nginx's `proxy_read_timeout`). While the request body is still being
 //! sent, the connection is watched for an early answer (a 413 or 401 to a large upload): it is relayed
 //! as nginx does, the rest of the request body is not sent, and the connection is not reused.
+
+pub(crate) mod h2;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -43,9 +45,9 @@ use tokio::net::TcpStream;
 use tokio::time::Instant as Clock;
 
 use crate::body::{Body, BoxError};
-use crate::body_read::{BodyRead, ReadError};
 use crate::exchange::{UpgradeRequest, Upgraded};
-use crate::h1::{self, Decoder, ProtocolError, RequestFraming};
+use crate::protocols::body_read::{BodyRead, ReadError};
+use crate::protocols::h1::{self, Decoder, ProtocolError, RequestFraming};
 
 /// Idle connections kept per upstream authority, per worker.
 pub const MAX_IDLE_PER_HOST: usize = 256;

@@ -24,10 +24,10 @@ use tokio::sync::oneshot;
 
 use crate::access_log::Record;
 use crate::body::{empty, full, BoxError};
-use crate::ctx::Ctx;
 use crate::exchange::Peer;
+use crate::proxy::ctx::Ctx;
 use crate::proxy::serve;
-use crate::table::{MirrorRoute, StageRoute};
+use crate::routing::table::{MirrorRoute, StageRoute};
 use crate::Gateway;
 
 /// Marks a mirrored copy, so a canary (and its operators) can tell copies from real requests.

@@ -1,5 +1,5 @@
 //! One request's facts, made once when its head has been read and passed by reference through the
-//! phases of [`crate::request`] and [`crate::proxy`] (what Pingora's `CTX` is): who asked, when, for
+//! phases of [`crate::proxy::request`] and [`crate::proxy`] (what Pingora's `CTX` is): who asked, when, for
 //! which host and path, under which request id and trace. What a phase finds out later (the stage,
 //! the variant, the route, the outcome) is its return value, not a field set on the way.
 

@@ -13,13 +13,13 @@ use http_body_util::Limited;
 
 use crate::access_log::{AccessLog, Record};
 use crate::body::{Body, BoxError};
-use crate::choose::choose;
-use crate::ctx::{Ctx, REQUEST_ID};
 use crate::error::{ProxyError, Source};
 use crate::exchange::{Ending, Peer, UpgradeRequest};
-use crate::mirror::{Pair, TeeBody};
+use crate::proxy::ctx::{Ctx, REQUEST_ID};
+use crate::proxy::mirror::{Pair, TeeBody};
 use crate::proxy::serve;
-use crate::table::{StageRoute, VariantRoute};
+use crate::routing::choose::choose;
+use crate::routing::table::{StageRoute, VariantRoute};
 use crate::trace::ServerSpan;
 use crate::Gateway;
 
@@ -224,11 +224,11 @@ fn mirror(
     variant: Variant,
     parts: &http::request::Parts,
     rest: &str,
-) -> (Option<crate::mirror::Tee>, Option<Arc<Pair>>) {
+) -> (Option<crate::proxy::mirror::Tee>, Option<Arc<Pair>>) {
     match stage.mirror.as_deref() {
         // A WebSocket handshake is not copied: the copy could not be relayed.
         Some(m) if variant == Variant::Production && m.wants(&parts.method) && parts.extensions.get::<UpgradeRequest>().is_none() => {
-            match crate::mirror::start(ctx, stage, m, parts, rest) {
+            match crate::proxy::mirror::start(ctx, stage, m, parts, rest) {
                 Some((tee, pair)) => (tee, Some(pair)),
                 None => (None, None),
             }

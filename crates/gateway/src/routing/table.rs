@@ -13,7 +13,7 @@ use canarygate_model::{Deployment, Integration, Method, State, Variant};
 use http::{HeaderName, HeaderValue};
 
 use crate::cache::{fingerprint, StageCache};
-use crate::choose::threshold;
+use crate::routing::choose::threshold;
 
 /// A compiled integration.
 pub enum CompiledIntegration {
@@ -109,7 +109,7 @@ impl CompiledDeployment {
                         },
                         tls: uri
                             .starts_with("https://")
-                            .then(|| crate::tls::client_config(ca_file.as_deref(), *http2)),
+                            .then(|| crate::protocols::tls::client_config(ca_file.as_deref(), *http2)),
                         http2: *http2,
                     },
                     Err(_) => continue,
@@ -186,8 +186,8 @@ pub struct StageRoute {
     pub production: VariantRoute,
     pub canary: Option<VariantRoute>,
     /// The canary's share (with `canary`).
-    pub split: Option<crate::choose::Split>,
-    pub routing: crate::choose::Routing,
+    pub split: Option<crate::routing::choose::Split>,
+    pub routing: crate::routing::choose::Routing,
     /// The stage cache, when enabled, and its time to live.
     pub cache: Option<Arc<StageCache>>,
     pub cache_ttl: Duration,
@@ -279,14 +279,14 @@ fn build_api(api_name: &str, a: &Arc<ApiState>, previous: Option<&ApiRoutes>, me
             _ => None,
         };
         let percent = s.canary_settings.as_ref().map_or(0.0, |c| c.percent_traffic);
-        let split = canary.as_ref().map(|_| crate::choose::Split::of(percent));
+        let split = canary.as_ref().map(|_| crate::routing::choose::Split::of(percent));
         let route = StageRoute {
             api: Arc::from(api_name),
             stage: Arc::from(sname.as_str()),
             production,
             canary,
             split,
-            routing: crate::choose::Routing::compile(&s.canary_routing, &s.sticky_salt()),
+            routing: crate::routing::choose::Routing::compile(&s.canary_routing, &s.sticky_salt()),
             cache: stage_cache(s, previous.and_then(|p| p.stages.get(sname))),
             cache_ttl: Duration::from_secs(u64::from(s.cache.ttl_seconds)),
             cache_flushed_at: s.cache_flushed_at,
