@@ -180,7 +180,9 @@ async fn send(
         _ => None,
     };
     let res = if to.http2 {
-        crate::upstream::h2::send(req, to.timeouts, to.tls).await
+        // Boxed: hyper's HTTP/2 client call is a future of several KiB, which every HTTP/1.1 call
+        // (and every level of future above it) would otherwise carry and copy.
+        Box::pin(crate::upstream::h2::send(req, to.timeouts, to.tls)).await
     } else {
         upstream::send(req, to.timeouts, to.tls).await
     };
@@ -290,13 +292,7 @@ enum Prepared {
 }
 
 /// Matches the route and makes the upstream call.
-fn prepare(
-    ctx: &Ctx<'_>,
-    stage: &StageRoute,
-    vr: &VariantRoute,
-    parts: &mut http::request::Parts,
-    rest: &str,
-) -> Prepared {
+fn prepare(ctx: &Ctx<'_>, stage: &StageRoute, vr: &VariantRoute, parts: &mut http::request::Parts, rest: &str) -> Prepared {
     let Ok(route_path) = crate::routing::path::resolve_dot_segments(rest) else {
         return Prepared::Answered(Outcome::error(ProxyError::AboveRoot(rest.to_string())));
     };
@@ -326,8 +322,8 @@ fn prepare(
         CompiledIntegration::Http { uri, timeouts, tls, http2 } => (uri, *timeouts, tls.clone(), *http2),
     };
     let params = &matched.params;
-    let checked = upstream_uri(uri, var, |n| params.get(n), parts.uri.query())
-        .and_then(|uri| check(ctx.gw, parts, &uri, http2).map(|()| uri));
+    let checked =
+        upstream_uri(uri, var, |n| params.get(n), parts.uri.query()).and_then(|uri| check(ctx.gw, parts, &uri, http2).map(|()| uri));
     let upstream_uri = match checked {
         Ok(uri) => uri,
         Err(e) => return refused(e),
@@ -384,7 +380,7 @@ fn upstream_uri<'v>(
     let mut target = String::with_capacity(128);
     template.render_into(&mut target, var, param);
     if let Some(q) = query {
-        target.push(if target.contains('?') { '&' } else { '?' });
+        target.push(if target.bytes().any(|b| b == b'?') { '&' } else { '?' });
         target.push_str(q);
     }
     match target.parse::<http::Uri>() {
