@@ -425,13 +425,50 @@ def interleaved(targets, reps, seconds, warmup, conns, url_of):
     return results
 
 
+def syscalls_per_request(service, measure):
+    """System calls per request of `service`'s processes while `measure()` (which returns the requests it
+    made) runs under `strace -c -f`; None without strace. Counted in a run of its own: strace slows the
+    proxy, so its CPU is not measured there."""
+    if service is None or not shutil.which("strace"):
+        return None
+    fd, out = tempfile.mkstemp(suffix=".strace")
+    os.close(fd)
+    argv = ["strace", "-c", "-f", "-o", out]
+    for pid in service.pids():
+        argv += ["-p", str(pid)]
+    tracer = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # strace says "Process N attached" once it follows a process: wait for the first.
+    deadline = time.time() + 10
+    while time.time() < deadline and "attached" not in (tracer.stderr.readline() or "attached"):
+        pass
+    try:
+        requests = measure()
+    finally:
+        tracer.send_signal(signal.SIGINT)
+        tracer.wait(timeout=60)
+    calls = None
+    with open(out) as f:
+        for line in f:
+            fields = line.split()
+            if fields and fields[-1] == "total" and len(fields) >= 5:
+                calls = int(fields[3])
+    os.unlink(out)
+    return calls / max(requests, 1) if calls is not None else None
+
+
 def group_split(lab, args, keys):
     targets = [lab.targets[k] for k in keys]
     shares = {}
     for t in targets:
         shares[t.key] = check_split(t)
     res = interleaved(targets, args.reps, args.duration, args.warmup, args.conns, lambda t: t.url)
-    return {"share": shares, "runs": res}
+    calls = {}
+    for t in targets:
+        calls[t.key] = syscalls_per_request(t.service if t.key != "direct" else None,
+                                            lambda t=t: run_wrk(t.url, min(args.duration, 3), args.conns)[0])
+        if calls[t.key] is not None:
+            print(f"  {t.label:<40} {calls[t.key]:.2f} system calls/request (strace -c)", flush=True)
+    return {"share": shares, "runs": res, "syscalls": calls}
 
 
 def ab_compare(lab, args):
@@ -552,12 +589,14 @@ def machine():
     return f"{os.cpu_count()} cores ({model}), {mem // 1024} GiB, Linux {os.uname().release}"
 
 
-def split_table(info, runs, keys, shares):
-    lines = ["| target | requests/s | proxy CPU µs/request | canary share (check) |", "|---|---|---|---|"]
+def split_table(info, runs, keys, shares, syscalls=None):
+    lines = ["| target | requests/s | proxy CPU µs/request | system calls/request | canary share (check) |", "|---|---|---|---|---|"]
     for k in keys:
         rs = runs[k]
         share = f"{shares[k] * 100:.1f}%" if info["split"][k] else "— (no split)"
-        lines.append(f"| {info['labels'][k]} | {fmt_range([r['rps'] for r in rs])} | {fmt_range([r['cpu_us'] for r in rs], '{:.1f}')} | {share} |")
+        n = (syscalls or {}).get(k)
+        calls = f"{n:.2f}" if n is not None else "—"
+        lines.append(f"| {info['labels'][k]} | {fmt_range([r['rps'] for r in rs])} | {fmt_range([r['cpu_us'] for r in rs], '{:.1f}')} | {calls} | {share} |")
     return "\n".join(lines)
 
 
@@ -615,12 +654,12 @@ def build_report(info, R):
     if "split" in R:
         keys = ["direct", "nginx", "haproxy", "canarygate"]
         L.append("## 90/10 split, access logs off\n")
-        L.append(split_table(info, R["split"]["runs"], keys, R["split"]["share"]) + "\n")
+        L.append(split_table(info, R["split"]["runs"], keys, R["split"]["share"], R["split"].get("syscalls")) + "\n")
         L.append(ratios_table(R["split"]["runs"], [("canarygate", "nginx", "canarygate / nginx"), ("canarygate", "haproxy", "canarygate / HAProxy")]) + "\n")
     if "logs" in R:
         keys = ["nginx+log", "haproxy+log", "canarygate+log"]
         L.append("## 90/10 split, access logs on\n")
-        L.append(split_table(info, R["logs"]["runs"], keys, R["logs"]["share"]) + "\n")
+        L.append(split_table(info, R["logs"]["runs"], keys, R["logs"]["share"], R["logs"].get("syscalls")) + "\n")
         L.append(ratios_table(R["logs"]["runs"], [("canarygate+log", "nginx+log", "canarygate / nginx"), ("canarygate+log", "haproxy+log", "canarygate / HAProxy")]) + "\n")
     if "latency" in R:
         lat = R["latency"]

@@ -165,6 +165,7 @@ def run(h, args, work):
         keys = ["nginx", "haproxy", "canarygate"]
         reps = args.reps if not args.quick else 1
         results = {row: {k: [] for k in keys} for row, _ in ROWS}
+        syscalls = {}
         for row, label in ROWS:
             url_of = {k: (urls[k][0] if row in ("tls-new", "tls-keepalive", "h2-tls") else urls[k][1]) for k in keys}
             for k in keys:  # warm-up
@@ -179,7 +180,12 @@ def run(h, args, work):
                     r = {"rps": rps, "cpu_us": (c1 - c0) * 1e6 / max(reqs, 1), "requests": reqs, "rep": rep}
                     results[row][k].append(r)
                     print(f"  {label:<36} rep {rep + 1}/{reps} {k:<11} {rps:>9.0f} req/s {r['cpu_us']:>7.1f} µs/request", flush=True)
-        return {"rows": results, "configs": {
+            for k in keys:
+                n = h.syscalls_per_request(procs[k], lambda k=k: load(h, row, url_of[k], min(args.duration, 3))[0])
+                syscalls.setdefault(row, {})[k] = n
+                if n is not None:
+                    print(f"  {label:<36} {k:<11} {n:.2f} system calls/request (strace -c)", flush=True)
+        return {"rows": results, "syscalls": syscalls, "configs": {
             "nginx": open(f"{work}/p-nginx.conf").read(),
             "haproxy": open(f"{work}/p-haproxy.cfg").read(),
             "canarygate": open(f"{work}/p-canarygate.yaml").read(),
@@ -197,10 +203,11 @@ def section(res, cmdline, env=None):
            "*New TLS connection per request*: oha `--disable-keepalive`, 32 at a time (requests/s = handshakes/s). "
            "*HTTP/1.1 over TLS*: wrk, 32 keep-alive connections. *HTTP/2*: oha `--http2`, 4 connections x 8 "
            "concurrent streams, cleartext with prior knowledge and over TLS (ALPN h2). Median (range) of the "
-           "interleaved repetitions; CPU is the proxy's user+system time per request." + (
+           "interleaved repetitions; CPU is the proxy's user+system time per request; system calls per request "
+           "counted by `strace -c -f` on the proxy's processes in one more run of 3 s (not timed)." + (
                f" Measured {env['time']} at `{env['rev']}` on {env['machine']}." if env else ""), "",
-           "| | nginx | HAProxy | canarygate | canarygate / nginx CPU |",
-           "|---|---|---|---|---|"]
+           "| | nginx | HAProxy | canarygate | canarygate / nginx CPU | canarygate / HAProxy CPU | system calls/request (nginx, HAProxy, canarygate) |",
+           "|---|---|---|---|---|---|---|"]
     rows = res["rows"]
     for row, label in ROWS:
         cells = []
@@ -209,8 +216,12 @@ def section(res, cmdline, env=None):
             rps = [r["rps"] for r in runs]
             cpu = [r["cpu_us"] for r in runs]
             cells.append(f"{med(rps):,.0f} req/s, {med(cpu):.1f} µs ({min(cpu):.1f}–{max(cpu):.1f})")
-        ratio = med([r["cpu_us"] for r in rows[row]["canarygate"]]) / med([r["cpu_us"] for r in rows[row]["nginx"]])
-        out.append(f"| {label} | " + " | ".join(cells) + f" | {ratio:.2f} |")
+        ours = med([r["cpu_us"] for r in rows[row]["canarygate"]])
+        ratio = ours / med([r["cpu_us"] for r in rows[row]["nginx"]])
+        ratio_h = ours / med([r["cpu_us"] for r in rows[row]["haproxy"]])
+        counted = res.get("syscalls", {}).get(row, {})
+        calls = ", ".join(f"{counted[k]:.2f}" if counted.get(k) is not None else "—" for k in ["nginx", "haproxy", "canarygate"])
+        out.append(f"| {label} | " + " | ".join(cells) + f" | {ratio:.2f} | {ratio_h:.2f} | {calls} |")
     out += ["", "<details><summary>Configurations of this group</summary>", ""]
     for k, text in res["configs"].items():
         out += [f"{k}:", "", "```text", text.rstrip(), "```", ""]
