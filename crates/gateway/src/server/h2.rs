@@ -309,11 +309,14 @@ async fn stream(gw: Arc<Gateway>, mut req: Request<RecvStream>, mut respond: Sen
         length,
         data_done: false,
     });
-    let work = async {
+    // Boxed: the request's future is large (several KiB), and a spawned task's future is copied whole
+    // several times on its way into the task and again when the task ends (tokio's `spawn` and
+    // `set_stage`): boxed, the stream's own future is small and the request's is copied once.
+    let work = Box::pin(async {
         // A slot of the connection's, given back when this stream's work is dropped.
         let _slot = shared.slots.clone().acquire_owned().await;
         request::handle(&gw, req, &peer).await
-    };
+    });
     let answered = until_reset(&mut respond, work).await;
     let Some((resp, finish)) = answered else {
         // Reset before the answer: the request's work is dropped; the handler recorded it.
