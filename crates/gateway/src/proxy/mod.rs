@@ -322,8 +322,10 @@ fn prepare(ctx: &Ctx<'_>, stage: &StageRoute, vr: &VariantRoute, parts: &mut htt
         CompiledIntegration::Http { uri, timeouts, tls, http2 } => (uri, *timeouts, tls.clone(), *http2),
     };
     let params = &matched.params;
-    let checked =
-        upstream_uri(uri, var, |n| params.get(n), parts.uri.query()).and_then(|uri| check(ctx.gw, parts, &uri, http2).map(|()| uri));
+    let checked = uri
+        .render(var, |n| params.get(n), parts.uri.query())
+        .map_err(ProxyError::BadIntegrationUri)
+        .and_then(|uri| check(ctx.gw, parts, &uri, http2).map(|()| uri));
     let upstream_uri = match checked {
         Ok(uri) => uri,
         Err(e) => return refused(e),
@@ -366,26 +368,6 @@ fn mock<'v>(
         integration_us: Some(t0.elapsed().as_micros() as u64),
         cache: None,
         route: None,
-    }
-}
-
-/// The upstream's URI: the integration's template rendered with the stage variables and path
-/// parameters, the request's query appended.
-fn upstream_uri<'v>(
-    template: &canarygate_model::template::Template,
-    var: impl Fn(&str) -> Option<&'v str>,
-    param: impl Fn(&str) -> Option<&'v str>,
-    query: Option<&str>,
-) -> Result<http::Uri, ProxyError> {
-    let mut target = String::with_capacity(128);
-    template.render_into(&mut target, var, param);
-    if let Some(q) = query {
-        target.push(if target.bytes().any(|b| b == b'?') { '&' } else { '?' });
-        target.push_str(q);
-    }
-    match target.parse::<http::Uri>() {
-        Ok(u) if u.host().is_some() => Ok(u),
-        _ => Err(ProxyError::BadIntegrationUri(target)),
     }
 }
 

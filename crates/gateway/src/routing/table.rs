@@ -18,7 +18,7 @@ use crate::routing::choose::threshold;
 /// A compiled integration.
 pub enum CompiledIntegration {
     Http {
-        uri: Template,
+        uri: UpstreamTarget,
         timeouts: crate::upstream::Timeouts,
         /// For an `https://` URI: how the upstream's certificate is verified.
         tls: Option<Arc<rustls::ClientConfig>>,
@@ -30,6 +30,85 @@ pub enum CompiledIntegration {
         headers: Vec<(HeaderName, HeaderValue)>,
         body: Template,
     },
+}
+
+/// An HTTP integration's URI template, with its scheme and authority parsed once when they are
+/// literal (no stage variable in them): a request then parses only its path and query.
+pub struct UpstreamTarget {
+    template: Template,
+    /// The literal `scheme://authority` the template starts with, and its length.
+    origin: Option<(http::uri::Scheme, http::uri::Authority, usize)>,
+}
+
+impl UpstreamTarget {
+    pub fn new(template: Template) -> UpstreamTarget {
+        // The authority ends inside the first literal: at a path or query it holds, or at its end when
+        // nothing follows it.
+        let origin = match template.parts.first() {
+            Some(template::Part::Literal(l)) => literal_origin(l).filter(|&(.., end)| end < l.len() || template.parts.len() == 1),
+            _ => None,
+        };
+        UpstreamTarget { template, origin }
+    }
+
+    /// The upstream's URI: the template rendered with the stage variables and path parameters, the
+    /// request's query appended; `Err` with the rendered text when it is no URI with a host.
+    pub fn render<'v>(
+        &self,
+        var: impl Fn(&str) -> Option<&'v str>,
+        param: impl Fn(&str) -> Option<&'v str>,
+        query: Option<&str>,
+    ) -> Result<http::Uri, String> {
+        let mut target = String::with_capacity(128);
+        self.template.render_into(&mut target, var, param);
+        if let Some(q) = query {
+            target.push(if target.bytes().any(|b| b == b'?') { '&' } else { '?' });
+            target.push_str(q);
+        }
+        if let Some((scheme, authority, len)) = &self.origin {
+            let mut rest = bytes::Bytes::from(target);
+            bytes::Buf::advance(&mut rest, *len);
+            let path_and_query = if rest.is_empty() {
+                Ok(http::uri::PathAndQuery::from_static("/"))
+            } else {
+                http::uri::PathAndQuery::from_maybe_shared(rest.clone())
+            };
+            let mut parts = http::uri::Parts::default();
+            parts.scheme = Some(scheme.clone());
+            parts.authority = Some(authority.clone());
+            parts.path_and_query = path_and_query.ok();
+            return match http::Uri::from_parts(parts) {
+                Ok(uri) if rest.is_empty() || rest.starts_with(b"/") || rest.starts_with(b"?") => Ok(uri),
+                _ => {
+                    let head = &self.template.parts;
+                    let mut text = String::new();
+                    if let Some(template::Part::Literal(l)) = head.first() {
+                        text.push_str(&l[..*len]);
+                    }
+                    text.push_str(&String::from_utf8_lossy(&rest));
+                    Err(text)
+                }
+            };
+        }
+        match target.parse::<http::Uri>() {
+            Ok(u) if u.host().is_some() => Ok(u),
+            _ => Err(target),
+        }
+    }
+}
+
+/// The `http(s)://authority` a literal starts with, when what follows it is a path, a query or
+/// nothing, and it parses as a URI with a host.
+fn literal_origin(l: &str) -> Option<(http::uri::Scheme, http::uri::Authority, usize)> {
+    let after = l.strip_prefix("http://").or_else(|| l.strip_prefix("https://"))?;
+    let end = l.len() - after.len() + after.find(['/', '?', '#']).unwrap_or(after.len());
+    if l[end..].starts_with('#') {
+        return None;
+    }
+    let uri: http::Uri = l[..end].parse().ok()?;
+    uri.host()?;
+    let parts = uri.into_parts();
+    Some((parts.scheme?, parts.authority?, end))
 }
 
 /// The routes of one path pattern, by method.
@@ -102,7 +181,7 @@ impl CompiledDeployment {
                     http2,
                 } => match Template::parse("uri", uri, true) {
                     Ok(t) => CompiledIntegration::Http {
-                        uri: t,
+                        uri: UpstreamTarget::new(t),
                         timeouts: crate::upstream::Timeouts {
                             head: Duration::from_millis(u64::from(*timeout_ms)),
                             body_read: Duration::from_millis(u64::from(*read_timeout_ms)),
@@ -501,6 +580,63 @@ mod tests {
         let (t10, _) = threshold(10.0);
         let (t30, _) = threshold(30.0);
         assert!(t10 < t30);
+    }
+
+    #[test]
+    fn upstream_uris_render_as_a_whole_parse_would() {
+        let vars = |n: &str| match n {
+            "host" => Some("api.internal:8080"),
+            "path" => Some("v2"),
+            "bad" => Some("a b"),
+            _ => None,
+        };
+        let params = |n: &str| (n == "proxy").then_some("orders/7");
+        for (text, query) in [
+            ("http://127.0.0.1:9000/{proxy}", None),
+            ("http://127.0.0.1:9000/{proxy}", Some("a=1&b")),
+            ("http://127.0.0.1:9000/x?k=v", Some("a=1")),
+            ("https://Backend.Example:443/${stageVariables.path}/{proxy}", None),
+            ("http://backend", None),
+            ("http://backend", Some("q=1")),
+            ("http://backend?q=0", None),
+            ("http://${stageVariables.host}/{proxy}", None),
+            ("http://api${stageVariables.path}.internal/{proxy}", Some("z")),
+            ("http://127.0.0.1:9000/${stageVariables.bad}", None),
+            ("http://127.0.0.1:9000/x#frag", None),
+            ("http://a b/x", None),
+            ("http:///x", None),
+            ("/relative/{proxy}", None),
+        ] {
+            let target = UpstreamTarget::new(Template::parse("uri", text, true).unwrap());
+            let mut rendered = String::new();
+            target.template.render_into(&mut rendered, vars, params);
+            if let Some(q) = query {
+                rendered.push(if rendered.contains('?') { '&' } else { '?' });
+                rendered.push_str(q);
+            }
+            let whole = match rendered.parse::<http::Uri>() {
+                Ok(u) if u.host().is_some() => Ok(u),
+                _ => Err(rendered.clone()),
+            };
+            let got = target.render(vars, params, query);
+            match (&got, &whole) {
+                (Ok(a), Ok(b)) => {
+                    assert_eq!(a, b, "{text}");
+                    assert_eq!(
+                        a.path_and_query().map(|p| p.as_str()),
+                        b.path_and_query().map(|p| p.as_str()),
+                        "{text}"
+                    );
+                    assert_eq!((a.scheme(), a.authority()), (b.scheme(), b.authority()), "{text}");
+                }
+                (Err(a), Err(b)) => assert_eq!(a, b, "{text}"),
+                _ => panic!("{text}: {got:?} against {whole:?}"),
+            }
+        }
+        let literal = UpstreamTarget::new(Template::parse("uri", "http://h:1/{proxy}", true).unwrap());
+        assert!(literal.origin.is_some(), "a literal authority is parsed once");
+        let variable = UpstreamTarget::new(Template::parse("uri", "http://h${stageVariables.path}/", true).unwrap());
+        assert!(variable.origin.is_none());
     }
 
     fn state_with(apis: usize) -> State {

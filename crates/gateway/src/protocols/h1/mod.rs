@@ -160,7 +160,8 @@ pub(crate) fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
 #[derive(Debug)]
 pub struct Head {
     pub status: StatusCode,
-    /// The header fields as received; `content-length` is dropped when the body is chunked.
+    /// The header fields as received less the hop-by-hop ones (see [`parse_head`]); `content-length`
+    /// is dropped beside a `transfer-encoding`.
     pub headers: HeaderMap,
     pub framing: Framing,
     /// Whether the connection may carry another request once this response is read.
@@ -178,7 +179,10 @@ pub enum Framing {
     Eof,
 }
 
-/// Parses the response head at the start of `buf`. Interim (1xx) responses are skipped. On success
+/// Parses the response head at the start of `buf`. Interim (1xx) responses are skipped. The head's
+/// map holds what a client is sent: the hop-by-hop fields (RFC 9110 §7.6.1: `connection` and those it
+/// names, `keep-alive`, `te`, `trailer`, `transfer-encoding`, `upgrade` but in a 101, the `proxy-`
+/// ones) are read for the framing and persistence, not kept. On success
 /// `buf` is left empty and the head comes with what followed it (the start of the body), sharing
 /// one buffer with the header values; `Ok(None)` means more bytes are needed (`buf` keeps all of them
 /// after any interim heads, which are consumed).
@@ -211,13 +215,7 @@ pub fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<(Head, B
             *buf = unfreeze(bytes.slice(len..));
             continue;
         }
-        let mut headers = HeaderMap::with_capacity(res.headers.len());
-        for h in res.headers.iter() {
-            let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| ProtocolError::Header(h.name.to_string()))?;
-            let value = HeaderValue::from_maybe_shared(bytes.slice_ref(h.value)).map_err(|_| ProtocolError::Header(name.to_string()))?;
-            headers.append(name, value);
-        }
-        let head = finish_head(status, version, headers, method)?;
+        let head = response_head(status, version, res.headers, &bytes, method)?;
         return Ok(Some((head, bytes.slice(len..))));
     }
 }
@@ -243,8 +241,8 @@ pub(crate) struct ConnectionOptions {
 }
 
 impl ConnectionOptions {
-    pub(crate) fn add(&mut self, value: &HeaderValue) {
-        for t in connection_tokens(value.as_bytes()) {
+    pub(crate) fn add(&mut self, value: &[u8]) {
+        for t in connection_tokens(value) {
             self.close |= t.eq_ignore_ascii_case(b"close");
             self.keep_alive |= t.eq_ignore_ascii_case(b"keep-alive");
             self.upgrade |= t.eq_ignore_ascii_case(b"upgrade");
@@ -257,38 +255,125 @@ impl ConnectionOptions {
     }
 }
 
-fn finish_head(status: StatusCode, version: Version, mut headers: HeaderMap, method: &Method) -> Result<Head, ProtocolError> {
+/// A response field the head parser acts on, known by its name (case-insensitive).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Field {
+    Connection,
+    TransferEncoding,
+    ContentLength,
+    Upgrade,
+    /// Another hop-by-hop field: `te`, `trailer`, `keep-alive`, `proxy-connection`,
+    /// `proxy-authenticate`, `proxy-authorization`.
+    HopByHop,
+    Other,
+}
+
+impl Field {
+    fn of(name: &[u8]) -> Field {
+        let is = |s: &[u8]| name.eq_ignore_ascii_case(s);
+        match name.len() {
+            2 if is(b"te") => Field::HopByHop,
+            7 if is(b"trailer") => Field::HopByHop,
+            7 if is(b"upgrade") => Field::Upgrade,
+            10 if is(b"connection") => Field::Connection,
+            10 if is(b"keep-alive") => Field::HopByHop,
+            14 if is(b"content-length") => Field::ContentLength,
+            16 if is(b"proxy-connection") => Field::HopByHop,
+            17 if is(b"transfer-encoding") => Field::TransferEncoding,
+            18 if is(b"proxy-authenticate") => Field::HopByHop,
+            19 if is(b"proxy-authorization") => Field::HopByHop,
+            _ => Field::Other,
+        }
+    }
+}
+
+/// Whether a field value is what `HeaderValue::to_str` takes (visible ASCII, spaces and tabs).
+fn is_text(value: &[u8]) -> bool {
+    value.iter().all(|&b| b == b'\t' || (b' '..=b'~').contains(&b))
+}
+
+/// The head of a final response from its parsed fields (`bytes` holds them): the framing (RFC 9112
+/// §6.3) and persistence they give, and the header map a client is sent, built in one pass without
+/// the hop-by-hop fields (those named in `Connection` too; a 101 keeps its `upgrade`), and without
+/// `content-length` beside a `transfer-encoding`.
+fn response_head(
+    status: StatusCode,
+    version: Version,
+    fields: &[httparse::Header<'_>],
+    bytes: &Bytes,
+    method: &Method,
+) -> Result<Head, ProtocolError> {
     let mut options = ConnectionOptions::default();
-    for v in headers.get_all(header::CONNECTION) {
-        options.add(v);
+    // `Connection` names a field that is not hop-by-hop already, to be removed too (but not
+    // `content-length`: the framing is the gateway's own either way).
+    let mut names_more = false;
+    // With `transfer-encoding`: whether its last coding is chunked.
+    let mut chunked_last = None;
+    let mut has_length = false;
+    // Each field's kind, found once.
+    let mut kinds = [Field::Other; MAX_HEADERS];
+    for (h, kind) in fields.iter().zip(kinds.iter_mut()) {
+        *kind = Field::of(h.name.as_bytes());
+        match *kind {
+            Field::Connection => {
+                options.add(h.value);
+                names_more |= connection_tokens(h.value).any(|t| Field::of(t) == Field::Other && !t.eq_ignore_ascii_case(b"close"));
+            }
+            Field::TransferEncoding => {
+                let last = h.value.rsplit(|&b| b == b',').next().map(<[u8]>::trim_ascii);
+                chunked_last = Some(is_text(h.value) && last.is_some_and(|c| c.eq_ignore_ascii_case(b"chunked")));
+            }
+            Field::ContentLength => has_length = true,
+            _ => {}
+        }
     }
     let mut keep_alive = options.persistent(version);
-    let framing =
-        if *method == Method::HEAD || status.is_informational() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
-            Framing::Empty
-        } else if headers.contains_key(header::TRANSFER_ENCODING) {
-            // RFC 9112 §6.3: transfer-encoding overrides content-length; a response whose last coding
-            // is not chunked runs until the connection closes.
-            headers.remove(header::CONTENT_LENGTH);
-            let last = headers
-                .get_all(header::TRANSFER_ENCODING)
+    let bodyless =
+        *method == Method::HEAD || status.is_informational() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
+    let framing = match chunked_last {
+        _ if bodyless => Framing::Empty,
+        // RFC 9112 §6.3: transfer-encoding overrides content-length; a response whose last coding
+        // is not chunked runs until the connection closes.
+        Some(true) => Framing::Chunked,
+        Some(false) => Framing::Eof,
+        None if has_length => Framing::Length(length_of(
+            fields
                 .iter()
-                .next_back()
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.rsplit(',').next())
-                .map(str::trim);
-            if last.is_some_and(|c| c.eq_ignore_ascii_case("chunked")) {
-                Framing::Chunked
-            } else {
-                Framing::Eof
-            }
-        } else if headers.contains_key(header::CONTENT_LENGTH) {
-            Framing::Length(content_length(&headers)?)
-        } else {
-            Framing::Eof
-        };
+                .zip(kinds.iter().copied())
+                .filter(|&(_, k)| k == Field::ContentLength)
+                .map(|(h, _)| h.value),
+        )?),
+        None => Framing::Eof,
+    };
     if framing == Framing::Eof || status == StatusCode::SWITCHING_PROTOCOLS {
         keep_alive = false;
+    }
+    let drop_length = chunked_last.is_some() && !bodyless;
+    // Room for the marks the proxy adds, so they do not grow the map.
+    let mut headers = HeaderMap::with_capacity(fields.len() + 3);
+    for (h, kind) in fields.iter().zip(kinds.iter().copied()) {
+        let keep = match kind {
+            Field::Other => true,
+            Field::ContentLength => !drop_length,
+            Field::Upgrade => status == StatusCode::SWITCHING_PROTOCOLS,
+            Field::Connection | Field::TransferEncoding | Field::HopByHop => false,
+        };
+        if !keep {
+            continue;
+        }
+        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| ProtocolError::Header(h.name.to_string()))?;
+        let value = HeaderValue::from_maybe_shared(bytes.slice_ref(h.value)).map_err(|_| ProtocolError::Header(name.to_string()))?;
+        headers.append(name, value);
+    }
+    if names_more {
+        let connection = fields.iter().zip(kinds.iter().copied()).filter(|&(_, k)| k == Field::Connection);
+        for t in connection.flat_map(|(h, _)| connection_tokens(h.value)) {
+            if Field::of(t) == Field::Other && !t.eq_ignore_ascii_case(b"close") {
+                if let Ok(name) = HeaderName::from_bytes(t) {
+                    headers.remove(name);
+                }
+            }
+        }
     }
     Ok(Head {
         status,
@@ -300,14 +385,22 @@ fn finish_head(status: StatusCode, version: Version, mut headers: HeaderMap, met
 
 /// The content length, which every `content-length` field (and list element) must state alike.
 pub(crate) fn content_length(headers: &HeaderMap) -> Result<u64, ProtocolError> {
+    length_of(headers.get_all(header::CONTENT_LENGTH).iter().map(HeaderValue::as_bytes))
+}
+
+/// The content length the given `content-length` field values state alike.
+fn length_of<'v>(values: impl Iterator<Item = &'v [u8]>) -> Result<u64, ProtocolError> {
     let mut found: Option<u64> = None;
-    for v in headers.get_all(header::CONTENT_LENGTH) {
-        let bad = || ProtocolError::ContentLength(String::from_utf8_lossy(v.as_bytes()).into_owned());
-        for t in v.to_str().map_err(|_| bad())?.split(',').map(str::trim) {
-            if t.is_empty() || t.len() > 19 || !t.bytes().all(|b| b.is_ascii_digit()) {
+    for v in values {
+        let bad = || ProtocolError::ContentLength(String::from_utf8_lossy(v).into_owned());
+        if !is_text(v) {
+            return Err(bad());
+        }
+        for t in v.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+            if t.is_empty() || t.len() > 19 || !t.iter().all(u8::is_ascii_digit) {
                 return Err(bad());
             }
-            let n: u64 = t.parse().map_err(|_| bad())?;
+            let n = t.iter().fold(0u64, |n, &d| n * 10 + u64::from(d - b'0'));
             if found.is_some_and(|f| f != n) {
                 return Err(bad());
             }
@@ -804,6 +897,28 @@ mod tests {
         );
         let h = f("HTTP/1.1 200 OK\r\ncontent-length: 3, 3\r\ncontent-length: 3\r\n\r\n", Method::GET);
         assert_eq!(h.framing, Framing::Length(3));
+    }
+
+    #[test]
+    fn hop_by_hop_fields_are_read_not_kept() {
+        let raw = "HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Hop\r\nx-hop: 1\r\nKeep-Alive: timeout=5\r\nte: trailers\r\n\
+                   trailer: x\r\nupgrade: h2c\r\nproxy-connection: x\r\nproxy-authenticate: Basic\r\nx-end: 2\r\n\
+                   content-length: 0\r\n\r\n";
+        let h = head_of(raw, Method::GET).0.unwrap().unwrap();
+        let mut names: Vec<&str> = h.headers.keys().map(|k| k.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["content-length", "x-end"]);
+        assert!(h.keep_alive);
+        // A 101 keeps the protocol it switches to; `Connection: close` names no field.
+        let raw = "HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade, close\r\nupgrade: websocket\r\nclose: x\r\n\r\n";
+        let h = head_of(raw, Method::GET).0.unwrap().unwrap();
+        assert_eq!(h.headers[header::UPGRADE], "websocket");
+        assert_eq!(h.headers["close"], "x");
+        assert!(!h.headers.contains_key(header::CONNECTION) && !h.keep_alive);
+        // A `Connection` naming the length does not take it: the framing needs it.
+        let raw = "HTTP/1.1 200 OK\r\nconnection: content-length\r\ncontent-length: 2\r\n\r\nok";
+        let h = head_of(raw, Method::GET).0.unwrap().unwrap();
+        assert_eq!((h.framing, content_length(&h.headers)), (Framing::Length(2), Ok(2)));
     }
 
     #[test]

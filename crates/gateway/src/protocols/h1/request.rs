@@ -171,7 +171,7 @@ pub(crate) fn parse_request_head(buf: &mut BytesMut, limits: &Limits, at: &mut V
         let name = HeaderName::from_bytes(name).map_err(|_| bad(format!("invalid header name {}", quoted(name))))?;
         let value = HeaderValue::from_maybe_shared(bytes.slice(vs..vs + vl)).map_err(|_| bad(format!("invalid value of header {name}")))?;
         if name == header::CONNECTION {
-            connection.add(&value);
+            connection.add(value.as_bytes());
         } else if name == header::EXPECT {
             expect_continue = value.as_bytes().eq_ignore_ascii_case(b"100-continue");
         } else if name == header::TRANSFER_ENCODING {
