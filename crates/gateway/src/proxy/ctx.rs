@@ -99,7 +99,11 @@ fn request_id(headers: &HeaderMap) -> HeaderValue {
         *b = b"0123456789abcdef"[(n & 15) as usize];
         n >>= 4;
     }
-    HeaderValue::from_bytes(&hex).expect("hex is a valid header value")
+    let mut id = HeaderValue::from_bytes(&hex).expect("hex is a valid header value");
+    // Never indexed in HTTP/2's header compression (RFC 7541 §7.1.3): a value no later message repeats
+    // would only evict useful entries from the table, at a cost per response.
+    id.set_sensitive(true);
+    id
 }
 
 #[cfg(test)]

@@ -322,7 +322,9 @@ async fn stream(gw: Arc<Gateway>, mut req: Request<RecvStream>, mut respond: Sen
         // Reset before the answer: the request's work is dropped; the handler recorded it.
         return shared.client_reset();
     };
-    let sent = respond_with(resp, finish, &mut respond, head, &gw).await;
+    // Boxed too: the task's own future stays small (the sending's state holds the body, the
+    // record and a timer).
+    let sent = Box::pin(respond_with(resp, finish, &mut respond, head, &gw)).await;
     if sent == Sent::Reset {
         shared.client_reset();
     }
@@ -362,10 +364,14 @@ const CONNECTION_SPECIFIC: [header::HeaderName; 5] = [
 /// Sends the response head and body, and records how it ended.
 async fn respond_with(resp: Response<Body>, mut finish: Finish, respond: &mut SendResponse<Bytes>, head: bool, gw: &Gateway) -> Sent {
     let (mut parts, mut body) = resp.into_parts();
-    for name in &CONNECTION_SPECIFIC {
-        parts.headers.remove(name);
+    // Usually none: one pass of cheap comparisons, then removals only when there is one.
+    let specific = |n: &header::HeaderName| CONNECTION_SPECIFIC.contains(n) || n.as_str() == "proxy-connection";
+    if parts.headers.keys().any(specific) {
+        for name in &CONNECTION_SPECIFIC {
+            parts.headers.remove(name);
+        }
+        parts.headers.remove("proxy-connection");
     }
-    parts.headers.remove("proxy-connection");
     if !parts.headers.contains_key(header::DATE) {
         parts.headers.insert(header::DATE, crate::protocols::h1::response::date_value());
     }
