@@ -6,7 +6,7 @@ use bytes::BytesMut;
 use http::header::{self, HeaderValue};
 use http::Method;
 
-use crate::protocols::h1::request::{parse_request_head, valid_authority, BadHead};
+use crate::protocols::h1::server::request::{parse_request_head, valid_authority, BadHead};
 use crate::protocols::h1::{self, Decoded, Decoder, Framing};
 use crate::Limits;
 

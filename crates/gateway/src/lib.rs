@@ -48,7 +48,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use canarygate_metrics::Registry;
 use canarygate_model::State;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 pub use access_log::{AccessLog, AccessLogConfig};
@@ -313,39 +313,56 @@ impl Gateway {
                 continue;
             };
             let _ = stream.set_nodelay(true);
-            match (over_tls, &tls) {
-                (true, Some((_, acceptor))) => {
-                    let (gw, acceptor) = (self.clone(), acceptor.clone());
-                    tokio::spawn(async move {
-                        // The handshake has the head's time limit; a client that stalls in it is dropped.
-                        match tokio::time::timeout(gw.limits.header_read_timeout, acceptor.accept(stream)).await {
-                            Ok(Ok(tls)) if tls.get_ref().1.alpn_protocol() == Some(b"h2") => {
-                                server::h2::serve(gw, tls, bytes::Bytes::new(), exchange::Peer::new_tls(peer), ctl).await
-                            }
-                            Ok(Ok(tls)) => server::serve_connection(gw, tls, exchange::Peer::new_tls(peer), ctl).await,
-                            Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                        }
-                    });
-                }
-                _ => {
-                    tokio::spawn(server::serve_connection(self.clone(), stream, exchange::Peer::new(peer), ctl));
-                }
-            }
+            self.start(stream, peer, tls.as_ref().filter(|_| over_tls).map(|(_, a)| a), ctl);
         }
         drop(listener);
         conns.close_all();
-        let deadline = tokio::time::Instant::now() + drain;
-        while conns.live() > 0 {
-            if tokio::time::Instant::now() >= deadline {
-                tracing::warn!(
-                    connections = conns.live(),
-                    "in-flight requests did not finish within the drain time"
-                );
-                break;
+        drain_for(&conns, drain).await;
+    }
+
+    /// Serves an accepted connection in a task of its own: over TLS (HTTP/2 when ALPN chose it) when it
+    /// came to the TLS listener (`acceptor`), else plain (HTTP/2 with prior knowledge, or HTTP/1.1).
+    fn start(
+        self: &Arc<Self>,
+        stream: TcpStream,
+        peer: std::net::SocketAddr,
+        acceptor: Option<&tokio_rustls::TlsAcceptor>,
+        ctl: Arc<server::connections::ConnCtl>,
+    ) {
+        match acceptor {
+            Some(acceptor) => {
+                let (gw, acceptor) = (self.clone(), acceptor.clone());
+                tokio::spawn(async move {
+                    // The handshake has the head's time limit; a client that stalls in it is dropped.
+                    match tokio::time::timeout(gw.limits.header_read_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) if tls.get_ref().1.alpn_protocol() == Some(b"h2") => {
+                            server::h2::serve(gw, tls, bytes::Bytes::new(), exchange::Peer::new_tls(peer), ctl).await
+                        }
+                        Ok(Ok(tls)) => server::serve_connection(gw, tls, exchange::Peer::new_tls(peer), ctl).await,
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                });
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            None => {
+                tokio::spawn(server::serve_connection(self.clone(), stream, exchange::Peer::new(peer), ctl));
+            }
         }
+    }
+}
+
+/// Waits for the connections in flight to finish, for at most `drain`.
+async fn drain_for(conns: &server::connections::Conns, drain: Duration) {
+    let deadline = tokio::time::Instant::now() + drain;
+    while conns.live() > 0 {
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(
+                connections = conns.live(),
+                "in-flight requests did not finish within the drain time"
+            );
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 

@@ -400,7 +400,7 @@ fn upstream_headers(ctx: &Ctx<'_>, mut headers: HeaderMap, upgrade: Option<Upgra
             .get_all(header::TE)
             .iter()
             .any(|v| crate::protocols::h1::connection_tokens(v.as_bytes()).any(|t| t.eq_ignore_ascii_case(b"trailers")));
-    // The client's Host is not forwarded: the upstream request head writes the upstream's (`protocols/h1/mod.rs`).
+    // The client's Host is not forwarded: the upstream request head writes the upstream's (`protocols/h1/client.rs`).
     strip_hop_by_hop(&mut headers);
     if let Some(p) = protocol {
         // The one hop-by-hop field forwarded: the protocol an upgrade request asks for (the request

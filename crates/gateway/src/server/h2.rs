@@ -187,8 +187,35 @@ where
         watch.poll(cx, &shared)
     })
     .await;
+    let Some(grace) = goodbye(stop, &mut conn, &shared, &ctl, &peer, limits) else {
+        return;
+    };
+    // The GOAWAY goes out; streams the client opened before it are still served, the open ones end.
+    let drained = poll_fn(|cx| loop {
+        match conn.poll_accept(cx) {
+            Poll::Ready(Some(Ok((req, respond)))) => start(req, respond),
+            Poll::Ready(Some(Err(_)) | None) => return Poll::Ready(()),
+            Poll::Pending => return Poll::Pending,
+        }
+    });
+    let _ = tokio::time::timeout(grace, drained).await;
+}
+
+/// Says goodbye to the client as `stop` calls for (a GOAWAY, gracefully or not); how long the streams
+/// left may still run, `None` when the connection is gone already.
+fn goodbye<T>(
+    stop: Stop,
+    conn: &mut h2::server::Connection<T, Bytes>,
+    shared: &Shared,
+    ctl: &ConnCtl,
+    peer: &Peer,
+    limits: Http2Limits,
+) -> Option<Duration>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+{
     let grace = match stop {
-        Stop::Closed => return,
+        Stop::Closed => return None,
         Stop::Calm => {
             static CALM: crate::log_every::Every = crate::log_every::Every::second();
             if let Some(left_out) = CALM.check() {
@@ -214,15 +241,7 @@ where
             Duration::MAX
         }
     };
-    // The GOAWAY goes out; streams the client opened before it are still served, the open ones end.
-    let drained = poll_fn(|cx| loop {
-        match conn.poll_accept(cx) {
-            Poll::Ready(Some(Ok((req, respond)))) => start(req, respond),
-            Poll::Ready(Some(Err(_)) | None) => return Poll::Ready(()),
-            Poll::Pending => return Poll::Pending,
-        }
-    });
-    let _ = tokio::time::timeout(grace, drained).await;
+    Some(grace)
 }
 
 /// The connection's deadlines (idle, head) and its reset budget, checked each time its task is woken.
@@ -373,7 +392,9 @@ async fn respond_with(resp: Response<Body>, mut finish: Finish, respond: &mut Se
         parts.headers.remove("proxy-connection");
     }
     if !parts.headers.contains_key(header::DATE) {
-        parts.headers.insert(header::DATE, crate::protocols::h1::response::date_value());
+        parts
+            .headers
+            .insert(header::DATE, crate::protocols::h1::server::response::date_value());
     }
     let end = head || body.is_end_stream();
     if !end && !parts.headers.contains_key(header::CONTENT_LENGTH) {

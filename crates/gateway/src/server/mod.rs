@@ -49,8 +49,8 @@ use crate::body::{Body, BoxError};
 use crate::error::{json_error, ClientBodyError};
 use crate::exchange::{Ending, Peer, UpgradeRequest, Upgraded};
 use crate::protocols::body_read::{BodyRead, ReadError};
-use crate::protocols::h1::request::{parse_request_head, request_line_too_long, BadHead, FieldAt, RequestHead};
-use crate::protocols::h1::response::{encode_response_head, encode_switching_head, ResponseFraming};
+use crate::protocols::h1::server::request::{parse_request_head, request_line_too_long, BadHead, FieldAt, RequestHead};
+use crate::protocols::h1::server::response::{encode_response_head, encode_switching_head, ResponseFraming};
 use crate::protocols::h1::{self, Decoded, Decoder};
 use crate::proxy::request;
 use crate::server::connections::ConnCtl;
@@ -196,23 +196,7 @@ pub(crate) async fn serve_connection<S: Split>(gw: Arc<Gateway>, stream: S, peer
             }
         }
 
-        if let Some(mut back) = lent {
-            match back.try_recv() {
-                Ok(l) => {
-                    c.rd = Some(l.rd);
-                    c.buf = l.buf;
-                    if !l.done {
-                        keep_alive = false;
-                        c.unread_body = true;
-                    }
-                }
-                // The body is still held somewhere: the connection cannot be read again.
-                Err(_) => keep_alive = false,
-            }
-        }
-        if ctl.closing() {
-            keep_alive = false;
-        }
+        keep_alive &= c.take_back(lent) && !ctl.closing();
         let log = gw.access_log();
         match c
             .write_response(resp, is_head, http10, keep_alive, |ending| finish.done(log, ending))
@@ -236,6 +220,23 @@ struct Lent<R> {
 }
 
 impl<R: AsyncRead + Unpin + Send + 'static, W: AsyncWrite + Unpin> Conn<R, W> {
+    /// Takes back the read half and buffer a request body was lent; whether the connection can be
+    /// read again (false when the body was not read to its end, or is still held somewhere).
+    fn take_back(&mut self, lent: Option<oneshot::Receiver<Lent<R>>>) -> bool {
+        let Some(mut back) = lent else { return true };
+        match back.try_recv() {
+            Ok(l) => {
+                self.rd = Some(l.rd);
+                self.buf = l.buf;
+                if !l.done {
+                    self.unread_body = true;
+                }
+                l.done
+            }
+            Err(_) => false,
+        }
+    }
+
     fn new<S: Split<Read = R, Write = W>>(stream: S) -> Conn<R, W> {
         let (rd, wr) = stream.split();
         Conn {

@@ -71,7 +71,7 @@ pub(crate) fn encode_response_head(
     }
     if let Some(n) = length {
         out.extend_from_slice(b"content-length: ");
-        out.extend_from_slice(super::itoa(n, &mut [0; 20]));
+        out.extend_from_slice(crate::protocols::h1::itoa(n, &mut [0; 20]));
         out.extend_from_slice(b"\r\n");
     } else if chunked {
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");

@@ -8,7 +8,7 @@ use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Uri, Version};
 
-use super::Framing;
+use crate::protocols::h1::Framing;
 use crate::Limits;
 
 /// A request head that must be refused: the status to answer with (400, 414, 431, 501, ...) and why.
@@ -75,18 +75,17 @@ fn offset_in(base: &[u8], part: &[u8]) -> (usize, usize) {
 /// replaces `Host` (RFC 9112 §3.2.2).
 pub(crate) fn parse_request_head(buf: &mut BytesMut, limits: &Limits, at: &mut Vec<FieldAt>) -> Result<Option<RequestHead>, BadHead> {
     let max = limits.max_header_bytes;
-    let bad = |msg: String| BadHead(StatusCode::BAD_REQUEST, msg);
     let too_large = || {
         BadHead(
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             format!(
                 "request head larger than {max} bytes or with more than {} fields",
-                super::MAX_HEADERS
+                crate::protocols::h1::MAX_HEADERS
             ),
         )
     };
     // Uninitialized: no 3 KiB of stores per request for fields most requests do not have.
-    let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; super::MAX_HEADERS];
+    let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; crate::protocols::h1::MAX_HEADERS];
     let mut req = httparse::Request::new(&mut []);
     let len = match httparse::ParserConfig::default().parse_request_with_uninit_headers(&mut req, buf, &mut fields) {
         Ok(httparse::Status::Complete(len)) if len > max => return Err(too_large()),
@@ -118,8 +117,48 @@ pub(crate) fn parse_request_head(buf: &mut BytesMut, limits: &Limits, at: &mut V
         let (vs, vl) = offset_in(buf, h.value);
         at.push((ns, nl, vs, vl));
     }
-    // Line ends and lengths: each line ends where the next begins, less its CRLF; the head ends with
-    // an empty line.
+    check_lines(buf, len, at, limits)?;
+    // Frozen, so the URI and the header values are slices of it rather than copies.
+    let bytes = buf.split_to(len).freeze();
+    let target = bytes.slice(path_at.0..path_at.0 + path_at.1);
+    let (target, uri) = parse_target(target)?;
+    let Fields {
+        mut headers,
+        connection,
+        expect_continue,
+        transfer_encoding,
+        upgrade_field,
+        hosts,
+    } = read_fields(&bytes, at)?;
+    // RFC 9112 §3.2: an HTTP/1.1 request has exactly one Host field.
+    if hosts > 1 || (hosts == 0 && version == Version::HTTP_11) {
+        return Err(bad(format!("{hosts} host header fields (an HTTP/1.1 request has exactly one)")));
+    }
+    if let Some(host) = target_host(&target, &uri, &method)? {
+        headers.insert(header::HOST, host);
+    }
+    let framing = request_framing(&headers, transfer_encoding, version).map_err(|(status, msg)| BadHead(status, msg))?;
+    Ok(Some(RequestHead {
+        method,
+        uri,
+        version,
+        headers,
+        keep_alive: connection.persistent(version),
+        framing,
+        expect_continue: expect_continue && version == Version::HTTP_11,
+        upgrade: upgrade_field && connection.upgrade && version == Version::HTTP_11 && framing == Framing::Empty,
+    }))
+}
+
+fn bad(msg: String) -> BadHead {
+    BadHead(StatusCode::BAD_REQUEST, msg)
+}
+
+/// Line ends and lengths: every line of the head (`len` bytes of `buf`, its fields at `at`) ends with
+/// CRLF, the request line is at most `max_request_line` bytes (414) and each field `max_field_bytes`
+/// (431).
+fn check_lines(buf: &[u8], len: usize, at: &[FieldAt], limits: &Limits) -> Result<(), BadHead> {
+    // Each line ends where the next begins, less its CRLF; the head ends with an empty line.
     let crlf_before = |pos: usize| pos >= 2 && &buf[pos - 2..pos] == b"\r\n";
     if !buf[..len].ends_with(b"\r\n\r\n") || !at.iter().all(|&(ns, ..)| crlf_before(ns)) {
         return Err(bad("bare LF in the request head (lines end with CRLF)".into()));
@@ -143,30 +182,47 @@ pub(crate) fn parse_request_head(buf: &mut BytesMut, limits: &Limits, at: &mut V
             ));
         }
     }
-    // Frozen, so the URI and the header values are slices of it rather than copies.
-    let bytes = buf.split_to(len).freeze();
-    let target = bytes.slice(path_at.0..path_at.0 + path_at.1);
-    let (target, uri) = match Uri::from_maybe_shared(target.clone()) {
-        Ok(uri) => (target, uri),
+    Ok(())
+}
+
+/// The request target as a URI, and the bytes it was made of.
+fn parse_target(target: Bytes) -> Result<(Bytes, Uri), BadHead> {
+    match Uri::from_maybe_shared(target.clone()) {
+        Ok(uri) => Ok((target, uri)),
         // Bytes real clients send unencoded (`"`, `<`, `|`, `\`, ...), which nginx takes: forwarded
         // percent-encoded, which means the same to the backend and cannot re-frame anything. (What the
         // URI type takes raw, as `{` in a query or UTF-8, goes on as it came.)
         Err(_) => {
             let encoded = Bytes::from(percent_encode_target(&target));
             match Uri::from_maybe_shared(encoded.clone()) {
-                Ok(uri) => (encoded, uri),
-                Err(_) => return Err(bad(format!("invalid request target {}", quoted(&target)))),
+                Ok(uri) => Ok((encoded, uri)),
+                Err(_) => Err(bad(format!("invalid request target {}", quoted(&target)))),
             }
         }
-    };
+    }
+}
+
+/// What the header fields of a request head say, beside its header map.
+struct Fields {
+    headers: HeaderMap,
+    connection: crate::protocols::h1::ConnectionOptions,
+    expect_continue: bool,
+    transfer_encoding: bool,
+    upgrade_field: bool,
+    hosts: usize,
+}
+
+/// The header map of a request head (`bytes`, its fields at `at`), without an h2c upgrade's fields,
+/// and what its fields say of the connection, the framing and the host.
+fn read_fields(bytes: &Bytes, at: &[FieldAt]) -> Result<Fields, BadHead> {
     // Room for the forwarding headers the proxy adds, so they do not grow the map.
     let mut headers = HeaderMap::with_capacity(at.len() + 5);
-    let mut connection = super::ConnectionOptions::default();
+    let mut connection = crate::protocols::h1::ConnectionOptions::default();
     let mut expect_continue = false;
     let mut transfer_encoding = false;
     let mut upgrade_field = false;
     let mut hosts = 0;
-    for &(ns, nl, vs, vl) in at.iter() {
+    for &(ns, nl, vs, vl) in at {
         let name = &bytes[ns..ns + nl];
         let name = HeaderName::from_bytes(name).map_err(|_| bad(format!("invalid header name {}", quoted(name))))?;
         let value = HeaderValue::from_maybe_shared(bytes.slice(vs..vs + vl)).map_err(|_| bad(format!("invalid value of header {name}")))?;
@@ -176,7 +232,8 @@ pub(crate) fn parse_request_head(buf: &mut BytesMut, limits: &Limits, at: &mut V
             expect_continue = value.as_bytes().eq_ignore_ascii_case(b"100-continue");
         } else if name == header::TRANSFER_ENCODING {
             transfer_encoding = true;
-        } else if (name == header::UPGRADE && super::connection_tokens(value.as_bytes()).any(|t| t.eq_ignore_ascii_case(b"h2c")))
+        } else if (name == header::UPGRADE
+            && crate::protocols::h1::connection_tokens(value.as_bytes()).any(|t| t.eq_ignore_ascii_case(b"h2c")))
             || name == HTTP2_SETTINGS
         {
             // An HTTP/2 cleartext upgrade (RFC 9113 §3.1 removed it; `curl --http2` still offers it) is
@@ -193,33 +250,31 @@ pub(crate) fn parse_request_head(buf: &mut BytesMut, limits: &Limits, at: &mut V
         }
         headers.append(name, value);
     }
-    // RFC 9112 §3.2: an HTTP/1.1 request has exactly one Host field.
-    if hosts > 1 || (hosts == 0 && version == Version::HTTP_11) {
-        return Err(bad(format!("{hosts} host header fields (an HTTP/1.1 request has exactly one)")));
-    }
-    // The target is origin-form, `*` for OPTIONS, or absolute-form (whose authority is the host).
+    Ok(Fields {
+        headers,
+        connection,
+        expect_continue,
+        transfer_encoding,
+        upgrade_field,
+        hosts,
+    })
+}
+
+/// Checks the target's form: origin-form, `*` for OPTIONS, or absolute-form, whose authority is the
+/// host (returned, to replace `Host`: RFC 9112 §3.2.2).
+fn target_host(target: &[u8], uri: &Uri, method: &Method) -> Result<Option<HeaderValue>, BadHead> {
     match (uri.scheme_str(), uri.authority()) {
-        (None, None) if target.starts_with(b"/") || (&target[..] == b"*" && method == Method::OPTIONS) => {}
+        (None, None) if target.starts_with(b"/") || (target == b"*" && *method == Method::OPTIONS) => Ok(None),
         (Some(scheme), Some(authority))
             if (scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https"))
                 && valid_authority(authority.as_str().as_bytes()) =>
         {
-            let host = HeaderValue::from_str(authority.as_str()).map_err(|_| bad("invalid request target".into()))?;
-            headers.insert(header::HOST, host);
+            HeaderValue::from_str(authority.as_str())
+                .map(Some)
+                .map_err(|_| bad("invalid request target".into()))
         }
-        _ => return Err(bad(format!("invalid request target {}", quoted(&target)))),
+        _ => Err(bad(format!("invalid request target {}", quoted(target)))),
     }
-    let framing = request_framing(&headers, transfer_encoding, version).map_err(|(status, msg)| BadHead(status, msg))?;
-    Ok(Some(RequestHead {
-        method,
-        uri,
-        version,
-        headers,
-        keep_alive: connection.persistent(version),
-        framing,
-        expect_continue: expect_continue && version == Version::HTTP_11,
-        upgrade: upgrade_field && connection.upgrade && version == Version::HTTP_11 && framing == Framing::Empty,
-    }))
 }
 
 /// How the request body is delimited (RFC 9112 §6.3). A request with both `transfer-encoding` and
@@ -255,7 +310,7 @@ pub(crate) fn request_framing(headers: &HeaderMap, transfer_encoding: bool, vers
         };
     }
     if headers.contains_key(header::CONTENT_LENGTH) {
-        return super::content_length(headers)
+        return crate::protocols::h1::content_length(headers)
             .map(|n| if n == 0 { Framing::Empty } else { Framing::Length(n) })
             .map_err(|_| {
                 let v: Vec<_> = headers

@@ -1,0 +1,429 @@
+//! The upstream side of HTTP/1.1: the request head the gateway writes, and the response head it reads
+//! (with `httparse`, as hyper does).
+
+use std::mem::MaybeUninit;
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, StatusCode, Version};
+
+use super::{connection_tokens, is_text, itoa, length_of, ConnectionOptions, Framing, ProtocolError, MAX_HEADERS, MAX_HEAD_BYTES};
+
+/// How a request body is framed on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestFraming {
+    /// No body.
+    Empty,
+    Length(u64),
+    Chunked,
+}
+
+/// Request fields the gateway writes itself (framing, the upstream's host, hop-by-hop fields); those
+/// in the given header map are skipped.
+fn written_by_us(name: &HeaderName) -> bool {
+    name == header::HOST
+        || name == header::CONTENT_LENGTH
+        || name == header::TRANSFER_ENCODING
+        || name == header::CONNECTION
+        || name == header::EXPECT
+}
+
+/// Appends `METHOD target HTTP/1.1`, `host`, the header fields and the framing field to `out`.
+pub fn encode_head(out: &mut Vec<u8>, method: &Method, target: &str, host: &HeaderValue, headers: &HeaderMap, framing: RequestFraming) {
+    out.extend_from_slice(method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
+    out.extend_from_slice(host.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    let mut upgrade = false;
+    for (name, value) in headers {
+        if written_by_us(name) {
+            continue;
+        }
+        // Left in the map only by a request that asks to switch protocols (the proxy strips it from others).
+        upgrade |= name == header::UPGRADE;
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    match framing {
+        RequestFraming::Empty if method_implies_body(method) => out.extend_from_slice(b"content-length: 0\r\n"),
+        RequestFraming::Empty => {}
+        RequestFraming::Length(n) => {
+            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(itoa(n, &mut [0; 20]));
+            out.extend_from_slice(b"\r\n");
+        }
+        RequestFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+    }
+    if upgrade {
+        out.extend_from_slice(b"connection: upgrade\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Methods whose requests are expected to carry a body: an empty one is sent with `content-length: 0`
+/// (RFC 9110 §8.6), as curl and hyper do.
+fn method_implies_body(m: &Method) -> bool {
+    m == Method::POST || m == Method::PUT || m == Method::PATCH
+}
+
+/// A parsed response head.
+#[derive(Debug)]
+pub struct Head {
+    pub status: StatusCode,
+    /// The header fields as received less the hop-by-hop ones (see [`parse_head`]); `content-length`
+    /// is dropped beside a `transfer-encoding`.
+    pub headers: HeaderMap,
+    pub framing: Framing,
+    /// Whether the connection may carry another request once this response is read.
+    pub keep_alive: bool,
+}
+
+/// Parses the response head at the start of `buf`. Interim (1xx) responses are skipped. The head's
+/// map holds what a client is sent: the hop-by-hop fields (RFC 9110 §7.6.1: `connection` and those it
+/// names, `keep-alive`, `te`, `trailer`, `transfer-encoding`, `upgrade` but in a 101, the `proxy-`
+/// ones) are read for the framing and persistence, not kept. On success
+/// `buf` is left empty and the head comes with what followed it (the start of the body), sharing
+/// one buffer with the header values; `Ok(None)` means more bytes are needed (`buf` keeps all of them
+/// after any interim heads, which are consumed).
+pub fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<(Head, Bytes)>, ProtocolError> {
+    loop {
+        // Frozen, so header values and the body can be slices of it rather than copies.
+        let bytes = std::mem::take(buf).freeze();
+        // Uninitialized: no 3 KiB of stores per response for fields most responses do not have.
+        let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut res = httparse::Response::new(&mut []);
+        let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut res, &bytes, &mut fields) {
+            Ok(httparse::Status::Complete(len)) if len > MAX_HEAD_BYTES => return Err(ProtocolError::HeadTooLarge),
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) if bytes.len() >= MAX_HEAD_BYTES => return Err(ProtocolError::HeadTooLarge),
+            Ok(httparse::Status::Partial) => {
+                *buf = unfreeze(bytes);
+                return Ok(None);
+            }
+            Err(httparse::Error::TooManyHeaders) => return Err(ProtocolError::HeadTooLarge),
+            Err(e) => return Err(ProtocolError::Head(e)),
+        };
+        let version = match res.version {
+            Some(1) => Version::HTTP_11,
+            Some(0) => Version::HTTP_10,
+            Some(v) => return Err(ProtocolError::Version(v)),
+            None => return Err(ProtocolError::Head(httparse::Error::Version)),
+        };
+        let status = StatusCode::from_u16(res.code.unwrap_or_default()).map_err(|_| ProtocolError::Head(httparse::Error::Status))?;
+        if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
+            *buf = unfreeze(bytes.slice(len..));
+            continue;
+        }
+        let head = response_head(status, version, res.headers, &bytes, method)?;
+        return Ok(Some((head, bytes.slice(len..))));
+    }
+}
+
+/// The bytes as a buffer to read more into (a copy only if something still shares them).
+fn unfreeze(b: Bytes) -> BytesMut {
+    b.try_into_mut().unwrap_or_else(|b| BytesMut::from(&b[..]))
+}
+
+/// A response field the head parser acts on, known by its name (case-insensitive).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Field {
+    Connection,
+    TransferEncoding,
+    ContentLength,
+    Upgrade,
+    /// Another hop-by-hop field: `te`, `trailer`, `keep-alive`, `proxy-connection`,
+    /// `proxy-authenticate`, `proxy-authorization`.
+    HopByHop,
+    Other,
+}
+
+impl Field {
+    fn of(name: &[u8]) -> Field {
+        let is = |s: &[u8]| name.eq_ignore_ascii_case(s);
+        match name.len() {
+            2 if is(b"te") => Field::HopByHop,
+            7 if is(b"trailer") => Field::HopByHop,
+            7 if is(b"upgrade") => Field::Upgrade,
+            10 if is(b"connection") => Field::Connection,
+            10 if is(b"keep-alive") => Field::HopByHop,
+            14 if is(b"content-length") => Field::ContentLength,
+            16 if is(b"proxy-connection") => Field::HopByHop,
+            17 if is(b"transfer-encoding") => Field::TransferEncoding,
+            18 if is(b"proxy-authenticate") => Field::HopByHop,
+            19 if is(b"proxy-authorization") => Field::HopByHop,
+            _ => Field::Other,
+        }
+    }
+}
+
+/// The head of a final response from its parsed fields (`bytes` holds them): the framing (RFC 9112
+/// §6.3) and persistence they give, and the header map a client is sent, built in one pass without
+/// the hop-by-hop fields (those named in `Connection` too; a 101 keeps its `upgrade`), and without
+/// `content-length` beside a `transfer-encoding`.
+fn response_head(
+    status: StatusCode,
+    version: Version,
+    fields: &[httparse::Header<'_>],
+    bytes: &Bytes,
+    method: &Method,
+) -> Result<Head, ProtocolError> {
+    let mut options = ConnectionOptions::default();
+    // `Connection` names a field that is not hop-by-hop already, to be removed too (but not
+    // `content-length`: the framing is the gateway's own either way).
+    let mut names_more = false;
+    // With `transfer-encoding`: whether its last coding is chunked.
+    let mut chunked_last = None;
+    let mut has_length = false;
+    // Each field's kind, found once.
+    let mut kinds = [Field::Other; MAX_HEADERS];
+    for (h, kind) in fields.iter().zip(kinds.iter_mut()) {
+        *kind = Field::of(h.name.as_bytes());
+        match *kind {
+            Field::Connection => {
+                options.add(h.value);
+                names_more |= connection_tokens(h.value).any(|t| Field::of(t) == Field::Other && !t.eq_ignore_ascii_case(b"close"));
+            }
+            Field::TransferEncoding => {
+                let last = h.value.rsplit(|&b| b == b',').next().map(<[u8]>::trim_ascii);
+                chunked_last = Some(is_text(h.value) && last.is_some_and(|c| c.eq_ignore_ascii_case(b"chunked")));
+            }
+            Field::ContentLength => has_length = true,
+            _ => {}
+        }
+    }
+    let mut keep_alive = options.persistent(version);
+    let bodyless =
+        *method == Method::HEAD || status.is_informational() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
+    let framing = match chunked_last {
+        _ if bodyless => Framing::Empty,
+        // RFC 9112 §6.3: transfer-encoding overrides content-length; a response whose last coding
+        // is not chunked runs until the connection closes.
+        Some(true) => Framing::Chunked,
+        Some(false) => Framing::Eof,
+        None if has_length => Framing::Length(length_of(
+            fields
+                .iter()
+                .zip(kinds.iter().copied())
+                .filter(|&(_, k)| k == Field::ContentLength)
+                .map(|(h, _)| h.value),
+        )?),
+        None => Framing::Eof,
+    };
+    if framing == Framing::Eof || status == StatusCode::SWITCHING_PROTOCOLS {
+        keep_alive = false;
+    }
+    let drop_length = chunked_last.is_some() && !bodyless;
+    let headers = client_map(
+        fields,
+        &kinds,
+        bytes,
+        status == StatusCode::SWITCHING_PROTOCOLS,
+        drop_length,
+        names_more,
+    )?;
+    Ok(Head {
+        status,
+        headers,
+        framing,
+        keep_alive,
+    })
+}
+
+/// The header map a client is sent: the fields (`bytes` holds them) but the hop-by-hop ones — a 101
+/// (`switching`) keeps its `upgrade` — and those `Connection` names (`names_more`), and
+/// `content-length` when `drop_length`.
+fn client_map(
+    fields: &[httparse::Header<'_>],
+    kinds: &[Field],
+    bytes: &Bytes,
+    switching: bool,
+    drop_length: bool,
+    names_more: bool,
+) -> Result<HeaderMap, ProtocolError> {
+    // Room for the marks the proxy adds, so they do not grow the map.
+    let mut headers = HeaderMap::with_capacity(fields.len() + 3);
+    for (h, kind) in fields.iter().zip(kinds.iter().copied()) {
+        let keep = match kind {
+            Field::Other => true,
+            Field::ContentLength => !drop_length,
+            Field::Upgrade => switching,
+            Field::Connection | Field::TransferEncoding | Field::HopByHop => false,
+        };
+        if !keep {
+            continue;
+        }
+        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| ProtocolError::Header(h.name.to_string()))?;
+        let value = HeaderValue::from_maybe_shared(bytes.slice_ref(h.value)).map_err(|_| ProtocolError::Header(name.to_string()))?;
+        headers.append(name, value);
+    }
+    if names_more {
+        let connection = fields.iter().zip(kinds.iter().copied()).filter(|&(_, k)| k == Field::Connection);
+        for t in connection.flat_map(|(h, _)| connection_tokens(h.value)) {
+            if Field::of(t) == Field::Other && !t.eq_ignore_ascii_case(b"close") {
+                if let Ok(name) = HeaderName::from_bytes(t) {
+                    headers.remove(name);
+                }
+            }
+        }
+    }
+    Ok(headers)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head_of(raw: &str, method: Method) -> (Result<Option<Head>, ProtocolError>, Bytes) {
+        let mut buf = BytesMut::from(raw.as_bytes());
+        match parse_head(&mut buf, &method) {
+            Ok(Some((h, rest))) => {
+                assert!(buf.is_empty());
+                (Ok(Some(h)), rest)
+            }
+            other => (other.map(|_| None), buf.freeze()),
+        }
+    }
+
+    #[test]
+    fn request_head_has_host_fields_and_framing() {
+        let mut h = HeaderMap::new();
+        h.insert("x-a", HeaderValue::from_static("1"));
+        h.insert(header::HOST, HeaderValue::from_static("client.example"));
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("99"));
+        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        let host = HeaderValue::from_static("10.0.0.1:8080");
+        let mut out = Vec::new();
+        encode_head(&mut out, &Method::POST, "/a?b=1", &host, &h, RequestFraming::Length(12345));
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "POST /a?b=1 HTTP/1.1\r\nhost: 10.0.0.1:8080\r\nx-a: 1\r\ncontent-length: 12345\r\n\r\n"
+        );
+        let mut out = Vec::new();
+        encode_head(&mut out, &Method::GET, "/", &host, &HeaderMap::new(), RequestFraming::Empty);
+        assert_eq!(out, b"GET / HTTP/1.1\r\nhost: 10.0.0.1:8080\r\n\r\n");
+        let mut out = Vec::new();
+        encode_head(&mut out, &Method::PUT, "/", &host, &HeaderMap::new(), RequestFraming::Empty);
+        assert!(out.ends_with(b"content-length: 0\r\n\r\n"));
+        let mut out = Vec::new();
+        encode_head(&mut out, &Method::POST, "/", &host, &HeaderMap::new(), RequestFraming::Chunked);
+        assert!(out.ends_with(b"transfer-encoding: chunked\r\n\r\n"));
+    }
+
+    #[test]
+    fn response_head_with_length_leaves_the_body_in_the_buffer() {
+        let (h, rest) = head_of("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-Y: a b\r\n\r\nhello", Method::GET);
+        let h = h.unwrap().unwrap();
+        assert_eq!(h.status, 200);
+        assert_eq!(h.framing, Framing::Length(5));
+        assert!(h.keep_alive);
+        assert_eq!(h.headers["x-y"], "a b");
+        assert_eq!(&rest[..], b"hello");
+    }
+
+    #[test]
+    fn partial_heads_ask_for_more() {
+        let (h, rest) = head_of("HTTP/1.1 200 OK\r\nContent-Le", Method::GET);
+        assert!(h.unwrap().is_none());
+        assert_eq!(rest.len(), 27, "nothing consumed");
+    }
+
+    #[test]
+    fn interim_responses_are_skipped() {
+        let (h, rest) = head_of(
+            "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\ncontent-length: 0\r\n\r\n",
+            Method::POST,
+        );
+        let h = h.unwrap().unwrap();
+        assert_eq!(h.status, 201);
+        assert_eq!(h.framing, Framing::Length(0));
+        assert!(rest.is_empty());
+        let (h, rest) = head_of("HTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\nHTTP/1.1 2", Method::GET);
+        assert!(h.unwrap().is_none());
+        assert_eq!(&rest[..], b"HTTP/1.1 2", "the interim head is consumed");
+    }
+
+    #[test]
+    fn framing_follows_rfc_9112() {
+        let f = |raw: &str, m: Method| head_of(raw, m).0.unwrap().unwrap();
+        let h = f(
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\ncontent-length: 10\r\n\r\n",
+            Method::GET,
+        );
+        assert_eq!(h.framing, Framing::Chunked);
+        assert!(
+            !h.headers.contains_key(header::CONTENT_LENGTH),
+            "content-length dropped beside chunked"
+        );
+        let h = f("HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n", Method::GET);
+        assert_eq!((h.framing, h.keep_alive), (Framing::Eof, false));
+        let h = f("HTTP/1.1 200 OK\r\n\r\n", Method::GET);
+        assert_eq!((h.framing, h.keep_alive), (Framing::Eof, false));
+        let h = f("HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n", Method::HEAD);
+        assert_eq!(h.framing, Framing::Empty);
+        assert_eq!(h.headers[header::CONTENT_LENGTH], "10", "kept for the client");
+        assert_eq!(f("HTTP/1.1 204 No Content\r\n\r\n", Method::GET).framing, Framing::Empty);
+        assert_eq!(
+            f("HTTP/1.1 304 Not Modified\r\ncontent-length: 7\r\n\r\n", Method::GET).framing,
+            Framing::Empty
+        );
+        let h = f("HTTP/1.1 200 OK\r\ncontent-length: 3, 3\r\ncontent-length: 3\r\n\r\n", Method::GET);
+        assert_eq!(h.framing, Framing::Length(3));
+    }
+
+    #[test]
+    fn hop_by_hop_fields_are_read_not_kept() {
+        let raw = "HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Hop\r\nx-hop: 1\r\nKeep-Alive: timeout=5\r\nte: trailers\r\n\
+                   trailer: x\r\nupgrade: h2c\r\nproxy-connection: x\r\nproxy-authenticate: Basic\r\nx-end: 2\r\n\
+                   content-length: 0\r\n\r\n";
+        let h = head_of(raw, Method::GET).0.unwrap().unwrap();
+        let mut names: Vec<&str> = h.headers.keys().map(|k| k.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["content-length", "x-end"]);
+        assert!(h.keep_alive);
+        // A 101 keeps the protocol it switches to; `Connection: close` names no field.
+        let raw = "HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade, close\r\nupgrade: websocket\r\nclose: x\r\n\r\n";
+        let h = head_of(raw, Method::GET).0.unwrap().unwrap();
+        assert_eq!(h.headers[header::UPGRADE], "websocket");
+        assert_eq!(h.headers["close"], "x");
+        assert!(!h.headers.contains_key(header::CONNECTION) && !h.keep_alive);
+        // A `Connection` naming the length does not take it: the framing needs it.
+        let raw = "HTTP/1.1 200 OK\r\nconnection: content-length\r\ncontent-length: 2\r\n\r\nok";
+        let h = head_of(raw, Method::GET).0.unwrap().unwrap();
+        assert_eq!((h.framing, super::super::content_length(&h.headers)), (Framing::Length(2), Ok(2)));
+    }
+
+    #[test]
+    fn keep_alive_follows_version_and_connection() {
+        let f = |raw: &str| head_of(raw, Method::GET).0.unwrap().unwrap().keep_alive;
+        assert!(f("HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"));
+        assert!(!f("HTTP/1.1 200 OK\r\nconnection: Close\r\ncontent-length: 0\r\n\r\n"));
+        assert!(!f("HTTP/1.0 200 OK\r\ncontent-length: 0\r\n\r\n"));
+        assert!(f("HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ncontent-length: 0\r\n\r\n"));
+    }
+
+    #[test]
+    fn bad_heads_are_errors_that_say_what() {
+        let e = |raw: &str| head_of(raw, Method::GET).0.unwrap_err();
+        assert_eq!(
+            e("HTTP/1.1 200 OK\r\ncontent-length: 3\r\ncontent-length: 4\r\n\r\n"),
+            ProtocolError::ContentLength("4".into())
+        );
+        assert_eq!(
+            e("HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\n"),
+            ProtocolError::ContentLength("-1".into())
+        );
+        assert_eq!(
+            e("HTTP/1.1 200 OK\r\ncontent-length: +1\r\n\r\n"),
+            ProtocolError::ContentLength("+1".into())
+        );
+        assert!(matches!(e("SSH-2.0-OpenSSH\r\n\r\n"), ProtocolError::Head(_)));
+        let many: String = (0..=MAX_HEADERS).map(|i| format!("x-{i}: v\r\n")).collect();
+        assert_eq!(e(&format!("HTTP/1.1 200 OK\r\n{many}\r\n")), ProtocolError::HeadTooLarge);
+        let huge = format!("HTTP/1.1 200 OK\r\nx: {}", "a".repeat(MAX_HEAD_BYTES));
+        assert_eq!(e(&huge), ProtocolError::HeadTooLarge);
+    }
+}
