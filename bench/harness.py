@@ -85,15 +85,21 @@ class Service:
         return [self.proc.pid] + children_of(self.proc.pid)
 
     def cpu_seconds(self):
-        total = 0
+        user, system = self.cpu_split()
+        return user + system
+
+    def cpu_split(self):
+        """User and system CPU seconds of the service's processes so far."""
+        user = system = 0
         for pid in self.pids():
             try:
                 with open(f"/proc/{pid}/stat") as f:
                     fields = f.read().rsplit(")", 1)[1].split()
-                total += int(fields[11]) + int(fields[12])  # utime, stime
+                user += int(fields[11])  # utime
+                system += int(fields[12])  # stime
             except OSError:
                 pass
-        return total / CLK_TCK
+        return user / CLK_TCK, system / CLK_TCK
 
     def rss_mib(self):
         total = 0
@@ -414,12 +420,13 @@ def interleaved(targets, reps, seconds, warmup, conns, url_of):
     for rep in range(reps):
         order = targets[rep % len(targets):] + targets[: rep % len(targets)]
         for t in order:
-            c0 = t.service.cpu_seconds()
+            (u0, s0) = t.service.cpu_split()
             reqs, rps, errors = run_wrk(url_of(t), seconds, conns)
-            c1 = t.service.cpu_seconds()
+            (u1, s1) = t.service.cpu_split()
             if errors:
                 raise BenchError(f"{t.label}: {errors} errors in a measured run")
-            r = {"rps": rps, "cpu_us": (c1 - c0) * 1e6 / max(reqs, 1), "requests": reqs, "rep": rep}
+            n = max(reqs, 1)
+            r = {"rps": rps, "cpu_us": (u1 - u0 + s1 - s0) * 1e6 / n, "user_us": (u1 - u0) * 1e6 / n, "system_us": (s1 - s0) * 1e6 / n, "requests": reqs, "rep": rep}
             results[t.key].append(r)
             print(f"  rep {rep + 1}/{reps} {t.label:<40} {rps:>10.0f} req/s {r['cpu_us']:>6.1f} µs/request", flush=True)
     return results
@@ -590,13 +597,17 @@ def machine():
 
 
 def split_table(info, runs, keys, shares, syscalls=None):
-    lines = ["| target | requests/s | proxy CPU µs/request | system calls/request | canary share (check) |", "|---|---|---|---|---|"]
+    lines = ["| target | requests/s | proxy CPU µs/request | of which user + system (medians) | system calls/request | canary share (check) |", "|---|---|---|---|---|---|"]
     for k in keys:
         rs = runs[k]
         share = f"{shares[k] * 100:.1f}%" if info["split"][k] else "— (no split)"
         n = (syscalls or {}).get(k)
         calls = f"{n:.2f}" if n is not None else "—"
-        lines.append(f"| {info['labels'][k]} | {fmt_range([r['rps'] for r in rs])} | {fmt_range([r['cpu_us'] for r in rs], '{:.1f}')} | {calls} | {share} |")
+        if all("user_us" in r for r in rs):
+            parts = f"{med([r['user_us'] for r in rs]):.1f} + {med([r['system_us'] for r in rs]):.1f}"
+        else:
+            parts = "—"
+        lines.append(f"| {info['labels'][k]} | {fmt_range([r['rps'] for r in rs])} | {fmt_range([r['cpu_us'] for r in rs], '{:.1f}')} | {parts} | {calls} | {share} |")
     return "\n".join(lines)
 
 
