@@ -59,41 +59,37 @@ impl UpstreamTarget {
         param: impl Fn(&str) -> Option<&'v str>,
         query: Option<&str>,
     ) -> Result<http::Uri, String> {
+        let target = self.text(&var, &param, query);
+        let Some((scheme, authority, len)) = &self.origin else {
+            return match target.parse::<http::Uri>() {
+                Ok(u) if u.host().is_some() => Ok(u),
+                _ => Err(target),
+            };
+        };
+        // What follows the origin is a path or a query, or nothing (see `new`).
+        let mut rest = bytes::Bytes::from(target);
+        bytes::Buf::advance(&mut rest, *len);
+        let path_and_query = match rest.is_empty() {
+            true => Ok(http::uri::PathAndQuery::from_static("/")),
+            false => http::uri::PathAndQuery::from_maybe_shared(rest),
+        };
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(scheme.clone());
+        parts.authority = Some(authority.clone());
+        parts.path_and_query = path_and_query.ok();
+        // The text again only for the error (rare): the hot path keeps its one buffer.
+        http::Uri::from_parts(parts).map_err(|_| self.text(&var, &param, query))
+    }
+
+    /// The template rendered, with the request's query appended.
+    fn text<'v>(&self, var: impl Fn(&str) -> Option<&'v str>, param: impl Fn(&str) -> Option<&'v str>, query: Option<&str>) -> String {
         let mut target = String::with_capacity(128);
         self.template.render_into(&mut target, var, param);
         if let Some(q) = query {
             target.push(if target.bytes().any(|b| b == b'?') { '&' } else { '?' });
             target.push_str(q);
         }
-        if let Some((scheme, authority, len)) = &self.origin {
-            let mut rest = bytes::Bytes::from(target);
-            bytes::Buf::advance(&mut rest, *len);
-            let path_and_query = if rest.is_empty() {
-                Ok(http::uri::PathAndQuery::from_static("/"))
-            } else {
-                http::uri::PathAndQuery::from_maybe_shared(rest.clone())
-            };
-            let mut parts = http::uri::Parts::default();
-            parts.scheme = Some(scheme.clone());
-            parts.authority = Some(authority.clone());
-            parts.path_and_query = path_and_query.ok();
-            return match http::Uri::from_parts(parts) {
-                Ok(uri) if rest.is_empty() || rest.starts_with(b"/") || rest.starts_with(b"?") => Ok(uri),
-                _ => {
-                    let head = &self.template.parts;
-                    let mut text = String::new();
-                    if let Some(template::Part::Literal(l)) = head.first() {
-                        text.push_str(&l[..*len]);
-                    }
-                    text.push_str(&String::from_utf8_lossy(&rest));
-                    Err(text)
-                }
-            };
-        }
-        match target.parse::<http::Uri>() {
-            Ok(u) if u.host().is_some() => Ok(u),
-            _ => Err(target),
-        }
+        target
     }
 }
 

@@ -160,6 +160,12 @@ impl Field {
     }
 }
 
+/// Whether a field is hop-by-hop (RFC 9110 §7.6.1, and the old `keep-alive`, `proxy-connection` and
+/// `proxy-` authentication fields): one list for both directions and both protocols' upstream sides.
+pub(crate) fn is_hop_by_hop(name: &[u8]) -> bool {
+    !matches!(Field::of(name), Field::Other | Field::ContentLength)
+}
+
 /// The head of a final response from its parsed fields (`bytes` holds them): the framing (RFC 9112
 /// §6.3) and persistence they give, and the header map a client is sent, built in one pass without
 /// the hop-by-hop fields (those named in `Connection` too; a 101 keeps its `upgrade`), and without
