@@ -499,6 +499,8 @@ def ab_compare(lab, args):
     spread = max((max(v) - min(v)) / med(v) for v in cpu.values())
     print(f"CPU ratio this/base per round: {', '.join(f'{r:.3f}' for r in ratios)}; median {med(ratios):.3f}; "
           f"run-to-run spread of one build up to {spread * 100:.1f}%")
+    rps_ratios = [a / b for a, b in zip(rps["canarygate"], rps["canarygate-base"])]
+    print(f"requests/s ratio this/base per round: {', '.join(f'{r:.3f}' for r in rps_ratios)}; median {med(rps_ratios):.3f}")
     if args.tracing is not None:
         text = urllib.request.urlopen(f"{lab.admins['canarygate']}/metrics", timeout=10).read().decode()
         spans = [l for l in text.splitlines() if l.startswith("canarygate_trace_spans_")]
@@ -852,13 +854,14 @@ def main():
     ap.add_argument("--bin", required=True, help="the canarygate binary")
     ap.add_argument("--reaction-bin", required=True)
     ap.add_argument("--quick", action="store_true", help="a few seconds per target; asserts the split and zero errors only")
-    ap.add_argument("--only", default=",".join(GROUPS), help=f"comma-separated groups of {GROUPS}")
+    ap.add_argument("--only", help=f"comma-separated groups of {GROUPS} (default: all; with --ab: split)")
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--duration", type=int, default=10, help="seconds per saturated run")
     ap.add_argument("--out", help="report path (default: docs/BENCHMARKS.md for a full run, else a temp dir)")
     ap.add_argument("--report-from", help="rewrite the report (and chart) next to this benchmarks.json without measuring")
-    ap.add_argument("--ab", help="a baseline canarygate binary: measure it and this build interleaved (the split, "
-                                 "--reps rounds) and print CPU per request of both; nothing else is measured")
+    ap.add_argument("--ab", help="a baseline canarygate binary: measure it and this build interleaved (--reps rounds) "
+                                 "and print CPU per request and requests/s of both; the split, or with --only split "
+                                 "and/or protocols those groups' rows; nothing is written to the report")
     ap.add_argument("--tracing", type=float, help="with --ab: this build exports traces to an OTLP sink at this sample "
                                                     "ratio (the cost of tracing)")
     ap.add_argument("--mirror", type=float, help="with --ab: this build's split stage also mirrors this percentage of its "
@@ -873,10 +876,14 @@ def main():
     if args.report_from:
         rewrite_report(args.report_from)
         return
+    if args.only is None:
+        args.only = "split" if args.ab else ",".join(GROUPS)
     only = [g.strip() for g in args.only.split(",") if g.strip()]
     bad = [g for g in only if g not in GROUPS]
     if bad:
         ap.error(f"--only: unknown group(s) {bad}; known: {GROUPS}")
+    if args.ab and not set(only) <= {"split", "protocols"}:
+        ap.error(f"--only with --ab: split and/or protocols, not {only}")
     args.conns = 32
     if args.quick:
         args.reps, args.duration, args.warmup = 1, 2, 1
@@ -920,6 +927,14 @@ def main():
                                      scale.SCALE_BEGIN, scale.SCALE_END)
                 print("bench: scale section written to docs/BENCHMARKS.md", flush=True)
             if only == ["scale"]:
+                return
+        if args.ab and "protocols" in only:
+            print(f"== A/B of the TLS and HTTP/2 rows: this build vs {args.ab}, {args.reps} interleaved rounds of "
+                  f"{args.duration} s", flush=True)
+            import protocols
+            for line in protocols.ab_summary(protocols.run(sys.modules[__name__], args, work, ab=True)):
+                print(line, flush=True)
+            if only == ["protocols"]:
                 return
         # Groups that start their own servers and write their own marked section of the report.
         for group, title in (("protocols", "TLS, HTTP/2"), ("cluster", "3 replicas on PostgreSQL")):

@@ -80,13 +80,13 @@ backend split
 """
 
 
-def canarygate_conf(w, port, tls_port, admin, prod, canary):
+def canarygate_conf(w, port, tls_port, admin, prod, canary, data="p-canarygate-data"):
     return f"""server:
   listen: 127.0.0.1:{port}
   tlsListen: 127.0.0.1:{tls_port}
   tls: {{certFile: {w}/tls.crt, keyFile: {w}/tls.key}}
   adminListen: 127.0.0.1:{admin}
-  dataDir: {w}/p-canarygate-data
+  dataDir: {w}/{data}
   workers: 1
   accessLog: {{enabled: false}}
 apis:
@@ -128,8 +128,9 @@ def load(h, row, url, seconds):
     return total, s["requestsPerSec"], errors
 
 
-def run(h, args, work):
-    """Starts the servers, measures every row on every proxy (interleaved), returns the results."""
+def run(h, args, work, ab=False):
+    """Starts the servers, measures every row on every proxy (interleaved), returns the results. With
+    `ab`, the proxies are this build and the baseline build `args.ab` (an A/B of the rows, no report)."""
     certificate(work)
     services = []
 
@@ -145,6 +146,20 @@ def run(h, args, work):
         start("p-backend", ["nginx", "-c", conf, "-p", work])
         urls = {}
         procs = {}
+
+        def start_canarygate(key, binary):
+            port, tls, admin = h.free_port(), h.free_port(), h.free_port()
+            conf = h.write(f"{work}/p-{key}.yaml", canarygate_conf(work, port, tls, admin, prod, canary, f"p-{key}-data"))
+            env = dict(os.environ, CANARYGATE_WORKER_THREADS="1", CANARYGATE_LOG="warn")
+            env.pop("CANARYGATE_GATEWAY_WORKERS", None)
+            procs[key] = start(f"p-{key}", [binary, "serve", "--config", conf], env=env)
+            urls[key] = (f"https://127.0.0.1:{tls}/bench/prod/x", f"http://127.0.0.1:{port}/bench/prod/x")
+            h.wait_http(urls[key][1], key)
+
+        if ab:
+            start_canarygate("canarygate", args.bin)
+            start_canarygate("canarygate-base", args.ab)
+            return measure(h, args, ["canarygate", "canarygate-base"], procs, urls, count_syscalls=False)
         tls, h2c = h.free_port(), h.free_port()
         conf = h.write(f"{work}/p-nginx.conf", nginx_conf(work, tls, h2c, prod, canary))
         procs["nginx"] = start("p-nginx", ["nginx", "-c", conf, "-p", work])
@@ -153,46 +168,62 @@ def run(h, args, work):
         conf = h.write(f"{work}/p-haproxy.cfg", haproxy_conf(work, tls, h2c, prod, canary))
         procs["haproxy"] = start("p-haproxy", ["haproxy", "-db", "-f", conf])
         urls["haproxy"] = (f"https://127.0.0.1:{tls}/x", f"http://127.0.0.1:{h2c}/x")
-        port, tls, admin = h.free_port(), h.free_port(), h.free_port()
-        conf = h.write(f"{work}/p-canarygate.yaml", canarygate_conf(work, port, tls, admin, prod, canary))
-        env = dict(os.environ, CANARYGATE_WORKER_THREADS="1", CANARYGATE_LOG="warn")
-        env.pop("CANARYGATE_GATEWAY_WORKERS", None)
-        procs["canarygate"] = start("p-canarygate", [args.bin, "serve", "--config", conf], env=env)
-        urls["canarygate"] = (f"https://127.0.0.1:{tls}/bench/prod/x", f"http://127.0.0.1:{port}/bench/prod/x")
-        h.wait_http(urls["canarygate"][1], "canarygate")
+        start_canarygate("canarygate", args.bin)
         for k in ("nginx", "haproxy"):
             wait_port(urls[k][1], k)
-        keys = ["nginx", "haproxy", "canarygate"]
-        reps = args.reps if not args.quick else 1
-        results = {row: {k: [] for k in keys} for row, _ in ROWS}
-        syscalls = {}
-        for row, label in ROWS:
-            url_of = {k: (urls[k][0] if row in ("tls-new", "tls-keepalive", "h2-tls") else urls[k][1]) for k in keys}
-            for k in keys:  # warm-up
-                load(h, row, url_of[k], args.warmup)
-            for rep in range(reps):
-                for k in keys[rep % len(keys):] + keys[: rep % len(keys)]:
-                    c0 = procs[k].cpu_seconds()
-                    reqs, rps, errors = load(h, row, url_of[k], args.duration)
-                    c1 = procs[k].cpu_seconds()
-                    if errors:
-                        raise h.BenchError(f"{k} {label}: {errors} errors in a measured run")
-                    r = {"rps": rps, "cpu_us": (c1 - c0) * 1e6 / max(reqs, 1), "requests": reqs, "rep": rep}
-                    results[row][k].append(r)
-                    print(f"  {label:<36} rep {rep + 1}/{reps} {k:<11} {rps:>9.0f} req/s {r['cpu_us']:>7.1f} µs/request", flush=True)
-            for k in keys:
-                n = h.syscalls_per_request(procs[k], lambda k=k: load(h, row, url_of[k], min(args.duration, 3))[0])
-                syscalls.setdefault(row, {})[k] = n
-                if n is not None:
-                    print(f"  {label:<36} {k:<11} {n:.2f} system calls/request (strace -c)", flush=True)
-        return {"rows": results, "syscalls": syscalls, "configs": {
+        res = measure(h, args, ["nginx", "haproxy", "canarygate"], procs, urls, count_syscalls=True)
+        res["configs"] = {
             "nginx": open(f"{work}/p-nginx.conf").read(),
             "haproxy": open(f"{work}/p-haproxy.cfg").read(),
             "canarygate": open(f"{work}/p-canarygate.yaml").read(),
-        }}
+        }
+        return res
     finally:
         for s in reversed(services):
             s.stop()
+
+
+def measure(h, args, keys, procs, urls, count_syscalls):
+    """Every row on every target in `keys`, the targets' order rotating per repetition."""
+    reps = args.reps if not args.quick else 1
+    results = {row: {k: [] for k in keys} for row, _ in ROWS}
+    syscalls = {}
+    for row, label in ROWS:
+        url_of = {k: (urls[k][0] if row in ("tls-new", "tls-keepalive", "h2-tls") else urls[k][1]) for k in keys}
+        for k in keys:  # warm-up
+            load(h, row, url_of[k], args.warmup)
+        for rep in range(reps):
+            for k in keys[rep % len(keys):] + keys[: rep % len(keys)]:
+                c0 = procs[k].cpu_seconds()
+                reqs, rps, errors = load(h, row, url_of[k], args.duration)
+                c1 = procs[k].cpu_seconds()
+                if errors:
+                    raise h.BenchError(f"{k} {label}: {errors} errors in a measured run")
+                r = {"rps": rps, "cpu_us": (c1 - c0) * 1e6 / max(reqs, 1), "requests": reqs, "rep": rep}
+                results[row][k].append(r)
+                print(f"  {label:<36} rep {rep + 1}/{reps} {k:<15} {rps:>9.0f} req/s {r['cpu_us']:>7.1f} µs/request", flush=True)
+        for k in keys if count_syscalls else []:
+            n = h.syscalls_per_request(procs[k], lambda k=k: load(h, row, url_of[k], min(args.duration, 3))[0])
+            syscalls.setdefault(row, {})[k] = n
+            if n is not None:
+                print(f"  {label:<36} {k:<11} {n:.2f} system calls/request (strace -c)", flush=True)
+    return {"rows": results, "syscalls": syscalls}
+
+
+def ab_summary(res):
+    """Lines comparing this build with the baseline per row: per-round ratios of CPU per request and of
+    requests/s (this / baseline), their medians."""
+    med = statistics.median
+    out = []
+    for row, label in ROWS:
+        a, b = res["rows"][row]["canarygate"], res["rows"][row]["canarygate-base"]
+        cpu = [x["cpu_us"] / y["cpu_us"] for x, y in zip(a, b)]
+        rps = [x["rps"] / y["rps"] for x, y in zip(a, b)]
+        out.append(f"{label}: this build {med([x['rps'] for x in a]):,.0f} req/s, {med([x['cpu_us'] for x in a]):.1f} µs; "
+                   f"baseline {med([x['rps'] for x in b]):,.0f} req/s, {med([x['cpu_us'] for x in b]):.1f} µs; "
+                   f"CPU ratio median {med(cpu):.3f} ({', '.join(f'{r:.3f}' for r in cpu)}); "
+                   f"requests/s ratio median {med(rps):.3f} ({', '.join(f'{r:.3f}' for r in rps)})")
+    return out
 
 
 def section(res, cmdline, env=None):
