@@ -3,7 +3,7 @@
 
 use std::mem::MaybeUninit;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf as _, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Version};
 
@@ -86,26 +86,21 @@ pub struct Head {
 /// map holds what a client is sent: the hop-by-hop fields (RFC 9110 §7.6.1: `connection` and those it
 /// names, `keep-alive`, `te`, `trailer`, `transfer-encoding`, `upgrade` but in a 101, the `proxy-`
 /// ones) are read for the framing and persistence, not kept. On success
-/// `buf` is left empty and the head comes with what followed it (the start of the body), sharing
-/// one buffer with the header values; `Ok(None)` means more bytes are needed (`buf` keeps all of them
-/// after any interim heads, which are consumed).
+/// `buf` is left empty, with the room it had past what was read, and the head comes with what followed
+/// it (the start of the body), sharing one buffer with the header values; `Ok(None)` means more bytes
+/// are needed (`buf` keeps all of them after any interim heads, which are consumed).
 pub fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<(Head, Bytes)>, ProtocolError> {
     loop {
-        // Frozen, so header values and the body can be slices of it rather than copies.
-        let bytes = std::mem::take(buf).freeze();
+        // Frozen, so header values and the body can be slices of it rather than copies; split off,
+        // so `buf` keeps the room past it for the connection's next response.
+        let bytes = buf.split().freeze();
         // Uninitialized: no 3 KiB of stores per response for fields most responses do not have.
         let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
         let mut res = httparse::Response::new(&mut []);
-        let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut res, &bytes, &mut fields) {
-            Ok(httparse::Status::Complete(len)) if len > MAX_HEAD_BYTES => return Err(ProtocolError::HeadTooLarge),
-            Ok(httparse::Status::Complete(len)) => len,
-            Ok(httparse::Status::Partial) if bytes.len() >= MAX_HEAD_BYTES => return Err(ProtocolError::HeadTooLarge),
-            Ok(httparse::Status::Partial) => {
-                *buf = unfreeze(bytes);
-                return Ok(None);
-            }
-            Err(httparse::Error::TooManyHeaders) => return Err(ProtocolError::HeadTooLarge),
-            Err(e) => return Err(ProtocolError::Head(e)),
+        let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut res, &bytes, &mut fields);
+        let Some(len) = head_len(parsed, bytes.len())? else {
+            *buf = rejoin(bytes, buf);
+            return Ok(None);
         };
         let version = match res.version {
             Some(1) => Version::HTTP_11,
@@ -115,7 +110,9 @@ pub fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<(Head, B
         };
         let status = StatusCode::from_u16(res.code.unwrap_or_default()).map_err(|_| ProtocolError::Head(httparse::Error::Status))?;
         if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
-            *buf = unfreeze(bytes.slice(len..));
+            let mut rest = bytes;
+            rest.advance(len);
+            *buf = rejoin(rest, buf);
             continue;
         }
         let head = response_head(status, version, res.headers, &bytes, method)?;
@@ -123,9 +120,24 @@ pub fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<(Head, B
     }
 }
 
-/// The bytes as a buffer to read more into (a copy only if something still shares them).
-fn unfreeze(b: Bytes) -> BytesMut {
-    b.try_into_mut().unwrap_or_else(|b| BytesMut::from(&b[..]))
+/// The length of a complete head by httparse's verdict on `read` bytes, `None` when more are needed.
+fn head_len(parsed: httparse::Result<usize>, read: usize) -> Result<Option<usize>, ProtocolError> {
+    match parsed {
+        Ok(httparse::Status::Complete(len)) if len > MAX_HEAD_BYTES => Err(ProtocolError::HeadTooLarge),
+        Ok(httparse::Status::Complete(len)) => Ok(Some(len)),
+        Ok(httparse::Status::Partial) if read >= MAX_HEAD_BYTES => Err(ProtocolError::HeadTooLarge),
+        Ok(httparse::Status::Partial) => Ok(None),
+        Err(httparse::Error::TooManyHeaders) => Err(ProtocolError::HeadTooLarge),
+        Err(e) => Err(ProtocolError::Head(e)),
+    }
+}
+
+/// `read`, split off `room` (the buffer's space past them), as a buffer to read more into again: the
+/// room is given up first, so that the bytes are theirs alone and come back with all of it, uncopied
+/// (a copy only if something else still shares them).
+fn rejoin(read: Bytes, room: &mut BytesMut) -> BytesMut {
+    drop(std::mem::take(room));
+    read.try_into_mut().unwrap_or_else(|b| BytesMut::from(&b[..]))
 }
 
 /// A response field the head parser acts on, known by its name (case-insensitive).
@@ -335,6 +347,27 @@ mod tests {
         let (h, rest) = head_of("HTTP/1.1 200 OK\r\nContent-Le", Method::GET);
         assert!(h.unwrap().is_none());
         assert_eq!(rest.len(), 27, "nothing consumed");
+    }
+
+    #[test]
+    fn the_buffer_keeps_its_room_and_a_partial_head_is_not_copied() {
+        let mut buf = BytesMut::with_capacity(4096);
+        let start = buf.as_ptr();
+        buf.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Le");
+        assert!(parse_head(&mut buf, &Method::GET).unwrap().is_none());
+        assert_eq!(&buf[..], b"HTTP/1.1 200 OK\r\nContent-Le");
+        // The same allocation, with all of its room: nothing was copied or reallocated.
+        assert_eq!(buf.as_ptr(), start.wrapping_add(25));
+        assert_eq!(buf.capacity(), 4096 - 25);
+        buf.extend_from_slice(b"ngth: 2\r\n\r\nok");
+        let (head, rest) = parse_head(&mut buf, &Method::GET).unwrap().unwrap();
+        assert_eq!((head.status, &rest[..]), (StatusCode::OK, &b"ok"[..]));
+        assert!(buf.is_empty());
+        assert_eq!(buf.capacity(), 4096 - 25 - 40);
+        // Once the response is gone, the next read gets the whole allocation back, not a new one.
+        drop((head, rest));
+        buf.reserve(4096);
+        assert_eq!(buf.as_ptr(), start);
     }
 
     #[test]
