@@ -28,6 +28,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::stream::{FuturesUnordered, StreamExt as _};
 use futures_util::task::AtomicWaker;
 use h2::server::SendResponse;
 use h2::{Reason, RecvStream, SendStream};
@@ -162,22 +163,20 @@ where
         Ok(Err(e)) => return tracing::debug!(peer = %peer.addr, error = %e, "HTTP/2 handshake failed"),
         Err(_) => return tracing::debug!(peer = %peer.addr, "HTTP/2 handshake timed out"),
     };
+    // The streams at work run in this task, not a task each (a spawned task's future was copied
+    // several times on its way into the task and out of it).
+    let mut streams = FuturesUnordered::new();
     let start = |req, respond| {
         shared.open.fetch_add(1, Ordering::AcqRel);
-        tokio::spawn(stream(gw.clone(), req, respond, peer.clone(), shared.clone()));
+        stream(gw.clone(), req, respond, peer.clone(), shared.clone())
     };
     let mut watch = Deadlines::new(limits);
     let stop = poll_fn(|cx| {
-        loop {
-            match conn.poll_accept(cx) {
-                Poll::Ready(Some(Ok((req, respond)))) => start(req, respond),
-                Poll::Ready(Some(Err(e))) => {
-                    tracing::debug!(peer = %peer.addr, error = %e, "HTTP/2 connection ended with an error");
-                    return Poll::Ready(Stop::Closed);
-                }
-                Poll::Ready(None) => return Poll::Ready(Stop::Closed),
-                Poll::Pending => break,
+        if let Poll::Ready(ended) = run(&mut conn, &mut streams, start, cx) {
+            if let Err(e) = ended {
+                tracing::debug!(peer = %peer.addr, error = %e, "HTTP/2 connection ended with an error");
             }
+            return Poll::Ready(Stop::Closed);
         }
         if ctl.poll_closing(cx).is_ready() {
             return Poll::Ready(Stop::Closing);
@@ -187,18 +186,57 @@ where
         watch.poll(cx, &shared)
     })
     .await;
-    let Some(grace) = goodbye(stop, &mut conn, &shared, &ctl, &peer, limits) else {
-        return;
-    };
     // The GOAWAY goes out; streams the client opened before it are still served, the open ones end.
-    let drained = poll_fn(|cx| loop {
-        match conn.poll_accept(cx) {
-            Poll::Ready(Some(Ok((req, respond)))) => start(req, respond),
-            Poll::Ready(Some(Err(_)) | None) => return Poll::Ready(()),
-            Poll::Pending => return Poll::Pending,
+    // A connection that closed has its streams end too (they see it as a reset), within the head
+    // timeout.
+    let grace = goodbye(stop, &mut conn, &shared, &ctl, &peer, limits);
+    let mut conn = grace.map(|_| conn);
+    let drained = poll_fn(|cx| {
+        if conn.as_mut().is_some_and(|c| run(c, &mut streams, start, cx).is_ready()) {
+            conn = None;
+        }
+        if conn.is_none() {
+            while let Poll::Ready(Some(())) = streams.poll_next_unpin(cx) {}
+        }
+        match conn.is_none() && streams.is_empty() {
+            true => Poll::Ready(()),
+            false => Poll::Pending,
         }
     });
-    let _ = tokio::time::timeout(grace, drained).await;
+    let _ = tokio::time::timeout(grace.unwrap_or(limits.head_timeout), drained).await;
+}
+
+/// Drives the connection and its streams until neither can go on now: the streams that were woken
+/// first (what they send goes out with the connection's poll that follows), then the connection,
+/// whose new streams start at once. Ready when the connection has ended (`Err` when it failed).
+fn run<T, F>(
+    conn: &mut h2::server::Connection<T, Bytes>,
+    streams: &mut FuturesUnordered<F>,
+    start: impl Fn(Request<RecvStream>, SendResponse<Bytes>) -> F,
+    cx: &mut Context<'_>,
+) -> Poll<Result<(), h2::Error>>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+    F: Future<Output = ()>,
+{
+    loop {
+        while let Poll::Ready(Some(())) = streams.poll_next_unpin(cx) {}
+        let mut opened = false;
+        loop {
+            match conn.poll_accept(cx) {
+                Poll::Ready(Some(Ok((req, respond)))) => {
+                    streams.push(start(req, respond));
+                    opened = true;
+                }
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
+                Poll::Ready(None) => return Poll::Ready(Ok(())),
+                Poll::Pending => break,
+            }
+        }
+        if !opened {
+            return Poll::Pending;
+        }
+    }
 }
 
 /// Says goodbye to the client as `stop` calls for (a GOAWAY, gracefully or not); how long the streams
@@ -328,9 +366,9 @@ async fn stream(gw: Arc<Gateway>, mut req: Request<RecvStream>, mut respond: Sen
         length,
         data_done: false,
     });
-    // Boxed: the request's future is large (several KiB), and a spawned task's future is copied whole
-    // several times on its way into the task and again when the task ends (tokio's `spawn` and
-    // `set_stage`): boxed, the stream's own future is small and the request's is copied once.
+    // Boxed: the request's future is large (several KiB), and the stream's is copied whole into the
+    // connection's set of streams: boxed, the stream's own future is small and the request's is
+    // copied once.
     let work = Box::pin(async {
         // A slot of the connection's, given back when this stream's work is dropped.
         let _slot = shared.slots.clone().acquire_owned().await;
