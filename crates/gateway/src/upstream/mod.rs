@@ -7,11 +7,12 @@
 //! one write, reads the response head into a small buffer and parses it with `httparse` (see
 //! [`crate::protocols::h1`]). A response whose body came with its head — the usual small response — gives its
 //! connection back at once; a longer one streams from the socket and gives it back when read to the
-//! end. An idle connection holds its socket and its read buffer: the next response on it is read into
-//! the same allocation once the last response read into it is gone (a buffer only the connection
-//! holds is reclaimed, not reallocated), so a pooled connection costs no allocation per request for
-//! its reads. (A new 4 KiB buffer per request cost about 1,600 instructions per request at 32 requests in
-//! flight: the allocator's cache of that size emptied and refilled from fresh slabs.)
+//! end. An idle connection holds its socket and (up to [`MAX_BUFFERED_IDLE`] idle connections of an
+//! authority) its read buffer: the next response on it is read into the same allocation once the last
+//! response read into it is gone (a buffer only the connection holds is reclaimed, not reallocated),
+//! so a pooled connection costs no allocation per request for its reads. (A new 4 KiB buffer per
+//! request cost about 1,200 instructions per request at 32 requests in flight: the allocator's cache of
+//! that size emptied and refilled from fresh slabs.)
 //!
 //! Idle connections are reused last-in first-out, so a light load keeps a few connections hot and the
 //! rest age out after [`IDLE_TIMEOUT`]. One the upstream closed while idle is noticed when taken (its
@@ -62,6 +63,9 @@ const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 /// A read buffer with more room than this is not kept with an idle connection (a large response
 /// grew it).
 const MAX_POOLED_BUF: usize = 16 * 1024;
+/// Idle connections of an authority past this many go into the pool without their read buffer: a
+/// burst that leaves hundreds idle holds no more than this many buffers.
+pub const MAX_BUFFERED_IDLE: usize = 64;
 /// The first read of a response: room for a usual head and a small body. It grows as needed.
 const FIRST_READ: usize = 4096;
 
@@ -131,7 +135,8 @@ impl<S> Idle<S> {
     /// Into `pool` unless it is full (then the connection is dropped, which closes it).
     fn push(pool: &mut Vec<Idle<S>>, stream: S, buf: BytesMut) {
         if pool.len() < MAX_IDLE_PER_HOST {
-            let buf = if buf.capacity() > MAX_POOLED_BUF { BytesMut::new() } else { buf };
+            let keep = pool.len() < MAX_BUFFERED_IDLE && buf.capacity() <= MAX_POOLED_BUF;
+            let buf = if keep { buf } else { BytesMut::new() };
             pool.push(Idle {
                 stream,
                 buf,
@@ -634,7 +639,9 @@ fn respond<S: Connection>(x: Exchanged<S>, authority: &Authority, body_read: Dur
         }
         _ => h1::WireBody::Streaming(Box::new(Streaming {
             stream: Some(stream),
-            read: BodyRead::new(BytesMut::from(rest), decoder, body_read),
+            // The body read into the connection's buffer when none of it came with the head (else
+            // into a copy of what came, the buffer being shared with the head).
+            read: BodyRead::new(if rest.is_empty() { buf } else { BytesMut::from(rest) }, decoder, body_read),
             keep_alive: head.keep_alive,
             authority: authority.clone(),
         })),
@@ -782,6 +789,8 @@ mod tests {
         tokio::spawn(async move {
             loop {
                 let (mut s, _) = l.accept().await.unwrap();
+                // The head and the body are two writes: not held back for each other's ACK.
+                s.set_nodelay(true).unwrap();
                 count.fetch_add(1, Ordering::SeqCst);
                 tokio::spawn(async move {
                     let mut buf = Vec::new();
@@ -834,6 +843,59 @@ mod tests {
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 1, "one connection for 50 sequential requests");
         assert_eq!(idle_count(), 1);
+    }
+
+    /// Where the read buffer of the first idle connection to `addr` points, and its room.
+    fn pooled_buf(addr: std::net::SocketAddr) -> (usize, usize) {
+        HOSTS.with_borrow(|hosts| {
+            let b = &hosts[addr.to_string().as_str()].idle[0].buf;
+            (b.as_ptr() as usize, b.capacity())
+        })
+    }
+
+    #[tokio::test]
+    async fn a_pooled_connection_reads_every_response_into_its_one_buffer() {
+        let (addr, accepted) = backend(b"hello", usize::MAX).await;
+        body_of(send(get(addr), T, None).await.unwrap()).await;
+        let first = pooled_buf(addr);
+        body_of(send(get(addr), T, None).await.unwrap()).await;
+        let (mut at, mut room) = pooled_buf(addr);
+        // Each response is read where the last one ended (a new buffer would start with its whole
+        // room every time) until the room runs short; then, the responses read there being gone,
+        // the connection takes the whole buffer back instead of a new one.
+        let n = first.1 - room;
+        assert_eq!((at, n > 0), (first.0 + n, true));
+        let (mut advanced, mut reclaimed) = (0, 0);
+        for _ in 0..200 {
+            body_of(send(get(addr), T, None).await.unwrap()).await;
+            let next = pooled_buf(addr);
+            if next == (at + n, room - n) {
+                advanced += 1;
+            } else {
+                assert_eq!(next, first, "neither read in place nor the buffer taken back");
+                reclaimed += 1;
+            }
+            (at, room) = next;
+        }
+        assert!(advanced > 150 && reclaimed >= 2, "{advanced} in place, {reclaimed} taken back");
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn idle_connections_past_the_buffered_few_give_up_their_buffers() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let mut pool = Vec::new();
+        for _ in 0..MAX_BUFFERED_IDLE + 3 {
+            let s = TcpStream::connect(addr).await.unwrap();
+            Idle::push(&mut pool, s, BytesMut::with_capacity(4096));
+        }
+        let kept = |pool: &[Idle<TcpStream>]| pool.iter().filter(|i| i.buf.capacity() > 0).count();
+        assert_eq!((pool.len(), kept(&pool)), (MAX_BUFFERED_IDLE + 3, MAX_BUFFERED_IDLE));
+        pool.truncate(1);
+        let s = TcpStream::connect(addr).await.unwrap();
+        Idle::push(&mut pool, s, BytesMut::with_capacity(MAX_POOLED_BUF + 1));
+        assert_eq!((pool.len(), kept(&pool)), (2, 1), "a grown buffer is not kept");
     }
 
     #[tokio::test]
