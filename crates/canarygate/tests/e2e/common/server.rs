@@ -160,6 +160,9 @@ pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .pool_max_idle_per_host(64)
+        // Below the admin listener's 10 s keep-alive idle close: a connection idle that long is not
+        // reused as the server closes it (a test that slept 10 s between two admin calls got a reset).
+        .pool_idle_timeout(Duration::from_secs(5))
         .build()
         .unwrap()
 }
