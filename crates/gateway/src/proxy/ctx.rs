@@ -27,8 +27,8 @@ pub(crate) struct Ctx<'a> {
     pub(crate) rid: HeaderValue,
     /// With tracing on: the request's trace (continued from `traceparent`, or new).
     pub(crate) trace: Option<TraceCtx>,
-    /// The `Host` without its port, in lower case.
-    pub(crate) host: Option<String>,
+    /// The `Host` without its port, in lower case (a field value: the upstream's `x-forwarded-host`).
+    pub(crate) host: Option<HeaderValue>,
     /// The request's path as it came (before any stage or base path is taken off).
     pub(crate) path: String,
     /// A gRPC call (HTTP/2 with a gRPC content type).
@@ -61,6 +61,11 @@ impl<'a> Ctx<'a> {
         }
     }
 
+    /// [`Ctx::host`] as text.
+    pub(crate) fn host_str(&self) -> Option<&str> {
+        self.host.as_ref().and_then(|h| h.to_str().ok())
+    }
+
     /// Microseconds since the head was read.
     pub(crate) fn elapsed_us(&self) -> u64 {
         self.start.elapsed().as_micros() as u64
@@ -75,14 +80,20 @@ impl<'a> Ctx<'a> {
     }
 }
 
-/// The `Host` field without its port, in lower case.
-fn host(headers: &HeaderMap) -> Option<String> {
-    let h = headers.get(header::HOST)?.to_str().ok()?;
+/// The `Host` field without its port, in lower case: the field's own value when it is that already.
+fn host(headers: &HeaderMap) -> Option<HeaderValue> {
+    let field = headers.get(header::HOST)?;
+    let h = field.to_str().ok()?;
     let h = h
         .rsplit_once(':')
         .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
         .map_or(h, |(h, _)| h);
-    Some(h.to_ascii_lowercase())
+    if h.len() == field.len() && !h.bytes().any(|b| b.is_ascii_uppercase()) {
+        return Some(field.clone());
+    }
+    let mut lower = bytes::BytesMut::from(h.as_bytes());
+    lower.make_ascii_lowercase();
+    HeaderValue::from_maybe_shared(lower.freeze()).ok()
 }
 
 /// The client's `x-request-id` when it is fit to pass on (1–200 visible ASCII characters), else 32
@@ -115,9 +126,13 @@ mod tests {
         let mut h = HeaderMap::new();
         assert_eq!(host(&h), None);
         h.insert(header::HOST, HeaderValue::from_static("API.Example.com:8080"));
-        assert_eq!(host(&h).as_deref(), Some("api.example.com"));
+        assert_eq!(host(&h).as_ref().map(|h| h.to_str().unwrap()), Some("api.example.com"));
         h.insert(header::HOST, HeaderValue::from_static("[::1]:80"));
-        assert_eq!(host(&h).as_deref(), Some("[::1]"));
+        assert_eq!(host(&h).as_ref().map(|h| h.to_str().unwrap()), Some("[::1]"));
+        h.insert(header::HOST, HeaderValue::from_static("shop.test"));
+        assert_eq!(host(&h).as_ref().map(|h| h.to_str().unwrap()), Some("shop.test"));
+        h.insert(header::HOST, HeaderValue::from_static("Shop.test"));
+        assert_eq!(host(&h).as_ref().map(|h| h.to_str().unwrap()), Some("shop.test"));
     }
 
     #[test]

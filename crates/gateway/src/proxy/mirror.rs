@@ -212,7 +212,7 @@ struct Copy {
     stage: Arc<StageRoute>,
     head: http::request::Parts,
     rest: String,
-    host: Option<String>,
+    host: Option<HeaderValue>,
     peer: Peer,
     rid: HeaderValue,
     sec: u64,

@@ -37,28 +37,92 @@ fn is_hop_by_hop(n: &HeaderName) -> bool {
 
 /// Removes hop-by-hop headers, including those the `Connection` header names.
 fn strip_hop_by_hop(h: &mut HeaderMap) {
-    // Most messages carry none or one (`connection: keep-alive`): find them in one pass of cheap
-    // comparisons, then remove only those.
-    let mut found: [Option<HeaderName>; 9] = Default::default();
-    let mut n = 0;
-    for k in h.keys().filter(|k| is_hop_by_hop(k)) {
-        if n < found.len() {
-            found[n] = Some(k.clone());
-            n += 1;
+    doomed(h, |_| false).remove_from(h);
+}
+
+/// The fields to remove from a header map: the hop-by-hop ones and those `also` picks, found in one
+/// pass of cheap comparisons (most messages carry none, or `connection: keep-alive`), so that only
+/// those found are looked up again.
+fn doomed(h: &HeaderMap, also: impl Fn(&HeaderName) -> bool) -> Doomed {
+    Doomed(h.keys().filter(|k| is_hop_by_hop(k) || also(k)).cloned().collect())
+}
+
+struct Doomed(Vec<HeaderName>);
+
+impl Doomed {
+    fn has(&self, name: &HeaderName) -> bool {
+        self.0.contains(name)
+    }
+
+    /// Removes the fields found, and those a `Connection` field names.
+    fn remove_from(self, h: &mut HeaderMap) {
+        if self.0.is_empty() {
+            return;
+        }
+        let named: Vec<HeaderName> = h
+            .get_all(header::CONNECTION)
+            .iter()
+            .flat_map(|v| crate::protocols::h1::connection_tokens(v.as_bytes()))
+            .filter(|t| !t.eq_ignore_ascii_case(b"keep-alive") && !t.eq_ignore_ascii_case(b"close"))
+            .filter_map(|t| HeaderName::from_bytes(t).ok())
+            .collect();
+        for name in named.into_iter().chain(self.0) {
+            h.remove(name);
         }
     }
-    if n == 0 {
-        return;
+}
+
+/// The fields the gateway adds to an upstream request (`x-forwarded-for`, `-proto`, `-host`, the
+/// request id), replacing any the client sent. An HTTP/1.1 upstream request's head writes them after
+/// the client's fields (they are not inserted into its map: four hashed inserts per request); for
+/// HTTP/2 and the cache they go into the map ([`Forwarded::insert_into`]). All but a client's
+/// `x-forwarded-for` are the context's.
+struct Forwarded {
+    /// `x-forwarded-for` when the client sent one: its first value and the peer's address (else the
+    /// peer's address alone).
+    xff: Option<HeaderValue>,
+}
+
+static HTTP: HeaderValue = HeaderValue::from_static("http");
+static HTTPS: HeaderValue = HeaderValue::from_static("https");
+
+/// The forwarding fields as the upstream request head takes them.
+struct ForwardedFields<'a> {
+    fields: [(&'a HeaderName, &'a HeaderValue); 4],
+    len: usize,
+}
+
+impl<'a> std::ops::Deref for ForwardedFields<'a> {
+    type Target = [(&'a HeaderName, &'a HeaderValue)];
+
+    fn deref(&self) -> &Self::Target {
+        &self.fields[..self.len]
     }
-    let named: Vec<HeaderName> = h
-        .get_all(header::CONNECTION)
-        .iter()
-        .flat_map(|v| crate::protocols::h1::connection_tokens(v.as_bytes()))
-        .filter(|t| !t.eq_ignore_ascii_case(b"keep-alive") && !t.eq_ignore_ascii_case(b"close"))
-        .filter_map(|t| HeaderName::from_bytes(t).ok())
-        .collect();
-    for name in named.into_iter().chain(found.into_iter().flatten()) {
-        h.remove(name);
+}
+
+impl Forwarded {
+    fn fields<'a>(&'a self, ctx: &'a Ctx<'_>) -> ForwardedFields<'a> {
+        let proto = if ctx.peer.tls { &HTTPS } else { &HTTP };
+        let mut fields = [
+            (&X_FORWARDED_FOR, self.xff.as_ref().unwrap_or(&ctx.peer.ip)),
+            (&X_FORWARDED_PROTO, proto),
+            (&REQUEST_ID, &ctx.rid),
+            (&X_FORWARDED_HOST, &ctx.rid),
+        ];
+        let len = match &ctx.host {
+            Some(h) => {
+                fields[3].1 = h;
+                4
+            }
+            None => 3,
+        };
+        ForwardedFields { fields, len }
+    }
+
+    fn insert_into(self, ctx: &Ctx<'_>, h: &mut HeaderMap) {
+        for (n, v) in self.fields(ctx).iter() {
+            h.insert((*n).clone(), (*v).clone());
+        }
     }
 }
 
@@ -87,6 +151,8 @@ struct UpstreamCall {
     method: http::Method,
     uri: http::Uri,
     headers: HeaderMap,
+    /// The forwarding fields when they are not in `headers` (an HTTP/1.1 call past the cache).
+    forwarded: Option<Forwarded>,
     timeouts: Timeouts,
     variant: Variant,
     /// With tracing on: each call is a client span of this trace, its id the upstream's parent.
@@ -116,13 +182,19 @@ impl UpstreamCall {
         let mut up = Request::new(body);
         *up.method_mut() = self.method.clone();
         *up.uri_mut() = self.uri.clone();
+        // The cache's calls: their forwarding fields are in the map (see `prepare`).
+        debug_assert!(
+            self.forwarded.is_none(),
+            "a call through the cache with its forwarding fields apart"
+        );
         *up.headers_mut() = self.headers.clone();
         let span = trace_call(self.trace, up.headers_mut());
         (up, span)
     }
 
-    /// The request, consuming the call (no copy of the headers).
-    fn into_request(mut self, body: Body) -> (Request<Body>, CallSpan) {
+    /// The request, consuming the call (no copy of the headers), and the forwarding fields its head
+    /// is to carry besides its map's.
+    fn into_request(mut self, body: Body) -> (Request<Body>, CallSpan, Option<Forwarded>) {
         let span = trace_call(self.trace, &mut self.headers);
         let mut up = Request::new(body);
         *up.method_mut() = self.method;
@@ -131,7 +203,7 @@ impl UpstreamCall {
         if let Some(u) = self.upgrade {
             up.extensions_mut().insert(u);
         }
-        (up, span)
+        (up, span, self.forwarded)
     }
 
     async fn send(&self, gw: &Gateway, body: Body, max_body: u64) -> (Result<Response<Body>, ProxyError>, u64) {
@@ -141,7 +213,7 @@ impl UpstreamCall {
             tls: self.tls.as_ref(),
             http2: self.http2,
         };
-        send(gw, req, span, self.variant, to, max_body).await
+        send(gw, req, &[], span, self.variant, to, max_body).await
     }
 }
 
@@ -154,11 +226,13 @@ fn trace_call(trace: Option<TraceCtx>, headers: &mut HeaderMap) -> CallSpan {
     Some((ctx, id))
 }
 
-/// Sends a request upstream (see [`upstream`] for its time limits), says whose fault a failure was,
-/// and ends the call's client span when the request is sampled.
+/// Sends a request upstream with the `extra` fields besides its map's (see [`upstream`] for its time
+/// limits), says whose fault a failure was, and ends the call's client span when the request is
+/// sampled.
 async fn send(
     gw: &Gateway,
-    req: Request<Body>,
+    mut req: Request<Body>,
+    extra: &[(&HeaderName, &HeaderValue)],
     span: CallSpan,
     variant: Variant,
     to: Upstream<'_>,
@@ -172,11 +246,14 @@ async fn send(
         _ => None,
     };
     let res = if to.http2 {
+        for &(n, v) in extra {
+            req.headers_mut().insert(n.clone(), v.clone());
+        }
         // Boxed: hyper's HTTP/2 client call is a future of several KiB, which every HTTP/1.1 call
         // (and every level of future above it) would otherwise carry and copy.
         Box::pin(crate::upstream::h2::send(req, to.timeouts, to.tls)).await
     } else {
-        upstream::send(req, to.timeouts, to.tls).await
+        upstream::send(req, extra, to.timeouts, to.tls).await
     };
     let us = t0.elapsed().as_micros() as u64;
     let res = res.map_err(|e| attribute(&e, max_body));
@@ -252,13 +329,15 @@ where
         // each level of `async fn` around it is one more copy of it per request.
         _ => {
             let (timeouts, variant, tls, http2) = (call.timeouts, call.variant, call.tls.clone(), call.http2);
-            let (req, span) = call.into_request(body.boxed_unsync());
+            let (req, span, forwarded) = call.into_request(body.boxed_unsync());
             let to = Upstream {
                 timeouts,
                 tls: tls.as_ref(),
                 http2,
             };
-            let (res, us) = send(ctx.gw, req, span, variant, to, ctx.gw.limits.max_body_bytes).await;
+            let extra = forwarded.as_ref().map(|f| f.fields(ctx));
+            let extra = extra.as_deref().unwrap_or_default();
+            let (res, us) = send(ctx.gw, req, extra, span, variant, to, ctx.gw.limits.max_body_bytes).await;
             Outcome {
                 result: res.map(stream_response),
                 integration_us: Some(us),
@@ -272,6 +351,8 @@ where
 
 /// What [`prepare`] gives: the upstream call to make, or the answer when there is none to make (a
 /// mock's, or a refusal).
+// Made once per request and taken apart at once: boxing the call would be an allocation per request.
+#[allow(clippy::large_enum_variant)]
 enum Prepared {
     /// The call, its stage cache key when the cache may answer it, and the matched route (for a
     /// sampled request's span).
@@ -325,17 +406,28 @@ fn prepare(ctx: &Ctx<'_>, stage: &StageRoute, vr: &VariantRoute, parts: &mut htt
     let upgrade = parts.extensions.get::<UpgradeRequest>().copied();
     let cacheable = (parts.method == http::Method::GET || parts.method == http::Method::HEAD) && upgrade.is_none();
     let cache_key = (stage.cache.is_some() && vr.use_cache && cacheable).then(|| cache_key(parts, route_path, vr));
+    // An upgrade (WebSocket) is an HTTP/1.1 exchange: it goes over HTTP/1.1 whatever the integration says.
+    let http2 = http2 && upgrade.is_none();
+    let (mut headers, forwarded) = upstream_headers(ctx, std::mem::take(&mut parts.headers), upgrade, http2);
+    // The forwarding fields go into the map where a map is what is sent (HTTP/2) or looked at whole
+    // (the cache: a response's `Vary` may name one).
+    let forwarded = if http2 || cache_key.is_some() {
+        forwarded.insert_into(ctx, &mut headers);
+        None
+    } else {
+        Some(forwarded)
+    };
     let call = UpstreamCall {
         method: parts.method.clone(),
         uri: upstream_uri,
-        headers: upstream_headers(ctx, std::mem::take(&mut parts.headers), upgrade, http2),
+        headers,
+        forwarded,
         timeouts,
         variant: vr.variant,
         trace: ctx.trace,
         tls,
         upgrade,
-        // An upgrade (WebSocket) is an HTTP/1.1 exchange: it goes over HTTP/1.1 whatever the integration says.
-        http2: http2 && upgrade.is_none(),
+        http2,
     };
     Prepared::Call { call, cache_key, route }
 }
@@ -382,9 +474,9 @@ fn check(gw: &Gateway, parts: &http::request::Parts, uri: &http::Uri, http2: boo
 }
 
 /// The upstream request's header fields: the client's without hop-by-hop fields (but an upgrade's
-/// protocol and an HTTP/2 upstream's `te: trailers`), with `x-forwarded-for`, `-proto`, `-host` and
-/// the request id.
-fn upstream_headers(ctx: &Ctx<'_>, mut headers: HeaderMap, upgrade: Option<UpgradeRequest>, http2: bool) -> HeaderMap {
+/// protocol and an HTTP/2 upstream's `te: trailers`) and without its own forwarding fields; and the
+/// gateway's forwarding fields: `x-forwarded-for`, `-proto`, `-host` and the request id.
+fn upstream_headers(ctx: &Ctx<'_>, mut headers: HeaderMap, upgrade: Option<UpgradeRequest>, http2: bool) -> (HeaderMap, Forwarded) {
     let protocol = upgrade.and_then(|_| headers.get(header::UPGRADE).cloned());
     // `te: trailers` is the one TE an HTTP/2 request may carry (gRPC servers ask for it).
     let te_trailers = http2
@@ -392,8 +484,18 @@ fn upstream_headers(ctx: &Ctx<'_>, mut headers: HeaderMap, upgrade: Option<Upgra
             .get_all(header::TE)
             .iter()
             .any(|v| crate::protocols::h1::connection_tokens(v.as_bytes()).any(|t| t.eq_ignore_ascii_case(b"trailers")));
-    // The client's Host is not forwarded: the upstream request head writes the upstream's (`protocols/h1/client.rs`).
-    strip_hop_by_hop(&mut headers);
+    // The client's Host is not forwarded: the upstream request head writes the upstream's
+    // (`protocols/h1/client.rs`). Its forwarding fields are replaced by the gateway's.
+    let ours = |k: &HeaderName| *k == X_FORWARDED_FOR || *k == X_FORWARDED_PROTO || *k == X_FORWARDED_HOST || *k == REQUEST_ID;
+    let doomed = doomed(&headers, ours);
+    let peer = ctx.peer;
+    let prev = if doomed.has(&X_FORWARDED_FOR) {
+        headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok())
+    } else {
+        None
+    };
+    let xff = prev.and_then(|prev| HeaderValue::try_from(format!("{prev}, {}", peer.addr.ip())).ok());
+    doomed.remove_from(&mut headers);
     if let Some(p) = protocol {
         // The one hop-by-hop field forwarded: the protocol an upgrade request asks for (the request
         // head adds `connection: upgrade`).
@@ -402,20 +504,8 @@ fn upstream_headers(ctx: &Ctx<'_>, mut headers: HeaderMap, upgrade: Option<Upgra
     if te_trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
-    let peer = ctx.peer;
-    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) => HeaderValue::try_from(format!("{prev}, {}", peer.addr.ip())).ok(),
-        None => Some(peer.ip.clone()),
-    };
-    if let Some(v) = xff {
-        headers.insert(X_FORWARDED_FOR.clone(), v);
-    }
-    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(peer.scheme()));
-    if let Some(h) = ctx.host.as_deref().and_then(|h| HeaderValue::try_from(h).ok()) {
-        headers.insert(X_FORWARDED_HOST.clone(), h);
-    }
-    headers.insert(REQUEST_ID.clone(), ctx.rid.clone());
-    headers
+    let forwarded = Forwarded { xff };
+    (headers, forwarded)
 }
 
 /// The stage cache's key of a GET/HEAD: method, path in the stage with the query, the variant's
@@ -643,4 +733,106 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
         cur = err.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exchange::Peer;
+    use crate::{AccessLog, Limits};
+    use canarygate_metrics::Registry;
+
+    type Fields = Vec<(String, String)>;
+
+    /// The upstream request head written from `client`'s fields as an HTTP/1.1 call past the cache
+    /// sends it (the map and the forwarding fields after it), and the map an HTTP/2 or cached call
+    /// sends: each as `(name, value)` pairs in order.
+    fn upstream_fields(client: &[(&str, &str)]) -> (Fields, Fields, String) {
+        let gw = Arc::new(crate::Gateway::new(
+            Arc::new(Registry::new()),
+            AccessLog::disabled(),
+            Limits::default(),
+        ));
+        let peer = Peer::new("127.0.0.1:5000".parse().unwrap());
+        let mut req = Request::new(());
+        for (k, v) in client {
+            req.headers_mut()
+                .append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+        }
+        let (mut parts, ()) = req.into_parts();
+        let ctx = Ctx::begin(&gw, &peer, &mut parts);
+        let rid = ctx.rid.to_str().unwrap().to_string();
+        let (map, forwarded) = upstream_headers(&ctx, std::mem::take(&mut parts.headers), None, false);
+        let mut out = Vec::new();
+        let host = HeaderValue::from_static("up.test:8080");
+        crate::protocols::h1::encode_head(
+            &mut out,
+            &http::Method::GET,
+            "/a",
+            &host,
+            (&map, &forwarded.fields(&ctx)),
+            crate::protocols::h1::RequestFraming::Empty,
+        );
+        let mut fields = [httparse::EMPTY_HEADER; 32];
+        let mut parsed = httparse::Request::new(&mut fields);
+        assert!(parsed.parse(&out).unwrap().is_complete(), "{}", String::from_utf8_lossy(&out));
+        let written = parsed
+            .headers
+            .iter()
+            .map(|h| (h.name.to_string(), String::from_utf8(h.value.to_vec()).unwrap()))
+            .collect();
+        let mut whole = map;
+        forwarded.insert_into(&ctx, &mut whole);
+        let whole = whole
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_str().unwrap().to_string()))
+            .collect();
+        (written, whole, rid)
+    }
+
+    fn values<'a>(fields: &'a [(String, String)], name: &str) -> Vec<&'a str> {
+        fields.iter().filter(|(k, _)| k == name).map(|(_, v)| v.as_str()).collect()
+    }
+
+    #[test]
+    fn the_upstream_request_carries_the_gateways_forwarding_fields_once_and_no_hop_by_hop_ones() {
+        let (written, whole, rid) = upstream_fields(&[
+            ("host", "Shop.Test:8443"),
+            ("x-forwarded-for", "10.0.0.1"),
+            ("x-forwarded-for", "10.0.0.2"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "evil.test"),
+            ("x-request-id", "has space"),
+            ("connection", "keep-alive, x-secret"),
+            ("x-secret", "s"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("accept", "*/*"),
+        ]);
+        assert_eq!(rid.len(), 32, "a request id unfit to pass on is replaced");
+        for fields in [&written, &whole] {
+            assert_eq!(values(fields, "x-forwarded-for"), ["10.0.0.1, 127.0.0.1"], "{fields:?}");
+            assert_eq!(values(fields, "x-forwarded-proto"), ["http"], "{fields:?}");
+            assert_eq!(values(fields, "x-forwarded-host"), ["shop.test"], "{fields:?}");
+            assert_eq!(values(fields, "x-request-id"), [rid.as_str()], "{fields:?}");
+            assert_eq!(values(fields, "accept"), ["*/*"], "{fields:?}");
+            for gone in ["connection", "x-secret", "keep-alive", "te"] {
+                assert!(values(fields, gone).is_empty(), "{gone}: {fields:?}");
+            }
+        }
+        assert_eq!(values(&written, "host"), ["up.test:8080"], "the upstream's host, once: {written:?}");
+
+        // Nothing of its own: the peer's address, and the client's request id kept.
+        let (written, whole, rid) = upstream_fields(&[("host", "shop.test"), ("x-request-id", "abc-123")]);
+        assert_eq!(rid, "abc-123");
+        for fields in [&written, &whole] {
+            assert_eq!(values(fields, "x-forwarded-for"), ["127.0.0.1"], "{fields:?}");
+            assert_eq!(values(fields, "x-forwarded-host"), ["shop.test"], "{fields:?}");
+            assert_eq!(values(fields, "x-request-id"), ["abc-123"], "{fields:?}");
+        }
+        // No host: no x-forwarded-host.
+        let (written, _, _) = upstream_fields(&[]);
+        assert!(values(&written, "x-forwarded-host").is_empty(), "{written:?}");
+        assert_eq!(values(&written, "x-forwarded-proto"), ["http"]);
+    }
 }

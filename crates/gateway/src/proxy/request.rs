@@ -129,7 +129,7 @@ where
     let table = gw.table.load_full();
     let (mut parts, body) = req.into_parts();
     let ctx = Ctx::begin(gw, peer, &mut parts);
-    let domain = if table.domains.is_empty() { None } else { ctx.host.as_deref() };
+    let domain = if table.domains.is_empty() { None } else { ctx.host_str() };
     let Some((stage, rest)) = table.resolve(domain, &ctx.path) else {
         return no_stage(&ctx, &parts);
     };
@@ -426,7 +426,7 @@ fn server_span(
         method: &parts.method,
         version: parts.version,
         path: &ctx.path,
-        host: ctx.host.as_deref(),
+        host: ctx.host_str(),
         peer: ctx.peer,
         request_id: &ctx.rid,
         stage,

@@ -41,7 +41,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::FutureExt as _;
-use http::header::HeaderValue;
+use http::header::{HeaderName, HeaderValue};
 use http::uri::Authority;
 use http::{Method, Request, Response};
 use http_body::{Body as _, Frame};
@@ -212,20 +212,31 @@ impl Failed {
     }
 }
 
-/// Sends `req` (absolute URI, `http://authority/path?query` or `https://...` with `tls`) to its upstream
-/// over a pooled or new connection of the calling worker thread.
-pub async fn send(req: Request<Body>, timeouts: Timeouts, tls: Option<&Arc<rustls::ClientConfig>>) -> Result<Response<Body>, SendError> {
+/// Sends `req` (absolute URI, `http://authority/path?query` or `https://...` with `tls`), with the
+/// `extra` header fields after its map's, to its upstream over a pooled or new connection of the
+/// calling worker thread.
+pub async fn send(
+    req: Request<Body>,
+    extra: &[(&HeaderName, &HeaderValue)],
+    timeouts: Timeouts,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+) -> Result<Response<Body>, SendError> {
     match tls {
-        None => send_on(req, timeouts, connect).await,
+        None => send_on(req, extra, timeouts, connect).await,
         Some(cfg) => {
             let connector = tokio_rustls::TlsConnector::from(cfg.clone());
-            Box::pin(send_on(req, timeouts, move |a| connect_tls(a, connector.clone()))).await
+            Box::pin(send_on(req, extra, timeouts, move |a| connect_tls(a, connector.clone()))).await
         }
     }
 }
 
 /// [`send`] over connections of type `C`, made by `connect` when no idle one is there.
-async fn send_on<C, F, Fut>(req: Request<Body>, timeouts: Timeouts, connect: F) -> Result<Response<Body>, SendError>
+async fn send_on<C, F, Fut>(
+    req: Request<Body>,
+    extra: &[(&HeaderName, &HeaderValue)],
+    timeouts: Timeouts,
+    connect: F,
+) -> Result<Response<Body>, SendError>
 where
     C: Connection,
     F: Fn(Authority) -> Fut,
@@ -254,7 +265,7 @@ where
     };
     let mut writer = BodyWriter { framing, sent: 0 };
     let mut head = Vec::with_capacity(512);
-    h1::encode_head(&mut head, &parts.method, target, &host, &parts.headers, framing);
+    h1::encode_head(&mut head, &parts.method, target, &host, (&parts.headers, extra), framing);
     // A body that is already here (a small request's) goes out in the same write as the head.
     let mut more = framing != RequestFraming::Empty;
     if more {
@@ -786,6 +797,11 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// [`super::send`] without fields besides the request's map.
+    async fn send(req: Request<Body>, timeouts: Timeouts, tls: Option<&Arc<rustls::ClientConfig>>) -> Result<Response<Body>, SendError> {
+        super::send(req, &[], timeouts, tls).await
+    }
 
     /// A raw HTTP/1.1 backend: answers every request on a connection with `body` (keep-alive), and
     /// closes the connection after `close_after` answers. Counts accepted connections.

@@ -28,8 +28,12 @@ fn written_by_us(name: &HeaderName) -> bool {
         || name == header::EXPECT
 }
 
+/// Header fields of an upstream request: a map, and fields written after it (the gateway's own,
+/// never in the map).
+pub type Fields<'a> = (&'a HeaderMap, &'a [(&'a HeaderName, &'a HeaderValue)]);
+
 /// Appends `METHOD target HTTP/1.1`, `host`, the header fields and the framing field to `out`.
-pub fn encode_head(out: &mut Vec<u8>, method: &Method, target: &str, host: &HeaderValue, headers: &HeaderMap, framing: RequestFraming) {
+pub fn encode_head(out: &mut Vec<u8>, method: &Method, target: &str, host: &HeaderValue, fields: Fields<'_>, framing: RequestFraming) {
     out.extend_from_slice(method.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
@@ -37,7 +41,8 @@ pub fn encode_head(out: &mut Vec<u8>, method: &Method, target: &str, host: &Head
     out.extend_from_slice(host.as_bytes());
     out.extend_from_slice(b"\r\n");
     let mut upgrade = false;
-    for (name, value) in headers {
+    let (headers, extra) = fields;
+    for (name, value) in headers.iter().chain(extra.iter().copied()) {
         if written_by_us(name) {
             continue;
         }
@@ -315,19 +320,26 @@ mod tests {
         h.insert(header::CONNECTION, HeaderValue::from_static("close"));
         let host = HeaderValue::from_static("10.0.0.1:8080");
         let mut out = Vec::new();
-        encode_head(&mut out, &Method::POST, "/a?b=1", &host, &h, RequestFraming::Length(12345));
+        encode_head(&mut out, &Method::POST, "/a?b=1", &host, (&h, &[]), RequestFraming::Length(12345));
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "POST /a?b=1 HTTP/1.1\r\nhost: 10.0.0.1:8080\r\nx-a: 1\r\ncontent-length: 12345\r\n\r\n"
         );
         let mut out = Vec::new();
-        encode_head(&mut out, &Method::GET, "/", &host, &HeaderMap::new(), RequestFraming::Empty);
+        encode_head(&mut out, &Method::GET, "/", &host, (&HeaderMap::new(), &[]), RequestFraming::Empty);
         assert_eq!(out, b"GET / HTTP/1.1\r\nhost: 10.0.0.1:8080\r\n\r\n");
         let mut out = Vec::new();
-        encode_head(&mut out, &Method::PUT, "/", &host, &HeaderMap::new(), RequestFraming::Empty);
+        encode_head(&mut out, &Method::PUT, "/", &host, (&HeaderMap::new(), &[]), RequestFraming::Empty);
         assert!(out.ends_with(b"content-length: 0\r\n\r\n"));
         let mut out = Vec::new();
-        encode_head(&mut out, &Method::POST, "/", &host, &HeaderMap::new(), RequestFraming::Chunked);
+        encode_head(
+            &mut out,
+            &Method::POST,
+            "/",
+            &host,
+            (&HeaderMap::new(), &[]),
+            RequestFraming::Chunked,
+        );
         assert!(out.ends_with(b"transfer-encoding: chunked\r\n\r\n"));
     }
 
