@@ -29,8 +29,9 @@ pub(crate) struct Ctx<'a> {
     pub(crate) trace: Option<TraceCtx>,
     /// The `Host` without its port, in lower case (a field value: the upstream's `x-forwarded-host`).
     pub(crate) host: Option<HeaderValue>,
-    /// The request's path as it came (before any stage or base path is taken off).
-    pub(crate) path: String,
+    /// The request's URI as it came (its path before any stage or base path is taken off): a copy
+    /// that shares the head's bytes.
+    pub(crate) uri: http::Uri,
     /// A gRPC call (HTTP/2 with a gRPC content type).
     pub(crate) grpc: bool,
 }
@@ -56,9 +57,14 @@ impl<'a> Ctx<'a> {
             rid: request_id(&parts.headers),
             trace,
             host: host(&parts.headers),
-            path: parts.uri.path().to_owned(),
+            uri: parts.uri.clone(),
             grpc,
         }
+    }
+
+    /// The request's path as it came.
+    pub(crate) fn path(&self) -> &str {
+        self.uri.path()
     }
 
     /// [`Ctx::host`] as text.
@@ -96,6 +102,13 @@ fn host(headers: &HeaderMap) -> Option<HeaderValue> {
     HeaderValue::from_maybe_shared(lower.freeze()).ok()
 }
 
+/// Bytes of request ids cut from one allocation.
+const ID_BLOCK: usize = 32 * 128;
+
+thread_local! {
+    static IDS: std::cell::RefCell<bytes::BytesMut> = std::cell::RefCell::new(bytes::BytesMut::new());
+}
+
 /// The client's `x-request-id` when it is fit to pass on (1–200 visible ASCII characters), else 32
 /// random hex digits.
 fn request_id(headers: &HeaderMap) -> HeaderValue {
@@ -110,7 +123,16 @@ fn request_id(headers: &HeaderMap) -> HeaderValue {
         *b = b"0123456789abcdef"[(n & 15) as usize];
         n >>= 4;
     }
-    let mut id = HeaderValue::from_bytes(&hex).expect("hex is a valid header value");
+    // Cut from a block of this thread's (one allocation per 128 ids, shared by reference count)
+    // rather than an allocation each, and another when the id is first copied.
+    let id = IDS.with_borrow_mut(|block| {
+        if block.capacity() < hex.len() {
+            *block = bytes::BytesMut::with_capacity(ID_BLOCK);
+        }
+        block.extend_from_slice(&hex);
+        block.split().freeze()
+    });
+    let mut id = HeaderValue::from_maybe_shared(id).expect("hex is a valid header value");
     // Never indexed in HTTP/2's header compression (RFC 7541 §7.1.3): a value no later message repeats
     // would only evict useful entries from the table, at a cost per response.
     id.set_sensitive(true);
@@ -145,5 +167,26 @@ mod tests {
         assert_eq!(made.len(), 32);
         assert!(made.as_bytes().iter().all(u8::is_ascii_hexdigit));
         assert_ne!(request_id(&HeaderMap::new()), made);
+    }
+
+    #[test]
+    fn request_ids_cut_from_blocks_are_each_their_own() {
+        let h = HeaderMap::new();
+        // Across several blocks, some dropped on the way: each id keeps its own 32 hex digits.
+        let mut kept = Vec::new();
+        for i in 0..3 * ID_BLOCK / 32 + 7 {
+            let id = request_id(&h);
+            assert_eq!(id.len(), 32);
+            assert!(id.as_bytes().iter().all(u8::is_ascii_hexdigit), "{id:?}");
+            assert!(id.is_sensitive(), "never indexed in HPACK");
+            if i % 3 == 0 {
+                kept.push((id.clone(), id.as_bytes().to_vec()));
+            }
+        }
+        let distinct: std::collections::HashSet<_> = kept.iter().map(|(_, b)| b.clone()).collect();
+        assert_eq!(distinct.len(), kept.len());
+        for (id, bytes) in &kept {
+            assert_eq!(id.as_bytes(), &bytes[..]);
+        }
     }
 }

@@ -245,7 +245,7 @@ impl Copy {
             rid: self.rid.clone(),
             trace: None,
             host: self.host.take(),
-            path: self.head.uri.path().to_string(),
+            uri: self.head.uri.clone(),
             grpc: false,
         };
         let method = self.head.method.clone();
@@ -279,7 +279,7 @@ impl Copy {
                 time: wall.into(),
                 ip: self.peer.addr.ip(),
                 method,
-                path: ctx.path,
+                path: ctx.uri.path().to_string(),
                 status,
                 latency_ms: latency_us as f64 / 1000.0,
                 integration_latency_ms: outcome.integration_us.map(|u| u as f64 / 1000.0),

@@ -130,7 +130,7 @@ where
     let (mut parts, body) = req.into_parts();
     let ctx = Ctx::begin(gw, peer, &mut parts);
     let domain = if table.domains.is_empty() { None } else { ctx.host_str() };
-    let Some((stage, rest)) = table.resolve(domain, &ctx.path) else {
+    let Some((stage, rest)) = table.resolve(domain, ctx.path()) else {
         return no_stage(&ctx, &parts);
     };
     let (variant, routed) = choose(&stage.routing, stage.split, &parts.headers, parts.uri.query(), peer.addr.ip());
@@ -320,7 +320,7 @@ fn finish(
             time: ctx.wall.into(),
             ip: ctx.peer.addr.ip(),
             method: parts.method.clone(),
-            path: ctx.path,
+            path: ctx.uri.path().to_string(),
             status: served.status,
             latency_ms: latency_us as f64 / 1000.0,
             integration_latency_ms: served.integration_us.map(|u| u as f64 / 1000.0),
@@ -394,7 +394,7 @@ impl Drop for Abandoned<'_> {
                 time: ctx.wall.into(),
                 ip: ctx.peer.addr.ip(),
                 method: self.method.clone(),
-                path: ctx.path.clone(),
+                path: ctx.uri.path().to_string(),
                 status: CLIENT_CLOSED,
                 latency_ms: latency_us as f64 / 1000.0,
                 integration_latency_ms: None,
@@ -425,7 +425,7 @@ fn server_span(
     let served = crate::trace::Served {
         method: &parts.method,
         version: parts.version,
-        path: &ctx.path,
+        path: ctx.path(),
         host: ctx.host_str(),
         peer: ctx.peer,
         request_id: &ctx.rid,
