@@ -86,13 +86,30 @@ struct Forwarded {
 static HTTP: HeaderValue = HeaderValue::from_static("http");
 static HTTPS: HeaderValue = HeaderValue::from_static("https");
 
-/// The forwarding fields as the upstream request head takes them.
-struct ForwardedFields<'a> {
-    fields: [(&'a HeaderName, &'a HeaderValue); 4],
+/// Up to `N` header fields the gateway writes, as the HTTP/1.1 head encoders take them (a slice).
+pub(crate) struct FieldList<'a, const N: usize> {
+    fields: [(&'a HeaderName, &'a HeaderValue); N],
     len: usize,
 }
 
-impl<'a> std::ops::Deref for ForwardedFields<'a> {
+/// What fills a list's unused places.
+static UNUSED: (HeaderName, HeaderValue) = (HeaderName::from_static("x-unused"), HeaderValue::from_static(""));
+
+impl<'a, const N: usize> FieldList<'a, N> {
+    pub(crate) fn new() -> Self {
+        FieldList {
+            fields: [(&UNUSED.0, &UNUSED.1); N],
+            len: 0,
+        }
+    }
+
+    pub(crate) fn push(&mut self, name: &'a HeaderName, value: &'a HeaderValue) {
+        self.fields[self.len] = (name, value);
+        self.len += 1;
+    }
+}
+
+impl<'a, const N: usize> std::ops::Deref for FieldList<'a, N> {
     type Target = [(&'a HeaderName, &'a HeaderValue)];
 
     fn deref(&self) -> &Self::Target {
@@ -101,22 +118,15 @@ impl<'a> std::ops::Deref for ForwardedFields<'a> {
 }
 
 impl Forwarded {
-    fn fields<'a>(&'a self, ctx: &'a Ctx<'_>) -> ForwardedFields<'a> {
-        let proto = if ctx.peer.tls { &HTTPS } else { &HTTP };
-        let mut fields = [
-            (&X_FORWARDED_FOR, self.xff.as_ref().unwrap_or(&ctx.peer.ip)),
-            (&X_FORWARDED_PROTO, proto),
-            (&REQUEST_ID, &ctx.rid),
-            (&X_FORWARDED_HOST, &ctx.rid),
-        ];
-        let len = match &ctx.host {
-            Some(h) => {
-                fields[3].1 = h;
-                4
-            }
-            None => 3,
-        };
-        ForwardedFields { fields, len }
+    fn fields<'a>(&'a self, ctx: &'a Ctx<'_>) -> FieldList<'a, 4> {
+        let mut fields = FieldList::new();
+        fields.push(&X_FORWARDED_FOR, self.xff.as_ref().unwrap_or(&ctx.peer.ip));
+        fields.push(&X_FORWARDED_PROTO, if ctx.peer.tls { &HTTPS } else { &HTTP });
+        fields.push(&REQUEST_ID, &ctx.rid);
+        if let Some(h) = &ctx.host {
+            fields.push(&X_FORWARDED_HOST, h);
+        }
+        fields
     }
 
     fn insert_into(self, ctx: &Ctx<'_>, h: &mut HeaderMap) {

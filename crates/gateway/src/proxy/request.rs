@@ -1,5 +1,5 @@
 //! One client request's life: resolve the stage, choose the variant (and start a mirrored copy),
-//! serve it through [`crate::proxy`], mark the response, and — once the connection driver has written
+//! serve it through [`crate::proxy`], say how the response is marked ([`Marks`]), and — once the connection driver has written
 //! the response to its end — record the variant's metrics, the access log line and the server span
 //! ([`Finish`]).
 
@@ -17,7 +17,7 @@ use crate::error::{ProxyError, Source};
 use crate::exchange::{Ending, Peer, UpgradeRequest};
 use crate::proxy::ctx::{Ctx, REQUEST_ID};
 use crate::proxy::mirror::{Pair, TeeBody};
-use crate::proxy::serve;
+use crate::proxy::{serve, FieldList};
 use crate::routing::choose::choose;
 use crate::routing::table::{StageRoute, VariantRoute};
 use crate::trace::ServerSpan;
@@ -26,6 +26,48 @@ use crate::Gateway;
 static VARIANT_HEADER: HeaderName = HeaderName::from_static("x-canarygate-variant");
 static CACHE_HEADER: HeaderName = HeaderName::from_static("x-canarygate-cache");
 static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+
+/// The response's marks: the variant that served it, the request id, the cache's result. The
+/// connection driver writes them with the response's head, replacing any field of theirs the
+/// response has (HTTP/1.1: after the response's fields, never inserted into its map — two or three
+/// hashed inserts per request; HTTP/2: into the map, [`Marks::insert_into`]).
+pub(crate) struct Marks {
+    variant: Option<Variant>,
+    rid: HeaderValue,
+    cache: Option<&'static str>,
+}
+
+static PRODUCTION: HeaderValue = HeaderValue::from_static("production");
+static CANARY: HeaderValue = HeaderValue::from_static("canary");
+static MIRROR: HeaderValue = HeaderValue::from_static("mirror");
+static HIT: HeaderValue = HeaderValue::from_static("hit");
+static MISS: HeaderValue = HeaderValue::from_static("miss");
+
+impl Marks {
+    pub(crate) fn fields(&self) -> FieldList<'_, 3> {
+        let mut fields = FieldList::new();
+        fields.push(&REQUEST_ID, &self.rid);
+        if let Some(v) = self.variant {
+            let value = match v {
+                Variant::Production => &PRODUCTION,
+                Variant::Canary => &CANARY,
+                Variant::Mirror => &MIRROR,
+            };
+            fields.push(&VARIANT_HEADER, value);
+        }
+        if let Some(c) = self.cache {
+            fields.push(&CACHE_HEADER, if c == "hit" { &HIT } else { &MISS });
+        }
+        fields
+    }
+
+    /// Into a response's map, replacing fields of the same names.
+    pub(crate) fn insert_into(&self, h: &mut HeaderMap) {
+        for &(n, v) in self.fields().iter() {
+            h.insert(n.clone(), v.clone());
+        }
+    }
+}
 
 /// What is left to do for a request once its response has ended: record its metrics and its access
 /// log line, which depend on how the response body ended.
@@ -114,14 +156,14 @@ impl Finish {
     }
 }
 
-/// Serves one request: the response, and what to record once it has been written.
+/// Serves one request: the response, its marks, and what to record once it has been written.
 ///
 /// Generic over the request body: the connection drivers (HTTP/1.1 and HTTP/2, over TCP or TLS)
 /// each hand over their own. The phases: the request's facts ([`Ctx::begin`]), resolve the stage,
 /// choose the variant, start a mirrored copy, serve it ([`serve`]: match the route, render the
 /// integration, the upstream request, the cache), answer (a failure as the client's protocol says
-/// it), mark the response, and what to record at its end ([`finish`]).
-pub(crate) async fn handle<B>(gw: &Arc<Gateway>, req: Request<B>, peer: &Peer) -> (Response<Body>, Finish)
+/// it), its marks, and what to record at its end ([`finish`]).
+pub(crate) async fn handle<B>(gw: &Arc<Gateway>, req: Request<B>, peer: &Peer) -> (Response<Body>, Marks, Finish)
 where
     B: http_body::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
     B::Error: Into<BoxError>,
@@ -162,12 +204,16 @@ where
     let outcome = serve(&ctx, stage, vr, &mut parts, body, rest).await;
     abandoned.armed = false;
     drop(abandoned);
-    let (mut response, answered) = answer(&ctx, stage, variant, outcome.result);
+    let (response, answered) = answer(&ctx, stage, variant, outcome.result);
     let cache_label = outcome.cache.map(|c| match c {
         CacheResult::Hit => "hit",
         CacheResult::Miss => "miss",
     });
-    mark(response.headers_mut(), variant, &ctx.rid, cache_label);
+    let marks = Marks {
+        variant: Some(variant),
+        rid: ctx.rid.clone(),
+        cache: cache_label,
+    };
     let served = Served {
         stage,
         vr,
@@ -179,7 +225,7 @@ where
         route: outcome.route,
     };
     let finish = finish(ctx, &parts, served, answered, logged, pair);
-    (response, finish)
+    (response, marks, finish)
 }
 
 /// What an access log line needs from the request's head, taken before the head moves upstream.
@@ -190,13 +236,17 @@ struct Logged {
 
 /// No stage serves the request's host and path: 404 (a gRPC error to a gRPC client), the client's
 /// mistake, nothing counted.
-fn no_stage(ctx: &Ctx<'_>, parts: &http::request::Parts) -> (Response<Body>, Finish) {
-    let mut r = if ctx.grpc {
+fn no_stage(ctx: &Ctx<'_>, parts: &http::request::Parts) -> (Response<Body>, Marks, Finish) {
+    let r = if ctx.grpc {
         ProxyError::NoStage.grpc_response()
     } else {
         ProxyError::NoStage.response()
     };
-    r.headers_mut().insert(REQUEST_ID.clone(), ctx.rid.clone());
+    let marks = Marks {
+        variant: None,
+        rid: ctx.rid.clone(),
+        cache: None,
+    };
     let finish = Finish {
         series: None,
         sec: ctx.sec,
@@ -213,7 +263,7 @@ fn no_stage(ctx: &Ctx<'_>, parts: &http::request::Parts) -> (Response<Body>, Fin
         error: Some((Source::Client.as_str(), ProxyError::NoStage.to_string())),
         grpc: None,
     };
-    (r, finish)
+    (r, marks, finish)
 }
 
 /// Starts a copy of a production request to the stage's mirror, if it has one that wants it: the
@@ -278,15 +328,6 @@ fn answer(ctx: &Ctx<'_>, stage: &StageRoute, variant: Variant, result: Result<Re
         }
     };
     (response, answered)
-}
-
-/// The response's marks: the variant that served it, the request id, the cache's result.
-fn mark(h: &mut HeaderMap, variant: Variant, rid: &HeaderValue, cache: Option<&'static str>) {
-    h.insert(VARIANT_HEADER.clone(), HeaderValue::from_static(variant.as_str()));
-    h.insert(REQUEST_ID.clone(), rid.clone());
-    if let Some(label) = cache {
-        h.insert(CACHE_HEADER.clone(), HeaderValue::from_static(label));
-    }
 }
 
 /// What serving the request as a stage's variant gave, for [`finish`].

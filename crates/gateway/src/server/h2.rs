@@ -375,13 +375,13 @@ async fn stream(gw: Arc<Gateway>, mut req: Request<RecvStream>, mut respond: Sen
         request::handle(&gw, req, &peer).await
     });
     let answered = until_reset(&mut respond, work).await;
-    let Some((resp, finish)) = answered else {
+    let Some((resp, marks, finish)) = answered else {
         // Reset before the answer: the request's work is dropped; the handler recorded it.
         return shared.client_reset();
     };
     // Boxed too: the task's own future stays small (the sending's state holds the body, the
     // record and a timer).
-    let sent = Box::pin(respond_with(resp, finish, &mut respond, head, &gw)).await;
+    let sent = Box::pin(respond_with(resp, marks, finish, &mut respond, head, &gw)).await;
     if sent == Sent::Reset {
         shared.client_reset();
     }
@@ -418,9 +418,17 @@ const CONNECTION_SPECIFIC: [header::HeaderName; 5] = [
     header::HeaderName::from_static("keep-alive"),
 ];
 
-/// Sends the response head and body, and records how it ended.
-async fn respond_with(resp: Response<Body>, mut finish: Finish, respond: &mut SendResponse<Bytes>, head: bool, gw: &Gateway) -> Sent {
+/// Sends the response head (with the gateway's marks) and body, and records how it ended.
+async fn respond_with(
+    resp: Response<Body>,
+    marks: request::Marks,
+    mut finish: Finish,
+    respond: &mut SendResponse<Bytes>,
+    head: bool,
+    gw: &Gateway,
+) -> Sent {
     let (mut parts, mut body) = resp.into_parts();
+    marks.insert_into(&mut parts.headers);
     // Usually none: one pass of cheap comparisons, then removals only when there is one.
     let specific = |n: &header::HeaderName| CONNECTION_SPECIFIC.contains(n) || n.as_str() == "proxy-connection";
     if parts.headers.keys().any(specific) {

@@ -50,7 +50,7 @@ use crate::error::{json_error, ClientBodyError};
 use crate::exchange::{Ending, Peer, UpgradeRequest, Upgraded};
 use crate::protocols::body_read::{BodyRead, ReadError};
 use crate::protocols::h1::server::request::{parse_request_head, request_line_too_long, BadHead, FieldAt, RequestHead};
-use crate::protocols::h1::server::response::{encode_response_head, encode_switching_head, ResponseFraming};
+use crate::protocols::h1::server::response::{encode_response_head, encode_switching_head, Marks, ResponseFraming};
 use crate::protocols::h1::{self, Decoded, Decoder};
 use crate::proxy::request;
 use crate::server::connections::ConnCtl;
@@ -162,7 +162,7 @@ pub(crate) async fn serve_connection<S: Split>(gw: Arc<Gateway>, stream: S, peer
             Err(HeadError::Bad(status, msg)) => {
                 tracing::debug!(peer = %peer.addr, %status, error = %msg, "bad request head");
                 c.unread_body = true;
-                let _ = c.write_response(head_error(status, &msg), false, false, false, |_| {}).await;
+                let _ = c.write_response(head_error(status, &msg), &[], false, false, false, |_| {}).await;
                 c.close().await;
                 return;
             }
@@ -189,17 +189,18 @@ pub(crate) async fn serve_connection<S: Split>(gw: Arc<Gateway>, stream: S, peer
         if let Some(u) = upgrade {
             req.extensions_mut().insert(u);
         }
-        let (resp, finish) = request::handle(&gw, req, &peer).await;
+        let (resp, marks, finish) = request::handle(&gw, req, &peer).await;
+        let marks = marks.fields();
         if let Some(u) = upgrade.filter(|_| resp.status() == StatusCode::SWITCHING_PROTOCOLS) {
             if let Some(switched) = resp.extensions().get::<Upgraded>().and_then(Upgraded::take) {
-                return c.switch(resp, switched, finish, &gw, u.kind).await;
+                return c.switch(resp, &marks, switched, finish, &gw, u.kind).await;
             }
         }
 
         keep_alive &= c.take_back(lent) && !ctl.closing();
         let log = gw.access_log();
         match c
-            .write_response(resp, is_head, http10, keep_alive, |ending| finish.done(log, ending))
+            .write_response(resp, &marks, is_head, http10, keep_alive, |ending| finish.done(log, ending))
             .await
         {
             Ok(true) => {}
@@ -372,6 +373,7 @@ impl<R: AsyncRead + Unpin + Send + 'static, W: AsyncWrite + Unpin> Conn<R, W> {
     async fn switch(
         mut self,
         resp: Response<Body>,
+        marks: Marks<'_>,
         (upstream, early): crate::exchange::Switched,
         finish: request::Finish,
         gw: &Gateway,
@@ -380,7 +382,7 @@ impl<R: AsyncRead + Unpin + Send + 'static, W: AsyncWrite + Unpin> Conn<R, W> {
         let open = finish.open_connection(kind);
         self.out.clear();
         let (parts, _) = resp.into_parts();
-        encode_switching_head(&mut self.out, &parts);
+        encode_switching_head(&mut self.out, &parts, marks);
         finish.done(gw.access_log(), Ending::Complete);
         if self.flush().await.is_err() {
             return;
@@ -398,13 +400,14 @@ impl<R: AsyncRead + Unpin + Send + 'static, W: AsyncWrite + Unpin> Conn<R, W> {
         drop(open);
     }
 
-    /// Writes the response; whether the connection can carry another request. With `keep_alive`
+    /// Writes the response with the gateway's `marks`; whether the connection can carry another request. With `keep_alive`
     /// false, or when the response says so or has no length to an HTTP/1.0 client, it says
     /// `connection: close`. `done` is told how the response ended, before its last bytes are written
     /// (so what it records is there when the client has the whole response).
     async fn write_response(
         &mut self,
         resp: Response<Body>,
+        marks: Marks<'_>,
         is_head: bool,
         http10: bool,
         keep_alive: bool,
@@ -416,7 +419,7 @@ impl<R: AsyncRead + Unpin + Send + 'static, W: AsyncWrite + Unpin> Conn<R, W> {
                 f(ending);
             }
         };
-        let r = self.write_message(resp, is_head, http10, keep_alive, &mut end).await;
+        let r = self.write_message(resp, marks, is_head, http10, keep_alive, &mut end).await;
         match &r {
             Ok(_) => end(Ending::Complete),
             Err(WriteError::Body(e)) => {
@@ -436,6 +439,7 @@ impl<R: AsyncRead + Unpin + Send + 'static, W: AsyncWrite + Unpin> Conn<R, W> {
     async fn write_message(
         &mut self,
         resp: Response<Body>,
+        marks: Marks<'_>,
         is_head: bool,
         http10: bool,
         keep_alive: bool,
@@ -447,7 +451,7 @@ impl<R: AsyncRead + Unpin + Send + 'static, W: AsyncWrite + Unpin> Conn<R, W> {
             bodyless,
             chunked,
             keep_alive,
-        } = encode_response_head(&mut self.out, &parts, body.size_hint().exact(), is_head, http10, keep_alive);
+        } = encode_response_head(&mut self.out, &parts, marks, body.size_hint().exact(), is_head, http10, keep_alive);
         if bodyless {
             drop(body);
             end(Ending::Complete);
@@ -1027,7 +1031,7 @@ mod tests {
         let mut client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
         let (server, _) = listener.accept().await.unwrap();
         let mut c = Conn::new(server);
-        let keep = c.write_response(resp, is_head, http10, true, |_| {}).await.unwrap();
+        let keep = c.write_response(resp, &[], is_head, http10, true, |_| {}).await.unwrap();
         drop(c);
         let mut got = Vec::new();
         client.read_to_end(&mut got).await.unwrap();
@@ -1118,7 +1122,7 @@ mod tests {
         let (server, _) = listener.accept().await.unwrap();
         let mut c = Conn::new(server);
         let mut ending = None;
-        let r = c.write_response(r, false, false, true, |e| ending = Some(e)).await;
+        let r = c.write_response(r, &[], false, false, true, |e| ending = Some(e)).await;
         assert!(matches!(r, Err(WriteError::Body(_))));
         assert!(matches!(ending, Some(Ending::Failed(ref cause)) if cause.contains("closed")));
         drop(c);
@@ -1140,7 +1144,14 @@ mod tests {
         let mut c = Conn::new(server);
         // Far more than the socket buffers hold, to a client that reads nothing.
         let t0 = Instant::now();
-        let write = c.write_response(Response::new(crate::body::full(vec![b'x'; 64 << 20])), false, false, true, |_| {});
+        let write = c.write_response(
+            Response::new(crate::body::full(vec![b'x'; 64 << 20])),
+            &[],
+            false,
+            false,
+            true,
+            |_| {},
+        );
         let r = tokio::time::timeout(SEND_TIMEOUT * 3, write).await.expect("the write gave up");
         assert!(matches!(r, Err(WriteError::Client(e)) if e.kind() == io::ErrorKind::TimedOut));
         let waited = t0.elapsed();

@@ -1,11 +1,35 @@
 //! The response side of the HTTP/1.1 codec, without I/O: the head the gateway writes to its client
-//! (status line, the response's fields less the framing ones, `date`, and the framing and persistence
-//! it chooses).
+//! (status line, the response's fields less the framing ones, the gateway's marks, `date`, and the
+//! framing and persistence it chooses).
 
 use std::time::SystemTime;
 
-use http::header;
+use http::header::{self, HeaderName, HeaderValue};
 use http::StatusCode;
+
+/// Header fields the gateway adds to a response (its marks): written after the response's own,
+/// which lose any field of the same name.
+pub(crate) type Marks<'a> = &'a [(&'a HeaderName, &'a HeaderValue)];
+
+/// Appends the response's fields but those `skip` picks and those `marks` replace, then the marks.
+fn write_fields(out: &mut Vec<u8>, headers: &http::HeaderMap, marks: Marks<'_>, mut skip: impl FnMut(&HeaderName, &HeaderValue) -> bool) {
+    for (name, value) in headers {
+        if skip(name, value) || marks.iter().any(|(m, _)| *m == name) {
+            continue;
+        }
+        field(out, name, value);
+    }
+    for (name, value) in marks {
+        field(out, name, value);
+    }
+}
+
+fn field(out: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
+    out.extend_from_slice(name.as_str().as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value.as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
 
 /// How a response written by [`encode_response_head`] is framed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,13 +42,14 @@ pub(crate) struct ResponseFraming {
     pub(crate) keep_alive: bool,
 }
 
-/// Appends the response head for `parts` to `out`. `exact` is the body's length when known; without it
+/// Appends the response head for `parts` and `marks` to `out`. `exact` is the body's length when known; without it
 /// the body is chunked, except to an HTTP/1.0 client (then it runs until the connection closes). With
 /// `keep_alive` false, or when the response says `connection: close` or has no length to an HTTP/1.0
 /// client, the head says `connection: close`.
 pub(crate) fn encode_response_head(
     out: &mut Vec<u8>,
     parts: &http::response::Parts,
+    marks: Marks<'_>,
     exact: Option<u64>,
     is_head: bool,
     http10: bool,
@@ -49,21 +74,15 @@ pub(crate) fn encode_response_head(
     let chunked = !bodyless && length.is_none() && !http10;
     let mut keep_alive = keep_alive && (bodyless || length.is_some() || chunked);
     let mut has_date = false;
-    for (name, value) in &parts.headers {
+    write_fields(out, &parts.headers, marks, |name, value| {
         if name == header::CONNECTION {
             keep_alive &= !value.as_bytes().eq_ignore_ascii_case(b"close");
-            continue;
-        }
-        // The framing is ours; a response without a body keeps the length it describes.
-        if name == header::TRANSFER_ENCODING || (name == header::CONTENT_LENGTH && !bodyless) {
-            continue;
+            return true;
         }
         has_date |= name == header::DATE;
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
+        // The framing is ours; a response without a body keeps the length it describes.
+        name == header::TRANSFER_ENCODING || (name == header::CONTENT_LENGTH && !bodyless)
+    });
     if !has_date {
         out.extend_from_slice(b"date: ");
         http_date(out);
@@ -91,17 +110,11 @@ pub(crate) fn encode_response_head(
 
 /// Appends the head of a 101 that switches the connection to the protocol its `upgrade` field names:
 /// the response's fields less the framing and connection ones, then `connection: upgrade`.
-pub(crate) fn encode_switching_head(out: &mut Vec<u8>, parts: &http::response::Parts) {
+pub(crate) fn encode_switching_head(out: &mut Vec<u8>, parts: &http::response::Parts, marks: Marks<'_>) {
     out.extend_from_slice(b"HTTP/1.1 101 Switching Protocols\r\n");
-    for (name, value) in &parts.headers {
-        if name == header::CONNECTION || name == header::TRANSFER_ENCODING || name == header::CONTENT_LENGTH {
-            continue;
-        }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
+    write_fields(out, &parts.headers, marks, |name, _| {
+        name == header::CONNECTION || name == header::TRANSFER_ENCODING || name == header::CONTENT_LENGTH
+    });
     out.extend_from_slice(b"connection: upgrade\r\n\r\n");
 }
 
@@ -154,8 +167,43 @@ mod tests {
         keep_alive: bool,
     ) -> (String, ResponseFraming) {
         let mut out = Vec::new();
-        let f = encode_response_head(&mut out, parts, exact, is_head, http10, keep_alive);
+        let f = encode_response_head(&mut out, parts, &[], exact, is_head, http10, keep_alive);
         (String::from_utf8(out).unwrap(), f)
+    }
+
+    #[test]
+    fn the_marks_follow_the_fields_and_replace_theirs() {
+        static RID: HeaderName = HeaderName::from_static("x-request-id");
+        static VARIANT: HeaderName = HeaderName::from_static("x-canarygate-variant");
+        let (rid, canary) = (HeaderValue::from_static("ours"), HeaderValue::from_static("canary"));
+        let marks = [(&RID, &rid), (&VARIANT, &canary)];
+        let p = head(
+            200,
+            &[
+                ("x-request-id", "theirs"),
+                ("server", "up"),
+                ("x-canarygate-variant", "x"),
+                ("x-a", "1"),
+            ],
+        );
+        let mut out = Vec::new();
+        encode_response_head(&mut out, &p, &marks, Some(0), false, false, true);
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.starts_with("HTTP/1.1 200 OK\r\nserver: up\r\nx-a: 1\r\nx-request-id: ours\r\nx-canarygate-variant: canary\r\ndate: "),
+            "{text}"
+        );
+        assert_eq!(text.matches("x-request-id").count(), 1, "{text}");
+        let mut out = Vec::new();
+        encode_switching_head(
+            &mut out,
+            &head(101, &[("upgrade", "websocket"), ("x-request-id", "theirs")]),
+            &marks,
+        );
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nx-request-id: ours\r\nx-canarygate-variant: canary\r\nconnection: upgrade\r\n\r\n"
+        );
     }
 
     #[test]
