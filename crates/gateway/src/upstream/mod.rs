@@ -75,12 +75,12 @@ const FIRST_READ: usize = 4096;
 pub(crate) trait Connection: AsyncRead + AsyncWrite + Unpin + Send + Sized + 'static {
     /// Whether an idle connection is still open: nothing to read (no end-of-file, no stray bytes).
     fn is_open(&self) -> bool;
-    /// Back into this worker's pool for `authority` with its read buffer (or closed, when the pool
-    /// is full).
-    fn checkin(self, authority: &str, buf: BytesMut);
+    /// Back into this worker's pool for `authority` with its read buffer and timer (or closed, when
+    /// the pool is full).
+    fn checkin(self, authority: &str, kit: Kit);
     /// The most recently used idle connection of this kind to `host` that is open and not too old,
-    /// with its read buffer.
-    fn take_idle(host: &mut Host) -> Option<(Self, BytesMut)>;
+    /// with its read buffer and timer.
+    fn take_idle(host: &mut Host) -> Option<(Self, Kit)>;
 }
 
 impl Connection for TcpStream {
@@ -89,15 +89,15 @@ impl Connection for TcpStream {
         matches!(self.try_read(&mut [0u8; 1]), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
     }
 
-    fn checkin(self, authority: &str, buf: BytesMut) {
+    fn checkin(self, authority: &str, kit: Kit) {
         HOSTS.with_borrow_mut(|hosts| {
             if let Some(h) = hosts.get_mut(authority) {
-                Idle::push(&mut h.idle, self, buf);
+                Idle::push(&mut h.idle, self, kit);
             }
         });
     }
 
-    fn take_idle(host: &mut Host) -> Option<(Self, BytesMut)> {
+    fn take_idle(host: &mut Host) -> Option<(Self, Kit)> {
         take_idle(&mut host.idle, TcpStream::is_open)
     }
 }
@@ -112,35 +112,54 @@ impl Connection for TlsConn {
         self.get_ref().0.is_open()
     }
 
-    fn checkin(self, authority: &str, buf: BytesMut) {
+    fn checkin(self, authority: &str, kit: Kit) {
         HOSTS.with_borrow_mut(|hosts| {
             if let Some(h) = hosts.get_mut(authority) {
-                Idle::push(&mut h.idle_tls, Box::new(self), buf);
+                Idle::push(&mut h.idle_tls, Box::new(self), kit);
             }
         });
     }
 
-    fn take_idle(host: &mut Host) -> Option<(Self, BytesMut)> {
-        take_idle(&mut host.idle_tls, |c| c.is_open()).map(|(c, buf)| (*c, buf))
+    fn take_idle(host: &mut Host) -> Option<(Self, Kit)> {
+        take_idle(&mut host.idle_tls, |c| c.is_open()).map(|(c, kit)| (*c, kit))
     }
 }
 
-/// A pooled connection, its read buffer and since when it is idle.
+/// What an upstream connection keeps from one exchange to the next: its read buffer, and the timer
+/// of the response head's deadline — moved later for each exchange (which costs an update of the
+/// timer's state, not an entry registered in the runtime's timer wheel and removed again per
+/// request).
+#[derive(Default)]
+pub(crate) struct Kit {
+    buf: BytesMut,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl From<BytesMut> for Kit {
+    fn from(buf: BytesMut) -> Kit {
+        Kit { buf, timer: None }
+    }
+}
+
+/// A pooled connection, its read buffer and timer, and since when it is idle.
 struct Idle<S> {
     stream: S,
     buf: BytesMut,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
     since: Instant,
 }
 
 impl<S> Idle<S> {
     /// Into `pool` unless it is full (then the connection is dropped, which closes it).
-    fn push(pool: &mut Vec<Idle<S>>, stream: S, buf: BytesMut) {
+    fn push(pool: &mut Vec<Idle<S>>, stream: S, kit: impl Into<Kit>) {
+        let Kit { buf, timer } = kit.into();
         if pool.len() < MAX_IDLE_PER_HOST {
             let keep = pool.len() < MAX_BUFFERED_IDLE && buf.capacity() <= MAX_POOLED_BUF;
             let buf = if keep { buf } else { BytesMut::new() };
             pool.push(Idle {
                 stream,
                 buf,
+                timer,
                 since: Instant::now(),
             });
         }
@@ -279,10 +298,10 @@ where
     let mut conn = idle;
     let mut deadline = Clock::now() + timeouts.head;
     loop {
-        let (stream, buf, reused) = match conn.take() {
-            Some((s, buf)) => (s, buf, true),
+        let (stream, kit, reused) = match conn.take() {
+            Some((s, kit)) => (s, kit, true),
             None => match tokio::time::timeout_at(deadline, connect(authority.clone())).await {
-                Ok(s) => (s?, BytesMut::new(), false),
+                Ok(s) => (s?, Kit::default(), false),
                 Err(_) => return Err(SendError::Timeout(timeouts.head)),
             },
         };
@@ -291,7 +310,7 @@ where
             timeouts,
             deadline: &mut deadline,
         };
-        match exchange(stream, buf, &head, &mut body, more, &mut writer, call).await {
+        match exchange(stream, kit, &head, &mut body, more, &mut writer, call).await {
             Ok(x) if x.head.status == http::StatusCode::SWITCHING_PROTOCOLS => {
                 return if upgrade {
                     Ok(switched(x))
@@ -400,8 +419,8 @@ struct Exchanged<S> {
     /// Whether the whole request was sent (else the upstream answered early, and the connection
     /// cannot be reused).
     complete: bool,
-    /// The read buffer, to go back to the pool with the connection.
-    buf: BytesMut,
+    /// The read buffer and timer, to go back to the pool with the connection.
+    kit: Kit,
 }
 
 /// What happened first while a request body was being sent.
@@ -469,13 +488,14 @@ async fn write_watching<S: Connection>(stream: &mut S, data: &[u8], buf: &mut By
 /// Writes the request (the rest of its body streamed from `body`) and reads the response head.
 async fn exchange<S: Connection>(
     mut stream: S,
-    mut buf: BytesMut,
+    kit: Kit,
     head: &[u8],
     body: &mut Body,
     more: bool,
     writer: &mut BodyWriter,
     mut call: Call<'_>,
 ) -> Result<Exchanged<S>, Failed> {
+    let Kit { mut buf, mut timer } = kit;
     // The usual request goes out in one write: the head, with a body that came with it. Anything more
     // (a head the socket did not take at once, a body still arriving) is sent watching for an early
     // answer, on a boxed path that keeps this future small.
@@ -493,7 +513,7 @@ async fn exchange<S: Connection>(
                     head,
                     rest,
                     complete: false,
-                    buf: BytesMut::new(),
+                    kit: Kit::default(),
                 })
             }
             Err(Stopped::Failed(f)) => return Err(f),
@@ -511,7 +531,10 @@ async fn exchange<S: Connection>(
                     head,
                     rest,
                     complete: true,
-                    buf: if grown { BytesMut::new() } else { buf },
+                    kit: Kit {
+                        buf: if grown { BytesMut::new() } else { buf },
+                        timer,
+                    },
                 });
             }
         }
@@ -519,11 +542,11 @@ async fn exchange<S: Connection>(
             grown |= !buf.is_empty();
             buf.reserve(buf.capacity().max(FIRST_READ));
         }
-        let n = match tokio::time::timeout_at(*call.deadline, stream.read_buf(&mut buf)).await {
-            Err(_) => return Err(call.timed_out()),
-            Ok(Ok(n)) => n,
-            Ok(Err(e)) if buf.is_empty() => return Err(Failed::early(SendError::Io(e))),
-            Ok(Err(e)) => return Err(Failed::late(SendError::Io(e))),
+        let n = match read_by(&mut stream, &mut buf, &mut timer, *call.deadline).await {
+            None => return Err(call.timed_out()),
+            Some(Ok(n)) => n,
+            Some(Err(e)) if buf.is_empty() => return Err(Failed::early(SendError::Io(e))),
+            Some(Err(e)) => return Err(Failed::late(SendError::Io(e))),
         };
         if n == 0 {
             return Err(if buf.is_empty() {
@@ -533,6 +556,32 @@ async fn exchange<S: Connection>(
             });
         }
     }
+}
+
+/// Reads what `stream` has into `buf`, or `None` when `deadline` passes first: on the connection's
+/// `timer`, made at its first exchange and moved to each exchange's deadline.
+async fn read_by<S: Connection>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+    timer: &mut Option<Pin<Box<tokio::time::Sleep>>>,
+    deadline: Clock,
+) -> Option<io::Result<usize>> {
+    let timer = match timer {
+        Some(t) => {
+            if t.deadline() != deadline {
+                t.as_mut().reset(deadline);
+            }
+            t
+        }
+        None => timer.insert(Box::pin(tokio::time::sleep_until(deadline))),
+    };
+    poll_fn(|cx| {
+        if let Poll::Ready(r) = tokio_util::io::poll_read_buf(Pin::new(&mut *stream), cx, buf) {
+            return Poll::Ready(Some(r));
+        }
+        timer.as_mut().poll(cx).map(|()| None)
+    })
+    .await
 }
 
 /// Sends what is left of the request: `data` (the rest of its head), then the body as it arrives,
@@ -612,7 +661,7 @@ async fn answer_after_failed_write<S: Connection>(
                     head,
                     rest,
                     complete: false,
-                    buf: BytesMut::new(),
+                    kit: Kit::default(),
                 })
             }
             Ok(None) => {}
@@ -635,21 +684,21 @@ fn respond<S: Connection>(x: Exchanged<S>, authority: &Authority, body_read: Dur
         mut head,
         rest,
         complete,
-        buf,
+        kit,
     } = x;
     head.keep_alive &= complete;
     let decoder = Decoder::new(head.framing);
     let body = match decoder {
         Decoder::Done => {
             if head.keep_alive && rest.is_empty() {
-                stream.checkin(authority.as_str(), buf);
+                stream.checkin(authority.as_str(), kit);
             }
             h1::WireBody::Whole(None)
         }
         Decoder::Length(n) if rest.len() as u64 >= n => {
             // Bytes past the end of the body: the connection is out of step; close it.
             if head.keep_alive && rest.len() as u64 == n {
-                stream.checkin(authority.as_str(), buf);
+                stream.checkin(authority.as_str(), kit);
             }
             h1::WireBody::Whole(Some(rest.slice(..n as usize)))
         }
@@ -658,7 +707,7 @@ fn respond<S: Connection>(x: Exchanged<S>, authority: &Authority, body_read: Dur
             // The body read into a buffer of its own, which may grow; the connection's goes back to
             // the pool with it.
             read: BodyRead::new(BytesMut::from(rest), decoder, body_read),
-            pooled: buf,
+            pooled: kit,
             keep_alive: head.keep_alive,
             authority: authority.clone(),
         })),
@@ -698,10 +747,16 @@ pub(crate) fn idle_count() -> usize {
 
 /// The most recently used idle connection that is open and not too old; older ones found closed on
 /// the way are dropped.
-fn take_idle<S>(idle: &mut Vec<Idle<S>>, open: impl Fn(&S) -> bool) -> Option<(S, BytesMut)> {
+fn take_idle<S>(idle: &mut Vec<Idle<S>>, open: impl Fn(&S) -> bool) -> Option<(S, Kit)> {
     while let Some(i) = idle.pop() {
         if i.since.elapsed() <= IDLE_TIMEOUT && open(&i.stream) {
-            return Some((i.stream, i.buf));
+            return Some((
+                i.stream,
+                Kit {
+                    buf: i.buf,
+                    timer: i.timer,
+                },
+            ));
         }
     }
     None
@@ -733,8 +788,8 @@ struct Streaming<S> {
     /// `None` once the body has ended.
     stream: Option<S>,
     read: BodyRead,
-    /// The connection's read buffer (the head's), for the pool.
-    pooled: BytesMut,
+    /// The connection's read buffer (the head's) and timer, for the pool.
+    pooled: Kit,
     keep_alive: bool,
     authority: Authority,
 }
@@ -806,6 +861,18 @@ mod tests {
     /// A raw HTTP/1.1 backend: answers every request on a connection with `body` (keep-alive), and
     /// closes the connection after `close_after` answers. Counts accepted connections.
     async fn backend(body: &'static [u8], close_after: usize) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+        backend_then(body, close_after, Then::Close).await
+    }
+
+    /// What a test backend does once it has given its answers on a connection.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Then {
+        Close,
+        /// Reads on and never answers.
+        Stall,
+    }
+
+    async fn backend_then(body: &'static [u8], answers: usize, then: Then) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         let accepted = Arc::new(AtomicUsize::new(0));
@@ -819,7 +886,7 @@ mod tests {
                     let mut buf = Vec::new();
                     let mut answered = 0;
                     let mut chunk = [0u8; 4096];
-                    while answered < close_after {
+                    while answered < answers || then == Then::Stall {
                         let Ok(n) = s.read(&mut chunk).await else { return };
                         if n == 0 {
                             return;
@@ -827,6 +894,9 @@ mod tests {
                         buf.extend_from_slice(&chunk[..n]);
                         while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
                             buf.drain(..end + 4);
+                            if then == Then::Stall && answered >= answers {
+                                continue;
+                            }
                             let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", body.len());
                             if s.write_all(&[head.as_bytes(), body].concat()).await.is_err() {
                                 return;
@@ -874,6 +944,40 @@ mod tests {
             let b = &hosts[addr.to_string().as_str()].idle[0].buf;
             (b.as_ptr() as usize, b.capacity())
         })
+    }
+
+    #[tokio::test]
+    async fn a_pooled_connection_keeps_one_timer_and_it_still_ends_a_stalled_exchange() {
+        // Answers the first three requests on a connection, then reads and never answers.
+        let (addr, accepted) = backend_then(b"ok", 3, Then::Stall).await;
+        let timer_of = |addr: std::net::SocketAddr| {
+            HOSTS.with_borrow(|hosts| {
+                let t = hosts[addr.to_string().as_str()].idle[0]
+                    .timer
+                    .as_ref()
+                    .expect("the connection keeps its timer");
+                t.as_ref().get_ref() as *const tokio::time::Sleep as usize
+            })
+        };
+        body_of(send(get(addr), T, None).await.unwrap()).await;
+        let first = timer_of(addr);
+        for _ in 0..2 {
+            body_of(send(get(addr), T, None).await.unwrap()).await;
+            assert_eq!(timer_of(addr), first, "the same timer, moved to the next exchange's deadline");
+        }
+        // A deadline earlier than the timer's last one, on the pooled connection: the stalled answer
+        // still ends the exchange.
+        let short = Timeouts {
+            head: Duration::from_millis(300),
+            ..T
+        };
+        let err = tokio::time::timeout(Duration::from_secs(20), send(get(addr), short, None))
+            .await
+            .expect("ended by its own deadline, not the 30 s one the timer had")
+            .unwrap_err();
+        assert!(matches!(err, SendError::Timeout(_)), "{err}");
+        assert_eq!(accepted.load(Ordering::SeqCst), 1, "every exchange on the one pooled connection");
+        assert_eq!(idle_count(), 0, "the connection that timed out is not pooled");
     }
 
     #[tokio::test]
