@@ -117,11 +117,11 @@ fn request_id(headers: &HeaderMap) -> HeaderValue {
             return v.clone();
         }
     }
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut hex = [0u8; 32];
-    let mut n = fastrand::u128(..);
-    for b in hex.iter_mut().rev() {
-        *b = b"0123456789abcdef"[(n & 15) as usize];
-        n >>= 4;
+    for (pair, byte) in hex.chunks_exact_mut(2).zip(fastrand::u128(..).to_be_bytes()) {
+        pair[0] = DIGITS[usize::from(byte >> 4)];
+        pair[1] = DIGITS[usize::from(byte & 15)];
     }
     // Cut from a block of this thread's (one allocation per 128 ids, shared by reference count)
     // rather than an allocation each, and another when the id is first copied.

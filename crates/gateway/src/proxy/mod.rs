@@ -261,7 +261,11 @@ async fn send(
         }
         // Boxed: hyper's HTTP/2 client call is a future of several KiB, which every HTTP/1.1 call
         // (and every level of future above it) would otherwise carry and copy.
-        Box::pin(crate::upstream::h2::send(req, to.timeouts, to.tls)).await
+        // An HTTP/1.1 upstream's head is read without its hop-by-hop fields (`protocols/h1/client.rs`);
+        // `h2` refuses most of them in an HTTP/2 one's, not `trailer` or those `connection` named.
+        Box::pin(crate::upstream::h2::send(req, to.timeouts, to.tls))
+            .await
+            .map(without_hop_by_hop)
     } else {
         upstream::send(req, extra, to.timeouts, to.tls).await
     };
@@ -298,8 +302,9 @@ fn attribute(e: &SendError, max_body: u64) -> ProxyError {
     }
 }
 
-fn stream_response(mut resp: Response<Body>) -> Response<Body> {
-    // A 101 (only ever to an upgrade request: see `upstream`) keeps the protocol it switches to.
+/// The response without hop-by-hop fields. A 101 (only ever to an upgrade request: see `upstream`)
+/// keeps the protocol it switches to.
+fn without_hop_by_hop(mut resp: Response<Body>) -> Response<Body> {
     let upgrade = match resp.status() {
         http::StatusCode::SWITCHING_PROTOCOLS => resp.headers().get(header::UPGRADE).cloned(),
         _ => None,
@@ -349,7 +354,7 @@ where
             let extra = extra.as_deref().unwrap_or_default();
             let (res, us) = send(ctx.gw, req, extra, span, variant, to, ctx.gw.limits.max_body_bytes).await;
             Outcome {
-                result: res.map(stream_response),
+                result: res,
                 integration_us: Some(us),
                 cache: None,
                 route: None,
@@ -590,7 +595,7 @@ async fn cached(gw: &Gateway, cache: &StageCache, resource: CacheKey, call: &Ups
         (_, None) => {
             let (res, us) = call.send(gw, empty(), gw.limits.max_body_bytes).await;
             Outcome {
-                result: res.map(stream_response),
+                result: res,
                 integration_us: Some(us),
                 cache: Some(CacheResult::Miss),
                 route: None,
@@ -635,15 +640,11 @@ async fn fill(
         }
     };
     let Some(storable) = storable(&call.method, &call.headers, resp.status(), resp.headers(), ttl, SystemTime::now()) else {
-        own.result = Some(Ok(stream_response(resp)));
+        own.result = Some(Ok(resp));
         return Err(NotStored);
     };
     match buffer(resp, cache.max_entry_bytes).await {
-        Buffered::Whole(parts, body) => {
-            let mut headers = parts.headers;
-            strip_hop_by_hop(&mut headers);
-            Ok(Arc::new(storable.into_entry(parts.status, headers, body)))
-        }
+        Buffered::Whole(parts, body) => Ok(Arc::new(storable.into_entry(parts.status, parts.headers, body))),
         Buffered::TooLarge(r) => {
             own.result = Some(Ok(r));
             Err(NotStored)
@@ -693,7 +694,7 @@ async fn buffer(resp: Response<Body>, limit: usize) -> Buffered {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|n| n > limit) {
-        return Buffered::TooLarge(stream_response(resp));
+        return Buffered::TooLarge(resp);
     }
     let (parts, mut body) = resp.into_parts();
     let mut buf = bytes::BytesMut::new();
@@ -708,8 +709,7 @@ async fn buffer(resp: Response<Body>, limit: usize) -> Buffered {
                         use futures_util::StreamExt;
                         let head = futures_util::stream::once(std::future::ready(Ok::<_, BoxError>(http_body::Frame::data(buf.freeze()))));
                         let tail = http_body_util::BodyStream::new(body);
-                        let mut r = Response::from_parts(parts, http_body_util::StreamBody::new(head.chain(tail)).boxed_unsync());
-                        strip_hop_by_hop(r.headers_mut());
+                        let r = Response::from_parts(parts, http_body_util::StreamBody::new(head.chain(tail)).boxed_unsync());
                         return Buffered::TooLarge(r);
                     }
                 }
