@@ -160,6 +160,10 @@ enum Field {
 
 impl Field {
     fn of(name: &[u8]) -> Field {
+        // Every name below starts with one of these: most fields are told apart by their first byte.
+        if !matches!(name.first().map(u8::to_ascii_lowercase), Some(b't' | b'u' | b'c' | b'k' | b'p')) {
+            return Field::Other;
+        }
         let is = |s: &[u8]| name.eq_ignore_ascii_case(s);
         match name.len() {
             2 if is(b"te") => Field::HopByHop,
@@ -175,6 +179,12 @@ impl Field {
             _ => Field::Other,
         }
     }
+}
+
+/// Whether a `Connection` value is one of the options that name no field (what nearly every
+/// response says).
+fn options_only(value: &[u8]) -> bool {
+    value.eq_ignore_ascii_case(b"keep-alive") || value.eq_ignore_ascii_case(b"close")
 }
 
 /// Whether a field is hop-by-hop (RFC 9110 §7.6.1, and the old `keep-alive`, `proxy-connection` and
@@ -208,7 +218,8 @@ fn response_head(
         match *kind {
             Field::Connection => {
                 options.add(h.value);
-                names_more |= connection_tokens(h.value).any(|t| Field::of(t) == Field::Other && !t.eq_ignore_ascii_case(b"close"));
+                names_more |= !options_only(h.value)
+                    && connection_tokens(h.value).any(|t| Field::of(t) == Field::Other && !t.eq_ignore_ascii_case(b"close"));
             }
             Field::TransferEncoding => {
                 let last = h.value.rsplit(|&b| b == b',').next().map(<[u8]>::trim_ascii);
@@ -476,5 +487,46 @@ mod tests {
         assert_eq!(e(&format!("HTTP/1.1 200 OK\r\n{many}\r\n")), ProtocolError::HeadTooLarge);
         let huge = format!("HTTP/1.1 200 OK\r\nx: {}", "a".repeat(MAX_HEAD_BYTES));
         assert_eq!(e(&huge), ProtocolError::HeadTooLarge);
+    }
+
+    #[test]
+    fn fields_are_known_by_name_in_any_case() {
+        let known = [
+            ("te", Field::HopByHop),
+            ("trailer", Field::HopByHop),
+            ("upgrade", Field::Upgrade),
+            ("connection", Field::Connection),
+            ("keep-alive", Field::HopByHop),
+            ("content-length", Field::ContentLength),
+            ("proxy-connection", Field::HopByHop),
+            ("transfer-encoding", Field::TransferEncoding),
+            ("proxy-authenticate", Field::HopByHop),
+            ("proxy-authorization", Field::HopByHop),
+        ];
+        for (name, kind) in known {
+            assert_eq!(Field::of(name.as_bytes()), kind, "{name}");
+            assert_eq!(Field::of(name.to_ascii_uppercase().as_bytes()), kind, "{name}");
+        }
+        for other in [
+            "",
+            "t",
+            "tee",
+            "content-type",
+            "user-agent",
+            "keep-alives",
+            "server",
+            "Cache-Control",
+            "x-te",
+            "proxy",
+        ] {
+            assert_eq!(Field::of(other.as_bytes()), Field::Other, "{other}");
+        }
+        let mut o = ConnectionOptions::default();
+        o.add(b"Keep-Alive");
+        assert!(o.keep_alive && !o.close && !o.upgrade);
+        let mut o = ConnectionOptions::default();
+        o.add(b"keep-alive, Upgrade");
+        assert!(o.keep_alive && o.upgrade && !o.close);
+        assert!(options_only(b"close") && options_only(b"KEEP-ALIVE") && !options_only(b"keep-alive, x-a"));
     }
 }

@@ -81,6 +81,11 @@ pub(crate) struct ConnectionOptions {
 
 impl ConnectionOptions {
     pub(crate) fn add(&mut self, value: &[u8]) {
+        // What nearly every message says: one token.
+        if value.eq_ignore_ascii_case(b"keep-alive") {
+            self.keep_alive = true;
+            return;
+        }
         for t in connection_tokens(value) {
             self.close |= t.eq_ignore_ascii_case(b"close");
             self.keep_alive |= t.eq_ignore_ascii_case(b"keep-alive");
