@@ -31,10 +31,6 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-fn is_hop_by_hop(n: &HeaderName) -> bool {
-    crate::protocols::h1::client::is_hop_by_hop(n.as_str().as_bytes())
-}
-
 /// Removes hop-by-hop headers, including those the `Connection` header names.
 fn strip_hop_by_hop(h: &mut HeaderMap) {
     doomed(h, |_| false).remove_from(h);
@@ -43,8 +39,15 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
 /// The fields to remove from a header map: the hop-by-hop ones and those `also` picks, found in one
 /// pass of cheap comparisons (most messages carry none, or `connection: keep-alive`), so that only
 /// those found are looked up again.
-fn doomed(h: &HeaderMap, also: impl Fn(&HeaderName) -> bool) -> Doomed {
-    Doomed(h.keys().filter(|k| is_hop_by_hop(k) || also(k)).cloned().collect())
+fn doomed(h: &HeaderMap, also: impl Fn(&str) -> bool) -> Doomed {
+    let mut found = Vec::new();
+    for k in h.keys() {
+        let name = k.as_str();
+        if crate::protocols::h1::client::is_hop_by_hop(name.as_bytes()) || also(name) {
+            found.push(k.clone());
+        }
+    }
+    Doomed(found)
 }
 
 struct Doomed(Vec<HeaderName>);
@@ -501,7 +504,12 @@ fn upstream_headers(ctx: &Ctx<'_>, mut headers: HeaderMap, upgrade: Option<Upgra
             .any(|v| crate::protocols::h1::connection_tokens(v.as_bytes()).any(|t| t.eq_ignore_ascii_case(b"trailers")));
     // The client's Host is not forwarded: the upstream request head writes the upstream's
     // (`protocols/h1/client.rs`). Its forwarding fields are replaced by the gateway's.
-    let ours = |k: &HeaderName| *k == X_FORWARDED_FOR || *k == X_FORWARDED_PROTO || *k == X_FORWARDED_HOST || *k == REQUEST_ID;
+    let ours = |k: &str| {
+        k.starts_with("x-")
+            && [&X_FORWARDED_FOR, &X_FORWARDED_PROTO, &X_FORWARDED_HOST, &REQUEST_ID]
+                .iter()
+                .any(|n| n.as_str() == k)
+    };
     let doomed = doomed(&headers, ours);
     let peer = ctx.peer;
     let prev = if doomed.has(&X_FORWARDED_FOR) {

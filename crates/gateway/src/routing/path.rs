@@ -35,7 +35,8 @@ fn dots(seg: &str) -> usize {
 
 /// `path` (empty or starting with `/`) with its dot segments resolved; borrowed when it has none.
 pub fn resolve_dot_segments(path: &str) -> Result<Cow<'_, str>, AboveRoot> {
-    if !path.split('/').any(|s| dots(s) > 0) {
+    // Most paths have no dot and no percent sign: no segment to look at.
+    if !path.bytes().any(|b| b == b'.' || b == b'%') || !path.split('/').any(|s| dots(s) > 0) {
         return Ok(Cow::Borrowed(path));
     }
     let mut out: Vec<&str> = Vec::new();
