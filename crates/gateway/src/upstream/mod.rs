@@ -947,34 +947,46 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_pooled_connection_keeps_one_timer_and_it_still_ends_a_stalled_exchange() {
+    async fn a_pooled_connection_keeps_one_timer_moved_to_each_deadline() {
         // Answers the first three requests on a connection, then reads and never answers.
         let (addr, accepted) = backend_then(b"ok", 3, Then::Stall).await;
+        // The pooled connection's timer: where it is, and its deadline.
         let timer_of = |addr: std::net::SocketAddr| {
             HOSTS.with_borrow(|hosts| {
                 let t = hosts[addr.to_string().as_str()].idle[0]
                     .timer
                     .as_ref()
                     .expect("the connection keeps its timer");
-                t.as_ref().get_ref() as *const tokio::time::Sleep as usize
+                (t.as_ref().get_ref() as *const tokio::time::Sleep as usize, t.deadline())
             })
         };
         body_of(send(get(addr), T, None).await.unwrap()).await;
-        let first = timer_of(addr);
-        for _ in 0..2 {
-            body_of(send(get(addr), T, None).await.unwrap()).await;
-            assert_eq!(timer_of(addr), first, "the same timer, moved to the next exchange's deadline");
-        }
-        // A deadline earlier than the timer's last one, on the pooled connection: the stalled answer
-        // still ends the exchange.
+        let (first, mut deadline) = timer_of(addr);
+        body_of(send(get(addr), T, None).await.unwrap()).await;
+        let (at, later) = timer_of(addr);
+        assert_eq!(at, first, "the same timer, moved to the next exchange's deadline");
+        assert!(later > deadline, "moved later");
+        deadline = later;
+        // A shorter route timeout: the same timer moved earlier.
         let short = Timeouts {
-            head: Duration::from_millis(300),
+            head: Duration::from_secs(5),
             ..T
         };
-        let err = tokio::time::timeout(Duration::from_secs(20), send(get(addr), short, None))
-            .await
-            .expect("ended by its own deadline, not the 30 s one the timer had")
-            .unwrap_err();
+        body_of(send(get(addr), short, None).await.unwrap()).await;
+        let (at, earlier) = timer_of(addr);
+        assert_eq!(at, first);
+        assert!(earlier < deadline, "moved earlier");
+        // The stalled answer on the pooled connection ends the exchange by its deadline.
+        let err = send(
+            get(addr),
+            Timeouts {
+                head: Duration::from_millis(300),
+                ..T
+            },
+            None,
+        )
+        .await
+        .unwrap_err();
         assert!(matches!(err, SendError::Timeout(_)), "{err}");
         assert_eq!(accepted.load(Ordering::SeqCst), 1, "every exchange on the one pooled connection");
         assert_eq!(idle_count(), 0, "the connection that timed out is not pooled");

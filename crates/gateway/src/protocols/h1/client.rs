@@ -290,7 +290,7 @@ fn client_map(
         if !keep {
             continue;
         }
-        let name = super::field_name(h.name.as_bytes()).map_err(|_| ProtocolError::Header(h.name.to_string()))?;
+        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| ProtocolError::Header(h.name.to_string()))?;
         let value = HeaderValue::from_maybe_shared(bytes.slice_ref(h.value)).map_err(|_| ProtocolError::Header(name.to_string()))?;
         headers.append(name, value);
     }

@@ -15,7 +15,7 @@ pub(crate) mod server;
 pub use body::{encode_chunk, encode_chunk_size, Arriving, Decoded, Decoder, WireBody, LAST_CHUNK};
 pub use client::{encode_head, parse_head, Head, RequestFraming};
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderValue};
 use http::Version;
 
 /// A response head larger than this is refused (hyper's default limit is about 400 KiB; nginx's
@@ -99,37 +99,6 @@ impl ConnectionOptions {
     }
 }
 
-/// A field name as `HeaderName::from_bytes` makes it, the most common ones told apart by their
-/// length and bytes (in any case) without its copy into a lower-cased scratch buffer first.
-pub(crate) fn field_name(name: &[u8]) -> Result<HeaderName, http::header::InvalidHeaderName> {
-    let is = |s: &str| name.eq_ignore_ascii_case(s.as_bytes());
-    let known = match name.len() {
-        4 if is("date") => Some(header::DATE),
-        4 if is("host") => Some(header::HOST),
-        4 if is("etag") => Some(header::ETAG),
-        4 if is("vary") => Some(header::VARY),
-        6 if is("server") => Some(header::SERVER),
-        6 if is("accept") => Some(header::ACCEPT),
-        6 if is("cookie") => Some(header::COOKIE),
-        10 if is("user-agent") => Some(header::USER_AGENT),
-        10 if is("set-cookie") => Some(header::SET_COOKIE),
-        12 if is("content-type") => Some(header::CONTENT_TYPE),
-        13 if is("cache-control") => Some(header::CACHE_CONTROL),
-        13 if is("last-modified") => Some(header::LAST_MODIFIED),
-        13 if is("accept-ranges") => Some(header::ACCEPT_RANGES),
-        13 if is("authorization") => Some(header::AUTHORIZATION),
-        14 if is("content-length") => Some(header::CONTENT_LENGTH),
-        15 if is("accept-encoding") => Some(header::ACCEPT_ENCODING),
-        15 if is("accept-language") => Some(header::ACCEPT_LANGUAGE),
-        16 if is("content-encoding") => Some(header::CONTENT_ENCODING),
-        _ => None,
-    };
-    match known {
-        Some(n) => Ok(n),
-        None => HeaderName::from_bytes(name),
-    }
-}
-
 /// Whether a field value is what `HeaderValue::to_str` takes (visible ASCII, spaces and tabs).
 fn is_text(value: &[u8]) -> bool {
     value.iter().all(|&b| b == b'\t' || (b' '..=b'~').contains(&b))
@@ -177,52 +146,4 @@ pub(crate) fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
 /// RFC 9110 §5.6.2 `tchar`.
 pub(crate) fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn field_names_are_what_header_name_makes_of_them() {
-        let names = [
-            "date",
-            "host",
-            "etag",
-            "vary",
-            "server",
-            "accept",
-            "cookie",
-            "user-agent",
-            "set-cookie",
-            "content-type",
-            "cache-control",
-            "last-modified",
-            "accept-ranges",
-            "authorization",
-            "content-length",
-            "accept-encoding",
-            "accept-language",
-            "content-encoding",
-            "x-request-id",
-            "dat",
-            "hosts",
-            "x",
-            "te",
-        ];
-        for n in names {
-            for name in [
-                n.to_string(),
-                n.to_ascii_uppercase(),
-                format!("{}{}", n[..1].to_ascii_uppercase(), &n[1..]),
-            ] {
-                let ours = field_name(name.as_bytes()).unwrap();
-                assert_eq!(ours, HeaderName::from_bytes(name.as_bytes()).unwrap(), "{name}");
-                assert_eq!(ours.as_str(), n, "{name}");
-            }
-        }
-        for bad in [&b""[..], b"a b", b"x:y", b"\xff"] {
-            assert!(field_name(bad).is_err(), "{bad:?}");
-        }
-    }
 }

@@ -224,7 +224,7 @@ fn read_fields(bytes: &Bytes, at: &[FieldAt]) -> Result<Fields, BadHead> {
     let mut hosts = 0;
     for &(ns, nl, vs, vl) in at {
         let name = &bytes[ns..ns + nl];
-        let name = crate::protocols::h1::field_name(name).map_err(|_| bad(format!("invalid header name {}", quoted(name))))?;
+        let name = HeaderName::from_bytes(name).map_err(|_| bad(format!("invalid header name {}", quoted(name))))?;
         let value = HeaderValue::from_maybe_shared(bytes.slice(vs..vs + vl)).map_err(|_| bad(format!("invalid value of header {name}")))?;
         if name == header::CONNECTION {
             connection.add(value.as_bytes());
