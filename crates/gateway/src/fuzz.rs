@@ -76,8 +76,24 @@ pub fn response_head(data: &[u8]) {
                 if method == Method::HEAD {
                     assert_eq!(head.framing, Framing::Empty);
                 }
+                // What an HTTP/1.1 client is sent (each kept line as it came) and what the map holds
+                // (for an HTTP/2 client, the cache) are the same fields.
+                let map = head.fields.clone().into_map().expect("httparse passes only fields a map can hold");
+                assert_eq!(map.len(), head.fields.iter().count());
+                for (name, value, line) in head.fields.iter() {
+                    let mut again = line.to_vec();
+                    again.extend_from_slice(b"\r\n\r\n");
+                    let mut one = [httparse::EMPTY_HEADER; 1];
+                    let parsed = httparse::parse_headers(&again, &mut one);
+                    assert!(
+                        matches!(parsed, Ok(httparse::Status::Complete((n, [_]))) if n == again.len()),
+                        "{line:?}"
+                    );
+                    assert!(one[0].name.as_bytes() == name && one[0].value == value, "{line:?}");
+                    assert!(map.get_all(one[0].name).iter().any(|v| v.as_bytes() == value));
+                }
                 if let Framing::Length(n) = head.framing {
-                    assert_eq!(h1::content_length(&head.headers), Ok(n));
+                    assert_eq!(h1::content_length(&map), Ok(n));
                 }
                 same_in_pieces(Decoder::new(head.framing), &rest, 3);
             }

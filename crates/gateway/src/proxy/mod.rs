@@ -21,6 +21,7 @@ use crate::body::{empty, full, Body, BoxError};
 use crate::cache::{hit_response, storable, vary_hash, CacheKey, StageCache};
 use crate::error::{ClientBodyError, ProxyError};
 use crate::exchange::{GrpcRequest, UpgradeRequest};
+use crate::protocols::h1::Reply;
 use crate::proxy::ctx::{Ctx, REQUEST_ID};
 use crate::routing::table::{CompiledIntegration, StageRoute, VariantRoute};
 use crate::trace::{ClientCall, TRACEPARENT};
@@ -142,6 +143,9 @@ impl Forwarded {
 /// What serving one request produced.
 pub(crate) struct Outcome {
     pub(crate) result: Result<Response<Body>, ProxyError>,
+    /// The response's fields when they are still in an HTTP/1.1 upstream's head (its map then
+    /// empty): only for an HTTP/1.1 client's request past the cache (see [`serve`]).
+    pub(crate) wire: Option<crate::protocols::h1::WireFields>,
     pub(crate) integration_us: Option<u64>,
     pub(crate) cache: Option<CacheResult>,
     /// The matched route's path, for a sampled request's span.
@@ -152,6 +156,7 @@ impl Outcome {
     fn error(e: ProxyError) -> Outcome {
         Outcome {
             result: Err(e),
+            wire: None,
             integration_us: None,
             cache: None,
             route: None,
@@ -226,7 +231,8 @@ impl UpstreamCall {
             tls: self.tls.as_ref(),
             http2: self.http2,
         };
-        send(gw, req, &[], span, self.variant, to, max_body).await
+        let (res, us) = send(gw, req, &[], span, self.variant, to, max_body).await;
+        (res.and_then(in_map), us)
     }
 }
 
@@ -250,7 +256,7 @@ async fn send(
     variant: Variant,
     to: Upstream<'_>,
     max_body: u64,
-) -> (Result<Response<Body>, ProxyError>, u64) {
+) -> (Result<Reply<Body>, ProxyError>, u64) {
     let t0 = Instant::now();
     let traced = match (span, gw.tracer.as_deref()) {
         (Some((ctx, span_id)), Some(tracer)) if ctx.sampled => {
@@ -268,7 +274,7 @@ async fn send(
         // `h2` refuses most of them in an HTTP/2 one's, not `trailer` or those `connection` named.
         Box::pin(crate::upstream::h2::send(req, to.timeouts, to.tls))
             .await
-            .map(without_hop_by_hop)
+            .map(|r| Reply::new(without_hop_by_hop(r)))
     } else {
         upstream::send(req, extra, to.timeouts, to.tls).await
     };
@@ -283,9 +289,14 @@ async fn send(
             uri: &uri,
             variant,
         };
-        call.end(tracer, &res);
+        call.end(tracer, res.as_ref().map(|r| r.response.status()));
     }
     (res, us)
+}
+
+/// The response of a reply with its fields in its map.
+fn in_map(reply: Reply<Body>) -> Result<Response<Body>, ProxyError> {
+    reply.into_response().map_err(|e| ProxyError::Upstream(error_chain(&e)))
 }
 
 /// The proxy error for a failed upstream call: the client's when its body was at fault, else the
@@ -356,8 +367,15 @@ where
             let extra = forwarded.as_ref().map(|f| f.fields(ctx));
             let extra = extra.as_deref().unwrap_or_default();
             let (res, us) = send(ctx.gw, req, extra, span, variant, to, ctx.gw.limits.max_body_bytes).await;
+            // An HTTP/1.1 client's driver writes the fields from the upstream's head as they are;
+            // anything else (an HTTP/2 client) reads them from the map.
+            let (result, wire) = match res {
+                Ok(Reply { response, wire }) if parts.version != http::Version::HTTP_2 => (Ok(response), wire),
+                res => (res.and_then(in_map), None),
+            };
             Outcome {
-                result: res,
+                result,
+                wire,
                 integration_us: Some(us),
                 cache: None,
                 route: None,
@@ -467,6 +485,7 @@ fn mock<'v>(
     }
     Outcome {
         result: Ok(r),
+        wire: None,
         integration_us: Some(t0.elapsed().as_micros() as u64),
         cache: None,
         route: None,
@@ -583,6 +602,7 @@ async fn cached(gw: &Gateway, cache: &StageCache, resource: CacheKey, call: &Ups
             file_under_vary(cache, &key, resource, &entry, &call.headers).await;
             Outcome {
                 result: Ok(hit_response(&entry, &call.method, entry.age(SystemTime::now())).map(full)),
+                wire: None,
                 integration_us: own.fetched_us,
                 cache: Some(CacheResult::Miss),
                 route: None,
@@ -594,6 +614,7 @@ async fn cached(gw: &Gateway, cache: &StageCache, resource: CacheKey, call: &Ups
         }
         (_, Some(result)) => Outcome {
             result,
+            wire: None,
             integration_us: own.fetched_us,
             cache: Some(CacheResult::Miss),
             route: None,
@@ -604,6 +625,7 @@ async fn cached(gw: &Gateway, cache: &StageCache, resource: CacheKey, call: &Ups
             let (res, us) = call.send(gw, empty(), gw.limits.max_body_bytes).await;
             Outcome {
                 result: res,
+                wire: None,
                 integration_us: Some(us),
                 cache: Some(CacheResult::Miss),
                 route: None,
@@ -616,6 +638,7 @@ async fn cached(gw: &Gateway, cache: &StageCache, resource: CacheKey, call: &Ups
 fn hit(entry: &crate::cache::CachedResponse, method: &http::Method, age: Duration) -> Outcome {
     Outcome {
         result: Ok(hit_response(entry, method, age).map(full)),
+        wire: None,
         integration_us: None,
         cache: Some(CacheResult::Hit),
         route: None,

@@ -15,6 +15,7 @@ use crate::access_log::{AccessLog, Record};
 use crate::body::{Body, BoxError};
 use crate::error::{ProxyError, Source};
 use crate::exchange::{Ending, Peer, UpgradeRequest};
+use crate::protocols::h1::Reply;
 use crate::proxy::ctx::{Ctx, REQUEST_ID};
 use crate::proxy::mirror::{Pair, TeeBody};
 use crate::proxy::{serve, FieldList};
@@ -163,7 +164,7 @@ impl Finish {
 /// choose the variant, start a mirrored copy, serve it ([`serve`]: match the route, render the
 /// integration, the upstream request, the cache), answer (a failure as the client's protocol says
 /// it), its marks, and what to record at its end ([`finish`]).
-pub(crate) async fn handle<B>(gw: &Arc<Gateway>, req: Request<B>, peer: &Peer) -> (Response<Body>, Marks, Finish)
+pub(crate) async fn handle<B>(gw: &Arc<Gateway>, req: Request<B>, peer: &Peer) -> (Reply<Body>, Marks, Finish)
 where
     B: http_body::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
     B::Error: Into<BoxError>,
@@ -225,7 +226,11 @@ where
         route: outcome.route,
     };
     let finish = finish(ctx, &parts, served, answered, logged, pair);
-    (response, marks, finish)
+    let reply = Reply {
+        response,
+        wire: outcome.wire,
+    };
+    (reply, marks, finish)
 }
 
 /// What an access log line needs from the request's head, taken before the head moves upstream.
@@ -236,7 +241,7 @@ struct Logged {
 
 /// No stage serves the request's host and path: 404 (a gRPC error to a gRPC client), the client's
 /// mistake, nothing counted.
-fn no_stage(ctx: &Ctx<'_>, parts: &http::request::Parts) -> (Response<Body>, Marks, Finish) {
+fn no_stage(ctx: &Ctx<'_>, parts: &http::request::Parts) -> (Reply<Body>, Marks, Finish) {
     let r = if ctx.grpc {
         ProxyError::NoStage.grpc_response()
     } else {
@@ -263,7 +268,7 @@ fn no_stage(ctx: &Ctx<'_>, parts: &http::request::Parts) -> (Response<Body>, Mar
         error: Some((Source::Client.as_str(), ProxyError::NoStage.to_string())),
         grpc: None,
     };
-    (r, marks, finish)
+    (Reply::new(r), marks, finish)
 }
 
 /// Starts a copy of a production request to the stage's mirror, if it has one that wants it: the

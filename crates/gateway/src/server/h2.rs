@@ -375,10 +375,14 @@ async fn stream(gw: Arc<Gateway>, mut req: Request<RecvStream>, mut respond: Sen
         request::handle(&gw, req, &peer).await
     });
     let answered = until_reset(&mut respond, work).await;
-    let Some((resp, marks, finish)) = answered else {
+    let Some((reply, marks, finish)) = answered else {
         // Reset before the answer: the request's work is dropped; the handler recorded it.
         return shared.client_reset();
     };
+    // An HTTP/2 client's reply has its fields in its map already (see `proxy::serve`).
+    let resp = reply
+        .into_response()
+        .unwrap_or_else(|e| crate::error::ProxyError::Upstream(e.to_string()).response());
     // Boxed too: the task's own future stays small (the sending's state holds the body, the
     // record and a timer).
     let sent = Box::pin(respond_with(resp, marks, finish, &mut respond, head, &gw)).await;

@@ -50,8 +50,8 @@ use crate::error::{json_error, ClientBodyError};
 use crate::exchange::{Ending, Peer, UpgradeRequest, Upgraded};
 use crate::protocols::body_read::{BodyRead, ReadError};
 use crate::protocols::h1::server::request::{parse_request_head, request_line_too_long, BadHead, FieldAt, RequestHead};
-use crate::protocols::h1::server::response::{encode_response_head, encode_switching_head, Marks, ResponseFraming};
-use crate::protocols::h1::{self, Decoded, Decoder};
+use crate::protocols::h1::server::response::{encode_response_head, encode_switching_head, Marks, ResponseFraming, ResponseHead};
+use crate::protocols::h1::{self, Decoded, Decoder, Reply};
 use crate::proxy::request;
 use crate::server::connections::ConnCtl;
 use crate::{Gateway, Limits};
@@ -189,18 +189,18 @@ pub(crate) async fn serve_connection<S: Split>(gw: Arc<Gateway>, stream: S, peer
         if let Some(u) = upgrade {
             req.extensions_mut().insert(u);
         }
-        let (resp, marks, finish) = request::handle(&gw, req, &peer).await;
+        let (reply, marks, finish) = request::handle(&gw, req, &peer).await;
         let marks = marks.fields();
-        if let Some(u) = upgrade.filter(|_| resp.status() == StatusCode::SWITCHING_PROTOCOLS) {
-            if let Some(switched) = resp.extensions().get::<Upgraded>().and_then(Upgraded::take) {
-                return c.switch(resp, &marks, switched, finish, &gw, u.kind).await;
+        if let Some(u) = upgrade.filter(|_| reply.response.status() == StatusCode::SWITCHING_PROTOCOLS) {
+            if let Some(switched) = reply.response.extensions().get::<Upgraded>().and_then(Upgraded::take) {
+                return c.switch(reply, &marks, switched, finish, &gw, u.kind).await;
             }
         }
 
         keep_alive &= c.take_back(lent) && !ctl.closing();
         let log = gw.access_log();
         match c
-            .write_response(resp, &marks, is_head, http10, keep_alive, |ending| finish.done(log, ending))
+            .write_response(reply, &marks, is_head, http10, keep_alive, |ending| finish.done(log, ending))
             .await
         {
             Ok(true) => {}
@@ -372,7 +372,7 @@ impl<R: AsyncRead + Unpin + Send + 'static, W: AsyncWrite + Unpin> Conn<R, W> {
     /// written, then the connection is relayed to the upstream's until it ends.
     async fn switch(
         mut self,
-        resp: Response<Body>,
+        reply: Reply<Body>,
         marks: Marks<'_>,
         (upstream, early): crate::exchange::Switched,
         finish: request::Finish,
@@ -381,8 +381,8 @@ impl<R: AsyncRead + Unpin + Send + 'static, W: AsyncWrite + Unpin> Conn<R, W> {
     ) {
         let open = finish.open_connection(kind);
         self.out.clear();
-        let (parts, _) = resp.into_parts();
-        encode_switching_head(&mut self.out, &parts, marks);
+        let (parts, _) = reply.response.into_parts();
+        encode_switching_head(&mut self.out, ResponseHead::of(&parts, reply.wire.as_ref()), marks);
         finish.done(gw.access_log(), Ending::Complete);
         if self.flush().await.is_err() {
             return;
@@ -406,7 +406,7 @@ impl<R: AsyncRead + Unpin + Send + 'static, W: AsyncWrite + Unpin> Conn<R, W> {
     /// (so what it records is there when the client has the whole response).
     async fn write_response(
         &mut self,
-        resp: Response<Body>,
+        reply: impl Into<Reply<Body>>,
         marks: Marks<'_>,
         is_head: bool,
         http10: bool,
@@ -419,7 +419,7 @@ impl<R: AsyncRead + Unpin + Send + 'static, W: AsyncWrite + Unpin> Conn<R, W> {
                 f(ending);
             }
         };
-        let r = self.write_message(resp, marks, is_head, http10, keep_alive, &mut end).await;
+        let r = self.write_message(reply.into(), marks, is_head, http10, keep_alive, &mut end).await;
         match &r {
             Ok(_) => end(Ending::Complete),
             Err(WriteError::Body(e)) => {
@@ -438,20 +438,21 @@ impl<R: AsyncRead + Unpin + Send + 'static, W: AsyncWrite + Unpin> Conn<R, W> {
 
     async fn write_message(
         &mut self,
-        resp: Response<Body>,
+        reply: Reply<Body>,
         marks: Marks<'_>,
         is_head: bool,
         http10: bool,
         keep_alive: bool,
         end: &mut impl FnMut(Ending),
     ) -> Result<bool, WriteError> {
-        let (parts, mut body) = resp.into_parts();
+        let (parts, mut body) = reply.response.into_parts();
         self.out.clear();
+        let head = ResponseHead::of(&parts, reply.wire.as_ref());
         let ResponseFraming {
             bodyless,
             chunked,
             keep_alive,
-        } = encode_response_head(&mut self.out, &parts, marks, body.size_hint().exact(), is_head, http10, keep_alive);
+        } = encode_response_head(&mut self.out, head, marks, body.size_hint().exact(), is_head, http10, keep_alive);
         if bodyless {
             drop(body);
             end(Ending::Complete);

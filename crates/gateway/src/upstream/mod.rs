@@ -53,7 +53,7 @@ use tokio::time::Instant as Clock;
 use crate::body::{Body, BoxError};
 use crate::exchange::{UpgradeRequest, Upgraded};
 use crate::protocols::body_read::{BodyRead, ReadError};
-use crate::protocols::h1::{self, Decoder, ProtocolError, RequestFraming};
+use crate::protocols::h1::{self, Decoder, ProtocolError, Reply, RequestFraming};
 
 /// Idle connections kept per upstream authority, per worker.
 pub const MAX_IDLE_PER_HOST: usize = 256;
@@ -239,7 +239,7 @@ pub async fn send(
     extra: &[(&HeaderName, &HeaderValue)],
     timeouts: Timeouts,
     tls: Option<&Arc<rustls::ClientConfig>>,
-) -> Result<Response<Body>, SendError> {
+) -> Result<Reply<Body>, SendError> {
     match tls {
         None => send_on(req, extra, timeouts, connect).await,
         Some(cfg) => {
@@ -255,7 +255,7 @@ async fn send_on<C, F, Fut>(
     extra: &[(&HeaderName, &HeaderValue)],
     timeouts: Timeouts,
     connect: F,
-) -> Result<Response<Body>, SendError>
+) -> Result<Reply<Body>, SendError>
 where
     C: Connection,
     F: Fn(Authority) -> Fut,
@@ -313,7 +313,7 @@ where
         match exchange(stream, kit, &head, &mut body, more, &mut writer, call).await {
             Ok(x) if x.head.status == http::StatusCode::SWITCHING_PROTOCOLS => {
                 return if upgrade {
-                    Ok(switched(x))
+                    switched(x).map(Reply::new)
                 } else {
                     Err(ProtocolError::UnaskedSwitch.into())
                 };
@@ -678,7 +678,7 @@ async fn answer_after_failed_write<S: Connection>(
 
 /// The response: with its whole body when that came with the head (and the connection back in the
 /// pool), else streaming the body from the connection.
-fn respond<S: Connection>(x: Exchanged<S>, authority: &Authority, body_read: Duration) -> Response<Body> {
+fn respond<S: Connection>(x: Exchanged<S>, authority: &Authority, body_read: Duration) -> Reply<Body> {
     let Exchanged {
         stream,
         mut head,
@@ -712,20 +712,22 @@ fn respond<S: Connection>(x: Exchanged<S>, authority: &Authority, body_read: Dur
             authority: authority.clone(),
         })),
     };
-    let mut resp = Response::new(Body::new(body));
-    *resp.status_mut() = head.status;
-    *resp.headers_mut() = head.headers;
-    resp
+    let mut response = Response::new(Body::new(body));
+    *response.status_mut() = head.status;
+    Reply {
+        response,
+        wire: Some(head.fields),
+    }
 }
 
 /// The upstream agreed to switch protocols: a 101 without a body, carrying the connection (never
 /// pooled again) and what the upstream sent past its head, for the client's driver to relay.
-fn switched<S: Connection>(x: Exchanged<S>) -> Response<Body> {
+fn switched<S: Connection>(x: Exchanged<S>) -> Result<Response<Body>, SendError> {
     let mut resp = Response::new(crate::body::empty());
     *resp.status_mut() = x.head.status;
-    *resp.headers_mut() = x.head.headers;
+    *resp.headers_mut() = x.head.fields.into_map()?;
     resp.extensions_mut().insert(Upgraded::new(Box::new(x.stream), x.rest));
-    resp
+    Ok(resp)
 }
 
 /// Closes this thread's idle connections past the idle timeout or closed by their upstream (the
@@ -853,9 +855,9 @@ mod tests {
     use std::sync::Arc;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    /// [`super::send`] without fields besides the request's map.
+    /// [`super::send`] without fields besides the request's map, its response's fields in its map.
     async fn send(req: Request<Body>, timeouts: Timeouts, tls: Option<&Arc<rustls::ClientConfig>>) -> Result<Response<Body>, SendError> {
-        super::send(req, &[], timeouts, tls).await
+        Ok(super::send(req, &[], timeouts, tls).await?.into_response()?)
     }
 
     /// A raw HTTP/1.1 backend: answers every request on a connection with `body` (keep-alive), and

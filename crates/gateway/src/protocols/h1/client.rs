@@ -81,10 +81,86 @@ pub struct Head {
     pub status: StatusCode,
     /// The header fields as received less the hop-by-hop ones (see [`parse_head`]); `content-length`
     /// is dropped beside a `transfer-encoding`.
-    pub headers: HeaderMap,
+    pub fields: WireFields,
     pub framing: Framing,
     /// Whether the connection may carry another request once this response is read.
     pub keep_alive: bool,
+}
+
+/// The header fields of a response as an HTTP/1.1 upstream sent them, less those the head parser
+/// drops (see [`parse_head`]), where they lie in the head's bytes. An HTTP/1.1 client is sent them from
+/// there line by line, with no header map made; [`WireFields::into_map`] makes one where a map is
+/// read (an HTTP/2 client, the cache, a 101).
+#[derive(Debug, Clone)]
+pub struct WireFields {
+    /// The head's bytes (sharing one buffer with the body's first bytes).
+    bytes: Bytes,
+    /// Each field kept: where its line starts, its name ends, its value starts and its value ends.
+    at: Vec<[u32; 4]>,
+}
+
+impl WireFields {
+    /// Each field's name (in the case it came in), its value, and its line without the CRLF: the
+    /// name, `:`, any whitespace, the value (httparse takes nothing else: no space before the colon,
+    /// no folded lines).
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8], &[u8])> + '_ {
+        self.at.iter().map(|&[start, name_end, value, end]| {
+            let (start, name_end, value, end) = (start as usize, name_end as usize, value as usize, end as usize);
+            (&self.bytes[start..name_end], &self.bytes[value..end], &self.bytes[start..end])
+        })
+    }
+
+    /// Whether a field of this name (any case) is here.
+    pub fn contains(&self, name: &[u8]) -> bool {
+        self.iter().any(|(n, ..)| n.eq_ignore_ascii_case(name))
+    }
+
+    /// The fields as a header map (values share the head's bytes).
+    pub fn into_map(self) -> Result<HeaderMap, ProtocolError> {
+        // Room for the marks the proxy adds, so they do not grow the map.
+        let mut headers = HeaderMap::with_capacity(self.at.len() + 3);
+        for &[start, name_end, value, end] in &self.at {
+            let name = &self.bytes[start as usize..name_end as usize];
+            let name = HeaderName::from_bytes(name).map_err(|_| ProtocolError::Header(String::from_utf8_lossy(name).into_owned()))?;
+            let value = HeaderValue::from_maybe_shared(self.bytes.slice(value as usize..end as usize))
+                .map_err(|_| ProtocolError::Header(name.to_string()))?;
+            headers.append(name, value);
+        }
+        Ok(headers)
+    }
+}
+
+/// A response to pass on, and where its header fields are: in its map, or (`wire`) still in an HTTP/1.1
+/// upstream's head, its map then empty. Only an HTTP/1.1 client's driver takes the fields from the
+/// wire; everything else reads the map ([`Reply::into_response`]).
+#[derive(Debug)]
+pub struct Reply<B> {
+    pub response: http::Response<B>,
+    pub wire: Option<WireFields>,
+}
+
+impl<B> From<http::Response<B>> for Reply<B> {
+    fn from(response: http::Response<B>) -> Reply<B> {
+        Reply::new(response)
+    }
+}
+
+impl<B> Reply<B> {
+    /// A response whose fields are in its map.
+    pub fn new(response: http::Response<B>) -> Reply<B> {
+        Reply { response, wire: None }
+    }
+
+    /// The response with its fields in its map. Fails only on a field the map cannot hold, which
+    /// httparse never passes (its rules for names and values are the map's: RFC 9110 tokens, and
+    /// visible bytes, spaces and tabs).
+    pub fn into_response(self) -> Result<http::Response<B>, ProtocolError> {
+        let Reply { mut response, wire } = self;
+        if let Some(wire) = wire {
+            *response.headers_mut() = wire.into_map()?;
+        }
+        Ok(response)
+    }
 }
 
 /// Parses the response head at the start of `buf`. Interim (1xx) responses are skipped. The head's
@@ -251,35 +327,37 @@ fn response_head(
         keep_alive = false;
     }
     let drop_length = chunked_last.is_some() && !bodyless;
-    let headers = client_map(
+    let fields = client_fields(
         fields,
         &kinds,
         bytes,
         status == StatusCode::SWITCHING_PROTOCOLS,
         drop_length,
         names_more,
-    )?;
+    );
     Ok(Head {
         status,
-        headers,
+        fields,
         framing,
         keep_alive,
     })
 }
 
-/// The header map a client is sent: the fields (`bytes` holds them) but the hop-by-hop ones — a 101
+/// The fields a client is sent: those parsed (`bytes` holds them) but the hop-by-hop ones — a 101
 /// (`switching`) keeps its `upgrade` — and those `Connection` names (`names_more`), and
 /// `content-length` when `drop_length`.
-fn client_map(
+fn client_fields(
     fields: &[httparse::Header<'_>],
     kinds: &[Field],
     bytes: &Bytes,
     switching: bool,
     drop_length: bool,
     names_more: bool,
-) -> Result<HeaderMap, ProtocolError> {
-    // Room for the marks the proxy adds, so they do not grow the map.
-    let mut headers = HeaderMap::with_capacity(fields.len() + 3);
+) -> WireFields {
+    let base = bytes.as_ptr() as usize;
+    // Offsets fit: a head is at most `MAX_HEAD_BYTES`.
+    let at_of = |p: &[u8]| (p.as_ptr() as usize - base) as u32;
+    let mut at = Vec::with_capacity(fields.len());
     for (h, kind) in fields.iter().zip(kinds.iter().copied()) {
         let keep = match kind {
             Field::Other => true,
@@ -287,24 +365,27 @@ fn client_map(
             Field::Upgrade => switching,
             Field::Connection | Field::TransferEncoding | Field::HopByHop => false,
         };
-        if !keep {
-            continue;
+        if keep {
+            let (start, value) = (at_of(h.name.as_bytes()), at_of(h.value));
+            at.push([start, start + h.name.len() as u32, value, value + h.value.len() as u32]);
         }
-        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| ProtocolError::Header(h.name.to_string()))?;
-        let value = HeaderValue::from_maybe_shared(bytes.slice_ref(h.value)).map_err(|_| ProtocolError::Header(name.to_string()))?;
-        headers.append(name, value);
     }
+    let mut wire = WireFields { bytes: bytes.clone(), at };
     if names_more {
-        let connection = fields.iter().zip(kinds.iter().copied()).filter(|&(_, k)| k == Field::Connection);
-        for t in connection.flat_map(|(h, _)| connection_tokens(h.value)) {
-            if Field::of(t) == Field::Other && !t.eq_ignore_ascii_case(b"close") {
-                if let Ok(name) = HeaderName::from_bytes(t) {
-                    headers.remove(name);
-                }
-            }
-        }
+        let named: Vec<&[u8]> = fields
+            .iter()
+            .zip(kinds.iter().copied())
+            .filter(|&(_, k)| k == Field::Connection)
+            .flat_map(|(h, _)| connection_tokens(h.value))
+            .filter(|t| Field::of(t) == Field::Other && !t.eq_ignore_ascii_case(b"close"))
+            .collect();
+        let WireFields { bytes, at } = &mut wire;
+        at.retain(|&[start, name_end, ..]| {
+            let name = &bytes[start as usize..name_end as usize];
+            !named.iter().any(|t| t.eq_ignore_ascii_case(name))
+        });
     }
-    Ok(headers)
+    wire
 }
 
 #[cfg(test)]
@@ -320,6 +401,11 @@ mod tests {
             }
             other => (other.map(|_| None), buf.freeze()),
         }
+    }
+
+    /// A head's fields as a map.
+    fn map(h: &Head) -> HeaderMap {
+        h.fields.clone().into_map().unwrap()
     }
 
     #[test]
@@ -361,7 +447,7 @@ mod tests {
         assert_eq!(h.status, 200);
         assert_eq!(h.framing, Framing::Length(5));
         assert!(h.keep_alive);
-        assert_eq!(h.headers["x-y"], "a b");
+        assert_eq!(map(&h)["x-y"], "a b");
         assert_eq!(&rest[..], b"hello");
     }
 
@@ -417,7 +503,7 @@ mod tests {
         );
         assert_eq!(h.framing, Framing::Chunked);
         assert!(
-            !h.headers.contains_key(header::CONTENT_LENGTH),
+            !map(&h).contains_key(header::CONTENT_LENGTH),
             "content-length dropped beside chunked"
         );
         let h = f("HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n", Method::GET);
@@ -426,7 +512,7 @@ mod tests {
         assert_eq!((h.framing, h.keep_alive), (Framing::Eof, false));
         let h = f("HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n", Method::HEAD);
         assert_eq!(h.framing, Framing::Empty);
-        assert_eq!(h.headers[header::CONTENT_LENGTH], "10", "kept for the client");
+        assert_eq!(map(&h)[header::CONTENT_LENGTH], "10", "kept for the client");
         assert_eq!(f("HTTP/1.1 204 No Content\r\n\r\n", Method::GET).framing, Framing::Empty);
         assert_eq!(
             f("HTTP/1.1 304 Not Modified\r\ncontent-length: 7\r\n\r\n", Method::GET).framing,
@@ -442,20 +528,53 @@ mod tests {
                    trailer: x\r\nupgrade: h2c\r\nproxy-connection: x\r\nproxy-authenticate: Basic\r\nx-end: 2\r\n\
                    content-length: 0\r\n\r\n";
         let h = head_of(raw, Method::GET).0.unwrap().unwrap();
-        let mut names: Vec<&str> = h.headers.keys().map(|k| k.as_str()).collect();
+        let headers = map(&h);
+        let mut names: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
         names.sort_unstable();
         assert_eq!(names, ["content-length", "x-end"]);
         assert!(h.keep_alive);
         // A 101 keeps the protocol it switches to; `Connection: close` names no field.
         let raw = "HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade, close\r\nupgrade: websocket\r\nclose: x\r\n\r\n";
         let h = head_of(raw, Method::GET).0.unwrap().unwrap();
-        assert_eq!(h.headers[header::UPGRADE], "websocket");
-        assert_eq!(h.headers["close"], "x");
-        assert!(!h.headers.contains_key(header::CONNECTION) && !h.keep_alive);
+        assert_eq!(map(&h)[header::UPGRADE], "websocket");
+        assert_eq!(map(&h)["close"], "x");
+        assert!(!map(&h).contains_key(header::CONNECTION) && !h.keep_alive);
         // A `Connection` naming the length does not take it: the framing needs it.
         let raw = "HTTP/1.1 200 OK\r\nconnection: content-length\r\ncontent-length: 2\r\n\r\nok";
         let h = head_of(raw, Method::GET).0.unwrap().unwrap();
-        assert_eq!((h.framing, super::super::content_length(&h.headers)), (Framing::Length(2), Ok(2)));
+        assert_eq!((h.framing, super::super::content_length(&map(&h))), (Framing::Length(2), Ok(2)));
+    }
+
+    #[test]
+    fn wire_fields_are_the_kept_lines_as_they_came() {
+        let raw = "HTTP/1.1 200 OK\r\nServer: nginx\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\nX-Y:a b \r\n\
+                   Content-Length: 2\r\nkeep-alive: timeout=5\r\nSet-Cookie: a=1\r\nset-cookie: b=2\r\n\r\nok";
+        let h = head_of(raw, Method::GET).0.unwrap().unwrap();
+        let lines: Vec<(&[u8], &[u8], &[u8])> = h.fields.iter().collect();
+        assert_eq!(
+            lines,
+            [
+                (&b"Server"[..], &b"nginx"[..], &b"Server: nginx"[..]),
+                (b"X-Y", b"a b", b"X-Y:a b"),
+                (b"Content-Length", b"2", b"Content-Length: 2"),
+                (b"Set-Cookie", b"a=1", b"Set-Cookie: a=1"),
+                (b"set-cookie", b"b=2", b"set-cookie: b=2"),
+            ]
+        );
+        assert!(h.fields.contains(b"content-length") && h.fields.contains(b"SERVER") && !h.fields.contains(b"x-hop"));
+        // The map holds the same fields, in the same order, with lower-case names.
+        let headers = map(&h);
+        let pairs: Vec<(&str, &[u8])> = headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes())).collect();
+        assert_eq!(
+            pairs,
+            [
+                ("server", &b"nginx"[..]),
+                ("x-y", b"a b"),
+                ("content-length", b"2"),
+                ("set-cookie", b"a=1"),
+                ("set-cookie", b"b=2"),
+            ]
+        );
     }
 
     #[test]

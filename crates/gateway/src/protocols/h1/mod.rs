@@ -13,7 +13,7 @@ pub(crate) mod client;
 pub(crate) mod server;
 
 pub use body::{encode_chunk, encode_chunk_size, Arriving, Decoded, Decoder, WireBody, LAST_CHUNK};
-pub use client::{encode_head, parse_head, Head, RequestFraming};
+pub use client::{encode_head, parse_head, Head, Reply, RequestFraming, WireFields};
 
 use http::header::{self, HeaderMap, HeaderValue};
 use http::Version;

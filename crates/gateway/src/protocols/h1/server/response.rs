@@ -7,17 +7,75 @@ use std::time::SystemTime;
 use http::header::{self, HeaderName, HeaderValue};
 use http::StatusCode;
 
+use crate::protocols::h1::WireFields;
+
 /// Header fields the gateway adds to a response (its marks): written after the response's own,
 /// which lose any field of the same name.
 pub(crate) type Marks<'a> = &'a [(&'a HeaderName, &'a HeaderValue)];
 
-/// Appends the response's fields but those `skip` picks and those `marks` replace, then the marks.
-fn write_fields(out: &mut Vec<u8>, headers: &http::HeaderMap, marks: Marks<'_>, mut skip: impl FnMut(&HeaderName, &HeaderValue) -> bool) {
-    for (name, value) in headers {
-        if skip(name, value) || marks.iter().any(|(m, _)| *m == name) {
-            continue;
+/// A response head to write: its status and where its fields are.
+#[derive(Clone, Copy)]
+pub(crate) struct ResponseHead<'a> {
+    pub(crate) status: StatusCode,
+    pub(crate) fields: FieldsIn<'a>,
+}
+
+/// Where a response's header fields are.
+#[derive(Clone, Copy)]
+pub(crate) enum FieldsIn<'a> {
+    Map(&'a http::HeaderMap),
+    /// Still in an HTTP/1.1 upstream's head: written line by line from there.
+    Wire(&'a WireFields),
+}
+
+impl<'a> ResponseHead<'a> {
+    /// The head of `parts`, its fields in `wire` when those are given (its map then empty).
+    pub(crate) fn of(parts: &'a http::response::Parts, wire: Option<&'a WireFields>) -> ResponseHead<'a> {
+        ResponseHead {
+            status: parts.status,
+            fields: wire.map_or(FieldsIn::Map(&parts.headers), FieldsIn::Wire),
         }
-        field(out, name, value);
+    }
+
+    fn contains(&self, name: &HeaderName) -> bool {
+        match self.fields {
+            FieldsIn::Map(m) => m.contains_key(name),
+            FieldsIn::Wire(w) => w.contains(name.as_str().as_bytes()),
+        }
+    }
+}
+
+impl<'a> From<&'a http::response::Parts> for ResponseHead<'a> {
+    fn from(parts: &'a http::response::Parts) -> ResponseHead<'a> {
+        ResponseHead::of(parts, None)
+    }
+}
+
+/// Whether `name` (any case) is `known` (a lower-case name).
+fn is(name: &[u8], known: &[u8]) -> bool {
+    name.len() == known.len() && name.eq_ignore_ascii_case(known)
+}
+
+/// Appends the response's fields but those `skip` picks (by name, any case, and value) and those
+/// `marks` replace, then the marks.
+fn write_fields(out: &mut Vec<u8>, fields: FieldsIn<'_>, marks: Marks<'_>, mut skip: impl FnMut(&[u8], &[u8]) -> bool) {
+    let mut pass = |name: &[u8], value: &[u8]| skip(name, value) || marks.iter().any(|(m, _)| is(name, m.as_str().as_bytes()));
+    match fields {
+        FieldsIn::Map(map) => {
+            for (name, value) in map {
+                if !pass(name.as_str().as_bytes(), value.as_bytes()) {
+                    field(out, name, value);
+                }
+            }
+        }
+        FieldsIn::Wire(wire) => {
+            for (name, value, line) in wire.iter() {
+                if !pass(name, value) {
+                    out.extend_from_slice(line);
+                    out.extend_from_slice(b"\r\n");
+                }
+            }
+        }
     }
     for (name, value) in marks {
         field(out, name, value);
@@ -42,20 +100,21 @@ pub(crate) struct ResponseFraming {
     pub(crate) keep_alive: bool,
 }
 
-/// Appends the response head for `parts` and `marks` to `out`. `exact` is the body's length when known; without it
+/// Appends the response head for `head` and `marks` to `out`. `exact` is the body's length when known; without it
 /// the body is chunked, except to an HTTP/1.0 client (then it runs until the connection closes). With
 /// `keep_alive` false, or when the response says `connection: close` or has no length to an HTTP/1.0
 /// client, the head says `connection: close`.
-pub(crate) fn encode_response_head(
+pub(crate) fn encode_response_head<'a>(
     out: &mut Vec<u8>,
-    parts: &http::response::Parts,
+    head: impl Into<ResponseHead<'a>>,
     marks: Marks<'_>,
     exact: Option<u64>,
     is_head: bool,
     http10: bool,
     keep_alive: bool,
 ) -> ResponseFraming {
-    let status = parts.status;
+    let head = head.into();
+    let status = head.status;
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(status.as_str().as_bytes());
     out.push(b' ');
@@ -65,7 +124,7 @@ pub(crate) fn encode_response_head(
     let bodyless = is_head || no_body_status;
     let length = if !bodyless {
         exact
-    } else if is_head && !parts.headers.contains_key(header::CONTENT_LENGTH) {
+    } else if is_head && !head.contains(&header::CONTENT_LENGTH) {
         // The length a GET would have had, when known (as hyper does).
         exact.filter(|_| !no_body_status)
     } else {
@@ -74,14 +133,14 @@ pub(crate) fn encode_response_head(
     let chunked = !bodyless && length.is_none() && !http10;
     let mut keep_alive = keep_alive && (bodyless || length.is_some() || chunked);
     let mut has_date = false;
-    write_fields(out, &parts.headers, marks, |name, value| {
-        if name == header::CONNECTION {
-            keep_alive &= !value.as_bytes().eq_ignore_ascii_case(b"close");
+    write_fields(out, head.fields, marks, |name, value| {
+        if is(name, b"connection") {
+            keep_alive &= !value.eq_ignore_ascii_case(b"close");
             return true;
         }
-        has_date |= name == header::DATE;
+        has_date |= is(name, b"date");
         // The framing is ours; a response without a body keeps the length it describes.
-        name == header::TRANSFER_ENCODING || (name == header::CONTENT_LENGTH && !bodyless)
+        is(name, b"transfer-encoding") || (!bodyless && is(name, b"content-length"))
     });
     if !has_date {
         out.extend_from_slice(b"date: ");
@@ -110,10 +169,10 @@ pub(crate) fn encode_response_head(
 
 /// Appends the head of a 101 that switches the connection to the protocol its `upgrade` field names:
 /// the response's fields less the framing and connection ones, then `connection: upgrade`.
-pub(crate) fn encode_switching_head(out: &mut Vec<u8>, parts: &http::response::Parts, marks: Marks<'_>) {
+pub(crate) fn encode_switching_head<'a>(out: &mut Vec<u8>, head: impl Into<ResponseHead<'a>>, marks: Marks<'_>) {
     out.extend_from_slice(b"HTTP/1.1 101 Switching Protocols\r\n");
-    write_fields(out, &parts.headers, marks, |name, _| {
-        name == header::CONNECTION || name == header::TRANSFER_ENCODING || name == header::CONTENT_LENGTH
+    write_fields(out, head.into().fields, marks, |name, _| {
+        is(name, b"connection") || is(name, b"transfer-encoding") || is(name, b"content-length")
     });
     out.extend_from_slice(b"connection: upgrade\r\n\r\n");
 }
@@ -203,6 +262,46 @@ mod tests {
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nx-request-id: ours\r\nx-canarygate-variant: canary\r\nconnection: upgrade\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn fields_from_the_wire_are_written_as_they_came_under_the_same_rules() {
+        static RID: HeaderName = HeaderName::from_static("x-request-id");
+        let rid = HeaderValue::from_static("ours");
+        let marks = [(&RID, &rid)];
+        let raw = "HTTP/1.1 200 OK\r\nServer:  up\r\nX-Request-Id: theirs\r\nContent-Length: 2\r\nDate: d\r\n\
+                   X-A: 1\r\n\r\nok";
+        let mut buf = bytes::BytesMut::from(raw);
+        let (upstream, _) = crate::protocols::h1::parse_head(&mut buf, &http::Method::GET).unwrap().unwrap();
+        let parts = http::Response::new(()).into_parts().0;
+        let head = ResponseHead::of(&parts, Some(&upstream.fields));
+        let mut out = Vec::new();
+        let f = encode_response_head(&mut out, head, &marks, Some(2), false, false, true);
+        // Each line as it came (case and spacing), theirs of a mark's name gone, its date kept, the
+        // framing the gateway's.
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "HTTP/1.1 200 OK\r\nServer:  up\r\nDate: d\r\nX-A: 1\r\nx-request-id: ours\r\ncontent-length: 2\r\n\r\n"
+        );
+        assert_eq!((f.bodyless, f.chunked, f.keep_alive), (false, false, true));
+        // To a HEAD: the length the upstream stated is kept, and none is added.
+        let mut out = Vec::new();
+        encode_response_head(&mut out, head, &[], None, true, false, true);
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.contains("\r\nContent-Length: 2\r\n") && !text.contains("content-length"),
+            "{text}"
+        );
+        assert!(text.contains("\r\nX-Request-Id: theirs\r\n"), "{text}");
+        // The same head from the map: the same fields, names in lower case.
+        let mut map = parts.clone();
+        map.headers = upstream.fields.clone().into_map().unwrap();
+        let mut out = Vec::new();
+        encode_response_head(&mut out, &map, &marks, Some(2), false, false, true);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "HTTP/1.1 200 OK\r\nserver: up\r\ndate: d\r\nx-a: 1\r\nx-request-id: ours\r\ncontent-length: 2\r\n\r\n"
         );
     }
 
