@@ -201,3 +201,83 @@ async fn limits_on_body_and_headers_and_proxy_headers() {
     assert_eq!(ok(&c, &s, "GET", "/healthz", None).await["status"], "ok");
     assert_eq!(ok(&c, &s, "GET", "/readyz", None).await["status"], "ready");
 }
+
+/// A raw HTTP/1.1 backend that answers every request on a connection with `response`, as it is.
+async fn raw_backend(response: &'static str) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        buf.drain(..end + 4);
+                        if s.write_all(response.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                    match s.read(&mut chunk).await {
+                        Ok(n) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+                        _ => return,
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// An upstream's response head reaches an HTTP/1.1 client written from the upstream's head, each line
+/// as it came, and an HTTP/2 client from a header map: the same fields either way, without the
+/// hop-by-hop ones (and those `Connection` names), with the gateway's framing and request id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstreams_response_fields_reach_http1_and_http2_clients_alike() {
+    let backend = raw_backend(
+        "HTTP/1.1 200 OK\r\nServer:  raw\r\nConnection: keep-alive, X-Hop\r\nX-Hop: secret\r\nKeep-Alive: timeout=5\r\n\
+         Set-Cookie: a=1\r\nset-cookie: b=2\r\nX-Request-Id: theirs\r\nContent-Length: 2\r\nX-Empty:\r\n\r\nok",
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("data"), &[], &[]);
+    let c = client();
+    setup_split(&c, &s, backend, backend, 0.0, json!({})).await;
+    for http2 in [false, true] {
+        let mut curl = std::process::Command::new("curl");
+        curl.args(["-sS", "-D", "-"]);
+        if http2 {
+            curl.arg("--http2-prior-knowledge");
+        }
+        let out = curl.arg(format!("{}/orders/prod/fields", s.gateway)).output().unwrap();
+        let out = String::from_utf8(out.stdout).unwrap();
+        let (head, body) = out.split_once("\r\n\r\n").unwrap_or_else(|| panic!("{out:?}"));
+        assert_eq!(body, "ok", "{out:?}");
+        assert!(head.starts_with(if http2 { "HTTP/2 200" } else { "HTTP/1.1 200" }), "{head}");
+        let named = |name: &str| -> Vec<String> {
+            head.lines()
+                .skip(1)
+                .filter_map(|l| l.split_once(':'))
+                .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.trim().to_string())
+                .collect()
+        };
+        assert_eq!(named("server"), ["raw"], "{head}");
+        assert_eq!(named("set-cookie"), ["a=1", "b=2"], "{head}");
+        assert_eq!(named("x-empty"), [""], "{head}");
+        assert_eq!(named("content-length"), ["2"], "{head}");
+        for gone in ["x-hop", "keep-alive", "connection"] {
+            assert!(named(gone).is_empty(), "{gone}: {head}");
+        }
+        let rid = named("x-request-id");
+        assert!(rid.len() == 1 && rid[0] != "theirs" && rid[0].len() == 32, "{head}");
+        if !http2 {
+            // Written from the upstream's head: each line as it came.
+            assert!(
+                head.contains("\r\nServer:  raw\r\n") && head.contains("\r\nset-cookie: b=2\r\n"),
+                "{head}"
+            );
+        }
+    }
+}
