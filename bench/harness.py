@@ -1006,8 +1006,28 @@ def main():
     finally:
         if lab:
             lab.stop()
-        if out_dir != work and not os.environ.get("BENCH_KEEP"):
-            shutil.rmtree(work, ignore_errors=True)
+        if not os.environ.get("BENCH_KEEP"):
+            clear_work(work, keep_report=out_dir == work and not args.out)
+
+
+def clear_work(work, keep_report):
+    """Removes the run's directory, or, when the report was written into it (a partial or quick run),
+    all of it but the report: the servers' data, logs and caches come to hundreds of MB a run, and a
+    machine that runs the suite every day would fill its disk with them."""
+    if not keep_report:
+        shutil.rmtree(work, ignore_errors=True)
+        return
+    for name in os.listdir(work):
+        if name in ("BENCHMARKS.md", "benchmarks.json", "benchmarks.png"):
+            continue
+        path = os.path.join(work, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            try:
+                os.remove(path)
+            except OSError:
+                pass
 
 
 if __name__ == "__main__":
