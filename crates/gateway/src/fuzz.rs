@@ -3,10 +3,11 @@
 //! invariants it must keep. A panic is a finding. Not an API.
 
 use bytes::BytesMut;
-use http::header::{self, HeaderValue};
+use http::header::{self, HeaderMap};
 use http::Method;
 
-use crate::protocols::h1::server::request::{parse_request_head, valid_authority, BadHead};
+use crate::protocols::h1::fields::FieldsRef;
+use crate::protocols::h1::server::request::{parse_request_head, request_framing, valid_authority, BadHead};
 use crate::protocols::h1::{self, Decoded, Decoder, Framing};
 use crate::Limits;
 
@@ -34,15 +35,16 @@ pub fn request_head(data: &[u8]) {
         "a head ends with an empty line"
     );
     assert!(consumed <= limits.max_header_bytes);
-    assert!(head.headers.get_all(header::HOST).iter().count() <= 1);
+    let fields = head.fields();
+    assert!(fields.get_all(&header::HOST).count() <= 1);
     if let Some(a) = head.uri.authority() {
-        assert_eq!(
-            head.headers.get(header::HOST).map(HeaderValue::as_bytes),
-            Some(a.as_str().as_bytes())
-        );
+        assert_eq!(fields.get(&header::HOST), Some(a.as_str().as_bytes()));
     }
-    if let Some(host) = head.headers.get(header::HOST).filter(|h| !h.is_empty()) {
-        assert!(valid_authority(host.as_bytes()), "{host:?}");
+    if let Some(host) = fields.get(&header::HOST).filter(|h| !h.is_empty()) {
+        assert!(valid_authority(host), "{host:?}");
+    }
+    if let Some(wire) = &head.wire {
+        fields_both_ways(wire, &head);
     }
     if let Ok(path) = crate::routing::path::resolve_dot_segments(head.uri.path()) {
         assert!(path.is_empty() || path.starts_with('/') || path == "*", "{path}");
@@ -52,6 +54,66 @@ pub fn request_head(data: &[u8]) {
     let rest = buf.freeze();
     let max = limits.max_body_bytes;
     same_in_pieces(Decoder::with_limit(head.framing, max), &rest, 1);
+}
+
+/// A request's fields kept in its head and the map made of them (for tracing, a mirror, the cache, an
+/// HTTP/2 upstream) are the same fields: every kept line parses back to itself, the map holds each
+/// of them and gives the same framing; and an HTTP/1.1 upstream is sent the same fields either way.
+fn fields_both_ways(wire: &h1::WireFields, head: &crate::protocols::h1::server::request::RequestHead) {
+    assert!(head.headers.is_empty(), "fields in the head or in the map, not both");
+    let map = wire
+        .clone()
+        .into_map()
+        .expect("the request parser passes only fields a map can hold");
+    assert_eq!(map.len(), wire.len());
+    let mut moved = HeaderMap::new();
+    crate::protocols::h1::fields::move_to_map(&mut moved, &mut Some(wire.clone()));
+    assert_eq!(moved, map);
+    for (name, value, line) in wire.iter() {
+        same_line(line, name, value);
+        assert!(map
+            .get_all(std::str::from_utf8(name).unwrap())
+            .iter()
+            .any(|v| v.as_bytes() == value));
+    }
+    let te = map.contains_key(header::TRANSFER_ENCODING);
+    let framing = request_framing(FieldsRef::Map(&map), te, head.version);
+    assert_eq!(framing.ok(), Some(head.framing));
+    // What an HTTP/1.1 upstream is sent: the same fields (each name's values in the same order).
+    let peer = std::net::IpAddr::from([192, 0, 2, 1]);
+    let (kept, from_wire) = crate::proxy::upstream_wire(peer, wire.clone());
+    let (mut from_map, forwarded) = crate::proxy::upstream_headers(peer, map, None, false);
+    for n in [
+        header::HOST,
+        header::CONTENT_LENGTH,
+        header::TRANSFER_ENCODING,
+        header::CONNECTION,
+        header::EXPECT,
+    ] {
+        from_map.remove(n);
+    }
+    let mut sent: Vec<(String, &[u8])> = kept
+        .iter()
+        .map(|(n, v, _)| (String::from_utf8_lossy(n).to_ascii_lowercase(), v))
+        .collect();
+    sent.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut want: Vec<(String, &[u8])> = from_map.iter().map(|(n, v)| (n.to_string(), v.as_bytes())).collect();
+    want.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(sent, want);
+    assert_eq!(from_wire.xff, forwarded.xff);
+}
+
+/// A field line, written as it came, parses back to the same name and value.
+fn same_line(line: &[u8], name: &[u8], value: &[u8]) {
+    let mut again = line.to_vec();
+    again.extend_from_slice(b"\r\n\r\n");
+    let mut one = [httparse::EMPTY_HEADER; 1];
+    let parsed = httparse::parse_headers(&again, &mut one);
+    assert!(
+        matches!(parsed, Ok(httparse::Status::Complete((n, [_]))) if n == again.len()),
+        "{line:?}"
+    );
+    assert!(one[0].name.as_bytes() == name && one[0].value == value, "{line:?}");
 }
 
 /// A chunked body: decoded whole and in pieces (the first byte chooses their size) with the same
@@ -81,16 +143,11 @@ pub fn response_head(data: &[u8]) {
                 let map = head.fields.clone().into_map().expect("httparse passes only fields a map can hold");
                 assert_eq!(map.len(), head.fields.iter().count());
                 for (name, value, line) in head.fields.iter() {
-                    let mut again = line.to_vec();
-                    again.extend_from_slice(b"\r\n\r\n");
-                    let mut one = [httparse::EMPTY_HEADER; 1];
-                    let parsed = httparse::parse_headers(&again, &mut one);
-                    assert!(
-                        matches!(parsed, Ok(httparse::Status::Complete((n, [_]))) if n == again.len()),
-                        "{line:?}"
-                    );
-                    assert!(one[0].name.as_bytes() == name && one[0].value == value, "{line:?}");
-                    assert!(map.get_all(one[0].name).iter().any(|v| v.as_bytes() == value));
+                    same_line(line, name, value);
+                    assert!(map
+                        .get_all(std::str::from_utf8(name).unwrap())
+                        .iter()
+                        .any(|v| v.as_bytes() == value));
                 }
                 if let Framing::Length(n) = head.framing {
                     assert_eq!(h1::content_length(&map), Ok(n));

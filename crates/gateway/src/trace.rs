@@ -13,6 +13,7 @@ use http::{Method, Uri, Version};
 
 use crate::error::ProxyError;
 use crate::exchange::Peer;
+use crate::protocols::h1::fields::FieldsRef;
 use crate::routing::table::{StageRoute, VariantRoute};
 
 pub(crate) static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
@@ -37,8 +38,8 @@ pub(crate) fn begin(tracer: &Tracer, headers: &mut HeaderMap) -> TraceCtx {
 
 /// With tracing off, the access log still names the trace a request came with: its `traceparent` is
 /// forwarded unchanged, so the upstream's spans are in that trace.
-pub(crate) fn incoming_trace_id(headers: &HeaderMap) -> Option<String> {
-    let v = headers.get(&TRACEPARENT)?.to_str().ok()?;
+pub(crate) fn incoming_trace_id(fields: FieldsRef<'_>) -> Option<String> {
+    let v = fields.text_of(&TRACEPARENT)?;
     TraceParent::parse(v).map(|p| p.trace_id_hex())
 }
 

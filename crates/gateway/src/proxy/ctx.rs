@@ -8,9 +8,10 @@ use std::time::{Instant, SystemTime};
 
 use canarygate_model::grpc;
 use canarygate_telemetry::TraceCtx;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderName, HeaderValue};
 
 use crate::exchange::{GrpcRequest, Peer};
+use crate::protocols::h1::fields::{FieldsRef, WireFields};
 use crate::Gateway;
 
 pub(crate) static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -37,9 +38,10 @@ pub(crate) struct Ctx<'a> {
 }
 
 impl<'a> Ctx<'a> {
-    /// The facts of a request whose head is `parts`; marks a gRPC call's head ([`GrpcRequest`]) and
-    /// takes the trace headers a traced request replaces.
-    pub(crate) fn begin(gw: &'a Arc<Gateway>, peer: &'a Peer, parts: &mut http::request::Parts) -> Ctx<'a> {
+    /// The facts of a request whose head is `parts` (its fields in its map, or still on the `wire`);
+    /// marks a gRPC call's head ([`GrpcRequest`]) and takes the trace headers a traced request
+    /// replaces (in the map: with tracing on, the caller has made one).
+    pub(crate) fn begin(gw: &'a Arc<Gateway>, peer: &'a Peer, parts: &mut http::request::Parts, wire: Option<&WireFields>) -> Ctx<'a> {
         let start = Instant::now();
         let wall = SystemTime::now();
         let grpc =
@@ -47,16 +49,18 @@ impl<'a> Ctx<'a> {
         if grpc {
             parts.extensions.insert(GrpcRequest);
         }
+        debug_assert!(gw.tracer.is_none() || wire.is_none(), "a traced request's fields are in its map");
         let trace = gw.tracer.as_deref().map(|t| crate::trace::begin(t, &mut parts.headers));
+        let fields = FieldsRef::of(&parts.headers, wire);
         Ctx {
             gw,
             peer,
             start,
             wall,
             sec: wall.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
-            rid: request_id(&parts.headers),
+            rid: request_id(fields),
             trace,
-            host: host(&parts.headers),
+            host: host(fields),
             uri: parts.uri.clone(),
             grpc,
         }
@@ -78,24 +82,24 @@ impl<'a> Ctx<'a> {
     }
 
     /// The trace id an access log line names: this request's trace, or the one it came with.
-    pub(crate) fn trace_id(&self, headers: &HeaderMap) -> Option<String> {
+    pub(crate) fn trace_id(&self, fields: FieldsRef<'_>) -> Option<String> {
         match &self.trace {
             Some(t) => Some(t.trace_id_hex()),
-            None => crate::trace::incoming_trace_id(headers),
+            None => crate::trace::incoming_trace_id(fields),
         }
     }
 }
 
 /// The `Host` field without its port, in lower case: the field's own value when it is that already.
-fn host(headers: &HeaderMap) -> Option<HeaderValue> {
-    let field = headers.get(header::HOST)?;
+fn host<'h>(fields: impl Into<FieldsRef<'h>>) -> Option<HeaderValue> {
+    let field = fields.into().value(&header::HOST)?;
     let h = field.to_str().ok()?;
     let h = h
         .rsplit_once(':')
         .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
         .map_or(h, |(h, _)| h);
     if h.len() == field.len() && !h.bytes().any(|b| b.is_ascii_uppercase()) {
-        return Some(field.clone());
+        return Some(field);
     }
     let mut lower = bytes::BytesMut::from(h.as_bytes());
     lower.make_ascii_lowercase();
@@ -111,10 +115,13 @@ thread_local! {
 
 /// The client's `x-request-id` when it is fit to pass on (1–200 visible ASCII characters), else 32
 /// random hex digits.
-fn request_id(headers: &HeaderMap) -> HeaderValue {
-    if let Some(v) = headers.get(&REQUEST_ID) {
-        if !v.is_empty() && v.len() <= 200 && v.as_bytes().iter().all(|b| b.is_ascii_graphic()) {
-            return v.clone();
+fn request_id<'h>(fields: impl Into<FieldsRef<'h>>) -> HeaderValue {
+    let fields = fields.into();
+    if let Some(v) = fields.get(&REQUEST_ID) {
+        if !v.is_empty() && v.len() <= 200 && v.iter().all(u8::is_ascii_graphic) {
+            if let Some(v) = fields.value(&REQUEST_ID) {
+                return v;
+            }
         }
     }
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
@@ -142,6 +149,7 @@ fn request_id(headers: &HeaderMap) -> HeaderValue {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::HeaderMap;
 
     #[test]
     fn host_loses_its_port_and_case() {

@@ -255,7 +255,7 @@ impl Copy {
             .get(http::header::USER_AGENT)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        let outcome = serve(&ctx, &self.stage, vr, &mut self.head, body, &self.rest).await;
+        let outcome = serve(&ctx, &self.stage, vr, &mut self.head, None, body, &self.rest).await;
         let (status, error) = match outcome.result {
             Ok(resp) => drain(resp).await,
             Err(e) => (e.response().status().as_u16(), Some((e.source(), e.to_string()))),

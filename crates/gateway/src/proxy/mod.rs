@@ -7,6 +7,7 @@ pub(crate) mod mirror;
 pub(crate) mod request;
 
 use std::fmt::Write as _;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -21,6 +22,7 @@ use crate::body::{empty, full, Body, BoxError};
 use crate::cache::{hit_response, storable, vary_hash, CacheKey, StageCache};
 use crate::error::{ClientBodyError, ProxyError};
 use crate::exchange::{GrpcRequest, UpgradeRequest};
+use crate::protocols::h1::fields::{move_to_map, FieldsRef, WireFields};
 use crate::protocols::h1::Reply;
 use crate::proxy::ctx::{Ctx, REQUEST_ID};
 use crate::routing::table::{CompiledIntegration, StageRoute, VariantRoute};
@@ -81,10 +83,10 @@ impl Doomed {
 /// the client's fields (they are not inserted into its map: four hashed inserts per request); for
 /// HTTP/2 and the cache they go into the map ([`Forwarded::insert_into`]). All but a client's
 /// `x-forwarded-for` are the context's.
-struct Forwarded {
+pub(crate) struct Forwarded {
     /// `x-forwarded-for` when the client sent one: its first value and the peer's address (else the
     /// peer's address alone).
-    xff: Option<HeaderValue>,
+    pub(crate) xff: Option<HeaderValue>,
 }
 
 static HTTP: HeaderValue = HeaderValue::from_static("http");
@@ -169,6 +171,9 @@ struct UpstreamCall {
     method: http::Method,
     uri: http::Uri,
     headers: HeaderMap,
+    /// The client's fields to pass on as they came, when they are still in its HTTP/1.1 head
+    /// (`headers` then empty): an HTTP/1.1 call past the cache (see [`upstream_wire`]).
+    wire: Option<WireFields>,
     /// The forwarding fields when they are not in `headers` (an HTTP/1.1 call past the cache).
     forwarded: Option<Forwarded>,
     timeouts: Timeouts,
@@ -200,19 +205,19 @@ impl UpstreamCall {
         let mut up = Request::new(body);
         *up.method_mut() = self.method.clone();
         *up.uri_mut() = self.uri.clone();
-        // The cache's calls: their forwarding fields are in the map (see `prepare`).
+        // The cache's calls: their fields and the forwarding fields are in the map (see `prepare`).
         debug_assert!(
-            self.forwarded.is_none(),
-            "a call through the cache with its forwarding fields apart"
+            self.forwarded.is_none() && self.wire.is_none(),
+            "a call through the cache with its fields apart"
         );
         *up.headers_mut() = self.headers.clone();
         let span = trace_call(self.trace, up.headers_mut());
         (up, span)
     }
 
-    /// The request, consuming the call (no copy of the headers), and the forwarding fields its head
-    /// is to carry besides its map's.
-    fn into_request(mut self, body: Body) -> (Request<Body>, CallSpan, Option<Forwarded>) {
+    /// The request, consuming the call (no copy of the headers), and the client's fields still on the
+    /// wire and the forwarding fields its head is to carry besides its map's.
+    fn into_request(mut self, body: Body) -> (Request<Body>, CallSpan, Option<WireFields>, Option<Forwarded>) {
         let span = trace_call(self.trace, &mut self.headers);
         let mut up = Request::new(body);
         *up.method_mut() = self.method;
@@ -221,17 +226,17 @@ impl UpstreamCall {
         if let Some(u) = self.upgrade {
             up.extensions_mut().insert(u);
         }
-        (up, span, self.forwarded)
+        (up, span, self.wire, self.forwarded)
     }
 
-    async fn send(&self, gw: &Gateway, body: Body, max_body: u64) -> (Result<Response<Body>, ProxyError>, u64) {
+    async fn send(&self, gw: &Gateway, body: Body) -> (Result<Response<Body>, ProxyError>, u64) {
         let (req, span) = self.request(body);
         let to = Upstream {
             timeouts: self.timeouts,
             tls: self.tls.as_ref(),
             http2: self.http2,
         };
-        let (res, us) = send(gw, req, &[], span, self.variant, to, max_body).await;
+        let (res, us) = send(gw, req, None, &[], span, self.variant, to).await;
         (res.and_then(in_map), us)
     }
 }
@@ -245,17 +250,17 @@ fn trace_call(trace: Option<TraceCtx>, headers: &mut HeaderMap) -> CallSpan {
     Some((ctx, id))
 }
 
-/// Sends a request upstream with the `extra` fields besides its map's (see [`upstream`] for its time
-/// limits), says whose fault a failure was, and ends the call's client span when the request is
-/// sampled.
+/// Sends a request upstream with the client's fields still on the `wire` (an HTTP/1.1 upstream only)
+/// and the `extra` fields besides its map's (see [`upstream`] for its time limits), says whose fault a
+/// failure was, and ends the call's client span when the request is sampled.
 async fn send(
     gw: &Gateway,
     mut req: Request<Body>,
+    wire: Option<&WireFields>,
     extra: &[(&HeaderName, &HeaderValue)],
     span: CallSpan,
     variant: Variant,
     to: Upstream<'_>,
-    max_body: u64,
 ) -> (Result<Reply<Body>, ProxyError>, u64) {
     let t0 = Instant::now();
     let traced = match (span, gw.tracer.as_deref()) {
@@ -265,6 +270,7 @@ async fn send(
         _ => None,
     };
     let res = if to.http2 {
+        debug_assert!(wire.is_none(), "an HTTP/2 call's fields are in its map");
         for &(n, v) in extra {
             req.headers_mut().insert(n.clone(), v.clone());
         }
@@ -276,10 +282,10 @@ async fn send(
             .await
             .map(|r| Reply::new(without_hop_by_hop(r)))
     } else {
-        upstream::send(req, extra, to.timeouts, to.tls).await
+        upstream::send(req, wire, extra, to.timeouts, to.tls).await
     };
     let us = t0.elapsed().as_micros() as u64;
-    let res = res.map_err(|e| attribute(&e, max_body));
+    let res = res.map_err(|e| attribute(&e, gw.limits.max_body_bytes));
     if let Some((tracer, ctx, span_id, start, method, uri)) = traced {
         let call = ClientCall {
             ctx,
@@ -340,13 +346,14 @@ pub(crate) async fn serve<B>(
     stage: &StageRoute,
     vr: &VariantRoute,
     parts: &mut http::request::Parts,
+    wire: Option<WireFields>,
     body: B,
     rest: &str,
 ) -> Outcome
 where
     B: http_body::Body<Data = Bytes, Error = BoxError> + Send + 'static,
 {
-    let (call, cache_key, route) = match prepare(ctx, stage, vr, parts, rest) {
+    let (call, cache_key, route) = match prepare(ctx, stage, vr, parts, wire, rest) {
         Prepared::Call { call, cache_key, route } => (call, cache_key, route),
         Prepared::Answered(outcome) => return outcome,
     };
@@ -358,7 +365,7 @@ where
         // each level of `async fn` around it is one more copy of it per request.
         _ => {
             let (timeouts, variant, tls, http2) = (call.timeouts, call.variant, call.tls.clone(), call.http2);
-            let (req, span, forwarded) = call.into_request(body.boxed_unsync());
+            let (req, span, wire, forwarded) = call.into_request(body.boxed_unsync());
             let to = Upstream {
                 timeouts,
                 tls: tls.as_ref(),
@@ -366,7 +373,7 @@ where
             };
             let extra = forwarded.as_ref().map(|f| f.fields(ctx));
             let extra = extra.as_deref().unwrap_or_default();
-            let (res, us) = send(ctx.gw, req, extra, span, variant, to, ctx.gw.limits.max_body_bytes).await;
+            let (res, us) = send(ctx.gw, req, wire.as_ref(), extra, span, variant, to).await;
             // An HTTP/1.1 client's driver writes the fields from the upstream's head as they are;
             // anything else (an HTTP/2 client) reads them from the map.
             let (result, wire) = match res {
@@ -400,8 +407,16 @@ enum Prepared {
     Answered(Outcome),
 }
 
-/// Matches the route and makes the upstream call.
-fn prepare(ctx: &Ctx<'_>, stage: &StageRoute, vr: &VariantRoute, parts: &mut http::request::Parts, rest: &str) -> Prepared {
+/// Matches the route and makes the upstream call: with the client's fields as they came (`wire`) to an
+/// HTTP/1.1 upstream past the cache, else in a map.
+fn prepare(
+    ctx: &Ctx<'_>,
+    stage: &StageRoute,
+    vr: &VariantRoute,
+    parts: &mut http::request::Parts,
+    wire: Option<WireFields>,
+    rest: &str,
+) -> Prepared {
     let Ok(route_path) = crate::routing::path::resolve_dot_segments(rest) else {
         return Prepared::Answered(Outcome::error(ProxyError::AboveRoot(rest.to_string())));
     };
@@ -434,7 +449,7 @@ fn prepare(ctx: &Ctx<'_>, stage: &StageRoute, vr: &VariantRoute, parts: &mut htt
     let checked = uri
         .render(var, |n| params.get(n), parts.uri.query())
         .map_err(ProxyError::BadIntegrationUri)
-        .and_then(|uri| check(ctx.gw, parts, &uri, http2).map(|()| uri));
+        .and_then(|uri| check(ctx.gw, parts, FieldsRef::of(&parts.headers, wire.as_ref()), &uri, http2).map(|()| uri));
     let upstream_uri = match checked {
         Ok(uri) => uri,
         Err(e) => return refused(e),
@@ -444,19 +459,12 @@ fn prepare(ctx: &Ctx<'_>, stage: &StageRoute, vr: &VariantRoute, parts: &mut htt
     let cache_key = (stage.cache.is_some() && vr.use_cache && cacheable).then(|| cache_key(parts, route_path, vr));
     // An upgrade (WebSocket) is an HTTP/1.1 exchange: it goes over HTTP/1.1 whatever the integration says.
     let http2 = http2 && upgrade.is_none();
-    let (mut headers, forwarded) = upstream_headers(ctx, std::mem::take(&mut parts.headers), upgrade, http2);
-    // The forwarding fields go into the map where a map is what is sent (HTTP/2) or looked at whole
-    // (the cache: a response's `Vary` may name one).
-    let forwarded = if http2 || cache_key.is_some() {
-        forwarded.insert_into(ctx, &mut headers);
-        None
-    } else {
-        Some(forwarded)
-    };
+    let (headers, wire, forwarded) = call_fields(ctx, &mut parts.headers, wire, upgrade, http2, cache_key.is_some());
     let call = UpstreamCall {
         method: parts.method.clone(),
         uri: upstream_uri,
         headers,
+        wire,
         forwarded,
         timeouts,
         variant: vr.variant,
@@ -466,6 +474,41 @@ fn prepare(ctx: &Ctx<'_>, stage: &StageRoute, vr: &VariantRoute, parts: &mut htt
         http2,
     };
     Prepared::Call { call, cache_key, route }
+}
+
+/// The upstream request's fields: the client's as they came (`wire`) with the forwarding fields apart,
+/// to an HTTP/1.1 upstream past the cache; else in a map (`headers`, which they leave), the forwarding
+/// fields in it too where the map is what is sent (HTTP/2) or looked at `whole` (the cache).
+fn call_fields(
+    ctx: &Ctx<'_>,
+    headers: &mut HeaderMap,
+    mut wire: Option<WireFields>,
+    upgrade: Option<UpgradeRequest>,
+    http2: bool,
+    whole: bool,
+) -> (HeaderMap, Option<WireFields>, Option<Forwarded>) {
+    // A map is what an HTTP/2 upstream is sent, and what the cache looks at whole (a response's
+    // `Vary` may name any field).
+    if http2 || whole {
+        move_to_map(headers, &mut wire);
+    }
+    match wire {
+        Some(wire) => {
+            let (wire, forwarded) = upstream_wire(ctx.peer.addr.ip(), wire);
+            (HeaderMap::new(), Some(wire), Some(forwarded))
+        }
+        None => {
+            let (mut headers, forwarded) = upstream_headers(ctx.peer.addr.ip(), std::mem::take(headers), upgrade, http2);
+            // The forwarding fields go into the map where a map is what is sent (HTTP/2) or looked at
+            // whole (the cache: a response's `Vary` may name one).
+            if http2 || whole {
+                forwarded.insert_into(ctx, &mut headers);
+                (headers, None, None)
+            } else {
+                (headers, None, Some(forwarded))
+            }
+        }
+    }
 }
 
 /// A mock integration's answer: its status, headers and rendered body.
@@ -494,16 +537,12 @@ fn mock<'v>(
 
 /// Refuses what the upstream call cannot carry: a gRPC call to an HTTP/1.1 upstream, a body declared
 /// larger than the limit.
-fn check(gw: &Gateway, parts: &http::request::Parts, uri: &http::Uri, http2: bool) -> Result<(), ProxyError> {
+fn check(gw: &Gateway, parts: &http::request::Parts, fields: FieldsRef<'_>, uri: &http::Uri, http2: bool) -> Result<(), ProxyError> {
     if !http2 && parts.extensions.get::<GrpcRequest>().is_some() {
         return Err(ProxyError::GrpcNeedsHttp2(uri.to_string()));
     }
     let max = gw.limits.max_body_bytes;
-    let declared = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let declared = fields.text_of(&header::CONTENT_LENGTH).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > max) {
         return Err(ProxyError::BodyTooLarge(max));
     }
@@ -513,7 +552,13 @@ fn check(gw: &Gateway, parts: &http::request::Parts, uri: &http::Uri, http2: boo
 /// The upstream request's header fields: the client's without hop-by-hop fields (but an upgrade's
 /// protocol and an HTTP/2 upstream's `te: trailers`) and without its own forwarding fields; and the
 /// gateway's forwarding fields: `x-forwarded-for`, `-proto`, `-host` and the request id.
-fn upstream_headers(ctx: &Ctx<'_>, mut headers: HeaderMap, upgrade: Option<UpgradeRequest>, http2: bool) -> (HeaderMap, Forwarded) {
+/// (`peer`: the client's address.)
+pub(crate) fn upstream_headers(
+    peer: IpAddr,
+    mut headers: HeaderMap,
+    upgrade: Option<UpgradeRequest>,
+    http2: bool,
+) -> (HeaderMap, Forwarded) {
     let protocol = upgrade.and_then(|_| headers.get(header::UPGRADE).cloned());
     // `te: trailers` is the one TE an HTTP/2 request may carry (gRPC servers ask for it).
     let te_trailers = http2
@@ -530,13 +575,12 @@ fn upstream_headers(ctx: &Ctx<'_>, mut headers: HeaderMap, upgrade: Option<Upgra
                 .any(|n| n.as_str() == k)
     };
     let doomed = doomed(&headers, ours);
-    let peer = ctx.peer;
     let prev = if doomed.has(&X_FORWARDED_FOR) {
         headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok())
     } else {
         None
     };
-    let xff = prev.and_then(|prev| HeaderValue::try_from(format!("{prev}, {}", peer.addr.ip())).ok());
+    let xff = prev.and_then(|prev| HeaderValue::try_from(format!("{prev}, {peer}")).ok());
     doomed.remove_from(&mut headers);
     if let Some(p) = protocol {
         // The one hop-by-hop field forwarded: the protocol an upgrade request asks for (the request
@@ -548,6 +592,32 @@ fn upstream_headers(ctx: &Ctx<'_>, mut headers: HeaderMap, upgrade: Option<Upgra
     }
     let forwarded = Forwarded { xff };
     (headers, forwarded)
+}
+
+/// [`upstream_headers`] for fields still in an HTTP/1.1 client's head, to go to an HTTP/1.1 upstream
+/// as they came: the same fields taken out (the hop-by-hop ones and those `Connection` names, those
+/// the upstream request's head writes itself, the client's forwarding fields), in one pass over the
+/// lines and one in place, no map made.
+pub(crate) fn upstream_wire(peer: IpAddr, mut wire: WireFields) -> (WireFields, Forwarded) {
+    let xff = FieldsRef::Wire(&wire)
+        .text_of(&X_FORWARDED_FOR)
+        .and_then(|prev| HeaderValue::try_from(format!("{prev}, {peer}")).ok());
+    let names_more = match wire.index() {
+        Some(index) => index.names_more,
+        None => true,
+    };
+    let named: Vec<Vec<u8>> = if names_more {
+        wire.iter()
+            .filter(|(n, ..)| n.eq_ignore_ascii_case(b"connection"))
+            .flat_map(|(_, v, _)| crate::protocols::h1::connection_tokens(v))
+            .filter(|t| !t.eq_ignore_ascii_case(b"keep-alive") && !t.eq_ignore_ascii_case(b"close"))
+            .map(<[u8]>::to_vec)
+            .collect()
+    } else {
+        Vec::new()
+    };
+    wire.retain_passed_on(&named);
+    (wire, Forwarded { xff })
 }
 
 /// The stage cache's key of a GET/HEAD: method, path in the stage with the query, the variant's
@@ -622,7 +692,7 @@ async fn cached(gw: &Gateway, cache: &StageCache, resource: CacheKey, call: &Ups
         // Waited for another request's fetch that was not stored or is not for this request, or
         // waited too long: call ourselves.
         (_, None) => {
-            let (res, us) = call.send(gw, empty(), gw.limits.max_body_bytes).await;
+            let (res, us) = call.send(gw, empty()).await;
             Outcome {
                 result: res,
                 wire: None,
@@ -661,7 +731,7 @@ async fn fill(
     ttl: Duration,
     own: &mut Own,
 ) -> Result<Arc<crate::cache::CachedResponse>, NotStored> {
-    let (res, us) = call.send(gw, empty(), gw.limits.max_body_bytes).await;
+    let (res, us) = call.send(gw, empty()).await;
     own.fetched_us = Some(us);
     let resp = match res {
         Ok(r) => r,
@@ -801,9 +871,31 @@ mod tests {
                 .append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
         }
         let (mut parts, ()) = req.into_parts();
-        let ctx = Ctx::begin(&gw, &peer, &mut parts);
+        let ctx = Ctx::begin(&gw, &peer, &mut parts, None);
         let rid = ctx.rid.to_str().unwrap().to_string();
-        let (map, forwarded) = upstream_headers(&ctx, std::mem::take(&mut parts.headers), None, false);
+        // The same fields still in an HTTP/1.1 client's head, as they came: the same fields written.
+        let mut lines = String::new();
+        for (k, v) in client {
+            lines.push_str(&format!("{k}: {v}\r\n"));
+        }
+        lines.push_str("\r\n");
+        let wire = WireFields::of_lines(lines.as_bytes());
+        let ip = peer.addr.ip();
+        let (wire, wire_forwarded) = upstream_wire(ip, wire);
+        let mut from_wire = Vec::new();
+        crate::protocols::h1::encode_head(
+            &mut from_wire,
+            &http::Method::GET,
+            "/a",
+            &HeaderValue::from_static("up.test:8080"),
+            crate::protocols::h1::client::Fields {
+                map: &HeaderMap::new(),
+                wire: Some(&wire),
+                extra: &wire_forwarded.fields(&ctx),
+            },
+            crate::protocols::h1::RequestFraming::Empty,
+        );
+        let (map, forwarded) = upstream_headers(ip, std::mem::take(&mut parts.headers), None, false);
         let mut out = Vec::new();
         let host = HeaderValue::from_static("up.test:8080");
         crate::protocols::h1::encode_head(
@@ -811,17 +903,31 @@ mod tests {
             &http::Method::GET,
             "/a",
             &host,
-            (&map, &forwarded.fields(&ctx)),
+            (&map, &forwarded.fields(&ctx)[..]),
             crate::protocols::h1::RequestFraming::Empty,
         );
         let mut fields = [httparse::EMPTY_HEADER; 32];
         let mut parsed = httparse::Request::new(&mut fields);
         assert!(parsed.parse(&out).unwrap().is_complete(), "{}", String::from_utf8_lossy(&out));
-        let written = parsed
+        let written: Fields = parsed
             .headers
             .iter()
             .map(|h| (h.name.to_string(), String::from_utf8(h.value.to_vec()).unwrap()))
             .collect();
+        let mut fields = [httparse::EMPTY_HEADER; 32];
+        let mut parsed = httparse::Request::new(&mut fields);
+        assert!(parsed.parse(&from_wire).unwrap().is_complete());
+        let by_name = |fields: Vec<(String, String)>| {
+            let mut fields: Vec<_> = fields.into_iter().map(|(k, v)| (k.to_ascii_lowercase(), v)).collect();
+            fields.sort_by(|a, b| a.0.cmp(&b.0));
+            fields
+        };
+        let wire_written = parsed
+            .headers
+            .iter()
+            .map(|h| (h.name.to_string(), String::from_utf8(h.value.to_vec()).unwrap()))
+            .collect();
+        assert_eq!(by_name(wire_written), by_name(written.clone()), "{client:?}");
         let mut whole = map;
         forwarded.insert_into(&ctx, &mut whole);
         let whole = whole
@@ -870,6 +976,23 @@ mod tests {
             assert_eq!(values(fields, "x-forwarded-for"), ["127.0.0.1"], "{fields:?}");
             assert_eq!(values(fields, "x-forwarded-host"), ["shop.test"], "{fields:?}");
             assert_eq!(values(fields, "x-request-id"), ["abc-123"], "{fields:?}");
+        }
+        // Names in any case (as an HTTP/1.1 client's head has them, passed on as they came): the same.
+        let (written, whole, _) = upstream_fields(&[
+            ("Host", "shop.test"),
+            ("X-Forwarded-For", "10.0.0.1"),
+            ("Connection", "Keep-Alive, X-Secret"),
+            ("X-SECRET", "s"),
+            ("Proxy-Connection", "keep-alive"),
+            ("Accept", "*/*"),
+        ]);
+        for fields in [&written, &whole] {
+            let lower: Fields = fields.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.clone())).collect();
+            assert_eq!(values(&lower, "x-forwarded-for"), ["10.0.0.1, 127.0.0.1"], "{fields:?}");
+            assert_eq!(values(&lower, "accept"), ["*/*"], "{fields:?}");
+            for gone in ["connection", "x-secret", "proxy-connection"] {
+                assert!(values(&lower, gone).is_empty(), "{gone}: {fields:?}");
+            }
         }
         // No host: no x-forwarded-host.
         let (written, _, _) = upstream_fields(&[]);

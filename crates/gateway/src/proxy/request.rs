@@ -15,6 +15,7 @@ use crate::access_log::{AccessLog, Record};
 use crate::body::{Body, BoxError};
 use crate::error::{ProxyError, Source};
 use crate::exchange::{Ending, Peer, UpgradeRequest};
+use crate::protocols::h1::fields::{move_to_map, FieldsRef, WireFields};
 use crate::protocols::h1::Reply;
 use crate::proxy::ctx::{Ctx, REQUEST_ID};
 use crate::proxy::mirror::{Pair, TeeBody};
@@ -164,29 +165,36 @@ impl Finish {
 /// choose the variant, start a mirrored copy, serve it ([`serve`]: match the route, render the
 /// integration, the upstream request, the cache), answer (a failure as the client's protocol says
 /// it), its marks, and what to record at its end ([`finish`]).
-pub(crate) async fn handle<B>(gw: &Arc<Gateway>, req: Request<B>, peer: &Peer) -> (Reply<Body>, Marks, Finish)
+///
+/// An HTTP/1.1 client's request comes with its header fields still in its head (`wire`, its map then
+/// empty); they are made a map only for a phase that edits them or reads them whole (tracing, a
+/// mirrored copy, the cache, an HTTP/2 upstream), else passed on as they came.
+pub(crate) async fn handle<B>(gw: &Arc<Gateway>, req: Request<B>, mut wire: Option<WireFields>, peer: &Peer) -> (Reply<Body>, Marks, Finish)
 where
     B: http_body::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
     B::Error: Into<BoxError>,
 {
     let table = gw.table.load_full();
     let (mut parts, body) = req.into_parts();
-    let ctx = Ctx::begin(gw, peer, &mut parts);
+    if gw.tracer.is_some() {
+        move_to_map(&mut parts.headers, &mut wire);
+    }
+    let ctx = Ctx::begin(gw, peer, &mut parts, wire.as_ref());
     let domain = if table.domains.is_empty() { None } else { ctx.host_str() };
     let Some((stage, rest)) = table.resolve(domain, ctx.path()) else {
         return no_stage(&ctx, &parts);
     };
-    let (variant, routed) = choose(&stage.routing, stage.split, &parts.headers, parts.uri.query(), peer.addr.ip());
+    if stage.mirror.is_some() {
+        move_to_map(&mut parts.headers, &mut wire);
+    }
+    let fields = FieldsRef::of(&parts.headers, wire.as_ref());
+    let (variant, routed) = choose(&stage.routing, stage.split, fields, parts.uri.query(), peer.addr.ip());
     let vr = stage.variant(variant);
     let (tee, pair) = mirror(&ctx, stage, variant, &parts, rest);
     // Taken before the headers move to the upstream request, and only when there is a log to write.
     let logged = gw.log.enabled().then(|| Logged {
-        user_agent: parts
-            .headers
-            .get(header::USER_AGENT)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string),
-        trace_id: ctx.trace_id(&parts.headers),
+        user_agent: fields.text_of(&header::USER_AGENT).map(str::to_string),
+        trace_id: ctx.trace_id(fields),
     });
     // One body type whether or not the request is mirrored (one `serve` on the request path).
     let body = TeeBody::new(Limited::new(body, gw.limits.max_body_bytes as usize), tee);
@@ -202,7 +210,7 @@ where
         pair: pair.as_ref(),
         armed: true,
     };
-    let outcome = serve(&ctx, stage, vr, &mut parts, body, rest).await;
+    let outcome = serve(&ctx, stage, vr, &mut parts, wire, body, rest).await;
     abandoned.armed = false;
     drop(abandoned);
     let (response, answered) = answer(&ctx, stage, variant, outcome.result);

@@ -11,7 +11,9 @@ use std::net::IpAddr;
 
 use canarygate_metrics::Routed;
 use canarygate_model::{CanaryRouting, Stickiness, Variant};
-use http::{HeaderMap, HeaderName};
+use http::HeaderName;
+
+use crate::protocols::h1::fields::FieldsRef;
 use ipnet::IpNet;
 use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 
@@ -120,12 +122,13 @@ impl Routing {
         trusted.then_some(v)
     }
 
-    fn cohort(&self, headers: &HeaderMap, query: Option<&str>, peer: IpAddr) -> Option<Variant> {
+    fn cohort<'h>(&self, headers: impl Into<FieldsRef<'h>>, query: Option<&str>, peer: IpAddr) -> Option<Variant> {
+        let headers = headers.into();
         self.cohorts.iter().find_map(|c| {
             let hit = match (&c.source, &c.test) {
                 (Source::Address(nets), _) => nets.iter().any(|n| n.contains(&peer)),
                 (_, None) => false,
-                (Source::Header(h), Some(m)) => headers.get_all(h).iter().any(|v| v.to_str().is_ok_and(|v| m.test(v))),
+                (Source::Header(h), Some(m)) => headers.get_all_str(h).any(|v| m.test(v)),
                 (Source::Cookie(k), Some(m)) => cookie(headers, k).is_some_and(|v| m.test(v)),
                 (Source::Query(k), Some(m)) => query.and_then(|q| query_param(q, k)).is_some_and(|v| m.test(&v)),
             };
@@ -154,11 +157,10 @@ fn query_param<'q>(query: &'q str, name: &str) -> Option<Cow<'q, str>> {
 }
 
 /// Finds a cookie's value in the request's `Cookie` headers.
-pub fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+pub(crate) fn cookie<'h>(headers: impl Into<FieldsRef<'h>>, name: &str) -> Option<&'h str> {
     headers
-        .get_all(http::header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
+        .into()
+        .get_all_str(&http::header::COOKIE)
         .flat_map(|v| v.split(';'))
         .find_map(|pair| {
             let (k, v) = pair.trim().split_once('=')?;
@@ -204,15 +206,21 @@ impl Split {
 
 /// Chooses the variant of one request, and says how. `split`: the canary's share, `None` for a stage
 /// without a canary.
-pub fn choose(r: &Routing, split: Option<Split>, headers: &HeaderMap, query: Option<&str>, peer: IpAddr) -> (Variant, Routed) {
+pub(crate) fn choose<'h>(
+    r: &Routing,
+    split: Option<Split>,
+    headers: impl Into<FieldsRef<'h>>,
+    query: Option<&str>,
+    peer: IpAddr,
+) -> (Variant, Routed) {
     let Some(split) = split else {
         return (Variant::Production, Routed::Random);
     };
+    let headers = headers.into();
     if let Some(v) = r
         .header
         .as_ref()
-        .and_then(|h| headers.get(h))
-        .and_then(|v| v.to_str().ok())
+        .and_then(|h| headers.text_of(h))
         .and_then(|v| r.forced_by_header(v, peer.to_canonical()))
     {
         return (v, Routed::Forced);
@@ -234,7 +242,7 @@ pub fn choose(r: &Routing, split: Option<Split>, headers: &HeaderMap, query: Opt
     }
     let sticky = match &r.stickiness {
         Stickiness::None => None,
-        Stickiness::Header(h) => headers.get(h.as_str()).map(|v| v.as_bytes()),
+        Stickiness::Header(h) => headers.get_bytes(h),
         Stickiness::Cookie(c) => cookie(headers, c).map(str::as_bytes),
     };
     let (draw, routed) = match sticky {
@@ -255,6 +263,7 @@ pub fn choose(r: &Routing, split: Option<Split>, headers: &HeaderMap, query: Opt
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::HeaderMap;
 
     /// Whether the salted sticky hash of `key` is under `threshold` (what [`choose`] computes).
     fn sticky_on_canary(key: &[u8], salt: &str, threshold: u64) -> bool {

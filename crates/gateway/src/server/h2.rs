@@ -372,7 +372,7 @@ async fn stream(gw: Arc<Gateway>, mut req: Request<RecvStream>, mut respond: Sen
     let work = Box::pin(async {
         // A slot of the connection's, given back when this stream's work is dropped.
         let _slot = shared.slots.clone().acquire_owned().await;
-        request::handle(&gw, req, &peer).await
+        request::handle(&gw, req, None, &peer).await
     });
     let answered = until_reset(&mut respond, work).await;
     let Some((reply, marks, finish)) = answered else {

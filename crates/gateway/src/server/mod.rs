@@ -189,7 +189,7 @@ pub(crate) async fn serve_connection<S: Split>(gw: Arc<Gateway>, stream: S, peer
         if let Some(u) = upgrade {
             req.extensions_mut().insert(u);
         }
-        let (reply, marks, finish) = request::handle(&gw, req, &peer).await;
+        let (reply, marks, finish) = request::handle(&gw, req, head.wire, &peer).await;
         let marks = marks.fields();
         if let Some(u) = upgrade.filter(|_| reply.response.status() == StatusCode::SWITCHING_PROTOCOLS) {
             if let Some(switched) = reply.response.extensions().get::<Upgraded>().and_then(Upgraded::take) {

@@ -53,7 +53,7 @@ use tokio::time::Instant as Clock;
 use crate::body::{Body, BoxError};
 use crate::exchange::{UpgradeRequest, Upgraded};
 use crate::protocols::body_read::{BodyRead, ReadError};
-use crate::protocols::h1::{self, Decoder, ProtocolError, Reply, RequestFraming};
+use crate::protocols::h1::{self, Decoder, ProtocolError, Reply, RequestFraming, WireFields};
 
 /// Idle connections kept per upstream authority, per worker.
 pub const MAX_IDLE_PER_HOST: usize = 256;
@@ -231,20 +231,22 @@ impl Failed {
     }
 }
 
-/// Sends `req` (absolute URI, `http://authority/path?query` or `https://...` with `tls`), with the
-/// `extra` header fields after its map's, to its upstream over a pooled or new connection of the
+/// Sends `req` (absolute URI, `http://authority/path?query` or `https://...` with `tls`), with a
+/// client's fields still on the `wire` and the `extra` header fields after its map's (see
+/// [`h1::client::Fields`]), to its upstream over a pooled or new connection of the
 /// calling worker thread.
 pub async fn send(
     req: Request<Body>,
+    wire: Option<&WireFields>,
     extra: &[(&HeaderName, &HeaderValue)],
     timeouts: Timeouts,
     tls: Option<&Arc<rustls::ClientConfig>>,
 ) -> Result<Reply<Body>, SendError> {
     match tls {
-        None => send_on(req, extra, timeouts, connect).await,
+        None => send_on(req, wire, extra, timeouts, connect).await,
         Some(cfg) => {
             let connector = tokio_rustls::TlsConnector::from(cfg.clone());
-            Box::pin(send_on(req, extra, timeouts, move |a| connect_tls(a, connector.clone()))).await
+            Box::pin(send_on(req, wire, extra, timeouts, move |a| connect_tls(a, connector.clone()))).await
         }
     }
 }
@@ -252,6 +254,7 @@ pub async fn send(
 /// [`send`] over connections of type `C`, made by `connect` when no idle one is there.
 async fn send_on<C, F, Fut>(
     req: Request<Body>,
+    wire: Option<&WireFields>,
     extra: &[(&HeaderName, &HeaderValue)],
     timeouts: Timeouts,
     connect: F,
@@ -284,7 +287,12 @@ where
     };
     let mut writer = BodyWriter { framing, sent: 0 };
     let mut head = Vec::with_capacity(512);
-    h1::encode_head(&mut head, &parts.method, target, &host, (&parts.headers, extra), framing);
+    let fields = h1::client::Fields {
+        map: &parts.headers,
+        wire,
+        extra,
+    };
+    h1::encode_head(&mut head, &parts.method, target, &host, fields, framing);
     // A body that is already here (a small request's) goes out in the same write as the head.
     let mut more = framing != RequestFraming::Empty;
     if more {
@@ -857,7 +865,7 @@ mod tests {
 
     /// [`super::send`] without fields besides the request's map, its response's fields in its map.
     async fn send(req: Request<Body>, timeouts: Timeouts, tls: Option<&Arc<rustls::ClientConfig>>) -> Result<Response<Body>, SendError> {
-        Ok(super::send(req, &[], timeouts, tls).await?.into_response()?)
+        Ok(super::send(req, None, &[], timeouts, tls).await?.into_response()?)
     }
 
     /// A raw HTTP/1.1 backend: answers every request on a connection with `body` (keep-alive), and

@@ -7,6 +7,7 @@ use bytes::{Buf as _, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Version};
 
+use super::fields::WireFields;
 use super::{connection_tokens, is_text, itoa, length_of, ConnectionOptions, Framing, ProtocolError, MAX_HEADERS, MAX_HEAD_BYTES};
 
 /// How a request body is framed on the wire.
@@ -28,12 +29,43 @@ fn written_by_us(name: &HeaderName) -> bool {
         || name == header::EXPECT
 }
 
-/// Header fields of an upstream request: a map, and fields written after it (the gateway's own,
-/// never in the map).
-pub type Fields<'a> = (&'a HeaderMap, &'a [(&'a HeaderName, &'a HeaderValue)]);
+/// [`written_by_us`] for a name as it came, in any case.
+pub(crate) fn written_by_us_raw(name: &[u8]) -> bool {
+    [
+        &header::HOST,
+        &header::CONTENT_LENGTH,
+        &header::TRANSFER_ENCODING,
+        &header::CONNECTION,
+        &header::EXPECT,
+    ]
+    .iter()
+    .any(|n| name.eq_ignore_ascii_case(n.as_str().as_bytes()))
+}
+
+/// Header fields of an upstream request: a map; a client's fields still in its HTTP/1.1 head, to
+/// be written as they came (none of them one the gateway writes itself or a hop-by-hop one: the proxy
+/// has taken those out); and fields written after them (the gateway's own, never in the map).
+pub struct Fields<'a> {
+    pub map: &'a HeaderMap,
+    pub wire: Option<&'a WireFields>,
+    pub extra: &'a [(&'a HeaderName, &'a HeaderValue)],
+}
+
+impl<'a> From<(&'a HeaderMap, &'a [(&'a HeaderName, &'a HeaderValue)])> for Fields<'a> {
+    fn from((map, extra): (&'a HeaderMap, &'a [(&'a HeaderName, &'a HeaderValue)])) -> Fields<'a> {
+        Fields { map, wire: None, extra }
+    }
+}
 
 /// Appends `METHOD target HTTP/1.1`, `host`, the header fields and the framing field to `out`.
-pub fn encode_head(out: &mut Vec<u8>, method: &Method, target: &str, host: &HeaderValue, fields: Fields<'_>, framing: RequestFraming) {
+pub fn encode_head<'a>(
+    out: &mut Vec<u8>,
+    method: &Method,
+    target: &str,
+    host: &HeaderValue,
+    fields: impl Into<Fields<'a>>,
+    framing: RequestFraming,
+) {
     out.extend_from_slice(method.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
@@ -41,8 +73,13 @@ pub fn encode_head(out: &mut Vec<u8>, method: &Method, target: &str, host: &Head
     out.extend_from_slice(host.as_bytes());
     out.extend_from_slice(b"\r\n");
     let mut upgrade = false;
-    let (headers, extra) = fields;
-    for (name, value) in headers.iter().chain(extra.iter().copied()) {
+    let Fields { map, wire, extra } = fields.into();
+    for (name, _, line) in wire.iter().flat_map(|w| w.iter()) {
+        debug_assert!(!written_by_us_raw(name) && !is_hop_by_hop(name), "{name:?}");
+        out.extend_from_slice(line);
+        out.extend_from_slice(b"\r\n");
+    }
+    for (name, value) in map.iter().chain(extra.iter().copied()) {
         if written_by_us(name) {
             continue;
         }
@@ -85,49 +122,6 @@ pub struct Head {
     pub framing: Framing,
     /// Whether the connection may carry another request once this response is read.
     pub keep_alive: bool,
-}
-
-/// The header fields of a response as an HTTP/1.1 upstream sent them, less those the head parser
-/// drops (see [`parse_head`]), where they lie in the head's bytes. An HTTP/1.1 client is sent them from
-/// there line by line, with no header map made; [`WireFields::into_map`] makes one where a map is
-/// read (an HTTP/2 client, the cache, a 101).
-#[derive(Debug, Clone)]
-pub struct WireFields {
-    /// The head's bytes (sharing one buffer with the body's first bytes).
-    bytes: Bytes,
-    /// Each field kept: where its line starts, its name ends, its value starts and its value ends.
-    at: Vec<[u32; 4]>,
-}
-
-impl WireFields {
-    /// Each field's name (in the case it came in), its value, and its line without the CRLF: the
-    /// name, `:`, any whitespace, the value (httparse takes nothing else: no space before the colon,
-    /// no folded lines).
-    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8], &[u8])> + '_ {
-        self.at.iter().map(|&[start, name_end, value, end]| {
-            let (start, name_end, value, end) = (start as usize, name_end as usize, value as usize, end as usize);
-            (&self.bytes[start..name_end], &self.bytes[value..end], &self.bytes[start..end])
-        })
-    }
-
-    /// Whether a field of this name (any case) is here.
-    pub fn contains(&self, name: &[u8]) -> bool {
-        self.iter().any(|(n, ..)| n.eq_ignore_ascii_case(name))
-    }
-
-    /// The fields as a header map (values share the head's bytes).
-    pub fn into_map(self) -> Result<HeaderMap, ProtocolError> {
-        // Room for the marks the proxy adds, so they do not grow the map.
-        let mut headers = HeaderMap::with_capacity(self.at.len() + 3);
-        for &[start, name_end, value, end] in &self.at {
-            let name = &self.bytes[start as usize..name_end as usize];
-            let name = HeaderName::from_bytes(name).map_err(|_| ProtocolError::Header(String::from_utf8_lossy(name).into_owned()))?;
-            let value = HeaderValue::from_maybe_shared(self.bytes.slice(value as usize..end as usize))
-                .map_err(|_| ProtocolError::Header(name.to_string()))?;
-            headers.append(name, value);
-        }
-        Ok(headers)
-    }
 }
 
 /// A response to pass on, and where its header fields are: in its map, or (`wire`) still in an HTTP/1.1
@@ -370,7 +364,7 @@ fn client_fields(
             at.push([start, start + h.name.len() as u32, value, value + h.value.len() as u32]);
         }
     }
-    let mut wire = WireFields { bytes: bytes.clone(), at };
+    let mut wire = WireFields::new(bytes.clone(), at);
     if names_more {
         let named: Vec<&[u8]> = fields
             .iter()
@@ -379,11 +373,7 @@ fn client_fields(
             .flat_map(|(h, _)| connection_tokens(h.value))
             .filter(|t| Field::of(t) == Field::Other && !t.eq_ignore_ascii_case(b"close"))
             .collect();
-        let WireFields { bytes, at } = &mut wire;
-        at.retain(|&[start, name_end, ..]| {
-            let name = &bytes[start as usize..name_end as usize];
-            !named.iter().any(|t| t.eq_ignore_ascii_case(name))
-        });
+        wire.retain(|name, _| !named.iter().any(|t| t.eq_ignore_ascii_case(name)));
     }
     wire
 }
@@ -417,16 +407,37 @@ mod tests {
         h.insert(header::CONNECTION, HeaderValue::from_static("close"));
         let host = HeaderValue::from_static("10.0.0.1:8080");
         let mut out = Vec::new();
-        encode_head(&mut out, &Method::POST, "/a?b=1", &host, (&h, &[]), RequestFraming::Length(12345));
+        encode_head(
+            &mut out,
+            &Method::POST,
+            "/a?b=1",
+            &host,
+            (&h, &[][..]),
+            RequestFraming::Length(12345),
+        );
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "POST /a?b=1 HTTP/1.1\r\nhost: 10.0.0.1:8080\r\nx-a: 1\r\ncontent-length: 12345\r\n\r\n"
         );
         let mut out = Vec::new();
-        encode_head(&mut out, &Method::GET, "/", &host, (&HeaderMap::new(), &[]), RequestFraming::Empty);
+        encode_head(
+            &mut out,
+            &Method::GET,
+            "/",
+            &host,
+            (&HeaderMap::new(), &[][..]),
+            RequestFraming::Empty,
+        );
         assert_eq!(out, b"GET / HTTP/1.1\r\nhost: 10.0.0.1:8080\r\n\r\n");
         let mut out = Vec::new();
-        encode_head(&mut out, &Method::PUT, "/", &host, (&HeaderMap::new(), &[]), RequestFraming::Empty);
+        encode_head(
+            &mut out,
+            &Method::PUT,
+            "/",
+            &host,
+            (&HeaderMap::new(), &[][..]),
+            RequestFraming::Empty,
+        );
         assert!(out.ends_with(b"content-length: 0\r\n\r\n"));
         let mut out = Vec::new();
         encode_head(
@@ -434,7 +445,7 @@ mod tests {
             &Method::POST,
             "/",
             &host,
-            (&HeaderMap::new(), &[]),
+            (&HeaderMap::new(), &[][..]),
             RequestFraming::Chunked,
         );
         assert!(out.ends_with(b"transfer-encoding: chunked\r\n\r\n"));

@@ -1,6 +1,7 @@
 //! The HTTP/1.1 wire format, with no I/O, by direction: [`server`] (a client's request head read, the
 //! response head written to it), [`client`] (the upstream request's head written, the upstream's
-//! response head read) and [`body`] (bodies framed and decoded, both directions); here, what they share.
+//! response head read), [`body`] (bodies framed and decoded, both directions) and [`fields`] (header
+//! fields kept where they lie in a head's bytes, both directions); here, what they share.
 //! The connection drivers ([`crate::server`], [`crate::upstream`]) do the I/O.
 //!
 //! The client side of the gateway is narrow — it writes requests the gateway itself built and reads
@@ -10,10 +11,12 @@
 
 pub(crate) mod body;
 pub(crate) mod client;
+pub(crate) mod fields;
 pub(crate) mod server;
 
 pub use body::{encode_chunk, encode_chunk_size, Arriving, Decoded, Decoder, WireBody, LAST_CHUNK};
-pub use client::{encode_head, parse_head, Head, Reply, RequestFraming, WireFields};
+pub use client::{encode_head, parse_head, Head, Reply, RequestFraming};
+pub use fields::WireFields;
 
 use http::header::{self, HeaderMap, HeaderValue};
 use http::Version;
@@ -100,7 +103,7 @@ impl ConnectionOptions {
 }
 
 /// Whether a field value is what `HeaderValue::to_str` takes (visible ASCII, spaces and tabs).
-fn is_text(value: &[u8]) -> bool {
+pub(crate) fn is_text(value: &[u8]) -> bool {
     value.iter().all(|&b| b == b'\t' || (b' '..=b'~').contains(&b))
 }
 

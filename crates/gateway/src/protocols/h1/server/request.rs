@@ -8,6 +8,7 @@ use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Uri, Version};
 
+use crate::protocols::h1::fields::{FieldsRef, Index, WireFields};
 use crate::protocols::h1::Framing;
 use crate::Limits;
 
@@ -21,7 +22,12 @@ pub(crate) struct RequestHead {
     pub(crate) method: Method,
     pub(crate) uri: Uri,
     pub(crate) version: Version,
+    /// The header fields when they are in a map (`wire` is then `None`): a request that asks to switch
+    /// protocols, or whose absolute-form target's authority replaced its `Host`. Empty otherwise.
     pub(crate) headers: HeaderMap,
+    /// The header fields still in the head's bytes, with no map made: what the proxy passes on line by
+    /// line to an HTTP/1.1 upstream (see [`crate::protocols::h1::fields`]).
+    pub(crate) wire: Option<WireFields>,
     pub(crate) keep_alive: bool,
     pub(crate) framing: Framing,
     pub(crate) expect_continue: bool,
@@ -29,6 +35,13 @@ pub(crate) struct RequestHead {
     /// `upgrade` field; never `h2c`): a WebSocket handshake or the like, relayed once the upstream
     /// agrees (101).
     pub(crate) upgrade: bool,
+}
+
+impl RequestHead {
+    /// The header fields, wherever they are.
+    pub(crate) fn fields(&self) -> FieldsRef<'_> {
+        FieldsRef::of(&self.headers, self.wire.as_ref())
+    }
 }
 
 pub(crate) fn request_line_too_long(max: usize) -> BadHead {
@@ -88,7 +101,8 @@ pub(crate) fn parse_request_head(buf: &mut BytesMut, limits: &Limits, at: &mut V
     let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; crate::protocols::h1::MAX_HEADERS];
     let mut req = httparse::Request::new(&mut []);
     let len = match httparse::ParserConfig::default().parse_request_with_uninit_headers(&mut req, buf, &mut fields) {
-        Ok(httparse::Status::Complete(len)) if len > max => return Err(too_large()),
+        // (Offsets into the head are kept as `u32`s.)
+        Ok(httparse::Status::Complete(len)) if len > max || len > u32::MAX as usize => return Err(too_large()),
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => return Err(too_large()),
@@ -123,7 +137,7 @@ pub(crate) fn parse_request_head(buf: &mut BytesMut, limits: &Limits, at: &mut V
     let target = bytes.slice(path_at.0..path_at.0 + path_at.1);
     let (target, uri) = parse_target(target)?;
     let Fields {
-        mut headers,
+        wire,
         connection,
         expect_continue,
         transfer_encoding,
@@ -134,19 +148,30 @@ pub(crate) fn parse_request_head(buf: &mut BytesMut, limits: &Limits, at: &mut V
     if hosts > 1 || (hosts == 0 && version == Version::HTTP_11) {
         return Err(bad(format!("{hosts} host header fields (an HTTP/1.1 request has exactly one)")));
     }
-    if let Some(host) = target_host(&target, &uri, &method)? {
-        headers.insert(header::HOST, host);
-    }
-    let framing = request_framing(&headers, transfer_encoding, version).map_err(|(status, msg)| BadHead(status, msg))?;
+    let framing = request_framing(FieldsRef::Wire(&wire), transfer_encoding, version).map_err(|(status, msg)| BadHead(status, msg))?;
+    let upgrade = upgrade_field && connection.upgrade && version == Version::HTTP_11 && framing == Framing::Empty;
+    let host = target_host(&target, &uri, &method)?;
+    // The fields stay in the head's bytes but where a map is what is read: an upgrade (its driver and
+    // relay read them), a target's authority that replaces `Host`.
+    let (headers, wire) = if upgrade || host.is_some() {
+        let mut headers = wire.into_map().map_err(|e| bad(e.to_string()))?;
+        if let Some(host) = host {
+            headers.insert(header::HOST, host);
+        }
+        (headers, None)
+    } else {
+        (HeaderMap::new(), Some(wire))
+    };
     Ok(Some(RequestHead {
         method,
         uri,
         version,
         headers,
+        wire,
         keep_alive: connection.persistent(version),
         framing,
         expect_continue: expect_continue && version == Version::HTTP_11,
-        upgrade: upgrade_field && connection.upgrade && version == Version::HTTP_11 && framing == Framing::Empty,
+        upgrade,
     }))
 }
 
@@ -202,9 +227,9 @@ fn parse_target(target: Bytes) -> Result<(Bytes, Uri), BadHead> {
     }
 }
 
-/// What the header fields of a request head say, beside its header map.
+/// What the header fields of a request head say, beside the fields kept.
 struct Fields {
-    headers: HeaderMap,
+    wire: WireFields,
     connection: crate::protocols::h1::ConnectionOptions,
     expect_continue: bool,
     transfer_encoding: bool,
@@ -212,46 +237,81 @@ struct Fields {
     hosts: usize,
 }
 
-/// The header map of a request head (`bytes`, its fields at `at`), without an h2c upgrade's fields,
-/// and what its fields say of the connection, the framing and the host.
+/// A request field the head parser acts on, known by its name (case-insensitive).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Field {
+    Connection,
+    Expect,
+    TransferEncoding,
+    Upgrade,
+    Http2Settings,
+    Host,
+    Other,
+}
+
+impl Field {
+    fn of(name: &[u8]) -> Field {
+        // Every name below starts with one of these: most fields are told apart by their first byte.
+        if !matches!(name.first().map(u8::to_ascii_lowercase), Some(b'c' | b'e' | b't' | b'u' | b'h')) {
+            return Field::Other;
+        }
+        let is = |s: &[u8]| name.eq_ignore_ascii_case(s);
+        match name.len() {
+            4 if is(b"host") => Field::Host,
+            6 if is(b"expect") => Field::Expect,
+            7 if is(b"upgrade") => Field::Upgrade,
+            10 if is(b"connection") => Field::Connection,
+            14 if is(b"http2-settings") => Field::Http2Settings,
+            17 if is(b"transfer-encoding") => Field::TransferEncoding,
+            _ => Field::Other,
+        }
+    }
+}
+
+/// The longest field name a header map holds (`http`'s limit): a longer one is refused here, so that
+/// the kept fields can always be made a map.
+const MAX_NAME: usize = (1 << 16) - 1;
+
+/// The fields of a request head (`bytes`, its fields at `at`) to keep, without an h2c upgrade's, and
+/// what its fields say of the connection, the framing and the host. httparse has checked each name
+/// (a token) and value (visible bytes, spaces and tabs), a header map's own rules.
 fn read_fields(bytes: &Bytes, at: &[FieldAt]) -> Result<Fields, BadHead> {
-    // Room for the forwarding headers the proxy adds, so they do not grow the map.
-    let mut headers = HeaderMap::with_capacity(at.len() + 5);
+    let mut kept = Vec::with_capacity(at.len());
+    let mut index = Index::default();
     let mut connection = crate::protocols::h1::ConnectionOptions::default();
     let mut expect_continue = false;
     let mut transfer_encoding = false;
     let mut upgrade_field = false;
     let mut hosts = 0;
     for &(ns, nl, vs, vl) in at {
-        let name = &bytes[ns..ns + nl];
-        let name = HeaderName::from_bytes(name).map_err(|_| bad(format!("invalid header name {}", quoted(name))))?;
-        let value = HeaderValue::from_maybe_shared(bytes.slice(vs..vs + vl)).map_err(|_| bad(format!("invalid value of header {name}")))?;
-        if name == header::CONNECTION {
-            connection.add(value.as_bytes());
-        } else if name == header::EXPECT {
-            expect_continue = value.as_bytes().eq_ignore_ascii_case(b"100-continue");
-        } else if name == header::TRANSFER_ENCODING {
-            transfer_encoding = true;
-        } else if (name == header::UPGRADE
-            && crate::protocols::h1::connection_tokens(value.as_bytes()).any(|t| t.eq_ignore_ascii_case(b"h2c")))
-            || name == HTTP2_SETTINGS
-        {
+        let (name, value) = (&bytes[ns..ns + nl], &bytes[vs..vs + vl]);
+        if nl > MAX_NAME {
+            return Err(bad(format!("invalid header name {}", quoted(name))));
+        }
+        match Field::of(name) {
+            Field::Connection => connection.add(value),
+            Field::Expect => expect_continue = value.eq_ignore_ascii_case(b"100-continue"),
+            Field::TransferEncoding => transfer_encoding = true,
             // An HTTP/2 cleartext upgrade (RFC 9113 §3.1 removed it; `curl --http2` still offers it) is
             // ignored, as nginx and HAProxy do: the request is served over HTTP/1.1, and neither field
             // is forwarded (an h2c upgrade through a proxy is a known smuggling path).
-            continue;
-        } else if name == header::UPGRADE {
-            upgrade_field = true;
-        } else if name == header::HOST {
-            hosts += 1;
-            if !value.is_empty() && !valid_authority(value.as_bytes()) {
-                return Err(bad(format!("invalid host {}", quoted(value.as_bytes()))));
+            Field::Upgrade if crate::protocols::h1::connection_tokens(value).any(|t| t.eq_ignore_ascii_case(b"h2c")) => continue,
+            Field::Http2Settings => continue,
+            Field::Upgrade => upgrade_field = true,
+            Field::Host => {
+                hosts += 1;
+                if !value.is_empty() && !valid_authority(value) {
+                    return Err(bad(format!("invalid host {}", quoted(value))));
+                }
             }
+            Field::Other => {}
         }
-        headers.append(name, value);
+        index.add(kept.len(), name, value);
+        // Offsets fit: the caller refuses a head of more than `u32::MAX` bytes.
+        kept.push([ns as u32, (ns + nl) as u32, vs as u32, (vs + vl) as u32]);
     }
     Ok(Fields {
-        headers,
+        wire: WireFields::indexed(bytes.clone(), kept, index),
         connection,
         expect_continue,
         transfer_encoding,
@@ -280,46 +340,35 @@ fn target_host(target: &[u8], uri: &Uri, method: &Method) -> Result<Option<Heade
 /// How the request body is delimited (RFC 9112 §6.3). A request with both `transfer-encoding` and
 /// `content-length` is refused (400), and so is any `transfer-encoding` other than exactly one
 /// `chunked` (501, as nginx answers): a proxy that guessed would let a request be smuggled past it.
-pub(crate) fn request_framing(headers: &HeaderMap, transfer_encoding: bool, version: Version) -> Result<Framing, (StatusCode, String)> {
+pub(crate) fn request_framing(fields: FieldsRef<'_>, transfer_encoding: bool, version: Version) -> Result<Framing, (StatusCode, String)> {
     let bad = |msg: String| (StatusCode::BAD_REQUEST, msg);
+    let joined = |name: &HeaderName| {
+        let values: Vec<_> = fields.get_all(name).map(String::from_utf8_lossy).collect();
+        quoted(values.join(", ").as_bytes())
+    };
     if transfer_encoding {
         if version == Version::HTTP_10 {
             return Err(bad("transfer-encoding in an HTTP/1.0 request".into()));
         }
-        if headers.contains_key(header::CONTENT_LENGTH) {
+        if fields.contains(&header::CONTENT_LENGTH) {
             return Err(bad("both transfer-encoding and content-length".into()));
         }
-        let mut values = headers.get_all(header::TRANSFER_ENCODING).iter();
+        let mut values = fields.get_all(&header::TRANSFER_ENCODING);
         return match (values.next(), values.next()) {
-            (Some(v), None) if v.as_bytes().eq_ignore_ascii_case(b"chunked") => Ok(Framing::Chunked),
+            (Some(v), None) if v.eq_ignore_ascii_case(b"chunked") => Ok(Framing::Chunked),
             _ => Err((
                 StatusCode::NOT_IMPLEMENTED,
                 format!(
                     "unsupported transfer-encoding {} (only chunked)",
-                    quoted(
-                        headers
-                            .get_all(header::TRANSFER_ENCODING)
-                            .iter()
-                            .map(|v| String::from_utf8_lossy(v.as_bytes()))
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                            .as_bytes()
-                    )
+                    joined(&header::TRANSFER_ENCODING)
                 ),
             )),
         };
     }
-    if headers.contains_key(header::CONTENT_LENGTH) {
-        return crate::protocols::h1::content_length(headers)
+    if fields.contains(&header::CONTENT_LENGTH) {
+        return crate::protocols::h1::length_of(fields.get_all(&header::CONTENT_LENGTH))
             .map(|n| if n == 0 { Framing::Empty } else { Framing::Length(n) })
-            .map_err(|_| {
-                let v: Vec<_> = headers
-                    .get_all(header::CONTENT_LENGTH)
-                    .iter()
-                    .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-                    .collect();
-                bad(format!("invalid content-length {}", quoted(v.join(", ").as_bytes())))
-            });
+            .map_err(|_| bad(format!("invalid content-length {}", joined(&header::CONTENT_LENGTH))));
     }
     Ok(Framing::Empty)
 }
@@ -333,9 +382,6 @@ fn quoted(value: &[u8]) -> String {
     }
     format!("{:?}… ({} bytes)", String::from_utf8_lossy(&value[..KEEP]), value.len())
 }
-
-/// `http2-settings`, which only an h2c upgrade carries.
-static HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 
 /// A request target with the bytes a URI may not hold raw (RFC 3986: `"`, `<`, `>`, `\`, `^`, `` ` ``,
 /// `{`, `|`, `}` and every byte above 0x7F) percent-encoded; the rest as it came. httparse has already
@@ -387,6 +433,7 @@ mod tests {
             }
             m
         };
+        let request_framing = |h: &HeaderMap, te, v| request_framing(FieldsRef::Map(h), te, v);
         assert_eq!(request_framing(&h(&[]), false, Version::HTTP_11), Ok(Framing::Empty));
         assert_eq!(
             request_framing(&h(&[("content-length", "0")]), false, Version::HTTP_11),
@@ -421,7 +468,7 @@ mod tests {
             let h = parse_request_head(&mut buf, &limits, &mut at).unwrap().unwrap();
             assert!(!h.upgrade, "{head:?}");
             assert!(
-                h.headers.get(header::UPGRADE).is_none() && h.headers.get("http2-settings").is_none(),
+                h.fields().get(&header::UPGRADE).is_none() && h.fields().get(&HeaderName::from_static("http2-settings")).is_none(),
                 "{head:?}"
             );
         }

@@ -1,0 +1,345 @@
+//! Header fields as an HTTP/1.1 peer sent them, kept where they lie in its head's bytes
+//! ([`WireFields`]), both directions: an upstream's response fields go to an HTTP/1.1 client, and an
+//! HTTP/1.1 client's request fields to an HTTP/1.1 upstream, each line as it came, with no header map
+//! made; a map is made from them only where one is read whole. [`FieldsRef`] reads one field of a
+//! request wherever its fields are.
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+use super::ProtocolError;
+
+/// Header fields where they lie in a head's bytes: each kept field's line start, name end, value start
+/// and value end. A line is the name, `:`, any whitespace and the value (httparse takes nothing else:
+/// no space before the colon, no folded lines), and its name and value follow httparse's rules, which
+/// are a header map's (RFC 9110 tokens; visible bytes, spaces and tabs), so a map can always be made
+/// from them (the fuzz targets check it, both directions).
+#[derive(Debug, Clone)]
+pub struct WireFields {
+    /// The head's bytes (for a response, sharing one buffer with the body's first bytes).
+    bytes: Bytes,
+    at: Vec<[u32; 4]>,
+    /// A request's: what its parser found out of the fields on the way (see [`Index`]).
+    index: Option<Index>,
+}
+
+/// The fields a request's phases look up, found by the request parser in its one pass over the
+/// fields: where the first of each is, and whether a `Connection` field names more fields. Eight
+/// bytes: the fields travel by value through the request's phases (and their futures).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Index {
+    /// One more than the place of the first field of each [`SLOTS`] name (0: none).
+    first: [u8; SLOTS.len()],
+    /// A `Connection` field names a field besides its `keep-alive` and `close` options.
+    pub(crate) names_more: bool,
+}
+
+/// The names [`Index`] keeps the first field of.
+static SLOTS: [HeaderName; 6] = [
+    header::HOST,
+    header::CONTENT_LENGTH,
+    header::USER_AGENT,
+    HeaderName::from_static("x-request-id"),
+    HeaderName::from_static("x-forwarded-for"),
+    HeaderName::from_static("traceparent"),
+];
+
+/// The forwarding fields a gateway writes itself (a client's are replaced).
+pub(crate) static FORWARDING: [HeaderName; 4] = [
+    HeaderName::from_static("x-forwarded-for"),
+    HeaderName::from_static("x-forwarded-proto"),
+    HeaderName::from_static("x-forwarded-host"),
+    HeaderName::from_static("x-request-id"),
+];
+
+/// Whether a client's request field goes on to an upstream as it came: not a hop-by-hop field
+/// (RFC 9110 §7.6.1), not one the upstream request's head writes itself (host, framing, `expect`),
+/// not a forwarding field (replaced by the gateway's). Fields a `Connection` field names are not
+/// either (not known from the name alone: see [`Index::names_more`]).
+pub(crate) fn passed_on(name: &[u8]) -> bool {
+    !(super::client::is_hop_by_hop(name) || super::client::written_by_us_raw(name) || is_forwarding(name))
+}
+
+/// Whether a name is one of [`FORWARDING`], in any case.
+pub(crate) fn is_forwarding(name: &[u8]) -> bool {
+    name.len() > 2 && name[..2].eq_ignore_ascii_case(b"x-") && FORWARDING.iter().any(|n| name.eq_ignore_ascii_case(n.as_str().as_bytes()))
+}
+
+impl Index {
+    /// Notes field number `i`, named `name`.
+    pub(crate) fn add(&mut self, i: usize, name: &[u8], value: &[u8]) {
+        if name.eq_ignore_ascii_case(b"connection") {
+            self.names_more |=
+                super::connection_tokens(value).any(|t| !t.eq_ignore_ascii_case(b"keep-alive") && !t.eq_ignore_ascii_case(b"close"));
+        }
+        for (slot, n) in self.first.iter_mut().zip(&SLOTS) {
+            if *slot == 0 && name.eq_ignore_ascii_case(n.as_str().as_bytes()) {
+                *slot = i as u8 + 1;
+            }
+        }
+    }
+}
+
+impl WireFields {
+    /// The fields at `at` (line start, name end, value start, value end) in `bytes`.
+    pub(crate) fn new(bytes: Bytes, at: Vec<[u32; 4]>) -> WireFields {
+        WireFields { bytes, at, index: None }
+    }
+
+    /// A request's fields, with what its parser found of them (at most [`super::MAX_HEADERS`]).
+    pub(crate) fn indexed(bytes: Bytes, at: Vec<[u32; 4]>, index: Index) -> WireFields {
+        debug_assert!(at.len() <= super::MAX_HEADERS && super::MAX_HEADERS < 256);
+        WireFields {
+            bytes,
+            at,
+            index: Some(index),
+        }
+    }
+
+    /// The request parser's index, while the fields are as it found them.
+    pub(crate) fn index(&self) -> Option<&Index> {
+        self.index.as_ref()
+    }
+
+    /// The value of field number `i`.
+    fn value_at(&self, i: usize) -> &[u8] {
+        let [_, _, value, end] = self.at[i];
+        &self.bytes[value as usize..end as usize]
+    }
+
+    /// The first value of `name`: from the index when it keeps the name, else by looking.
+    fn first(&self, name: &HeaderName) -> Option<usize> {
+        if let Some(index) = &self.index {
+            if let Some(slot) = SLOTS.iter().position(|n| n == name) {
+                return index.first[slot].checked_sub(1).map(usize::from);
+            }
+        }
+        self.iter().position(|(n, ..)| n.eq_ignore_ascii_case(name.as_str().as_bytes()))
+    }
+
+    /// Keeps the fields an upstream request carries as they came (see [`passed_on`]), and not those
+    /// `named` (by a `Connection` field).
+    pub(crate) fn retain_passed_on(&mut self, named: &[Vec<u8>]) {
+        self.retain(|name, _| passed_on(name) && !named.iter().any(|t| t.eq_ignore_ascii_case(name)));
+    }
+
+    /// Each field's name (in the case it came in), its value, and its line without the CRLF.
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8], &[u8])> + '_ {
+        self.at.iter().map(|&[start, name_end, value, end]| {
+            let (start, name_end, value, end) = (start as usize, name_end as usize, value as usize, end as usize);
+            (&self.bytes[start..name_end], &self.bytes[value..end], &self.bytes[start..end])
+        })
+    }
+
+    /// How many fields there are.
+    pub(crate) fn len(&self) -> usize {
+        self.at.len()
+    }
+
+    /// Whether a field of this name (any case) is here.
+    pub fn contains(&self, name: &[u8]) -> bool {
+        self.iter().any(|(n, ..)| n.eq_ignore_ascii_case(name))
+    }
+
+    /// Keeps the fields `keep` says yes to (by name and value), in order.
+    pub(crate) fn retain(&mut self, mut keep: impl FnMut(&[u8], &[u8]) -> bool) {
+        self.index = None;
+        let bytes = &self.bytes;
+        self.at
+            .retain(|&[start, name_end, value, end]| keep(&bytes[start as usize..name_end as usize], &bytes[value as usize..end as usize]));
+    }
+
+    /// The first value of the field `name` (lower case, as a `HeaderName` is), as a field value sharing
+    /// the head's bytes.
+    pub(crate) fn value(&self, name: &HeaderName) -> Option<HeaderValue> {
+        let [_, _, value, end] = self.at[self.first(name)?];
+        HeaderValue::from_maybe_shared(self.bytes.slice(value as usize..end as usize)).ok()
+    }
+
+    /// The fields as a header map (values share the head's bytes).
+    pub fn into_map(self) -> Result<HeaderMap, ProtocolError> {
+        // Room for the fields the proxy adds (marks, forwarding fields), so they do not grow the map.
+        let mut headers = HeaderMap::with_capacity(self.at.len() + 5);
+        for &[start, name_end, value, end] in &self.at {
+            let name = &self.bytes[start as usize..name_end as usize];
+            let name = HeaderName::from_bytes(name).map_err(|_| ProtocolError::Header(String::from_utf8_lossy(name).into_owned()))?;
+            let value = HeaderValue::from_maybe_shared(self.bytes.slice(value as usize..end as usize))
+                .map_err(|_| ProtocolError::Header(name.to_string()))?;
+            headers.append(name, value);
+        }
+        Ok(headers)
+    }
+}
+
+/// Moves a request's fields still on the wire into its map (which is empty while they are), for a
+/// phase that edits them or reads them whole: tracing, a mirrored copy, the cache, an HTTP/2 upstream.
+/// The request parser refuses what a map cannot hold, so every field moves (the `request_head` fuzz
+/// target checks it); were one refused, it would be left out, not the request failed.
+pub(crate) fn move_to_map(map: &mut HeaderMap, wire: &mut Option<WireFields>) {
+    let Some(w) = wire.take() else { return };
+    map.reserve(w.at.len() + 5);
+    for (name, value, _) in w.iter() {
+        match (
+            HeaderName::from_bytes(name),
+            HeaderValue::from_maybe_shared(w.bytes.slice_ref(value)),
+        ) {
+            (Ok(n), Ok(v)) => {
+                map.append(n, v);
+            }
+            _ => debug_assert!(false, "a request field a map cannot hold: {name:?}"),
+        }
+    }
+}
+
+/// A request's header fields wherever they are: in its map (HTTP/2, or a request whose fields had to
+/// be made a map), or still in an HTTP/1.1 client's head. For the phases that read a field or two
+/// (the host, the request id, the variant header or cookie, the user agent); a phase that edits the
+/// fields or reads them whole takes the map.
+#[derive(Clone, Copy)]
+pub(crate) enum FieldsRef<'a> {
+    Map(&'a HeaderMap),
+    Wire(&'a WireFields),
+}
+
+impl<'a> FieldsRef<'a> {
+    /// The wire fields when there are some, else the map.
+    pub(crate) fn of(map: &'a HeaderMap, wire: Option<&'a WireFields>) -> FieldsRef<'a> {
+        match wire {
+            Some(w) => FieldsRef::Wire(w),
+            None => FieldsRef::Map(map),
+        }
+    }
+
+    /// The first value of the field `name`.
+    pub(crate) fn get(self, name: &HeaderName) -> Option<&'a [u8]> {
+        match self {
+            FieldsRef::Map(m) => m.get(name).map(HeaderValue::as_bytes),
+            FieldsRef::Wire(w) => w.first(name).map(|i| w.value_at(i)),
+        }
+    }
+
+    /// Every value of the field `name`, in order.
+    pub(crate) fn get_all<'n>(self, name: &'n HeaderName) -> impl Iterator<Item = &'a [u8]> + 'n
+    where
+        'a: 'n,
+    {
+        let (map, wire) = match self {
+            FieldsRef::Map(m) => (Some(m.get_all(name).iter().map(HeaderValue::as_bytes)), None),
+            FieldsRef::Wire(w) => (
+                None,
+                Some(
+                    w.iter()
+                        .filter(move |(n, ..)| n.eq_ignore_ascii_case(name.as_str().as_bytes()))
+                        .map(|(_, v, _)| v),
+                ),
+            ),
+        };
+        map.into_iter().flatten().chain(wire.into_iter().flatten())
+    }
+
+    /// The first value of the field `name` as text (visible ASCII, spaces and tabs: what `HeaderValue::to_str` takes).
+    pub(crate) fn text_of(self, name: &HeaderName) -> Option<&'a str> {
+        self.get(name).and_then(text)
+    }
+
+    /// The first value of the field `name`, in any case (a name from configuration).
+    pub(crate) fn get_bytes(self, name: &str) -> Option<&'a [u8]> {
+        match self {
+            FieldsRef::Map(m) => m.get(name).map(HeaderValue::as_bytes),
+            FieldsRef::Wire(w) => w.iter().find(|(n, ..)| n.eq_ignore_ascii_case(name.as_bytes())).map(|(_, v, _)| v),
+        }
+    }
+
+    /// Every value of the field `name` that is text (visible ASCII, spaces and tabs: what `HeaderValue::to_str` takes), in order.
+    pub(crate) fn get_all_str<'n>(self, name: &'n HeaderName) -> impl Iterator<Item = &'a str> + 'n
+    where
+        'a: 'n,
+    {
+        self.get_all(name).filter_map(text)
+    }
+
+    /// Whether a field `name` is here.
+    pub(crate) fn contains(self, name: &HeaderName) -> bool {
+        self.get(name).is_some()
+    }
+
+    /// The first value of the field `name` as a field value (sharing the head's or the map's bytes).
+    pub(crate) fn value(self, name: &HeaderName) -> Option<HeaderValue> {
+        match self {
+            FieldsRef::Map(m) => m.get(name).cloned(),
+            FieldsRef::Wire(w) => w.value(name),
+        }
+    }
+}
+
+#[cfg(test)]
+impl WireFields {
+    /// The fields of `head`: header lines and the empty line that ends them (for tests).
+    pub(crate) fn of_lines(head: &[u8]) -> WireFields {
+        let head = Bytes::copy_from_slice(head);
+        let mut fields = [httparse::EMPTY_HEADER; 64];
+        let Ok(httparse::Status::Complete((_, parsed))) = httparse::parse_headers(&head, &mut fields) else {
+            panic!("not a head: {head:?}")
+        };
+        let base = head.as_ptr() as usize;
+        let at = parsed
+            .iter()
+            .map(|h| {
+                let start = (h.name.as_ptr() as usize - base) as u32;
+                let value = (h.value.as_ptr() as usize - base) as u32;
+                [start, start + h.name.len() as u32, value, value + h.value.len() as u32]
+            })
+            .collect();
+        WireFields::new(head.clone(), at)
+    }
+}
+
+impl<'a> From<&'a HeaderMap> for FieldsRef<'a> {
+    fn from(map: &'a HeaderMap) -> FieldsRef<'a> {
+        FieldsRef::Map(map)
+    }
+}
+
+/// A field value as text when it is visible ASCII, spaces and tabs (`HeaderValue::to_str`'s rule).
+fn text(v: &[u8]) -> Option<&str> {
+    if super::is_text(v) {
+        std::str::from_utf8(v).ok()
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wire(head: &'static [u8]) -> WireFields {
+        WireFields::of_lines(head)
+    }
+
+    #[test]
+    fn a_field_reads_the_same_from_the_wire_and_from_the_map() {
+        let w = wire(b"Host: a.example\r\nCookie: a=1\r\nX-Two: 1\r\ncookie: b=2\r\nX-Empty:\r\n\r\n");
+        let map = w.clone().into_map().unwrap();
+        for fields in [FieldsRef::Wire(&w), FieldsRef::Map(&map)] {
+            assert_eq!(fields.get(&header::HOST), Some(&b"a.example"[..]));
+            assert_eq!(fields.get_all(&header::COOKIE).collect::<Vec<_>>(), [&b"a=1"[..], b"b=2"]);
+            assert_eq!(fields.value(&HeaderName::from_static("x-two")), Some(HeaderValue::from_static("1")));
+            assert_eq!(fields.get(&HeaderName::from_static("x-empty")), Some(&b""[..]));
+            assert!(!fields.contains(&header::USER_AGENT));
+            assert_eq!(fields.get_bytes("X-TWO"), Some(&b"1"[..]));
+            assert_eq!(fields.text_of(&header::HOST), Some("a.example"));
+            assert_eq!(fields.get_all_str(&header::COOKIE).collect::<Vec<_>>(), ["a=1", "b=2"]);
+        }
+        assert_eq!(map.len(), 5);
+    }
+
+    #[test]
+    fn retain_keeps_the_lines_said_yes_to_in_order() {
+        let mut w = wire(b"A: 1\r\nB: 2\r\nC:  3\r\n\r\n");
+        w.retain(|n, _| n != b"B");
+        let lines: Vec<_> = w.iter().map(|(.., line)| line.to_vec()).collect();
+        assert_eq!(lines, [b"A: 1".to_vec(), b"C:  3".to_vec()]);
+        assert_eq!(w.len(), 2);
+    }
+}
