@@ -29,19 +29,6 @@ fn written_by_us(name: &HeaderName) -> bool {
         || name == header::EXPECT
 }
 
-/// [`written_by_us`] for a name as it came, in any case.
-pub(crate) fn written_by_us_raw(name: &[u8]) -> bool {
-    [
-        &header::HOST,
-        &header::CONTENT_LENGTH,
-        &header::TRANSFER_ENCODING,
-        &header::CONNECTION,
-        &header::EXPECT,
-    ]
-    .iter()
-    .any(|n| name.eq_ignore_ascii_case(n.as_str().as_bytes()))
-}
-
 /// Header fields of an upstream request: a map; a client's fields still in its HTTP/1.1 head, to
 /// be written as they came (none of them one the gateway writes itself or a hop-by-hop one: the proxy
 /// has taken those out); and fields written after them (the gateway's own, never in the map).
@@ -75,7 +62,7 @@ pub fn encode_head<'a>(
     let mut upgrade = false;
     let Fields { map, wire, extra } = fields.into();
     for (name, _, line) in wire.iter().flat_map(|w| w.iter()) {
-        debug_assert!(!written_by_us_raw(name) && !is_hop_by_hop(name), "{name:?}");
+        debug_assert!(super::fields::Name::of(name).passed_on(), "{name:?}");
         out.extend_from_slice(line);
         out.extend_from_slice(b"\r\n");
     }
@@ -234,7 +221,7 @@ impl Field {
         if !matches!(name.first().map(u8::to_ascii_lowercase), Some(b't' | b'u' | b'c' | b'k' | b'p')) {
             return Field::Other;
         }
-        let is = |s: &[u8]| name.eq_ignore_ascii_case(s);
+        let is = |s: &[u8]| super::is_name(name, s);
         match name.len() {
             2 if is(b"te") => Field::HopByHop,
             7 if is(b"trailer") => Field::HopByHop,
@@ -361,7 +348,7 @@ fn client_fields(
         };
         if keep {
             let (start, value) = (at_of(h.name.as_bytes()), at_of(h.value));
-            at.push([start, start + h.name.len() as u32, value, value + h.value.len() as u32]);
+            at.push([start, start + h.name.len() as u32, value, value + h.value.len() as u32, 0]);
         }
     }
     let mut wire = WireFields::new(bytes.clone(), at);

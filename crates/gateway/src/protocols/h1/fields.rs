@@ -5,12 +5,12 @@
 //! request wherever its fields are.
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{HeaderMap, HeaderName, HeaderValue};
 
 use super::ProtocolError;
 
 /// Header fields where they lie in a head's bytes: each kept field's line start, name end, value start
-/// and value end. A line is the name, `:`, any whitespace and the value (httparse takes nothing else:
+/// and value end, and (a request's) whether it is passed on as it came ([`PASSED_ON`]). A line is the name, `:`, any whitespace and the value (httparse takes nothing else:
 /// no space before the colon, no folded lines), and its name and value follow httparse's rules, which
 /// are a header map's (RFC 9110 tokens; visible bytes, spaces and tabs), so a map can always be made
 /// from them (the fuzz targets check it, both directions).
@@ -18,7 +18,7 @@ use super::ProtocolError;
 pub struct WireFields {
     /// The head's bytes (for a response, sharing one buffer with the body's first bytes).
     bytes: Bytes,
-    at: Vec<[u32; 4]>,
+    at: Vec<[u32; 5]>,
     /// A request's: what its parser found out of the fields on the way (see [`Index`]).
     index: Option<Index>,
 }
@@ -28,66 +28,127 @@ pub struct WireFields {
 /// bytes: the fields travel by value through the request's phases (and their futures).
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Index {
-    /// One more than the place of the first field of each [`SLOTS`] name (0: none).
-    first: [u8; SLOTS.len()],
+    /// One more than the place of the first field of each name [`Name::slot`] keeps (0: none).
+    first: [u8; SLOTS],
     /// A `Connection` field names a field besides its `keep-alive` and `close` options.
     pub(crate) names_more: bool,
 }
 
-/// The names [`Index`] keeps the first field of.
-static SLOTS: [HeaderName; 6] = [
-    header::HOST,
-    header::CONTENT_LENGTH,
-    header::USER_AGENT,
+/// The names [`Index`] keeps the first field of, in [`Name::slot`]'s order (standard names first: a
+/// lookup compares them by kind, the others by their bytes).
+static SLOT_NAMES: [HeaderName; SLOTS] = [
+    http::header::HOST,
+    http::header::CONTENT_LENGTH,
+    http::header::USER_AGENT,
     HeaderName::from_static("x-request-id"),
     HeaderName::from_static("x-forwarded-for"),
     HeaderName::from_static("traceparent"),
 ];
 
-/// The forwarding fields a gateway writes itself (a client's are replaced).
-pub(crate) static FORWARDING: [HeaderName; 4] = [
-    HeaderName::from_static("x-forwarded-for"),
-    HeaderName::from_static("x-forwarded-proto"),
-    HeaderName::from_static("x-forwarded-host"),
-    HeaderName::from_static("x-request-id"),
-];
+/// A field's flag (in its fifth word): a request field an upstream request carries as it came (see
+/// [`Name::passed_on`]); set by the request parser.
+pub(crate) const PASSED_ON: u32 = 1;
 
-/// Whether a client's request field goes on to an upstream as it came: not a hop-by-hop field
-/// (RFC 9110 §7.6.1), not one the upstream request's head writes itself (host, framing, `expect`),
-/// not a forwarding field (replaced by the gateway's). Fields a `Connection` field names are not
-/// either (not known from the name alone: see [`Index::names_more`]).
-pub(crate) fn passed_on(name: &[u8]) -> bool {
-    !(super::client::is_hop_by_hop(name) || super::client::written_by_us_raw(name) || is_forwarding(name))
+/// How many names [`Index`] keeps the first field of.
+const SLOTS: usize = 6;
+
+/// A request field's name as the gateway knows it: each one a phase acts on or looks up, told apart
+/// with one comparison (by length, then first byte, then the name in any case).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Name {
+    Host,
+    ContentLength,
+    TransferEncoding,
+    Connection,
+    Expect,
+    Upgrade,
+    /// Only an h2c upgrade carries it.
+    Http2Settings,
+    /// Another hop-by-hop field (RFC 9110 §7.6.1, and the old ones): `te`, `trailer`, `keep-alive`,
+    /// `proxy-connection`, `proxy-authenticate`, `proxy-authorization`.
+    HopByHop,
+    XForwardedFor,
+    /// `x-forwarded-proto`, `x-forwarded-host`.
+    Forwarding,
+    RequestId,
+    UserAgent,
+    TraceParent,
+    Other,
 }
 
-/// Whether a name is one of [`FORWARDING`], in any case.
-pub(crate) fn is_forwarding(name: &[u8]) -> bool {
-    name.len() > 2 && name[..2].eq_ignore_ascii_case(b"x-") && FORWARDING.iter().any(|n| name.eq_ignore_ascii_case(n.as_str().as_bytes()))
+impl Name {
+    pub(crate) fn of(name: &[u8]) -> Name {
+        let is = |s: &[u8]| super::is_name(name, s);
+        let first = name.first().map_or(0, u8::to_ascii_lowercase);
+        match (name.len(), first) {
+            (2, b't') if is(b"te") => Name::HopByHop,
+            (4, b'h') if is(b"host") => Name::Host,
+            (6, b'e') if is(b"expect") => Name::Expect,
+            (7, b'u') if is(b"upgrade") => Name::Upgrade,
+            (7, b't') if is(b"trailer") => Name::HopByHop,
+            (10, b'c') if is(b"connection") => Name::Connection,
+            (10, b'k') if is(b"keep-alive") => Name::HopByHop,
+            (10, b'u') if is(b"user-agent") => Name::UserAgent,
+            (11, b't') if is(b"traceparent") => Name::TraceParent,
+            (12, b'x') if is(b"x-request-id") => Name::RequestId,
+            (14, b'c') if is(b"content-length") => Name::ContentLength,
+            (14, b'h') if is(b"http2-settings") => Name::Http2Settings,
+            (15, b'x') if is(b"x-forwarded-for") => Name::XForwardedFor,
+            (16, b'p') if is(b"proxy-connection") => Name::HopByHop,
+            (16, b'x') if is(b"x-forwarded-host") => Name::Forwarding,
+            (17, b't') if is(b"transfer-encoding") => Name::TransferEncoding,
+            (17, b'x') if is(b"x-forwarded-proto") => Name::Forwarding,
+            (18, b'p') if is(b"proxy-authenticate") => Name::HopByHop,
+            (19, b'p') if is(b"proxy-authorization") => Name::HopByHop,
+            _ => Name::Other,
+        }
+    }
+
+    /// Whether a client's request field of this name goes on to an upstream as it came: not a
+    /// hop-by-hop field, not one the upstream request's head writes itself (host, framing, `expect`),
+    /// not a forwarding field (replaced by the gateway's). Fields a `Connection` field names are not
+    /// either (not known from the name alone: see [`Index::names_more`]).
+    pub(crate) fn passed_on(self) -> bool {
+        matches!(self, Name::UserAgent | Name::TraceParent | Name::Http2Settings | Name::Other)
+    }
+
+    /// Where [`Index`] keeps the first field of this name, if it does.
+    fn slot(self) -> Option<usize> {
+        match self {
+            Name::Host => Some(0),
+            Name::ContentLength => Some(1),
+            Name::UserAgent => Some(2),
+            Name::RequestId => Some(3),
+            Name::XForwardedFor => Some(4),
+            Name::TraceParent => Some(5),
+            _ => None,
+        }
+    }
 }
 
 impl Index {
-    /// Notes field number `i`, named `name`.
-    pub(crate) fn add(&mut self, i: usize, name: &[u8], value: &[u8]) {
-        if name.eq_ignore_ascii_case(b"connection") {
+    /// Notes field number `i` (of at most 255), of name `name`.
+    pub(crate) fn add(&mut self, i: usize, name: Name, value: &[u8]) {
+        if name == Name::Connection {
             self.names_more |=
                 super::connection_tokens(value).any(|t| !t.eq_ignore_ascii_case(b"keep-alive") && !t.eq_ignore_ascii_case(b"close"));
         }
-        for (slot, n) in self.first.iter_mut().zip(&SLOTS) {
-            if *slot == 0 && name.eq_ignore_ascii_case(n.as_str().as_bytes()) {
-                *slot = i as u8 + 1;
+        if let Some(slot) = name.slot() {
+            if self.first[slot] == 0 {
+                self.first[slot] = i as u8 + 1;
             }
         }
     }
 }
 
 impl WireFields {
-    /// The fields at `at` (line start, name end, value start, value end) in `bytes`.
-    pub(crate) fn new(bytes: Bytes, at: Vec<[u32; 4]>) -> WireFields {
+    /// The fields at `at` (line start, name end, value start, value end, flags) in `bytes`.
+    pub(crate) fn new(bytes: Bytes, at: Vec<[u32; 5]>) -> WireFields {
         WireFields { bytes, at, index: None }
     }
 
     /// A request's fields, with what its parser found of them (at most [`super::MAX_HEADERS`]).
-    pub(crate) fn indexed(bytes: Bytes, at: Vec<[u32; 4]>, index: Index) -> WireFields {
+    pub(crate) fn indexed(bytes: Bytes, at: Vec<[u32; 5]>, index: Index) -> WireFields {
         debug_assert!(at.len() <= super::MAX_HEADERS && super::MAX_HEADERS < 256);
         WireFields {
             bytes,
@@ -103,29 +164,39 @@ impl WireFields {
 
     /// The value of field number `i`.
     fn value_at(&self, i: usize) -> &[u8] {
-        let [_, _, value, end] = self.at[i];
+        let [_, _, value, end, _] = self.at[i];
         &self.bytes[value as usize..end as usize]
     }
 
     /// The first value of `name`: from the index when it keeps the name, else by looking.
     fn first(&self, name: &HeaderName) -> Option<usize> {
         if let Some(index) = &self.index {
-            if let Some(slot) = SLOTS.iter().position(|n| n == name) {
+            if let Some(slot) = SLOT_NAMES.iter().position(|n| n == name) {
                 return index.first[slot].checked_sub(1).map(usize::from);
             }
         }
         self.iter().position(|(n, ..)| n.eq_ignore_ascii_case(name.as_str().as_bytes()))
     }
 
-    /// Keeps the fields an upstream request carries as they came (see [`passed_on`]), and not those
-    /// `named` (by a `Connection` field).
+    /// Keeps the fields an upstream request carries as they came (see [`Name::passed_on`]), and not
+    /// those `named` (by a `Connection` field).
     pub(crate) fn retain_passed_on(&mut self, named: &[Vec<u8>]) {
-        self.retain(|name, _| passed_on(name) && !named.iter().any(|t| t.eq_ignore_ascii_case(name)));
+        let indexed = self.index.take().is_some();
+        let bytes = &self.bytes;
+        self.at.retain(|&[start, name_end, _, _, flags]| {
+            let name = &bytes[start as usize..name_end as usize];
+            let passed_on = if indexed {
+                flags & PASSED_ON != 0
+            } else {
+                Name::of(name).passed_on()
+            };
+            passed_on && (named.is_empty() || !named.iter().any(|t| t.eq_ignore_ascii_case(name)))
+        });
     }
 
     /// Each field's name (in the case it came in), its value, and its line without the CRLF.
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8], &[u8])> + '_ {
-        self.at.iter().map(|&[start, name_end, value, end]| {
+        self.at.iter().map(|&[start, name_end, value, end, _]| {
             let (start, name_end, value, end) = (start as usize, name_end as usize, value as usize, end as usize);
             (&self.bytes[start..name_end], &self.bytes[value..end], &self.bytes[start..end])
         })
@@ -145,14 +216,15 @@ impl WireFields {
     pub(crate) fn retain(&mut self, mut keep: impl FnMut(&[u8], &[u8]) -> bool) {
         self.index = None;
         let bytes = &self.bytes;
-        self.at
-            .retain(|&[start, name_end, value, end]| keep(&bytes[start as usize..name_end as usize], &bytes[value as usize..end as usize]));
+        self.at.retain(|&[start, name_end, value, end, _]| {
+            keep(&bytes[start as usize..name_end as usize], &bytes[value as usize..end as usize])
+        });
     }
 
     /// The first value of the field `name` (lower case, as a `HeaderName` is), as a field value sharing
     /// the head's bytes.
     pub(crate) fn value(&self, name: &HeaderName) -> Option<HeaderValue> {
-        let [_, _, value, end] = self.at[self.first(name)?];
+        let [_, _, value, end, _] = self.at[self.first(name)?];
         HeaderValue::from_maybe_shared(self.bytes.slice(value as usize..end as usize)).ok()
     }
 
@@ -160,7 +232,7 @@ impl WireFields {
     pub fn into_map(self) -> Result<HeaderMap, ProtocolError> {
         // Room for the fields the proxy adds (marks, forwarding fields), so they do not grow the map.
         let mut headers = HeaderMap::with_capacity(self.at.len() + 5);
-        for &[start, name_end, value, end] in &self.at {
+        for &[start, name_end, value, end, _] in &self.at {
             let name = &self.bytes[start as usize..name_end as usize];
             let name = HeaderName::from_bytes(name).map_err(|_| ProtocolError::Header(String::from_utf8_lossy(name).into_owned()))?;
             let value = HeaderValue::from_maybe_shared(self.bytes.slice(value as usize..end as usize))
@@ -287,7 +359,7 @@ impl WireFields {
             .map(|h| {
                 let start = (h.name.as_ptr() as usize - base) as u32;
                 let value = (h.value.as_ptr() as usize - base) as u32;
-                [start, start + h.name.len() as u32, value, value + h.value.len() as u32]
+                [start, start + h.name.len() as u32, value, value + h.value.len() as u32, 0]
             })
             .collect();
         WireFields::new(head.clone(), at)
@@ -312,6 +384,7 @@ fn text(v: &[u8]) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::header;
 
     fn wire(head: &'static [u8]) -> WireFields {
         WireFields::of_lines(head)
@@ -332,6 +405,70 @@ mod tests {
             assert_eq!(fields.get_all_str(&header::COOKIE).collect::<Vec<_>>(), ["a=1", "b=2"]);
         }
         assert_eq!(map.len(), 5);
+    }
+
+    #[test]
+    fn names_are_known_in_any_case_and_only_end_to_end_ones_are_passed_on() {
+        let upper = |n: &str| n.to_ascii_uppercase();
+        for (name, known) in [
+            ("host", Name::Host),
+            ("content-length", Name::ContentLength),
+            ("transfer-encoding", Name::TransferEncoding),
+            ("connection", Name::Connection),
+            ("expect", Name::Expect),
+            ("upgrade", Name::Upgrade),
+            ("http2-settings", Name::Http2Settings),
+            ("x-forwarded-for", Name::XForwardedFor),
+            ("x-forwarded-proto", Name::Forwarding),
+            ("x-forwarded-host", Name::Forwarding),
+            ("x-request-id", Name::RequestId),
+            ("user-agent", Name::UserAgent),
+            ("traceparent", Name::TraceParent),
+            ("accept", Name::Other),
+            ("x-forwarded-by", Name::Other),
+            ("hostx", Name::Other),
+        ] {
+            assert_eq!(Name::of(name.as_bytes()), known, "{name}");
+            assert_eq!(Name::of(upper(name).as_bytes()), known, "{name}");
+        }
+        for (i, n) in SLOT_NAMES.iter().enumerate() {
+            assert_eq!(Name::of(n.as_str().as_bytes()).slot(), Some(i), "{n}");
+        }
+        // Not passed on: every hop-by-hop field the response side knows, what the upstream request's
+        // head writes itself, the forwarding fields; everything else is.
+        for name in [
+            "te",
+            "trailer",
+            "keep-alive",
+            "proxy-connection",
+            "proxy-authenticate",
+            "proxy-authorization",
+            "connection",
+            "upgrade",
+            "transfer-encoding",
+            "host",
+            "content-length",
+            "expect",
+            "x-forwarded-for",
+            "x-forwarded-proto",
+            "x-forwarded-host",
+            "x-request-id",
+        ] {
+            assert!(!Name::of(name.as_bytes()).passed_on(), "{name}");
+        }
+        for name in [
+            "accept",
+            "user-agent",
+            "traceparent",
+            "cookie",
+            "authorization",
+            "x-forwarded",
+            "tea",
+            "hosts",
+        ] {
+            assert!(Name::of(name.as_bytes()).passed_on(), "{name}");
+            assert!(!crate::protocols::h1::client::is_hop_by_hop(name.as_bytes()), "{name}");
+        }
     }
 
     #[test]

@@ -146,7 +146,54 @@ pub(crate) fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
     }
 }
 
+/// Whether `name` is `lower` (in lower case) in any case: what `eq_ignore_ascii_case` says, eight bytes
+/// at a time (the field names every head is searched for are compared on every request).
+pub(crate) fn is_name(name: &[u8], lower: &[u8]) -> bool {
+    if name.len() != lower.len() {
+        return false;
+    }
+    let (mut a, mut b) = (name.chunks_exact(8), lower.chunks_exact(8));
+    for (x, y) in (&mut a).zip(&mut b) {
+        let word = |c: &[u8]| u64::from_le_bytes(c.try_into().unwrap_or_default());
+        if lower8(word(x)) != word(y) {
+            return false;
+        }
+    }
+    a.remainder().eq_ignore_ascii_case(b.remainder())
+}
+
+/// Eight bytes with `A`–`Z` made lower case, the rest as they are.
+fn lower8(x: u64) -> u64 {
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let low = x & !HIGH;
+    // Bit 7 of each byte: its low seven bits are at least `A` (0x41), at least `[` (0x5b).
+    let from_a = low.wrapping_add(0x3f3f_3f3f_3f3f_3f3f);
+    let past_z = low.wrapping_add(0x2525_2525_2525_2525);
+    let upper = from_a & !past_z & !x & HIGH;
+    x | (upper >> 2)
+}
+
 /// RFC 9110 §5.6.2 `tchar`.
 pub(crate) fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn is_name_is_eq_ignore_ascii_case() {
+        for b in 0..=255u8 {
+            let word = [b; 9];
+            // `lower` is in lower case, as every name searched for is.
+            for c in (0..=255u8).map(|c| c.to_ascii_lowercase()) {
+                let other = [c; 9];
+                assert_eq!(is_name(&word, &other), word.eq_ignore_ascii_case(&other), "{b:#x} {c:#x}");
+            }
+        }
+        assert!(is_name(b"Transfer-Encoding", b"transfer-encoding"));
+        assert!(!is_name(b"Transfer-Encodinh", b"transfer-encoding"));
+        assert!(!is_name(b"transfer-encoding", b"transfer-encodin"));
+    }
 }

@@ -8,7 +8,7 @@ use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Uri, Version};
 
-use crate::protocols::h1::fields::{FieldsRef, Index, WireFields};
+use crate::protocols::h1::fields::{FieldsRef, Index, Name, WireFields, PASSED_ON};
 use crate::protocols::h1::Framing;
 use crate::Limits;
 
@@ -64,13 +64,25 @@ pub(crate) fn valid_authority(a: &[u8]) -> bool {
         a.split_at(end + 1)
     } else {
         let (host, port) = a.split_at(a.iter().position(|&b| b == b':').unwrap_or(a.len()));
-        if host.is_empty() || !host.iter().all(|&b| b.is_ascii_alphanumeric() || b"-._~".contains(&b)) {
+        if host.is_empty() || !host.iter().all(|&b| NAME_BYTES[usize::from(b)]) {
             return false;
         }
         (host, port)
     };
     port.is_empty() || (port[0] == b':' && port.len() <= 6 && port[1..].iter().all(u8::is_ascii_digit))
 }
+
+/// The bytes of a host name `valid_authority` takes: letters, digits and `-._~`.
+static NAME_BYTES: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = c.is_ascii_alphanumeric() || c == b'-' || c == b'.' || c == b'_' || c == b'~';
+        b += 1;
+    }
+    t
+};
 
 /// Where a header field's name and value sit in the buffer.
 pub(crate) type FieldAt = (usize, usize, usize, usize);
@@ -237,37 +249,6 @@ struct Fields {
     hosts: usize,
 }
 
-/// A request field the head parser acts on, known by its name (case-insensitive).
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Field {
-    Connection,
-    Expect,
-    TransferEncoding,
-    Upgrade,
-    Http2Settings,
-    Host,
-    Other,
-}
-
-impl Field {
-    fn of(name: &[u8]) -> Field {
-        // Every name below starts with one of these: most fields are told apart by their first byte.
-        if !matches!(name.first().map(u8::to_ascii_lowercase), Some(b'c' | b'e' | b't' | b'u' | b'h')) {
-            return Field::Other;
-        }
-        let is = |s: &[u8]| name.eq_ignore_ascii_case(s);
-        match name.len() {
-            4 if is(b"host") => Field::Host,
-            6 if is(b"expect") => Field::Expect,
-            7 if is(b"upgrade") => Field::Upgrade,
-            10 if is(b"connection") => Field::Connection,
-            14 if is(b"http2-settings") => Field::Http2Settings,
-            17 if is(b"transfer-encoding") => Field::TransferEncoding,
-            _ => Field::Other,
-        }
-    }
-}
-
 /// The longest field name a header map holds (`http`'s limit): a longer one is refused here, so that
 /// the kept fields can always be made a map.
 const MAX_NAME: usize = (1 << 16) - 1;
@@ -288,27 +269,29 @@ fn read_fields(bytes: &Bytes, at: &[FieldAt]) -> Result<Fields, BadHead> {
         if nl > MAX_NAME {
             return Err(bad(format!("invalid header name {}", quoted(name))));
         }
-        match Field::of(name) {
-            Field::Connection => connection.add(value),
-            Field::Expect => expect_continue = value.eq_ignore_ascii_case(b"100-continue"),
-            Field::TransferEncoding => transfer_encoding = true,
+        let known = Name::of(name);
+        match known {
+            Name::Connection => connection.add(value),
+            Name::Expect => expect_continue = value.eq_ignore_ascii_case(b"100-continue"),
+            Name::TransferEncoding => transfer_encoding = true,
             // An HTTP/2 cleartext upgrade (RFC 9113 §3.1 removed it; `curl --http2` still offers it) is
             // ignored, as nginx and HAProxy do: the request is served over HTTP/1.1, and neither field
             // is forwarded (an h2c upgrade through a proxy is a known smuggling path).
-            Field::Upgrade if crate::protocols::h1::connection_tokens(value).any(|t| t.eq_ignore_ascii_case(b"h2c")) => continue,
-            Field::Http2Settings => continue,
-            Field::Upgrade => upgrade_field = true,
-            Field::Host => {
+            Name::Upgrade if crate::protocols::h1::connection_tokens(value).any(|t| t.eq_ignore_ascii_case(b"h2c")) => continue,
+            Name::Http2Settings => continue,
+            Name::Upgrade => upgrade_field = true,
+            Name::Host => {
                 hosts += 1;
                 if !value.is_empty() && !valid_authority(value) {
                     return Err(bad(format!("invalid host {}", quoted(value))));
                 }
             }
-            Field::Other => {}
+            _ => {}
         }
-        index.add(kept.len(), name, value);
+        index.add(kept.len(), known, value);
         // Offsets fit: the caller refuses a head of more than `u32::MAX` bytes.
-        kept.push([ns as u32, (ns + nl) as u32, vs as u32, (vs + vl) as u32]);
+        let flags = if known.passed_on() { PASSED_ON } else { 0 };
+        kept.push([ns as u32, (ns + nl) as u32, vs as u32, (vs + vl) as u32, flags]);
     }
     Ok(Fields {
         wire: WireFields::indexed(bytes.clone(), kept, index),
