@@ -59,7 +59,8 @@ pub fn request_head(data: &[u8]) {
 /// A request's fields kept in its head and the map made of them (for tracing, a mirror, the cache, an
 /// HTTP/2 upstream) are the same fields: every kept line parses back to itself, the map holds each
 /// of them and gives the same framing; and an HTTP/1.1 upstream is sent the same fields either way.
-fn fields_both_ways(wire: &h1::WireFields, head: &crate::protocols::h1::server::request::RequestHead) {
+fn fields_both_ways(fields: &crate::protocols::h1::fields::RequestFields, head: &crate::protocols::h1::server::request::RequestHead) {
+    let wire = &fields.wire;
     assert!(head.headers.is_empty(), "fields in the head or in the map, not both");
     let map = wire
         .clone()
@@ -67,7 +68,7 @@ fn fields_both_ways(wire: &h1::WireFields, head: &crate::protocols::h1::server::
         .expect("the request parser passes only fields a map can hold");
     assert_eq!(map.len(), wire.len());
     let mut moved = HeaderMap::new();
-    crate::protocols::h1::fields::move_to_map(&mut moved, &mut Some(wire.clone()));
+    crate::protocols::h1::fields::move_to_map(&mut moved, &mut Some(fields.clone()));
     assert_eq!(moved, map);
     for (name, value, line) in wire.iter() {
         same_line(line, name, value);
@@ -81,7 +82,7 @@ fn fields_both_ways(wire: &h1::WireFields, head: &crate::protocols::h1::server::
     assert_eq!(framing.ok(), Some(head.framing));
     // What an HTTP/1.1 upstream is sent: the same fields (each name's values in the same order).
     let peer = std::net::IpAddr::from([192, 0, 2, 1]);
-    let (kept, from_wire) = crate::proxy::upstream_wire(peer, wire.clone());
+    let (kept, from_wire) = crate::proxy::upstream_wire(peer, fields.clone());
     let (mut from_map, forwarded) = crate::proxy::upstream_headers(peer, map, None, false);
     for n in [
         header::HOST,

@@ -11,7 +11,7 @@ use canarygate_telemetry::TraceCtx;
 use http::header::{self, HeaderName, HeaderValue};
 
 use crate::exchange::{GrpcRequest, Peer};
-use crate::protocols::h1::fields::{FieldsRef, WireFields};
+use crate::protocols::h1::fields::{FieldsRef, RequestFields};
 use crate::Gateway;
 
 pub(crate) static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -41,7 +41,7 @@ impl<'a> Ctx<'a> {
     /// The facts of a request whose head is `parts` (its fields in its map, or still on the `wire`);
     /// marks a gRPC call's head ([`GrpcRequest`]) and takes the trace headers a traced request
     /// replaces (in the map: with tracing on, the caller has made one).
-    pub(crate) fn begin(gw: &'a Arc<Gateway>, peer: &'a Peer, parts: &mut http::request::Parts, wire: Option<&WireFields>) -> Ctx<'a> {
+    pub(crate) fn begin(gw: &'a Arc<Gateway>, peer: &'a Peer, parts: &mut http::request::Parts, wire: Option<&RequestFields>) -> Ctx<'a> {
         let start = Instant::now();
         let wall = SystemTime::now();
         let grpc =

@@ -22,7 +22,7 @@ use crate::body::{empty, full, Body, BoxError};
 use crate::cache::{hit_response, storable, vary_hash, CacheKey, StageCache};
 use crate::error::{ClientBodyError, ProxyError};
 use crate::exchange::{GrpcRequest, UpgradeRequest};
-use crate::protocols::h1::fields::{move_to_map, FieldsRef, WireFields};
+use crate::protocols::h1::fields::{move_to_map, FieldsRef, RequestFields, WireFields};
 use crate::protocols::h1::Reply;
 use crate::proxy::ctx::{Ctx, REQUEST_ID};
 use crate::routing::table::{CompiledIntegration, StageRoute, VariantRoute};
@@ -346,7 +346,7 @@ pub(crate) async fn serve<B>(
     stage: &StageRoute,
     vr: &VariantRoute,
     parts: &mut http::request::Parts,
-    wire: Option<WireFields>,
+    wire: Option<RequestFields>,
     body: B,
     rest: &str,
 ) -> Outcome
@@ -414,7 +414,7 @@ fn prepare(
     stage: &StageRoute,
     vr: &VariantRoute,
     parts: &mut http::request::Parts,
-    wire: Option<WireFields>,
+    wire: Option<RequestFields>,
     rest: &str,
 ) -> Prepared {
     let Ok(route_path) = crate::routing::path::resolve_dot_segments(rest) else {
@@ -482,7 +482,7 @@ fn prepare(
 fn call_fields(
     ctx: &Ctx<'_>,
     headers: &mut HeaderMap,
-    mut wire: Option<WireFields>,
+    mut wire: Option<RequestFields>,
     upgrade: Option<UpgradeRequest>,
     http2: bool,
     whole: bool,
@@ -598,16 +598,14 @@ pub(crate) fn upstream_headers(
 /// as they came: the same fields taken out (the hop-by-hop ones and those `Connection` names, those
 /// the upstream request's head writes itself, the client's forwarding fields), in one pass over the
 /// lines and one in place, no map made.
-pub(crate) fn upstream_wire(peer: IpAddr, mut wire: WireFields) -> (WireFields, Forwarded) {
-    let xff = FieldsRef::Wire(&wire)
+pub(crate) fn upstream_wire(peer: IpAddr, fields: RequestFields) -> (WireFields, Forwarded) {
+    let xff = FieldsRef::Wire(&fields)
         .text_of(&X_FORWARDED_FOR)
         .and_then(|prev| HeaderValue::try_from(format!("{prev}, {peer}")).ok());
-    let names_more = match wire.index() {
-        Some(index) => index.names_more,
-        None => true,
-    };
-    let named: Vec<Vec<u8>> = if names_more {
-        wire.iter()
+    let named: Vec<Vec<u8>> = if fields.index.names_more {
+        fields
+            .wire
+            .iter()
             .filter(|(n, ..)| n.eq_ignore_ascii_case(b"connection"))
             .flat_map(|(_, v, _)| crate::protocols::h1::connection_tokens(v))
             .filter(|t| !t.eq_ignore_ascii_case(b"keep-alive") && !t.eq_ignore_ascii_case(b"close"))
@@ -616,8 +614,7 @@ pub(crate) fn upstream_wire(peer: IpAddr, mut wire: WireFields) -> (WireFields, 
     } else {
         Vec::new()
     };
-    wire.retain_passed_on(&named);
-    (wire, Forwarded { xff })
+    (fields.passed_on(&named), Forwarded { xff })
 }
 
 /// The stage cache's key of a GET/HEAD: method, path in the stage with the query, the variant's
@@ -879,7 +876,7 @@ mod tests {
             lines.push_str(&format!("{k}: {v}\r\n"));
         }
         lines.push_str("\r\n");
-        let wire = WireFields::of_lines(lines.as_bytes());
+        let wire = RequestFields::of_lines(lines.as_bytes());
         let ip = peer.addr.ip();
         let (wire, wire_forwarded) = upstream_wire(ip, wire);
         let mut from_wire = Vec::new();

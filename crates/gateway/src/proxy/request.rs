@@ -15,7 +15,7 @@ use crate::access_log::{AccessLog, Record};
 use crate::body::{Body, BoxError};
 use crate::error::{ProxyError, Source};
 use crate::exchange::{Ending, Peer, UpgradeRequest};
-use crate::protocols::h1::fields::{move_to_map, FieldsRef, WireFields};
+use crate::protocols::h1::fields::{move_to_map, FieldsRef, RequestFields};
 use crate::protocols::h1::Reply;
 use crate::proxy::ctx::{Ctx, REQUEST_ID};
 use crate::proxy::mirror::{Pair, TeeBody};
@@ -169,7 +169,12 @@ impl Finish {
 /// An HTTP/1.1 client's request comes with its header fields still in its head (`wire`, its map then
 /// empty); they are made a map only for a phase that edits them or reads them whole (tracing, a
 /// mirrored copy, the cache, an HTTP/2 upstream), else passed on as they came.
-pub(crate) async fn handle<B>(gw: &Arc<Gateway>, req: Request<B>, mut wire: Option<WireFields>, peer: &Peer) -> (Reply<Body>, Marks, Finish)
+pub(crate) async fn handle<B>(
+    gw: &Arc<Gateway>,
+    req: Request<B>,
+    mut wire: Option<RequestFields>,
+    peer: &Peer,
+) -> (Reply<Body>, Marks, Finish)
 where
     B: http_body::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
     B::Error: Into<BoxError>,

@@ -19,8 +19,58 @@ pub struct WireFields {
     /// The head's bytes (for a response, sharing one buffer with the body's first bytes).
     bytes: Bytes,
     at: Vec<[u32; 5]>,
-    /// A request's: what its parser found out of the fields on the way (see [`Index`]).
-    index: Option<Index>,
+}
+
+/// A request's fields still in an HTTP/1.1 client's head, with what its parser found of them on the
+/// way ([`Index`]; each field's [`PASSED_ON`] flag). Apart from [`WireFields`] so that a response's
+/// fields (carried by value through every phase back to the client) stay as small as they were.
+#[derive(Debug, Clone)]
+pub(crate) struct RequestFields {
+    pub(crate) wire: WireFields,
+    pub(crate) index: Index,
+}
+
+impl RequestFields {
+    /// The fields at `at` in `bytes` (at most [`super::MAX_HEADERS`]), as the parser indexed them.
+    pub(crate) fn new(bytes: Bytes, at: Vec<[u32; 5]>, index: Index) -> RequestFields {
+        debug_assert!(at.len() <= super::MAX_HEADERS && super::MAX_HEADERS < 256);
+        RequestFields {
+            wire: WireFields::new(bytes, at),
+            index,
+        }
+    }
+
+    /// The place of the first field `name`: from the index when it keeps the name, else by looking.
+    fn first(&self, name: &HeaderName) -> Option<usize> {
+        match SLOT_NAMES.iter().position(|n| n == name) {
+            Some(slot) => self.index.first[slot].checked_sub(1).map(usize::from),
+            None => self
+                .wire
+                .iter()
+                .position(|(n, ..)| n.eq_ignore_ascii_case(name.as_str().as_bytes())),
+        }
+    }
+
+    /// The first value of the field `name` as a field value sharing the head's bytes.
+    pub(crate) fn value(&self, name: &HeaderName) -> Option<HeaderValue> {
+        let [_, _, value, end, _] = self.wire.at[self.first(name)?];
+        HeaderValue::from_maybe_shared(self.wire.bytes.slice(value as usize..end as usize)).ok()
+    }
+
+    /// The fields an upstream request carries as they came (see [`Name::passed_on`]), less those
+    /// `named` (by a `Connection` field).
+    pub(crate) fn passed_on(self, named: &[Vec<u8>]) -> WireFields {
+        let mut wire = self.wire;
+        let bytes = &wire.bytes;
+        wire.at.retain(|&[start, name_end, _, _, flags]| {
+            flags & PASSED_ON != 0
+                && (named.is_empty()
+                    || !named
+                        .iter()
+                        .any(|t| t.eq_ignore_ascii_case(&bytes[start as usize..name_end as usize])))
+        });
+        wire
+    }
 }
 
 /// The fields a request's phases look up, found by the request parser in its one pass over the
@@ -144,54 +194,13 @@ impl Index {
 impl WireFields {
     /// The fields at `at` (line start, name end, value start, value end, flags) in `bytes`.
     pub(crate) fn new(bytes: Bytes, at: Vec<[u32; 5]>) -> WireFields {
-        WireFields { bytes, at, index: None }
-    }
-
-    /// A request's fields, with what its parser found of them (at most [`super::MAX_HEADERS`]).
-    pub(crate) fn indexed(bytes: Bytes, at: Vec<[u32; 5]>, index: Index) -> WireFields {
-        debug_assert!(at.len() <= super::MAX_HEADERS && super::MAX_HEADERS < 256);
-        WireFields {
-            bytes,
-            at,
-            index: Some(index),
-        }
-    }
-
-    /// The request parser's index, while the fields are as it found them.
-    pub(crate) fn index(&self) -> Option<&Index> {
-        self.index.as_ref()
+        WireFields { bytes, at }
     }
 
     /// The value of field number `i`.
     fn value_at(&self, i: usize) -> &[u8] {
         let [_, _, value, end, _] = self.at[i];
         &self.bytes[value as usize..end as usize]
-    }
-
-    /// The first value of `name`: from the index when it keeps the name, else by looking.
-    fn first(&self, name: &HeaderName) -> Option<usize> {
-        if let Some(index) = &self.index {
-            if let Some(slot) = SLOT_NAMES.iter().position(|n| n == name) {
-                return index.first[slot].checked_sub(1).map(usize::from);
-            }
-        }
-        self.iter().position(|(n, ..)| n.eq_ignore_ascii_case(name.as_str().as_bytes()))
-    }
-
-    /// Keeps the fields an upstream request carries as they came (see [`Name::passed_on`]), and not
-    /// those `named` (by a `Connection` field).
-    pub(crate) fn retain_passed_on(&mut self, named: &[Vec<u8>]) {
-        let indexed = self.index.take().is_some();
-        let bytes = &self.bytes;
-        self.at.retain(|&[start, name_end, _, _, flags]| {
-            let name = &bytes[start as usize..name_end as usize];
-            let passed_on = if indexed {
-                flags & PASSED_ON != 0
-            } else {
-                Name::of(name).passed_on()
-            };
-            passed_on && (named.is_empty() || !named.iter().any(|t| t.eq_ignore_ascii_case(name)))
-        });
     }
 
     /// Each field's name (in the case it came in), its value, and its line without the CRLF.
@@ -214,24 +223,16 @@ impl WireFields {
 
     /// Keeps the fields `keep` says yes to (by name and value), in order.
     pub(crate) fn retain(&mut self, mut keep: impl FnMut(&[u8], &[u8]) -> bool) {
-        self.index = None;
         let bytes = &self.bytes;
         self.at.retain(|&[start, name_end, value, end, _]| {
             keep(&bytes[start as usize..name_end as usize], &bytes[value as usize..end as usize])
         });
     }
 
-    /// The first value of the field `name` (lower case, as a `HeaderName` is), as a field value sharing
-    /// the head's bytes.
-    pub(crate) fn value(&self, name: &HeaderName) -> Option<HeaderValue> {
-        let [_, _, value, end, _] = self.at[self.first(name)?];
-        HeaderValue::from_maybe_shared(self.bytes.slice(value as usize..end as usize)).ok()
-    }
-
     /// The fields as a header map (values share the head's bytes).
     pub fn into_map(self) -> Result<HeaderMap, ProtocolError> {
-        // Room for the fields the proxy adds (marks, forwarding fields), so they do not grow the map.
-        let mut headers = HeaderMap::with_capacity(self.at.len() + 5);
+        // Room for the marks the proxy adds to a response, so they do not grow the map.
+        let mut headers = HeaderMap::with_capacity(self.at.len() + 3);
         for &[start, name_end, value, end, _] in &self.at {
             let name = &self.bytes[start as usize..name_end as usize];
             let name = HeaderName::from_bytes(name).map_err(|_| ProtocolError::Header(String::from_utf8_lossy(name).into_owned()))?;
@@ -247,8 +248,8 @@ impl WireFields {
 /// phase that edits them or reads them whole: tracing, a mirrored copy, the cache, an HTTP/2 upstream.
 /// The request parser refuses what a map cannot hold, so every field moves (the `request_head` fuzz
 /// target checks it); were one refused, it would be left out, not the request failed.
-pub(crate) fn move_to_map(map: &mut HeaderMap, wire: &mut Option<WireFields>) {
-    let Some(w) = wire.take() else { return };
+pub(crate) fn move_to_map(map: &mut HeaderMap, wire: &mut Option<RequestFields>) {
+    let Some(RequestFields { wire: w, .. }) = wire.take() else { return };
     map.reserve(w.at.len() + 5);
     for (name, value, _) in w.iter() {
         match (
@@ -270,12 +271,12 @@ pub(crate) fn move_to_map(map: &mut HeaderMap, wire: &mut Option<WireFields>) {
 #[derive(Clone, Copy)]
 pub(crate) enum FieldsRef<'a> {
     Map(&'a HeaderMap),
-    Wire(&'a WireFields),
+    Wire(&'a RequestFields),
 }
 
 impl<'a> FieldsRef<'a> {
     /// The wire fields when there are some, else the map.
-    pub(crate) fn of(map: &'a HeaderMap, wire: Option<&'a WireFields>) -> FieldsRef<'a> {
+    pub(crate) fn of(map: &'a HeaderMap, wire: Option<&'a RequestFields>) -> FieldsRef<'a> {
         match wire {
             Some(w) => FieldsRef::Wire(w),
             None => FieldsRef::Map(map),
@@ -286,7 +287,7 @@ impl<'a> FieldsRef<'a> {
     pub(crate) fn get(self, name: &HeaderName) -> Option<&'a [u8]> {
         match self {
             FieldsRef::Map(m) => m.get(name).map(HeaderValue::as_bytes),
-            FieldsRef::Wire(w) => w.first(name).map(|i| w.value_at(i)),
+            FieldsRef::Wire(w) => w.first(name).map(|i| w.wire.value_at(i)),
         }
     }
 
@@ -300,7 +301,8 @@ impl<'a> FieldsRef<'a> {
             FieldsRef::Wire(w) => (
                 None,
                 Some(
-                    w.iter()
+                    w.wire
+                        .iter()
                         .filter(move |(n, ..)| n.eq_ignore_ascii_case(name.as_str().as_bytes()))
                         .map(|(_, v, _)| v),
                 ),
@@ -318,7 +320,11 @@ impl<'a> FieldsRef<'a> {
     pub(crate) fn get_bytes(self, name: &str) -> Option<&'a [u8]> {
         match self {
             FieldsRef::Map(m) => m.get(name).map(HeaderValue::as_bytes),
-            FieldsRef::Wire(w) => w.iter().find(|(n, ..)| n.eq_ignore_ascii_case(name.as_bytes())).map(|(_, v, _)| v),
+            FieldsRef::Wire(w) => w
+                .wire
+                .iter()
+                .find(|(n, ..)| n.eq_ignore_ascii_case(name.as_bytes()))
+                .map(|(_, v, _)| v),
         }
     }
 
@@ -345,24 +351,30 @@ impl<'a> FieldsRef<'a> {
 }
 
 #[cfg(test)]
-impl WireFields {
-    /// The fields of `head`: header lines and the empty line that ends them (for tests).
-    pub(crate) fn of_lines(head: &[u8]) -> WireFields {
+impl RequestFields {
+    /// The fields of `head` (header lines and the empty line that ends them) indexed as the request
+    /// parser does (for tests).
+    pub(crate) fn of_lines(head: &[u8]) -> RequestFields {
         let head = Bytes::copy_from_slice(head);
         let mut fields = [httparse::EMPTY_HEADER; 64];
         let Ok(httparse::Status::Complete((_, parsed))) = httparse::parse_headers(&head, &mut fields) else {
             panic!("not a head: {head:?}")
         };
         let base = head.as_ptr() as usize;
+        let mut index = Index::default();
         let at = parsed
             .iter()
-            .map(|h| {
+            .enumerate()
+            .map(|(i, h)| {
+                let name = Name::of(h.name.as_bytes());
+                index.add(i, name, h.value);
                 let start = (h.name.as_ptr() as usize - base) as u32;
                 let value = (h.value.as_ptr() as usize - base) as u32;
-                [start, start + h.name.len() as u32, value, value + h.value.len() as u32, 0]
+                let flags = if name.passed_on() { PASSED_ON } else { 0 };
+                [start, start + h.name.len() as u32, value, value + h.value.len() as u32, flags]
             })
             .collect();
-        WireFields::new(head.clone(), at)
+        RequestFields::new(head.clone(), at, index)
     }
 }
 
@@ -386,14 +398,14 @@ mod tests {
     use super::*;
     use http::header;
 
-    fn wire(head: &'static [u8]) -> WireFields {
-        WireFields::of_lines(head)
+    fn wire(head: &'static [u8]) -> RequestFields {
+        RequestFields::of_lines(head)
     }
 
     #[test]
     fn a_field_reads_the_same_from_the_wire_and_from_the_map() {
         let w = wire(b"Host: a.example\r\nCookie: a=1\r\nX-Two: 1\r\ncookie: b=2\r\nX-Empty:\r\n\r\n");
-        let map = w.clone().into_map().unwrap();
+        let map = w.wire.clone().into_map().unwrap();
         for fields in [FieldsRef::Wire(&w), FieldsRef::Map(&map)] {
             assert_eq!(fields.get(&header::HOST), Some(&b"a.example"[..]));
             assert_eq!(fields.get_all(&header::COOKIE).collect::<Vec<_>>(), [&b"a=1"[..], b"b=2"]);
@@ -473,7 +485,7 @@ mod tests {
 
     #[test]
     fn retain_keeps_the_lines_said_yes_to_in_order() {
-        let mut w = wire(b"A: 1\r\nB: 2\r\nC:  3\r\n\r\n");
+        let mut w = wire(b"A: 1\r\nB: 2\r\nC:  3\r\n\r\n").wire;
         w.retain(|n, _| n != b"B");
         let lines: Vec<_> = w.iter().map(|(.., line)| line.to_vec()).collect();
         assert_eq!(lines, [b"A: 1".to_vec(), b"C:  3".to_vec()]);

@@ -8,7 +8,7 @@ use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Uri, Version};
 
-use crate::protocols::h1::fields::{FieldsRef, Index, Name, WireFields, PASSED_ON};
+use crate::protocols::h1::fields::{FieldsRef, Index, Name, RequestFields, PASSED_ON};
 use crate::protocols::h1::Framing;
 use crate::Limits;
 
@@ -27,7 +27,7 @@ pub(crate) struct RequestHead {
     pub(crate) headers: HeaderMap,
     /// The header fields still in the head's bytes, with no map made: what the proxy passes on line by
     /// line to an HTTP/1.1 upstream (see [`crate::protocols::h1::fields`]).
-    pub(crate) wire: Option<WireFields>,
+    pub(crate) wire: Option<RequestFields>,
     pub(crate) keep_alive: bool,
     pub(crate) framing: Framing,
     pub(crate) expect_continue: bool,
@@ -166,7 +166,7 @@ pub(crate) fn parse_request_head(buf: &mut BytesMut, limits: &Limits, at: &mut V
     // The fields stay in the head's bytes but where a map is what is read: an upgrade (its driver and
     // relay read them), a target's authority that replaces `Host`.
     let (headers, wire) = if upgrade || host.is_some() {
-        let mut headers = wire.into_map().map_err(|e| bad(e.to_string()))?;
+        let mut headers = wire.wire.into_map().map_err(|e| bad(e.to_string()))?;
         if let Some(host) = host {
             headers.insert(header::HOST, host);
         }
@@ -241,7 +241,7 @@ fn parse_target(target: Bytes) -> Result<(Bytes, Uri), BadHead> {
 
 /// What the header fields of a request head say, beside the fields kept.
 struct Fields {
-    wire: WireFields,
+    wire: RequestFields,
     connection: crate::protocols::h1::ConnectionOptions,
     expect_continue: bool,
     transfer_encoding: bool,
@@ -294,7 +294,7 @@ fn read_fields(bytes: &Bytes, at: &[FieldAt]) -> Result<Fields, BadHead> {
         kept.push([ns as u32, (ns + nl) as u32, vs as u32, (vs + vl) as u32, flags]);
     }
     Ok(Fields {
-        wire: WireFields::indexed(bytes.clone(), kept, index),
+        wire: RequestFields::new(bytes.clone(), kept, index),
         connection,
         expect_continue,
         transfer_encoding,
