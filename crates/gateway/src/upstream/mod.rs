@@ -287,12 +287,7 @@ where
     };
     let mut writer = BodyWriter { framing, sent: 0 };
     let mut head = Vec::with_capacity(512);
-    let fields = h1::client::Fields {
-        map: &parts.headers,
-        wire,
-        extra,
-    };
-    h1::encode_head(&mut head, &parts.method, target, &host, fields, framing);
+    h1::encode_head(&mut head, &parts.method, target, &host, (&parts.headers, wire, extra), framing);
     // A body that is already here (a small request's) goes out in the same write as the head.
     let mut more = framing != RequestFraming::Empty;
     if more {

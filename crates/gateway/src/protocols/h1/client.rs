@@ -38,6 +38,12 @@ pub struct Fields<'a> {
     pub extra: &'a [(&'a HeaderName, &'a HeaderValue)],
 }
 
+impl<'a> From<(&'a HeaderMap, Option<&'a WireFields>, &'a [(&'a HeaderName, &'a HeaderValue)])> for Fields<'a> {
+    fn from((map, wire, extra): (&'a HeaderMap, Option<&'a WireFields>, &'a [(&'a HeaderName, &'a HeaderValue)])) -> Fields<'a> {
+        Fields { map, wire, extra }
+    }
+}
+
 impl<'a> From<(&'a HeaderMap, &'a [(&'a HeaderName, &'a HeaderValue)])> for Fields<'a> {
     fn from((map, extra): (&'a HeaderMap, &'a [(&'a HeaderName, &'a HeaderValue)])) -> Fields<'a> {
         Fields { map, wire: None, extra }

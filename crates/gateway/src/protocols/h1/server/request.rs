@@ -162,18 +162,7 @@ pub(crate) fn parse_request_head(buf: &mut BytesMut, limits: &Limits, at: &mut V
     }
     let framing = request_framing(FieldsRef::Wire(&wire), transfer_encoding, version).map_err(|(status, msg)| BadHead(status, msg))?;
     let upgrade = upgrade_field && connection.upgrade && version == Version::HTTP_11 && framing == Framing::Empty;
-    let host = target_host(&target, &uri, &method)?;
-    // The fields stay in the head's bytes but where a map is what is read: an upgrade (its driver and
-    // relay read them), a target's authority that replaces `Host`.
-    let (headers, wire) = if upgrade || host.is_some() {
-        let mut headers = wire.wire.into_map().map_err(|e| bad(e.to_string()))?;
-        if let Some(host) = host {
-            headers.insert(header::HOST, host);
-        }
-        (headers, None)
-    } else {
-        (HeaderMap::new(), Some(wire))
-    };
+    let (headers, wire) = home(wire, upgrade, target_host(&target, &uri, &method)?)?;
     Ok(Some(RequestHead {
         method,
         uri,
@@ -185,6 +174,19 @@ pub(crate) fn parse_request_head(buf: &mut BytesMut, limits: &Limits, at: &mut V
         expect_continue: expect_continue && version == Version::HTTP_11,
         upgrade,
     }))
+}
+
+/// Where a request's fields are read from: the head's bytes, but where a map is what is read — an
+/// upgrade (its driver and relay read them), a target's authority that replaces `Host`.
+fn home(wire: RequestFields, upgrade: bool, host: Option<HeaderValue>) -> Result<(HeaderMap, Option<RequestFields>), BadHead> {
+    if !upgrade && host.is_none() {
+        return Ok((HeaderMap::new(), Some(wire)));
+    }
+    let mut headers = wire.wire.into_map().map_err(|e| bad(e.to_string()))?;
+    if let Some(host) = host {
+        headers.insert(header::HOST, host);
+    }
+    Ok((headers, None))
 }
 
 fn bad(msg: String) -> BadHead {
