@@ -168,6 +168,34 @@ impl Template {
         Ok(Template { parts })
     }
 
+    /// The template with every stage variable replaced by its value (`var`; a missing one by nothing,
+    /// as [`Template::render_into`] renders it) and adjacent literals joined: what a stage's variables
+    /// make of it, rendered the same for every request.
+    pub fn bind_variables<'a>(&self, var: impl Fn(&str) -> Option<&'a str>) -> Template {
+        let mut parts: Vec<Part> = Vec::with_capacity(self.parts.len());
+        for p in &self.parts {
+            let text = match p {
+                Part::Literal(l) => l.as_str(),
+                Part::StageVariable(n) => var(n).unwrap_or(""),
+                Part::PathParam(_) => {
+                    parts.push(p.clone());
+                    continue;
+                }
+            };
+            match parts.last_mut() {
+                Some(Part::Literal(l)) => l.push_str(text),
+                _ if text.is_empty() => {}
+                _ => parts.push(Part::Literal(text.to_string())),
+            }
+        }
+        Template { parts }
+    }
+
+    /// Whether the template refers to a stage variable.
+    pub fn has_stage_variables(&self) -> bool {
+        self.parts.iter().any(|p| matches!(p, Part::StageVariable(_)))
+    }
+
     /// Path parameters the template refers to.
     pub fn path_params(&self) -> impl Iterator<Item = &str> {
         self.parts.iter().filter_map(|p| match p {
@@ -192,6 +220,50 @@ impl Template {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bound_variables_render_as_the_template_does() {
+        let t = Template::parse(
+            "uri",
+            "http://${stageVariables.host}:${stageVariables.port}/v/{proxy}?a=${stageVariables.none}",
+            true,
+        )
+        .unwrap();
+        assert!(t.has_stage_variables());
+        let vars = |n: &str| match n {
+            "host" => Some("backend.internal"),
+            "port" => Some("8080"),
+            _ => None,
+        };
+        let bound = t.bind_variables(vars);
+        assert!(!bound.has_stage_variables());
+        assert_eq!(
+            bound.parts,
+            vec![
+                Part::Literal("http://backend.internal:8080/v/".into()),
+                Part::PathParam("proxy".into()),
+                Part::Literal("?a=".into()),
+            ]
+        );
+        for param in ["", "x/y", "{proxy}"] {
+            let (mut a, mut b) = (String::new(), String::new());
+            t.render_into(&mut a, vars, |_| Some(param));
+            bound.render_into(&mut b, |_| None, |_| Some(param));
+            assert_eq!(a, b);
+        }
+        // A variable that is all of the template, and one that is empty between two parameters.
+        let only = Template::parse("uri", "${stageVariables.url}", true).unwrap();
+        assert_eq!(
+            only.bind_variables(|_| Some("http://a/")).parts,
+            vec![Part::Literal("http://a/".into())]
+        );
+        assert_eq!(only.bind_variables(|_| None).parts, vec![]);
+        let gap = Template::parse("uri", "{a}${stageVariables.x}{b}", true).unwrap();
+        assert_eq!(
+            gap.bind_variables(|_| Some("")).parts,
+            vec![Part::PathParam("a".into()), Part::PathParam("b".into())]
+        );
+    }
 
     #[test]
     fn parses_paths() {

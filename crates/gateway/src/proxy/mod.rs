@@ -443,7 +443,13 @@ fn prepare(
                 ..mock(*status, headers, body, var)
             })
         }
-        CompiledIntegration::Http { uri, timeouts, tls, http2 } => (uri, *timeouts, tls.clone(), *http2),
+        CompiledIntegration::Http {
+            uri,
+            bound,
+            timeouts,
+            tls,
+            http2,
+        } => (vr.target(uri, *bound), *timeouts, tls.clone(), *http2),
     };
     let params = &matched.params;
     let checked = uri

@@ -19,6 +19,9 @@ use crate::routing::choose::threshold;
 pub enum CompiledIntegration {
     Http {
         uri: UpstreamTarget,
+        /// When the URI refers to stage variables: its place in each variant's
+        /// [`VariantRoute::targets`], the URI with that variant's values in it.
+        bound: Option<usize>,
         timeouts: crate::upstream::Timeouts,
         /// For an `https://` URI: how the upstream's certificate is verified.
         tls: Option<Arc<rustls::ClientConfig>>,
@@ -136,11 +139,14 @@ impl PathEntry {
 /// A deployment's routes, compiled into a path router.
 pub struct CompiledDeployment {
     pub router: matchit::Router<PathEntry>,
+    /// The URIs that refer to stage variables, in the order of their integrations' `bound`.
+    variable_uris: Vec<Template>,
 }
 
 impl CompiledDeployment {
     pub fn compile(d: &Deployment) -> CompiledDeployment {
         let mut by_path: BTreeMap<String, PathEntry> = BTreeMap::new();
+        let mut variable_uris = Vec::new();
         for r in &d.routes {
             let Ok(segs) = template::parse_path("path", &r.path) else {
                 continue;
@@ -177,6 +183,10 @@ impl CompiledDeployment {
                     http2,
                 } => match Template::parse("uri", uri, true) {
                     Ok(t) => CompiledIntegration::Http {
+                        bound: t.has_stage_variables().then(|| {
+                            variable_uris.push(t.clone());
+                            variable_uris.len() - 1
+                        }),
                         uri: UpstreamTarget::new(t),
                         timeouts: crate::upstream::Timeouts {
                             head: Duration::from_millis(u64::from(*timeout_ms)),
@@ -214,7 +224,7 @@ impl CompiledDeployment {
                 tracing::error!(deployment = %d.id, %pattern, error = %e, "route conflicts; skipped");
             }
         }
-        CompiledDeployment { router }
+        CompiledDeployment { router, variable_uris }
     }
 }
 
@@ -230,6 +240,17 @@ pub struct VariantRoute {
     pub fingerprint: u64,
     /// Whether this variant reads and writes the stage cache.
     pub use_cache: bool,
+    /// The deployment's URIs that refer to stage variables, with this variant's values in them (see
+    /// [`VariantRoute::target`]): a request renders only its path parameters, and a URI whose
+    /// authority was a variable has it parsed once, here.
+    targets: Vec<UpstreamTarget>,
+}
+
+impl VariantRoute {
+    /// The URI template a request of this variant renders for an integration (`uri`, `bound`).
+    pub fn target<'a>(&'a self, uri: &'a UpstreamTarget, bound: Option<usize>) -> &'a UpstreamTarget {
+        bound.and_then(|i| self.targets.get(i)).unwrap_or(uri)
+    }
 }
 
 /// Mirroring of a stage, ready to serve: copies of production requests go to the canary's deployment
@@ -310,6 +331,8 @@ fn build_api(api_name: &str, a: &Arc<ApiState>, previous: Option<&ApiRoutes>, me
                 None => Arc::new(CompiledDeployment::compile(a.deployment(deployment_id)?)),
             };
             compiled.insert(deployment_id.to_string(), c.clone());
+            let var = |n: &str| vars.get(n).map(String::as_str);
+            let targets = c.variable_uris.iter().map(|t| UpstreamTarget::new(t.bind_variables(var))).collect();
             Some(VariantRoute {
                 variant: v,
                 deployment_id: Arc::from(deployment_id),
@@ -318,6 +341,7 @@ fn build_api(api_name: &str, a: &Arc<ApiState>, previous: Option<&ApiRoutes>, me
                 series: metrics.series(api_name, sname, v),
                 fingerprint: fingerprint(deployment_id, vars.iter()),
                 use_cache,
+                targets,
             })
         };
         let Some(production) = variant(Variant::Production, &s.deployment_id, &s.variables, true) else {
@@ -615,6 +639,10 @@ mod tests {
                 _ => Err(rendered.clone()),
             };
             let got = target.render(vars, params, query);
+            // With the variables bound first (as a variant's targets are), the same answer.
+            let bound = UpstreamTarget::new(target.template.bind_variables(vars));
+            let got_bound = bound.render(|_| None, params, query);
+            assert_eq!(got_bound, got, "{text} with its variables bound");
             match (&got, &whole) {
                 (Ok(a), Ok(b)) => {
                     assert_eq!(a, b, "{text}");
@@ -633,6 +661,58 @@ mod tests {
         assert!(literal.origin.is_some(), "a literal authority is parsed once");
         let variable = UpstreamTarget::new(Template::parse("uri", "http://h${stageVariables.path}/", true).unwrap());
         assert!(variable.origin.is_none());
+    }
+
+    #[test]
+    fn each_variant_renders_its_own_variables_into_its_targets() {
+        let metrics = Registry::new();
+        let t = chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        let mut s = State::default();
+        let routes = serde_json::from_value(serde_json::json!([
+            {"path": "/{proxy+}", "integration": {"type": "http", "uri": "http://${stageVariables.backend}/{proxy}"}},
+            {"path": "/fixed", "integration": {"type": "http", "uri": "http://literal:1/fixed"}},
+        ]))
+        .unwrap();
+        s.put_api("a", routes, t).unwrap();
+        s.create_deployment("a", || "d-00001".into(), String::new(), t).unwrap();
+        let input = canarygate_model::StageInput {
+            variables: [("backend".to_string(), "prod.internal:8080".to_string())].into(),
+            canary_settings: Some(canarygate_model::CanaryInput {
+                percent_traffic: 10.0,
+                stage_variable_overrides: [("backend".to_string(), "canary.internal:9090".to_string())].into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        s.put_stage("a", "prod", input, t).unwrap();
+        let s = Arc::new(s);
+        let table = RoutingTable::build(&s, &RoutingTable::default(), &metrics);
+        let stage = &table.resolve(None, "/a/prod/x").unwrap().0;
+        let uri = |vr: &VariantRoute, path: &str| {
+            let m = vr.deployment.router.at(path).unwrap();
+            let CompiledIntegration::Http { uri, bound, .. } = &**m.value.find(&http::Method::GET).unwrap() else {
+                panic!("an http integration")
+            };
+            let target = vr.target(uri, *bound);
+            let var = |n: &str| vr.variables.get(n).map(String::as_str);
+            let got = target.render(var, |n| m.params.get(n), Some("q=1")).unwrap();
+            // The deployment's own template, rendered with the variables, agrees.
+            assert_eq!(Ok(&got), uri.render(var, |n| m.params.get(n), Some("q=1")).as_ref());
+            (got.to_string(), target.origin.is_some())
+        };
+        assert_eq!(
+            uri(&stage.production, "/orders/7"),
+            ("http://prod.internal:8080/orders/7?q=1".to_string(), true)
+        );
+        let canary = stage.canary.as_ref().unwrap();
+        assert_eq!(
+            uri(canary, "/orders/7"),
+            ("http://canary.internal:9090/orders/7?q=1".to_string(), true)
+        );
+        assert_eq!(uri(canary, "/fixed"), ("http://literal:1/fixed?q=1".to_string(), true));
+        // One compiled deployment for both sides; each side's own targets.
+        assert!(Arc::ptr_eq(&stage.production.deployment, &canary.deployment));
+        assert_eq!((stage.production.targets.len(), canary.targets.len()), (1, 1));
     }
 
     fn state_with(apis: usize) -> State {
