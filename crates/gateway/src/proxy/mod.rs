@@ -230,13 +230,13 @@ impl UpstreamCall {
     }
 
     async fn send(&self, gw: &Gateway, body: Body) -> (Result<Response<Body>, ProxyError>, u64) {
-        let (req, span) = self.request(body);
+        let (mut req, span) = self.request(body);
         let to = Upstream {
             timeouts: self.timeouts,
             tls: self.tls.as_ref(),
             http2: self.http2,
         };
-        let (res, us) = send(gw, req, None, &[], span, self.variant, to).await;
+        let (res, us) = send(gw, &mut req, None, &[], span, self.variant, to).await;
         (res.and_then(in_map), us)
     }
 }
@@ -252,10 +252,11 @@ fn trace_call(trace: Option<TraceCtx>, headers: &mut HeaderMap) -> CallSpan {
 
 /// Sends a request upstream with the client's fields still on the `wire` (an HTTP/1.1 upstream only)
 /// and the `extra` fields besides its map's (see [`upstream`] for its time limits), says whose fault a
-/// failure was, and ends the call's client span when the request is sampled.
+/// failure was, and ends the call's client span when the request is sampled. The request stays where
+/// its caller keeps it (its body is taken): a request is not copied into each level of future.
 async fn send(
     gw: &Gateway,
-    mut req: Request<Body>,
+    req: &mut Request<Body>,
     wire: Option<&WireFields>,
     extra: &[(&HeaderName, &HeaderValue)],
     span: CallSpan,
@@ -278,6 +279,7 @@ async fn send(
         // (and every level of future above it) would otherwise carry and copy.
         // An HTTP/1.1 upstream's head is read without its hop-by-hop fields (`protocols/h1/client.rs`);
         // `h2` refuses most of them in an HTTP/2 one's, not `trailer` or those `connection` named.
+        let req = std::mem::replace(req, Request::new(crate::body::empty()));
         Box::pin(crate::upstream::h2::send(req, to.timeouts, to.tls))
             .await
             .map(|r| Reply::new(without_hop_by_hop(r)))
@@ -365,7 +367,7 @@ where
         // each level of `async fn` around it is one more copy of it per request.
         _ => {
             let (timeouts, variant, tls, http2) = (call.timeouts, call.variant, call.tls.clone(), call.http2);
-            let (req, span, wire, forwarded) = call.into_request(body.boxed_unsync());
+            let (mut req, span, wire, forwarded) = call.into_request(body.boxed_unsync());
             let to = Upstream {
                 timeouts,
                 tls: tls.as_ref(),
@@ -373,7 +375,7 @@ where
             };
             let extra = forwarded.as_ref().map(|f| f.fields(ctx));
             let extra = extra.as_deref().unwrap_or_default();
-            let (res, us) = send(ctx.gw, req, wire.as_ref(), extra, span, variant, to).await;
+            let (res, us) = send(ctx.gw, &mut req, wire.as_ref(), extra, span, variant, to).await;
             // An HTTP/1.1 client's driver writes the fields from the upstream's head as they are;
             // anything else (an HTTP/2 client) reads them from the map.
             let (result, wire) = match res {

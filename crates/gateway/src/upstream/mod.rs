@@ -236,7 +236,7 @@ impl Failed {
 /// [`h1::client::Fields`]), to its upstream over a pooled or new connection of the
 /// calling worker thread.
 pub async fn send(
-    req: Request<Body>,
+    req: &mut Request<Body>,
     wire: Option<&WireFields>,
     extra: &[(&HeaderName, &HeaderValue)],
     timeouts: Timeouts,
@@ -253,7 +253,7 @@ pub async fn send(
 
 /// [`send`] over connections of type `C`, made by `connect` when no idle one is there.
 async fn send_on<C, F, Fut>(
-    req: Request<Body>,
+    req: &mut Request<Body>,
     wire: Option<&WireFields>,
     extra: &[(&HeaderName, &HeaderValue)],
     timeouts: Timeouts,
@@ -264,9 +264,14 @@ where
     F: Fn(Authority) -> Fut,
     Fut: std::future::Future<Output = Result<C, SendError>>,
 {
-    let (parts, mut body) = req.into_parts();
-    let authority = parts.uri.authority().ok_or(SendError::NoHost)?;
-    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    // The body is taken (and dropped when the call is over, as a request given whole would be); the
+    // head is read where it is.
+    let mut body = std::mem::replace(req.body_mut(), crate::body::empty());
+    // Each part apart: a `&Request` held across an await would need its (taken) body to be `Sync`.
+    let (method, uri, headers) = (req.method(), req.uri(), req.headers());
+    let upgrade = req.extensions().get::<UpgradeRequest>().is_some();
+    let authority = uri.authority().ok_or(SendError::NoHost)?;
+    let target = uri.path_and_query().map_or("/", |p| p.as_str());
     // One lookup: the Host header and, when there is one, a live idle connection.
     let (host, idle) = HOSTS.with_borrow_mut(|hosts| {
         let h = match hosts.get_mut(authority.as_str()) {
@@ -287,7 +292,7 @@ where
     };
     let mut writer = BodyWriter { framing, sent: 0 };
     let mut head = Vec::with_capacity(512);
-    h1::encode_head(&mut head, &parts.method, target, &host, (&parts.headers, wire, extra), framing);
+    h1::encode_head(&mut head, method, target, &host, (headers, wire, extra), framing);
     // A body that is already here (a small request's) goes out in the same write as the head.
     let mut more = framing != RequestFraming::Empty;
     if more {
@@ -295,8 +300,7 @@ where
             more = writer.take(frame, body.is_end_stream(), &mut head)?;
         }
     }
-    let retryable = framing == RequestFraming::Empty && is_idempotent(&parts.method);
-    let upgrade = parts.extensions.get::<UpgradeRequest>().is_some();
+    let retryable = framing == RequestFraming::Empty && is_idempotent(method);
 
     let mut conn = idle;
     let mut deadline = Clock::now() + timeouts.head;
@@ -309,7 +313,7 @@ where
             },
         };
         let call = Call {
-            method: &parts.method,
+            method,
             timeouts,
             deadline: &mut deadline,
         };
@@ -859,8 +863,12 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     /// [`super::send`] without fields besides the request's map, its response's fields in its map.
-    async fn send(req: Request<Body>, timeouts: Timeouts, tls: Option<&Arc<rustls::ClientConfig>>) -> Result<Response<Body>, SendError> {
-        Ok(super::send(req, None, &[], timeouts, tls).await?.into_response()?)
+    async fn send(
+        mut req: Request<Body>,
+        timeouts: Timeouts,
+        tls: Option<&Arc<rustls::ClientConfig>>,
+    ) -> Result<Response<Body>, SendError> {
+        Ok(super::send(&mut req, None, &[], timeouts, tls).await?.into_response()?)
     }
 
     /// A raw HTTP/1.1 backend: answers every request on a connection with `body` (keep-alive), and
