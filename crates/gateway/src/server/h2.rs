@@ -164,11 +164,12 @@ where
         Err(_) => return tracing::debug!(peer = %peer.addr, "HTTP/2 handshake timed out"),
     };
     // The streams at work run in this task, not a task each (a spawned task's future was copied
-    // several times on its way into the task and out of it).
+    // several times on its way into the task and out of it). Each boxed: a stream's future (over a
+    // KiB) is copied once, into its box, where the set would copy it three times on its way in.
     let mut streams = FuturesUnordered::new();
     let start = |req, respond| {
         shared.open.fetch_add(1, Ordering::AcqRel);
-        stream(gw.clone(), req, respond, peer.clone(), shared.clone())
+        Box::pin(stream(gw.clone(), req, respond, peer.clone(), shared.clone()))
     };
     let mut watch = Deadlines::new(limits);
     let stop = poll_fn(|cx| {
