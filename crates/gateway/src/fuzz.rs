@@ -117,6 +117,55 @@ fn same_line(line: &[u8], name: &[u8], value: &[u8]) {
     assert!(one[0].name.as_bytes() == name && one[0].value == value, "{line:?}");
 }
 
+/// The head an HTTP/1.1 client is sent from a response's fields on the wire (lines the parser did not
+/// flag written without a look, adjacent ones in one piece) and from their map: the same fields, the
+/// marks replacing theirs, the same framing and persistence.
+fn same_head_both_ways(wire: &h1::WireFields, map: HeaderMap) {
+    use crate::protocols::h1::server::response::{encode_response_head, ResponseHead};
+    let mut lines = Vec::new();
+    for (_, _, line) in wire.iter() {
+        lines.extend_from_slice(line);
+        lines.extend_from_slice(b"\r\n");
+    }
+    let mut pieces = Vec::new();
+    wire.write_lines(&mut pieces, |_, _, _| true);
+    assert_eq!(pieces, lines, "written in pieces, the same bytes");
+    static MARK: header::HeaderName = header::HeaderName::from_static("x-request-id");
+    let ours = http::HeaderValue::from_static("ours");
+    let marks = [(&MARK, &ours)];
+    let mut parts = http::Response::new(()).into_parts().0;
+    let (mut from_wire, mut from_map) = (Vec::new(), Vec::new());
+    let a = encode_response_head(
+        &mut from_wire,
+        ResponseHead::of(&parts, Some(wire)),
+        &marks,
+        Some(0),
+        false,
+        false,
+        true,
+    );
+    parts.headers = map;
+    let b = encode_response_head(&mut from_map, &parts, &marks, Some(0), false, false, true);
+    assert_eq!(a, b);
+    // By name in lower case and value, in any order (a map groups a name's values), and without
+    // `date`, which the writer adds when there is none (its second may turn between the two).
+    let fields = |head: &[u8]| {
+        let mut f: Vec<(Vec<u8>, Vec<u8>)> = head
+            .split(|&b| b == b'\n')
+            .skip(1)
+            .filter_map(|l| {
+                let l = l.strip_suffix(b"\r")?;
+                let colon = l.iter().position(|&b| b == b':')?;
+                Some((l[..colon].to_ascii_lowercase(), l[colon + 1..].trim_ascii().to_vec()))
+            })
+            .filter(|(n, _)| n != b"date")
+            .collect();
+        f.sort();
+        f
+    };
+    assert_eq!(fields(&from_wire), fields(&from_map));
+}
+
 /// A chunked body: decoded whole and in pieces (the first byte chooses their size) with the same
 /// outcome; never more bytes out than in; never past the budget (the second byte chooses it).
 pub fn chunked(data: &[u8]) {
@@ -153,6 +202,7 @@ pub fn response_head(data: &[u8]) {
                 if let Framing::Length(n) = head.framing {
                     assert_eq!(h1::content_length(&map), Ok(n));
                 }
+                same_head_both_ways(&head.fields, map);
                 same_in_pieces(Decoder::new(head.framing), &rest, 3);
             }
             // Interim (1xx) heads before it are consumed; the rest is kept.

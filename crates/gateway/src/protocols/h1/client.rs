@@ -67,10 +67,11 @@ pub fn encode_head<'a>(
     out.extend_from_slice(b"\r\n");
     let mut upgrade = false;
     let Fields { map, wire, extra } = fields.into();
-    for (name, _, line) in wire.iter().flat_map(|w| w.iter()) {
-        debug_assert!(super::fields::Name::of(name).passed_on(), "{name:?}");
-        out.extend_from_slice(line);
-        out.extend_from_slice(b"\r\n");
+    if let Some(w) = wire {
+        w.write_lines(out, |name, _, _| {
+            debug_assert!(super::fields::Name::of(name).passed_on(), "{name:?}");
+            true
+        });
     }
     for (name, value) in map.iter().chain(extra.iter().copied()) {
         if written_by_us(name) {
@@ -354,7 +355,15 @@ fn client_fields(
         };
         if keep {
             let (start, value) = (at_of(h.name.as_bytes()), at_of(h.value));
-            at.push([start, start + h.name.len() as u32, value, value + h.value.len() as u32, 0]);
+            let name = h.name.as_bytes();
+            let looked_at = kind != Field::Other
+                || match name.first() {
+                    Some(b'x' | b'X') => name.get(1) == Some(&b'-'),
+                    Some(b'd' | b'D') => super::is_name(name, b"date"),
+                    _ => false,
+                };
+            let flags = if looked_at { super::fields::LOOKED_AT } else { 0 };
+            at.push([start, start + name.len() as u32, value, value + h.value.len() as u32, flags]);
         }
     }
     let mut wire = WireFields::new(bytes.clone(), at);

@@ -7,6 +7,7 @@ use std::time::SystemTime;
 use http::header::{self, HeaderName, HeaderValue};
 use http::StatusCode;
 
+use crate::protocols::h1::fields::LOOKED_AT;
 use crate::protocols::h1::WireFields;
 
 /// Header fields the gateway adds to a response (its marks): written after the response's own,
@@ -69,12 +70,12 @@ fn write_fields(out: &mut Vec<u8>, fields: FieldsIn<'_>, marks: Marks<'_>, mut s
             }
         }
         FieldsIn::Wire(wire) => {
-            for (name, value, line) in wire.iter() {
-                if !pass(name, value) {
-                    out.extend_from_slice(line);
-                    out.extend_from_slice(b"\r\n");
-                }
-            }
+            // A line the parser did not flag is written without a look at its name, when every mark's
+            // name is one it flags (`x-`).
+            let marks_flagged = marks.iter().all(|(m, _)| m.as_str().starts_with("x-"));
+            wire.write_lines(out, |name, value, flags| {
+                (flags & LOOKED_AT == 0 && marks_flagged) || !pass(name, value)
+            });
         }
     }
     for (name, value) in marks {
