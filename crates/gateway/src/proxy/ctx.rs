@@ -30,16 +30,16 @@ pub(crate) struct Ctx<'a> {
     pub(crate) trace: Option<TraceCtx>,
     /// The `Host` without its port, in lower case (a field value: the upstream's `x-forwarded-host`).
     pub(crate) host: Option<HeaderValue>,
-    /// The request's URI as it came (its path before any stage or base path is taken off): a copy
-    /// that shares the head's bytes.
+    /// The request's URI as it came (its path before any stage or base path is taken off), taken
+    /// from its head (whose URI is then `/`): the phases read it here.
     pub(crate) uri: http::Uri,
     /// A gRPC call (HTTP/2 with a gRPC content type).
     pub(crate) grpc: bool,
 }
 
 impl<'a> Ctx<'a> {
-    /// The facts of a request whose head is `parts` (its fields in its map, or still on the `wire`);
-    /// marks a gRPC call's head ([`GrpcRequest`]) and takes the trace headers a traced request
+    /// The facts of a request whose head is `parts` (its fields in its map, or still on the `wire`),
+    /// taking its URI; marks a gRPC call's head ([`GrpcRequest`]) and takes the trace headers a traced request
     /// replaces (in the map: with tracing on, the caller has made one).
     pub(crate) fn begin(gw: &'a Arc<Gateway>, peer: &'a Peer, parts: &mut http::request::Parts, wire: Option<&RequestFields>) -> Ctx<'a> {
         let start = Instant::now();
@@ -61,7 +61,7 @@ impl<'a> Ctx<'a> {
             rid: request_id(fields),
             trace,
             host: host(fields),
-            uri: parts.uri.clone(),
+            uri: std::mem::take(&mut parts.uri),
             grpc,
         }
     }

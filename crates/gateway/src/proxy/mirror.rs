@@ -185,7 +185,7 @@ pub(crate) fn start(
     });
     let mut head = http::Request::new(());
     *head.method_mut() = parts.method.clone();
-    *head.uri_mut() = parts.uri.clone();
+    *head.uri_mut() = ctx.uri.clone();
     *head.headers_mut() = parts.headers.clone();
     head.headers_mut().insert(MIRROR_HEADER.clone(), HeaderValue::from_static("1"));
     let copy = Copy {

@@ -455,7 +455,7 @@ fn prepare(
     };
     let params = &matched.params;
     let checked = uri
-        .render(var, |n| params.get(n), parts.uri.query())
+        .render(var, |n| params.get(n), ctx.uri.query())
         .map_err(ProxyError::BadIntegrationUri)
         .and_then(|uri| check(ctx.gw, parts, FieldsRef::of(&parts.headers, wire.as_ref()), &uri, http2).map(|()| uri));
     let upstream_uri = match checked {
@@ -464,7 +464,7 @@ fn prepare(
     };
     let upgrade = parts.extensions.get::<UpgradeRequest>().copied();
     let cacheable = (parts.method == http::Method::GET || parts.method == http::Method::HEAD) && upgrade.is_none();
-    let cache_key = (stage.cache.is_some() && vr.use_cache && cacheable).then(|| cache_key(parts, route_path, vr));
+    let cache_key = (stage.cache.is_some() && vr.use_cache && cacheable).then(|| cache_key(&parts.method, ctx.uri.query(), route_path, vr));
     // An upgrade (WebSocket) is an HTTP/1.1 exchange: it goes over HTTP/1.1 whatever the integration says.
     let http2 = http2 && upgrade.is_none();
     let (headers, wire, forwarded) = call_fields(ctx, &mut parts.headers, wire, upgrade, http2, cache_key.is_some());
@@ -627,15 +627,15 @@ pub(crate) fn upstream_wire(peer: IpAddr, fields: RequestFields) -> (WireFields,
 
 /// The stage cache's key of a GET/HEAD: method, path in the stage with the query, the variant's
 /// fingerprint (no vary hash yet).
-fn cache_key(parts: &http::request::Parts, route_path: &str, vr: &VariantRoute) -> CacheKey {
+fn cache_key(method: &http::Method, query: Option<&str>, route_path: &str, vr: &VariantRoute) -> CacheKey {
     let mut path_and_query = String::with_capacity(route_path.len() + 32);
     path_and_query.push_str(route_path);
-    if let Some(q) = parts.uri.query() {
+    if let Some(q) = query {
         path_and_query.push('?');
         path_and_query.push_str(q);
     }
     CacheKey {
-        method: parts.method.clone(),
+        method: method.clone(),
         path_and_query,
         fingerprint: vr.fingerprint,
         vary: 0,

@@ -193,7 +193,7 @@ where
         move_to_map(&mut parts.headers, &mut wire);
     }
     let fields = FieldsRef::of(&parts.headers, wire.as_ref());
-    let (variant, routed) = choose(&stage.routing, stage.split, fields, parts.uri.query(), peer.addr.ip());
+    let (variant, routed) = choose(&stage.routing, stage.split, fields, ctx.uri.query(), peer.addr.ip());
     let vr = stage.variant(variant);
     let (tee, pair) = mirror(&ctx, stage, variant, &parts, rest);
     // Taken before the headers move to the upstream request, and only when there is a log to write.
