@@ -23,7 +23,7 @@ use crate::cache::{hit_response, storable, vary_hash, CacheKey, StageCache};
 use crate::error::{ClientBodyError, ProxyError};
 use crate::exchange::{GrpcRequest, UpgradeRequest};
 use crate::protocols::h1::fields::{move_to_map, FieldsRef, RequestFields, WireFields};
-use crate::protocols::h1::Reply;
+use crate::protocols::h1::{named_by_connection, Reply};
 use crate::proxy::ctx::{Ctx, REQUEST_ID};
 use crate::routing::table::{CompiledIntegration, StageRoute, VariantRoute};
 use crate::trace::{ClientCall, TRACEPARENT};
@@ -65,11 +65,7 @@ impl Doomed {
         if self.0.is_empty() {
             return;
         }
-        let named: Vec<HeaderName> = h
-            .get_all(header::CONNECTION)
-            .iter()
-            .flat_map(|v| crate::protocols::h1::connection_tokens(v.as_bytes()))
-            .filter(|t| !t.eq_ignore_ascii_case(b"keep-alive") && !t.eq_ignore_ascii_case(b"close"))
+        let named: Vec<HeaderName> = named_by_connection(h.get_all(header::CONNECTION).iter().map(HeaderValue::as_bytes))
             .filter_map(|t| HeaderName::from_bytes(t).ok())
             .collect();
         for name in named.into_iter().chain(self.0) {
@@ -611,14 +607,8 @@ pub(crate) fn upstream_wire(peer: IpAddr, fields: RequestFields) -> (WireFields,
         .text_of(&X_FORWARDED_FOR)
         .and_then(|prev| HeaderValue::try_from(format!("{prev}, {peer}")).ok());
     let named: Vec<Vec<u8>> = if fields.index.names_more {
-        fields
-            .wire
-            .iter()
-            .filter(|(n, ..)| n.eq_ignore_ascii_case(b"connection"))
-            .flat_map(|(_, v, _)| crate::protocols::h1::connection_tokens(v))
-            .filter(|t| !t.eq_ignore_ascii_case(b"keep-alive") && !t.eq_ignore_ascii_case(b"close"))
-            .map(<[u8]>::to_vec)
-            .collect()
+        let connection = fields.wire.iter().filter(|(n, ..)| n.eq_ignore_ascii_case(b"connection"));
+        named_by_connection(connection.map(|(_, v, _)| v)).map(<[u8]>::to_vec).collect()
     } else {
         Vec::new()
     };

@@ -8,7 +8,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Version};
 
 use super::fields::WireFields;
-use super::{connection_tokens, is_text, itoa, length_of, ConnectionOptions, Framing, ProtocolError, MAX_HEADERS, MAX_HEAD_BYTES};
+use super::{is_text, itoa, length_of, named_by_connection, ConnectionOptions, Framing, ProtocolError, MAX_HEADERS, MAX_HEAD_BYTES};
 
 /// How a request body is framed on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -282,8 +282,8 @@ fn response_head(
         match *kind {
             Field::Connection => {
                 options.add(h.value);
-                names_more |= !options_only(h.value)
-                    && connection_tokens(h.value).any(|t| Field::of(t) == Field::Other && !t.eq_ignore_ascii_case(b"close"));
+                // (`content-length` is not taken out: the framing is the gateway's either way.)
+                names_more |= !options_only(h.value) && named_by_connection([h.value]).any(|t| Field::of(t) == Field::Other);
             }
             Field::TransferEncoding => {
                 let last = h.value.rsplit(|&b| b == b',').next().map(<[u8]>::trim_ascii);
@@ -368,12 +368,9 @@ fn client_fields(
     }
     let mut wire = WireFields::new(bytes.clone(), at);
     if names_more {
-        let named: Vec<&[u8]> = fields
-            .iter()
-            .zip(kinds.iter().copied())
-            .filter(|&(_, k)| k == Field::Connection)
-            .flat_map(|(h, _)| connection_tokens(h.value))
-            .filter(|t| Field::of(t) == Field::Other && !t.eq_ignore_ascii_case(b"close"))
+        let connection = fields.iter().zip(kinds).filter(|&(_, &k)| k == Field::Connection);
+        let named: Vec<&[u8]> = named_by_connection(connection.map(|(h, _)| h.value))
+            .filter(|t| Field::of(t) == Field::Other)
             .collect();
         wire.retain(|name, _| !named.iter().any(|t| t.eq_ignore_ascii_case(name)));
     }

@@ -185,8 +185,7 @@ impl Index {
     /// Notes field number `i` (of at most 255), of name `name`.
     pub(crate) fn add(&mut self, i: usize, name: Name, value: &[u8]) {
         if name == Name::Connection {
-            self.names_more |=
-                super::connection_tokens(value).any(|t| !t.eq_ignore_ascii_case(b"keep-alive") && !t.eq_ignore_ascii_case(b"close"));
+            self.names_more |= super::named_by_connection([value]).next().is_some();
         }
         if let Some(slot) = name.slot() {
             if self.first[slot] == 0 {

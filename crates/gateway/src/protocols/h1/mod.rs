@@ -73,6 +73,16 @@ pub(crate) fn connection_tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
     value.split(|&b| b == b',').map(<[u8]>::trim_ascii).filter(|t| !t.is_empty())
 }
 
+/// The field names a message's `Connection` field values name (RFC 9110 §7.6.1): their tokens but the
+/// `keep-alive` and `close` options. One list for a request's fields in a map and on the wire, and a
+/// response's; each caller removes those fields from what it passes on.
+pub(crate) fn named_by_connection<'a>(values: impl IntoIterator<Item = &'a [u8]>) -> impl Iterator<Item = &'a [u8]> {
+    values
+        .into_iter()
+        .flat_map(connection_tokens)
+        .filter(|t| !t.eq_ignore_ascii_case(b"keep-alive") && !t.eq_ignore_ascii_case(b"close"))
+}
+
 /// Whether a message's `Connection` fields say `close` and `keep-alive`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct ConnectionOptions {
