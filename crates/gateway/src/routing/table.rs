@@ -151,29 +151,7 @@ impl CompiledDeployment {
             let Ok(segs) = template::parse_path("path", &r.path) else {
                 continue;
             };
-            let mut pattern = String::new();
-            for s in &segs {
-                pattern.push('/');
-                match s {
-                    PathSegment::Literal(l) => {
-                        // matchit treats braces specially; the model forbids them in literals.
-                        pattern.push_str(l)
-                    }
-                    PathSegment::Param(n) => {
-                        pattern.push('{');
-                        pattern.push_str(n);
-                        pattern.push('}');
-                    }
-                    PathSegment::Greedy(n) => {
-                        pattern.push_str("{*");
-                        pattern.push_str(n);
-                        pattern.push('}');
-                    }
-                }
-            }
-            if pattern.is_empty() {
-                pattern.push('/');
-            }
+            let pattern = route_pattern(&segs);
             let integration = match &r.integration {
                 Integration::Http {
                     uri,
@@ -226,6 +204,34 @@ impl CompiledDeployment {
         }
         CompiledDeployment { router, variable_uris }
     }
+}
+
+/// A route's path as a `matchit` pattern (`/orders/{id}/items/{*rest}`).
+fn route_pattern(segs: &[PathSegment]) -> String {
+    let mut pattern = String::new();
+    for s in segs {
+        pattern.push('/');
+        match s {
+            PathSegment::Literal(l) => {
+                // matchit treats braces specially; the model forbids them in literals.
+                pattern.push_str(l)
+            }
+            PathSegment::Param(n) => {
+                pattern.push('{');
+                pattern.push_str(n);
+                pattern.push('}');
+            }
+            PathSegment::Greedy(n) => {
+                pattern.push_str("{*");
+                pattern.push_str(n);
+                pattern.push('}');
+            }
+        }
+    }
+    if pattern.is_empty() {
+        pattern.push('/');
+    }
+    pattern
 }
 
 /// One side of a stage, ready to serve.
@@ -316,6 +322,28 @@ fn stage_cache(s: &canarygate_model::Stage, previous: Option<&Arc<StageRoute>>) 
     }
 }
 
+/// A stage's mirroring, `route` its canary side; `before` its mirroring in the previous snapshot.
+fn mirror_route(m: &canarygate_model::MirrorSettings, route: VariantRoute, before: Option<&MirrorRoute>) -> Box<MirrorRoute> {
+    let (threshold, always) = threshold(m.percent_traffic);
+    // Copies on their way stay counted against the bound across snapshots.
+    let kept = before
+        .filter(|pm| pm.max_in_flight == m.max_in_flight)
+        .map(|pm| pm.in_flight.clone());
+    Box::new(MirrorRoute {
+        route,
+        threshold,
+        always,
+        methods: m
+            .methods
+            .iter()
+            .filter_map(|m| http::Method::from_bytes(m.as_bytes()).ok())
+            .collect(),
+        max_body: m.max_body_bytes,
+        in_flight: kept.unwrap_or_else(|| Arc::new(tokio::sync::Semaphore::new(m.max_in_flight as usize))),
+        max_in_flight: m.max_in_flight,
+    })
+}
+
 /// Builds one API's stages, reusing what `previous` (the API's routes in the previous snapshot, if any)
 /// compiled and its stages' mirror bounds.
 fn build_api(api_name: &str, a: &Arc<ApiState>, previous: Option<&ApiRoutes>, metrics: &Registry) -> ApiRoutes {
@@ -353,28 +381,8 @@ fn build_api(api_name: &str, a: &Arc<ApiState>, previous: Option<&ApiRoutes>, me
         };
         let mirror = match (&s.mirror, &s.canary_settings, s.canary_variables()) {
             (Some(m), Some(c), Some(vars)) if m.percent_traffic > 0.0 => {
-                variant(Variant::Mirror, &c.deployment_id, &vars, false).map(|route| {
-                    let (threshold, always) = threshold(m.percent_traffic);
-                    // Copies on their way stay counted against the bound across snapshots.
-                    let kept = previous
-                        .and_then(|p| p.stages.get(sname))
-                        .and_then(|st| st.mirror.as_ref())
-                        .filter(|pm| pm.max_in_flight == m.max_in_flight)
-                        .map(|pm| pm.in_flight.clone());
-                    Box::new(MirrorRoute {
-                        route,
-                        threshold,
-                        always,
-                        methods: m
-                            .methods
-                            .iter()
-                            .filter_map(|m| http::Method::from_bytes(m.as_bytes()).ok())
-                            .collect(),
-                        max_body: m.max_body_bytes,
-                        in_flight: kept.unwrap_or_else(|| Arc::new(tokio::sync::Semaphore::new(m.max_in_flight as usize))),
-                        max_in_flight: m.max_in_flight,
-                    })
-                })
+                let before = previous.and_then(|p| p.stages.get(sname)).and_then(|st| st.mirror.as_deref());
+                variant(Variant::Mirror, &c.deployment_id, &vars, false).map(|route| mirror_route(m, route, before))
             }
             _ => None,
         };
