@@ -412,6 +412,15 @@ def med(xs):
     return statistics.median(xs)
 
 
+def tcp_segments_sent():
+    """TCP segments this machine has sent so far (`OutSegs` of /proc/net/snmp), over every socket: during a
+    timed run, the client's, the proxy's both ways and the backend's. With loopback, each segment is one
+    the kernel also receives, on the sender's time."""
+    with open("/proc/net/snmp") as f:
+        tcp = [line.split() for line in f if line.startswith("Tcp:")]
+    return int(tcp[1][tcp[0].index("OutSegs")])
+
+
 def interleaved(targets, reps, seconds, warmup, conns, url_of):
     """Runs every target once per repetition, in a rotating order; returns {key: [result, ...]}."""
     for t in targets:
@@ -420,13 +429,14 @@ def interleaved(targets, reps, seconds, warmup, conns, url_of):
     for rep in range(reps):
         order = targets[rep % len(targets):] + targets[: rep % len(targets)]
         for t in order:
-            (u0, s0) = t.service.cpu_split()
+            (u0, s0), g0 = t.service.cpu_split(), tcp_segments_sent()
             reqs, rps, errors = run_wrk(url_of(t), seconds, conns)
-            (u1, s1) = t.service.cpu_split()
+            (u1, s1), g1 = t.service.cpu_split(), tcp_segments_sent()
             if errors:
                 raise BenchError(f"{t.label}: {errors} errors in a measured run")
             n = max(reqs, 1)
-            r = {"rps": rps, "cpu_us": (u1 - u0 + s1 - s0) * 1e6 / n, "user_us": (u1 - u0) * 1e6 / n, "system_us": (s1 - s0) * 1e6 / n, "requests": reqs, "rep": rep}
+            r = {"rps": rps, "cpu_us": (u1 - u0 + s1 - s0) * 1e6 / n, "user_us": (u1 - u0) * 1e6 / n, "system_us": (s1 - s0) * 1e6 / n,
+                 "segments": (g1 - g0) / n, "requests": reqs, "rep": rep}
             results[t.key].append(r)
             print(f"  rep {rep + 1}/{reps} {t.label:<40} {rps:>10.0f} req/s {r['cpu_us']:>6.1f} µs/request", flush=True)
     return results
@@ -599,7 +609,7 @@ def machine():
 
 
 def split_table(info, runs, keys, shares, syscalls=None):
-    lines = ["| target | requests/s | proxy CPU µs/request | of which user + system (medians) | system calls/request | canary share (check) |", "|---|---|---|---|---|---|"]
+    lines = ["| target | requests/s | proxy CPU µs/request | of which user + system (medians) | system calls/request | TCP segments/request | canary share (check) |", "|---|---|---|---|---|---|---|"]
     for k in keys:
         rs = runs[k]
         share = f"{shares[k] * 100:.1f}%" if info["split"][k] else "— (no split)"
@@ -609,7 +619,8 @@ def split_table(info, runs, keys, shares, syscalls=None):
             parts = f"{med([r['user_us'] for r in rs]):.1f} + {med([r['system_us'] for r in rs]):.1f}"
         else:
             parts = "—"
-        lines.append(f"| {info['labels'][k]} | {fmt_range([r['rps'] for r in rs])} | {fmt_range([r['cpu_us'] for r in rs], '{:.1f}')} | {parts} | {calls} | {share} |")
+        segments = f"{med([r['segments'] for r in rs]):.2f}" if all("segments" in r for r in rs) else "—"
+        lines.append(f"| {info['labels'][k]} | {fmt_range([r['rps'] for r in rs])} | {fmt_range([r['cpu_us'] for r in rs], '{:.1f}')} | {parts} | {calls} | {segments} | {share} |")
     return "\n".join(lines)
 
 
@@ -750,7 +761,8 @@ def environment(args, cmdline):
     return {
         "cmdline": cmdline,
         "time": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "rev": version(["git", "-C", args.root, "describe", "--always", "--dirty"]),
+        # The tree as the run started: the run itself writes into docs/, which would mark it dirty.
+        "rev": getattr(args, "rev", None) or version(["git", "-C", args.root, "describe", "--always", "--dirty"]),
         "machine": machine(),
         "tools": tools,
     }
@@ -899,6 +911,7 @@ def main():
     want = 65536 if hard == resource.RLIM_INFINITY else min(65536, hard)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, want), hard))
 
+    args.rev = version(["git", "-C", args.root, "describe", "--always", "--dirty"])
     work = tempfile.mkdtemp(prefix="canarygate-bench-")
     os.chmod(work, 0o755)  # nginx workers run as an unprivileged user and write the proxy cache here
     out_dir = os.path.join(args.root, "docs") if full and not args.out else work

@@ -194,12 +194,14 @@ def measure(h, args, keys, procs, urls, count_syscalls):
             load(h, row, url_of[k], args.warmup)
         for rep in range(reps):
             for k in keys[rep % len(keys):] + keys[: rep % len(keys)]:
-                c0 = procs[k].cpu_seconds()
+                (u0, s0) = procs[k].cpu_split()
                 reqs, rps, errors = load(h, row, url_of[k], args.duration)
-                c1 = procs[k].cpu_seconds()
+                (u1, s1) = procs[k].cpu_split()
                 if errors:
                     raise h.BenchError(f"{k} {label}: {errors} errors in a measured run")
-                r = {"rps": rps, "cpu_us": (c1 - c0) * 1e6 / max(reqs, 1), "requests": reqs, "rep": rep}
+                n = max(reqs, 1)
+                r = {"rps": rps, "cpu_us": (u1 - u0 + s1 - s0) * 1e6 / n, "user_us": (u1 - u0) * 1e6 / n,
+                     "system_us": (s1 - s0) * 1e6 / n, "requests": reqs, "rep": rep}
                 results[row][k].append(r)
                 print(f"  {label:<36} rep {rep + 1}/{reps} {k:<15} {rps:>9.0f} req/s {r['cpu_us']:>7.1f} µs/request", flush=True)
         for k in keys if count_syscalls else []:
@@ -235,10 +237,11 @@ def section(res, cmdline, env=None):
            "*HTTP/1.1 over TLS*: wrk, 32 keep-alive connections. *HTTP/2*: oha `--http2`, 4 connections x 8 "
            "concurrent streams, cleartext with prior knowledge and over TLS (ALPN h2). Median (range) of the "
            "interleaved repetitions; CPU is the proxy's user+system time per request; system calls per request "
-           "counted by `strace -c -f` on the proxy's processes in one more run of 3 s (not timed)." + (
+           "counted by `strace -c -f` on the proxy's processes in one more run of 3 s (not timed); user + system: the "
+           "medians of each part of the CPU time." + (
                f" Measured {env['time']} at `{env['rev']}` on {env['machine']}." if env else ""), "",
-           "| | nginx | HAProxy | canarygate | canarygate / nginx CPU | canarygate / HAProxy CPU | system calls/request (nginx, HAProxy, canarygate) |",
-           "|---|---|---|---|---|---|---|"]
+           "| | nginx | HAProxy | canarygate | canarygate / nginx CPU | canarygate / HAProxy CPU | system calls/request (nginx, HAProxy, canarygate) | user + system µs (nginx, HAProxy, canarygate) |",
+           "|---|---|---|---|---|---|---|---|"]
     rows = res["rows"]
     for row, label in ROWS:
         cells = []
@@ -252,7 +255,9 @@ def section(res, cmdline, env=None):
         ratio_h = ours / med([r["cpu_us"] for r in rows[row]["haproxy"]])
         counted = res.get("syscalls", {}).get(row, {})
         calls = ", ".join(f"{counted[k]:.2f}" if counted.get(k) is not None else "—" for k in ["nginx", "haproxy", "canarygate"])
-        out.append(f"| {label} | " + " | ".join(cells) + f" | {ratio:.2f} | {ratio_h:.2f} | {calls} |")
+        split = ", ".join(f"{med([r['user_us'] for r in rows[row][k]]):.1f} + {med([r['system_us'] for r in rows[row][k]]):.1f}"
+                          if all("user_us" in r for r in rows[row][k]) else "—" for k in ["nginx", "haproxy", "canarygate"])
+        out.append(f"| {label} | " + " | ".join(cells) + f" | {ratio:.2f} | {ratio_h:.2f} | {calls} | {split} |")
     out += ["", "<details><summary>Configurations of this group</summary>", ""]
     for k, text in res["configs"].items():
         out += [f"{k}:", "", "```text", text.rstrip(), "```", ""]
