@@ -228,6 +228,15 @@ def ab_summary(res):
     return out
 
 
+# The request path's second round: (row, the proxy compared with, its name, the most canarygate's CPU
+# per request may be as a multiple of that proxy's).
+TARGETS = [
+    ("tls-keepalive", "nginx", "nginx", 0.85),
+    ("h2c", "haproxy", "HAProxy", 1.1),
+    ("h2-tls", "haproxy", "HAProxy", 1.1),
+]
+
+
 def section(res, cmdline, env=None):
     med = statistics.median
     out = [BEGIN, "## TLS and HTTP/2 (90/10 split)", "",
@@ -258,6 +267,13 @@ def section(res, cmdline, env=None):
         split = ", ".join(f"{med([r['user_us'] for r in rows[row][k]]):.1f} + {med([r['system_us'] for r in rows[row][k]]):.1f}"
                           if all("user_us" in r for r in rows[row][k]) else "—" for k in ["nginx", "haproxy", "canarygate"])
         out.append(f"| {label} | " + " | ".join(cells) + f" | {ratio:.2f} | {ratio_h:.2f} | {calls} | {split} |")
+    out += ["", "| target | measured (median of the rounds' ratios) | verdict |", "|---|---|---|"]
+    for row, other, name, target in TARGETS:
+        x = med([a["cpu_us"] / b["cpu_us"] for a, b in zip(rows[row]["canarygate"], rows[row][other])])
+        label = dict(ROWS)[row]
+        off = (x / target - 1) * 100
+        met = "**met**" if x <= target else f"**not met**: {off:.1f}% over" if off < 1 else f"**not met**: {off:.0f}% over"
+        out.append(f"| {label}: CPU per request ≤ {target}× {name}'s | {x:.2f}× | {met} |")
     out += ["", "<details><summary>Configurations of this group</summary>", ""]
     for k, text in res["configs"].items():
         out += [f"{k}:", "", "```text", text.rstrip(), "```", ""]
