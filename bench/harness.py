@@ -41,6 +41,8 @@ import tempfile
 import time
 import urllib.request
 
+from verdict import verdict
+
 GROUPS = ["split", "logs", "latency", "memory", "cache", "reaction", "scale", "protocols", "cluster"]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -633,15 +635,6 @@ def ratios_table(runs, pairs):
     return "\n".join(lines)
 
 
-def verdict(value, target, better_low):
-    ok = value <= target if better_low else value >= target
-    if ok:
-        return "**met**"
-    off = (value / target - 1) * 100 if better_low else (1 - value / target) * 100
-    off = f"{abs(off):.1f}" if abs(off) < 1 else f"{abs(off):.0f}"  # a miss under 1% is not "0% over"
-    return f"**not met**: {off}% {'over' if better_low else 'short'}"
-
-
 def build_report(info, R):
     a = info["args"]
     env = info["env"]
@@ -766,8 +759,7 @@ def environment(args, cmdline):
     return {
         "cmdline": cmdline,
         "time": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        # The tree as the run started: the run itself writes into docs/, which would mark it dirty.
-        "rev": getattr(args, "rev", None) or version(["git", "-C", args.root, "describe", "--always", "--dirty"]),
+        "rev": args.rev,
         "machine": machine(),
         "tools": tools,
     }
@@ -916,6 +908,7 @@ def main():
     want = 65536 if hard == resource.RLIM_INFINITY else min(65536, hard)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, want), hard))
 
+    # The tree as the run starts: the run itself writes into docs/, which would mark it dirty.
     args.rev = version(["git", "-C", args.root, "describe", "--always", "--dirty"])
     work = tempfile.mkdtemp(prefix="canarygate-bench-")
     os.chmod(work, 0o755)  # nginx workers run as an unprivileged user and write the proxy cache here

@@ -18,6 +18,8 @@ import os
 import statistics
 import subprocess
 
+from verdict import verdict
+
 BEGIN, END = "<!-- protocols:begin -->", "<!-- protocols:end -->"
 
 ROWS = [
@@ -271,9 +273,7 @@ def section(res, cmdline, env=None):
     for row, other, name, target in TARGETS:
         x = med([a["cpu_us"] / b["cpu_us"] for a, b in zip(rows[row]["canarygate"], rows[row][other])])
         label = dict(ROWS)[row]
-        off = (x / target - 1) * 100
-        met = "**met**" if x <= target else f"**not met**: {off:.1f}% over" if off < 1 else f"**not met**: {off:.0f}% over"
-        out.append(f"| {label}: CPU per request ≤ {target}× {name}'s | {x:.2f}× | {met} |")
+        out.append(f"| {label}: CPU per request ≤ {target}× {name}'s | {x:.2f}× | {verdict(x, target, True)} |")
     out += ["", "<details><summary>Configurations of this group</summary>", ""]
     for k, text in res["configs"].items():
         out += [f"{k}:", "", "```text", text.rstrip(), "```", ""]
