@@ -132,10 +132,22 @@ impl Forwarded {
     }
 
     fn insert_into(self, ctx: &Ctx<'_>, h: &mut HeaderMap) {
-        for (n, v) in self.fields(ctx).iter() {
-            h.insert((*n).clone(), (*v).clone());
+        for &(n, v) in self.fields(ctx).iter() {
+            h.insert(n.clone(), never_indexed(n, v));
         }
     }
+}
+
+/// A field the gateway puts into a map, the request id marked sensitive: HPACK sends it as a literal
+/// never indexed (RFC 7541 §6.2.3). It is new with each request, so indexing it would only churn the
+/// HTTP/2 connection's dynamic table, each insertion evicting an entry the fields that repeat
+/// (`server`, `content-type`, the variant) are sent by. HTTP/1.1 ignores the mark.
+pub(crate) fn never_indexed(name: &HeaderName, value: &HeaderValue) -> HeaderValue {
+    let mut value = value.clone();
+    if *name == REQUEST_ID {
+        value.set_sensitive(true);
+    }
+    value
 }
 
 /// What serving one request produced.
@@ -925,6 +937,10 @@ mod tests {
         assert_eq!(by_name(wire_written), by_name(written.clone()), "{client:?}");
         let mut whole = map;
         forwarded.insert_into(&ctx, &mut whole);
+        for (k, v) in &whole {
+            // HPACK sends a sensitive value as a literal never indexed.
+            assert_eq!(v.is_sensitive(), *k == REQUEST_ID, "{k}: only the request id goes never indexed");
+        }
         let whole = whole
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_str().unwrap().to_string()))

@@ -63,10 +63,11 @@ impl Marks {
         fields
     }
 
-    /// Into a response's map, replacing fields of the same names.
+    /// Into an HTTP/2 response's map, replacing fields of the same names. The request id goes as
+    /// never indexed ([`crate::proxy::never_indexed`]).
     pub(crate) fn insert_into(&self, h: &mut HeaderMap) {
         for &(n, v) in self.fields().iter() {
-            h.insert(n.clone(), v.clone());
+            h.insert(n.clone(), crate::proxy::never_indexed(n, v));
         }
     }
 }
