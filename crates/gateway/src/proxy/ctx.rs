@@ -114,16 +114,26 @@ thread_local! {
 }
 
 /// The client's `x-request-id` when it is fit to pass on (1–200 visible ASCII characters), else 32
-/// random hex digits.
+/// random hex digits. Either way marked sensitive: HTTP/2's header compression sends it as a literal
+/// never indexed (RFC 7541 §7.1.3), since a value no later message repeats would only evict useful
+/// entries from the connection's table, at a cost per message. HTTP/1.1 ignores the mark.
 fn request_id<'h>(fields: impl Into<FieldsRef<'h>>) -> HeaderValue {
-    let fields = fields.into();
-    if let Some(v) = fields.get(&REQUEST_ID) {
-        if !v.is_empty() && v.len() <= 200 && v.iter().all(u8::is_ascii_graphic) {
-            if let Some(v) = fields.value(&REQUEST_ID) {
-                return v;
-            }
-        }
+    let mut id = client_request_id(fields.into()).unwrap_or_else(new_request_id);
+    id.set_sensitive(true);
+    id
+}
+
+/// The client's `x-request-id` when it is fit to pass on.
+fn client_request_id(fields: FieldsRef<'_>) -> Option<HeaderValue> {
+    let v = fields.get(&REQUEST_ID)?;
+    if v.is_empty() || v.len() > 200 || !v.iter().all(u8::is_ascii_graphic) {
+        return None;
     }
+    fields.value(&REQUEST_ID)
+}
+
+/// 32 random hex digits.
+fn new_request_id() -> HeaderValue {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut hex = [0u8; 32];
     for (pair, byte) in hex.chunks_exact_mut(2).zip(fastrand::u128(..).to_be_bytes()) {
@@ -139,11 +149,7 @@ fn request_id<'h>(fields: impl Into<FieldsRef<'h>>) -> HeaderValue {
         block.extend_from_slice(&hex);
         block.split().freeze()
     });
-    let mut id = HeaderValue::from_maybe_shared(id).expect("hex is a valid header value");
-    // Never indexed in HTTP/2's header compression (RFC 7541 §7.1.3): a value no later message repeats
-    // would only evict useful entries from the table, at a cost per response.
-    id.set_sensitive(true);
-    id
+    HeaderValue::from_maybe_shared(id).expect("hex is a valid header value")
 }
 
 #[cfg(test)]
@@ -170,6 +176,7 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(&REQUEST_ID, HeaderValue::from_static("abc-123"));
         assert_eq!(request_id(&h), "abc-123");
+        assert!(request_id(&h).is_sensitive(), "a client's id is never indexed in HPACK either");
         h.insert(&REQUEST_ID, HeaderValue::from_static("has space"));
         let made = request_id(&h);
         assert_eq!(made.len(), 32);

@@ -132,22 +132,10 @@ impl Forwarded {
     }
 
     fn insert_into(self, ctx: &Ctx<'_>, h: &mut HeaderMap) {
-        for &(n, v) in self.fields(ctx).iter() {
-            h.insert(n.clone(), never_indexed(n, v));
+        for (n, v) in self.fields(ctx).iter() {
+            h.insert((*n).clone(), (*v).clone());
         }
     }
-}
-
-/// A field the gateway puts into a map, the request id marked sensitive: HPACK sends it as a literal
-/// never indexed (RFC 7541 §6.2.3). It is new with each request, so indexing it would only churn the
-/// HTTP/2 connection's dynamic table, each insertion evicting an entry the fields that repeat
-/// (`server`, `content-type`, the variant) are sent by. HTTP/1.1 ignores the mark.
-pub(crate) fn never_indexed(name: &HeaderName, value: &HeaderValue) -> HeaderValue {
-    let mut value = value.clone();
-    if *name == REQUEST_ID {
-        value.set_sensitive(true);
-    }
-    value
 }
 
 /// What serving one request produced.

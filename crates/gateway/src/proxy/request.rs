@@ -63,11 +63,10 @@ impl Marks {
         fields
     }
 
-    /// Into an HTTP/2 response's map, replacing fields of the same names. The request id goes as
-    /// never indexed ([`crate::proxy::never_indexed`]).
+    /// Into a response's map, replacing fields of the same names.
     pub(crate) fn insert_into(&self, h: &mut HeaderMap) {
         for &(n, v) in self.fields().iter() {
-            h.insert(n.clone(), crate::proxy::never_indexed(n, v));
+            h.insert(n.clone(), v.clone());
         }
     }
 }
